@@ -1,0 +1,346 @@
+"""Bigtable online feature store: schema, table creation, batched reads and writes.
+
+Schema (one table, see README "Feature store schema"):
+
+  row key            ``customer#<customer_id>`` or ``terminal#<terminal_id>``
+  family ``tx``      one cell per transaction of the entity: qualifier = transaction_id,
+                     value = >q8 event time (µs) + >d8 amount, cell timestamp = event time.
+                     The window state: the engine recomputes every window from these cells.
+  family ``label``   terminal rows only: one cell per labelled transaction: qualifier =
+                     transaction_id, value = >q8 event time + 1 byte is_fraud, cell timestamp =
+                     the transaction's event time (the window is over transaction time).
+  family ``features`` the latest computed features of the entity: qualifier = feature name,
+                     value = >d8 float, cell timestamp = event time of the transaction.
+
+Cells are keyed by transaction id, so writing an event twice (a redelivery, a resumed job, a
+backfill over a range the stream already saw) changes nothing: the store is idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from pipelines.features import CUSTOMER, DAY_US, TERMINAL, Entity, max_lookback_us, min_delay_us
+
+__all__ = [
+    "FAMILY_FEATURES",
+    "FAMILY_LABEL",
+    "FAMILY_TX",
+    "EntityHistory",
+    "FeatureStore",
+    "StoreConfig",
+    "create_table",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+FAMILY_TX = "tx"
+FAMILY_LABEL = "label"
+FAMILY_FEATURES = "features"
+_TX_VALUE = struct.Struct(">qd")
+_LABEL_VALUE = struct.Struct(">qb")
+_FLOAT = struct.Struct(">d")
+# Bigtable timestamps are microseconds with millisecond granularity.
+_MS = 1000
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    """Where the feature store lives."""
+
+    project: str
+    instance: str
+    table: str
+
+
+def create_table(config: StoreConfig, max_age_days: int | None = None) -> bool:
+    """Creates the feature table and its column families if missing; returns True if created.
+
+    ``max_age_days`` adds an age-based GC rule to the event families. Leave it off when
+    replaying historical data (cell timestamps are event times, so a 2018 replay would be
+    collected at once); production (Terraform) sets it to the longest lookback plus a margin.
+    """
+    from google.cloud.bigtable import Client, column_family
+
+    client = Client(project=config.project, admin=True)
+    instance = client.instance(config.instance)
+    table = instance.table(config.table)
+    one_version = column_family.MaxVersionsGCRule(1)
+    if max_age_days:
+        from datetime import timedelta
+
+        event_rule: Any = column_family.GCRuleUnion(
+            [one_version, column_family.MaxAgeGCRule(timedelta(days=max_age_days))]
+        )
+    else:
+        event_rule = one_version
+    families = {FAMILY_TX: event_rule, FAMILY_LABEL: event_rule, FAMILY_FEATURES: one_version}
+    if table.exists():
+        existing = table.list_column_families()
+        for name, rule in families.items():
+            if name not in existing:
+                table.column_family(name, rule).create()
+        return False
+    table.create(column_families=families)
+    return True
+
+
+@dataclass
+class EntityHistory:
+    """Events read back from the store for a set of entities, as parallel arrays."""
+
+    entity_id: list[str] = field(default_factory=list)
+    transaction_id: list[str] = field(default_factory=list)
+    time_us: list[int] = field(default_factory=list)
+    value: list[float] = field(default_factory=list)
+
+    def add(self, entity_id: str, transaction_id: str, time_us: int, value: float) -> None:
+        self.entity_id.append(entity_id)
+        self.transaction_id.append(transaction_id)
+        self.time_us.append(time_us)
+        self.value.append(value)
+
+    def __len__(self) -> int:
+        return len(self.time_us)
+
+
+@dataclass
+class History:
+    """What the feature engine needs from the store for one batch."""
+
+    customer_tx: EntityHistory
+    terminal_tx: EntityHistory
+    terminal_labels: EntityHistory
+
+
+def _ts(micros: int) -> datetime:
+    # Round down to Bigtable's millisecond granularity; the exact time travels in the value.
+    return datetime.fromtimestamp((micros // _MS * _MS) / 1e6, tz=UTC)
+
+
+class FeatureStore:
+    """Batched access to the Bigtable feature table (one client per instance, created lazily)."""
+
+    def __init__(self, config: StoreConfig) -> None:
+        self.config = config
+        self._table: Any = None
+
+    @property
+    def table(self) -> Any:
+        if self._table is None:
+            from google.cloud.bigtable import Client
+
+            client = Client(project=self.config.project)
+            self._table = client.instance(self.config.instance).table(self.config.table)
+        return self._table
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def read_history(
+        self,
+        customer_ids: Iterable[str],
+        terminal_ids: Iterable[str],
+        min_time_us: int,
+        max_time_us: int,
+    ) -> History:
+        """Reads the events any window of a batch spanning [min_time, max_time] can need.
+
+        Two ReadRows calls per batch (customers, terminals), each with a time-range filter so
+        that events older than the longest lookback are never transferred.
+        """
+        customers = sorted(set(customer_ids))
+        terminals = sorted(set(terminal_ids))
+        history = History(EntityHistory(), EntityHistory(), EntityHistory())
+        if customers:
+            self._read(
+                CUSTOMER,
+                customers,
+                (FAMILY_TX,),
+                min_time_us - max_lookback_us(CUSTOMER),
+                max_time_us + 1,
+                {FAMILY_TX: history.customer_tx},
+            )
+        if terminals:
+            self._read(
+                TERMINAL,
+                terminals,
+                (FAMILY_TX, FAMILY_LABEL),
+                min_time_us - max_lookback_us(TERMINAL),
+                max_time_us - min_delay_us(TERMINAL) + 1,
+                {FAMILY_TX: history.terminal_tx, FAMILY_LABEL: history.terminal_labels},
+            )
+        return history
+
+    def _read(
+        self,
+        entity: Entity,
+        ids: Sequence[str],
+        families: Sequence[str],
+        start_us: int,
+        end_us: int,
+        into: dict[str, EntityHistory],
+    ) -> None:
+        from google.cloud.bigtable import row_filters
+        from google.cloud.bigtable.row_set import RowSet
+
+        if end_us <= start_us:
+            return
+        row_set = RowSet()
+        for entity_id in ids:
+            row_set.add_row_key(entity.row_key(entity_id))
+        # Bigtable's range is [start, end) in ms granularity: widen to whole ms, filter exactly
+        # on the value's microsecond time afterwards.
+        start_ms = max(0, start_us // _MS * _MS)
+        end_ms = -(-end_us // _MS) * _MS
+        filt = row_filters.RowFilterChain(
+            [
+                row_filters.FamilyNameRegexFilter("|".join(families)),
+                row_filters.TimestampRangeFilter(
+                    row_filters.TimestampRange(start=_ts(start_ms), end=_ts(end_ms))
+                ),
+                row_filters.CellsColumnLimitFilter(1),
+            ]
+        )
+        prefix = len(entity.name) + 1
+        for row in _retry(lambda: list(self.table.read_rows(row_set=row_set, filter_=filt))):
+            entity_id = row.row_key.decode()[prefix:]
+            for family, columns in row.cells.items():
+                target = into[family]
+                for qualifier, cells in columns.items():
+                    raw = cells[0].value
+                    if family == FAMILY_TX:
+                        t_us, value = _TX_VALUE.unpack(raw)
+                    else:
+                        t_us, flag = _LABEL_VALUE.unpack(raw)
+                        value = float(flag)
+                    if start_us <= t_us < end_us:
+                        target.add(entity_id, qualifier.decode(), t_us, value)
+
+    def read_features(self, entity: Entity, ids: Sequence[str]) -> dict[str, dict[str, float]]:
+        """The latest feature values per entity id (for inspection and tests)."""
+        from google.cloud.bigtable import row_filters
+        from google.cloud.bigtable.row_set import RowSet
+
+        row_set = RowSet()
+        for entity_id in ids:
+            row_set.add_row_key(entity.row_key(entity_id))
+        filt = row_filters.RowFilterChain(
+            [
+                row_filters.FamilyNameRegexFilter(FAMILY_FEATURES),
+                row_filters.CellsColumnLimitFilter(1),
+            ]
+        )
+        out: dict[str, dict[str, float]] = {}
+        prefix = len(entity.name) + 1
+        for row in self.table.read_rows(row_set=row_set, filter_=filt):
+            cols = row.cells.get(FAMILY_FEATURES, {})
+            out[row.row_key.decode()[prefix:]] = {
+                q.decode(): _FLOAT.unpack(c[0].value)[0] for q, c in cols.items()
+            }
+        return out
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def transaction_rows(
+        self,
+        transaction_ids: Sequence[str],
+        customer_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_us: Sequence[int],
+        amounts: Sequence[float],
+        features: np.ndarray | None = None,
+        feature_names: Sequence[str] = (),
+        feature_entities: Sequence[Entity] = (),
+    ) -> list[Any]:
+        """Row mutations recording transactions (and optionally their features) in the store."""
+        rows: dict[bytes, Any] = {}
+
+        def row(key: bytes) -> Any:
+            if key not in rows:
+                rows[key] = self.table.direct_row(key)
+            return rows[key]
+
+        for i, tx_id in enumerate(transaction_ids):
+            ts = _ts(int(time_us[i]))
+            value = _TX_VALUE.pack(int(time_us[i]), float(amounts[i]))
+            qualifier = tx_id.encode()
+            crow = row(CUSTOMER.row_key(customer_ids[i]))
+            trow = row(TERMINAL.row_key(terminal_ids[i]))
+            crow.set_cell(FAMILY_TX, qualifier, value, timestamp=ts)
+            trow.set_cell(FAMILY_TX, qualifier, value, timestamp=ts)
+            if features is not None:
+                for col, (name, entity) in enumerate(zip(feature_names, feature_entities, strict=True)):
+                    target = crow if entity == CUSTOMER else trow
+                    target.set_cell(
+                        FAMILY_FEATURES, name.encode(), _FLOAT.pack(float(features[i, col])), timestamp=ts
+                    )
+        return list(rows.values())
+
+    def label_rows(
+        self,
+        transaction_ids: Sequence[str],
+        terminal_ids: Sequence[str],
+        time_us: Sequence[int],
+        is_fraud: Sequence[int],
+    ) -> list[Any]:
+        """Row mutations recording fraud labels on the terminals' rows."""
+        rows: dict[bytes, Any] = {}
+        for i, tx_id in enumerate(transaction_ids):
+            key = TERMINAL.row_key(terminal_ids[i])
+            if key not in rows:
+                rows[key] = self.table.direct_row(key)
+            rows[key].set_cell(
+                FAMILY_LABEL,
+                tx_id.encode(),
+                _LABEL_VALUE.pack(int(time_us[i]), int(is_fraud[i])),
+                timestamp=_ts(int(time_us[i])),
+            )
+        return list(rows.values())
+
+    def write(self, rows: Sequence[Any], chunk: int = 1000) -> None:
+        """Applies row mutations (idempotent), retrying transient failures with backoff."""
+        for start in range(0, len(rows), chunk):
+            part = list(rows[start : start + chunk])
+            while part:
+                statuses = _retry(lambda p=part: self.table.mutate_rows(p))
+                failed = [r for r, s in zip(part, statuses, strict=True) if s.code != 0]
+                if failed:
+                    _LOGGER.warning("retrying %d failed Bigtable row mutations", len(failed))
+                    time.sleep(0.2)
+                part = failed
+
+
+def _retry(fn: Any, attempts: int = 8, first_delay: float = 0.1) -> Any:
+    """Calls fn, retrying transient gRPC/HTTP failures with exponential backoff."""
+    from google.api_core import exceptions
+
+    delay = first_delay
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (
+            exceptions.ServiceUnavailable,
+            exceptions.DeadlineExceeded,
+            exceptions.InternalServerError,
+            exceptions.Aborted,
+            exceptions.RetryError,
+        ) as exc:
+            if attempt == attempts - 1:
+                raise
+            _LOGGER.warning("transient store error (%s); retrying in %.1fs", exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+def days(n: int) -> int:
+    """n days in microseconds."""
+    return n * DAY_US

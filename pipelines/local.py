@@ -1,0 +1,329 @@
+"""The local stack: the official Pub/Sub, Bigtable and Datastore emulators of the Google Cloud SDK.
+
+``up`` starts each emulator on a loopback port, waits until it answers, records the pids it
+started in ``<state_dir>/local.json`` and creates the topics, subscriptions and the feature table
+(idempotently). ``down`` stops only the processes recorded there. An emulator already answering
+on its port (started by someone else) is used but never stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.options import LOCAL_PROJECT
+
+__all__ = [
+    "DEFAULT_PORTS",
+    "LocalStack",
+    "StackError",
+    "Topology",
+    "create_resources",
+    "emulator_env",
+    "environment",
+    "free_port",
+]
+
+DEFAULT_PORTS = {"pubsub": 8085, "bigtable": 8086, "datastore": 8081}
+ENV_VARS = {
+    "pubsub": "PUBSUB_EMULATOR_HOST",
+    "bigtable": "BIGTABLE_EMULATOR_HOST",
+    "datastore": "DATASTORE_EMULATOR_HOST",
+}
+HOST = "127.0.0.1"
+INSTALL_HINT = (
+    "Install the Google Cloud SDK (https://cloud.google.com/sdk/docs/install) with its emulator "
+    "components: gcloud components install pubsub-emulator bigtable cloud-datastore-emulator "
+    "(or the Debian/RPM packages google-cloud-cli-pubsub-emulator, "
+    "google-cloud-cli-cbt, google-cloud-cli-datastore-emulator), and Java 17 or newer."
+)
+
+
+class StackError(RuntimeError):
+    """The local stack cannot start; the message says what to install or fix."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Names of the local resources (the same defaults as RilletOptions)."""
+
+    project: str = LOCAL_PROJECT
+    transactions_topic: str = "transactions"
+    labels_topic: str = "labels"
+    predictions_topic: str = "predictions"
+    dead_letter_topic: str = "dead-letter"
+    transactions_subscription: str = "transactions-rillet"
+    labels_subscription: str = "labels-rillet"
+    predictions_subscription: str = "predictions-monitor"
+    dead_letter_subscription: str = "dead-letter-monitor"
+    bigtable_instance: str = "rillet"
+    bigtable_table: str = "features"
+
+    def subscriptions(self) -> dict[str, str]:
+        """Subscription -> topic."""
+        return {
+            self.transactions_subscription: self.transactions_topic,
+            self.labels_subscription: self.labels_topic,
+            self.predictions_subscription: self.predictions_topic,
+            self.dead_letter_subscription: self.dead_letter_topic,
+        }
+
+
+@dataclass
+class _State:
+    ports: dict[str, int] = field(default_factory=dict)
+    pids: dict[str, int] = field(default_factory=dict)
+
+
+def sdk_root() -> Path:
+    """The Cloud SDK's root folder, or StackError saying what to install."""
+    gcloud = shutil.which("gcloud")
+    if gcloud is None:
+        raise StackError(f"gcloud was not found on PATH. {INSTALL_HINT}")
+    try:
+        out = subprocess.run(
+            [gcloud, "info", "--format=value(installation.sdk_root)"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout.strip()
+    except (subprocess.SubprocessError, OSError) as exc:
+        raise StackError(f"'gcloud info' failed ({exc}). {INSTALL_HINT}") from exc
+    return Path(out)
+
+
+def _commands(root: Path, ports: dict[str, int], data_dir: Path) -> dict[str, list[str]]:
+    platform = root / "platform"
+    pubsub = platform / "pubsub-emulator" / "bin" / "cloud-pubsub-emulator"
+    bigtable = platform / "bigtable-emulator" / "cbtemulator"
+    datastore = platform / "cloud-datastore-emulator" / "cloud_datastore_emulator"
+    missing = [str(p) for p in (pubsub, bigtable, datastore) if not p.exists()]
+    if missing:
+        raise StackError(f"emulator(s) missing: {', '.join(missing)}. {INSTALL_HINT}")
+    if shutil.which("java") is None:
+        raise StackError(f"java was not found on PATH (the Pub/Sub and Datastore emulators need it). {INSTALL_HINT}")
+    return {
+        "pubsub": [str(pubsub), f"--host={HOST}", f"--port={ports['pubsub']}"],
+        "bigtable": [str(bigtable), "-host", HOST, "-port", str(ports["bigtable"])],
+        "datastore": [
+            str(datastore),
+            "start",
+            f"--host={HOST}",
+            f"--port={ports['datastore']}",
+            "--store_on_disk=false",
+            "--consistency=1.0",
+            str(data_dir / "datastore"),
+        ],
+    }
+
+
+def _answers(name: str, port: int) -> bool:
+    if name == "bigtable":
+        try:
+            with socket.create_connection((HOST, port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+    try:
+        with urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=1) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def emulator_env(ports: dict[str, int]) -> dict[str, str]:
+    """The *_EMULATOR_HOST variables that point the Google Cloud clients at the emulators."""
+    return {ENV_VARS[name]: f"{HOST}:{port}" for name, port in ports.items()}
+
+
+class LocalStack:
+    """Starts and stops the emulators; state (ports, pids we started) lives in state_dir."""
+
+    def __init__(self, state_dir: str | os.PathLike[str] = ".rillet") -> None:
+        self.state_dir = Path(state_dir)
+        self.state_file = self.state_dir / "local.json"
+
+    def _load(self) -> _State:
+        if self.state_file.exists():
+            raw = json.loads(self.state_file.read_text())
+            return _State(raw.get("ports", {}), raw.get("pids", {}))
+        return _State()
+
+    def _save(self, state: _State) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(asdict(state), indent=2))
+
+    def ports(self) -> dict[str, int]:
+        return {**DEFAULT_PORTS, **self._load().ports}
+
+    def env(self) -> dict[str, str]:
+        return emulator_env(self.ports())
+
+    def up(
+        self, ports: dict[str, int] | None = None, timeout_s: float = 90.0
+    ) -> dict[str, str]:
+        """Starts the emulators that are not answering; returns {name: 'started'|'running'}."""
+        state = self._load()
+        wanted = {**DEFAULT_PORTS, **state.ports, **(ports or {})}
+        result: dict[str, str] = {}
+        to_start = [n for n in DEFAULT_PORTS if not _answers(n, wanted[n])]
+        commands = _commands(sdk_root(), wanted, self.state_dir) if to_start else {}
+        logs = self.state_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        for name in DEFAULT_PORTS:
+            if name not in to_start:
+                result[name] = "running"
+                continue
+            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it
+            proc = subprocess.Popen(
+                commands[name],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # own process group: down() stops the JVM too
+            )
+            state.pids[name] = proc.pid
+            result[name] = "started"
+        state.ports = wanted
+        self._save(state)
+        deadline = time.monotonic() + timeout_s
+        for name in to_start:
+            while not _answers(name, wanted[name]):
+                pid = state.pids[name]
+                if not _alive(pid) or time.monotonic() > deadline:
+                    log_tail = (logs / f"{name}.log").read_text(errors="replace")[-2000:]
+                    self.down()
+                    raise StackError(
+                        f"the {name} emulator did not answer on {HOST}:{wanted[name]} "
+                        f"(log {logs / (name + '.log')}):\n{log_tail}"
+                    )
+                time.sleep(0.2)
+        return result
+
+    def down(self) -> dict[str, str]:
+        """Stops only the emulators this state started."""
+        state = self._load()
+        result = {}
+        for name, pid in state.pids.items():
+            if _alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+                for _ in range(50):
+                    if not _alive(pid):
+                        break
+                    time.sleep(0.1)
+                    _reap(pid)
+                if _alive(pid):
+                    try:
+                        os.killpg(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+                _reap(pid)
+                result[name] = "stopped"
+            else:
+                result[name] = "not running"
+        state.pids = {}
+        self._save(state)
+        return result
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        state = self._load()
+        ports = {**DEFAULT_PORTS, **state.ports}
+        return {
+            name: {
+                "port": ports[name],
+                "answering": _answers(name, ports[name]),
+                "pid": state.pids.get(name),
+                "started_by_us": name in state.pids and _alive(state.pids[name]),
+            }
+            for name in DEFAULT_PORTS
+        }
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+@contextmanager
+def environment(env: dict[str, str]) -> Iterator[None]:
+    """Sets environment variables for the duration of the block, then restores them."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def create_resources(topology: Topology = Topology(), retain_acked: bool = False) -> None:
+    """Creates topics, subscriptions and the feature table if missing (needs the emulator env)."""
+    from google.api_core import exceptions
+    from google.cloud import pubsub_v1
+
+    from pipelines.feature_store import StoreConfig, create_table
+
+    publisher = pubsub_v1.PublisherClient()
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        for topic in (
+            topology.transactions_topic,
+            topology.labels_topic,
+            topology.predictions_topic,
+            topology.dead_letter_topic,
+        ):
+            try:
+                publisher.create_topic(name=publisher.topic_path(topology.project, topic))
+            except exceptions.AlreadyExists:
+                pass
+        for sub, topic in topology.subscriptions().items():
+            try:
+                subscriber.create_subscription(
+                    request={
+                        "name": subscriber.subscription_path(topology.project, sub),
+                        "topic": publisher.topic_path(topology.project, topic),
+                        "ack_deadline_seconds": 60,
+                        "retain_acked_messages": retain_acked,
+                    }
+                )
+            except exceptions.AlreadyExists:
+                pass
+    finally:
+        subscriber.close()
+    create_table(StoreConfig(topology.project, topology.bigtable_instance, topology.bigtable_table))

@@ -1,0 +1,89 @@
+"""RilletOptions: the one configuration surface of the streaming pipeline."""
+
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+__all__ = ["LOCAL_PROJECT", "RilletOptions", "resource_path"]
+
+LOCAL_PROJECT = "rillet-local"
+
+
+def resource_path(project: str, kind: str, name: str) -> str:
+    """Full Pub/Sub path for a short name (full paths pass through)."""
+    return name if name.startswith("projects/") else f"projects/{project}/{kind}/{name}"
+
+
+class RilletOptions(PipelineOptions):
+    """Options of the rillet streaming pipeline (plus Beam's standard and Google Cloud options).
+
+    The Google Cloud project is Beam's ``--project``; every resource below lives in it.
+    """
+
+    @classmethod
+    def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
+        parser.add_argument(
+            "--transactions_subscription",
+            default="transactions-rillet",
+            help="Subscription to the transaction topic (short name or full path).",
+        )
+        parser.add_argument(
+            "--labels_subscription",
+            default="labels-rillet",
+            help="Subscription to the fraud-label topic (short name or full path).",
+        )
+        parser.add_argument(
+            "--predictions_topic",
+            default="predictions",
+            help="Topic every prediction is published on (short name or full path).",
+        )
+        parser.add_argument(
+            "--dead_letter_topic",
+            default="dead-letter",
+            help="Topic for rejected messages, with the reason as attributes.",
+        )
+        parser.add_argument("--bigtable_instance", default="rillet", help="Bigtable instance id.")
+        parser.add_argument("--bigtable_table", default="features", help="Feature table id.")
+        parser.add_argument("--datastore_kind", default="Prediction", help="Datastore kind.")
+        parser.add_argument(
+            "--datastore_namespace", default="", help="Datastore namespace (empty: default)."
+        )
+        parser.add_argument(
+            "--model_dir",
+            default="artifacts/models",
+            help="Directory (local or gs://) holding model versions: <version>/saved_model.",
+        )
+        parser.add_argument(
+            "--model_version", default="latest", help="Model version to serve, or 'latest'."
+        )
+        parser.add_argument(
+            "--max_batch_size",
+            type=int,
+            default=500,
+            help="Most transactions per feature-store round trip and inference call.",
+        )
+        parser.add_argument(
+            "--risk_medium_threshold", type=float, default=0.2, help="Score from which risk is medium."
+        )
+        parser.add_argument(
+            "--risk_high_threshold", type=float, default=0.5, help="Score from which risk is high."
+        )
+        parser.add_argument(
+            "--direct_pull_max_messages",
+            type=int,
+            default=500,
+            help="DirectRunner only: messages per Pub/Sub pull (Beam's local reader pulls 10).",
+        )
+
+    def validate_local(self) -> list[str]:
+        """Problems a user can fix before the job starts, as messages."""
+        errors = []
+        if self.max_batch_size < 1:
+            errors.append("--max_batch_size must be at least 1")
+        if not 0 <= self.risk_medium_threshold <= self.risk_high_threshold <= 1:
+            errors.append("need 0 <= --risk_medium_threshold <= --risk_high_threshold <= 1")
+        if self.direct_pull_max_messages < 1:
+            errors.append("--direct_pull_max_messages must be at least 1")
+        if not self.view_as(GoogleCloudOptions).project:
+            errors.append("--project is required (the emulators use 'rillet-local')")
+        return errors

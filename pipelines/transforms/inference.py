@@ -1,0 +1,171 @@
+"""Predict: TensorFlow inference inside the pipeline with Beam RunInference.
+
+Keras 3 cannot reload a SavedModel directory with ``tf.keras.models.load_model`` and tfx-bsl's
+TF1 session loader fails on Keras 3 exports, so the handler loads the SavedModel with TF2's
+``tf.saved_model.load`` and calls its ``serving_default`` signature once per FeatureBatch (batches
+are formed by ComputeFeatures, so RunInference's own batching is skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.ml.inference.base import ModelHandler, RunInference
+
+from pipelines.features import MODEL_INPUTS
+from pipelines.transforms.features import FeatureBatch
+from pipelines.transforms.parse import DeadLetter
+
+__all__ = [
+    "ModelInfo",
+    "Predict",
+    "PredictionBatch",
+    "Predictions",
+    "SavedModelHandler",
+    "resolve_model",
+]
+
+_LOGGER = logging.getLogger(__name__)
+MODEL_CARD = "model_card.json"
+SAVED_MODEL_DIR = "saved_model"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """A model version picked from a model directory."""
+
+    version: str
+    path: str
+    features: tuple[str, ...]
+
+
+def resolve_model(model_dir: str, version: str = "latest") -> ModelInfo:
+    """Picks a version from ``model_dir`` (``<model_dir>/<version>/{saved_model,model_card.json}``).
+
+    Versions sort chronologically by name; "latest" takes the last. The model card's feature
+    list must equal the pipeline's MODEL_INPUTS, or the model would be fed the wrong columns.
+    """
+    if version == "latest":
+        match = FileSystems.match([FileSystems.join(model_dir, "*", MODEL_CARD)])[0]
+        cards = sorted(m.path for m in match.metadata_list)
+        if not cards:
+            raise FileNotFoundError(
+                f"no model in {model_dir!r}: expected <version>/{MODEL_CARD}; train one with "
+                "'rillet train'"
+            )
+        card_path = cards[-1]
+    else:
+        card_path = FileSystems.join(model_dir, version, MODEL_CARD)
+    with FileSystems.open(card_path) as handle:
+        card = json.loads(handle.read().decode())
+    features = tuple(card["features"])
+    if features != MODEL_INPUTS:
+        raise ValueError(
+            f"model {card_path} expects features {features}, the pipeline computes {MODEL_INPUTS}"
+        )
+    base = card_path[: -len(MODEL_CARD)].rstrip("/")
+    return ModelInfo(card["version"], FileSystems.join(base, SAVED_MODEL_DIR), features)
+
+
+@dataclass
+class PredictionBatch:
+    """Scores for a FeatureBatch, in the same order."""
+
+    batch: FeatureBatch
+    scores: np.ndarray
+    model_version: str
+    predicted_at_us: int
+
+    def __len__(self) -> int:
+        return len(self.batch)
+
+
+class SavedModelHandler(ModelHandler[FeatureBatch, PredictionBatch, Any]):
+    """ModelHandler for a TF2 SavedModel with a ``serving_default`` signature of one float input.
+
+    Args:
+      model: the version to serve (see resolve_model).
+    """
+
+    def __init__(self, model: ModelInfo) -> None:
+        super().__init__()
+        self._model = model
+
+    def load_model(self) -> Any:
+        import tensorflow as tf
+
+        loaded = tf.saved_model.load(self._model.path)
+        _LOGGER.info("loaded model %s from %s", self._model.version, self._model.path)
+        return loaded
+
+    def run_inference(
+        self,
+        batch: Sequence[FeatureBatch] | FeatureBatch,
+        model: Any,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionBatch]:
+        import time
+
+        import tensorflow as tf
+
+        batches = [batch] if isinstance(batch, FeatureBatch) else list(batch)
+        signature = model.signatures["serving_default"]
+        results = []
+        for fb in batches:
+            inputs = tf.constant(fb.features.astype(np.float32))
+            outputs = signature(inputs)
+            scores = next(iter(outputs.values())).numpy().reshape(-1).astype(np.float64)
+            results.append(
+                PredictionBatch(fb, scores, self._model.version, int(time.time() * 1_000_000))
+            )
+        return results
+
+    def get_num_bytes(self, batch: Sequence[FeatureBatch] | FeatureBatch) -> int:
+        batches = [batch] if isinstance(batch, FeatureBatch) else list(batch)
+        return sum(int(b.features.nbytes) for b in batches)
+
+    def get_metrics_namespace(self) -> str:
+        return "rillet_inference"
+
+
+class Predictions(NamedTuple):
+    results: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+def _inference_failures(failed: Any) -> Iterable[DeadLetter]:
+    # RunInference's DLQ carries (element, exception) pairs; element is the FeatureBatch.
+    element, error = failed if isinstance(failed, tuple) and len(failed) == 2 else (failed, None)
+    for tx in getattr(element, "transactions", []):
+        yield DeadLetter(tx.to_json(), "inference_error", repr(error)[:500], "transactions", "predict")
+
+
+class Predict(beam.PTransform):
+    """FeatureBatches to PredictionBatches with Beam RunInference.
+
+    Example Usage::
+
+        predictions = batches | "Predict" >> Predict(resolve_model("artifacts/models"))
+    """
+
+    def __init__(self, model: ModelInfo) -> None:
+        super().__init__()
+        self._model = model
+
+    def expand(self, batches: beam.PCollection) -> Predictions:
+        handler = SavedModelHandler(self._model).with_no_batching()
+        results, dlq = batches | "RunInference" >> RunInference(handler).with_exception_handling()
+        failures = dlq.failed_inferences | "FailedInferences" >> beam.FlatMap(_inference_failures)
+        return Predictions(results, failures)
+
+
+def model_path_exists(path: str) -> bool:
+    return Path(path).exists() or FileSystems.exists(path)

@@ -1,0 +1,279 @@
+"""Sinks: predictions to Datastore and to the prediction topic, rejects to the dead-letter topic.
+
+Prediction message contract (topic ``predictions``), see README "Prediction messages":
+  data        JSON: schema_version, transaction_id, customer_id, terminal_id, event_time,
+              score, risk_band, model_version, features {name: value}, publish_time,
+              processing_time (RFC 3339 UTC)
+  attributes  transaction_id, risk_band (low|medium|high), model_version, schema_version:
+              filterable by subscriptions, e.g. ``attributes.risk_band = "high"``.
+
+Both sinks write a whole PredictionBatch per call. Beam's WriteToDatastore is not used because
+its ramp-up throttle starts near one entity per second and a commit holding two mutations of one
+key fails; this writer upserts by key (idempotent), dedupes keys per commit and retries with
+backoff.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.gcp.pubsub import PubsubMessage, WriteToPubSub
+from apache_beam.metrics import Metrics
+
+from pipelines.features import MODEL_INPUTS
+from pipelines.schema import SCHEMA_VERSION, format_rfc3339
+from pipelines.transforms.inference import PredictionBatch
+from pipelines.transforms.parse import METRICS_NAMESPACE, DeadLetter
+
+__all__ = [
+    "PredictionRecord",
+    "RiskBands",
+    "WriteDeadLetters",
+    "WritePredictions",
+    "prediction_records",
+]
+
+_LOGGER = logging.getLogger(__name__)
+DATASTORE_COMMIT_LIMIT = 500  # mutations per Datastore commit
+
+PredictionRecord = dict[str, Any]
+
+
+class RiskBands:
+    """Score thresholds for the ``risk_band`` attribute: [0, medium) low, [medium, high) medium,
+    [high, 1] high."""
+
+    def __init__(self, medium: float = 0.2, high: float = 0.5) -> None:
+        if not 0.0 <= medium <= high <= 1.0:
+            raise ValueError(f"risk thresholds need 0 <= medium <= high <= 1, got {medium}, {high}")
+        self.medium = medium
+        self.high = high
+
+    def band(self, score: float) -> str:
+        return "high" if score >= self.high else "medium" if score >= self.medium else "low"
+
+
+def prediction_records(pb: PredictionBatch, bands: RiskBands) -> list[PredictionRecord]:
+    """One record per transaction: everything a consumer needs to audit the prediction."""
+    records = []
+    for i, tx in enumerate(pb.batch.transactions):
+        score = float(pb.scores[i])
+        records.append(
+            {
+                "schema_version": SCHEMA_VERSION,
+                "transaction_id": tx.transaction_id,
+                "customer_id": tx.customer_id,
+                "terminal_id": tx.terminal_id,
+                "event_time_us": tx.event_time_us,
+                "publish_time_us": tx.publish_time_us,
+                "processing_time_us": pb.predicted_at_us,
+                "score": score,
+                "risk_band": bands.band(score),
+                "model_version": pb.model_version,
+                "features": dict(zip(MODEL_INPUTS, map(float, pb.batch.features[i]), strict=True)),
+            }
+        )
+    return records
+
+
+def _to_message(record: PredictionRecord) -> tuple[bytes, dict[str, str]]:
+    body = {
+        "schema_version": record["schema_version"],
+        "transaction_id": record["transaction_id"],
+        "customer_id": record["customer_id"],
+        "terminal_id": record["terminal_id"],
+        "event_time": format_rfc3339(record["event_time_us"]),
+        "score": record["score"],
+        "risk_band": record["risk_band"],
+        "model_version": record["model_version"],
+        "features": record["features"],
+        "publish_time": format_rfc3339(record["publish_time_us"]),
+        "processing_time": format_rfc3339(record["processing_time_us"]),
+    }
+    attributes = {
+        "transaction_id": record["transaction_id"],
+        "risk_band": record["risk_band"],
+        "model_version": record["model_version"],
+        "schema_version": str(SCHEMA_VERSION),
+    }
+    return json.dumps(body, separators=(",", ":")).encode(), attributes
+
+
+def _dt(micros: int) -> datetime:
+    return datetime.fromtimestamp(micros / 1e6, tz=UTC)
+
+
+class _DatastoreWriteDoFn(beam.DoFn):
+    def __init__(self, project: str, kind: str, namespace: str | None, bands: RiskBands) -> None:
+        self._project = project
+        self._kind = kind
+        self._namespace = namespace or None
+        self._bands = bands
+        self._client: Any = None
+        self._written = Metrics.counter(METRICS_NAMESPACE, "predictions_written")
+        self._latency = Metrics.distribution(METRICS_NAMESPACE, "event_to_prediction_ms")
+
+    def setup(self) -> None:
+        from google.cloud import datastore
+
+        self._client = datastore.Client(project=self._project, namespace=self._namespace)
+
+    def _entity(self, record: PredictionRecord) -> Any:
+        from google.cloud import datastore
+
+        key = self._client.key(self._kind, record["transaction_id"])
+        entity = datastore.Entity(key=key, exclude_from_indexes=("features",))
+        features = datastore.Entity(exclude_from_indexes=tuple(record["features"]))
+        features.update(record["features"])
+        entity.update(
+            {
+                "customer_id": record["customer_id"],
+                "terminal_id": record["terminal_id"],
+                "event_time": _dt(record["event_time_us"]),
+                "publish_time": _dt(record["publish_time_us"]),
+                "processing_time": _dt(record["processing_time_us"]),
+                "score": record["score"],
+                "risk_band": record["risk_band"],
+                "model_version": record["model_version"],
+                "features": features,
+            }
+        )
+        return entity
+
+    def process(self, pb: PredictionBatch) -> Iterator[PredictionBatch]:
+        records = prediction_records(pb, self._bands)
+        # One mutation per key per commit: a later record of the same key wins.
+        by_key = {r["transaction_id"]: r for r in records}
+        entities = [self._entity(r) for r in by_key.values()]
+        for start in range(0, len(entities), DATASTORE_COMMIT_LIMIT):
+            chunk = entities[start : start + DATASTORE_COMMIT_LIMIT]
+            _with_backoff(lambda c=chunk: self._client.put_multi(c), "Datastore commit")
+        self._written.inc(len(entities))
+        for r in records:
+            if r["publish_time_us"]:
+                self._latency.update(int((r["processing_time_us"] - r["publish_time_us"]) / 1000))
+        yield pb
+
+
+class _PublishDoFn(beam.DoFn):
+    def __init__(self, topic: str, bands: RiskBands) -> None:
+        self._topic = topic
+        self._bands = bands
+        self._publisher: Any = None
+        self._published = Metrics.counter(METRICS_NAMESPACE, "predictions_published")
+
+    def setup(self) -> None:
+        from google.cloud import pubsub_v1
+
+        self._publisher = pubsub_v1.PublisherClient(
+            batch_settings=pubsub_v1.types.BatchSettings(max_messages=500, max_latency=0.01)
+        )
+
+    def process(self, pb: PredictionBatch) -> Iterator[int]:
+        futures = []
+        for record in prediction_records(pb, self._bands):
+            data, attributes = _to_message(record)
+            futures.append(self._publisher.publish(self._topic, data, **attributes))
+        # Wait for the acks before the bundle completes: at-least-once delivery.
+        for future in futures:
+            future.result(timeout=120)
+        self._published.inc(len(futures))
+        yield len(futures)
+
+    def teardown(self) -> None:
+        if self._publisher is not None:
+            self._publisher.stop()
+
+
+def _with_backoff(fn: Any, what: str, attempts: int = 10) -> Any:
+    from google.api_core import exceptions
+
+    delay = 0.1
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except (
+            exceptions.ServiceUnavailable,
+            exceptions.DeadlineExceeded,
+            exceptions.InternalServerError,
+            exceptions.Aborted,
+            exceptions.TooManyRequests,
+            exceptions.RetryError,
+        ) as exc:
+            if attempt == attempts - 1:
+                raise
+            _LOGGER.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    raise AssertionError("unreachable")
+
+
+class WritePredictions(beam.PTransform):
+    """Writes every prediction to Datastore (one entity per transaction_id, upsert) and publishes
+    it on the prediction topic with filterable attributes.
+
+    Args:
+      datastore_project: project of the Datastore database.
+      kind: Datastore kind of the prediction entities.
+      namespace: Datastore namespace (None for the default).
+      topic: full path of the prediction topic.
+      bands: risk band thresholds.
+    """
+
+    def __init__(
+        self,
+        datastore_project: str,
+        kind: str,
+        namespace: str | None,
+        topic: str,
+        bands: RiskBands | None = None,
+    ) -> None:
+        super().__init__()
+        self._project = datastore_project
+        self._kind = kind
+        self._namespace = namespace
+        self._topic = topic
+        self._bands = bands or RiskBands()
+
+    def expand(self, predictions: beam.PCollection) -> beam.PCollection:
+        stored = predictions | "ToDatastore" >> beam.ParDo(
+            _DatastoreWriteDoFn(self._project, self._kind, self._namespace, self._bands)
+        )
+        # Publish after the entity is stored, so a subscriber can always read it back.
+        return stored | "ToPredictionTopic" >> beam.ParDo(_PublishDoFn(self._topic, self._bands))
+
+
+def _dead_letter_message(dl: DeadLetter) -> PubsubMessage:
+    attributes = {
+        "reason": dl.reason,
+        "detail": dl.detail[:1000],
+        "source": dl.source,
+        "stage": dl.stage,
+    }
+    for key, value in dl.attributes.items():
+        attributes.setdefault(f"original_{key}"[:256], str(value)[:1024])
+    return PubsubMessage(dl.payload, attributes)
+
+
+class WriteDeadLetters(beam.PTransform):
+    """Publishes DeadLetters on the dead-letter topic: original bytes as data, the reason,
+    detail, source and stage as attributes."""
+
+    def __init__(self, topic: str) -> None:
+        super().__init__()
+        self._topic = topic
+
+    def expand(self, dead_letters: beam.PCollection) -> Any:
+        return (
+            dead_letters
+            | "ToMessage" >> beam.Map(_dead_letter_message)
+            | "Publish" >> WriteToPubSub(self._topic, with_attributes=True)
+        )
+
+
