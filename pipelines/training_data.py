@@ -1,0 +1,37 @@
+"""Point-in-time-correct training features from a dataset, with the streaming engine's code."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipelines.engine import EventColumns, features_for
+from pipelines.features import MODEL_INPUTS
+
+__all__ = ["training_features"]
+
+
+def _us(series: pd.Series) -> np.ndarray:
+    return series.dt.tz_convert("UTC").astype("datetime64[us, UTC]").astype("int64").to_numpy()
+
+
+def training_features(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per transaction: TRANSACTION_ID, TX_DATETIME, the MODEL_INPUTS and TX_FRAUD.
+
+    ``frame`` is a simulate()-style frame (labels included). Every label is treated as known at
+    its transaction time + the features' delay, exactly as the stream sees the label topic.
+    """
+    t = _us(frame["TX_DATETIME"])
+    ids = frame["TRANSACTION_ID"].to_numpy(np.int64)
+    customers = frame["CUSTOMER_ID"].to_numpy(np.int64)
+    terminals = frame["TERMINAL_ID"].to_numpy(np.int64)
+    query = EventColumns(ids, customers, terminals, t, frame["TX_AMOUNT"].to_numpy(np.float64))
+    labels = EventColumns(
+        ids, customers, terminals, t, frame["TX_FRAUD"].to_numpy(np.float64)
+    )
+    matrix = features_for(query, labels=labels)
+    out = pd.DataFrame(matrix, columns=list(MODEL_INPUTS))
+    out.insert(0, "TX_DATETIME", frame["TX_DATETIME"].to_numpy())
+    out.insert(0, "TRANSACTION_ID", ids)
+    out["TX_FRAUD"] = frame["TX_FRAUD"].to_numpy(np.int8)
+    return out
