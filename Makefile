@@ -1,0 +1,48 @@
+# rillet — run `make help` for the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## List the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml setup.py
+	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,eval]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create the virtualenv and install rillet with its dev tools
+
+demo: $(STAMP) ## The whole product on the emulators (simulate, train, stream, predict, summary)
+	$(BIN)/rillet demo
+
+test: $(STAMP) ## The whole test suite, emulators included (they are started and stopped by the tests)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+test-unit: $(STAMP) ## Unit tests only
+	$(BIN)/python -m pytest -q tests/unit
+
+lint: $(STAMP) ## ruff + mypy
+	$(BIN)/ruff check pipelines models tests bench
+	$(BIN)/ruff format --check pipelines models tests bench
+	$(BIN)/mypy pipelines models
+
+emulators-up: $(STAMP) ## Start the emulators and create the resources
+	$(BIN)/rillet local up
+
+emulators-down: $(STAMP) ## Stop the emulators this checkout started
+	$(BIN)/rillet local down
+
+bench-e2e: $(STAMP) ## Read-only vs full pipeline throughput and latency (last line JSON)
+	$(BIN)/python -m bench.e2e
+
+clean: ## Remove local state, data and models (not the virtualenv)
+	rm -rf .rillet artifacts
+
+.PHONY: help install demo test test-unit lint emulators-up emulators-down bench-e2e clean

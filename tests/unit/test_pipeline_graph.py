@@ -1,0 +1,78 @@
+"""The pipeline graph: stable top-level labels, offline construction for DataflowRunner."""
+
+import apache_beam as beam
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.features import MODEL_INPUTS
+from pipelines.pipeline import STEP_LABELS, build_pipeline, pipeline_options, unknown_arguments
+from pipelines.transforms.inference import ModelInfo
+
+MODEL = ModelInfo("test", "/nonexistent/saved_model", MODEL_INPUTS)
+
+# Dataflow --update matches steps by these names: changing one is a breaking change that needs
+# --transform_name_mapping. Update this list only deliberately.
+PINNED = (
+    "ReadTransactions",
+    "ReadLabels",
+    "ParseTransactions",
+    "ParseLabels",
+    "WriteLabels",
+    "ComputeFeatures",
+    "Predict",
+    "WritePredictions",
+    "CollectDeadLetters",
+    "WriteDeadLetters",
+)
+
+
+def top_level_labels(p: beam.Pipeline) -> set[str]:
+    proto = p.to_runner_api()
+    root = proto.components.transforms[proto.root_transform_ids[0]] if len(proto.root_transform_ids) == 1 else None
+    ids = root.subtransforms if root is not None else proto.root_transform_ids
+    return {proto.components.transforms[i].unique_name for i in ids}
+
+
+def test_step_labels_are_pinned() -> None:
+    assert STEP_LABELS == PINNED
+    options = PipelineOptions(["--project=rillet-local", "--streaming"])
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, options, model=MODEL)
+    assert top_level_labels(p) == set(PINNED)
+
+
+def test_constructs_for_dataflow_offline(tmp_path) -> None:
+    options = PipelineOptions(
+        [
+            "--runner=DataflowRunner",
+            "--project=my-project",
+            "--region=europe-west1",
+            "--temp_location=gs://my-bucket/temp",
+            "--staging_location=gs://my-bucket/staging",
+            "--streaming",
+            "--enable_streaming_engine",
+            "--setup_file=./setup.py",
+            "--model_dir=gs://my-bucket/models",
+            # Offline: no credentials lookup (it retries for minutes without a network).
+            "--no_auth",
+        ]
+    )
+    p = beam.Pipeline(options=options)
+    outputs = build_pipeline(p, options, model=MODEL)
+    proto = p.to_runner_api()
+    names = {t.unique_name for t in proto.components.transforms.values()}
+    assert {"ComputeFeatures/FeaturesFromStore", "Predict/RunInference/BeamML_RunInference"} <= names
+    assert set(outputs) >= {"predictions", "dead_letters"}
+
+
+def test_unknown_argument_is_reported() -> None:
+    assert unknown_arguments(["--project=x", "--bigtable_tabel=oops"]) == ["--bigtable_tabel=oops"]
+    with pytest.raises(SystemExit) as info:
+        pipeline_options(["--project=x", "--bigtable_tabel=oops"])
+    assert info.value.code == 2
+
+
+def test_invalid_threshold_is_reported(capsys) -> None:
+    with pytest.raises(SystemExit):
+        pipeline_options(["--project=x", "--risk_medium_threshold=0.9", "--risk_high_threshold=0.5"])
+    assert "risk" in capsys.readouterr().err
