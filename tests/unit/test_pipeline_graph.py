@@ -55,6 +55,7 @@ def test_constructs_for_dataflow_offline(tmp_path) -> None:
             "--model_dir=gs://my-bucket/models",
             # Offline: no credentials lookup (it retries for minutes without a network).
             "--no_auth",
+            "--dry_run=True",
         ]
     )
     p = beam.Pipeline(options=options)
