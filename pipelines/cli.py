@@ -15,7 +15,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-local_app = typer.Typer(help="The local emulator stack (Pub/Sub, Bigtable, Datastore).", no_args_is_help=True)
+local_app = typer.Typer(
+    help="The local emulator stack (Pub/Sub, Bigtable, Datastore).", no_args_is_help=True
+)
 app.add_typer(local_app, name="local")
 
 StateDir = Annotated[Path, typer.Option(help="Where local state (pids, ports, logs) is kept.")]
@@ -40,7 +42,9 @@ def local_up(
 
     stack = _stack(state_dir)
     try:
-        result = stack.up({"pubsub": pubsub_port, "bigtable": bigtable_port, "datastore": datastore_port})
+        result = stack.up(
+            {"pubsub": pubsub_port, "bigtable": bigtable_port, "datastore": datastore_port}
+        )
     except StackError as exc:
         typer.echo(f"rillet local up: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -71,10 +75,14 @@ def simulate(
     preset: Annotated[str, typer.Option(help="handbook | small | tiny")] = "small",
 ) -> None:
     """Generate the reference card-transaction dataset (the handbook simulator)."""
-    from pipelines.simulator import PRESETS, simulate as run_simulation, write_dataset
+    from pipelines.simulator import PRESETS, write_dataset
+    from pipelines.simulator import simulate as run_simulation
 
     if preset not in PRESETS:
-        typer.echo(f"rillet simulate: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}", err=True)
+        typer.echo(
+            f"rillet simulate: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}",
+            err=True,
+        )
         raise typer.Exit(2)
     frame = run_simulation(PRESETS[preset])
     paths = write_dataset(frame, output)
@@ -86,8 +94,12 @@ def simulate(
 @app.command()
 def train(
     input: Annotated[Path, typer.Option(help="Dataset directory written by 'rillet simulate'.")],
-    model_dir: Annotated[Path, typer.Option(help="Versioned model directory.")] = Path("artifacts/models"),
-    train_start: Annotated[str, typer.Option(help="First training day, YYYY-MM-DD.")] = "2018-04-01",
+    model_dir: Annotated[Path, typer.Option(help="Versioned model directory.")] = Path(
+        "artifacts/models"
+    ),
+    train_start: Annotated[
+        str, typer.Option(help="First training day, YYYY-MM-DD.")
+    ] = "2018-04-01",
     train_end: Annotated[str, typer.Option(help="Last training day, YYYY-MM-DD.")] = "2018-05-05",
     epochs: Annotated[int, typer.Option(min=1)] = 5,
 ) -> None:
@@ -102,7 +114,9 @@ def train(
         typer.echo(f"rillet train: no transactions between {train_start} and {train_end}", err=True)
         raise typer.Exit(2)
     model, metrics = train_model(rows, None, TrainConfig(epochs=epochs))
-    target = export_model(model, model_dir, {"training_range": [train_start, train_end], "metrics": metrics})
+    target = export_model(
+        model, model_dir, {"training_range": [train_start, train_end], "metrics": metrics}
+    )
     typer.echo(f"exported {target}")
 
 
@@ -130,9 +144,13 @@ def run(
 @app.command()
 def publish(
     input: Annotated[Path, typer.Option(help="Dataset directory written by 'rillet simulate'.")],
-    rate: Annotated[float, typer.Option(min=0, help="Events per second (0: as fast as possible).")] = 1000,
+    rate: Annotated[
+        float, typer.Option(min=0, help="Events per second (0: as fast as possible).")
+    ] = 1000,
     limit: Annotated[int, typer.Option(min=0, help="Only the first N transactions (0: all).")] = 0,
-    labels: Annotated[bool, typer.Option(help="Also publish the labels, 7 days of event time later.")] = True,
+    labels: Annotated[
+        bool, typer.Option(help="Also publish the labels, 7 days of event time later.")
+    ] = True,
     project: str = "rillet-local",
     state_dir: StateDir = Path(".rillet"),
 ) -> None:
@@ -158,8 +176,12 @@ def publish(
 def demo(
     preset: Annotated[str, typer.Option(help="Simulator preset to replay.")] = "small",
     rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 1500,
-    work_dir: Annotated[Path, typer.Option(help="Where data, models, logs and state go.")] = Path(".rillet"),
-    timeout: Annotated[float, typer.Option(min=10, help="Seconds to wait for all predictions.")] = 600,
+    work_dir: Annotated[Path, typer.Option(help="Where data, models, logs and state go.")] = Path(
+        ".rillet"
+    ),
+    timeout: Annotated[
+        float, typer.Option(min=10, help="Seconds to wait for all predictions.")
+    ] = 600,
 ) -> None:
     """The whole product on the emulators: simulate, train, stream, predict, summarise."""
     from pipelines.demo import DemoConfig, run_demo
@@ -167,10 +189,15 @@ def demo(
     from pipelines.simulator import PRESETS
 
     if preset not in PRESETS:
-        typer.echo(f"rillet demo: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}", err=True)
+        typer.echo(
+            f"rillet demo: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}",
+            err=True,
+        )
         raise typer.Exit(2)
     try:
-        summary = run_demo(DemoConfig(preset=preset, rate=rate, work_dir=work_dir, timeout_s=timeout))
+        summary = run_demo(
+            DemoConfig(preset=preset, rate=rate, work_dir=work_dir, timeout_s=timeout)
+        )
     except StackError as exc:
         typer.echo(f"rillet demo: {exc}", err=True)
         raise typer.Exit(1) from exc

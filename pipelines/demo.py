@@ -129,21 +129,33 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             frame = simulate(PRESETS[config.preset])
             data_dir = work / "data" / config.preset
             write_dataset(frame, data_dir)
-            console.print(f"  {len(frame):,} transactions, {int(frame.TX_FRAUD.sum()):,} frauds -> {data_dir}")
+            console.print(
+                f"  {len(frame):,} transactions, {int(frame.TX_FRAUD.sum()):,} frauds -> {data_dir}"
+            )
 
-            console.print("Computing point-in-time training features (the streaming engine's code) ...")
+            console.print(
+                "Computing point-in-time training features (the streaming engine's code) ..."
+            )
             feats = training_features(frame)
             first = frame.TX_DATETIME.min().strftime("%Y-%m-%d")
-            last_train = (frame.TX_DATETIME.min() + np.timedelta64(config.train_days - 1, "D")).strftime("%Y-%m-%d")
+            last_train = (
+                frame.TX_DATETIME.min() + np.timedelta64(config.train_days - 1, "D")
+            ).strftime("%Y-%m-%d")
             train = split_by_day(feats, first, last_train)
-            console.print(f"Training the TensorFlow model on {first} .. {last_train} ({len(train):,} rows) ...")
+            console.print(
+                f"Training the TensorFlow model on {first} .. {last_train} ({len(train):,} rows) ..."
+            )
             from models.train import TrainConfig
 
             model, metrics = train_model(train, None, TrainConfig(epochs=config.epochs))
             version_dir = export_model(
                 model,
                 work / "models",
-                {"training_range": [first, last_train], "preset": config.preset, "metrics": metrics},
+                {
+                    "training_range": [first, last_train],
+                    "preset": config.preset,
+                    "metrics": metrics,
+                },
             )
             console.print(f"  exported {version_dir}")
 
@@ -168,7 +180,9 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             events = replay_events(frame)
             bad = malformed_examples()
             n_tx = len(frame)
-            predictions = Monitor(f"projects/{topo.project}/subscriptions/{topo.predictions_subscription}")
+            predictions = Monitor(
+                f"projects/{topo.project}/subscriptions/{topo.predictions_subscription}"
+            )
             dead = Monitor(f"projects/{topo.project}/subscriptions/{topo.dead_letter_subscription}")
             threads = [threading.Thread(target=m.run, daemon=True) for m in (predictions, dead)]
             for t in threads:
@@ -208,9 +222,14 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 progress.advance(pub_task, len(bad))
                 deadline = time.monotonic() + config.timeout_s
                 while time.monotonic() < deadline:
-                    progress.update(pred_task, completed=len({p.get("transaction_id") for p in predictions.received}))
+                    progress.update(
+                        pred_task,
+                        completed=len({p.get("transaction_id") for p in predictions.received}),
+                    )
                     if pipeline_proc.poll() is not None:
-                        raise RuntimeError(f"the pipeline exited ({pipeline_proc.returncode}); see {log_path}")
+                        raise RuntimeError(
+                            f"the pipeline exited ({pipeline_proc.returncode}); see {log_path}"
+                        )
                     done = len({p.get("transaction_id") for p in predictions.received}) >= n_tx
                     if done and not publisher.is_alive() and len(dead.received) >= len(bad):
                         break
@@ -273,7 +292,14 @@ def _print_summary(summary: dict[str, Any], work: Path, log_path: Path) -> None:
     }
     for key, label in labels.items():
         value = summary[key]
-        table.add_row(label, ", ".join(value) if isinstance(value, list) else f"{value:,}" if isinstance(value, int) else str(value))
+        table.add_row(
+            label,
+            ", ".join(value)
+            if isinstance(value, list)
+            else f"{value:,}"
+            if isinstance(value, int)
+            else str(value),
+        )
     console.print(table)
     status = "[green]complete[/green]" if summary["complete"] else "[red]INCOMPLETE[/red]"
     console.print(f"Result: {status}")

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipelines.features import (
+    CUSTOMER,
     DAY_US,
     FEATURES,
-    CUSTOMER,
     TERMINAL,
     Entity,
     RowFeature,
@@ -30,9 +30,9 @@ from pipelines.features import (
 
 __all__ = [
     "AMOUNT_SCALE",
+    "EventColumns",
     "Events",
     "amount_units",
-    "EventColumns",
     "compute_feature_matrix",
     "entity_codes",
     "features_for",

@@ -277,10 +277,15 @@ class FeatureStore:
             crow.set_cell(FAMILY_TX, qualifier, value, timestamp=ts)
             trow.set_cell(FAMILY_TX, qualifier, value, timestamp=ts)
             if features is not None:
-                for col, (name, entity) in enumerate(zip(feature_names, feature_entities, strict=True)):
+                for col, (name, entity) in enumerate(
+                    zip(feature_names, feature_entities, strict=True)
+                ):
                     target = crow if entity == CUSTOMER else trow
                     target.set_cell(
-                        FAMILY_FEATURES, name.encode(), _FLOAT.pack(float(features[i, col])), timestamp=ts
+                        FAMILY_FEATURES,
+                        name.encode(),
+                        _FLOAT.pack(float(features[i, col])),
+                        timestamp=ts,
                     )
         return list(rows.values())
 

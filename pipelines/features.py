@@ -98,8 +98,12 @@ LABEL_DELAY_DAYS = 7
 
 def _terminal_features(days: int) -> tuple[WindowFeature, ...]:
     return (
-        WindowFeature(f"TERMINAL_ID_NB_TX_{days}DAY_WINDOW", TERMINAL, "count", days, LABEL_DELAY_DAYS),
-        WindowFeature(f"TERMINAL_ID_RISK_{days}DAY_WINDOW", TERMINAL, "fraud_rate", days, LABEL_DELAY_DAYS),
+        WindowFeature(
+            f"TERMINAL_ID_NB_TX_{days}DAY_WINDOW", TERMINAL, "count", days, LABEL_DELAY_DAYS
+        ),
+        WindowFeature(
+            f"TERMINAL_ID_RISK_{days}DAY_WINDOW", TERMINAL, "fraud_rate", days, LABEL_DELAY_DAYS
+        ),
     )
 
 
@@ -118,7 +122,9 @@ MODEL_INPUTS: tuple[str, ...] = tuple(f.name for f in FEATURES)
 def window_features(entity: Entity | None = None) -> tuple[WindowFeature, ...]:
     """The window features, optionally only those of one entity."""
     return tuple(
-        f for f in FEATURES if isinstance(f, WindowFeature) and (entity is None or f.entity == entity)
+        f
+        for f in FEATURES
+        if isinstance(f, WindowFeature) and (entity is None or f.entity == entity)
     )
 
 

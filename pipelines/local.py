@@ -17,7 +17,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,9 @@ def _commands(root: Path, ports: dict[str, int], data_dir: Path) -> dict[str, li
     if missing:
         raise StackError(f"emulator(s) missing: {', '.join(missing)}. {INSTALL_HINT}")
     if shutil.which("java") is None:
-        raise StackError(f"java was not found on PATH (the Pub/Sub and Datastore emulators need it). {INSTALL_HINT}")
+        raise StackError(
+            f"java was not found on PATH (the Pub/Sub and Datastore emulators need it). {INSTALL_HINT}"
+        )
     return {
         "pubsub": [str(pubsub), f"--host={HOST}", f"--port={ports['pubsub']}"],
         "bigtable": [str(bigtable), "-host", HOST, "-port", str(ports["bigtable"])],
@@ -187,9 +189,7 @@ class LocalStack:
     def env(self) -> dict[str, str]:
         return emulator_env(self.ports())
 
-    def up(
-        self, ports: dict[str, int] | None = None, timeout_s: float = 90.0
-    ) -> dict[str, str]:
+    def up(self, ports: dict[str, int] | None = None, timeout_s: float = 90.0) -> dict[str, str]:
         """Starts the emulators that are not answering; returns {name: 'started'|'running'}."""
         state = self._load()
         wanted = {**DEFAULT_PORTS, **state.ports, **(ports or {})}
@@ -234,20 +234,16 @@ class LocalStack:
         result = {}
         for name, pid in state.pids.items():
             if _alive(pid):
-                try:
+                with suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
                 for _ in range(50):
                     if not _alive(pid):
                         break
                     time.sleep(0.1)
                     _reap(pid)
                 if _alive(pid):
-                    try:
+                    with suppress(ProcessLookupError):
                         os.killpg(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
                 _reap(pid)
                 result[name] = "stopped"
             else:
@@ -271,10 +267,8 @@ class LocalStack:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 @contextmanager
@@ -308,12 +302,10 @@ def create_resources(topology: Topology = Topology(), retain_acked: bool = False
             topology.predictions_topic,
             topology.dead_letter_topic,
         ):
-            try:
+            with suppress(exceptions.AlreadyExists):
                 publisher.create_topic(name=publisher.topic_path(topology.project, topic))
-            except exceptions.AlreadyExists:
-                pass
         for sub, topic in topology.subscriptions().items():
-            try:
+            with suppress(exceptions.AlreadyExists):
                 subscriber.create_subscription(
                     request={
                         "name": subscriber.subscription_path(topology.project, sub),
@@ -322,8 +314,6 @@ def create_resources(topology: Topology = Topology(), retain_acked: bool = False
                         "retain_acked_messages": retain_acked,
                     }
                 )
-            except exceptions.AlreadyExists:
-                pass
     finally:
         subscriber.close()
     create_table(StoreConfig(topology.project, topology.bigtable_instance, topology.bigtable_table))

@@ -63,7 +63,10 @@ class RilletOptions(PipelineOptions):
             help="Most transactions per feature-store round trip and inference call.",
         )
         parser.add_argument(
-            "--risk_medium_threshold", type=float, default=0.2, help="Score from which risk is medium."
+            "--risk_medium_threshold",
+            type=float,
+            default=0.2,
+            help="Score from which risk is medium.",
         )
         parser.add_argument(
             "--risk_high_threshold", type=float, default=0.5, help="Score from which risk is high."

@@ -230,12 +230,16 @@ def _event_time(obj: dict[str, Any], now_us: int | None) -> int:
     return micros
 
 
-def parse_transaction(data: bytes, publish_time_us: int = 0, now_us: int | None = None) -> Transaction:
+def parse_transaction(
+    data: bytes, publish_time_us: int = 0, now_us: int | None = None
+) -> Transaction:
     """Validates one transaction message; raises InvalidEvent with the reason."""
     obj = _load_object(data, _TRANSACTION_FIELDS)
     amount = obj["amount"]
     if type(amount) not in (int, float):
-        raise InvalidEvent("invalid_amount", f"amount must be a number, got {type(amount).__name__}")
+        raise InvalidEvent(
+            "invalid_amount", f"amount must be a number, got {type(amount).__name__}"
+        )
     amount = float(amount)
     if not math.isfinite(amount) or amount < 0 or amount > MAX_AMOUNT:
         raise InvalidEvent("invalid_amount", repr(amount))

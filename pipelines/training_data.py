@@ -26,9 +26,7 @@ def training_features(frame: pd.DataFrame) -> pd.DataFrame:
     customers = frame["CUSTOMER_ID"].to_numpy(np.int64)
     terminals = frame["TERMINAL_ID"].to_numpy(np.int64)
     query = EventColumns(ids, customers, terminals, t, frame["TX_AMOUNT"].to_numpy(np.float64))
-    labels = EventColumns(
-        ids, customers, terminals, t, frame["TX_FRAUD"].to_numpy(np.float64)
-    )
+    labels = EventColumns(ids, customers, terminals, t, frame["TX_FRAUD"].to_numpy(np.float64))
     matrix = features_for(query, labels=labels)
     out = pd.DataFrame(matrix, columns=list(MODEL_INPUTS))
     out.insert(0, "TX_DATETIME", frame["TX_DATETIME"].to_numpy())

@@ -56,9 +56,7 @@ def brute_force(
             elif f.aggregation == "mean_amount":
                 row.append(sum(o[4] for o in window) / n if n else 0.0)
             else:
-                frauds = sum(
-                    lab[3] for lab in labels if lab[2] == terminal and lo < lab[1] <= hi
-                )
+                frauds = sum(lab[3] for lab in labels if lab[2] == terminal and lo < lab[1] <= hi)
                 row.append(frauds / n if n else 0.0)
         out.append(row)
     return out

@@ -145,7 +145,9 @@ def _inference_failures(failed: Any) -> Iterable[DeadLetter]:
     # RunInference's DLQ carries (element, exception) pairs; element is the FeatureBatch.
     element, error = failed if isinstance(failed, tuple) and len(failed) == 2 else (failed, None)
     for tx in getattr(element, "transactions", []):
-        yield DeadLetter(tx.to_json(), "inference_error", repr(error)[:500], "transactions", "predict")
+        yield DeadLetter(
+            tx.to_json(), "inference_error", repr(error)[:500], "transactions", "predict"
+        )
 
 
 class Predict(beam.PTransform):

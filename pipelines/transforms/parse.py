@@ -97,7 +97,7 @@ class ParseEvents(beam.PTransform):
         self._source = source
 
     def expand(self, messages: beam.PCollection) -> ParsedEvents:
-        out = messages | "Validate" >> beam.ParDo(_ParseDoFn(self._kind, self._source)).with_outputs(
-            DEAD_LETTER_TAG, main="valid"
-        )
+        out = messages | "Validate" >> beam.ParDo(
+            _ParseDoFn(self._kind, self._source)
+        ).with_outputs(DEAD_LETTER_TAG, main="valid")
         return ParsedEvents(out.valid, out[DEAD_LETTER_TAG])

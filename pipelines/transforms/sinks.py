@@ -275,5 +275,3 @@ class WriteDeadLetters(beam.PTransform):
             | "ToMessage" >> beam.Map(_dead_letter_message)
             | "Publish" >> WriteToPubSub(self._topic, with_attributes=True)
         )
-
-

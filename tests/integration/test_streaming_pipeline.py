@@ -41,12 +41,16 @@ def drain(subscription: str, want: int, timeout_s: float, settle_s: float = 3.0)
                 deadline = min(deadline, time.monotonic() + settle_s)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
-                response = subscriber.pull(subscription=path, max_messages=1000, return_immediately=True)
+                response = subscriber.pull(
+                    subscription=path, max_messages=1000, return_immediately=True
+                )
             if not response.received_messages:
                 time.sleep(0.3)
                 continue
             got.extend(m.message for m in response.received_messages)
-            subscriber.acknowledge(subscription=path, ack_ids=[m.ack_id for m in response.received_messages])
+            subscriber.acknowledge(
+                subscription=path, ack_ids=[m.ack_id for m in response.received_messages]
+            )
     finally:
         subscriber.close()
     return got

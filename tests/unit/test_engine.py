@@ -18,7 +18,9 @@ times = st.builds(
     st.sampled_from([0, 0, 0, 1, -1, 1_000_000]),
 )
 transactions = st.lists(
-    st.tuples(times, st.integers(0, 3), st.integers(0, 2), st.floats(0, 500).map(lambda a: round(a, 2))),
+    st.tuples(
+        times, st.integers(0, 3), st.integers(0, 2), st.floats(0, 500).map(lambda a: round(a, 2))
+    ),
     min_size=1,
     max_size=60,
 )
@@ -69,7 +71,11 @@ def test_engine_equals_brute_force(draw, rnd, split) -> None:
 def test_window_edges_exactly() -> None:
     # Customer 1: events at t-1day (excluded from the 1-day window), t-1day+1us (included), t.
     t = T0 + 40 * DAY_US
-    tx = [("1", t - DAY_US, "1", "9", 10.0), ("2", t - DAY_US + 1, "1", "9", 20.0), ("3", t, "1", "9", 30.0)]
+    tx = [
+        ("1", t - DAY_US, "1", "9", 10.0),
+        ("2", t - DAY_US + 1, "1", "9", 20.0),
+        ("3", t, "1", "9", 30.0),
+    ]
     got = features_for(columns(tx, 4), labels=EventColumns.empty())
     col = {name: i for i, name in enumerate(MODEL_INPUTS)}
     assert got[2, col["CUSTOMER_ID_NB_TX_1DAY_WINDOW"]] == 2
@@ -88,15 +94,25 @@ def test_ties_follow_transaction_id_order() -> None:
 
 def test_terminal_risk_uses_the_delayed_window() -> None:
     t = T0 + 20 * DAY_US
-    tx = [("1", t - 8 * DAY_US, "1", "5", 1.0), ("2", t - 7 * DAY_US, "2", "5", 1.0), ("3", t, "3", "5", 1.0)]
+    tx = [
+        ("1", t - 8 * DAY_US, "1", "5", 1.0),
+        ("2", t - 7 * DAY_US, "2", "5", 1.0),
+        ("3", t, "3", "5", 1.0),
+    ]
     labels = EventColumns(
-        np.array(["1", "2"]), np.array(["", ""]), np.array(["5", "5"]),
-        np.array([t - 8 * DAY_US, t - 7 * DAY_US], dtype=np.int64), np.array([1.0, 0.0]),
+        np.array(["1", "2"]),
+        np.array(["", ""]),
+        np.array(["5", "5"]),
+        np.array([t - 8 * DAY_US, t - 7 * DAY_US], dtype=np.int64),
+        np.array([1.0, 0.0]),
     )
     got = features_for(columns(tx, 4), labels=labels)
     nb = MODEL_INPUTS.index("TERMINAL_ID_NB_TX_1DAY_WINDOW")
     risk = MODEL_INPUTS.index("TERMINAL_ID_RISK_1DAY_WINDOW")
     # Window (t-8d, t-7d]: only transaction 2 (t-7d exactly), not fraud.
     assert got[2, nb] == 1 and got[2, risk] == 0.0
-    nb7, risk7 = MODEL_INPUTS.index("TERMINAL_ID_NB_TX_7DAY_WINDOW"), MODEL_INPUTS.index("TERMINAL_ID_RISK_7DAY_WINDOW")
+    nb7, risk7 = (
+        MODEL_INPUTS.index("TERMINAL_ID_NB_TX_7DAY_WINDOW"),
+        MODEL_INPUTS.index("TERMINAL_ID_RISK_7DAY_WINDOW"),
+    )
     assert got[2, nb7] == 2 and got[2, risk7] == 0.5

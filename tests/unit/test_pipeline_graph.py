@@ -28,7 +28,11 @@ PINNED = (
 
 def top_level_labels(p: beam.Pipeline) -> set[str]:
     proto = p.to_runner_api()
-    root = proto.components.transforms[proto.root_transform_ids[0]] if len(proto.root_transform_ids) == 1 else None
+    root = (
+        proto.components.transforms[proto.root_transform_ids[0]]
+        if len(proto.root_transform_ids) == 1
+        else None
+    )
     ids = root.subtransforms if root is not None else proto.root_transform_ids
     return {proto.components.transforms[i].unique_name for i in ids}
 
@@ -62,7 +66,10 @@ def test_constructs_for_dataflow_offline(tmp_path) -> None:
     outputs = build_pipeline(p, options, model=MODEL)
     proto = p.to_runner_api()
     names = {t.unique_name for t in proto.components.transforms.values()}
-    assert {"ComputeFeatures/FeaturesFromStore", "Predict/RunInference/BeamML_RunInference"} <= names
+    assert {
+        "ComputeFeatures/FeaturesFromStore",
+        "Predict/RunInference/BeamML_RunInference",
+    } <= names
     assert set(outputs) >= {"predictions", "dead_letters"}
 
 
@@ -75,5 +82,7 @@ def test_unknown_argument_is_reported() -> None:
 
 def test_invalid_threshold_is_reported(capsys) -> None:
     with pytest.raises(SystemExit):
-        pipeline_options(["--project=x", "--risk_medium_threshold=0.9", "--risk_high_threshold=0.5"])
+        pipeline_options(
+            ["--project=x", "--risk_medium_threshold=0.9", "--risk_high_threshold=0.5"]
+        )
     assert "risk" in capsys.readouterr().err
