@@ -25,7 +25,7 @@ from pipelines.features import (
     Entity,
     RowFeature,
     WindowFeature,
-    window_features,
+    max_lookback_us,
 )
 
 __all__ = [
@@ -199,7 +199,7 @@ def compute_feature_matrix(
         if len(tx) == 0 or n == 0:
             continue
         if entity not in sorted_tx:
-            sorted_tx[entity] = _sort(tx, _lookback(entity))
+            sorted_tx[entity] = _sort(tx, max_lookback_us(entity))
         q_entity = tx.entity[idx]
         q_time = tx.time_us[idx].astype(np.int64)
         count, total = _window(
@@ -214,7 +214,7 @@ def compute_feature_matrix(
             if lab is None or len(lab) == 0:
                 continue
             if entity not in sorted_labels:
-                sorted_labels[entity] = _sort(lab, _lookback(entity))
+                sorted_labels[entity] = _sort(lab, max_lookback_us(entity))
             # Label events live on the same entity codes as the transactions.
             _, frauds = _window(
                 sorted_labels[entity], q_entity, q_time, None, feature.window_us, feature.delay_us
@@ -225,10 +225,6 @@ def compute_feature_matrix(
 
 def _mean(total_units: np.ndarray, count: np.ndarray) -> np.ndarray:
     return np.where(count > 0, (total_units / AMOUNT_SCALE) / np.maximum(count, 1), 0.0)
-
-
-def _lookback(entity: Entity) -> int:
-    return max((f.window_us + f.delay_us for f in window_features(entity)), default=0)
 
 
 def entity_codes(*id_arrays: np.ndarray) -> list[np.ndarray]:
@@ -247,9 +243,6 @@ def entity_codes(*id_arrays: np.ndarray) -> list[np.ndarray]:
         out.append(codes[start : start + size].astype(np.int64))
         start += size
     return out
-
-
-ENTITY_ORDER: tuple[Entity, ...] = (CUSTOMER, TERMINAL)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.features import CUSTOMER, DAY_US, TERMINAL, Entity, max_lookback_us, min_delay_us
+from pipelines.features import CUSTOMER, TERMINAL, Entity, max_lookback_us, min_delay_us
 
 __all__ = [
     "FAMILY_FEATURES",
@@ -344,8 +344,3 @@ def _retry(fn: Any, attempts: int = 8, first_delay: float = 0.1) -> Any:
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
     raise AssertionError("unreachable")
-
-
-def days(n: int) -> int:
-    """n days in microseconds."""
-    return n * DAY_US

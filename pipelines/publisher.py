@@ -18,6 +18,7 @@ import pandas as pd
 
 from pipelines.features import DAY_US
 from pipelines.schema import format_rfc3339
+from pipelines.training_data import to_epoch_us
 
 __all__ = ["ReplayEvent", "publish_events", "replay_events"]
 
@@ -31,13 +32,6 @@ class ReplayEvent:
     due_us: int
 
 
-def _time_us(series: pd.Series) -> np.ndarray:
-    values = series
-    if getattr(values.dtype, "tz", None) is None:
-        values = values.dt.tz_localize("UTC")
-    return values.dt.tz_convert("UTC").astype("datetime64[us, UTC]").astype("int64").to_numpy()
-
-
 def replay_events(
     frame: pd.DataFrame,
     label_delay_days: float = 7.0,
@@ -45,7 +39,7 @@ def replay_events(
 ) -> list[ReplayEvent]:
     """The replay stream of a simulate()-style frame (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID,
     TERMINAL_ID, TX_AMOUNT, TX_FRAUD), in due order."""
-    t = _time_us(frame["TX_DATETIME"])
+    t = to_epoch_us(frame["TX_DATETIME"])
     ids = frame["TRANSACTION_ID"].astype(str).to_numpy()
     customers = frame["CUSTOMER_ID"].astype(str).to_numpy()
     terminals = frame["TERMINAL_ID"].astype(str).to_numpy()

@@ -11,7 +11,10 @@ from pipelines.features import MODEL_INPUTS
 __all__ = ["training_features"]
 
 
-def _us(series: pd.Series) -> np.ndarray:
+def to_epoch_us(series: pd.Series) -> np.ndarray:
+    """Datetimes (naive = UTC) as int64 microseconds since the epoch."""
+    if getattr(series.dtype, "tz", None) is None:
+        series = series.dt.tz_localize("UTC")
     return series.dt.tz_convert("UTC").astype("datetime64[us, UTC]").astype("int64").to_numpy()
 
 
@@ -21,7 +24,7 @@ def training_features(frame: pd.DataFrame) -> pd.DataFrame:
     ``frame`` is a simulate()-style frame (labels included). Every label is treated as known at
     its transaction time + the features' delay, exactly as the stream sees the label topic.
     """
-    t = _us(frame["TX_DATETIME"])
+    t = to_epoch_us(frame["TX_DATETIME"])
     ids = frame["TRANSACTION_ID"].to_numpy(np.int64)
     customers = frame["CUSTOMER_ID"].to_numpy(np.int64)
     terminals = frame["TERMINAL_ID"].to_numpy(np.int64)

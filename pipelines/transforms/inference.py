@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import apache_beam as beam
@@ -167,7 +166,3 @@ class Predict(beam.PTransform):
         results, dlq = batches | "RunInference" >> RunInference(handler).with_exception_handling()
         failures = dlq.failed_inferences | "FailedInferences" >> beam.FlatMap(_inference_failures)
         return Predictions(results, failures)
-
-
-def model_path_exists(path: str) -> bool:
-    return Path(path).exists() or FileSystems.exists(path)
