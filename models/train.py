@@ -5,7 +5,8 @@ layer inside the model, adapted on the training rows, so serving feeds raw featu
 imbalance is handled with class weights. Seeds are fixed.
 
 Layout written: ``<model_dir>/<version>/saved_model/`` (TF2 SavedModel, ``serving_default``
-signature: float32 [batch, n_features] -> score in [0, 1]) and ``<model_dir>/<version>/model_card.json``.
+signature: float32 [batch, n_features] -> score in [0, 1]) and
+``<model_dir>/<version>/model_card.json``.
 """
 
 from __future__ import annotations

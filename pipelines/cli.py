@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,7 +23,7 @@ app.add_typer(local_app, name="local")
 StateDir = Annotated[Path, typer.Option(help="Where local state (pids, ports, logs) is kept.")]
 
 
-def _stack(state_dir: Path):  # type: ignore[no-untyped-def]
+def _stack(state_dir: Path) -> Any:
     from pipelines.local import LocalStack
 
     return LocalStack(state_dir)

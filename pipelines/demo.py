@@ -83,7 +83,7 @@ class Monitor:
 
 def _percentiles(values: list[float]) -> tuple[float, float, float]:
     if not values:
-        return (float("nan"),) * 3  # type: ignore[return-value]
+        return (float("nan"), float("nan"), float("nan"))
     p = np.percentile(np.asarray(values), [50, 95, 99])
     return float(p[0]), float(p[1]), float(p[2])
 
@@ -97,6 +97,26 @@ def _latency_ms(prediction: dict[str, Any]) -> float | None:
         ) / 1000.0
     except (KeyError, ValueError):
         return None
+
+
+def feature_mismatches(bodies: list[dict[str, Any]], expected: Any) -> int:
+    """Transactions whose latest served features differ from the batch computation."""
+    from pipelines.features import MODEL_INPUTS
+
+    latest: dict[str, dict[str, Any]] = {}
+    for b in bodies:
+        tx_id = b.get("transaction_id")
+        if tx_id is None:
+            continue
+        if tx_id not in latest or b.get("revision", 0) > latest[tx_id].get("revision", 0):
+            latest[tx_id] = b
+    want = expected.set_index(expected.TRANSACTION_ID.astype(str))
+    mismatches = 0
+    for tx_id, body in latest.items():
+        row = want.loc[tx_id, list(MODEL_INPUTS)].to_numpy(dtype=np.float64)
+        served = np.array([body["features"][f] for f in MODEL_INPUTS], dtype=np.float64)
+        mismatches += int(not np.array_equal(row, served))
+    return mismatches
 
 
 def count_datastore(project: str, kind: str) -> int:
@@ -143,7 +163,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             ).strftime("%Y-%m-%d")
             train = split_by_day(feats, first, last_train)
             console.print(
-                f"Training the TensorFlow model on {first} .. {last_train} ({len(train):,} rows) ..."
+                f"Training the TensorFlow model on {first} .. {last_train} "
+                f"({len(train):,} rows) ..."
             )
             from models.train import TrainConfig
 
@@ -192,7 +213,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 "labels": f"projects/{topo.project}/topics/{topo.labels_topic}",
             }
             console.print(
-                f"Replaying {n_tx:,} transactions and {n_tx:,} labels at {config.rate:,.0f} events/s "
+                f"Replaying {n_tx:,} transactions and {n_tx:,} labels "
+                f"at {config.rate:,.0f} events/s "
                 f"(+{len(bad)} malformed messages) ..."
             )
             t0 = time.monotonic()
@@ -241,7 +263,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             for t in threads:
                 t.join(timeout=10)
             stored = count_datastore(topo.project, "Prediction")
-            latencies = [x for x in map(_latency_ms, predictions.received) if x is not None]
+            originals = [p for p in predictions.received if not p.get("correction")]
+            latencies = [x for x in map(_latency_ms, originals) if x is not None]
             p50, p95, p99 = _percentiles(latencies)
             unique_predictions = len({p.get("transaction_id") for p in predictions.received})
             summary = {
@@ -252,6 +275,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 "predictions_in_datastore": stored,
                 "messages_on_prediction_topic": len(predictions.received),
                 "unique_predictions": unique_predictions,
+                "corrections": len(predictions.received) - len(originals),
+                "feature_mismatches": feature_mismatches(predictions.received, feats),
                 "dead_letters": len(dead.received),
                 "dead_letter_reasons": sorted({m.attributes.get("reason", "?") for m in dead.raw}),
                 "elapsed_s": round(elapsed, 1),
@@ -262,6 +287,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 "model_version": version_dir.name,
                 "complete": unique_predictions >= n_tx and stored >= n_tx,
             }
+            summary["exact"] = summary["complete"] and summary["feature_mismatches"] == 0
             _print_summary(summary, work, log_path)
             return summary
     finally:
@@ -282,6 +308,8 @@ def _print_summary(summary: dict[str, Any], work: Path, log_path: Path) -> None:
         "events_in": "events in (transactions + labels + malformed)",
         "predictions_in_datastore": "predictions in Datastore",
         "messages_on_prediction_topic": "messages on the prediction topic",
+        "corrections": "of which corrections (an earlier event arrived late)",
+        "feature_mismatches": "served features != batch features (latest revision)",
         "dead_letters": "dead letters",
         "dead_letter_reasons": "dead-letter reasons",
         "events_per_s": "events/s (publish start to last prediction)",
@@ -301,11 +329,18 @@ def _print_summary(summary: dict[str, Any], work: Path, log_path: Path) -> None:
             else str(value),
         )
     console.print(table)
-    status = "[green]complete[/green]" if summary["complete"] else "[red]INCOMPLETE[/red]"
+    status = (
+        "[green]complete, features exact[/green]"
+        if summary["exact"]
+        else "[green]complete[/green]"
+        if summary["complete"]
+        else "[red]INCOMPLETE[/red]"
+    )
     console.print(f"Result: {status}")
     console.print(
         "Where to look next: pipeline log "
-        f"{log_path}; dataset {work / 'data'}; model card {work / 'models'}/<version>/model_card.json; "
+        f"{log_path}; dataset {work / 'data'}; "
+        f"model card {work / 'models'}/<version>/model_card.json; "
         "README sections 'Feature store schema' and 'Prediction messages'; "
         "'rillet local up' keeps the emulators running for your own subscribers."
     )

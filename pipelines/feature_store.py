@@ -4,8 +4,11 @@ Schema (one table, see README "Feature store schema"):
 
   row key            ``customer#<customer_id>`` or ``terminal#<terminal_id>``
   family ``tx``      one cell per transaction of the entity: qualifier = transaction_id,
-                     value = >q8 event time (µs) + >d8 amount, cell timestamp = event time.
-                     The window state: the engine recomputes every window from these cells.
+                     value = >q8 event time (µs) + >d8 amount + the other entity's id (UTF-8:
+                     the terminal on a customer row, the customer on a terminal row), cell
+                     timestamp = event time. The window state: the engine recomputes every
+                     window from these cells, and the other id lets a transaction that an
+                     out-of-order event affected be recomputed from the store alone.
   family ``label``   terminal rows only: one cell per labelled transaction: qualifier =
                      transaction_id, value = >q8 event time + 1 byte is_fraud, cell timestamp =
                      the transaction's event time (the window is over transaction time).
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +42,7 @@ __all__ = [
     "FeatureStore",
     "StoreConfig",
     "create_table",
+    "shared_store",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -101,12 +106,16 @@ class EntityHistory:
     transaction_id: list[str] = field(default_factory=list)
     time_us: list[int] = field(default_factory=list)
     value: list[float] = field(default_factory=list)
+    other_id: list[str] = field(default_factory=list)
 
-    def add(self, entity_id: str, transaction_id: str, time_us: int, value: float) -> None:
+    def add(
+        self, entity_id: str, transaction_id: str, time_us: int, value: float, other_id: str = ""
+    ) -> None:
         self.entity_id.append(entity_id)
         self.transaction_id.append(transaction_id)
         self.time_us.append(time_us)
         self.value.append(value)
+        self.other_id.append(other_id)
 
     def __len__(self) -> int:
         return len(self.time_us)
@@ -124,6 +133,23 @@ class History:
 def _ts(micros: int) -> datetime:
     # Round down to Bigtable's millisecond granularity; the exact time travels in the value.
     return datetime.fromtimestamp((micros // _MS * _MS) / 1e6, tz=UTC)
+
+
+_SHARED: dict[StoreConfig, FeatureStore] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_store(config: StoreConfig) -> FeatureStore:
+    """One FeatureStore (and gRPC channel) per process and table.
+
+    Runners may deserialize a fresh DoFn, and call its setup, for every bundle (the
+    DirectRunner does): a client per DoFn would open a channel per bundle.
+    """
+    with _SHARED_LOCK:
+        store = _SHARED.get(config)
+        if store is None:
+            store = _SHARED[config] = FeatureStore(config)
+        return store
 
 
 class FeatureStore:
@@ -150,11 +176,14 @@ class FeatureStore:
         terminal_ids: Iterable[str],
         min_time_us: int,
         max_time_us: int,
+        lookahead: bool = False,
     ) -> History:
         """Reads the events any window of a batch spanning [min_time, max_time] can need.
 
         Two ReadRows calls per batch (customers, terminals), each with a time-range filter so
-        that events older than the longest lookback are never transferred.
+        that events older than the longest lookback are never transferred. With ``lookahead``
+        the transaction cells read also cover the longest lookback *after* max_time: stored
+        transactions whose windows the batch's events fall into.
         """
         customers = sorted(set(customer_ids))
         terminals = sorted(set(terminal_ids))
@@ -165,16 +194,35 @@ class FeatureStore:
                 customers,
                 (FAMILY_TX,),
                 min_time_us - max_lookback_us(CUSTOMER),
-                max_time_us + 1,
+                max_time_us + 1 + (max_lookback_us(CUSTOMER) if lookahead else 0),
                 {FAMILY_TX: history.customer_tx},
             )
+        if terminals:
+            start = min_time_us - max_lookback_us(TERMINAL)
+            label_end = max_time_us - min_delay_us(TERMINAL) + 1
+            tx_end = max_time_us + 1 + max_lookback_us(TERMINAL) if lookahead else label_end
+            self._read(
+                TERMINAL,
+                terminals,
+                (FAMILY_TX, FAMILY_LABEL),
+                start,
+                max(tx_end, label_end),
+                {FAMILY_TX: history.terminal_tx, FAMILY_LABEL: history.terminal_labels},
+                {FAMILY_LABEL: label_end},
+            )
+        return history
+
+    def read_terminals(self, terminal_ids: Iterable[str], start_us: int, end_us: int) -> History:
+        """Transaction and label cells of terminals with event time in [start_us, end_us)."""
+        history = History(EntityHistory(), EntityHistory(), EntityHistory())
+        terminals = sorted(set(terminal_ids))
         if terminals:
             self._read(
                 TERMINAL,
                 terminals,
                 (FAMILY_TX, FAMILY_LABEL),
-                min_time_us - max_lookback_us(TERMINAL),
-                max_time_us - min_delay_us(TERMINAL) + 1,
+                start_us,
+                end_us,
                 {FAMILY_TX: history.terminal_tx, FAMILY_LABEL: history.terminal_labels},
             )
         return history
@@ -187,6 +235,7 @@ class FeatureStore:
         start_us: int,
         end_us: int,
         into: dict[str, EntityHistory],
+        family_end_us: dict[str, int] | None = None,
     ) -> None:
         from google.cloud.bigtable import row_filters
         from google.cloud.bigtable.row_set import RowSet
@@ -210,19 +259,23 @@ class FeatureStore:
             ]
         )
         prefix = len(entity.name) + 1
+        ends = family_end_us or {}
         for row in _retry(lambda: list(self.table.read_rows(row_set=row_set, filter_=filt))):
             entity_id = row.row_key.decode()[prefix:]
             for family, columns in row.cells.items():
                 target = into[family]
+                end = ends.get(family, end_us)
                 for qualifier, cells in columns.items():
                     raw = cells[0].value
+                    other = ""
                     if family == FAMILY_TX:
-                        t_us, value = _TX_VALUE.unpack(raw)
+                        t_us, value = _TX_VALUE.unpack_from(raw)
+                        other = raw[_TX_VALUE.size :].decode()
                     else:
                         t_us, flag = _LABEL_VALUE.unpack(raw)
                         value = float(flag)
-                    if start_us <= t_us < end_us:
-                        target.add(entity_id, qualifier.decode(), t_us, value)
+                    if start_us <= t_us < end:
+                        target.add(entity_id, qualifier.decode(), t_us, value, other)
 
     def read_features(self, entity: Entity, ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """The latest feature values per entity id (for inspection and tests)."""
@@ -274,8 +327,8 @@ class FeatureStore:
             qualifier = tx_id.encode()
             crow = row(CUSTOMER.row_key(customer_ids[i]))
             trow = row(TERMINAL.row_key(terminal_ids[i]))
-            crow.set_cell(FAMILY_TX, qualifier, value, timestamp=ts)
-            trow.set_cell(FAMILY_TX, qualifier, value, timestamp=ts)
+            crow.set_cell(FAMILY_TX, qualifier, value + terminal_ids[i].encode(), timestamp=ts)
+            trow.set_cell(FAMILY_TX, qualifier, value + customer_ids[i].encode(), timestamp=ts)
             if features is not None:
                 for col, (name, entity) in enumerate(
                     zip(feature_names, feature_entities, strict=True)

@@ -25,6 +25,7 @@ __all__ = [
     "Entity",
     "RowFeature",
     "WindowFeature",
+    "influence_span_us",
     "max_lookback_us",
     "window_features",
 ]
@@ -136,3 +137,19 @@ def max_lookback_us(entity: Entity) -> int:
 def min_delay_us(entity: Entity) -> int:
     """The smallest delay among the entity's windows: newer events are never needed."""
     return min((f.delay_us for f in window_features(entity)), default=0)
+
+
+def influence_span_us(entity: Entity, labels: bool = False) -> tuple[int, int]:
+    """Which later transactions an event of this entity at time t counts for: those at a time in
+    [t + lo, t + hi). ``labels`` restricts to the features that read the label stream.
+
+    The feature store uses it to find the transactions an out-of-order event changes.
+    """
+    spans = [
+        (f.delay_us, f.delay_us + f.window_us)
+        for f in window_features(entity)
+        if f.needs_labels or not labels
+    ]
+    if not spans:
+        return (0, 0)
+    return (min(lo for lo, _ in spans), max(hi for _, hi in spans))

@@ -114,7 +114,8 @@ def _commands(root: Path, ports: dict[str, int], data_dir: Path) -> dict[str, li
         raise StackError(f"emulator(s) missing: {', '.join(missing)}. {INSTALL_HINT}")
     if shutil.which("java") is None:
         raise StackError(
-            f"java was not found on PATH (the Pub/Sub and Datastore emulators need it). {INSTALL_HINT}"
+            "java was not found on PATH (the Pub/Sub and Datastore emulators need it). "
+            + INSTALL_HINT
         )
     return {
         "pubsub": [str(pubsub), f"--host={HOST}", f"--port={ports['pubsub']}"],

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 __all__ = ["LOCAL_PROJECT", "RilletOptions", "resource_path"]
@@ -21,7 +23,7 @@ class RilletOptions(PipelineOptions):
     """
 
     @classmethod
-    def _add_argparse_args(cls, parser) -> None:  # type: ignore[no-untyped-def]
+    def _add_argparse_args(cls, parser: Any) -> None:
         parser.add_argument(
             "--transactions_subscription",
             default="transactions-rillet",

@@ -1,7 +1,9 @@
 """The streaming pipeline: build_pipeline (graph only) and run (options, runner, wait).
 
-    transactions ─ ReadTransactions ─ ParseTransactions ─ ComputeFeatures ─ Predict ─ WritePredictions
-    labels ─────── ReadLabels ─────── ParseLabels ─────── WriteLabels          (Datastore + topic)
+    transactions ─ ReadTransactions ─ ParseTransactions ─┐
+                                                        ├─ ComputeFeatures ─ Predict ─┐
+    labels ─────── ReadLabels ─────── ParseLabels ──────┘                             │
+                                   WritePredictions (Datastore + topic) ──────────────┘
     every reject ─ CollectDeadLetters ─ WriteDeadLetters
 
 Top-level labels are constants: Dataflow ``--update`` matches steps by name, so a rename needs
@@ -24,7 +26,7 @@ from apache_beam.options.pipeline_options import (
 
 from pipelines.feature_store import StoreConfig
 from pipelines.options import RilletOptions, resource_path
-from pipelines.transforms.features import ComputeFeatures, WriteLabels
+from pipelines.transforms.features import ComputeFeatures
 from pipelines.transforms.inference import ModelInfo, Predict, resolve_model
 from pipelines.transforms.parse import ParseEvents
 from pipelines.transforms.sinks import RiskBands, WriteDeadLetters, WritePredictions
@@ -37,7 +39,6 @@ READ_TRANSACTIONS = "ReadTransactions"
 READ_LABELS = "ReadLabels"
 PARSE_TRANSACTIONS = "ParseTransactions"
 PARSE_LABELS = "ParseLabels"
-WRITE_LABELS = "WriteLabels"
 COMPUTE_FEATURES = "ComputeFeatures"
 PREDICT = "Predict"
 WRITE_PREDICTIONS = "WritePredictions"
@@ -49,7 +50,6 @@ STEP_LABELS: tuple[str, ...] = (
     READ_LABELS,
     PARSE_TRANSACTIONS,
     PARSE_LABELS,
-    WRITE_LABELS,
     COMPUTE_FEATURES,
     PREDICT,
     WRITE_PREDICTIONS,
@@ -80,8 +80,9 @@ def build_pipeline(
     )
     transactions = tx_messages | PARSE_TRANSACTIONS >> ParseEvents("transaction", tx_sub)
     labels = label_messages | PARSE_LABELS >> ParseEvents("label", label_sub)
-    _ = labels.valid | WRITE_LABELS >> WriteLabels(store, opts.max_batch_size)
-    computed = transactions.valid | COMPUTE_FEATURES >> ComputeFeatures(store, opts.max_batch_size)
+    computed = (transactions.valid, labels.valid) | COMPUTE_FEATURES >> ComputeFeatures(
+        store, opts.max_batch_size
+    )
     predictions = computed.batches | PREDICT >> Predict(model)
     written = predictions.results | WRITE_PREDICTIONS >> WritePredictions(
         project,

@@ -4,19 +4,30 @@ Prediction message contract (topic ``predictions``), see README "Prediction mess
   data        JSON: schema_version, transaction_id, customer_id, terminal_id, event_time,
               score, risk_band, model_version, features {name: value}, publish_time,
               processing_time (RFC 3339 UTC)
-  attributes  transaction_id, risk_band (low|medium|high), model_version, schema_version:
-              filterable by subscriptions, e.g. ``attributes.risk_band = "high"``.
+  attributes  transaction_id, risk_band (low|medium|high), model_version, schema_version,
+              revision, correction: filterable by subscriptions, e.g.
+              ``attributes.risk_band = "high"``. A transaction may be published more than once
+              (a redelivery, or a correction after an out-of-order event): keep, per
+              transaction_id, the message with the highest revision.
 
 Both sinks write a whole PredictionBatch per call. Beam's WriteToDatastore is not used because
 its ramp-up throttle starts near one entity per second and a commit holding two mutations of one
 key fails; this writer upserts by key (idempotent), dedupes keys per commit and retries with
 backoff.
+
+Keeping the highest revision in Datastore: a correction can reach the sink before the original
+it replaces (the two travel in different bundles). Corrections are written in small
+transactions that only replace a lower revision, and also recorded under the kind
+``<kind>Correction``; an original is upserted in one commit and then looks up those records for
+its keys, re-applying any correction that landed before it. Either order ends with the highest
+revision stored.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -41,6 +52,7 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 DATASTORE_COMMIT_LIMIT = 500  # mutations per Datastore commit
+DATASTORE_TRANSACTION_LIMIT = 25  # entity groups per transaction (enforced by the emulator)
 
 PredictionRecord = dict[str, Any]
 
@@ -73,6 +85,8 @@ def prediction_records(pb: PredictionBatch, bands: RiskBands) -> list[Prediction
                 "event_time_us": tx.event_time_us,
                 "publish_time_us": tx.publish_time_us,
                 "processing_time_us": pb.predicted_at_us,
+                "revision": pb.batch.revision,
+                "correction": pb.batch.correction,
                 "score": score,
                 "risk_band": bands.band(score),
                 "model_version": pb.model_version,
@@ -95,12 +109,16 @@ def _to_message(record: PredictionRecord) -> tuple[bytes, dict[str, str]]:
         "features": record["features"],
         "publish_time": format_rfc3339(record["publish_time_us"]),
         "processing_time": format_rfc3339(record["processing_time_us"]),
+        "revision": record["revision"],
+        "correction": record["correction"],
     }
     attributes = {
         "transaction_id": record["transaction_id"],
         "risk_band": record["risk_band"],
         "model_version": record["model_version"],
         "schema_version": str(SCHEMA_VERSION),
+        "revision": str(record["revision"]),
+        "correction": "true" if record["correction"] else "false",
     }
     return json.dumps(body, separators=(",", ":")).encode(), attributes
 
@@ -120,14 +138,14 @@ class _DatastoreWriteDoFn(beam.DoFn):
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "event_to_prediction_ms")
 
     def setup(self) -> None:
+        self._client = _shared_client(
+            ("datastore", self._project, self._namespace), _datastore_client
+        )
+
+    def _entity(self, record: PredictionRecord, kind: str | None = None) -> Any:
         from google.cloud import datastore
 
-        self._client = datastore.Client(project=self._project, namespace=self._namespace)
-
-    def _entity(self, record: PredictionRecord) -> Any:
-        from google.cloud import datastore
-
-        key = self._client.key(self._kind, record["transaction_id"])
+        key = self._client.key(kind or self._kind, record["transaction_id"])
         entity = datastore.Entity(key=key, exclude_from_indexes=("features",))
         features = datastore.Entity(exclude_from_indexes=tuple(record["features"]))
         features.update(record["features"])
@@ -141,6 +159,8 @@ class _DatastoreWriteDoFn(beam.DoFn):
                 "score": record["score"],
                 "risk_band": record["risk_band"],
                 "model_version": record["model_version"],
+                "revision": record["revision"],
+                "correction": record["correction"],
                 "features": features,
             }
         )
@@ -151,14 +171,92 @@ class _DatastoreWriteDoFn(beam.DoFn):
         # One mutation per key per commit: a later record of the same key wins.
         by_key = {r["transaction_id"]: r for r in records}
         entities = [self._entity(r) for r in by_key.values()]
-        for start in range(0, len(entities), DATASTORE_COMMIT_LIMIT):
-            chunk = entities[start : start + DATASTORE_COMMIT_LIMIT]
-            _with_backoff(lambda c=chunk: self._client.put_multi(c), "Datastore commit")
+        if pb.batch.correction:
+            markers = [self._entity(r, self._correction_kind) for r in by_key.values()]
+            for start in range(0, len(markers), DATASTORE_COMMIT_LIMIT):
+                chunk = markers[start : start + DATASTORE_COMMIT_LIMIT]
+                _with_backoff(lambda c=chunk: self._client.put_multi(c), "Datastore commit")
+            self._put_if_newer(entities)
+        else:
+            for start in range(0, len(entities), DATASTORE_COMMIT_LIMIT):
+                chunk = entities[start : start + DATASTORE_COMMIT_LIMIT]
+                _with_backoff(lambda c=chunk: self._client.put_multi(c), "Datastore commit")
+                self._reapply_corrections(chunk)
         self._written.inc(len(entities))
         for r in records:
             if r["publish_time_us"]:
                 self._latency.update(int((r["processing_time_us"] - r["publish_time_us"]) / 1000))
         yield pb
+
+    @property
+    def _correction_kind(self) -> str:
+        return f"{self._kind}Correction"
+
+    def _reapply_corrections(self, originals: list[Any]) -> None:
+        """Re-applies corrections that were stored before these originals overwrote them."""
+        keys = [self._client.key(self._correction_kind, e.key.name) for e in originals]
+        found = _with_backoff(lambda: self._client.get_multi(keys), "Datastore lookup")
+        if not found:
+            return
+        revision = {e.key.name: e["revision"] for e in originals}
+        newer = []
+        for marker in found:
+            if marker.get("revision", 0) > revision.get(marker.key.name, 0):
+                entity = self._entity_from(marker)
+                newer.append(entity)
+        if newer:
+            self._put_if_newer(newer)
+
+    def _entity_from(self, marker: Any) -> Any:
+        from google.cloud import datastore
+
+        entity = datastore.Entity(
+            key=self._client.key(self._kind, marker.key.name), exclude_from_indexes=("features",)
+        )
+        entity.update(marker)
+        return entity
+
+    def _put_if_newer(self, entities: list[Any]) -> None:
+        """Writes each entity unless Datastore holds the same or a higher revision (in
+        transactions, so a concurrent writer cannot interleave)."""
+        for start in range(0, len(entities), DATASTORE_TRANSACTION_LIMIT):
+            chunk = entities[start : start + DATASTORE_TRANSACTION_LIMIT]
+
+            def attempt(chunk: list[Any] = chunk) -> None:
+                with self._client.transaction():
+                    current = self._client.get_multi([e.key for e in chunk])
+                    stored = {e.key.name: e.get("revision", -1) for e in current}
+                    self._client.put_multi(
+                        [e for e in chunk if e["revision"] > stored.get(e.key.name, -1)]
+                    )
+
+            _with_backoff(attempt, "Datastore transaction")
+
+
+_CLIENTS: dict[Any, Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+
+
+def _shared_client(key: Any, factory: Any) -> Any:
+    """One client per process and destination: runners may set up a DoFn per bundle."""
+    with _CLIENTS_LOCK:
+        if key not in _CLIENTS:
+            _CLIENTS[key] = factory(*key[1:])
+        return _CLIENTS[key]
+
+
+def _datastore_client(project: str, namespace: str | None) -> Any:
+    from google.cloud import datastore
+
+    return datastore.Client(project=project, namespace=namespace)
+
+
+def _publisher_client() -> Any:
+    from google.cloud import pubsub_v1
+
+    return pubsub_v1.PublisherClient(
+        batch_settings=pubsub_v1.types.BatchSettings(max_messages=500, max_latency=0.01)
+    )
 
 
 class _PublishDoFn(beam.DoFn):
@@ -169,11 +267,7 @@ class _PublishDoFn(beam.DoFn):
         self._published = Metrics.counter(METRICS_NAMESPACE, "predictions_published")
 
     def setup(self) -> None:
-        from google.cloud import pubsub_v1
-
-        self._publisher = pubsub_v1.PublisherClient(
-            batch_settings=pubsub_v1.types.BatchSettings(max_messages=500, max_latency=0.01)
-        )
+        self._publisher = _shared_client(("publisher",), _publisher_client)
 
     def process(self, pb: PredictionBatch) -> Iterator[int]:
         futures = []
@@ -185,10 +279,6 @@ class _PublishDoFn(beam.DoFn):
             future.result(timeout=120)
         self._published.inc(len(futures))
         yield len(futures)
-
-    def teardown(self) -> None:
-        if self._publisher is not None:
-            self._publisher.stop()
 
 
 def _with_backoff(fn: Any, what: str, attempts: int = 10) -> Any:

@@ -17,7 +17,6 @@ PINNED = (
     "ReadLabels",
     "ParseTransactions",
     "ParseLabels",
-    "WriteLabels",
     "ComputeFeatures",
     "Predict",
     "WritePredictions",
@@ -67,7 +66,7 @@ def test_constructs_for_dataflow_offline(tmp_path) -> None:
     proto = p.to_runner_api()
     names = {t.unique_name for t in proto.components.transforms.values()}
     assert {
-        "ComputeFeatures/FeaturesFromStore",
+        "ComputeFeatures/Sequenced",
         "Predict/RunInference/BeamML_RunInference",
     } <= names
     assert set(outputs) >= {"predictions", "dead_letters"}

@@ -1,0 +1,78 @@
+"""WritePredictions against the real Datastore and Pub/Sub emulators."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from pipelines.features import MODEL_INPUTS
+from pipelines.local import LOCAL_PROJECT, Topology
+from pipelines.schema import Transaction
+from pipelines.transforms.features import FeatureBatch
+from pipelines.transforms.inference import PredictionBatch
+from pipelines.transforms.sinks import RiskBands, WritePredictions, _DatastoreWriteDoFn
+
+pytestmark = pytest.mark.integration
+TOPO = Topology()
+
+
+def batch(ids: list[str], revision: int, score: float, correction: bool = False) -> PredictionBatch:
+    txs = [
+        Transaction(i, 1_522_663_200_000_000, "7", "9", 10.0, 1_700_000_000_000_000) for i in ids
+    ]
+    features = np.full((len(ids), len(MODEL_INPUTS)), float(revision))
+    fb = FeatureBatch(txs, features, revision, correction)
+    return PredictionBatch(fb, np.full(len(ids), score), "v1", 1_700_000_000_100_000)
+
+
+def test_highest_revision_wins_in_either_order(emulators) -> None:
+    from google.cloud import datastore
+
+    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkOrder", None, RiskBands())
+    sink.setup()
+    ids = [f"order-{i}" for i in range(60)]  # more than one 25-entity transaction
+    # A correction lands first, then the original it replaces (the race the sink must win) ...
+    list(sink.process(batch(ids[:30], revision=20, score=0.9, correction=True)))
+    list(sink.process(batch(ids, revision=10, score=0.1)))
+    # ... and the normal order: original, then correction.
+    list(sink.process(batch(ids[30:], revision=30, score=0.8, correction=True)))
+
+    client = datastore.Client(project=LOCAL_PROJECT)
+    stored = {e.key.name: e for e in client.get_multi([client.key("SinkOrder", i) for i in ids])}
+    assert len(stored) == 60
+    assert {stored[i]["revision"] for i in ids[:30]} == {20}
+    assert {stored[i]["revision"] for i in ids[30:]} == {30}
+    assert stored[ids[0]]["score"] == 0.9 and stored[ids[0]]["features"][MODEL_INPUTS[0]] == 20.0
+    assert stored[ids[0]]["risk_band"] == "high" and stored[ids[-1]]["correction"] is True
+
+
+def test_write_predictions_stores_and_publishes(emulators) -> None:
+    import apache_beam as beam
+    from google.cloud import datastore
+
+    from tests.integration.test_streaming_pipeline import drain
+
+    topic = f"projects/{TOPO.project}/topics/{TOPO.predictions_topic}"
+    ids = [f"pub-{i}" for i in range(5)]
+    options = PipelineOptions(["--runner=BundleBasedDirectRunner"])
+    with TestPipeline(options=options) as p:
+        _ = (
+            p
+            | beam.Create([batch(ids, revision=5, score=0.3)])
+            | WritePredictions(LOCAL_PROJECT, "SinkPublish", None, topic, RiskBands(0.2, 0.5))
+        )
+    messages = drain(TOPO.predictions_subscription, len(ids), timeout_s=30, settle_s=1)
+    mine = [m for m in messages if m.attributes["transaction_id"] in ids]
+    assert sorted(m.attributes["transaction_id"] for m in mine) == ids
+    for m in mine:
+        body = json.loads(m.data)
+        assert m.attributes["risk_band"] == "medium" == body["risk_band"]
+        assert m.attributes["revision"] == "5" and m.attributes["correction"] == "false"
+        assert body["features"] == {name: 5.0 for name in MODEL_INPUTS}
+        assert body["event_time"] == "2018-04-02T10:00:00Z"
+    client = datastore.Client(project=LOCAL_PROJECT)
+    assert len(client.get_multi([client.key("SinkPublish", i) for i in ids])) == 5

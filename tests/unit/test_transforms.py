@@ -1,0 +1,77 @@
+"""TestPipeline tests of the composite transforms that need no emulator: ParseEvents, Predict."""
+
+from __future__ import annotations
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipelines.features import MODEL_INPUTS
+from pipelines.publisher import malformed_examples
+from pipelines.schema import Transaction
+from pipelines.transforms.features import FeatureBatch
+from pipelines.transforms.inference import Predict, resolve_model
+from pipelines.transforms.parse import ParseEvents
+
+# The BundleBasedDirectRunner is what runs the streaming job locally; it needs no download.
+OPTIONS = PipelineOptions(["--runner=BundleBasedDirectRunner"])
+
+GOOD = Transaction("t-1", 1_522_663_200_000_000, "7", "9", 12.5)
+
+
+def test_parse_events_splits_valid_and_dead_letters() -> None:
+    bad = malformed_examples()
+    messages = [PubsubMessage(GOOD.to_json(), {"k": "v"})] + [PubsubMessage(b, {}) for b in bad]
+    with TestPipeline(options=OPTIONS) as p:
+        parsed = p | beam.Create(messages) | ParseEvents("transaction", "subs/tx")
+        assert_that(
+            parsed.valid | "Ids" >> beam.Map(lambda t: (t.transaction_id, t.amount)),
+            equal_to([("t-1", 12.5)]),
+            label="valid",
+        )
+        assert_that(
+            parsed.dead_letters
+            | "Rejects" >> beam.Map(lambda d: (d.payload, d.source, d.stage, bool(d.reason))),
+            equal_to([(b, "subs/tx", "parse", True) for b in bad]),
+            label="dead",
+        )
+
+
+def test_parse_events_rejects_an_unknown_kind() -> None:
+    with pytest.raises(ValueError, match="kind"):
+        ParseEvents("refund", "x")
+
+
+def test_predict_scores_each_batch_with_the_saved_model(model_dir) -> None:
+    import tensorflow as tf
+
+    model = resolve_model(str(model_dir))
+    rng = np.random.default_rng(0)
+    batches = [
+        FeatureBatch([GOOD] * n, rng.uniform(0, 5, (n, len(MODEL_INPUTS))), revision=i)
+        for i, n in enumerate((1, 7, 30))
+    ]
+    loaded = tf.saved_model.load(model.path).signatures["serving_default"]
+    want = {
+        b.revision: next(iter(loaded(tf.constant(b.features.astype(np.float32))).values()))
+        .numpy()
+        .reshape(-1)
+        .astype(np.float64)
+        .round(6)
+        .tolist()
+        for b in batches
+    }
+    with TestPipeline(options=OPTIONS) as p:
+        predictions = p | beam.Create(batches) | Predict(model)
+        assert_that(
+            predictions.results
+            | beam.Map(
+                lambda pb: (pb.batch.revision, pb.model_version, pb.scores.round(6).tolist())
+            ),
+            equal_to([(r, model.version, s) for r, s in want.items()]),
+        )
+        assert_that(predictions.dead_letters, equal_to([]), label="no failures")
