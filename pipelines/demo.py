@@ -32,10 +32,10 @@ console = Console()
 
 @dataclass
 class DemoConfig:
-    """Knobs of the demo (defaults: the small preset, replayed at 1,500 events/s)."""
+    """Knobs of the demo (defaults: the small preset, replayed at 800 events/s)."""
 
     preset: str = "small"
-    rate: float = 1500.0
+    rate: float = 800.0
     work_dir: Path = Path(".rillet")
     train_days: int = 35
     timeout_s: float = 600.0

@@ -18,14 +18,16 @@ store concurrently). Per batch it:
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.coders import BooleanCoder
+from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import GlobalWindow
@@ -45,6 +47,7 @@ from pipelines.features import (
 )
 from pipelines.schema import Label, Transaction
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE, DeadLetter
+from pipelines.window_cache import WindowCache
 
 __all__ = ["ComputeFeatures", "ComputedFeatures", "FeatureBatch", "features_for_batch"]
 
@@ -108,7 +111,7 @@ def _features(history: Any, txs: Sequence[Transaction]) -> np.ndarray:
     )
 
 
-def features_for_batch(store: FeatureStore, txs: Sequence[Transaction]) -> np.ndarray:
+def features_for_batch(store: FeatureStore | WindowCache, txs: Sequence[Transaction]) -> np.ndarray:
     """Reads the history the batch needs and returns its feature matrix."""
     times = [t.event_time_us for t in txs]
     history = store.read_history(
@@ -150,10 +153,27 @@ _WINDOW_COLUMNS = [
 ]
 
 
-# Declaring state makes _SequencedDoFn a stateful DoFn: Beam then processes a key's elements one
-# bundle at a time (the DirectRunner runs the whole step serially). The value itself is unused.
-_SEQUENCED = ReadModifyWriteStateSpec("sequenced", BooleanCoder())
-_SEQUENCED_PARAM = beam.DoFn.StateParam(_SEQUENCED)
+# The stage's Beam state: a generation number, advanced by every bundle. Declaring state also
+# makes _SequencedDoFn a stateful DoFn, so Beam processes the key one bundle at a time (the
+# DirectRunner runs the whole step serially). The in-memory WindowCache records the generation
+# it mirrors; when the runner moved the key (another worker, a retried bundle), the generations
+# differ and the cache is dropped.
+_GENERATION = ReadModifyWriteStateSpec("generation", VarIntCoder())
+_GENERATION_PARAM = beam.DoFn.StateParam(_GENERATION)
+
+_CACHES: dict[tuple[StoreConfig, str], WindowCache] = {}
+_CACHES_LOCK = threading.Lock()
+
+
+def _window_cache(config: StoreConfig, run_token: str) -> WindowCache:
+    """One cache per process and run of the stage (a new pipeline never sees an old cache)."""
+    with _CACHES_LOCK:
+        cache = _CACHES.get((config, run_token))
+        if cache is None:
+            for key in [k for k in _CACHES if k[0] == config]:
+                del _CACHES[key]
+            cache = _CACHES[(config, run_token)] = WindowCache(shared_store(config))
+        return cache
 
 
 class _SequencedDoFn(beam.DoFn):
@@ -163,6 +183,9 @@ class _SequencedDoFn(beam.DoFn):
         self._config = store
         self._max = max_batch_size
         self._store: FeatureStore | None = None
+        self._cache: WindowCache | None = None
+        self._run_token = uuid.uuid4().hex  # fixed when the pipeline is built
+        self._generation: int | None = None
         self._buffer: list[Transaction | Label] = []
         self._last_timestamp: Any = None
         self._batches = Metrics.counter(METRICS_NAMESPACE, "feature_batches")
@@ -174,16 +197,25 @@ class _SequencedDoFn(beam.DoFn):
 
     def setup(self) -> None:
         self._store = shared_store(self._config)
+        self._cache = _window_cache(self._config, self._run_token)
 
     def start_bundle(self) -> None:
         self._buffer = []
+        self._generation = None
 
     def process(
         self,
         element: tuple[str, Transaction | Label],
         timestamp: Any = beam.DoFn.TimestampParam,
-        _sequenced: Any = _SEQUENCED_PARAM,
+        generation: Any = _GENERATION_PARAM,
     ) -> Iterator[Any]:
+        assert self._cache is not None
+        if self._generation is None:
+            current = generation.read() or 0
+            if self._cache.generation != current:
+                self._cache.clear()
+            self._generation = current + 1
+            generation.write(self._generation)
         self._buffer.append(element[1])
         self._last_timestamp = timestamp
         if len(self._buffer) >= self._max:
@@ -202,6 +234,8 @@ class _SequencedDoFn(beam.DoFn):
                     )
                 else:
                     yield WindowedValue(out, ts, (GlobalWindow(),))
+        if self._cache is not None and self._generation is not None:
+            self._cache.generation = self._generation  # the bundle completed
 
     # -- one batch -----------------------------------------------------------------------------
 
@@ -239,7 +273,8 @@ class _SequencedDoFn(beam.DoFn):
         assert self._store is not None
         span = influence_span_us(TERMINAL, labels=True)
         times = [lb.event_time_us for lb in labels]
-        stored = self._store.read_terminals(
+        assert self._cache is not None
+        stored = self._cache.read_terminals(
             (lb.terminal_id for lb in labels), min(times), max(times) + span[1] + 1
         )
         known_tx = {
@@ -279,6 +314,8 @@ class _SequencedDoFn(beam.DoFn):
                 [lb.is_fraud for lb in new],
             )
         )
+        for lb in new:
+            self._cache.add_label(lb.transaction_id, lb.terminal_id, lb.event_time_us, lb.is_fraud)
         self._labels.inc(len(new))
         events: dict[str, list[int]] = {}
         for lb in new:
@@ -286,9 +323,9 @@ class _SequencedDoFn(beam.DoFn):
         _influenced(stored.terminal_tx, TERMINAL, events, span, set(), affected)
 
     def _score(self, txs: list[Transaction], affected: dict[str, Transaction]) -> FeatureBatch:
-        assert self._store is not None
+        assert self._cache is not None
         times = [t.event_time_us for t in txs]
-        history = self._store.read_history(
+        history = self._cache.read_history(
             (t.customer_id for t in txs),
             (t.terminal_id for t in txs),
             min(times),
@@ -310,8 +347,8 @@ class _SequencedDoFn(beam.DoFn):
         return FeatureBatch(txs, matrix, _now_us())
 
     def _correct(self, txs: list[Transaction]) -> FeatureBatch:
-        assert self._store is not None
-        matrix = features_for_batch(self._store, txs)
+        assert self._cache is not None
+        matrix = features_for_batch(self._cache, txs)
         self._write(txs, matrix)
         self._corrections.inc(len(txs))
         return FeatureBatch(txs, matrix, _now_us(), correction=True)
@@ -331,6 +368,12 @@ class _SequencedDoFn(beam.DoFn):
                 feature_entities=[e for _, _, e in _WINDOW_COLUMNS],
             )
         )
+        assert self._cache is not None
+        for t in txs:
+            self._cache.add_transaction(
+                t.transaction_id, t.customer_id, t.terminal_id, t.event_time_us, t.amount
+            )
+        self._cache.evict()
 
 
 _LAST_REVISION = [0]

@@ -46,7 +46,8 @@ def test_highest_revision_wins_in_either_order(emulators) -> None:
     assert len(stored) == 60
     assert {stored[i]["revision"] for i in ids[:30]} == {20}
     assert {stored[i]["revision"] for i in ids[30:]} == {30}
-    assert stored[ids[0]]["score"] == 0.9 and stored[ids[0]]["features"][MODEL_INPUTS[0]] == 20.0
+    features = json.loads(stored[ids[0]]["features"])
+    assert stored[ids[0]]["score"] == 0.9 and features[MODEL_INPUTS[0]] == 20.0
     assert stored[ids[0]]["risk_band"] == "high" and stored[ids[-1]]["correction"] is True
 
 

@@ -132,7 +132,7 @@ def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None
         b = latest[e.key.name]
         assert e["revision"] == b["revision"]
         assert e["score"] == pytest.approx(b["score"])
-        assert dict(e["features"]) == b["features"]
+        assert json.loads(e["features"]) == b["features"]
     query = client.query(kind="Prediction")
     query.keys_only()
     assert sum(1 for _ in query.fetch()) == n

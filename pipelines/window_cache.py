@@ -1,0 +1,206 @@
+"""WindowCache: an in-memory mirror of the feature store's event cells, bounded by the lookback.
+
+The sequenced feature stage is the only writer of the ``tx`` and ``label`` families while a job
+runs, so it can keep what it wrote (and what it read once) in memory and serve later batches
+without a Bigtable round trip. An entity is cached together with ``loaded_from_us``: the cache
+holds *every* event of the entity at or after that time. A batch whose windows reach further
+back (a late event) reads the entity from Bigtable again. Events older than the longest
+lookback behind the newest event seen are evicted: no window can need them.
+
+Safety: the cache belongs to one run of the stage (a token fixed when the pipeline is built) and
+one generation of its Beam state; when the runner moves the key to another worker and back, the
+generations differ and the cache starts cold (see _SequencedDoFn).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pipelines.feature_store import (
+    FAMILY_LABEL,
+    FAMILY_TX,
+    EntityHistory,
+    FeatureStore,
+    History,
+)
+from pipelines.features import CUSTOMER, TERMINAL, Entity, max_lookback_us, min_delay_us
+
+__all__ = ["WindowCache"]
+
+_END_OF_TIME_US = 4_102_444_800_000_000  # 2100-01-01: "no upper bound" for a read
+_EVICT_EVERY_US = 3_600_000_000  # evict at most once per hour of event time (a full scan)
+
+
+@dataclass
+class _Events:
+    loaded_from_us: int
+    tx: dict[str, tuple[int, float, str]] = field(default_factory=dict)
+    labels: dict[str, tuple[int, float]] = field(default_factory=dict)
+
+
+class WindowCache:
+    """Serves FeatureStore.read_history / read_terminals from memory when it can."""
+
+    def __init__(self, store: FeatureStore) -> None:
+        self.store = store
+        self.generation = -1
+        self._entities: dict[tuple[str, str], _Events] = {}
+        self._newest_us = 0
+        self._evicted_at_us = 0
+        self.hits = 0
+        self.misses = 0
+
+    def clear(self) -> None:
+        self._entities.clear()
+        self._newest_us = 0
+
+    def __len__(self) -> int:
+        return sum(len(e.tx) + len(e.labels) for e in self._entities.values())
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _ensure(self, entity: Entity, ids: Iterable[str], start_us: int) -> None:
+        """Loads from Bigtable every entity not cached completely from ``start_us`` on."""
+        missing = sorted(
+            {i for i in ids if (e := self._entities.get((entity.name, i))) is None}
+            | {
+                i
+                for i in ids
+                if (e := self._entities.get((entity.name, i))) is not None
+                and e.loaded_from_us > start_us
+            }
+        )
+        self.hits += len(set(ids)) - len(missing)
+        if not missing:
+            return
+        self.misses += len(missing)
+        families = (FAMILY_TX, FAMILY_LABEL) if entity == TERMINAL else (FAMILY_TX,)
+        tx, labels = EntityHistory(), EntityHistory()
+        self.store._read(
+            entity,
+            missing,
+            families,
+            start_us,
+            _END_OF_TIME_US,
+            {FAMILY_TX: tx, FAMILY_LABEL: labels},
+        )
+        for i in missing:
+            self._entities[(entity.name, i)] = _Events(start_us)
+        for k, entity_id in enumerate(tx.entity_id):
+            self._entities[(entity.name, entity_id)].tx[tx.transaction_id[k]] = (
+                tx.time_us[k],
+                tx.value[k],
+                tx.other_id[k],
+            )
+        for k, entity_id in enumerate(labels.entity_id):
+            self._entities[(entity.name, entity_id)].labels[labels.transaction_id[k]] = (
+                labels.time_us[k],
+                labels.value[k],
+            )
+
+    def _collect(
+        self,
+        entity: Entity,
+        ids: set[str],
+        start_us: int,
+        tx_end_us: int,
+        into_tx: EntityHistory,
+        label_end_us: int | None = None,
+        into_labels: EntityHistory | None = None,
+    ) -> None:
+        for entity_id in sorted(ids):
+            events = self._entities[(entity.name, entity_id)]
+            for tx_id, (t, value, other) in events.tx.items():
+                if start_us <= t < tx_end_us:
+                    into_tx.add(entity_id, tx_id, t, value, other)
+            if into_labels is not None and label_end_us is not None:
+                for tx_id, (t, value) in events.labels.items():
+                    if start_us <= t < label_end_us:
+                        into_labels.add(entity_id, tx_id, t, value)
+
+    def read_history(
+        self,
+        customer_ids: Iterable[str],
+        terminal_ids: Iterable[str],
+        min_time_us: int,
+        max_time_us: int,
+        lookahead: bool = False,
+    ) -> History:
+        """Same contract as FeatureStore.read_history."""
+        customers, terminals = set(customer_ids), set(terminal_ids)
+        history = History(EntityHistory(), EntityHistory(), EntityHistory())
+        c_start = min_time_us - max_lookback_us(CUSTOMER)
+        self._ensure(CUSTOMER, customers, c_start)
+        c_end = max_time_us + 1 + (max_lookback_us(CUSTOMER) if lookahead else 0)
+        self._collect(CUSTOMER, customers, c_start, c_end, history.customer_tx)
+        t_start = min_time_us - max_lookback_us(TERMINAL)
+        self._ensure(TERMINAL, terminals, t_start)
+        label_end = max_time_us - min_delay_us(TERMINAL) + 1
+        t_end = max_time_us + 1 + max_lookback_us(TERMINAL) if lookahead else label_end
+        self._collect(
+            TERMINAL,
+            terminals,
+            t_start,
+            t_end,
+            history.terminal_tx,
+            label_end,
+            history.terminal_labels,
+        )
+        return history
+
+    def read_terminals(self, terminal_ids: Iterable[str], start_us: int, end_us: int) -> History:
+        """Same contract as FeatureStore.read_terminals."""
+        terminals = set(terminal_ids)
+        history = History(EntityHistory(), EntityHistory(), EntityHistory())
+        self._ensure(TERMINAL, terminals, start_us)
+        self._collect(
+            TERMINAL,
+            terminals,
+            start_us,
+            end_us,
+            history.terminal_tx,
+            end_us,
+            history.terminal_labels,
+        )
+        return history
+
+    # -- writes (after the store accepted them) ------------------------------------------------
+
+    def add_transaction(
+        self, tx_id: str, customer: str, terminal: str, time_us: int, amount: float
+    ) -> None:
+        for entity, entity_id, other in (
+            (CUSTOMER, customer, terminal),
+            (TERMINAL, terminal, customer),
+        ):
+            events = self._entities.get((entity.name, entity_id))
+            if events is not None and events.loaded_from_us <= time_us:
+                events.tx[tx_id] = (time_us, amount, other)
+            # An entity not cached (or cached from a later time) is read from the store when
+            # needed: the store has the cell.
+        self._newest_us = max(self._newest_us, time_us)
+
+    def add_label(self, tx_id: str, terminal: str, time_us: int, is_fraud: int) -> None:
+        events = self._entities.get((TERMINAL.name, terminal))
+        if events is not None and events.loaded_from_us <= time_us:
+            events.labels[tx_id] = (time_us, float(is_fraud))
+
+    def evict(self) -> None:
+        """Drops events no window can need: older than the longest lookback behind the newest
+        event seen (a later, older event makes the stage read the entity again)."""
+        if self._newest_us - self._evicted_at_us < _EVICT_EVERY_US:
+            return
+        self._evicted_at_us = self._newest_us
+        horizon = self._newest_us - max(max_lookback_us(CUSTOMER), max_lookback_us(TERMINAL))
+        empty = []
+        for key, events in self._entities.items():
+            if events.loaded_from_us >= horizon:
+                continue
+            events.tx = {k: v for k, v in events.tx.items() if v[0] >= horizon}
+            events.labels = {k: v for k, v in events.labels.items() if v[0] >= horizon}
+            events.loaded_from_us = horizon
+            if not events.tx and not events.labels:
+                empty.append(key)
+        for key in empty:
+            del self._entities[key]
