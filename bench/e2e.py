@@ -204,7 +204,7 @@ def latency(events: list, model_dir: Path, rate: float, timeout_s: float) -> dic
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--transactions", type=int, default=15_000, help="Transactions replayed.")
+    parser.add_argument("--transactions", type=int, default=8_000, help="Transactions replayed.")
     parser.add_argument("--timeout", type=float, default=600, help="Seconds per phase at most.")
     args = parser.parse_args(argv)
 
