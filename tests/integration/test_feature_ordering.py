@@ -84,3 +84,35 @@ def test_out_of_order_batches_are_corrected(emulators, tiny_frame) -> None:
     latest, corrections, dead = run_stage("ordering_shuffled", batches)
     assert_exact(tiny_frame, latest)
     assert corrections > 0 and dead == []
+
+
+def test_compute_features_composite_in_a_test_pipeline(emulators, tiny_frame) -> None:
+    """The ComputeFeatures composite on the BundleBasedDirectRunner (bundles of arbitrary
+    order and size): the latest revision per transaction equals the batch computation."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from pipelines.transforms.features import ComputeFeatures
+
+    config = StoreConfig(LOCAL_PROJECT, "rillet", "ordering_composite")
+    create_table(config)
+    txs, labels = events_of(tiny_frame)
+
+    def check(batches: list[FeatureBatch]) -> None:
+        latest: dict[str, tuple[int, np.ndarray]] = {}
+        for b in batches:
+            for i, tx in enumerate(b.transactions):
+                if tx.transaction_id not in latest or b.revision > latest[tx.transaction_id][0]:
+                    latest[tx.transaction_id] = (b.revision, b.features[i])
+        assert_exact(tiny_frame, {k: v[1] for k, v in latest.items()})
+
+    options = PipelineOptions(["--runner=BundleBasedDirectRunner"])
+    with TestPipeline(options=options) as p:
+        computed = (
+            p | "Txs" >> beam.Create(txs),
+            p | "Labels" >> beam.Create(labels),
+        ) | ComputeFeatures(config, max_batch_size=300)
+        assert_that(computed.batches, check)
+        assert_that(computed.dead_letters, equal_to([]), label="no rejects")
