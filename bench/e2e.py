@@ -23,6 +23,8 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +32,17 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.demo import Monitor
+from pipelines.demo import Monitor, latency_ms, percentiles
 from pipelines.direct_pubsub import tune_direct_runner_pubsub
 from pipelines.feature_store import StoreConfig, create_table
-from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
+from pipelines.local import (
+    LocalStack,
+    Topology,
+    create_resources,
+    create_subscription,
+    environment,
+    free_port,
+)
 from pipelines.options import RilletOptions
 from pipelines.pipeline import build_pipeline
 from pipelines.publisher import publish_events, replay_events
@@ -51,27 +60,13 @@ def _count(event: Any) -> None:
         _PARSED[0] += 1
 
 
-def _subscribe(name: str, topic: str) -> str:
-    from google.cloud import pubsub_v1
-
-    subscriber = pubsub_v1.SubscriberClient()
-    path = subscriber.subscription_path(TOPO.project, name)
-    subscriber.create_subscription(
-        request={
-            "name": path,
-            "topic": f"projects/{TOPO.project}/topics/{topic}",
-            "ack_deadline_seconds": 60,
-        }
+def _inputs(tag: str) -> tuple[str, str]:
+    """Fresh subscriptions to the two input topics: each phase reads only its own messages."""
+    suffix = uuid.uuid4().hex[:6]
+    return (
+        create_subscription(TOPO.project, f"bench-{tag}-tx-{suffix}", TOPO.transactions_topic),
+        create_subscription(TOPO.project, f"bench-{tag}-lb-{suffix}", TOPO.labels_topic),
     )
-    subscriber.close()
-    return name
-
-
-def _topics() -> dict[str, str]:
-    return {
-        "transactions": f"projects/{TOPO.project}/topics/{TOPO.transactions_topic}",
-        "labels": f"projects/{TOPO.project}/topics/{TOPO.labels_topic}",
-    }
 
 
 def _options(tag: str, model_dir: Path, tx_sub: str, label_sub: str) -> PipelineOptions:
@@ -117,13 +112,10 @@ def _predicted(monitor: Monitor) -> Any:
 
 
 def read_only(events: list, model_dir: Path, timeout_s: float) -> float:
-    tx_sub = _subscribe(f"bench-ro-tx-{uuid.uuid4().hex[:6]}", TOPO.transactions_topic)
-    label_sub = _subscribe(f"bench-ro-lb-{uuid.uuid4().hex[:6]}", TOPO.labels_topic)
-    publish_events(events, _topics(), rate=0)
-    options = _options("ro", model_dir, tx_sub, label_sub)
-    p = beam.Pipeline(options=options)
-    for kind, sub in (("transaction", tx_sub), ("label", label_sub)):
-        path = f"projects/{TOPO.project}/subscriptions/{sub}"
+    subscriptions = _inputs("ro")
+    publish_events(events, TOPO.topic_paths(), rate=0)
+    p = beam.Pipeline(options=_options("ro", model_dir, *subscriptions))
+    for kind, path in zip(("transaction", "label"), subscriptions, strict=True):
         parsed = (
             p
             | f"Read{kind}" >> beam.io.ReadFromPubSub(subscription=path, with_attributes=True)
@@ -141,65 +133,51 @@ def read_only(events: list, model_dir: Path, timeout_s: float) -> float:
     return _rate(samples, n_tx) * len(events) / n_tx
 
 
-def full(events: list, model_dir: Path, timeout_s: float) -> tuple[float, int]:
-    tx_sub = _subscribe(f"bench-full-tx-{uuid.uuid4().hex[:6]}", TOPO.transactions_topic)
-    label_sub = _subscribe(f"bench-full-lb-{uuid.uuid4().hex[:6]}", TOPO.labels_topic)
-    out_sub = _subscribe(f"bench-full-out-{uuid.uuid4().hex[:6]}", TOPO.predictions_topic)
-    publish_events(events, _topics(), rate=0)
-    options = _options("full", model_dir, tx_sub, label_sub)
-    create_table(StoreConfig(TOPO.project, TOPO.bigtable_instance, "bench_full"))
+@contextmanager
+def _full_pipeline(tag: str, model_dir: Path, backlog: list | None = None) -> Iterator[Monitor]:
+    """Runs the full pipeline on a fresh table and subscriptions (``backlog`` published before it
+    starts); yields a Monitor of its prediction topic."""
+    subscriptions = _inputs(tag)
+    out = create_subscription(
+        TOPO.project, f"bench-{tag}-out-{uuid.uuid4().hex[:6]}", "predictions"
+    )
+    if backlog:
+        publish_events(backlog, TOPO.topic_paths(), rate=0)
+    options = _options(tag, model_dir, *subscriptions)
+    create_table(StoreConfig(TOPO.project, TOPO.bigtable_instance, f"bench_{tag}"))
     p = beam.Pipeline(options=options)
     build_pipeline(p, options)
-    monitor = Monitor(f"projects/{TOPO.project}/subscriptions/{out_sub}")
+    monitor = Monitor(out)
     thread = threading.Thread(target=monitor.run, daemon=True)
     thread.start()
-    n_tx = sum(e.topic == "transactions" for e in events)
     result = p.run()
     try:
-        samples = _watch(_predicted(monitor), n_tx, timeout_s)
-        time.sleep(2)
+        yield monitor
     finally:
         result.cancel()
         monitor.stop.set()
         thread.join(timeout=10)
+
+
+def full(events: list, model_dir: Path, timeout_s: float) -> tuple[float, int]:
+    n_tx = sum(e.topic == "transactions" for e in events)
+    with _full_pipeline("full", model_dir, backlog=events) as monitor:
+        samples = _watch(_predicted(monitor), n_tx, timeout_s)
+        time.sleep(2)  # late corrections
     corrections = sum(1 for b in monitor.received if b.get("correction"))
     return _rate(samples, n_tx) * len(events) / n_tx, corrections
 
 
 def latency(events: list, model_dir: Path, rate: float, timeout_s: float) -> dict[str, float]:
-    tx_sub = _subscribe(f"bench-lat-tx-{uuid.uuid4().hex[:6]}", TOPO.transactions_topic)
-    label_sub = _subscribe(f"bench-lat-lb-{uuid.uuid4().hex[:6]}", TOPO.labels_topic)
-    out_sub = _subscribe(f"bench-lat-out-{uuid.uuid4().hex[:6]}", TOPO.predictions_topic)
-    options = _options("latency", model_dir, tx_sub, label_sub)
-    create_table(StoreConfig(TOPO.project, TOPO.bigtable_instance, "bench_latency"))
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, options)
-    result = p.run()
-    monitor = Monitor(f"projects/{TOPO.project}/subscriptions/{out_sub}")
-    thread = threading.Thread(target=monitor.run, daemon=True)
-    thread.start()
     n_tx = sum(e.topic == "transactions" for e in events)
-    try:
+    with _full_pipeline("latency", model_dir) as monitor:
         time.sleep(5)  # let the pipeline start (model load) before the paced stream begins
-        publish_events(events, _topics(), rate=rate)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if len({b.get("transaction_id") for b in monitor.received}) >= n_tx:
-                break
-            time.sleep(0.5)
-    finally:
-        monitor.stop.set()
-        thread.join(timeout=10)
-        result.cancel()
-    from pipelines.schema import parse_rfc3339
-
-    latencies = [
-        (parse_rfc3339(b["processing_time"]) - parse_rfc3339(b["publish_time"])) / 1000
-        for b in monitor.received
-        if not b.get("correction")
-    ]
-    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
-    return {"p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99), "n": len(latencies)}
+        publish_events(events, TOPO.topic_paths(), rate=rate)
+        _watch(_predicted(monitor), n_tx, timeout_s)
+    originals = [b for b in monitor.received if not b.get("correction")]
+    latencies = [x for x in map(latency_ms, originals) if x is not None]
+    p50, p95, p99 = percentiles(latencies)
+    return {"p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "n": len(latencies)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -25,7 +25,7 @@ from rich.table import Table
 
 from pipelines.local import LocalStack, Topology, create_resources, environment
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoConfig", "Monitor", "latency_ms", "percentiles", "run_demo"]
 
 console = Console()
 
@@ -81,14 +81,16 @@ class Monitor:
             subscriber.close()
 
 
-def _percentiles(values: list[float]) -> tuple[float, float, float]:
+def percentiles(values: list[float]) -> tuple[float, float, float]:
+    """p50, p95, p99 (NaN when empty)."""
     if not values:
         return (float("nan"), float("nan"), float("nan"))
     p = np.percentile(np.asarray(values), [50, 95, 99])
     return float(p[0]), float(p[1]), float(p[2])
 
 
-def _latency_ms(prediction: dict[str, Any]) -> float | None:
+def latency_ms(prediction: dict[str, Any]) -> float | None:
+    """Event-to-prediction latency of a prediction message: processing - publish time."""
     from pipelines.schema import parse_rfc3339
 
     try:
@@ -102,21 +104,16 @@ def _latency_ms(prediction: dict[str, Any]) -> float | None:
 def feature_mismatches(bodies: list[dict[str, Any]], expected: Any) -> int:
     """Transactions whose latest served features differ from the batch computation."""
     from pipelines.features import MODEL_INPUTS
+    from pipelines.transforms.sinks import latest_per_transaction
 
-    latest: dict[str, dict[str, Any]] = {}
-    for b in bodies:
-        tx_id = b.get("transaction_id")
-        if tx_id is None:
-            continue
-        if tx_id not in latest or b.get("revision", 0) > latest[tx_id].get("revision", 0):
-            latest[tx_id] = b
-    want = expected.set_index(expected.TRANSACTION_ID.astype(str))
-    mismatches = 0
-    for tx_id, body in latest.items():
-        row = want.loc[tx_id, list(MODEL_INPUTS)].to_numpy(dtype=np.float64)
-        served = np.array([body["features"][f] for f in MODEL_INPUTS], dtype=np.float64)
-        mismatches += int(not np.array_equal(row, served))
-    return mismatches
+    latest = latest_per_transaction(bodies)
+    if not latest:
+        return 0
+    want = expected.set_index(expected.TRANSACTION_ID.astype(str)).loc[
+        list(latest), list(MODEL_INPUTS)
+    ]
+    served = np.array([[b["features"][f] for f in MODEL_INPUTS] for b in latest.values()])
+    return int((want.to_numpy(dtype=np.float64) != served).any(axis=1).sum())
 
 
 def count_datastore(project: str, kind: str) -> int:
@@ -208,10 +205,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             threads = [threading.Thread(target=m.run, daemon=True) for m in (predictions, dead)]
             for t in threads:
                 t.start()
-            topics = {
-                "transactions": f"projects/{topo.project}/topics/{topo.transactions_topic}",
-                "labels": f"projects/{topo.project}/topics/{topo.labels_topic}",
-            }
+            topics = topo.topic_paths()
             console.print(
                 f"Replaying {n_tx:,} transactions and {n_tx:,} labels "
                 f"at {config.rate:,.0f} events/s "
@@ -264,8 +258,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 t.join(timeout=10)
             stored = count_datastore(topo.project, "Prediction")
             originals = [p for p in predictions.received if not p.get("correction")]
-            latencies = [x for x in map(_latency_ms, originals) if x is not None]
-            p50, p95, p99 = _percentiles(latencies)
+            latencies = [x for x in map(latency_ms, originals) if x is not None]
+            p50, p95, p99 = percentiles(latencies)
             unique_predictions = len({p.get("transaction_id") for p in predictions.received})
             summary = {
                 "events_in": len(events) + len(bad),

@@ -29,26 +29,26 @@ class _ImmediatePullClient:
     def pull(self, subscription: str, max_messages: int = 10, timeout: float | None = None) -> Any:
         # The emulator answers at most 100 messages per pull: pull again (without waiting) until
         # the bundle holds max_messages or the subscription has nothing more right now.
-        response = None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # return_immediately
-            while True:
-                part = self._client.pull(
-                    subscription=subscription,
-                    max_messages=self._max - (len(response.received_messages) if response else 0),
-                    return_immediately=True,
-                    timeout=timeout,
+            response = self._pull(subscription, self._max, timeout)
+            part = response
+            while part.received_messages and len(response.received_messages) < self._max:
+                part = self._pull(
+                    subscription, self._max - len(response.received_messages), timeout
                 )
-                if response is None:
-                    response = part
-                else:
-                    response.received_messages.extend(part.received_messages)
-                got = len(response.received_messages)
-                if not part.received_messages or got >= self._max:
-                    break
+                response.received_messages.extend(part.received_messages)
         if not response.received_messages:
             time.sleep(self._idle)
         return response
+
+    def _pull(self, subscription: str, max_messages: int, timeout: float | None) -> Any:
+        return self._client.pull(
+            subscription=subscription,
+            max_messages=max_messages,
+            return_immediately=True,
+            timeout=timeout,
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)

@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import logging
 import struct
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import numpy as np
 
-from pipelines.features import CUSTOMER, TERMINAL, Entity, max_lookback_us, min_delay_us
+from pipelines.features import CUSTOMER, TERMINAL, Entity
+from pipelines.retry import with_backoff
+from pipelines.shared import process_shared
 
 __all__ = [
     "FAMILY_FEATURES",
@@ -135,21 +137,9 @@ def _ts(micros: int) -> datetime:
     return datetime.fromtimestamp((micros // _MS * _MS) / 1e6, tz=UTC)
 
 
-_SHARED: dict[StoreConfig, FeatureStore] = {}
-_SHARED_LOCK = threading.Lock()
-
-
 def shared_store(config: StoreConfig) -> FeatureStore:
-    """One FeatureStore (and gRPC channel) per process and table.
-
-    Runners may deserialize a fresh DoFn, and call its setup, for every bundle (the
-    DirectRunner does): a client per DoFn would open a channel per bundle.
-    """
-    with _SHARED_LOCK:
-        store = _SHARED.get(config)
-        if store is None:
-            store = _SHARED[config] = FeatureStore(config)
-        return store
+    """One FeatureStore (and gRPC channel) per process and table (see pipelines.shared)."""
+    return process_shared(("feature_store", config), lambda: FeatureStore(config))
 
 
 class FeatureStore:
@@ -170,64 +160,7 @@ class FeatureStore:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def read_history(
-        self,
-        customer_ids: Iterable[str],
-        terminal_ids: Iterable[str],
-        min_time_us: int,
-        max_time_us: int,
-        lookahead: bool = False,
-    ) -> History:
-        """Reads the events any window of a batch spanning [min_time, max_time] can need.
-
-        Two ReadRows calls per batch (customers, terminals), each with a time-range filter so
-        that events older than the longest lookback are never transferred. With ``lookahead``
-        the transaction cells read also cover the longest lookback *after* max_time: stored
-        transactions whose windows the batch's events fall into.
-        """
-        customers = sorted(set(customer_ids))
-        terminals = sorted(set(terminal_ids))
-        history = History(EntityHistory(), EntityHistory(), EntityHistory())
-        if customers:
-            self._read(
-                CUSTOMER,
-                customers,
-                (FAMILY_TX,),
-                min_time_us - max_lookback_us(CUSTOMER),
-                max_time_us + 1 + (max_lookback_us(CUSTOMER) if lookahead else 0),
-                {FAMILY_TX: history.customer_tx},
-            )
-        if terminals:
-            start = min_time_us - max_lookback_us(TERMINAL)
-            label_end = max_time_us - min_delay_us(TERMINAL) + 1
-            tx_end = max_time_us + 1 + max_lookback_us(TERMINAL) if lookahead else label_end
-            self._read(
-                TERMINAL,
-                terminals,
-                (FAMILY_TX, FAMILY_LABEL),
-                start,
-                max(tx_end, label_end),
-                {FAMILY_TX: history.terminal_tx, FAMILY_LABEL: history.terminal_labels},
-                {FAMILY_LABEL: label_end},
-            )
-        return history
-
-    def read_terminals(self, terminal_ids: Iterable[str], start_us: int, end_us: int) -> History:
-        """Transaction and label cells of terminals with event time in [start_us, end_us)."""
-        history = History(EntityHistory(), EntityHistory(), EntityHistory())
-        terminals = sorted(set(terminal_ids))
-        if terminals:
-            self._read(
-                TERMINAL,
-                terminals,
-                (FAMILY_TX, FAMILY_LABEL),
-                start_us,
-                end_us,
-                {FAMILY_TX: history.terminal_tx, FAMILY_LABEL: history.terminal_labels},
-            )
-        return history
-
-    def _read(
+    def read_cells(
         self,
         entity: Entity,
         ids: Sequence[str],
@@ -235,8 +168,9 @@ class FeatureStore:
         start_us: int,
         end_us: int,
         into: dict[str, EntityHistory],
-        family_end_us: dict[str, int] | None = None,
     ) -> None:
+        """Appends to ``into[family]`` the cells of these entities with event time in
+        [start_us, end_us), in one ReadRows call with a time-range filter."""
         from google.cloud.bigtable import row_filters
         from google.cloud.bigtable.row_set import RowSet
 
@@ -259,12 +193,13 @@ class FeatureStore:
             ]
         )
         prefix = len(entity.name) + 1
-        ends = family_end_us or {}
-        for row in _retry(lambda: list(self.table.read_rows(row_set=row_set, filter_=filt))):
+        rows = with_backoff(
+            lambda: list(self.table.read_rows(row_set=row_set, filter_=filt)), "Bigtable read"
+        )
+        for row in rows:
             entity_id = row.row_key.decode()[prefix:]
             for family, columns in row.cells.items():
                 target = into[family]
-                end = ends.get(family, end_us)
                 for qualifier, cells in columns.items():
                     raw = cells[0].value
                     other = ""
@@ -274,7 +209,7 @@ class FeatureStore:
                     else:
                         t_us, flag = _LABEL_VALUE.unpack(raw)
                         value = float(flag)
-                    if start_us <= t_us < end:
+                    if start_us <= t_us < end_us:
                         target.add(entity_id, qualifier.decode(), t_us, value, other)
 
     def read_features(self, entity: Entity, ids: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -368,32 +303,9 @@ class FeatureStore:
         for start in range(0, len(rows), chunk):
             part = list(rows[start : start + chunk])
             while part:
-                statuses = _retry(lambda p=part: self.table.mutate_rows(p))
+                statuses = with_backoff(partial(self.table.mutate_rows, part), "Bigtable write")
                 failed = [r for r, s in zip(part, statuses, strict=True) if s.code != 0]
                 if failed:
                     _LOGGER.warning("retrying %d failed Bigtable row mutations", len(failed))
                     time.sleep(0.2)
                 part = failed
-
-
-def _retry(fn: Any, attempts: int = 8, first_delay: float = 0.1) -> Any:
-    """Calls fn, retrying transient gRPC/HTTP failures with exponential backoff."""
-    from google.api_core import exceptions
-
-    delay = first_delay
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except (
-            exceptions.ServiceUnavailable,
-            exceptions.DeadlineExceeded,
-            exceptions.InternalServerError,
-            exceptions.Aborted,
-            exceptions.RetryError,
-        ) as exc:
-            if attempt == attempts - 1:
-                raise
-            _LOGGER.warning("transient store error (%s); retrying in %.1fs", exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-    raise AssertionError("unreachable")

@@ -70,6 +70,13 @@ class Topology:
     bigtable_instance: str = "rillet"
     bigtable_table: str = "features"
 
+    def topic_paths(self) -> dict[str, str]:
+        """The input topics as the publisher wants them: stream name -> full topic path."""
+        return {
+            "transactions": f"projects/{self.project}/topics/{self.transactions_topic}",
+            "labels": f"projects/{self.project}/topics/{self.labels_topic}",
+        }
+
     def subscriptions(self) -> dict[str, str]:
         """Subscription -> topic."""
         return {
@@ -295,26 +302,37 @@ def create_resources(topology: Topology = Topology(), retain_acked: bool = False
     from pipelines.feature_store import StoreConfig, create_table
 
     publisher = pubsub_v1.PublisherClient()
+    for topic in (
+        topology.transactions_topic,
+        topology.labels_topic,
+        topology.predictions_topic,
+        topology.dead_letter_topic,
+    ):
+        with suppress(exceptions.AlreadyExists):
+            publisher.create_topic(name=publisher.topic_path(topology.project, topic))
+    for sub, topic in topology.subscriptions().items():
+        with suppress(exceptions.AlreadyExists):
+            create_subscription(topology.project, sub, topic, retain_acked)
+    create_table(StoreConfig(topology.project, topology.bigtable_instance, topology.bigtable_table))
+
+
+def create_subscription(
+    project: str, subscription: str, topic: str, retain_acked: bool = False
+) -> str:
+    """Creates a subscription (short names) to a topic; returns its full path."""
+    from google.cloud import pubsub_v1
+
     subscriber = pubsub_v1.SubscriberClient()
     try:
-        for topic in (
-            topology.transactions_topic,
-            topology.labels_topic,
-            topology.predictions_topic,
-            topology.dead_letter_topic,
-        ):
-            with suppress(exceptions.AlreadyExists):
-                publisher.create_topic(name=publisher.topic_path(topology.project, topic))
-        for sub, topic in topology.subscriptions().items():
-            with suppress(exceptions.AlreadyExists):
-                subscriber.create_subscription(
-                    request={
-                        "name": subscriber.subscription_path(topology.project, sub),
-                        "topic": publisher.topic_path(topology.project, topic),
-                        "ack_deadline_seconds": 60,
-                        "retain_acked_messages": retain_acked,
-                    }
-                )
+        path = subscriber.subscription_path(project, subscription)
+        subscriber.create_subscription(
+            request={
+                "name": path,
+                "topic": f"projects/{project}/topics/{topic}",
+                "ack_deadline_seconds": 60,
+                "retain_acked_messages": retain_acked,
+            }
+        )
     finally:
         subscriber.close()
-    create_table(StoreConfig(topology.project, topology.bigtable_instance, topology.bigtable_table))
+    return path

@@ -7,9 +7,10 @@ holds *every* event of the entity at or after that time. A batch whose windows r
 back (a late event) reads the entity from Bigtable again. Events older than the longest
 lookback behind the newest event seen are evicted: no window can need them.
 
-Safety: the cache belongs to one run of the stage (a token fixed when the pipeline is built) and
-one generation of its Beam state; when the runner moves the key to another worker and back, the
-generations differ and the cache starts cold (see _SequencedDoFn).
+Safety: the cache records its ``owner``: the run of the stage (a token fixed when the pipeline is
+built) and the generation of its Beam state it mirrors. When the runner moves the key to another
+worker and back, retries a bundle, or a new pipeline starts in the same process, the owner differs
+and the cache starts cold (see _SequencedDoFn).
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ class _Events:
 
 
 class WindowCache:
-    """Serves FeatureStore.read_history / read_terminals from memory when it can."""
+    """The feature stage's reads of the store, served from memory when it can."""
 
     def __init__(self, store: FeatureStore) -> None:
         self.store = store
-        self.generation = -1
+        self.owner: tuple[str, int] | None = None
         self._entities: dict[tuple[str, str], _Events] = {}
         self._newest_us = 0
         self._evicted_at_us = 0
@@ -60,24 +61,20 @@ class WindowCache:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def _ensure(self, entity: Entity, ids: Iterable[str], start_us: int) -> None:
+    def _ensure(self, entity: Entity, ids: set[str], start_us: int) -> None:
         """Loads from Bigtable every entity not cached completely from ``start_us`` on."""
-        missing = sorted(
-            {i for i in ids if (e := self._entities.get((entity.name, i))) is None}
-            | {
-                i
-                for i in ids
-                if (e := self._entities.get((entity.name, i))) is not None
-                and e.loaded_from_us > start_us
-            }
-        )
-        self.hits += len(set(ids)) - len(missing)
+        missing = []
+        for entity_id in sorted(ids):
+            events = self._entities.get((entity.name, entity_id))
+            if events is None or events.loaded_from_us > start_us:
+                missing.append(entity_id)
+        self.hits += len(ids) - len(missing)
         if not missing:
             return
         self.misses += len(missing)
         families = (FAMILY_TX, FAMILY_LABEL) if entity == TERMINAL else (FAMILY_TX,)
         tx, labels = EntityHistory(), EntityHistory()
-        self.store._read(
+        self.store.read_cells(
             entity,
             missing,
             families,
@@ -127,7 +124,9 @@ class WindowCache:
         max_time_us: int,
         lookahead: bool = False,
     ) -> History:
-        """Same contract as FeatureStore.read_history."""
+        """The events any window of a batch spanning [min_time, max_time] can need. With
+        ``lookahead`` the transactions also cover the longest lookback *after* max_time: the
+        stored transactions whose windows the batch's events fall into."""
         customers, terminals = set(customer_ids), set(terminal_ids)
         history = History(EntityHistory(), EntityHistory(), EntityHistory())
         c_start = min_time_us - max_lookback_us(CUSTOMER)
@@ -150,7 +149,7 @@ class WindowCache:
         return history
 
     def read_terminals(self, terminal_ids: Iterable[str], start_us: int, end_us: int) -> History:
-        """Same contract as FeatureStore.read_terminals."""
+        """Transaction and label events of terminals with event time in [start_us, end_us)."""
         terminals = set(terminal_ids)
         history = History(EntityHistory(), EntityHistory(), EntityHistory())
         self._ensure(TERMINAL, terminals, start_us)

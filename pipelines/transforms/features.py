@@ -18,7 +18,6 @@ store concurrently). Per batch it:
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -46,6 +45,7 @@ from pipelines.features import (
     influence_span_us,
 )
 from pipelines.schema import Label, Transaction
+from pipelines.shared import process_shared
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE, DeadLetter
 from pipelines.window_cache import WindowCache
 
@@ -111,7 +111,7 @@ def _features(history: Any, txs: Sequence[Transaction]) -> np.ndarray:
     )
 
 
-def features_for_batch(store: FeatureStore | WindowCache, txs: Sequence[Transaction]) -> np.ndarray:
+def features_for_batch(store: WindowCache, txs: Sequence[Transaction]) -> np.ndarray:
     """Reads the history the batch needs and returns its feature matrix."""
     times = [t.event_time_us for t in txs]
     history = store.read_history(
@@ -155,25 +155,11 @@ _WINDOW_COLUMNS = [
 
 # The stage's Beam state: a generation number, advanced by every bundle. Declaring state also
 # makes _SequencedDoFn a stateful DoFn, so Beam processes the key one bundle at a time (the
-# DirectRunner runs the whole step serially). The in-memory WindowCache records the generation
-# it mirrors; when the runner moved the key (another worker, a retried bundle), the generations
-# differ and the cache is dropped.
+# DirectRunner runs the whole step serially). The in-memory WindowCache records the run and
+# generation it mirrors (its owner); when the runner moved the key (another worker, a retried
+# bundle) or another run used the cache, the owner differs and the cache is dropped.
 _GENERATION = ReadModifyWriteStateSpec("generation", VarIntCoder())
 _GENERATION_PARAM = beam.DoFn.StateParam(_GENERATION)
-
-_CACHES: dict[tuple[StoreConfig, str], WindowCache] = {}
-_CACHES_LOCK = threading.Lock()
-
-
-def _window_cache(config: StoreConfig, run_token: str) -> WindowCache:
-    """One cache per process and run of the stage (a new pipeline never sees an old cache)."""
-    with _CACHES_LOCK:
-        cache = _CACHES.get((config, run_token))
-        if cache is None:
-            for key in [k for k in _CACHES if k[0] == config]:
-                del _CACHES[key]
-            cache = _CACHES[(config, run_token)] = WindowCache(shared_store(config))
-        return cache
 
 
 class _SequencedDoFn(beam.DoFn):
@@ -182,7 +168,6 @@ class _SequencedDoFn(beam.DoFn):
     def __init__(self, store: StoreConfig, max_batch_size: int) -> None:
         self._config = store
         self._max = max_batch_size
-        self._store: FeatureStore | None = None
         self._cache: WindowCache | None = None
         self._run_token = uuid.uuid4().hex  # fixed when the pipeline is built
         self._generation: int | None = None
@@ -196,8 +181,14 @@ class _SequencedDoFn(beam.DoFn):
         self._early_labels = Metrics.counter(METRICS_NAMESPACE, "labels_before_transaction")
 
     def setup(self) -> None:
-        self._store = shared_store(self._config)
-        self._cache = _window_cache(self._config, self._run_token)
+        self._cache = process_shared(
+            ("window_cache", self._config), lambda: WindowCache(shared_store(self._config))
+        )
+
+    def _store(self) -> FeatureStore:
+        # A method, not a property: Beam reads every attribute of a DoFn when it validates it.
+        assert self._cache is not None, "setup() not called"
+        return self._cache.store
 
     def start_bundle(self) -> None:
         self._buffer = []
@@ -212,7 +203,7 @@ class _SequencedDoFn(beam.DoFn):
         assert self._cache is not None
         if self._generation is None:
             current = generation.read() or 0
-            if self._cache.generation != current:
+            if self._cache.owner != (self._run_token, current):
                 self._cache.clear()
             self._generation = current + 1
             generation.write(self._generation)
@@ -235,12 +226,11 @@ class _SequencedDoFn(beam.DoFn):
                 else:
                     yield WindowedValue(out, ts, (GlobalWindow(),))
         if self._cache is not None and self._generation is not None:
-            self._cache.generation = self._generation  # the bundle completed
+            self._cache.owner = (self._run_token, self._generation)  # the bundle completed
 
     # -- one batch -----------------------------------------------------------------------------
 
     def flush(self, batch: list[Transaction | Label]) -> Iterator[Any]:
-        assert self._store is not None
         txs: dict[str, Transaction] = {}
         labels: dict[str, Label] = {}
         for event in batch:
@@ -270,7 +260,6 @@ class _SequencedDoFn(beam.DoFn):
     ) -> Iterator[Any]:
         """Writes new labels (dead-letters one that contradicts its stored transaction) and
         collects the stored transactions whose risk windows a new label falls into."""
-        assert self._store is not None
         span = influence_span_us(TERMINAL, labels=True)
         times = [lb.event_time_us for lb in labels]
         assert self._cache is not None
@@ -306,8 +295,9 @@ class _SequencedDoFn(beam.DoFn):
                 new.append(lb)
         if not new:
             return
-        self._store.write(
-            self._store.label_rows(
+        store = self._store()
+        store.write(
+            store.label_rows(
                 [lb.transaction_id for lb in new],
                 [lb.terminal_id for lb in new],
                 [lb.event_time_us for lb in new],
@@ -354,10 +344,10 @@ class _SequencedDoFn(beam.DoFn):
         return FeatureBatch(txs, matrix, _now_us(), correction=True)
 
     def _write(self, txs: list[Transaction], matrix: np.ndarray) -> None:
-        assert self._store is not None
         cols = [c for c, _, _ in _WINDOW_COLUMNS]
-        self._store.write(
-            self._store.transaction_rows(
+        store = self._store()
+        store.write(
+            store.transaction_rows(
                 [t.transaction_id for t in txs],
                 [t.customer_id for t in txs],
                 [t.terminal_id for t in txs],

@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import apache_beam as beam
@@ -38,7 +37,9 @@ from apache_beam.io.gcp.pubsub import PubsubMessage, WriteToPubSub
 from apache_beam.metrics import Metrics
 
 from pipelines.features import MODEL_INPUTS
+from pipelines.retry import with_backoff
 from pipelines.schema import SCHEMA_VERSION, format_rfc3339
+from pipelines.shared import process_shared
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.parse import METRICS_NAMESPACE, DeadLetter
 
@@ -47,6 +48,7 @@ __all__ = [
     "RiskBands",
     "WriteDeadLetters",
     "WritePredictions",
+    "latest_per_transaction",
     "prediction_records",
 ]
 
@@ -96,6 +98,20 @@ def prediction_records(pb: PredictionBatch, bands: RiskBands) -> list[Prediction
     return records
 
 
+def latest_per_transaction(bodies: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What the message contract tells a subscriber to keep: per transaction_id, the prediction
+    with the highest revision (bodies without a transaction_id are skipped)."""
+    latest: dict[str, dict[str, Any]] = {}
+    for body in bodies:
+        tx_id = body.get("transaction_id")
+        if tx_id is None:
+            continue
+        seen = latest.get(tx_id)
+        if seen is None or body.get("revision", 0) > seen.get("revision", 0):
+            latest[tx_id] = body
+    return latest
+
+
 def _to_message(record: PredictionRecord) -> tuple[bytes, dict[str, str]]:
     body = {
         "schema_version": record["schema_version"],
@@ -138,8 +154,9 @@ class _DatastoreWriteDoFn(beam.DoFn):
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "event_to_prediction_ms")
 
     def setup(self) -> None:
-        self._client = _shared_client(
-            ("datastore", self._project, self._namespace), _datastore_client
+        self._client = process_shared(
+            ("datastore", self._project, self._namespace),
+            lambda: _datastore_client(self._project, self._namespace),
         )
 
     def _entity(self, record: PredictionRecord, kind: str | None = None) -> Any:
@@ -167,27 +184,27 @@ class _DatastoreWriteDoFn(beam.DoFn):
         )
         return entity
 
-    def process(self, pb: PredictionBatch) -> Iterator[PredictionBatch]:
+    def process(self, pb: PredictionBatch) -> Iterator[list[PredictionRecord]]:
         records = prediction_records(pb, self._bands)
         # One mutation per key per commit: a later record of the same key wins.
         by_key = {r["transaction_id"]: r for r in records}
         entities = [self._entity(r) for r in by_key.values()]
         if pb.batch.correction:
-            markers = [self._entity(r, self._correction_kind) for r in by_key.values()]
-            for start in range(0, len(markers), DATASTORE_COMMIT_LIMIT):
-                chunk = markers[start : start + DATASTORE_COMMIT_LIMIT]
-                _with_backoff(lambda c=chunk: self._client.put_multi(c), "Datastore commit")
+            self._put_all([self._entity(r, self._correction_kind) for r in by_key.values()])
             self._put_if_newer(entities)
         else:
-            for start in range(0, len(entities), DATASTORE_COMMIT_LIMIT):
-                chunk = entities[start : start + DATASTORE_COMMIT_LIMIT]
-                _with_backoff(lambda c=chunk: self._client.put_multi(c), "Datastore commit")
-                self._reapply_corrections(chunk)
+            self._put_all(entities)
+            self._reapply_corrections(entities)
         self._written.inc(len(entities))
         for r in records:
             if r["publish_time_us"]:
                 self._latency.update(int((r["processing_time_us"] - r["publish_time_us"]) / 1000))
-        yield pb
+        yield records
+
+    def _put_all(self, entities: list[Any]) -> None:
+        for start in range(0, len(entities), DATASTORE_COMMIT_LIMIT):
+            chunk = entities[start : start + DATASTORE_COMMIT_LIMIT]
+            with_backoff(partial(self._client.put_multi, chunk), "Datastore commit")
 
     @property
     def _correction_kind(self) -> str:
@@ -195,16 +212,19 @@ class _DatastoreWriteDoFn(beam.DoFn):
 
     def _reapply_corrections(self, originals: list[Any]) -> None:
         """Re-applies corrections that were stored before these originals overwrote them."""
+        # Looked up after the originals were committed: a correction written before them is
+        # found here, one written after them replaced them already (_put_if_newer).
         keys = [self._client.key(self._correction_kind, e.key.name) for e in originals]
-        found = _with_backoff(lambda: self._client.get_multi(keys), "Datastore lookup")
-        if not found:
-            return
+        found = []
+        for start in range(0, len(keys), DATASTORE_COMMIT_LIMIT):
+            part = keys[start : start + DATASTORE_COMMIT_LIMIT]
+            found += with_backoff(partial(self._client.get_multi, part), "Datastore lookup")
         revision = {e.key.name: e["revision"] for e in originals}
-        newer = []
-        for marker in found:
-            if marker.get("revision", 0) > revision.get(marker.key.name, 0):
-                entity = self._entity_from(marker)
-                newer.append(entity)
+        newer = [
+            self._entity_from(marker)
+            for marker in found
+            if marker.get("revision", 0) > revision.get(marker.key.name, 0)
+        ]
         if newer:
             self._put_if_newer(newer)
 
@@ -231,19 +251,7 @@ class _DatastoreWriteDoFn(beam.DoFn):
                         [e for e in chunk if e["revision"] > stored.get(e.key.name, -1)]
                     )
 
-            _with_backoff(attempt, "Datastore transaction")
-
-
-_CLIENTS: dict[Any, Any] = {}
-_CLIENTS_LOCK = threading.Lock()
-
-
-def _shared_client(key: Any, factory: Any) -> Any:
-    """One client per process and destination: runners may set up a DoFn per bundle."""
-    with _CLIENTS_LOCK:
-        if key not in _CLIENTS:
-            _CLIENTS[key] = factory(*key[1:])
-        return _CLIENTS[key]
+            with_backoff(attempt, "Datastore transaction")
 
 
 def _datastore_client(project: str, namespace: str | None) -> Any:
@@ -261,18 +269,17 @@ def _publisher_client() -> Any:
 
 
 class _PublishDoFn(beam.DoFn):
-    def __init__(self, topic: str, bands: RiskBands) -> None:
+    def __init__(self, topic: str) -> None:
         self._topic = topic
-        self._bands = bands
         self._publisher: Any = None
         self._published = Metrics.counter(METRICS_NAMESPACE, "predictions_published")
 
     def setup(self) -> None:
-        self._publisher = _shared_client(("publisher",), _publisher_client)
+        self._publisher = process_shared(("publisher",), _publisher_client)
 
-    def process(self, pb: PredictionBatch) -> Iterator[int]:
+    def process(self, records: list[PredictionRecord]) -> Iterator[int]:
         futures = []
-        for record in prediction_records(pb, self._bands):
+        for record in records:
             data, attributes = _to_message(record)
             futures.append(self._publisher.publish(self._topic, data, **attributes))
         # Wait for the acks before the bundle completes: at-least-once delivery.
@@ -280,29 +287,6 @@ class _PublishDoFn(beam.DoFn):
             future.result(timeout=120)
         self._published.inc(len(futures))
         yield len(futures)
-
-
-def _with_backoff(fn: Any, what: str, attempts: int = 10) -> Any:
-    from google.api_core import exceptions
-
-    delay = 0.1
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except (
-            exceptions.ServiceUnavailable,
-            exceptions.DeadlineExceeded,
-            exceptions.InternalServerError,
-            exceptions.Aborted,
-            exceptions.TooManyRequests,
-            exceptions.RetryError,
-        ) as exc:
-            if attempt == attempts - 1:
-                raise
-            _LOGGER.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, 10.0)
-    raise AssertionError("unreachable")
 
 
 class WritePredictions(beam.PTransform):
@@ -337,7 +321,7 @@ class WritePredictions(beam.PTransform):
             _DatastoreWriteDoFn(self._project, self._kind, self._namespace, self._bands)
         )
         # Publish after the entity is stored, so a subscriber can always read it back.
-        return stored | "ToPredictionTopic" >> beam.ParDo(_PublishDoFn(self._topic, self._bands))
+        return stored | "ToPredictionTopic" >> beam.ParDo(_PublishDoFn(self._topic))
 
 
 def _dead_letter_message(dl: DeadLetter) -> PubsubMessage:

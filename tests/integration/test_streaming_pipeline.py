@@ -19,6 +19,7 @@ from pipelines.features import CUSTOMER, MODEL_INPUTS
 from pipelines.local import Topology
 from pipelines.publisher import malformed_examples, publish_events, replay_events
 from pipelines.training_data import training_features
+from pipelines.transforms.sinks import latest_per_transaction
 
 pytestmark = pytest.mark.integration
 TOPO = Topology()
@@ -55,16 +56,6 @@ def drain(subscription: str, want: int, timeout_s: float, settle_s: float = 3.0)
     return got
 
 
-def latest_per_transaction(bodies: list[dict]) -> dict[str, dict]:
-    """What the message contract tells a subscriber to keep: the highest revision per id."""
-    latest: dict[str, dict] = {}
-    for b in bodies:
-        seen = latest.get(b["transaction_id"])
-        if seen is None or b["revision"] > seen["revision"]:
-            latest[b["transaction_id"]] = b
-    return latest
-
-
 def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None:
     from google.cloud import datastore
 
@@ -84,10 +75,7 @@ def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None
     transactions = [e for e in events if e.topic == "transactions"]
     bad = malformed_examples()
     try:
-        topics = {
-            "transactions": f"projects/{TOPO.project}/topics/{TOPO.transactions_topic}",
-            "labels": f"projects/{TOPO.project}/topics/{TOPO.labels_topic}",
-        }
+        topics = TOPO.topic_paths()
         # The whole replay in one burst: the two streams race each other and the runner's
         # bundles, the hardest case for ordering.
         mixed = [ReplayEvent("transactions", b, 0) for b in bad]
