@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 .DEFAULT_GOAL := help
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml setup.py
 	@command -v $(PYTHON) >/dev/null || { echo "Python 3.11 is required ($(PYTHON) not found)"; exit 1; }
@@ -39,10 +39,20 @@ emulators-up: $(STAMP) ## Start the emulators and create the resources
 emulators-down: $(STAMP) ## Stop the emulators this checkout started
 	$(BIN)/rillet local down
 
+replay-eval: $(STAMP) ## Handbook chain: backfill, warm store, train, stream the test week, evaluate, report
+	$(BIN)/rillet replay-eval --preset handbook --work-dir .rillet/replay-eval
+
 bench-e2e: $(STAMP) ## Read-only vs full pipeline throughput and latency (last line JSON)
 	$(BIN)/python -m bench.e2e
+
+bench-backfill: $(STAMP) ## Beam backfill vs pandas groupby-rolling on the handbook dataset (last line JSON)
+	$(BIN)/python -m bench.backfill
+
+bench-windows: $(STAMP) ## Feature engine vs Beam SlidingWindows per-event cost, ratios 1..1440 (last line JSON)
+	$(BIN)/python -m bench.windows
 
 clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
-.PHONY: help install demo test test-unit lint emulators-up emulators-down bench-e2e clean
+.PHONY: help install demo test test-unit lint emulators-up emulators-down replay-eval bench-e2e \
+	bench-backfill bench-windows clean

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ import pandas as pd
 
 from pipelines.features import MODEL_INPUTS
 
-__all__ = ["TrainConfig", "export_model", "train_model"]
+__all__ = ["TrainConfig", "class_weights", "export_model", "predict", "train_model"]
 
 LABEL = "TX_FRAUD"
 
@@ -38,6 +38,11 @@ class TrainConfig:
     epochs: int = 8
     batch_size: int = 256
     seed: int = 0
+    # "balanced": both classes weigh the same in total; "sqrt": frauds weigh sqrt(neg/pos).
+    class_balance: str = "balanced"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def _set_seeds(seed: int) -> None:
@@ -75,10 +80,7 @@ def train_model(
     _set_seeds(config.seed)
     x = train[list(MODEL_INPUTS)].to_numpy(np.float32)
     y = train[LABEL].to_numpy(np.float32)
-    positives = max(float(y.sum()), 1.0)
-    negatives = max(float(len(y) - y.sum()), 1.0)
-    # Weight classes to an equal total: frauds are ~1% of transactions.
-    class_weight = {0: len(y) / (2 * negatives), 1: len(y) / (2 * positives)}
+    class_weight = class_weights(y, config.class_balance)
     model = build_model(x, config)
     model.fit(
         x,
@@ -96,6 +98,24 @@ def train_model(
         result = model.evaluate(xv, yv, verbose=0, return_dict=True)
         metrics = {f"valid_{k}": float(v) for k, v in result.items()}
     return model, metrics
+
+
+def class_weights(y: np.ndarray, balance: str) -> dict[int, float]:
+    """Per-class loss weights: frauds are ~1% of transactions, unweighted the model learns to
+    say "legitimate" always."""
+    positives = max(float(y.sum()), 1.0)
+    negatives = max(float(len(y) - y.sum()), 1.0)
+    if balance == "balanced":
+        return {0: len(y) / (2 * negatives), 1: len(y) / (2 * positives)}
+    if balance == "sqrt":
+        return {0: 1.0, 1: float(np.sqrt(negatives / positives))}
+    raise ValueError(f"class_balance must be 'balanced' or 'sqrt', not {balance!r}")
+
+
+def predict(model: Any, frame: pd.DataFrame) -> np.ndarray:
+    """Scores of an in-memory Keras model on MODEL_INPUTS columns."""
+    x = frame[list(MODEL_INPUTS)].to_numpy(np.float32)
+    return np.asarray(model.predict(x, batch_size=4096, verbose=0), dtype=np.float64).ravel()
 
 
 def new_version() -> str:

@@ -91,33 +91,239 @@ def simulate(
         typer.echo(f"{name}: {path}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def backfill(
+    ctx: typer.Context,
+    input: Annotated[
+        str, typer.Option(help="Directory (local or gs://) with transactions* and labels* files.")
+    ],
+    output: Annotated[str, typer.Option(help="Output directory (local or gs://).")],
+    until: Annotated[
+        str | None,
+        typer.Option(help="Only transactions before this UTC day/time (exclusive)."),
+    ] = None,
+    to_bigtable: Annotated[
+        bool,
+        typer.Option(
+            "--to-bigtable", help="Also warm the feature store: its state as of the input's end."
+        ),
+    ] = False,
+    shards: Annotated[int, typer.Option(min=1, help="Entity shards.")] = 8,
+    state_dir: StateDir = Path(".rillet"),
+) -> None:
+    """Compute the streaming features over history with Beam (point-in-time feature table as
+    Parquet; optionally the Bigtable state). Extra arguments are Beam options, e.g.
+    --runner=DataflowRunner --project=P --region=R --temp_location=gs://... or
+    --direct_running_mode=multi_processing --direct_num_workers=2."""
+    from pipelines.backfill import run as run_backfill
+
+    argv = [f"--input={input}", f"--output={output}", f"--shards={shards}", *ctx.args]
+    if until:
+        argv.append(f"--until={until}")
+    if to_bigtable:
+        argv.append("--to_bigtable")
+        if not any(a.startswith("--project") for a in argv):
+            argv.append("--project=rillet-local")
+        if (state_dir / "local.json").exists():
+            os.environ.update(_stack(state_dir).env())
+    if not any(a.startswith("--runner") for a in argv):
+        argv.append("--runner=DirectRunner")
+    from pipelines.event_tables import InvalidTable
+
+    try:
+        manifest = run_backfill(argv)
+    except InvalidTable as exc:
+        typer.echo(f"rillet backfill: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(json.dumps(manifest))
+
+
 @app.command()
 def train(
-    input: Annotated[Path, typer.Option(help="Dataset directory written by 'rillet simulate'.")],
+    features: Annotated[
+        Path, typer.Option(help="Feature table written by 'rillet backfill' (<output>/features).")
+    ],
     model_dir: Annotated[Path, typer.Option(help="Versioned model directory.")] = Path(
         "artifacts/models"
     ),
     train_start: Annotated[
-        str, typer.Option(help="First training day, YYYY-MM-DD.")
-    ] = "2018-04-01",
-    train_end: Annotated[str, typer.Option(help="Last training day, YYYY-MM-DD.")] = "2018-05-05",
-    epochs: Annotated[int, typer.Option(min=1)] = 5,
+        str | None,
+        typer.Option(
+            help="First training day (YYYY-MM-DD). Default: the spec's 2018-07-25 when the table "
+            "covers the handbook protocol, else the table's last weeks."
+        ),
+    ] = None,
+    train_days: Annotated[int, typer.Option(min=1, help="Training days.")] = 7,
+    select: Annotated[
+        bool, typer.Option(help="Choose the configuration on the validation folds first.")
+    ] = True,
+    quick: Annotated[bool, typer.Option(help="A two-candidate grid (fast).")] = False,
 ) -> None:
-    """Compute point-in-time features, train the model on a date range, export a version."""
-    from models.train import TrainConfig, export_model, split_by_day, train_model
-    from pipelines.simulator import read_dataset
-    from pipelines.training_data import training_features
+    """Train on a date range of the backfill table and export a versioned SavedModel + card.
 
-    feats = training_features(read_dataset(input))
-    rows = split_by_day(feats, train_start, train_end)
-    if rows.empty:
-        typer.echo(f"rillet train: no transactions between {train_start} and {train_end}", err=True)
+    The protocol (../shared/specs/reference-dataset.md section 3): train on the training days,
+    a 7-day delay, a 7-day test week. Model selection uses only validation folds that end before
+    the test week; the test week is left for 'rillet evaluate'."""
+    from models.evaluation import Protocol
+    from models.selection import GRID, QUICK_GRID, select_and_train
+    from pipelines.backfill import read_feature_table
+
+    table = read_feature_table(features)
+    if table.empty:
+        typer.echo(f"rillet train: {features} has no rows", err=True)
         raise typer.Exit(2)
-    model, metrics = train_model(rows, None, TrainConfig(epochs=epochs))
-    target = export_model(
-        model, model_dir, {"training_range": [train_start, train_end], "metrics": metrics}
+    try:
+        protocol = _protocol(table, train_start, train_days, Protocol)
+        grid = (QUICK_GRID if quick else GRID) if select else (GRID[0],)
+        target, card = select_and_train(table, protocol, model_dir, grid)
+    except ValueError as exc:
+        typer.echo(f"rillet train: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(
+        json.dumps(
+            {
+                "version_dir": str(target),
+                "training_range": card["training_range"],
+                "validation_metrics": {
+                    k: v for k, v in card["validation_metrics"].items() if k != "folds"
+                },
+                "config": card["config"],
+            }
+        )
     )
-    typer.echo(f"exported {target}")
+
+
+def _protocol(table: Any, train_start: str | None, train_days: int, protocol_cls: Any) -> Any:
+    import datetime as dt
+
+    first = table["TX_DATETIME"].min()
+    n_days = (table["TX_DATETIME"].max().normalize() - first.normalize()).days + 1
+    if train_start:
+        try:
+            start = dt.date.fromisoformat(train_start)
+        except ValueError as exc:
+            raise ValueError(f"--train-start {train_start!r}: expected YYYY-MM-DD") from exc
+        protocol = protocol_cls(train_start=start, train_days=train_days)
+        protocol.check_fits(first.strftime("%Y-%m-%d"), n_days)
+        return protocol
+    handbook = protocol_cls.handbook()
+    try:
+        handbook.check_fits(first.strftime("%Y-%m-%d"), n_days)
+        return handbook
+    except ValueError:
+        return protocol_cls.last_weeks(first.strftime("%Y-%m-%d"), n_days, train_days=train_days)
+
+
+@app.command()
+def evaluate(
+    features: Annotated[Path, typer.Option(help="Feature table written by 'rillet backfill'.")],
+    model_dir: Annotated[Path, typer.Option(help="Versioned model directory.")] = Path(
+        "artifacts/models"
+    ),
+    model_version: Annotated[str, typer.Option(help="Version, or 'latest'.")] = "latest",
+    served: Annotated[
+        bool,
+        typer.Option(help="Also score the predictions the streaming pipeline stored in Datastore."),
+    ] = True,
+    project: str = "rillet-local",
+    datastore_kind: str = "Prediction",
+    datastore_namespace: str = "",
+    report: Annotated[Path, typer.Option(help="Directory for the HTML report.")] = Path(
+        "artifacts/report"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    state_dir: StateDir = Path(".rillet"),
+) -> None:
+    """Score the test week once: AUC, AP, Card Precision@100 offline (backfill table) and as
+    served (Datastore), score differences, feature consistency, and an HTML report."""
+    from pipelines.evaluate import EvaluationConfig
+    from pipelines.evaluate import evaluate as run_evaluation
+
+    if served and (state_dir / "local.json").exists():
+        os.environ.update(_stack(state_dir).env())
+    try:
+        result = run_evaluation(
+            EvaluationConfig(
+                feature_table=features,
+                model_dir=model_dir,
+                model_version=model_version,
+                served=served,
+                project=project,
+                kind=datastore_kind,
+                namespace=datastore_namespace or None,
+                report_dir=report,
+            )
+        )
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"rillet evaluate: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    _print_result(result, as_json)
+    if served and not result.get("ok", False):
+        raise typer.Exit(1)
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"model {result['model_version']}: test {result['protocol']['test']}")
+    table.add_column("")
+    table.add_column("AUC")
+    table.add_column("AP")
+    table.add_column("CP@100")
+    for side in ("offline", "served"):
+        m = result.get(side)
+        if m:
+            table.add_row(side, f"{m['auc']:.4f}", f"{m['ap']:.4f}", f"{m['cp100']:.4f}")
+    console = Console()
+    console.print(table)
+    for key in ("n_test", "n_served", "max_abs_score_diff", "consistency", "report"):
+        if key in result:
+            console.print(f"{key}: {result[key]}")
+
+
+@app.command("replay-eval")
+def replay_eval(
+    preset: Annotated[str, typer.Option(help="Simulator preset (handbook = the spec).")] = (
+        "handbook"
+    ),
+    work_dir: Annotated[Path, typer.Option(help="Data, models, logs, report.")] = Path(
+        ".rillet/replay-eval"
+    ),
+    rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 600,
+    timeout: Annotated[float, typer.Option(min=10, help="Seconds to wait for predictions.")] = (
+        1800
+    ),
+    quick: Annotated[bool, typer.Option(help="Two-candidate model selection (fast).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The whole chain: simulate -> backfill -> warm store -> select + train -> stream the test
+    week through Pub/Sub -> evaluate offline vs served -> report."""
+    from pipelines.local import StackError
+    from pipelines.replay_eval import ReplayEvalConfig, run_replay_eval
+    from pipelines.simulator import PRESETS
+
+    if preset not in PRESETS:
+        typer.echo(
+            f"rillet replay-eval: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}",
+            err=True,
+        )
+        raise typer.Exit(2)
+    try:
+        result = run_replay_eval(
+            ReplayEvalConfig(
+                preset=preset, work_dir=work_dir, rate=rate, timeout_s=timeout, quick=quick
+            )
+        )
+    except (StackError, ValueError, TimeoutError) as exc:
+        typer.echo(f"rillet replay-eval: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    _print_result(result, as_json)
+    if not result.get("ok", False):
+        raise typer.Exit(1)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -148,6 +354,12 @@ def publish(
         float, typer.Option(min=0, help="Events per second (0: as fast as possible).")
     ] = 1000,
     limit: Annotated[int, typer.Option(min=0, help="Only the first N transactions (0: all).")] = 0,
+    first_day: Annotated[
+        str | None, typer.Option(help="Only transactions from this UTC day (YYYY-MM-DD).")
+    ] = None,
+    last_day: Annotated[
+        str | None, typer.Option(help="Only transactions up to this UTC day, inclusive.")
+    ] = None,
     labels: Annotated[
         bool, typer.Option(help="Also publish the labels, 7 days of event time later.")
     ] = True,
@@ -159,6 +371,10 @@ def publish(
     from pipelines.simulator import read_dataset
 
     frame = read_dataset(input)
+    if first_day or last_day:
+        from models.evaluation import rows_in
+
+        frame = rows_in(frame, (first_day or "0000-01-01", last_day or "9999-12-31"))
     if limit:
         frame = frame.iloc[:limit]
     if (state_dir / "local.json").exists():

@@ -9,9 +9,6 @@ the predictions on the prediction topic, prints a summary and stops everything i
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipelines.local import LocalStack, Topology, create_resources, environment
+from pipelines.streaming_job import StreamingJob
 
 __all__ = ["DemoConfig", "Monitor", "latency_ms", "percentiles", "run_demo"]
 
@@ -138,7 +136,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     console.print("Starting the Pub/Sub, Bigtable and Datastore emulators ...")
     started = stack.up()
     console.print("  " + ", ".join(f"{k}: {v}" for k, v in started.items()))
-    pipeline_proc: subprocess.Popen[bytes] | None = None
+    job = StreamingJob([], work / "logs" / "pipeline.log")
     try:
         with environment(stack.env()):
             create_resources(topo)
@@ -178,22 +176,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             console.print(f"  exported {version_dir}")
 
             log_path = work / "logs" / "pipeline.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            cmd = [
-                sys.executable,
-                "-m",
-                "pipelines.pipeline",
-                "--runner=DirectRunner",
-                f"--project={topo.project}",
-                f"--model_dir={work / 'models'}",
-            ]
             console.print("Starting the streaming pipeline on the DirectRunner ...")
-            pipeline_proc = subprocess.Popen(
-                cmd,
-                stdout=open(log_path, "ab"),  # noqa: SIM115 - the child owns it
-                stderr=subprocess.STDOUT,
-                env=dict(os.environ),
-            )
+            job.args = [f"--project={topo.project}", f"--model_dir={work / 'models'}"]
+            job.log_path = log_path
+            job.start()
 
             events = replay_events(frame)
             bad = malformed_examples()
@@ -242,10 +228,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                         pred_task,
                         completed=len({p.get("transaction_id") for p in predictions.received}),
                     )
-                    if pipeline_proc.poll() is not None:
-                        raise RuntimeError(
-                            f"the pipeline exited ({pipeline_proc.returncode}); see {log_path}"
-                        )
+                    job.check()
                     done = len({p.get("transaction_id") for p in predictions.received}) >= n_tx
                     if done and not publisher.is_alive() and len(dead.received) >= len(bad):
                         break
@@ -285,12 +268,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             _print_summary(summary, work, log_path)
             return summary
     finally:
-        if pipeline_proc is not None and pipeline_proc.poll() is None:
-            pipeline_proc.terminate()
-            try:
-                pipeline_proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                pipeline_proc.kill()
+        job.stop()
         stopped = stack.down()
         if stopped:
             console.print("Stopped what the demo started: " + ", ".join(stopped))

@@ -16,10 +16,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from pipelines.features import (
     CUSTOMER,
     DAY_US,
+    ENTITIES,
     FEATURES,
     TERMINAL,
     Entity,
@@ -89,15 +91,26 @@ class Events:
 class _SortedEvents:
     key: np.ndarray  # entity * span + (time - base), ascending
     cum: np.ndarray  # prefix sums of value in that order, with a leading 0
+    order: np.ndarray  # order[j] = original index of the j-th event in sorted order
     position: np.ndarray  # position[i] = index in sorted order of original event i
     base: int
     span: int
 
+    def query_key(self, q_entity: np.ndarray, q_time: np.ndarray) -> np.ndarray:
+        return q_entity.astype(np.int64) * self.span + (q_time - self.base)
 
-def _sort(events: Events, span_extra: int) -> _SortedEvents:
+
+def _sort(events: Events, span_extra: int, t_max: int | None = None) -> _SortedEvents:
+    """Sorts events by (entity, time, rank) into one int64 key per event.
+
+    The key space of each entity spans from the oldest event minus ``span_extra`` (the longest
+    lookback) to ``t_max`` (the newest event or query time): a query beyond the newest event
+    must not land in the next entity's range.
+    """
     time = events.time_us.astype(np.int64)
+    newest = max(int(time.max()) if len(time) else 0, t_max if t_max is not None else 0)
     base = int(time.min()) - span_extra - 1 if len(time) else 0
-    span = (int(time.max()) - base + 1) if len(time) else 1
+    span = newest - base + 1 if len(time) else 1
     n_entities = int(events.entity.max()) + 1 if len(time) else 1
     if n_entities > _INT64_MAX // span:
         raise OverflowError("too many entities for one pass; split the input by entity")
@@ -107,28 +120,76 @@ def _sort(events: Events, span_extra: int) -> _SortedEvents:
     np.cumsum(events.value[order].astype(np.int64), out=cum[1:])
     position = np.empty(len(order), dtype=np.int64)
     position[order] = np.arange(len(order), dtype=np.int64)
-    return _SortedEvents(key, cum, position, base, span)
+    return _SortedEvents(key, cum, order, position, base, span)
+
+
+def _query_order(s: _SortedEvents, q_index: np.ndarray | None, q_key: np.ndarray) -> np.ndarray:
+    """The order that sorts the queries by (entity, time)."""
+    if q_index is not None:
+        if len(q_index) == len(s.order) and np.array_equal(
+            q_index, np.arange(len(q_index), dtype=q_index.dtype)
+        ):
+            return s.order  # every event is a query: their sorted order is already known
+        return np.argsort(s.position[q_index], kind="stable")
+    return np.argsort(q_key, kind="stable")
+
+
+@dataclass
+class _Queries:
+    """Queries in ascending (entity, time) order: binary searches over a large array visit
+    memory sequentially then, about 10x faster than in random order. Results are computed in
+    this order and scattered back once per feature."""
+
+    order: np.ndarray  # order[j] = original index of the j-th query
+    entity: np.ndarray  # entity codes, sorted order
+    time_us: np.ndarray  # times, sorted order
+    position: np.ndarray | None  # the queries' own positions among the events (no-delay windows)
+
+    @classmethod
+    def of(
+        cls, s: _SortedEvents, q_entity: np.ndarray, q_time: np.ndarray, q_index: np.ndarray | None
+    ) -> _Queries:
+        order = _query_order(s, q_index, s.query_key(q_entity, q_time))
+        position = None if q_index is None else s.position[q_index][order]
+        return cls(order, q_entity[order], q_time[order], position)
 
 
 def _window(
     s: _SortedEvents,
-    q_entity: np.ndarray,
-    q_time: np.ndarray,
-    q_index: np.ndarray | None,
+    q: _Queries,
     window_us: int,
     delay_us: int,
+    bounds: dict[int, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    q_base = q_entity.astype(np.int64) * s.span - s.base
-    lo = np.searchsorted(s.key, q_base + (q_time - delay_us - window_us), side="right")
+    """Count and sum per query (in the queries' sorted order) over (t - d - w, t - d].
+
+    ``bounds`` caches the binary searches by offset for one (events, queries) pair: windows
+    sharing an edge (a count and a mean, the delayed windows' common end) search once.
+    """
+    bounds = {} if bounds is None else bounds
+
+    def bound(offset: int) -> np.ndarray:
+        if offset not in bounds:
+            q_key = s.query_key(q.entity, q.time_us)
+            bounds[offset] = np.searchsorted(s.key, q_key - offset, side="right")
+        return bounds[offset]
+
+    lo = bound(delay_us + window_us)
     if delay_us == 0:
-        if q_index is None:
+        if q.position is None:
             raise ValueError("a window without delay needs the queries' own positions")
         # The current event and, at the same instant, those before it in tie order.
-        hi = s.position[q_index] + 1
+        hi = q.position + 1
     else:
-        hi = np.searchsorted(s.key, q_base + (q_time - delay_us), side="right")
+        hi = bound(delay_us)
     hi = np.maximum(hi, lo)
     return hi - lo, s.cum[hi] - s.cum[lo]
+
+
+def _unsort(values: np.ndarray, order: np.ndarray) -> np.ndarray:
+    out = np.empty_like(values)
+    out[order] = values
+    return out
 
 
 def window_count_sum(
@@ -149,8 +210,11 @@ def window_count_sum(
     if len(events) == 0:
         zeros = np.zeros(len(q_time), dtype=np.int64)
         return zeros, zeros.copy()
-    s = _sort(events, window_us + delay_us)
-    return _window(s, q_entity, q_time.astype(np.int64), q_index, window_us, delay_us)
+    q_time = np.asarray(q_time, dtype=np.int64)
+    s = _sort(events, window_us + delay_us, int(q_time.max()))
+    q = _Queries.of(s, np.asarray(q_entity, dtype=np.int64), q_time, q_index)
+    count, total = _window(s, q, window_us, delay_us)
+    return _unsort(count, q.order), _unsort(total, q.order)
 
 
 def row_features(time_us: np.ndarray, amount: np.ndarray) -> dict[str, np.ndarray]:
@@ -189,6 +253,11 @@ def compute_feature_matrix(
     rows = row_features(time_us, amount)
     sorted_tx: dict[Entity, _SortedEvents] = {}
     sorted_labels: dict[Entity, _SortedEvents] = {}
+    queries: dict[Entity, _Queries] = {}
+    tx_bounds: dict[Entity, dict[int, np.ndarray]] = {}
+    label_bounds: dict[Entity, dict[int, np.ndarray]] = {}
+    q_time = np.asarray(time_us, dtype=np.int64)
+    t_max = int(q_time.max()) if n else 0
     for col, feature in enumerate(features):
         if isinstance(feature, RowFeature):
             out[:, col] = rows[feature.transform]
@@ -199,27 +268,30 @@ def compute_feature_matrix(
         if len(tx) == 0 or n == 0:
             continue
         if entity not in sorted_tx:
-            sorted_tx[entity] = _sort(tx, max_lookback_us(entity))
-        q_entity = tx.entity[idx]
-        q_time = tx.time_us[idx].astype(np.int64)
+            s = sorted_tx[entity] = _sort(tx, max_lookback_us(entity))
+            queries[entity] = _Queries.of(s, tx.entity[idx], q_time, idx)
+            tx_bounds[entity], label_bounds[entity] = {}, {}
+        q = queries[entity]
         count, total = _window(
-            sorted_tx[entity], q_entity, q_time, idx, feature.window_us, feature.delay_us
+            sorted_tx[entity], q, feature.window_us, feature.delay_us, tx_bounds[entity]
         )
         if feature.aggregation == "count":
-            out[:, col] = count
+            value = count.astype(np.float64)
         elif feature.aggregation == "mean_amount":
-            out[:, col] = _mean(total, count)
+            value = _mean(total, count)
         else:
             lab = labels.get(entity)
             if lab is None or len(lab) == 0:
                 continue
             if entity not in sorted_labels:
-                sorted_labels[entity] = _sort(lab, max_lookback_us(entity))
-            # Label events live on the same entity codes as the transactions.
+                sorted_labels[entity] = _sort(lab, max_lookback_us(entity), t_max)
+            # Label events live on the same entity codes as the transactions, so the queries'
+            # (entity, time) order holds on both sides.
             _, frauds = _window(
-                sorted_labels[entity], q_entity, q_time, None, feature.window_us, feature.delay_us
+                sorted_labels[entity], q, feature.window_us, feature.delay_us, label_bounds[entity]
             )
-            out[:, col] = np.where(count > 0, frauds / np.maximum(count, 1), 0.0)
+            value = np.where(count > 0, frauds / np.maximum(count, 1), 0.0)
+        out[q.order, col] = value
     return out
 
 
@@ -236,8 +308,9 @@ def entity_codes(*id_arrays: np.ndarray) -> list[np.ndarray]:
     if all(a.dtype.kind in "iu" for a in arrays):
         allv = np.concatenate([a.astype(np.int64) for a in arrays])
     else:
-        allv = np.concatenate([a.astype(str) for a in arrays])
-    _, codes = np.unique(allv, return_inverse=True)
+        allv = np.concatenate([a.astype(str) for a in arrays]).astype(object)
+    # Hash-based: O(n), and the codes' order does not matter (they only group events).
+    codes, _ = pd.factorize(allv)
     out, start = [], 0
     for size in sizes:
         out.append(codes[start : start + size].astype(np.int64))
@@ -267,6 +340,13 @@ class EventColumns:
         return len(self.time_us)
 
 
+def _concat(history: np.ndarray, query: np.ndarray) -> np.ndarray:
+    # An empty history must not promote the query's integer ids to strings.
+    if len(history) == 0:
+        return np.asarray(query)
+    return np.concatenate([np.asarray(history), np.asarray(query)])
+
+
 def features_for(
     query: EventColumns,
     *,
@@ -286,15 +366,19 @@ def features_for(
     sides: dict[Entity, Events] = {}
     index: dict[Entity, np.ndarray] = {}
     label_events: dict[Entity, Events] = {}
-    for entity, history in ((CUSTOMER, customer_history), (TERMINAL, terminal_history)):
-        hist = history if history is not None else empty
+    histories = {CUSTOMER: customer_history, TERMINAL: terminal_history}
+    windows = [f for f in features if isinstance(f, WindowFeature)]
+    for entity in ENTITIES:
+        if not any(f.entity == entity for f in windows):
+            continue  # e.g. a backfill shard computing one entity's features
+        hist = histories.get(entity) or empty
         key = entity.key_field
-        ids = np.concatenate([np.asarray(getattr(hist, key)), np.asarray(getattr(query, key))])
-        tx_ids = np.concatenate([np.asarray(hist.transaction_id), np.asarray(query.transaction_id)])
-        times = np.concatenate([hist.time_us, query.time_us]).astype(np.int64)
-        values = amount_units(np.concatenate([hist.value, query.value]))
-        if entity == TERMINAL:
-            codes, label_codes = entity_codes(ids, np.asarray(labels.terminal_id))
+        ids = _concat(getattr(hist, key), getattr(query, key))
+        tx_ids = _concat(hist.transaction_id, query.transaction_id)
+        times = _concat(hist.time_us, query.time_us).astype(np.int64)
+        values = amount_units(_concat(hist.value, query.value))
+        if any(f.entity == entity and f.needs_labels for f in windows):
+            codes, label_codes = entity_codes(ids, np.asarray(getattr(labels, key)))
             label_events[entity] = Events(
                 label_codes,
                 np.asarray(labels.time_us, dtype=np.int64),

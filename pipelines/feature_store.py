@@ -298,6 +298,46 @@ class FeatureStore:
             )
         return list(rows.values())
 
+    def state_rows(
+        self,
+        entity: Entity,
+        transactions: EntityHistory,
+        labels: EntityHistory | None = None,
+        latest: dict[str, tuple[int, dict[str, float]]] | None = None,
+    ) -> list[Any]:
+        """Row mutations writing one entity's state, as the streaming stage would have left it:
+        its ``tx`` cells (with the other entity's id), its ``label`` cells, and per entity id the
+        ``features`` of its latest transaction (``latest[id] = (time_us, {name: value})``).
+        Used by the backfill to warm the store."""
+        rows: dict[bytes, Any] = {}
+
+        def row(entity_id: str) -> Any:
+            key = entity.row_key(entity_id)
+            if key not in rows:
+                rows[key] = self.table.direct_row(key)
+            return rows[key]
+
+        for i, t_us in enumerate(transactions.time_us):
+            value = _TX_VALUE.pack(t_us, transactions.value[i]) + transactions.other_id[i].encode()
+            row(transactions.entity_id[i]).set_cell(
+                FAMILY_TX, transactions.transaction_id[i].encode(), value, timestamp=_ts(t_us)
+            )
+        if labels is not None:
+            for i, t_us in enumerate(labels.time_us):
+                row(labels.entity_id[i]).set_cell(
+                    FAMILY_LABEL,
+                    labels.transaction_id[i].encode(),
+                    _LABEL_VALUE.pack(t_us, int(labels.value[i])),
+                    timestamp=_ts(t_us),
+                )
+        for entity_id, (t_us, values) in (latest or {}).items():
+            target = row(entity_id)
+            for name, feature in values.items():
+                target.set_cell(
+                    FAMILY_FEATURES, name.encode(), _FLOAT.pack(feature), timestamp=_ts(t_us)
+                )
+        return list(rows.values())
+
     def write(self, rows: Sequence[Any], chunk: int = 1000) -> None:
         """Applies row mutations (idempotent), retrying transient failures with backoff."""
         for start in range(0, len(rows), chunk):

@@ -29,7 +29,9 @@ __all__ = [
     "PredictionBatch",
     "Predictions",
     "SavedModelHandler",
+    "load_saved_model",
     "resolve_model",
+    "score_features",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -74,6 +76,30 @@ def resolve_model(model_dir: str, version: str = "latest") -> ModelInfo:
     return ModelInfo(card["version"], FileSystems.join(base, SAVED_MODEL_DIR), features)
 
 
+def load_saved_model(model: ModelInfo) -> Any:
+    """The SavedModel of a version, loaded with TF2's loader (see the module docstring)."""
+    import tensorflow as tf
+
+    return tf.saved_model.load(model.path)
+
+
+def score_features(loaded: Any, features: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Scores of a loaded SavedModel's ``serving_default`` signature for rows of MODEL_INPUTS.
+
+    The one scoring path: the streaming pipeline and the offline evaluation both call it, so an
+    offline score and a served score of the same features can only differ by float rounding.
+    """
+    import tensorflow as tf
+
+    signature = loaded.signatures["serving_default"]
+    x = np.asarray(features, dtype=np.float32)
+    out = np.empty(len(x), dtype=np.float64)
+    for start in range(0, len(x), chunk):
+        outputs = signature(tf.constant(x[start : start + chunk]))
+        out[start : start + chunk] = next(iter(outputs.values())).numpy().reshape(-1)
+    return out
+
+
 @dataclass
 class PredictionBatch:
     """Scores for a FeatureBatch, in the same order."""
@@ -99,9 +125,7 @@ class SavedModelHandler(ModelHandler[FeatureBatch, PredictionBatch, Any]):
         self._model = model
 
     def load_model(self) -> Any:
-        import tensorflow as tf
-
-        loaded = tf.saved_model.load(self._model.path)
+        loaded = load_saved_model(self._model)
         _LOGGER.info("loaded model %s from %s", self._model.version, self._model.path)
         return loaded
 
@@ -113,15 +137,10 @@ class SavedModelHandler(ModelHandler[FeatureBatch, PredictionBatch, Any]):
     ) -> Iterable[PredictionBatch]:
         import time
 
-        import tensorflow as tf
-
         batches = [batch] if isinstance(batch, FeatureBatch) else list(batch)
-        signature = model.signatures["serving_default"]
         results = []
         for fb in batches:
-            inputs = tf.constant(fb.features.astype(np.float32))
-            outputs = signature(inputs)
-            scores = next(iter(outputs.values())).numpy().reshape(-1).astype(np.float64)
+            scores = score_features(model, fb.features)
             results.append(
                 PredictionBatch(fb, scores, self._model.version, int(time.time() * 1_000_000))
             )

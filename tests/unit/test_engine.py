@@ -116,3 +116,30 @@ def test_terminal_risk_uses_the_delayed_window() -> None:
         MODEL_INPUTS.index("TERMINAL_ID_RISK_7DAY_WINDOW"),
     )
     assert got[2, nb7] == 2 and got[2, risk7] == 0.5
+
+
+def test_queries_long_after_the_newest_label_stay_within_their_entity() -> None:
+    """A query whose delayed window ends more than the lookback after the newest label must not
+    read the next entity's labels (the key space spans up to the newest query, not label)."""
+    tx = [
+        ("1", T0, "c1", "A", 10.0),
+        ("2", T0, "c2", "B", 20.0),
+        ("3", T0 + 20 * DAY_US, "c1", "A", 30.0),
+        ("4", T0 + 45 * DAY_US, "c1", "A", 40.0),
+    ]
+    labels = [("1", T0, "A", 0), ("2", T0, "B", 1)]
+    expected = np.array(brute_force(tx, labels))
+    label_cols = EventColumns(
+        np.array(["1", "2"]),
+        np.array(["c1", "c2"]),
+        np.array(["A", "B"]),
+        np.array([T0, T0], dtype=np.int64),
+        np.array([0.0, 1.0]),
+    )
+    got = features_for(
+        columns([(x[0], x[1], x[2], x[3], x[4]) for x in tx[3:]], 4),
+        labels=label_cols,
+        customer_history=columns(tx[:3], 4),
+        terminal_history=columns(tx[:3], 4),
+    )
+    np.testing.assert_array_equal(got, expected[3:])

@@ -1,0 +1,551 @@
+"""The backfill: a Beam batch pipeline that computes the streaming pipeline's features over history.
+
+    transactions ─ ReadTransactions ─ CustomerFeatures ─ TerminalFeatures ─ WriteFeatureTable
+    labels ─────── ReadLabels ───────────────────────────────┘       (Parquet, one row per tx)
+    transaction ids ─ CheckUniqueIds
+
+Each stage works on Arrow tables, not on single events: the events are hashed into ``--shards``
+shards by entity id (all of an entity's events land in one shard), and each shard runs the
+feature engine (pipelines.engine, the streaming pipeline's own code) once over all its events.
+The entity stages are chained, each appending its entity's columns, so no join is needed.
+That keeps Beam's per-element overhead out of a 1.75M-row backfill and the results identical to
+the stream's, which computes the same windows with the same code.
+
+Outputs:
+
+* ``<output>/features/part-NNNNN-of-MMMMM.parquet``: the point-in-time-correct feature table:
+  TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, the MODEL_INPUTS, TX_FRAUD (null when
+  the input had no label). Every label is treated as known at its transaction's time plus the
+  features' delay, exactly as the stream sees the label topic.
+* ``<output>/manifest.json``: what was read, the row count, the cut-off.
+* with ``--to_bigtable``: the feature store's state as of the end of the input: every entity's
+  ``tx`` and ``label`` cells within the longest lookback before the end, and the features of its
+  latest transaction. A streaming job started afterwards reads its windows from these cells, so
+  history never has to be replayed through Pub/Sub. Cells are keyed by transaction id, so a
+  backfill over a range the stream already wrote changes nothing.
+
+Runs on the DirectRunner (in memory, or ``--direct_running_mode=multi_processing``) and on
+Dataflow (inputs and output on gs://).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from apache_beam.io import fileio
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+
+from pipelines.engine import EventColumns, features_for, row_features
+from pipelines.event_tables import EventKind, InvalidTable, canonical, read_tables
+from pipelines.feature_store import EntityHistory, StoreConfig, shared_store
+from pipelines.features import (
+    ENTITIES,
+    FEATURES,
+    MODEL_INPUTS,
+    Entity,
+    RowFeature,
+    max_lookback_us,
+    window_features,
+)
+from pipelines.options import RilletOptions
+
+__all__ = [
+    "BACKFILL_LABELS",
+    "BackfillOptions",
+    "build_backfill",
+    "read_feature_table",
+    "run",
+    "run_backfill",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+READ_TRANSACTIONS = "ReadTransactions"
+READ_LABELS = "ReadLabels"
+CHECK_UNIQUE_IDS = "CheckUniqueIds"
+WRITE_FEATURE_TABLE = "WriteFeatureTable"
+
+
+def entity_step(entity: Entity) -> str:
+    """The stable label of an entity's feature stage, e.g. ``CustomerFeatures``."""
+    return f"{entity.name.capitalize()}Features"
+
+
+BACKFILL_LABELS: tuple[str, ...] = (
+    READ_TRANSACTIONS,
+    READ_LABELS,
+    CHECK_UNIQUE_IDS,
+    *(entity_step(e) for e in ENTITIES),
+    WRITE_FEATURE_TABLE,
+)
+
+FEATURE_TABLE_DIR = "features"
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+class BackfillOptions(PipelineOptions):
+    """Options of the backfill (the store's project, instance and table are RilletOptions')."""
+
+    @classmethod
+    def _add_argparse_args(cls, parser: Any) -> None:
+        parser.add_argument(
+            "--input",
+            help="Directory (local or gs://) with transactions*.{parquet,csv,jsonl} and "
+            "labels*.{parquet,csv,jsonl}.",
+        )
+        parser.add_argument("--output", help="Output directory (local or gs://).")
+        parser.add_argument(
+            "--until",
+            default=None,
+            help="Only transactions before this UTC time (YYYY-MM-DD or RFC 3339), exclusive.",
+        )
+        parser.add_argument(
+            "--to_bigtable",
+            action="store_true",
+            default=False,
+            help="Also write the feature store's state as of the end of the input.",
+        )
+        parser.add_argument(
+            "--shards",
+            type=int,
+            default=8,
+            help="Entity shards: each runs the feature engine once over its entities' events.",
+        )
+
+
+def parse_until(value: str | None) -> int | None:
+    """``--until`` as µs since the epoch (UTC); a date means its midnight."""
+    if not value:
+        return None
+    try:
+        stamp = pd.Timestamp(value)
+    except ValueError as exc:
+        raise ValueError(f"--until {value!r}: expected YYYY-MM-DD or an RFC 3339 time") from exc
+    if stamp.tzinfo is None:
+        stamp = stamp.tz_localize("UTC")
+    return (stamp - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+class ReadEventTables(beam.PTransform):
+    """Reads the files matching ``pattern`` as canonical Arrow tables (pipelines.event_tables),
+    keeping transactions before ``until_us``."""
+
+    def __init__(self, pattern: str, kind: EventKind, until_us: int | None) -> None:
+        super().__init__()
+        self.pattern = pattern
+        self.kind = kind
+        self.until_us = until_us
+
+    def expand(self, pbegin: Any) -> Any:
+        return (
+            pbegin
+            | "Match" >> fileio.MatchFiles(self.pattern)
+            | "Open" >> fileio.ReadMatches()
+            | "Read" >> beam.FlatMap(_read_file, self.kind, self.until_us)
+        )
+
+
+def _read_file(readable: Any, kind: EventKind, until_us: int | None) -> Iterator[pa.Table]:
+    path = readable.metadata.path
+    with readable.open() as stream:
+        for table in read_tables(path, stream):
+            out = canonical(table, kind, path)
+            if until_us is not None:
+                keep = out.column("time_us").to_numpy() < until_us
+                out = out.filter(pa.array(keep))
+            if out.num_rows:
+                yield out
+
+
+# -- sharding --------------------------------------------------------------------------------
+
+
+def _shard_of(ids: np.ndarray, shards: int) -> np.ndarray:
+    # pandas' hash is deterministic across processes and runs (a fixed SipHash key), unlike
+    # Python's hash() of strings: every worker must send an entity to the same shard.
+    values = ids if ids.dtype.kind in "iu" else ids.astype(object)
+    return (pd.util.hash_array(values) % np.uint64(shards)).astype(np.int64)
+
+
+def _compact(table: pa.Table) -> pa.Table:
+    """Integer id columns as int32 when they fit: a third fewer bytes through each shuffle
+    (the receiving stage widens them back, see _concat)."""
+    for i, name in enumerate(table.column_names):
+        column = table.column(i)
+        if name.endswith("_id") and pa.types.is_int64(column.type) and len(column):
+            low, high = pc.min_max(column).values()
+            if low.as_py() >= _INT32_MIN and high.as_py() <= _INT32_MAX:
+                table = table.set_column(i, name, column.cast(pa.int32()))
+    return table
+
+
+def split_by(
+    table: pa.Table, column: str, shards: int, keep: Sequence[str] | None = None
+) -> Iterator[tuple[int, pa.Table]]:
+    """(shard, rows of that shard) pairs, hashing ``column``; ``keep`` selects the columns the
+    receiving stage needs."""
+    if table.num_rows == 0:
+        return
+    shard = _shard_of(table.column(column).to_numpy(zero_copy_only=False), shards)
+    order = np.argsort(shard, kind="stable")
+    counts = np.bincount(shard, minlength=shards)
+    compact = _compact(table.select(list(keep)) if keep else table)
+    start = 0
+    for k in range(shards):
+        if counts[k]:
+            # take() copies: a slice would pickle its parent's whole buffers.
+            yield k, compact.take(pa.array(order[start : start + counts[k]]))
+        start += int(counts[k])
+
+
+def _concat(tables: Iterable[pa.Table]) -> pa.Table | None:
+    tables = list(tables)
+    if not tables:
+        return None
+    table = pa.concat_tables(tables, promote_options="permissive").combine_chunks()
+    for i, name in enumerate(table.column_names):
+        if pa.types.is_int32(table.column(i).type):
+            table = table.set_column(i, name, table.column(i).cast(pa.int64()))
+    return table
+
+
+def _columns(table: pa.Table | None, value: str) -> EventColumns:
+    if table is None or table.num_rows == 0:
+        return EventColumns.empty()
+
+    def ids(name: str) -> np.ndarray:
+        # A stage receives only the id columns it needs (see split_by's keep).
+        if name not in table.column_names:
+            return np.full(table.num_rows, "", dtype=object)
+        return table.column(name).to_numpy(zero_copy_only=False)
+
+    return EventColumns(
+        ids("transaction_id"),
+        ids("customer_id"),
+        ids("terminal_id"),
+        table.column("time_us").to_numpy(),
+        table.column(value).to_numpy().astype(np.float64),
+    )
+
+
+# -- per-entity features ---------------------------------------------------------------------
+
+
+class EntityFeatures(beam.PTransform):
+    """Appends one entity's window features to the transaction tables.
+
+    The tables are re-sharded by that entity's id, so each shard holds all of its entities'
+    events and runs the engine once. The stages are chained (customer, then terminal, ...), so
+    every transaction crosses one shuffle per entity and no join is needed afterwards. The
+    ``final`` stage also attaches the row features and the label and emits (shard, table) in the
+    feature table's columns. With a ``store``, each stage also writes its entity's state.
+    """
+
+    def __init__(
+        self,
+        entity: Entity,
+        shards: int,
+        store: StoreConfig | None = None,
+        end_us: Any = None,
+        final: bool = False,
+    ) -> None:
+        super().__init__()
+        self.entity = entity
+        self.shards = shards
+        self.store = store
+        self.end_us = end_us
+        self.final = final
+
+    def expand(self, inputs: tuple[Any, Any]) -> Any:
+        transactions, labels = inputs
+        key = self.entity.key_field
+        grouped: dict[str, Any] = {
+            "transactions": transactions
+            | "ShardTransactions" >> beam.FlatMap(split_by, key, self.shards)
+        }
+        if self.final or any(f.needs_labels for f in window_features(self.entity)):
+            # Labels carry both entity ids, so they land in the shard of their transaction.
+            grouped["labels"] = labels | "ShardLabels" >> beam.FlatMap(
+                split_by, key, self.shards, ("transaction_id", key, "time_us", "is_fraud")
+            )
+        compute = _EntityFeaturesFn(self.entity, self.store, self.final)
+        side = [beam.pvalue.AsSingleton(self.end_us)] if self.end_us is not None else [None]
+        return grouped | "Group" >> beam.CoGroupByKey() | "Compute" >> beam.ParDo(compute, *side)
+
+
+class _EntityFeaturesFn(beam.DoFn):
+    def __init__(self, entity: Entity, store: StoreConfig | None, final: bool) -> None:
+        self.entity = entity
+        self.store = store
+        self.final = final
+        self.features = window_features(entity)
+
+    def process(self, element: tuple[int, dict[str, list[pa.Table]]], end_us: int | None) -> Any:
+        shard, grouped = element
+        tx = _concat(grouped["transactions"])
+        if tx is None:
+            return
+        labels = _concat(grouped.get("labels", []))
+        query = _columns(tx, "amount")
+        label_columns = _columns(labels, "is_fraud")
+        matrix = features_for(query, labels=label_columns, features=self.features)
+        if self.store is not None and end_us is not None:
+            self._write_state(query, label_columns, matrix, end_us)
+        for col, feature in enumerate(self.features):
+            tx = tx.append_column(feature.name, pa.array(matrix[:, col]))
+        if self.final:
+            yield shard, _feature_table(tx, labels)
+        else:
+            yield tx
+
+    def _write_state(
+        self, tx: EventColumns, labels: EventColumns, matrix: np.ndarray, end_us: int
+    ) -> None:
+        key = self.entity.key_field
+        other = "terminal_id" if key == "customer_id" else "customer_id"
+        since = end_us - max_lookback_us(self.entity)
+        keep = np.flatnonzero(np.asarray(tx.time_us) >= since)
+        history = EntityHistory(
+            entity_id=[str(v) for v in np.asarray(getattr(tx, key))[keep]],
+            transaction_id=[str(v) for v in np.asarray(tx.transaction_id)[keep]],
+            time_us=[int(v) for v in np.asarray(tx.time_us)[keep]],
+            value=[float(v) for v in np.asarray(tx.value)[keep]],
+            other_id=[str(v) for v in np.asarray(getattr(tx, other))[keep]],
+        )
+        label_history = None
+        if len(labels) and any(f.needs_labels for f in self.features):
+            keep_l = np.flatnonzero(np.asarray(labels.time_us) >= since)
+            label_history = EntityHistory(
+                entity_id=[str(v) for v in np.asarray(getattr(labels, key))[keep_l]],
+                transaction_id=[str(v) for v in np.asarray(labels.transaction_id)[keep_l]],
+                time_us=[int(v) for v in np.asarray(labels.time_us)[keep_l]],
+                value=[float(v) for v in np.asarray(labels.value)[keep_l]],
+                other_id=[""] * len(keep_l),
+            )
+        # The features of each entity's latest transaction (the stream's ``features`` family).
+        frame = pd.DataFrame(
+            {"entity": np.asarray(getattr(tx, key)), "time": np.asarray(tx.time_us)}
+        )
+        latest_rows = frame.reset_index().sort_values(["time", "index"]).groupby("entity").tail(1)
+        names = [f.name for f in self.features]
+        latest = {
+            str(entity_id): (int(t), dict(zip(names, map(float, matrix[i]), strict=True)))
+            for entity_id, t, i in zip(
+                latest_rows["entity"], latest_rows["time"], latest_rows["index"], strict=True
+            )
+        }
+        store = shared_store(self.store)  # type: ignore[arg-type]
+        store.write(store.state_rows(self.entity, history, label_history, latest))
+
+
+def _feature_table(tx: pa.Table, labels: pa.Table | None) -> pa.Table:
+    """The feature table's columns, ordered by transaction id."""
+    frame = tx.to_pandas().set_index("transaction_id").sort_index()
+    rows = row_features(frame["time_us"].to_numpy(), frame["amount"].to_numpy())
+    for feature in FEATURES:
+        if isinstance(feature, RowFeature):
+            frame[feature.name] = rows[feature.transform]
+    fraud = pd.Series(pd.NA, index=frame.index, dtype="Int8")
+    if labels is not None:
+        lab = labels.to_pandas().drop_duplicates("transaction_id").set_index("transaction_id")
+        fraud = lab["is_fraud"].reindex(frame.index).astype("Int8")
+    return pa.table(
+        {
+            "TRANSACTION_ID": pa.array(frame.index.to_numpy()),
+            "TX_DATETIME": pa.array(frame["time_us"].to_numpy(), pa.int64()).cast(
+                pa.timestamp("us", tz="UTC")
+            ),
+            "CUSTOMER_ID": pa.array(frame["customer_id"].to_numpy()),
+            "TERMINAL_ID": pa.array(frame["terminal_id"].to_numpy()),
+            **{name: pa.array(frame[name].to_numpy(np.float64)) for name in MODEL_INPUTS},
+            "TX_FRAUD": pa.array(fraud, type=pa.int8(), from_pandas=True),
+        }
+    )
+
+
+class CheckUniqueIds(beam.PTransform):
+    """Fails the backfill on a transaction id that appears twice: the windows would count it
+    twice. Only the id column is shuffled."""
+
+    def __init__(self, shards: int) -> None:
+        super().__init__()
+        self.shards = shards
+
+    def expand(self, transactions: Any) -> Any:
+        return (
+            transactions
+            | "Ids" >> beam.Map(lambda t: t.select(["transaction_id"]))
+            | "Shard" >> beam.FlatMap(split_by, "transaction_id", self.shards)
+            | "Group" >> beam.GroupByKey()
+            | "Check" >> beam.Map(_check_unique)
+        )
+
+
+def _check_unique(element: tuple[int, Iterable[pa.Table]]) -> int:
+    _, tables = element
+    ids = pa.concat_tables(list(tables)).column("transaction_id").to_pandas()
+    duplicated = ids.duplicated()
+    if duplicated.any():
+        raise InvalidTable(
+            f"{int(duplicated.sum())} duplicate transaction ids, e.g. "
+            f"{ids[duplicated].iloc[0]!r}: each transaction must appear once in the input"
+        )
+    return len(ids)
+
+
+class _WriteShardFn(beam.DoFn):
+    """Writes each shard of the feature table to its own Parquet file.
+
+    Names are fixed by the shard (part-NNNNN-of-MMMMM), so a retried bundle overwrites its file
+    instead of adding one; no schema has to be declared before the ids' type is known.
+    """
+
+    def __init__(self, directory: str, shards: int) -> None:
+        self.directory = directory
+        self.shards = shards
+
+    def process(self, element: tuple[int, pa.Table]) -> Iterator[int]:
+        import pyarrow.parquet as pq
+        from apache_beam.io.filesystems import FileSystems
+
+        shard, table = element
+        path = FileSystems.join(self.directory, f"part-{shard:05d}-of-{self.shards:05d}.parquet")
+        with FileSystems.create(path) as stream:
+            # Without dictionary encoding: 3x faster to write, files ~30% larger (measured).
+            pq.write_table(table, stream, use_dictionary=False)
+        yield table.num_rows
+
+
+def _end_of(table: pa.Table) -> int:
+    return int(pc.max(table.column("time_us")).as_py())
+
+
+def build_backfill(p: beam.Pipeline, options: PipelineOptions) -> dict[str, Any]:
+    """Adds the backfill graph to ``p``; returns its main PCollections (for tests)."""
+    opts = options.view_as(BackfillOptions)
+    until_us = parse_until(opts.until)
+    base = opts.input.rstrip("/")
+    transactions = p | READ_TRANSACTIONS >> ReadEventTables(
+        f"{base}/transactions*", "transactions", until_us
+    )
+    labels = p | READ_LABELS >> ReadEventTables(f"{base}/labels*", "labels", until_us)
+    store = None
+    end_us = None
+    if opts.to_bigtable:
+        rillet = options.view_as(RilletOptions)
+        project = options.view_as(GoogleCloudOptions).project
+        store = StoreConfig(project, rillet.bigtable_instance, rillet.bigtable_table)
+        # The state is "as of the end of the input": the cut-off, or the newest transaction.
+        end_us = (
+            p | "EndOfInput" >> beam.Create([until_us])
+            if until_us is not None
+            else transactions
+            | "EndOfInput" >> beam.Map(_end_of)
+            | "Newest" >> beam.CombineGlobally(max).without_defaults()
+        )
+    _ = transactions | CHECK_UNIQUE_IDS >> CheckUniqueIds(opts.shards)
+    table = transactions
+    for i, entity in enumerate(ENTITIES):
+        table = (table, labels) | entity_step(entity) >> EntityFeatures(
+            entity, opts.shards, store, end_us, final=i == len(ENTITIES) - 1
+        )
+    rows = table | WRITE_FEATURE_TABLE >> beam.ParDo(
+        _WriteShardFn(f"{opts.output.rstrip('/')}/{FEATURE_TABLE_DIR}", opts.shards)
+    )
+    return {"transactions": transactions, "labels": labels, "table": table, "rows": rows}
+
+
+def backfill_options(argv: Sequence[str]) -> PipelineOptions:
+    """Options for a backfill run; a wrong argument exits with a message saying what is wanted."""
+    from pipelines.pipeline import unknown_arguments
+
+    options = PipelineOptions(list(argv))
+    opts = options.view_as(BackfillOptions)
+    errors = []
+    if not opts.input:
+        errors.append("--input DIR is required (transactions* and labels* files)")
+    if not opts.output:
+        errors.append("--output DIR is required")
+    if opts.shards < 1:
+        errors.append("--shards must be at least 1")
+    try:
+        parse_until(opts.until)
+    except ValueError as exc:
+        errors.append(str(exc))
+    if opts.to_bigtable and not options.view_as(GoogleCloudOptions).project:
+        errors.append("--to_bigtable needs --project (the emulators use 'rillet-local')")
+    unknown = unknown_arguments(argv)
+    if unknown:
+        errors.append(f"unknown argument(s) {' '.join(unknown)}; see 'rillet backfill --help'")
+    if errors:
+        for error in errors:
+            print(f"rillet backfill: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    return options
+
+
+def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Runs the backfill to completion and writes the manifest; returns it."""
+    from apache_beam.io.filesystems import FileSystems
+
+    options = backfill_options(sys.argv[1:] if argv is None else argv)
+    opts = options.view_as(BackfillOptions)
+    p = beam.Pipeline(options=options)
+    build_backfill(p, options)
+    p.run().wait_until_finish()
+    table_dir = f"{opts.output.rstrip('/')}/{FEATURE_TABLE_DIR}"
+    files = [m.path for m in FileSystems.match([f"{table_dir}/part-*.parquet"])[0].metadata_list]
+    import pyarrow.parquet as pq
+
+    rows = 0
+    for path in files:
+        with FileSystems.open(path) as stream:
+            rows += pq.ParquetFile(stream).metadata.num_rows
+    manifest = {
+        "input": opts.input,
+        "feature_table": table_dir,
+        "files": len(files),
+        "rows": rows,
+        "features": list(MODEL_INPUTS),
+        "until": opts.until,
+        "to_bigtable": bool(opts.to_bigtable),
+        "created": datetime.now(tz=UTC).isoformat(timespec="seconds"),
+    }
+    with FileSystems.create(f"{opts.output.rstrip('/')}/manifest.json") as stream:
+        stream.write(json.dumps(manifest, indent=2).encode())
+    return manifest
+
+
+def run_backfill(input_dir: str, output_dir: str, pipeline_args: Sequence[str] = ()) -> Path:
+    """Runs the backfill on the DirectRunner (unless ``pipeline_args`` say otherwise); returns
+    the feature table's directory (readable with pandas.read_parquet or read_feature_table)."""
+    args = [f"--input={input_dir}", f"--output={output_dir}", *pipeline_args]
+    if not any(a.startswith("--runner") for a in args):
+        args.append("--runner=DirectRunner")
+    manifest = run(args)
+    return Path(manifest["feature_table"])
+
+
+def read_feature_table(path: str | Path) -> pd.DataFrame:
+    """The feature table written by the backfill, ordered by transaction id."""
+    frame = pd.read_parquet(path)
+    return frame.sort_values("TRANSACTION_ID", kind="stable").reset_index(drop=True)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run()

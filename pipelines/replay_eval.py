@@ -1,0 +1,223 @@
+"""``rillet replay-eval``: the whole offline-to-online chain, measured, in one command.
+
+1. simulate the preset's dataset (handbook: the published 1,754,155 transactions);
+2. backfill the whole dataset into the point-in-time feature table (Beam, DirectRunner);
+3. start a private emulator stack (free loopback ports, so nothing a user runs is touched) and
+   backfill again up to the test week with ``--to_bigtable``: the feature store is now warm as
+   of the test week's first second;
+4. select a model on the validation folds and train it on the training week (models.selection);
+5. start the streaming pipeline and replay the test week's transactions and their labels through
+   Pub/Sub (labels 7 days of event time after their transaction, as in production);
+6. once every test-week transaction has a prediction, stop the pipeline and run
+   ``rillet evaluate``: offline vs served metrics, score differences, feature consistency, and
+   the HTML report.
+
+The test week is scored once, at step 6, by the model chosen at step 4 without it.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+__all__ = ["ReplayEvalConfig", "run_replay_eval"]
+
+console = Console()
+
+
+@dataclass
+class ReplayEvalConfig:
+    """Knobs of the chain (defaults: the published dataset at 600 events/s)."""
+
+    preset: str = "handbook"
+    work_dir: Path = Path(".rillet/replay-eval")
+    rate: float = 600.0
+    timeout_s: float = 1800.0
+    quick: bool = False  # a two-candidate grid (CI, small presets)
+    shards: int = 8
+
+
+def _step(timings: dict[str, float], name: str, start: float) -> None:
+    timings[name] = round(time.monotonic() - start, 1)
+    console.print(f"  [dim]{name}: {timings[name]} s[/dim]")
+
+
+def run_replay_eval(config: ReplayEvalConfig) -> dict[str, Any]:
+    """Runs the chain; returns the evaluation result (also written to <work_dir>/result.json)."""
+    from models.evaluation import Protocol, rows_in
+    from models.selection import GRID, QUICK_GRID, select_and_train
+    from pipelines.backfill import read_feature_table, run_backfill
+    from pipelines.demo import Monitor
+    from pipelines.evaluate import EvaluationConfig, evaluate
+    from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
+    from pipelines.publisher import publish_events, replay_events
+    from pipelines.simulator import PRESETS, read_dataset, simulate, write_dataset
+    from pipelines.streaming_job import StreamingJob
+
+    if config.preset not in PRESETS:
+        raise ValueError(f"unknown preset {config.preset!r}; expected one of {', '.join(PRESETS)}")
+    sim = PRESETS[config.preset]
+    protocol = Protocol.for_preset(config.preset, sim)
+    work = config.work_dir
+    timings: dict[str, float] = {}
+    console.rule(f"[bold]rillet replay-eval ({config.preset})")
+    console.print(
+        f"Protocol: train {protocol.train_range[0]}..{protocol.train_range[1]}, "
+        f"test {protocol.test_range[0]}..{protocol.test_range[1]}"
+    )
+
+    t = time.monotonic()
+    data_dir = work / "data"
+    console.print(f"1. Simulating '{config.preset}' -> {data_dir}")
+    write_dataset(simulate(sim), data_dir)
+    _step(timings, "simulate_s", t)
+
+    t = time.monotonic()
+    console.print("2. Backfill (Beam, DirectRunner): the point-in-time feature table")
+    table_dir = run_backfill(str(data_dir), str(work / "backfill"), [f"--shards={config.shards}"])
+    table = read_feature_table(table_dir)
+    console.print(f"  {len(table):,} rows -> {table_dir}")
+    _step(timings, "backfill_s", t)
+
+    topo = Topology()
+    stack = LocalStack(work / "stack")
+    ports = {"pubsub": free_port(), "bigtable": free_port(), "datastore": free_port()}
+    console.print("3. Starting a private emulator stack " + json.dumps(ports))
+    stack.up(ports)
+    try:
+        with environment(stack.env()):
+            create_resources(topo)
+            t = time.monotonic()
+            console.print(f"   Warming the store: backfill --until {protocol.test_range[0]}")
+            run_backfill(
+                str(data_dir),
+                str(work / "backfill-warm"),
+                [
+                    f"--until={protocol.test_range[0]}",
+                    "--to_bigtable",
+                    f"--project={topo.project}",
+                    f"--bigtable_instance={topo.bigtable_instance}",
+                    f"--bigtable_table={topo.bigtable_table}",
+                    f"--shards={config.shards}",
+                ],
+            )
+            _step(timings, "warm_store_s", t)
+
+            t = time.monotonic()
+            grid = QUICK_GRID if config.quick else GRID
+            console.print(
+                f"4. Model selection ({len(grid)} candidates x "
+                f"{len(protocol.validation_folds())} validation folds), then training on "
+                f"{protocol.train_range[0]}..{protocol.train_range[1]}"
+            )
+            version_dir, card = select_and_train(
+                table, protocol, work / "models", grid, {"preset": config.preset}
+            )
+            console.print(
+                f"  chose {card['config']}; validation AP {card['validation_metrics'].get('ap')}"
+            )
+            _step(timings, "train_s", t)
+
+            frame = read_dataset(data_dir)
+            week = rows_in(frame, protocol.test_range)
+            events = replay_events(week)
+            console.print(
+                f"5. Streaming: replaying {len(week):,} test-week transactions and their labels "
+                f"({len(events):,} events) at {config.rate:,.0f} events/s"
+            )
+            replay = _replay(
+                StreamingJob(
+                    [
+                        f"--project={topo.project}",
+                        f"--model_dir={work / 'models'}",
+                        f"--model_version={version_dir.name}",
+                    ],
+                    work / "logs" / "pipeline.log",
+                ),
+                Monitor(f"projects/{topo.project}/subscriptions/{topo.predictions_subscription}"),
+                events,
+                len(week),
+                topo.topic_paths(),
+                config,
+                publish_events,
+            )
+            timings["stream_s"] = replay["elapsed_s"]
+
+            t = time.monotonic()
+            console.print("6. Evaluating the test week (once): offline and as served")
+            result = evaluate(
+                EvaluationConfig(
+                    feature_table=table_dir,
+                    model_dir=work / "models",
+                    model_version=version_dir.name,
+                    served=True,
+                    project=topo.project,
+                    report_dir=work / "report",
+                    notes=[
+                        f"rillet replay-eval --preset {config.preset} --rate {config.rate:g}"
+                        + (" --quick" if config.quick else ""),
+                        f"Stage timings (s): {json.dumps(timings)}",
+                    ],
+                    replay=replay,
+                )
+            )
+            _step(timings, "evaluate_s", t)
+    finally:
+        stack.down()
+    result["timings_s"] = timings
+    (work / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def _replay(
+    job: Any,
+    monitor: Any,
+    events: list[Any],
+    n_transactions: int,
+    topics: dict[str, str],
+    config: ReplayEvalConfig,
+    publish: Any,
+) -> dict[str, Any]:
+    """Publishes the events while the job runs; returns when every transaction has a prediction
+    (or raises at the timeout)."""
+    reader = threading.Thread(target=monitor.run, daemon=True)
+    with job:
+        reader.start()
+        start = time.monotonic()
+        publisher = threading.Thread(
+            target=publish, args=(events, topics, config.rate), daemon=True
+        )
+        publisher.start()
+        deadline = start + config.timeout_s
+        predicted = 0
+        while time.monotonic() < deadline:
+            job.check()
+            predicted = len({p.get("transaction_id") for p in monitor.received})
+            if predicted >= n_transactions and not publisher.is_alive():
+                break
+            time.sleep(0.5)
+        elapsed = time.monotonic() - start
+        time.sleep(1.0)  # let the last Datastore commits of the final bundle land
+        monitor.stop.set()
+        reader.join(timeout=10)
+    if predicted < n_transactions:
+        raise TimeoutError(
+            f"only {predicted:,} of {n_transactions:,} transactions were predicted within "
+            f"{config.timeout_s:.0f} s; see {job.log_path}"
+        )
+    corrections = sum(1 for p in monitor.received if p.get("correction"))
+    return {
+        "events": len(events),
+        "transactions": n_transactions,
+        "rate": config.rate,
+        "elapsed_s": round(elapsed, 1),
+        "events_per_s": round(len(events) / elapsed, 1),
+        "prediction_messages": len(monitor.received),
+        "corrections": corrections,
+    }

@@ -1,0 +1,104 @@
+"""backfill --to_bigtable: the feature store's state as of the end of the input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.features import CUSTOMER, TERMINAL, max_lookback_us
+
+pytestmark = pytest.mark.integration
+
+TABLE = "backfill-state"
+UNTIL = "2018-04-15"
+
+
+def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
+    emulators: dict[str, str], tiny_frame: pd.DataFrame, tmp_path: Path
+) -> None:
+    from pipelines.backfill import parse_until, read_feature_table, run_backfill
+    from pipelines.feature_store import (
+        FAMILY_LABEL,
+        FAMILY_TX,
+        EntityHistory,
+        FeatureStore,
+        StoreConfig,
+        create_table,
+    )
+    from pipelines.local import environment
+    from pipelines.simulator import write_dataset
+
+    config = StoreConfig("rillet-local", "rillet", TABLE)
+    write_dataset(tiny_frame, tmp_path / "in")
+    with environment(emulators):
+        create_table(config)
+        table = read_feature_table(
+            run_backfill(
+                str(tmp_path / "in"),
+                str(tmp_path / "out"),
+                [
+                    f"--until={UNTIL}",
+                    "--to_bigtable",
+                    "--project=rillet-local",
+                    f"--bigtable_table={TABLE}",
+                    "--shards=2",
+                ],
+            )
+        )
+        store = FeatureStore(config)
+        end = parse_until(UNTIL)
+        assert end is not None
+        t_us = (tiny_frame.TX_DATETIME - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+        frame = tiny_frame.assign(t_us=t_us)
+        for entity, other in ((CUSTOMER, "TERMINAL_ID"), (TERMINAL, "CUSTOMER_ID")):
+            key = "CUSTOMER_ID" if entity == CUSTOMER else "TERMINAL_ID"
+            since = end - max_lookback_us(entity)
+            window = frame[(frame.t_us >= since) & (frame.t_us < end)]
+            ids = sorted(window[key].astype(str).unique())
+            into = {FAMILY_TX: EntityHistory(), FAMILY_LABEL: EntityHistory()}
+            families = (FAMILY_TX, FAMILY_LABEL) if entity == TERMINAL else (FAMILY_TX,)
+            store.read_cells(entity, ids, families, 0, 4_102_444_800_000_000, into)
+            got = sorted(
+                zip(
+                    into[FAMILY_TX].transaction_id,
+                    into[FAMILY_TX].time_us,
+                    into[FAMILY_TX].value,
+                    into[FAMILY_TX].other_id,
+                    strict=True,
+                )
+            )
+            want = sorted(
+                zip(
+                    window.TRANSACTION_ID.astype(str),
+                    window.t_us.astype(int),
+                    window.TX_AMOUNT.astype(float),
+                    window[other].astype(str),
+                    strict=True,
+                )
+            )
+            # Exactly the events a window can still need: nothing older, nothing after the end.
+            assert got == want
+            if entity == TERMINAL:
+                labels = sorted(
+                    zip(into[FAMILY_LABEL].transaction_id, into[FAMILY_LABEL].value, strict=True)
+                )
+                assert labels == sorted(
+                    zip(
+                        window.TRANSACTION_ID.astype(str),
+                        window.TX_FRAUD.astype(float),
+                        strict=True,
+                    )
+                )
+            # The features family holds the entity's latest transaction's features.
+            latest = table[table.TX_DATETIME < pd.Timestamp(UNTIL, tz="UTC")]
+            latest = latest.sort_values(["TX_DATETIME", "TRANSACTION_ID"]).groupby(key).tail(1)
+            sample = latest.iloc[:5]
+            stored = store.read_features(entity, [str(v) for v in sample[key]])
+            for _, row in sample.iterrows():
+                values = stored[str(row[key])]
+                assert values and all(
+                    np.float64(row[name]) == value for name, value in values.items()
+                )
