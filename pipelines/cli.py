@@ -293,7 +293,7 @@ def replay_eval(
     work_dir: Annotated[Path, typer.Option(help="Data, models, logs, report.")] = Path(
         ".rillet/replay-eval"
     ),
-    rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 600,
+    rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 400,
     timeout: Annotated[float, typer.Option(min=10, help="Seconds to wait for predictions.")] = (
         1800
     ),

@@ -33,11 +33,11 @@ console = Console()
 
 @dataclass
 class ReplayEvalConfig:
-    """Knobs of the chain (defaults: the published dataset at 600 events/s)."""
+    """Knobs of the chain (defaults: the published dataset at 400 events/s)."""
 
     preset: str = "handbook"
     work_dir: Path = Path(".rillet/replay-eval")
-    rate: float = 600.0
+    rate: float = 400.0
     timeout_s: float = 1800.0
     quick: bool = False  # a two-candidate grid (CI, small presets)
     shards: int = 8
