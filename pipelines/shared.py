@@ -7,6 +7,7 @@ would start empty every bundle.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
@@ -16,12 +17,17 @@ __all__ = ["process_shared"]
 T = TypeVar("T")
 
 _OBJECTS: dict[Hashable, Any] = {}
+# A client is bound to the endpoint it was created for: with the emulators, the *_EMULATOR_HOST
+# variables at that moment. One process may talk to several stacks in turn (the test suite, the
+# replay-eval chain run in-process), so the endpoints are part of every key.
+_ENDPOINT_VARIABLES = ("PUBSUB_EMULATOR_HOST", "BIGTABLE_EMULATOR_HOST", "DATASTORE_EMULATOR_HOST")
 _LOCK = threading.RLock()  # a factory may itself ask for a shared object
 
 
 def process_shared(key: Hashable, factory: Callable[[], T]) -> T:
     """The object stored under ``key`` in this process, made by ``factory`` the first time."""
+    full_key = (key, tuple(os.environ.get(name) for name in _ENDPOINT_VARIABLES))
     with _LOCK:
-        if key not in _OBJECTS:
-            _OBJECTS[key] = factory()
-        return _OBJECTS[key]
+        if full_key not in _OBJECTS:
+            _OBJECTS[full_key] = factory()
+        return _OBJECTS[full_key]

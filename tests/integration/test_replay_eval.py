@@ -14,7 +14,7 @@ def test_replay_eval_chain_serves_exactly_the_offline_scores(tmp_path: Path) -> 
     from pipelines.replay_eval import ReplayEvalConfig, run_replay_eval
 
     result = run_replay_eval(
-        ReplayEvalConfig(preset="small", work_dir=tmp_path, rate=1500, quick=True, timeout_s=600)
+        ReplayEvalConfig(preset="small", work_dir=tmp_path, rate=1000, quick=True, timeout_s=600)
     )
     # Every test transaction was served, with the offline score.
     assert result["n_served"] == result["n_test"] > 1000

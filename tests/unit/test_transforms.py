@@ -75,3 +75,14 @@ def test_predict_scores_each_batch_with_the_saved_model(model_dir) -> None:
             equal_to([(r, model.version, s) for r, s in want.items()]),
         )
         assert_that(predictions.dead_letters, equal_to([]), label="no failures")
+
+
+def test_process_shared_objects_are_per_emulator_endpoint(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A client made for one emulator stack must not be handed out once another is in use."""
+    from pipelines.shared import process_shared
+
+    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", "127.0.0.1:1")
+    first = process_shared(("endpoint-test",), object)
+    assert process_shared(("endpoint-test",), object) is first
+    monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", "127.0.0.1:2")
+    assert process_shared(("endpoint-test",), object) is not first
