@@ -285,6 +285,34 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
             console.print(f"{key}: {result[key]}")
 
 
+@app.command()
+def plan(
+    events_per_second: Annotated[
+        float, typer.Option(min=0.001, help="Input rate to plan for (transactions + labels).")
+    ],
+    vcpus_per_worker: Annotated[int, typer.Option(min=1, help="vCPUs per Dataflow worker.")] = 4,
+    target_utilisation: Annotated[
+        float, typer.Option(min=0.05, max=1.0, help="Planned utilisation (headroom).")
+    ] = 0.6,
+) -> None:
+    """Estimate Dataflow workers, Bigtable nodes and the Datastore write rate for a given input
+    rate, from the per-event costs measured here and each service's published guidance."""
+    from pipelines.capacity import Assumptions
+    from pipelines.capacity import plan as make_plan
+
+    typer.echo(
+        json.dumps(
+            make_plan(
+                events_per_second,
+                Assumptions(
+                    vcpus_per_worker=vcpus_per_worker, target_utilisation=target_utilisation
+                ),
+            ),
+            indent=2,
+        )
+    )
+
+
 @app.command("replay-eval")
 def replay_eval(
     preset: Annotated[str, typer.Option(help="Simulator preset (handbook = the spec).")] = (

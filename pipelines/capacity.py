@@ -1,0 +1,102 @@
+"""``rillet plan``: a capacity estimate for Dataflow, Bigtable and Datastore at N events/s.
+
+The estimate multiplies per-event costs by the input rate. The costs come from two sources, each
+named in the output so that a reader can check and replace them:
+
+* what one event costs the pipeline, measured on this machine (``make bench-e2e``: the full
+  streaming pipeline on the DirectRunner, which runs it on about one core); and
+* the published per-node guidance of each service (see the constants' comments).
+
+It is a plan, not a promise: the DirectRunner's per-event cost includes the emulators' client
+work in the same process and no parallelism across stages, so it overstates what one Dataflow
+vCPU needs; Bigtable's guidance assumes 1 KB rows and a well-spread key space.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+__all__ = ["Assumptions", "plan"]
+
+# bench-e2e, full pipeline (README "Measured here"): 1,479.6 events/s, half transactions and half
+# labels, on the DirectRunner, which executes the steps one after another on one core.
+MEASURED_EVENTS_PER_CORE_S = 1479.6
+# https://cloud.google.com/bigtable/docs/performance: an SSD node serves up to 17,000 reads or
+# 14,000 writes of 1 KB rows per second.
+BIGTABLE_SSD_READS_PER_NODE_S = 17_000
+BIGTABLE_SSD_WRITES_PER_NODE_S = 14_000
+# https://cloud.google.com/datastore/docs/best-practices#ramping_up_traffic: start a new kind at
+# no more than 500 writes/s and grow by at most 50% every 5 minutes ("500/50/5").
+DATASTORE_START_WRITES_S = 500
+# The feature stage is one sequenced key (README "Ordering"), so it runs on one thread whatever
+# the worker count. Its share of bench-e2e's profile (features ~1 s, Bigtable reads and writes
+# ~2 s per 16,000 events) puts it near 5,000 events/s on one core of this machine.
+SEQUENCED_STAGE_EVENTS_S = 5000
+
+
+@dataclass(frozen=True)
+class Assumptions:
+    """The inputs of the estimate (defaults: the reference workload)."""
+
+    label_fraction: float = 0.5  # every transaction gets one label: half the events are labels
+    bigtable_rows_written_per_transaction: float = 2.0  # its customer row and its terminal row
+    bigtable_rows_written_per_label: float = 1.0  # the terminal row
+    # WindowCache serves most reads from memory; a cold or moved key reads both entities' rows.
+    bigtable_rows_read_per_transaction: float = 2.0
+    datastore_writes_per_transaction: float = 1.0  # one Prediction entity (corrections add few)
+    target_utilisation: float = 0.6  # leave headroom for bursts and catch-up after outages
+    vcpus_per_worker: int = 4  # n2-standard-4
+    events_per_core_s: float = MEASURED_EVENTS_PER_CORE_S
+
+
+def plan(events_per_second: float, assumptions: Assumptions = Assumptions()) -> dict[str, Any]:
+    """Workers, Bigtable nodes and the Datastore write rate for ``events_per_second``."""
+    if events_per_second <= 0:
+        raise ValueError("--events-per-second must be positive")
+    a = assumptions
+    transactions = events_per_second * (1 - a.label_fraction)
+    labels = events_per_second * a.label_fraction
+    cores = events_per_second / (a.events_per_core_s * a.target_utilisation)
+    workers = max(1, math.ceil(cores / a.vcpus_per_worker))
+    writes = (
+        transactions * a.bigtable_rows_written_per_transaction
+        + labels * a.bigtable_rows_written_per_label
+    )
+    reads = transactions * a.bigtable_rows_read_per_transaction
+    # Reads and writes share a node's capacity: add their fractions of one node.
+    node_load = reads / BIGTABLE_SSD_READS_PER_NODE_S + writes / BIGTABLE_SSD_WRITES_PER_NODE_S
+    nodes = max(1, math.ceil(node_load / a.target_utilisation))
+    datastore = transactions * a.datastore_writes_per_transaction
+    ramp_minutes = 0.0
+    if datastore > DATASTORE_START_WRITES_S:
+        ramp_minutes = 5 * math.ceil(math.log(datastore / DATASTORE_START_WRITES_S, 1.5))
+    warnings = []
+    if events_per_second > SEQUENCED_STAGE_EVENTS_S * a.target_utilisation:
+        warnings.append(
+            f"above ~{SEQUENCED_STAGE_EVENTS_S * a.target_utilisation:,.0f} events/s the single "
+            "sequenced feature stage (one thread) is the bottleneck: more workers do not help; "
+            "keying the stage by entity is not built"
+        )
+    return {
+        "events_per_second": events_per_second,
+        "warnings": warnings,
+        "transactions_per_second": transactions,
+        "dataflow": {"vcpus": round(cores, 2), "workers": workers},
+        "bigtable": {
+            "rows_written_per_second": writes,
+            "rows_read_per_second_worst_case": reads,
+            "ssd_nodes": nodes,
+        },
+        "datastore": {
+            "writes_per_second": datastore,
+            "ramp_up_minutes_from_500": ramp_minutes,
+        },
+        "assumptions": asdict(a),
+        "sources": {
+            "events_per_core_s": "make bench-e2e on this machine (DirectRunner, one core)",
+            "bigtable": "https://cloud.google.com/bigtable/docs/performance",
+            "datastore": "https://cloud.google.com/datastore/docs/best-practices#ramping_up_traffic",
+        },
+    }

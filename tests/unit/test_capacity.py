@@ -1,0 +1,42 @@
+"""rillet plan: the estimate's arithmetic against hand-computed values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.capacity import Assumptions, plan
+
+
+def test_plan_by_hand() -> None:
+    a = Assumptions(events_per_core_s=1000.0, target_utilisation=0.5, vcpus_per_worker=4)
+    out = plan(10_000, a)
+    # 10,000 / (1,000 x 0.5) = 20 vCPUs = 5 workers of 4.
+    assert out["dataflow"] == {"vcpus": 20.0, "workers": 5}
+    # 5,000 transactions x 2 rows + 5,000 labels x 1 row = 15,000 writes; 10,000 reads.
+    assert out["bigtable"]["rows_written_per_second"] == 15_000
+    # 10,000 / 17,000 + 15,000 / 14,000 = 1.66 node-loads, / 0.5 = 3.3 -> 4 nodes.
+    assert out["bigtable"]["ssd_nodes"] == 4
+    # 5,000 writes/s from 500: 1.5^6 = 11.4 >= 10, so 6 steps of 5 minutes.
+    assert out["datastore"] == {"writes_per_second": 5000, "ramp_up_minutes_from_500": 30}
+    assert out["warnings"]  # 10,000 events/s is past the sequenced stage
+
+
+def test_small_rates_need_the_minimum_and_no_warning() -> None:
+    out = plan(100)
+    assert out["dataflow"]["workers"] == 1 and out["bigtable"]["ssd_nodes"] == 1
+    assert out["datastore"]["ramp_up_minutes_from_500"] == 0 and not out["warnings"]
+
+
+def test_cli_prints_json_and_rejects_a_non_positive_rate() -> None:
+    from pipelines.cli import app
+
+    runner = CliRunner()
+    ok = runner.invoke(app, ["plan", "--events-per-second", "2000"])
+    assert ok.exit_code == 0 and json.loads(ok.output)["events_per_second"] == 2000
+    bad = runner.invoke(app, ["plan", "--events-per-second", "0"])
+    assert bad.exit_code == 2
+    with pytest.raises(ValueError):
+        plan(0)
