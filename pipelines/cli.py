@@ -286,6 +286,59 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
 
 
 @app.command()
+def deploy(
+    project: Annotated[str, typer.Option(help="Google Cloud project.")],
+    region: Annotated[str, typer.Option(help="Dataflow and Artifact Registry region.")],
+    bucket: Annotated[str, typer.Option(help="Bucket for templates, staging, temp, models.")],
+    repository: Annotated[str, typer.Option(help="Artifact Registry repository id.")],
+    service_account: Annotated[str, typer.Option(help="Dataflow worker service account.")],
+    job_name: str = "rillet",
+    version: Annotated[str, typer.Option(help="Image and template version tag.")] = "dev",
+    model_dir: Annotated[str, typer.Option(help="Default: gs://<bucket>/models.")] = "",
+    model_version: str = "latest",
+    max_workers: Annotated[int, typer.Option(min=1)] = 10,
+    num_workers: Annotated[int, typer.Option(min=1)] = 1,
+    subnetwork: Annotated[str | None, typer.Option(help="Subnetwork (no public IPs).")] = None,
+    update: Annotated[
+        bool, typer.Option(help="Replace the running job of this name, keeping its state.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option(help="Print the commands, run nothing.")] = False,
+) -> None:
+    """Build and push the image, build the Flex Template, launch (or --update) the streaming job.
+    See README "Deploying to Dataflow"."""
+    from pipelines.deploy import DeployConfig, DeployError, deploy_commands, run_commands
+
+    commands = deploy_commands(
+        DeployConfig(
+            project=project,
+            region=region,
+            bucket=bucket,
+            repository=repository,
+            service_account=service_account,
+            job_name=job_name,
+            version=version,
+            model_dir=model_dir,
+            model_version=model_version,
+            max_workers=max_workers,
+            num_workers=num_workers,
+            subnetwork=subnetwork,
+            update=update,
+        )
+    )
+    if dry_run:
+        import shlex
+
+        for command in commands:
+            typer.echo(shlex.join(command))
+        return
+    try:
+        run_commands(commands)
+    except DeployError as exc:
+        typer.echo(f"rillet deploy: {exc}", err=True)
+        raise typer.Exit(1) from exc
+
+
+@app.command()
 def plan(
     events_per_second: Annotated[
         float, typer.Option(min=0.001, help="Input rate to plan for (transactions + labels).")
