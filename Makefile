@@ -33,6 +33,9 @@ lint: $(STAMP) ## ruff + mypy
 	$(BIN)/ruff format --check pipelines models tests bench
 	$(BIN)/mypy pipelines models
 
+checkov: ## checkov on terraform/ and dataflow/Dockerfile, offline, from its own venv (.venv-checkov)
+	bash terraform/check.sh
+
 emulators-up: $(STAMP) ## Start the emulators and create the resources
 	$(BIN)/rillet local up
 
@@ -54,5 +57,5 @@ bench-windows: $(STAMP) ## Feature engine vs Beam SlidingWindows per-event cost,
 clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
-.PHONY: help install demo test test-unit lint emulators-up emulators-down replay-eval bench-e2e \
+.PHONY: help install demo test test-unit lint checkov emulators-up emulators-down replay-eval bench-e2e \
 	bench-backfill bench-windows clean

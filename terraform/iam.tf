@@ -1,0 +1,73 @@
+# Identity of the Dataflow workers: only what the streaming job needs, bound on the narrowest resource.
+resource "google_service_account" "dataflow" {
+  account_id   = var.dataflow_service_account_id
+  display_name = "rillet Dataflow workers (${var.environment})"
+  description  = "Runs the rillet streaming and backfill pipelines on Dataflow."
+}
+
+locals {
+  dataflow_member = "serviceAccount:${google_service_account.dataflow.email}"
+}
+
+# Workers must hold roles/dataflow.worker on the project (Dataflow has no narrower scope).
+resource "google_project_iam_member" "dataflow_worker" {
+  project = var.project_id
+  role    = "roles/dataflow.worker"
+  member  = local.dataflow_member
+}
+
+# Datastore (Firestore) IAM is project-level only: the job upserts Prediction entities.
+resource "google_project_iam_member" "datastore_user" {
+  project = var.project_id
+  role    = "roles/datastore.user"
+  member  = local.dataflow_member
+}
+
+# The job pulls and acks its two input subscriptions.
+resource "google_pubsub_subscription_iam_member" "dataflow_subscriber" {
+  for_each = { for k, v in local.subscriptions : k => v if v.dataflow }
+
+  subscription = google_pubsub_subscription.main[each.key].name
+  role         = "roles/pubsub.subscriber"
+  member       = local.dataflow_member
+}
+
+# Dataflow's Pub/Sub source reads subscription metadata (watermark tracking) with pubsub.viewer.
+resource "google_pubsub_subscription_iam_member" "dataflow_viewer" {
+  for_each = { for k, v in local.subscriptions : k => v if v.dataflow }
+
+  subscription = google_pubsub_subscription.main[each.key].name
+  role         = "roles/pubsub.viewer"
+  member       = local.dataflow_member
+}
+
+# The job publishes predictions and application rejects (dead-letter) only.
+resource "google_pubsub_topic_iam_member" "dataflow_publisher" {
+  for_each = toset(["predictions", "dead-letter"])
+
+  topic  = google_pubsub_topic.main[each.key].name
+  role   = "roles/pubsub.publisher"
+  member = local.dataflow_member
+}
+
+# The job reads and writes the feature table on this instance only.
+resource "google_bigtable_instance_iam_member" "dataflow_user" {
+  instance = google_bigtable_instance.rillet.name
+  role     = "roles/bigtable.user"
+  member   = local.dataflow_member
+}
+
+# Staging, temp, template and model objects in the job's own bucket.
+resource "google_storage_bucket_iam_member" "dataflow_objects" {
+  bucket = google_storage_bucket.rillet.name
+  role   = "roles/storage.objectAdmin"
+  member = local.dataflow_member
+}
+
+# Workers pull the SDK container image from the repository.
+resource "google_artifact_registry_repository_iam_member" "dataflow_reader" {
+  location   = google_artifact_registry_repository.rillet.location
+  repository = google_artifact_registry_repository.rillet.name
+  role       = "roles/artifactregistry.reader"
+  member     = local.dataflow_member
+}

@@ -1,0 +1,44 @@
+output "dataflow_service_account_email" {
+  description = "Service account to pass as --service_account_email to the Dataflow job."
+  value       = google_service_account.dataflow.email
+}
+
+output "bucket_name" {
+  description = "GCS bucket for --staging_location/--temp_location (gs://<bucket>/staging, /temp), templates and models."
+  value       = google_storage_bucket.rillet.name
+}
+
+output "artifact_registry_repository" {
+  description = "Docker repository path for the Flex Template image (<region>-docker.pkg.dev/<project>/<repo>)."
+  value       = "${google_artifact_registry_repository.rillet.location}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.rillet.repository_id}"
+}
+
+output "topics" {
+  description = "Pipeline topic names by role (transactions, labels, predictions, dead-letter)."
+  value       = { for k, t in google_pubsub_topic.main : k => t.name }
+}
+
+output "dead_letter_topics" {
+  description = "Pub/Sub dead-letter (undeliverable) topic of each pipeline topic's subscriptions."
+  value       = { for k, t in google_pubsub_topic.dead_letter : k => t.name }
+}
+
+output "subscriptions" {
+  description = "Subscription names: the job's inputs (*-rillet) and the monitors (*-monitor)."
+  value       = [for s in google_pubsub_subscription.main : s.name]
+}
+
+output "bigtable_instance" {
+  description = "Bigtable instance id (--bigtable_instance)."
+  value       = google_bigtable_instance.rillet.name
+}
+
+output "bigtable_table" {
+  description = "Feature table id (--bigtable_table)."
+  value       = google_bigtable_table.features.name
+}
+
+output "firestore_database" {
+  description = "Firestore (Datastore mode) database name."
+  value       = google_firestore_database.datastore.name
+}

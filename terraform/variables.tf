@@ -1,0 +1,151 @@
+variable "project_id" {
+  description = "Google Cloud project every resource is created in (Beam's --project)."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of the Dataflow job, bucket, Artifact Registry repository and Firestore database."
+  type        = string
+  default     = "europe-west1"
+}
+
+variable "environment" {
+  description = "Environment name, 'dev' or 'prod': selects the Bigtable sizing and labels every resource."
+  type        = string
+  default     = "dev"
+
+  validation {
+    condition     = contains(["dev", "prod"], var.environment)
+    error_message = "environment must be 'dev' or 'prod'."
+  }
+}
+
+variable "labels" {
+  description = "Extra labels added to every labelable resource."
+  type        = map(string)
+  default     = {}
+}
+
+variable "kms_key_name" {
+  description = "Optional CMEK: full Cloud KMS crypto key name (projects/.../cryptoKeys/...) for Pub/Sub, the bucket, Bigtable and Artifact Registry; null uses Google-managed keys. The services' agents must hold roles/cloudkms.cryptoKeyEncrypterDecrypter on it."
+  type        = string
+  default     = null
+}
+
+variable "enable_input_schemas" {
+  description = "Attach an Avro schema (JSON encoding) to the transactions and labels topics, so Pub/Sub rejects malformed events at publish time instead of the pipeline dead-lettering them."
+  type        = bool
+  default     = false
+}
+
+variable "message_retention_duration" {
+  description = "How long topics and subscriptions keep messages (seconds, e.g. \"604800s\"): the window in which a stopped job can resume without losing events."
+  type        = string
+  default     = "604800s"
+}
+
+variable "ack_deadline_seconds" {
+  description = "Ack deadline of the Dataflow subscriptions (10-600 s); Dataflow extends leases itself, 60-600 s avoids redelivery while a bundle is committed."
+  type        = number
+  default     = 120
+
+  validation {
+    condition     = var.ack_deadline_seconds >= 10 && var.ack_deadline_seconds <= 600
+    error_message = "ack_deadline_seconds must be between 10 and 600."
+  }
+}
+
+variable "max_delivery_attempts" {
+  description = "Deliveries (5-100) before Pub/Sub forwards a message to the subscription's dead-letter topic."
+  type        = number
+  default     = 10
+}
+
+variable "bigtable_instance_id" {
+  description = "Bigtable instance id (RilletOptions --bigtable_instance)."
+  type        = string
+  default     = "rillet"
+}
+
+variable "bigtable_table_id" {
+  description = "Feature table id (RilletOptions --bigtable_table)."
+  type        = string
+  default     = "features"
+}
+
+variable "bigtable_zone" {
+  description = "Zone of the Bigtable cluster (in var.region, next to the Dataflow workers)."
+  type        = string
+  default     = "europe-west1-b"
+}
+
+variable "bigtable_min_nodes" {
+  description = "Production only: least Bigtable nodes the autoscaler keeps."
+  type        = number
+  default     = 1
+}
+
+variable "bigtable_max_nodes" {
+  description = "Production only: most Bigtable nodes the autoscaler may add."
+  type        = number
+  default     = 5
+}
+
+variable "bigtable_cpu_target" {
+  description = "Production only: CPU utilisation (10-80 %) the Bigtable autoscaler aims for."
+  type        = number
+  default     = 60
+}
+
+variable "bigtable_event_max_age_days" {
+  description = "Max age of cells in the tx and label families: the longest feature lookback (37 days) plus a margin."
+  type        = number
+  default     = 38
+
+  validation {
+    condition     = var.bigtable_event_max_age_days > 37
+    error_message = "bigtable_event_max_age_days must exceed the longest lookback (37 days)."
+  }
+}
+
+variable "deletion_protection" {
+  description = "Protect the Bigtable instance/table and the Firestore database from terraform destroy."
+  type        = bool
+  default     = true
+}
+
+variable "firestore_location" {
+  description = "Location of the Firestore (Datastore mode) database; a region or multi-region such as eur3."
+  type        = string
+  default     = "europe-west1"
+}
+
+variable "bucket_name" {
+  description = "Name of the GCS bucket for Dataflow staging/temp, Flex Templates and model versions; null derives <project_id>-rillet."
+  type        = string
+  default     = null
+}
+
+variable "temp_object_age_days" {
+  description = "Days after which objects under temp/ and staging/ are deleted."
+  type        = number
+  default     = 7
+}
+
+variable "noncurrent_version_age_days" {
+  description = "Days a non-current (overwritten or deleted) object version is kept."
+  type        = number
+  default     = 30
+}
+
+variable "artifact_repository_id" {
+  description = "Artifact Registry Docker repository holding the Flex Template (launcher + SDK) image."
+  type        = string
+  default     = "rillet"
+}
+
+variable "dataflow_service_account_id" {
+  description = "Account id (before @) of the Dataflow worker service account."
+  type        = string
+  default     = "rillet-dataflow"
+}
