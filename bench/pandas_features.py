@@ -38,6 +38,8 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from pipelines.features import MODEL_INPUTS
+
 __all__ = [
     "ENGINEERED_FEATURES",
     "LABEL_DELAY_DAYS",
@@ -51,20 +53,7 @@ WINDOW_DAYS: tuple[int, ...] = (1, 7, 30)
 LABEL_DELAY_DAYS = 7
 """The terminal features' delay: a label is known 7 days after its transaction."""
 
-ENGINEERED_FEATURES: tuple[str, ...] = (
-    "TX_DURING_WEEKEND",
-    "TX_DURING_NIGHT",
-    *(
-        name
-        for n in WINDOW_DAYS
-        for name in (f"CUSTOMER_ID_NB_TX_{n}DAY_WINDOW", f"CUSTOMER_ID_AVG_AMOUNT_{n}DAY_WINDOW")
-    ),
-    *(
-        name
-        for n in WINDOW_DAYS
-        for name in (f"TERMINAL_ID_NB_TX_{n}DAY_WINDOW", f"TERMINAL_ID_RISK_{n}DAY_WINDOW")
-    ),
-)
+ENGINEERED_FEATURES: tuple[str, ...] = tuple(name for name in MODEL_INPUTS if name != "TX_AMOUNT")
 """The 14 engineered inputs (every model input except TX_AMOUNT), in MODEL_INPUTS order."""
 
 Method = Literal["apply", "vectorised"]

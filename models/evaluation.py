@@ -211,6 +211,16 @@ class Protocol:
             return protocol
         return cls.last_weeks(config.start_date, config.n_days)
 
+    @classmethod
+    def from_dict(cls, described: dict[str, Any]) -> Protocol:
+        """The protocol :meth:`to_dict` described (e.g. read back from a model card)."""
+        return cls(
+            train_start=dt.date.fromisoformat(described["train_start"]),
+            train_days=described["train_days"],
+            delay_days=described["delay_days"],
+            test_days=described["test_days"],
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description (for model cards and reports)."""
         return {

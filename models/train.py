@@ -137,11 +137,3 @@ def export_model(
     full_card = {"version": version, "features": list(MODEL_INPUTS), **card}
     (target / "model_card.json").write_text(json.dumps(full_card, indent=2, default=str))
     return target
-
-
-def split_by_day(
-    frame: pd.DataFrame, start: str, end: str, column: str = "TX_DATETIME"
-) -> pd.DataFrame:
-    """Rows whose calendar day (UTC) lies in [start, end], both inclusive."""
-    days = frame[column].dt.tz_convert("UTC").dt.strftime("%Y-%m-%d")
-    return frame[(days >= start) & (days <= end)]

@@ -316,26 +316,12 @@ class _EntityFeaturesFn(beam.DoFn):
         self, tx: EventColumns, labels: EventColumns, matrix: np.ndarray, end_us: int
     ) -> None:
         key = self.entity.key_field
-        other = "terminal_id" if key == "customer_id" else "customer_id"
+        (other,) = (e.key_field for e in ENTITIES if e != self.entity)
         since = end_us - max_lookback_us(self.entity)
-        keep = np.flatnonzero(np.asarray(tx.time_us) >= since)
-        history = EntityHistory(
-            entity_id=[str(v) for v in np.asarray(getattr(tx, key))[keep]],
-            transaction_id=[str(v) for v in np.asarray(tx.transaction_id)[keep]],
-            time_us=[int(v) for v in np.asarray(tx.time_us)[keep]],
-            value=[float(v) for v in np.asarray(tx.value)[keep]],
-            other_id=[str(v) for v in np.asarray(getattr(tx, other))[keep]],
-        )
+        history = _history(tx, key, other, since)
         label_history = None
         if len(labels) and any(f.needs_labels for f in self.features):
-            keep_l = np.flatnonzero(np.asarray(labels.time_us) >= since)
-            label_history = EntityHistory(
-                entity_id=[str(v) for v in np.asarray(getattr(labels, key))[keep_l]],
-                transaction_id=[str(v) for v in np.asarray(labels.transaction_id)[keep_l]],
-                time_us=[int(v) for v in np.asarray(labels.time_us)[keep_l]],
-                value=[float(v) for v in np.asarray(labels.value)[keep_l]],
-                other_id=[""] * len(keep_l),
-            )
+            label_history = _history(labels, key, None, since)
         # The features of each entity's latest transaction (the stream's ``features`` family).
         frame = pd.DataFrame(
             {"entity": np.asarray(getattr(tx, key)), "time": np.asarray(tx.time_us)}
@@ -350,6 +336,23 @@ class _EntityFeaturesFn(beam.DoFn):
         }
         store = shared_store(self.store)  # type: ignore[arg-type]
         store.write(store.state_rows(self.entity, history, label_history, latest))
+
+
+def _history(events: EventColumns, key: str, other: str | None, since_us: int) -> EntityHistory:
+    """The events at or after ``since_us`` as store cells of the entity ``key`` (with the other
+    entity's id on transaction cells)."""
+    keep = np.flatnonzero(np.asarray(events.time_us) >= since_us)
+    return EntityHistory(
+        entity_id=[str(v) for v in np.asarray(getattr(events, key))[keep]],
+        transaction_id=[str(v) for v in np.asarray(events.transaction_id)[keep]],
+        time_us=[int(v) for v in np.asarray(events.time_us)[keep]],
+        value=[float(v) for v in np.asarray(events.value)[keep]],
+        other_id=(
+            [str(v) for v in np.asarray(getattr(events, other))[keep]]
+            if other
+            else [""] * len(keep)
+        ),
+    )
 
 
 def _feature_table(tx: pa.Table, labels: pa.Table | None) -> pa.Table:
@@ -397,7 +400,10 @@ class CheckUniqueIds(beam.PTransform):
 
 def _check_unique(element: tuple[int, Iterable[pa.Table]]) -> int:
     _, tables = element
-    ids = pa.concat_tables(list(tables)).column("transaction_id").to_pandas()
+    combined = _concat(tables)
+    if combined is None:
+        return 0
+    ids = combined.column("transaction_id").to_pandas()
     duplicated = ids.duplicated()
     if duplicated.any():
         raise InvalidTable(

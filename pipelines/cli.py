@@ -164,7 +164,6 @@ def train(
     The protocol (../shared/specs/reference-dataset.md section 3): train on the training days,
     a 7-day delay, a 7-day test week. Model selection uses only validation folds that end before
     the test week; the test week is left for 'rillet evaluate'."""
-    from models.evaluation import Protocol
     from models.selection import GRID, QUICK_GRID, select_and_train
     from pipelines.backfill import read_feature_table
 
@@ -173,7 +172,7 @@ def train(
         typer.echo(f"rillet train: {features} has no rows", err=True)
         raise typer.Exit(2)
     try:
-        protocol = _protocol(table, train_start, train_days, Protocol)
+        protocol = _protocol(table, train_start, train_days)
         grid = (QUICK_GRID if quick else GRID) if select else (GRID[0],)
         target, card = select_and_train(table, protocol, model_dir, grid)
     except ValueError as exc:
@@ -193,8 +192,12 @@ def train(
     )
 
 
-def _protocol(table: Any, train_start: str | None, train_days: int, protocol_cls: Any) -> Any:
+def _protocol(table: Any, train_start: str | None, train_days: int) -> Any:
+    """The protocol for a feature table: from --train-start, else the spec's dates when the table
+    covers them, else the table's last weeks."""
     import datetime as dt
+
+    from models.evaluation import Protocol
 
     first = table["TX_DATETIME"].min()
     n_days = (table["TX_DATETIME"].max().normalize() - first.normalize()).days + 1
@@ -203,15 +206,15 @@ def _protocol(table: Any, train_start: str | None, train_days: int, protocol_cls
             start = dt.date.fromisoformat(train_start)
         except ValueError as exc:
             raise ValueError(f"--train-start {train_start!r}: expected YYYY-MM-DD") from exc
-        protocol = protocol_cls(train_start=start, train_days=train_days)
+        protocol = Protocol(train_start=start, train_days=train_days)
         protocol.check_fits(first.strftime("%Y-%m-%d"), n_days)
         return protocol
-    handbook = protocol_cls.handbook()
+    handbook = Protocol.handbook()
     try:
         handbook.check_fits(first.strftime("%Y-%m-%d"), n_days)
         return handbook
     except ValueError:
-        return protocol_cls.last_weeks(first.strftime("%Y-%m-%d"), n_days, train_days=train_days)
+        return Protocol.last_weeks(first.strftime("%Y-%m-%d"), n_days, train_days=train_days)
 
 
 @app.command()

@@ -124,7 +124,8 @@ def count_datastore(project: str, kind: str) -> int:
 
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
-    from models.train import export_model, split_by_day, train_model
+    from models.evaluation import rows_in
+    from models.train import export_model, train_model
     from pipelines.publisher import malformed_examples, publish_events, replay_events
     from pipelines.simulator import PRESETS, simulate, write_dataset
     from pipelines.training_data import training_features
@@ -136,7 +137,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     console.print("Starting the Pub/Sub, Bigtable and Datastore emulators ...")
     started = stack.up()
     console.print("  " + ", ".join(f"{k}: {v}" for k, v in started.items()))
-    job = StreamingJob([], work / "logs" / "pipeline.log")
+    log_path = work / "logs" / "pipeline.log"
+    job = StreamingJob([f"--project={topo.project}", f"--model_dir={work / 'models'}"], log_path)
     try:
         with environment(stack.env()):
             create_resources(topo)
@@ -156,7 +158,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             last_train = (
                 frame.TX_DATETIME.min() + np.timedelta64(config.train_days - 1, "D")
             ).strftime("%Y-%m-%d")
-            train = split_by_day(feats, first, last_train)
+            train = rows_in(feats, (first, last_train))
             console.print(
                 f"Training the TensorFlow model on {first} .. {last_train} "
                 f"({len(train):,} rows) ..."
@@ -175,10 +177,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             )
             console.print(f"  exported {version_dir}")
 
-            log_path = work / "logs" / "pipeline.log"
             console.print("Starting the streaming pipeline on the DirectRunner ...")
-            job.args = [f"--project={topo.project}", f"--model_dir={work / 'models'}"]
-            job.log_path = log_path
             job.start()
 
             events = replay_events(frame)

@@ -139,7 +139,12 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
 
     model = resolve_model(str(config.model_dir), config.model_version)
     card = json.loads((Path(model.path).parent / "model_card.json").read_text())
-    protocol = _protocol_of(card, Protocol)
+    if not card.get("protocol"):
+        raise ValueError(
+            "the model card has no evaluation protocol; train it with 'rillet train' on a "
+            "backfill table"
+        )
+    protocol = Protocol.from_dict(card["protocol"])
     table = read_feature_table(config.feature_table)
     test = test_set(table, protocol).copy()
     if test.empty:
@@ -209,6 +214,8 @@ def _timing(served: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     published before the first prediction came out: the job was still starting (loading the
     model, opening clients), which is start-up time, not steady-state latency.
     """
+    from pipelines.demo import percentiles
+
     timing = served.loc[served["publish_time_us"] > 0, ["publish_time_us", "processing_time_us"]]
     first_out = int(timing["processing_time_us"].min()) if len(timing) else 0
     steady = timing[timing["publish_time_us"] >= first_out]
@@ -219,27 +226,9 @@ def _timing(served: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
         "excluded_corrections": len(served) - len(timing),
     }
     if len(latency):
-        p50, p95, p99 = np.percentile(latency, [50, 95, 99])
+        p50, p95, p99 = percentiles(list(latency))
         summary.update({"p50": round(p50, 1), "p95": round(p95, 1), "p99": round(p99, 1)})
     return steady, summary
-
-
-def _protocol_of(card: dict[str, Any], protocol_cls: Any) -> Any:
-    """The protocol the model was trained under (recorded in its card by rillet train)."""
-    import datetime as dt
-
-    described = card.get("protocol")
-    if not described:
-        raise ValueError(
-            "the model card has no evaluation protocol; train it with 'rillet train' on a "
-            "backfill table"
-        )
-    return protocol_cls(
-        train_start=dt.date.fromisoformat(described["train_start"]),
-        train_days=described["train_days"],
-        delay_days=described["delay_days"],
-        test_days=described["test_days"],
-    )
 
 
 def _write_report(

@@ -57,7 +57,7 @@ def run_replay_eval(config: ReplayEvalConfig) -> dict[str, Any]:
     from pipelines.evaluate import EvaluationConfig, evaluate
     from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
     from pipelines.publisher import publish_events, replay_events
-    from pipelines.simulator import PRESETS, read_dataset, simulate, write_dataset
+    from pipelines.simulator import PRESETS, simulate, write_dataset
     from pipelines.streaming_job import StreamingJob
 
     if config.preset not in PRESETS:
@@ -75,7 +75,8 @@ def run_replay_eval(config: ReplayEvalConfig) -> dict[str, Any]:
     t = time.monotonic()
     data_dir = work / "data"
     console.print(f"1. Simulating '{config.preset}' -> {data_dir}")
-    write_dataset(simulate(sim), data_dir)
+    frame = simulate(sim)  # kept: step 5 replays its test week
+    write_dataset(frame, data_dir)
     _step(timings, "simulate_s", t)
 
     t = time.monotonic()
@@ -124,7 +125,6 @@ def run_replay_eval(config: ReplayEvalConfig) -> dict[str, Any]:
             )
             _step(timings, "train_s", t)
 
-            frame = read_dataset(data_dir)
             week = rows_in(frame, protocol.test_range)
             events = replay_events(week)
             console.print(

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from pipelines.features import CUSTOMER, TERMINAL, max_lookback_us
+from pipelines.training_data import to_epoch_us
 
 pytestmark = pytest.mark.integration
 
@@ -51,8 +52,7 @@ def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
         store = FeatureStore(config)
         end = parse_until(UNTIL)
         assert end is not None
-        t_us = (tiny_frame.TX_DATETIME - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
-        frame = tiny_frame.assign(t_us=t_us)
+        frame = tiny_frame.assign(t_us=to_epoch_us(tiny_frame.TX_DATETIME))
         for entity, other in ((CUSTOMER, "TERMINAL_ID"), (TERMINAL, "CUSTOMER_ID")):
             key = "CUSTOMER_ID" if entity == CUSTOMER else "TERMINAL_ID"
             since = end - max_lookback_us(entity)

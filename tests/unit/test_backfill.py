@@ -20,7 +20,7 @@ from pipelines.backfill import (
 from pipelines.event_tables import InvalidTable
 from pipelines.features import MODEL_INPUTS
 from pipelines.simulator import write_dataset
-from pipelines.training_data import training_features
+from pipelines.training_data import to_epoch_us, training_features
 from tests.reference import brute_force
 
 SHARDS = ["--shards=3"]
@@ -48,7 +48,7 @@ def sample(tiny_frame: pd.DataFrame) -> pd.DataFrame:
 def test_backfill_equals_brute_force_reference(sample: pd.DataFrame, tmp_path: Path) -> None:
     write_dataset(sample, tmp_path / "in")
     table = read_feature_table(run_backfill(str(tmp_path / "in"), str(tmp_path / "out"), SHARDS))
-    t_us = (sample.TX_DATETIME - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(microseconds=1)
+    t_us = to_epoch_us(sample.TX_DATETIME)
     transactions = [
         (str(i), int(t), str(c), str(m), float(a))
         for i, t, c, m, a in zip(
