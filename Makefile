@@ -29,12 +29,15 @@ test-unit: $(STAMP) ## Unit tests only
 	$(BIN)/python -m pytest -q tests/unit
 
 lint: $(STAMP) ## ruff + mypy
-	$(BIN)/ruff check pipelines models tests bench
-	$(BIN)/ruff format --check pipelines models tests bench
+	$(BIN)/ruff check pipelines models tests bench terraform/check_schema.py
+	$(BIN)/ruff format --check pipelines models tests bench terraform/check_schema.py
 	$(BIN)/mypy pipelines models
 
 checkov: ## checkov on terraform/ and dataflow/Dockerfile, offline, from its own venv (.venv-checkov)
 	bash terraform/check.sh
+
+terraform-schema: $(STAMP) ## terraform/ against the Google provider's schema (arguments, blocks, enum values), offline
+	$(BIN)/python terraform/check_schema.py
 
 emulators-up: $(STAMP) ## Start the emulators and create the resources
 	$(BIN)/rillet local up
@@ -57,5 +60,5 @@ bench-windows: $(STAMP) ## Feature engine vs Beam SlidingWindows per-event cost,
 clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
-.PHONY: help install demo test test-unit lint checkov emulators-up emulators-down replay-eval bench-e2e \
+.PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
 	bench-backfill bench-windows clean

@@ -10,4 +10,6 @@ resource "google_artifact_registry_repository" "rillet" {
   docker_config {
     immutable_tags = false
   }
+
+  depends_on = [google_project_service.required, google_kms_crypto_key_iam_member.service_agents]
 }

@@ -21,6 +21,8 @@ resource "google_bigtable_instance" "rillet" {
       }
     }
   }
+
+  depends_on = [google_project_service.required, google_kms_crypto_key_iam_member.service_agents]
 }
 
 # The feature table (README "Feature store schema"): one row per customer#/terminal# entity.

@@ -3,6 +3,8 @@ resource "google_service_account" "dataflow" {
   account_id   = var.dataflow_service_account_id
   display_name = "rillet Dataflow workers (${var.environment})"
   description  = "Runs the rillet streaming and backfill pipelines on Dataflow."
+
+  depends_on = [google_project_service.required]
 }
 
 locals {
@@ -70,4 +72,43 @@ resource "google_artifact_registry_repository_iam_member" "dataflow_reader" {
   repository = google_artifact_registry_repository.rillet.name
   role       = "roles/artifactregistry.reader"
   member     = local.dataflow_member
+}
+
+# Whoever launches the job (a CI service account, a release engineer): var.deployer_members.
+# Launching as the worker account needs actAs on that one account only.
+resource "google_service_account_iam_member" "deployer_act_as" {
+  for_each = toset(var.deployer_members)
+
+  service_account_id = google_service_account.dataflow.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = each.value
+}
+
+# Creating, updating, draining and cancelling jobs: Dataflow job IAM is project-level only.
+resource "google_project_iam_member" "deployer_dataflow" {
+  # checkov:skip=CKV_GCP_49: Dataflow has no scope below the project for jobs; the deployers can act as the rillet worker account only (deployer_act_as), so they cannot run jobs as any other identity.
+  for_each = toset(var.deployer_members)
+
+  project = var.project_id
+  role    = "roles/dataflow.developer"
+  member  = each.value
+}
+
+# `rillet deploy` pushes the image to this repository...
+resource "google_artifact_registry_repository_iam_member" "deployer_writer" {
+  for_each = toset(var.deployer_members)
+
+  location   = google_artifact_registry_repository.rillet.location
+  repository = google_artifact_registry_repository.rillet.name
+  role       = "roles/artifactregistry.writer"
+  member     = each.value
+}
+
+# ...and writes the template spec and staged files to this bucket.
+resource "google_storage_bucket_iam_member" "deployer_objects" {
+  for_each = toset(var.deployer_members)
+
+  bucket = google_storage_bucket.rillet.name
+  role   = "roles/storage.objectAdmin"
+  member = each.value
 }

@@ -13,6 +13,11 @@ output "artifact_registry_repository" {
   value       = "${google_artifact_registry_repository.rillet.location}-docker.pkg.dev/${var.project_id}/${google_artifact_registry_repository.rillet.repository_id}"
 }
 
+output "artifact_registry_repository_id" {
+  description = "Repository id alone: the --repository of `rillet deploy`."
+  value       = google_artifact_registry_repository.rillet.repository_id
+}
+
 output "topics" {
   description = "Pipeline topic names by role (transactions, labels, predictions, dead-letter)."
   value       = { for k, t in google_pubsub_topic.main : k => t.name }

@@ -14,6 +14,8 @@ resource "google_pubsub_topic" "main" {
       encoding = "JSON"
     }
   }
+
+  depends_on = [google_project_service.required, google_kms_crypto_key_iam_member.service_agents]
 }
 
 # One dead-letter topic per topic: where Pub/Sub parks messages its subscriptions cannot deliver.
@@ -24,6 +26,8 @@ resource "google_pubsub_topic" "dead_letter" {
   labels                     = local.common_labels
   kms_key_name               = var.kms_key_name
   message_retention_duration = var.message_retention_duration
+
+  depends_on = [google_project_service.required, google_kms_crypto_key_iam_member.service_agents]
 }
 
 # Subscriptions on the dead-letter topics, so parked messages are kept and can be inspected/replayed.
@@ -95,6 +99,8 @@ resource "google_pubsub_schema" "input" {
       each.key == "transactions" ? [{ name = "amount", type = "double" }] : [{ name = "is_fraud", type = "int" }],
     )
   })
+
+  depends_on = [google_project_service.required]
 }
 
 # Pub/Sub service agent publishes undeliverable messages to the dead-letter topics.

@@ -50,4 +50,6 @@ resource "google_storage_bucket" "rillet" {
       type = "AbortIncompleteMultipartUpload"
     }
   }
+
+  depends_on = [google_project_service.required, google_kms_crypto_key_iam_member.service_agents]
 }

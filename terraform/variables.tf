@@ -27,7 +27,7 @@ variable "labels" {
 }
 
 variable "kms_key_name" {
-  description = "Optional CMEK: full Cloud KMS crypto key name (projects/.../cryptoKeys/...) for Pub/Sub, the bucket, Bigtable and Artifact Registry; null uses Google-managed keys. The services' agents must hold roles/cloudkms.cryptoKeyEncrypterDecrypter on it."
+  description = "Optional CMEK: full Cloud KMS crypto key name (projects/.../cryptoKeys/...) for Pub/Sub, the bucket, Bigtable and Artifact Registry; null uses Google-managed keys. kms.tf grants each service agent (Pub/Sub, Bigtable, Storage, Artifact Registry, Dataflow, Compute Engine) roles/cloudkms.cryptoKeyEncrypterDecrypter on this key."
   type        = string
   default     = null
 }
@@ -148,4 +148,16 @@ variable "dataflow_service_account_id" {
   description = "Account id (before @) of the Dataflow worker service account."
   type        = string
   default     = "rillet-dataflow"
+}
+
+variable "enable_apis" {
+  description = "Enable the Google APIs rillet uses (never disabled on destroy). Set false where a platform team manages APIs."
+  type        = bool
+  default     = true
+}
+
+variable "deployer_members" {
+  description = "IAM members allowed to launch and update the job (e.g. serviceAccount:ci@PROJECT.iam.gserviceaccount.com): actAs on the worker account, dataflow.developer, image push and bucket objects."
+  type        = list(string)
+  default     = []
 }

@@ -1,7 +1,8 @@
 """terraform/: parses, is documented and least-privilege, and matches the pipeline's resource names.
 
-Terraform is not run here (no providers, no network): these checks are static, plus checkov
-(offline, in its own venv via terraform/check.sh) in the slow test.
+Terraform is not run here (no providers, no network): these checks are static, plus, in the
+slow tests, checkov (offline, in its own venv via terraform/check.sh) and the provider schema
+check (terraform/check_schema.py).
 """
 
 from __future__ import annotations
@@ -144,12 +145,19 @@ def test_dataflow_roles_are_bound_on_the_narrowest_resource(
 ) -> None:
     resources = _resources(parsed)
     project_roles = {
-        _unquote(body["role"])
+        (_unquote(body["role"]), body["member"])
         for (rtype, _), body in resources.items()
         if rtype in {"google_project_iam_member", "google_project_iam_binding"}
     }
-    # Only roles with no narrower scope may be granted on the project.
-    assert project_roles <= {"roles/dataflow.worker", "roles/datastore.user"}
+    # Only roles with no narrower scope may be granted on the project: to the workers, what the job
+    # does; to the deployers, job management (their actAs is on the worker account alone).
+    assert project_roles == {
+        ("roles/dataflow.worker", "${local.dataflow_member}"),
+        ("roles/datastore.user", "${local.dataflow_member}"),
+        ("roles/dataflow.developer", "${each.value}"),
+    }
+    act_as = [b for (t, _), b in resources.items() if t == "google_service_account_iam_member"]
+    assert [b["service_account_id"] for b in act_as] == ["${google_service_account.dataflow.name}"]
     assert not any(rtype == "google_project_iam_policy" for rtype, _ in resources)
     by_type = {
         "google_pubsub_subscription_iam_member": "roles/pubsub.subscriber",
@@ -250,3 +258,44 @@ def test_checkov_passes_offline() -> None:
     for passed, failed in results:
         assert int(passed) > 0 and int(failed) == 0, output[-3000:]
     assert result.returncode == 0, output[-3000:]
+
+
+def _schema_checker():
+    """terraform/check_schema.py, imported by path (terraform/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("check_schema", TERRAFORM / "check_schema.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_terraform_matches_the_provider_schema() -> None:
+    """Arguments, blocks, required arguments and enumerated values against the provider schema."""
+    checker = _schema_checker()
+    checked, problems = checker.check()
+    assert checked >= 20
+    assert problems == []
+
+
+@pytest.mark.slow
+def test_schema_check_catches_typos_missing_arguments_and_bad_values(tmp_path: Path) -> None:
+    checker = _schema_checker()
+    for path in TF_FILES:
+        text = path.read_text()
+        if path.name == "bigtable.tf":
+            text = text.replace('family = "tx"', 'famly = "tx"')
+        if path.name == "datastore.tf":
+            text = text.replace('"OPTIMISTIC"', '"OPTIMISTICAL"')
+        if path.name == "pubsub.tf":
+            text = text.replace("ack_deadline_seconds", "ack_deadline_secs", 1)
+        (tmp_path / path.name).write_text(text)
+    _, problems = checker.check(tmp_path)
+    joined = "\n".join(problems)
+    assert "unknown argument or block 'famly'" in joined
+    assert "required argument family is not set" in joined
+    assert "'OPTIMISTICAL' is not one of" in joined
+    assert "unknown argument or block 'ack_deadline_secs'" in joined
+    assert len(problems) == 4, joined
