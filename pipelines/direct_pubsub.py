@@ -7,6 +7,10 @@ Prism cannot be downloaded) pulls at most 10 messages per bundle with a blocking
 bundles make every downstream step pay its per-bundle cost 10 messages at a time. This module
 wraps the subscriber client that runner uses, so that each pull returns at once with up to N
 available messages (and idles briefly when there are none). It changes nothing on Dataflow.
+
+The wrapper is also where crash recovery and backpressure hook in (pipelines.recovery): every
+pulled message is recorded before the runner acknowledges it, and no more is pulled while the
+tracker's in-flight limit is reached (the backlog then waits in Pub/Sub, not in memory).
 """
 
 from __future__ import annotations
@@ -15,9 +19,16 @@ import time
 import warnings
 from typing import Any
 
+from pipelines.recovery import tracker
+
 __all__ = ["tune_direct_runner_pubsub"]
 
 _STATE: dict[str, Any] = {}
+
+
+def _micros(publish_time: Any) -> int:
+    # The same conversion as the parse step's (pipelines.transforms.parse._publish_time_us).
+    return int(publish_time.timestamp() * 1_000_000) if publish_time else 0
 
 
 class _ImmediatePullClient:
@@ -29,17 +40,30 @@ class _ImmediatePullClient:
     def pull(self, subscription: str, max_messages: int = 10, timeout: float | None = None) -> Any:
         # The emulator answers at most 100 messages per pull: pull again (without waiting) until
         # the bundle holds max_messages or the subscription has nothing more right now.
+        from google.cloud import pubsub_v1
+
+        wanted = min(self._max, tracker().admit())
+        if wanted <= 0:  # backpressure: too much in flight
+            time.sleep(self._idle)
+            return pubsub_v1.types.PullResponse()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # return_immediately
-            response = self._pull(subscription, self._max, timeout)
+            response = self._pull(subscription, wanted, timeout)
             part = response
-            while part.received_messages and len(response.received_messages) < self._max:
-                part = self._pull(
-                    subscription, self._max - len(response.received_messages), timeout
-                )
+            while part.received_messages and len(response.received_messages) < wanted:
+                part = self._pull(subscription, wanted - len(response.received_messages), timeout)
                 response.received_messages.extend(part.received_messages)
         if not response.received_messages:
             time.sleep(self._idle)
+        else:
+            # Recorded before Beam acknowledges them: see pipelines.recovery.
+            tracker().pulled(
+                subscription,
+                (
+                    (rm.message.message_id, _micros(rm.message.publish_time))
+                    for rm in response.received_messages
+                ),
+            )
         return response
 
     def _pull(self, subscription: str, max_messages: int, timeout: float | None) -> Any:

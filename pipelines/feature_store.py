@@ -15,6 +15,16 @@ Schema (one table, see README "Feature store schema"):
   family ``features`` the latest computed features of the entity: qualifier = feature name,
                      value = >d8 float, cell timestamp = event time of the transaction.
 
+  row key            ``txid#<transaction_id>``: the id index (one row per transaction id)
+  family ``tx``      qualifier ``m``: the first transaction message seen with this id, JSON
+                     {message_id, digest, time_us, customer_id, terminal_id}. A later message
+                     with the same id is a redelivery (same message_id) or a duplicate.
+  family ``label``   qualifier ``m``: the first label message, JSON {message_id, digest, the
+                     label's fields, state}: ``pending`` until its transaction is known,
+                     ``recorded`` once it is in the terminal's label cells, ``dead_lettered``
+                     when no transaction came in time. Both cells are timestamped with the event
+                     time, so the tables' GC rule ages them out with the window state.
+
 Cells are keyed by transaction id, so writing an event twice (a redelivery, a resumed job, a
 backfill over a range the stream already saw) changes nothing: the store is idempotent.
 """
@@ -40,11 +50,15 @@ __all__ = [
     "FAMILY_FEATURES",
     "FAMILY_LABEL",
     "FAMILY_TX",
+    "ID_ROW_PREFIX",
     "EntityHistory",
     "FeatureStore",
+    "IdRecord",
     "StoreConfig",
+    "content_digest",
     "create_table",
     "shared_store",
+    "transaction_record",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -57,6 +71,8 @@ _LABEL_VALUE = struct.Struct(">qb")
 _FLOAT = struct.Struct(">d")
 # Bigtable timestamps are microseconds with millisecond granularity.
 _MS = 1000
+ID_ROW_PREFIX = "txid#"
+_ID_QUALIFIER = b"m"
 
 
 @dataclass(frozen=True)
@@ -130,6 +146,39 @@ class History:
     customer_tx: EntityHistory
     terminal_tx: EntityHistory
     terminal_labels: EntityHistory
+
+
+@dataclass
+class IdRecord:
+    """What the id index holds for one transaction id (see the module docstring)."""
+
+    tx: dict[str, Any] | None = None
+    label: dict[str, Any] | None = None
+
+
+def content_digest(*fields: Any) -> str:
+    """A short digest of an event's content (plain str/int/float fields), stored in the id index
+    so a second message with the same id can be told apart from a redelivery without ids."""
+    import hashlib
+
+    return hashlib.sha1(repr(fields).encode()).hexdigest()[:16]
+
+
+def transaction_record(
+    message_id: str, time_us: int, customer_id: str, terminal_id: str, amount: float
+) -> dict[str, Any]:
+    """The id-index record of a transaction (family ``tx``)."""
+    return {
+        "m": message_id,
+        "d": content_digest(int(time_us), str(customer_id), str(terminal_id), float(amount)),
+        "t": int(time_us),
+        "c": str(customer_id),
+        "k": str(terminal_id),
+    }
+
+
+def _id_row_key(transaction_id: str) -> bytes:
+    return f"{ID_ROW_PREFIX}{transaction_id}".encode()
 
 
 def _ts(micros: int) -> datetime:
@@ -235,6 +284,50 @@ class FeatureStore:
             }
         return out
 
+    def read_ids(self, transaction_ids: Sequence[str]) -> dict[str, IdRecord]:
+        """The id index entries of these transaction ids, in one ReadRows call."""
+        import json
+
+        from google.cloud.bigtable import row_filters
+        from google.cloud.bigtable.row_set import RowSet
+
+        ids = sorted(set(transaction_ids))
+        if not ids:
+            return {}
+        row_set = RowSet()
+        for tx_id in ids:
+            row_set.add_row_key(_id_row_key(tx_id))
+        filt = row_filters.CellsColumnLimitFilter(1)
+        rows = with_backoff(
+            lambda: list(self.table.read_rows(row_set=row_set, filter_=filt)), "Bigtable read ids"
+        )
+        out: dict[str, IdRecord] = {}
+        prefix = len(ID_ROW_PREFIX)
+        for row in rows:
+            record = out.setdefault(row.row_key.decode()[prefix:], IdRecord())
+            for family, columns in row.cells.items():
+                cells = columns.get(_ID_QUALIFIER)
+                if cells:
+                    setattr(record, family, json.loads(cells[0].value))
+        return out
+
+    def id_rows(self, entries: Sequence[tuple[str, str, dict[str, Any], int]]) -> list[Any]:
+        """Row mutations for the id index: (transaction_id, family, record, event time µs)."""
+        import json
+
+        rows: dict[bytes, Any] = {}
+        for tx_id, family, record, time_us in entries:
+            key = _id_row_key(tx_id)
+            if key not in rows:
+                rows[key] = self.table.direct_row(key)
+            rows[key].set_cell(
+                family,
+                _ID_QUALIFIER,
+                json.dumps(record, separators=(",", ":")).encode(),
+                timestamp=_ts(int(time_us)),
+            )
+        return list(rows.values())
+
     # -- writes --------------------------------------------------------------------------------
 
     def transaction_rows(
@@ -306,9 +399,9 @@ class FeatureStore:
         latest: dict[str, tuple[int, dict[str, float]]] | None = None,
     ) -> list[Any]:
         """Row mutations writing one entity's state, as the streaming stage would have left it:
-        its ``tx`` cells (with the other entity's id), its ``label`` cells, and per entity id the
-        ``features`` of its latest transaction (``latest[id] = (time_us, {name: value})``).
-        Used by the backfill to warm the store."""
+        its ``tx`` cells (with the other entity's id), its ``label`` cells, per entity id the
+        ``features`` of its latest transaction (``latest[id] = (time_us, {name: value})``), and,
+        for customers, the transactions' id-index rows. Used by the backfill to warm the store."""
         rows: dict[bytes, Any] = {}
 
         def row(entity_id: str) -> Any:
@@ -317,11 +410,21 @@ class FeatureStore:
                 rows[key] = self.table.direct_row(key)
             return rows[key]
 
+        ids: list[tuple[str, str, dict[str, Any], int]] = []
         for i, t_us in enumerate(transactions.time_us):
             value = _TX_VALUE.pack(t_us, transactions.value[i]) + transactions.other_id[i].encode()
             row(transactions.entity_id[i]).set_cell(
                 FAMILY_TX, transactions.transaction_id[i].encode(), value, timestamp=_ts(t_us)
             )
+            if entity == CUSTOMER:  # the id index, once per transaction (no message: "")
+                record = transaction_record(
+                    "",
+                    t_us,
+                    transactions.entity_id[i],
+                    transactions.other_id[i],
+                    transactions.value[i],
+                )
+                ids.append((transactions.transaction_id[i], FAMILY_TX, record, t_us))
         if labels is not None:
             for i, t_us in enumerate(labels.time_us):
                 row(labels.entity_id[i]).set_cell(
@@ -336,7 +439,7 @@ class FeatureStore:
                 target.set_cell(
                     FAMILY_FEATURES, name.encode(), _FLOAT.pack(feature), timestamp=_ts(t_us)
                 )
-        return list(rows.values())
+        return list(rows.values()) + self.id_rows(ids)
 
     def write(self, rows: Sequence[Any], chunk: int = 1000) -> None:
         """Applies row mutations (idempotent), retrying transient failures with backoff."""

@@ -4,16 +4,24 @@
 started in ``<state_dir>/local.json`` and creates the topics, subscriptions and the feature table
 (idempotently). ``down`` stops only the processes recorded there. An emulator already answering
 on its port (started by someone else) is used but never stopped.
+
+``pause``/``resume``/``outage`` simulate a dependency outage for chaos testing: SIGSTOP then
+SIGCONT to every process of one emulator this stack started (its process group and any other
+descendant). The emulators keep their data in memory (cbtemulator cannot persist at all), so
+killing one would lose the store; a paused emulator keeps it, accepts TCP connections (the kernel
+completes the handshake) but answers nothing, so every client call hangs until its deadline.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -24,8 +32,11 @@ from typing import Any
 
 from pipelines.options import LOCAL_PROJECT
 
+_LOGGER = logging.getLogger(__name__)
+
 __all__ = [
     "DEFAULT_PORTS",
+    "EMULATORS",
     "LocalStack",
     "StackError",
     "Topology",
@@ -36,6 +47,7 @@ __all__ = [
 ]
 
 DEFAULT_PORTS = {"pubsub": 8085, "bigtable": 8086, "datastore": 8081}
+EMULATORS = tuple(DEFAULT_PORTS)
 ENV_VARS = {
     "pubsub": "PUBSUB_EMULATOR_HOST",
     "bigtable": "BIGTABLE_EMULATOR_HOST",
@@ -242,6 +254,9 @@ class LocalStack:
         result = {}
         for name, pid in state.pids.items():
             if _alive(pid):
+                # A stopped process leaves SIGTERM pending until it is continued.
+                if _ours(pid):
+                    _signal_tree(pid, signal.SIGCONT)
                 with suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)
                 for _ in range(50):
@@ -260,6 +275,64 @@ class LocalStack:
         self._save(state)
         return result
 
+    # -- dependency outages (chaos testing) ---------------------------------------------------
+
+    def _own_pid(self, name: str) -> int:
+        if name not in DEFAULT_PORTS:
+            raise ValueError(f"unknown emulator {name!r}; expected one of {', '.join(EMULATORS)}")
+        pid = self._load().pids.get(name)
+        if pid is None or not _alive(pid):
+            raise StackError(f"the {name} emulator was not started by this stack {self.state_dir}")
+        if not _ours(pid):
+            raise StackError(
+                f"pid {pid} recorded for {name} is no longer the session leader this stack "
+                "started (pid reused?); refusing to signal it"
+            )
+        return pid
+
+    def pause(self, name: str) -> list[int]:
+        """Freezes the emulator ``name`` (SIGSTOP to its process group and every descendant):
+        it keeps its data but answers nothing. Idempotent; returns the pids signalled. Only an
+        emulator this stack started can be paused (StackError otherwise)."""
+        pids = _signal_tree(self._own_pid(name), signal.SIGSTOP)
+        _LOGGER.warning("paused the %s emulator (pids %s)", name, pids)
+        return pids
+
+    def resume(self, name: str) -> list[int]:
+        """Continues a paused emulator (SIGCONT to its group and descendants). Idempotent."""
+        pids = _signal_tree(self._own_pid(name), signal.SIGCONT)
+        _LOGGER.warning("resumed the %s emulator (pids %s)", name, pids)
+        return pids
+
+    def paused(self, name: str) -> bool:
+        """True if the emulator's recorded process is stopped (state T in /proc)."""
+        pid = self._load().pids.get(name)
+        return pid is not None and _stopped(pid)
+
+    @contextmanager
+    def outage(self, name: str, seconds: float | None = None) -> Iterator[None]:
+        """Pauses the emulator for the block; with ``seconds``, resumes it after that long even if
+        the block is still running (a timer thread), so the block can watch the recovery. The
+        emulator is always resumed when the block exits, also on an exception.
+
+            with stack.outage("bigtable"):         # down for the duration of the block
+                time.sleep(15)
+            with stack.outage("datastore", 15):    # down for 15 s, the block keeps going
+                run_workload_for(40)
+        """
+        self.pause(name)
+        timer: threading.Timer | None = None
+        try:
+            if seconds is not None:
+                timer = threading.Timer(seconds, self.resume, args=(name,))
+                timer.daemon = True
+                timer.start()
+            yield
+        finally:
+            if timer is not None:
+                timer.cancel()
+            self.resume(name)
+
     def status(self) -> dict[str, dict[str, Any]]:
         state = self._load()
         ports = {**DEFAULT_PORTS, **state.ports}
@@ -269,9 +342,68 @@ class LocalStack:
                 "answering": _answers(name, ports[name]),
                 "pid": state.pids.get(name),
                 "started_by_us": name in state.pids and _alive(state.pids[name]),
+                "paused": name in state.pids and _stopped(state.pids[name]),
             }
             for name in DEFAULT_PORTS
         }
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/<pid>/stat after the command name (state, ppid, pgrp, session, ...)."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return raw[raw.rfind(")") + 2 :].split()
+
+
+def _stopped(pid: int) -> bool:
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] in ("T", "t")
+
+
+def _ours(pid: int) -> bool:
+    """True if pid still leads the session and process group up() created for it
+    (start_new_session=True): a reused pid would not."""
+    try:
+        return os.getsid(pid) == pid and os.getpgid(pid) == pid
+    except OSError:
+        return False
+
+
+def _descendants(pid: int) -> list[int]:
+    """All descendants of pid (from /proc; empty where /proc is not available)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        fields = _proc_stat(int(entry))
+        if fields is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry))
+    found: list[int] = []
+    todo = list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        found.append(child)
+        todo.extend(children.get(child, []))
+    return found
+
+
+def _signal_tree(pid: int, sig: int) -> list[int]:
+    """Sends sig to the process group led by pid and to every descendant of pid (one that left
+    the group included); returns the pids signalled."""
+    with suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+    signalled = [pid]
+    for child in _descendants(pid):
+        with suppress(ProcessLookupError):
+            os.kill(child, sig)
+            signalled.append(child)
+    return signalled
 
 
 def _reap(pid: int) -> None:

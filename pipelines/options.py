@@ -74,6 +74,25 @@ class RilletOptions(PipelineOptions):
             "--risk_high_threshold", type=float, default=0.5, help="Score from which risk is high."
         )
         parser.add_argument(
+            "--label_wait_s",
+            type=float,
+            default=300.0,
+            help="Seconds a label waits for its transaction before it is dead-lettered.",
+        )
+        parser.add_argument(
+            "--recovery_checkpoint",
+            default="",
+            help="DirectRunner only: checkpoint file for crash recovery; when it exists the job "
+            "first seeks its subscriptions back to it (see pipelines/recovery.py). Empty: off.",
+        )
+        parser.add_argument(
+            "--max_in_flight",
+            type=int,
+            default=20000,
+            help="DirectRunner only, with --recovery_checkpoint: stop pulling while this many "
+            "messages are unfinished (backpressure; 0: unbounded).",
+        )
+        parser.add_argument(
             "--direct_pull_max_messages",
             type=int,
             default=500,
@@ -87,6 +106,10 @@ class RilletOptions(PipelineOptions):
             errors.append("--max_batch_size must be at least 1")
         if not 0 <= self.risk_medium_threshold <= self.risk_high_threshold <= 1:
             errors.append("need 0 <= --risk_medium_threshold <= --risk_high_threshold <= 1")
+        if self.label_wait_s < 0:
+            errors.append("--label_wait_s must be >= 0")
+        if self.max_in_flight < 0:
+            errors.append("--max_in_flight must be >= 0")
         if self.direct_pull_max_messages < 1:
             errors.append("--direct_pull_max_messages must be at least 1")
         if not self.view_as(GoogleCloudOptions).project:

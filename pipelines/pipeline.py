@@ -81,7 +81,7 @@ def build_pipeline(
     transactions = tx_messages | PARSE_TRANSACTIONS >> ParseEvents("transaction", tx_sub)
     labels = label_messages | PARSE_LABELS >> ParseEvents("label", label_sub)
     computed = (transactions.valid, labels.valid) | COMPUTE_FEATURES >> ComputeFeatures(
-        store, opts.max_batch_size
+        store, opts.max_batch_size, (tx_sub, label_sub), opts.label_wait_s
     )
     predictions = computed.batches | PREDICT >> Predict(model)
     written = predictions.results | WRITE_PREDICTIONS >> WritePredictions(
@@ -145,19 +145,42 @@ def unknown_arguments(argv: Sequence[str]) -> list[str]:
 
 def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:
     """Builds and runs the streaming pipeline. On the DirectRunner, Pub/Sub pulls are tuned
-    (see pipelines.direct_pubsub)."""
+    (see pipelines.direct_pubsub) and, with --recovery_checkpoint, the job first recovers what
+    a killed predecessor had in flight and then keeps the checkpoint (see pipelines.recovery)."""
     options = pipeline_options(sys.argv[1:] if argv is None else argv)
+    opts = options.view_as(RilletOptions)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     if runner in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
         from pipelines.direct_pubsub import tune_direct_runner_pubsub
 
-        tune_direct_runner_pubsub(options.view_as(RilletOptions).direct_pull_max_messages)
+        tune_direct_runner_pubsub(opts.direct_pull_max_messages)
+        if opts.recovery_checkpoint:
+            _start_recovery(options)
+    elif opts.recovery_checkpoint:
+        _LOGGER.warning("--recovery_checkpoint is for the DirectRunner; %s ignores it", runner)
     p = beam.Pipeline(options=options)
     build_pipeline(p, options)
     result = p.run()
     if wait:
         result.wait_until_finish()
     return result
+
+
+def _start_recovery(options: PipelineOptions) -> None:
+    """Seeks the input subscriptions back to the checkpoint, then tracks and checkpoints."""
+    from pipelines import recovery
+
+    opts = options.view_as(RilletOptions)
+    project = options.view_as(GoogleCloudOptions).project
+    subscriptions = [
+        resource_path(project, "subscriptions", opts.transactions_subscription),
+        resource_path(project, "subscriptions", opts.labels_subscription),
+    ]
+    sought = recovery.seek_to_checkpoint(opts.recovery_checkpoint, subscriptions)
+    if sought:
+        _LOGGER.info("resumed from %s: %s", opts.recovery_checkpoint, sought)
+    recovery.tracker().enable(opts.max_in_flight)
+    recovery.CheckpointWriter(opts.recovery_checkpoint).start()
 
 
 if __name__ == "__main__":

@@ -91,6 +91,9 @@ class Transaction:
     terminal_id: str
     amount: float
     publish_time_us: int = 0
+    # The Pub/Sub message it came from ("" when not from Pub/Sub): tells a redelivery of the same
+    # message (harmless) from a second message reusing the id (a duplicate, dead-lettered).
+    message_id: str = ""
 
     def to_json(self) -> bytes:
         return json.dumps(
@@ -116,6 +119,7 @@ class Label:
     terminal_id: str
     is_fraud: int
     publish_time_us: int = 0
+    message_id: str = ""  # as Transaction.message_id
 
     def to_json(self) -> bytes:
         return json.dumps(

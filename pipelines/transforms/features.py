@@ -4,8 +4,12 @@ Transactions and labels go through one sequenced stage (a stateful DoFn on a sin
 runs a key's work one bundle at a time on every runner, so no two batches read and write the
 store concurrently). Per batch it:
 
-  1. drops exact redeliveries and dead-letters conflicting duplicates,
-  2. records new labels, and finds the stored transactions whose risk windows they fall into,
+  1. looks the batch's transaction ids up in the store's id index (one ReadRows): a message seen
+     before (same Pub/Sub message id: a redelivery, a resumed job) is processed again
+     idempotently; a second message reusing a transaction id is dead-lettered as a duplicate; a
+     label whose transaction is not known yet waits (durably, in the id index) for up to
+     ``label_wait_s`` and is then dead-lettered as ``unknown_transaction``,
+  2. records labels, and finds the stored transactions whose risk windows they fall into,
   3. reads back, in two batched ReadRows calls, every event the batch's windows can need and the
      stored transactions the batch's own events fall into (the look-ahead),
   4. computes the features with the shared engine (pipelines.engine.features_for) and writes
@@ -18,6 +22,7 @@ store concurrently). Per batch it:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -28,13 +33,24 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.engine import EventColumns, features_for
-from pipelines.feature_store import EntityHistory, FeatureStore, StoreConfig, shared_store
+from pipelines.feature_store import (
+    FAMILY_LABEL,
+    FAMILY_TX,
+    EntityHistory,
+    FeatureStore,
+    IdRecord,
+    StoreConfig,
+    content_digest,
+    shared_store,
+    transaction_record,
+)
 from pipelines.features import (
     CUSTOMER,
     FEATURES,
@@ -44,6 +60,7 @@ from pipelines.features import (
     WindowFeature,
     influence_span_us,
 )
+from pipelines.recovery import Receipt, tracker
 from pipelines.schema import Label, Transaction
 from pipelines.shared import process_shared
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE, DeadLetter
@@ -67,6 +84,7 @@ class FeatureBatch:
     features: np.ndarray
     revision: int
     correction: bool = False
+    token: int = 0  # the recovery group it finishes (pipelines.recovery)
 
     def __len__(self) -> int:
         return len(self.transactions)
@@ -160,14 +178,31 @@ _WINDOW_COLUMNS = [
 # bundle) or another run used the cache, the owner differs and the cache is dropped.
 _GENERATION = ReadModifyWriteStateSpec("generation", VarIntCoder())
 _GENERATION_PARAM = beam.DoFn.StateParam(_GENERATION)
+# Fires when the stream has been idle for label_wait_s, to dead-letter labels still waiting.
+_LABEL_TIMER = TimerSpec("pending_labels", TimeDomain.REAL_TIME)
+_LABEL_TIMER_PARAM = beam.DoFn.TimerParam(_LABEL_TIMER)
+
+# States of a label in the id index. A dead-lettered or contradicting label does not block
+# another label message for the same transaction; a pending or recorded one does.
+PENDING, RECORDED, DEAD_LETTERED, MISMATCHED = "pending", "recorded", "dead_lettered", "mismatched"
 
 
 class _SequencedDoFn(beam.DoFn):
     """Buffers a bundle of (key, event) pairs and processes it in batches of at most max."""
 
-    def __init__(self, store: StoreConfig, max_batch_size: int) -> None:
+    def __init__(
+        self,
+        store: StoreConfig,
+        max_batch_size: int,
+        sources: tuple[str, str] = ("transactions", "labels"),
+        label_wait_s: float = 300.0,
+    ) -> None:
         self._config = store
         self._max = max_batch_size
+        self._sources = sources
+        self._label_wait_s = label_wait_s
+        # Labels waiting for their transaction: tx id -> (label, wall-clock deadline).
+        self._pending: dict[str, tuple[Label, float]] = {}
         self._cache: WindowCache | None = None
         self._run_token = uuid.uuid4().hex  # fixed when the pipeline is built
         self._generation: int | None = None
@@ -179,6 +214,7 @@ class _SequencedDoFn(beam.DoFn):
         self._labels = Metrics.counter(METRICS_NAMESPACE, "labels_written")
         self._corrections = Metrics.counter(METRICS_NAMESPACE, "feature_corrections")
         self._early_labels = Metrics.counter(METRICS_NAMESPACE, "labels_before_transaction")
+        self._redeliveries = Metrics.counter(METRICS_NAMESPACE, "redelivered_messages")
 
     def setup(self) -> None:
         self._cache = process_shared(
@@ -199,14 +235,17 @@ class _SequencedDoFn(beam.DoFn):
         element: tuple[str, Transaction | Label],
         timestamp: Any = beam.DoFn.TimestampParam,
         generation: Any = _GENERATION_PARAM,
+        label_timer: Any = _LABEL_TIMER_PARAM,
     ) -> Iterator[Any]:
         assert self._cache is not None
         if self._generation is None:
             current = generation.read() or 0
             if self._cache.owner != (self._run_token, current):
                 self._cache.clear()
+                self._pending.clear()  # still in the id index; their messages are redelivered
             self._generation = current + 1
             generation.write(self._generation)
+            label_timer.set(Timestamp.now() + self._label_wait_s + 1)
         self._buffer.append(element[1])
         self._last_timestamp = timestamp
         if len(self._buffer) >= self._max:
@@ -228,9 +267,37 @@ class _SequencedDoFn(beam.DoFn):
         if self._cache is not None and self._generation is not None:
             self._cache.owner = (self._run_token, self._generation)  # the bundle completed
 
+    @on_timer(_LABEL_TIMER)
+    def on_label_timer(self) -> Iterator[Any]:
+        """The stream went idle: dead-letter the labels whose wait is over."""
+        outputs: list[Any] = []
+        receipts: list[Receipt] = []
+        self._expire(time.time(), outputs, receipts)
+        yield from self._emit(outputs, receipts)
+
     # -- one batch -----------------------------------------------------------------------------
 
+    def _receipt(self, event: Transaction | Label) -> Receipt | None:
+        if not event.message_id:
+            return None
+        return (self._sources[0 if isinstance(event, Transaction) else 1], event.message_id)
+
+    def _emit(self, outputs: list[Any], receipts: list[Receipt]) -> Iterator[Any]:
+        """Yields the outputs of one flush, each carrying the token that finishes ``receipts``
+        once every one of them has reached its sink (pipelines.recovery)."""
+        token = tracker().hold(receipts, len(outputs))
+        for out in outputs:
+            if isinstance(out, FeatureBatch):
+                out.token = token
+                yield out
+            else:
+                yield beam.pvalue.TaggedOutput(
+                    DEAD_LETTER_TAG, dataclasses.replace(out, token=token)
+                )
+
     def flush(self, batch: list[Transaction | Label]) -> Iterator[Any]:
+        outputs: list[Any] = []  # FeatureBatches and DeadLetters
+        receipts = [r for r in map(self._receipt, batch) if r is not None]
         txs: dict[str, Transaction] = {}
         labels: dict[str, Label] = {}
         for event in batch:
@@ -238,63 +305,182 @@ class _SequencedDoFn(beam.DoFn):
             first = seen.setdefault(event.transaction_id, event)
             if first is event:
                 continue
-            if _same_event(first, event):
-                self._duplicates.inc()  # an exact redelivery: once is enough
+            if _same_message(first, event):
+                self._duplicates.inc()  # the same message twice: once is enough
             else:
-                yield _dead_letter(event, "a different event with this id is in the same batch")
+                outputs.append(_duplicate(event, first.message_id, _same_event(first, event)))
+        store = self._store()
+        index = store.read_ids([*txs, *labels])
+        score: list[Transaction] = []
+        new_txs: dict[str, Transaction] = {}
+        for tx in txs.values():
+            known = index.get(tx.transaction_id, IdRecord()).tx
+            if known is None:
+                new_txs[tx.transaction_id] = tx
+                score.append(tx)
+            elif _seen_before(known, tx.message_id, _tx_digest(tx)):
+                self._redeliveries.inc()
+                score.append(tx)  # scored again from the same state: the same features
+            else:
+                outputs.append(_duplicate(tx, known["m"], known["d"] == _tx_digest(tx)))
+        ready = self._classify_labels(labels, index, new_txs, outputs, receipts)
+        self._expire(time.time(), outputs, receipts)
         affected: dict[str, Transaction] = {}
-        if labels:
-            yield from self._record_labels(list(labels.values()), txs, affected)
-        if txs:
-            yield self._score(list(txs.values()), affected)
+        if ready:
+            self._record_labels(ready, affected)
+        if score:
+            outputs.append(self._score(score, affected, new_txs))
         for tx_id in txs:
             affected.pop(tx_id, None)
         if affected:
-            yield self._correct(list(affected.values()))
+            outputs.append(self._correct(list(affected.values())))
+        yield from self._emit(outputs, receipts)
 
-    def _record_labels(
+    def _classify_labels(
         self,
-        labels: list[Label],
-        batch_txs: dict[str, Transaction],
-        affected: dict[str, Transaction],
-    ) -> Iterator[Any]:
-        """Writes new labels (dead-letters one that contradicts its stored transaction) and
-        collects the stored transactions whose risk windows a new label falls into."""
+        labels: dict[str, Label],
+        index: dict[str, IdRecord],
+        new_txs: dict[str, Transaction],
+        outputs: list[Any],
+        receipts: list[Receipt],
+    ) -> list[Label]:
+        """The labels to record now: those whose transaction is known (stored or in this batch),
+        and waiting labels whose transaction just arrived. Duplicates and contradictions go to
+        ``outputs`` as dead letters; labels whose transaction is unknown start waiting (their
+        receipts leave ``receipts``: their messages finish when they are resolved)."""
+        ready: list[Label] = []
+        waiting: list[Label] = []
+        rejected: list[Label] = []
+        for lb in labels.values():
+            record = index.get(lb.transaction_id, IdRecord())
+            seen = record.label
+            this_message = seen is not None and _seen_before(seen, lb.message_id, _label_digest(lb))
+            if (
+                seen is not None
+                and not this_message
+                and seen.get("s") in (DEAD_LETTERED, MISMATCHED)
+            ):
+                seen = None  # an earlier, rejected label message: this one is judged afresh
+            if seen is not None and not this_message:
+                outputs.append(_duplicate(lb, seen["m"], seen["d"] == _label_digest(lb)))
+                continue
+            if seen is not None and seen.get("s") == DEAD_LETTERED:
+                outputs.append(_unknown_transaction(lb, self._label_wait_s))  # redelivered
+                continue
+            new_tx = new_txs.get(lb.transaction_id)
+            tx = record.tx or (
+                transaction_record(
+                    "", new_tx.event_time_us, new_tx.customer_id, new_tx.terminal_id, new_tx.amount
+                )
+                if new_tx
+                else None
+            )
+            if tx is None:
+                waiting.append(lb)
+                continue
+            mismatch = _label_mismatch(tx, lb)
+            if mismatch:
+                outputs.append(_dead_letter(lb, mismatch, "label_mismatch"))
+                continue
+            if seen is not None:
+                self._redeliveries.inc()  # recorded again: its corrections are redone
+            ready.append(lb)
+        # Waiting labels whose transaction arrived in this batch (or, after a restart, labels
+        # the id index says are waiting).
+        for tx_id, arrived in new_txs.items():
+            entry = self._pending.pop(tx_id, None)
+            stored_label = index.get(tx_id, IdRecord()).label
+            waited = entry[0] if entry else None
+            if waited is None and stored_label is not None and stored_label.get("s") == PENDING:
+                waited = _label_from_record(tx_id, stored_label)
+            if waited is None or tx_id in labels:
+                continue
+            arrived_record = transaction_record(
+                "", arrived.event_time_us, arrived.customer_id, arrived.terminal_id, arrived.amount
+            )
+            mismatch = _label_mismatch(arrived_record, waited)
+            if mismatch:
+                outputs.append(_dead_letter(waited, mismatch, "label_mismatch"))
+                rejected.append(waited)
+            else:
+                ready.append(waited)
+            receipt = self._receipt(waited)
+            if receipt is not None:
+                receipts.append(receipt)
+        if rejected:  # waited, then contradicted its transaction: no longer blocks the id
+            store = self._store()
+            store.write(
+                store.id_rows(
+                    [
+                        (
+                            lb.transaction_id,
+                            FAMILY_LABEL,
+                            _label_record(lb, MISMATCHED),
+                            lb.event_time_us,
+                        )
+                        for lb in rejected
+                    ]
+                )
+            )
+        if waiting:
+            self._wait(waiting, receipts)
+        return ready
+
+    def _wait(self, labels: list[Label], receipts: list[Receipt]) -> None:
+        """Records labels as waiting for their transaction (id index, then memory)."""
+        store = self._store()
+        store.write(
+            store.id_rows(
+                [
+                    (lb.transaction_id, FAMILY_LABEL, _label_record(lb, PENDING), lb.event_time_us)
+                    for lb in labels
+                ]
+            )
+        )
+        deadline = time.time() + self._label_wait_s
+        for lb in labels:
+            self._early_labels.inc()
+            self._pending[lb.transaction_id] = (lb, deadline)
+            receipt = self._receipt(lb)
+            if receipt is not None and receipt in receipts:
+                receipts.remove(receipt)
+
+    def _expire(self, now: float, outputs: list[Any], receipts: list[Receipt]) -> None:
+        """Dead-letters the waiting labels whose transaction did not come in time."""
+        expired = [lb for lb, deadline in self._pending.values() if deadline <= now]
+        if not expired:
+            return
+        store = self._store()
+        store.write(
+            store.id_rows(
+                [
+                    (
+                        lb.transaction_id,
+                        FAMILY_LABEL,
+                        _label_record(lb, DEAD_LETTERED),
+                        lb.event_time_us,
+                    )
+                    for lb in expired
+                ]
+            )
+        )
+        for lb in expired:
+            del self._pending[lb.transaction_id]
+            outputs.append(_unknown_transaction(lb, self._label_wait_s))
+            receipt = self._receipt(lb)
+            if receipt is not None:
+                receipts.append(receipt)
+
+    def _record_labels(self, labels: list[Label], affected: dict[str, Transaction]) -> None:
+        """Writes labels whose transaction is known and collects the stored transactions whose
+        risk windows they fall into (a redelivered label redoes its corrections)."""
         span = influence_span_us(TERMINAL, labels=True)
         times = [lb.event_time_us for lb in labels]
         assert self._cache is not None
         stored = self._cache.read_terminals(
             (lb.terminal_id for lb in labels), min(times), max(times) + span[1] + 1
         )
-        known_tx = {
-            (stored.terminal_tx.entity_id[i], tx_id): stored.terminal_tx.time_us[i]
-            for i, tx_id in enumerate(stored.terminal_tx.transaction_id)
-        }
-        known_tx.update(
-            {(t.terminal_id, t.transaction_id): t.event_time_us for t in batch_txs.values()}
-        )
-        known_labels = {
-            (stored.terminal_labels.entity_id[i], tx_id): stored.terminal_labels.value[i]
-            for i, tx_id in enumerate(stored.terminal_labels.transaction_id)
-        }
-        new: list[Label] = []
-        for lb in labels:
-            key = (lb.terminal_id, lb.transaction_id)
-            tx_time = known_tx.get(key)
-            if tx_time is not None and tx_time != lb.event_time_us:
-                yield _dead_letter(
-                    lb, "tx_datetime differs from the transaction's", "label_mismatch"
-                )
-            elif known_labels.get(key) == float(lb.is_fraud):
-                self._duplicates.inc()
-            else:
-                # A label may overtake its transaction (two subscriptions, two backlogs): it is
-                # recorded anyway, and the transaction's own look-ahead corrects what it changes.
-                if tx_time is None:
-                    self._early_labels.inc()
-                new.append(lb)
-        if not new:
-            return
+        new = labels
         store = self._store()
         store.write(
             store.label_rows(
@@ -302,6 +488,12 @@ class _SequencedDoFn(beam.DoFn):
                 [lb.terminal_id for lb in new],
                 [lb.event_time_us for lb in new],
                 [lb.is_fraud for lb in new],
+            )
+            + store.id_rows(
+                [
+                    (lb.transaction_id, FAMILY_LABEL, _label_record(lb, RECORDED), lb.event_time_us)
+                    for lb in new
+                ]
             )
         )
         for lb in new:
@@ -312,7 +504,12 @@ class _SequencedDoFn(beam.DoFn):
             events.setdefault(lb.terminal_id, []).append(lb.event_time_us)
         _influenced(stored.terminal_tx, TERMINAL, events, span, set(), affected)
 
-    def _score(self, txs: list[Transaction], affected: dict[str, Transaction]) -> FeatureBatch:
+    def _score(
+        self,
+        txs: list[Transaction],
+        affected: dict[str, Transaction],
+        new_txs: dict[str, Transaction],
+    ) -> FeatureBatch:
         assert self._cache is not None
         times = [t.event_time_us for t in txs]
         history = self._cache.read_history(
@@ -331,7 +528,7 @@ class _SequencedDoFn(beam.DoFn):
             for t in new:
                 events.setdefault(getattr(t, entity.key_field), []).append(t.event_time_us)
             _influenced(cells, entity, events, influence_span_us(entity), own, affected)
-        self._write(txs, matrix)
+        self._write(txs, matrix, new_txs)
         self._batches.inc()
         self._batch_size.update(len(txs))
         return FeatureBatch(txs, matrix, _now_us())
@@ -343,11 +540,29 @@ class _SequencedDoFn(beam.DoFn):
         self._corrections.inc(len(txs))
         return FeatureBatch(txs, matrix, _now_us(), correction=True)
 
-    def _write(self, txs: list[Transaction], matrix: np.ndarray) -> None:
+    def _write(
+        self,
+        txs: list[Transaction],
+        matrix: np.ndarray,
+        new_txs: dict[str, Transaction] | None = None,
+    ) -> None:
         cols = [c for c, _, _ in _WINDOW_COLUMNS]
         store = self._store()
+        # The id index entries of first-seen transactions, in the same MutateRows call.
+        ids = [
+            (
+                t.transaction_id,
+                FAMILY_TX,
+                transaction_record(
+                    t.message_id, t.event_time_us, t.customer_id, t.terminal_id, t.amount
+                ),
+                t.event_time_us,
+            )
+            for t in (new_txs or {}).values()
+        ]
         store.write(
-            store.transaction_rows(
+            store.id_rows(ids)
+            + store.transaction_rows(
                 [t.transaction_id for t in txs],
                 [t.customer_id for t in txs],
                 [t.terminal_id for t in txs],
@@ -381,12 +596,88 @@ def _same_event(a: Transaction | Label, b: Transaction | Label) -> bool:
     return all(getattr(a, f, None) == getattr(b, f, None) for f in fields)
 
 
+def _same_message(a: Transaction | Label, b: Transaction | Label) -> bool:
+    """Two deliveries of one Pub/Sub message (or, without message ids, of equal content)."""
+    if a.message_id and b.message_id:
+        return a.message_id == b.message_id
+    return _same_event(a, b)
+
+
+def _tx_digest(tx: Transaction) -> str:
+    return str(
+        transaction_record("", tx.event_time_us, tx.customer_id, tx.terminal_id, tx.amount)["d"]
+    )
+
+
+def _label_digest(lb: Label) -> str:
+    return content_digest(
+        int(lb.event_time_us), str(lb.customer_id), str(lb.terminal_id), int(lb.is_fraud)
+    )
+
+
+def _seen_before(record: dict[str, Any], message_id: str, digest: str) -> bool:
+    """Whether an id-index record is this very message (a redelivery), not a second message."""
+    if record.get("m") and message_id:
+        return bool(record["m"] == message_id)
+    return bool(record.get("d") == digest)
+
+
+def _label_record(lb: Label, state: str) -> dict[str, Any]:
+    return {
+        "m": lb.message_id,
+        "d": _label_digest(lb),
+        "t": lb.event_time_us,
+        "c": lb.customer_id,
+        "k": lb.terminal_id,
+        "f": lb.is_fraud,
+        "p": lb.publish_time_us,
+        "s": state,
+    }
+
+
+def _label_from_record(tx_id: str, record: dict[str, Any]) -> Label:
+    return Label(
+        tx_id,
+        int(record["t"]),
+        str(record["c"]),
+        str(record["k"]),
+        int(record["f"]),
+        int(record.get("p", 0)),
+        str(record.get("m", "")),
+    )
+
+
+def _label_mismatch(tx: dict[str, Any], lb: Label) -> str:
+    """Why a label contradicts its transaction's id-index record ("" when it does not)."""
+    for field, value in (("t", lb.event_time_us), ("c", lb.customer_id), ("k", lb.terminal_id)):
+        if tx[field] != value:
+            name = {"t": "tx_datetime", "c": "customer_id", "k": "terminal_id"}[field]
+            return f"{name} differs from the transaction's"
+    return ""
+
+
 def _dead_letter(
     event: Transaction | Label, detail: str, reason: str = "duplicate_transaction_id"
-) -> beam.pvalue.TaggedOutput:
+) -> DeadLetter:
     source = "transactions" if isinstance(event, Transaction) else "labels"
-    return beam.pvalue.TaggedOutput(
-        DEAD_LETTER_TAG, DeadLetter(event.to_json(), reason, detail, source, "features")
+    return DeadLetter(
+        event.to_json(), reason, detail, source, "features", message_id=event.message_id
+    )
+
+
+def _duplicate(event: Transaction | Label, first_message: str, same_content: bool) -> DeadLetter:
+    what = "transaction" if isinstance(event, Transaction) else "label"
+    content = "the same content" if same_content else "different content"
+    first = f"message {first_message}" if first_message else "an earlier event"
+    reason = "duplicate_transaction_id" if isinstance(event, Transaction) else "duplicate_label"
+    return _dead_letter(
+        event, f"a {what} with this transaction_id came first in {first} ({content})", reason
+    )
+
+
+def _unknown_transaction(lb: Label, waited_s: float) -> DeadLetter:
+    return _dead_letter(
+        lb, f"no transaction with this id within {waited_s:g} s", "unknown_transaction"
     )
 
 
@@ -407,6 +698,8 @@ class ComputeFeatures(beam.PTransform):
     Args:
       store: the Bigtable feature store (window state and feature values).
       max_batch_size: the most events handled in one store round trip.
+      sources: the transaction and label subscriptions (they name messages for recovery).
+      label_wait_s: how long a label waits for its transaction before it is dead-lettered.
 
     Returns:
       ComputedFeatures(batches, dead_letters).
@@ -416,12 +709,22 @@ class ComputeFeatures(beam.PTransform):
         computed = (transactions, labels) | "ComputeFeatures" >> ComputeFeatures(store_config)
     """
 
-    def __init__(self, store: StoreConfig, max_batch_size: int = 500) -> None:
+    def __init__(
+        self,
+        store: StoreConfig,
+        max_batch_size: int = 500,
+        sources: tuple[str, str] = ("transactions", "labels"),
+        label_wait_s: float = 300.0,
+    ) -> None:
         super().__init__()
         if max_batch_size < 1:
             raise ValueError("max_batch_size must be at least 1")
+        if label_wait_s < 0:
+            raise ValueError("label_wait_s must be >= 0")
         self._store = store
         self._max = max_batch_size
+        self._sources = sources
+        self._label_wait_s = label_wait_s
 
     def expand(self, events: tuple[beam.PCollection, beam.PCollection]) -> ComputedFeatures:
         transactions, labels = events
@@ -430,7 +733,7 @@ class ComputeFeatures(beam.PTransform):
             labels | "KeyLabels" >> beam.Map(_keyed).with_output_types(_KEYED),
         ) | "Merge" >> beam.Flatten()
         out = keyed | "Sequenced" >> beam.ParDo(
-            _SequencedDoFn(self._store, self._max)
+            _SequencedDoFn(self._store, self._max, self._sources, self._label_wait_s)
         ).with_outputs(DEAD_LETTER_TAG, main="batches")
         return ComputedFeatures(out.batches, out[DEAD_LETTER_TAG])
 

@@ -162,9 +162,19 @@ class Predictions(NamedTuple):
 def _inference_failures(failed: Any) -> Iterable[DeadLetter]:
     # RunInference's DLQ carries (element, exception) pairs; element is the FeatureBatch.
     element, error = failed if isinstance(failed, tuple) and len(failed) == 2 else (failed, None)
-    for tx in getattr(element, "transactions", []):
+    txs = list(getattr(element, "transactions", []))
+    for i, tx in enumerate(txs):
+        # The batch's recovery token rides on its last dead letter (pipelines.recovery): the
+        # sink releases it once that whole bundle of dead letters is published.
+        token = getattr(element, "token", 0) if i == len(txs) - 1 else 0
         yield DeadLetter(
-            tx.to_json(), "inference_error", repr(error)[:500], "transactions", "predict"
+            tx.to_json(),
+            "inference_error",
+            repr(error)[:500],
+            "transactions",
+            "predict",
+            message_id=tx.message_id,
+            token=token,
         )
 
 

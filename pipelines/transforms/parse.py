@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -19,7 +20,11 @@ METRICS_NAMESPACE = "rillet"
 
 @dataclass(frozen=True)
 class DeadLetter:
-    """A rejected message: its original bytes, why, and where it was rejected."""
+    """A rejected message: its original bytes, why, and where it was rejected.
+
+    ``receipts`` name the Pub/Sub messages it finishes once published, and ``token`` the group of
+    outputs it belongs to (pipelines.recovery); ``message_id`` is the original message's.
+    """
 
     payload: bytes
     reason: str
@@ -27,6 +32,9 @@ class DeadLetter:
     source: str
     stage: str
     attributes: dict[str, str] = field(default_factory=dict)
+    message_id: str = ""
+    receipts: tuple[tuple[str, str], ...] = ()
+    token: int = 0
 
 
 class ParsedEvents(NamedTuple):
@@ -58,19 +66,30 @@ class _ParseDoFn(beam.DoFn):
         # (tests, batch sources).
         data = message.data if hasattr(message, "data") else message
         attributes = dict(getattr(message, "attributes", None) or {})
+        message_id = getattr(message, "message_id", None) or ""
         try:
             event = self._parse(data, publish_time_us=_publish_time_us(message))
         except InvalidEvent as exc:
             self._invalid.inc()
             Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{exc.reason}").inc()
             payload = data if isinstance(data, bytes) else repr(data).encode()
+            receipts = ((self._source, message_id),) if message_id else ()
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER_TAG,
-                DeadLetter(payload, exc.reason, exc.detail, self._source, "parse", attributes),
+                DeadLetter(
+                    payload,
+                    exc.reason,
+                    exc.detail,
+                    self._source,
+                    "parse",
+                    attributes,
+                    message_id,
+                    receipts,
+                ),
             )
             return
         self._valid.inc()
-        yield event
+        yield dataclasses.replace(event, message_id=message_id) if message_id else event
 
 
 class ParseEvents(beam.PTransform):

@@ -33,10 +33,11 @@ from functools import partial
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.gcp.pubsub import PubsubMessage, WriteToPubSub
+from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 
 from pipelines.features import MODEL_INPUTS
+from pipelines.recovery import tracker
 from pipelines.retry import with_backoff
 from pipelines.schema import SCHEMA_VERSION, format_rfc3339
 from pipelines.shared import process_shared
@@ -184,7 +185,7 @@ class _DatastoreWriteDoFn(beam.DoFn):
         )
         return entity
 
-    def process(self, pb: PredictionBatch) -> Iterator[list[PredictionRecord]]:
+    def process(self, pb: PredictionBatch) -> Iterator[tuple[int, list[PredictionRecord]]]:
         records = prediction_records(pb, self._bands)
         # One mutation per key per commit: a later record of the same key wins.
         by_key = {r["transaction_id"]: r for r in records}
@@ -199,7 +200,7 @@ class _DatastoreWriteDoFn(beam.DoFn):
         for r in records:
             if r["publish_time_us"]:
                 self._latency.update(int((r["processing_time_us"] - r["publish_time_us"]) / 1000))
-        yield records
+        yield pb.batch.token, records
 
     def _put_all(self, entities: list[Any]) -> None:
         for start in range(0, len(entities), DATASTORE_COMMIT_LIMIT):
@@ -277,15 +278,19 @@ class _PublishDoFn(beam.DoFn):
     def setup(self) -> None:
         self._publisher = process_shared(("publisher",), _publisher_client)
 
-    def process(self, records: list[PredictionRecord]) -> Iterator[int]:
+    def process(self, stored: tuple[int, list[PredictionRecord]]) -> Iterator[int]:
+        token, records = stored
         futures = []
         for record in records:
             data, attributes = _to_message(record)
             futures.append(self._publisher.publish(self._topic, data, **attributes))
         # Wait for the acks before the bundle completes: at-least-once delivery.
+        # (The publisher client retries transient failures itself, within its own deadline.)
         for future in futures:
-            future.result(timeout=120)
+            future.result(timeout=300)
         self._published.inc(len(futures))
+        # Stored and published: the messages behind this batch are finished (pipelines.recovery).
+        tracker().release(token)
         yield len(futures)
 
 
@@ -331,22 +336,52 @@ def _dead_letter_message(dl: DeadLetter) -> PubsubMessage:
         "source": dl.source,
         "stage": dl.stage,
     }
+    if dl.message_id:
+        attributes["original_message_id"] = dl.message_id
     for key, value in dl.attributes.items():
         attributes.setdefault(f"original_{key}"[:256], str(value)[:1024])
     return PubsubMessage(dl.payload, attributes)
 
 
+class _PublishDeadLettersDoFn(beam.DoFn):
+    """Publishes a bundle's dead letters, waits for every ack, then finishes their messages."""
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+        self._publisher: Any = None
+        self._pending: list[tuple[Any, DeadLetter]] = []
+        self._published = Metrics.counter(METRICS_NAMESPACE, "dead_letters_published")
+
+    def setup(self) -> None:
+        self._publisher = process_shared(("publisher",), _publisher_client)
+
+    def start_bundle(self) -> None:
+        self._pending = []
+
+    def process(self, dl: DeadLetter) -> None:
+        message = _dead_letter_message(dl)
+        future = self._publisher.publish(self._topic, message.data, **message.attributes)
+        self._pending.append((future, dl))
+
+    def finish_bundle(self) -> None:
+        pending, self._pending = self._pending, []
+        for future, _ in pending:
+            future.result(timeout=300)
+        self._published.inc(len(pending))
+        recovery = tracker()
+        for _, dl in pending:
+            recovery.finish(dl.receipts)
+            recovery.release(dl.token)
+
+
 class WriteDeadLetters(beam.PTransform):
     """Publishes DeadLetters on the dead-letter topic: original bytes as data, the reason,
-    detail, source and stage as attributes."""
+    detail, source, stage and original message id as attributes. The publisher client waits for
+    Pub/Sub's acks before the bundle completes (at-least-once)."""
 
     def __init__(self, topic: str) -> None:
         super().__init__()
         self._topic = topic
 
     def expand(self, dead_letters: beam.PCollection) -> Any:
-        return (
-            dead_letters
-            | "ToMessage" >> beam.Map(_dead_letter_message)
-            | "Publish" >> WriteToPubSub(self._topic, with_attributes=True)
-        )
+        return dead_letters | "Publish" >> beam.ParDo(_PublishDeadLettersDoFn(self._topic))

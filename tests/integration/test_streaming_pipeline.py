@@ -86,7 +86,8 @@ def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None
         )
         n = len(tiny_frame)
         predictions = drain(TOPO.predictions_subscription, n, timeout_s=240, settle_s=5)
-        dead = drain(TOPO.dead_letter_subscription, len(bad), timeout_s=60)
+        # + 1: the first transaction published a second time is a duplicate, not a redelivery.
+        dead = drain(TOPO.dead_letter_subscription, len(bad) + 1, timeout_s=60)
     finally:
         result.cancel()
 
@@ -132,6 +133,12 @@ def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None
     for name in ("CUSTOMER_ID_NB_TX_30DAY_WINDOW", "CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW"):
         assert stored[name] == expected.loc[int(last.TRANSACTION_ID), name]
 
-    # Dead letters: every malformed message, with its original bytes and a reason.
-    assert sorted(m.data for m in dead) == sorted(bad)
-    assert all(m.attributes["reason"] and m.attributes["stage"] == "parse" for m in dead)
+    # Dead letters: every malformed message, with its original bytes and a reason, and the
+    # second message carrying the first transaction's id (the original was scored, above).
+    parsed = [m for m in dead if m.attributes["stage"] == "parse"]
+    assert sorted(m.data for m in parsed) == sorted(bad)
+    assert all(m.attributes["reason"] for m in parsed)
+    duplicates = [m for m in dead if m.attributes["stage"] == "features"]
+    assert [m.attributes["reason"] for m in duplicates] == ["duplicate_transaction_id"]
+    assert json.loads(duplicates[0].data)["transaction_id"] == str(tiny_frame.TRANSACTION_ID.iloc[0])
+    assert duplicates[0].attributes["original_message_id"]

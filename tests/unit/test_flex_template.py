@@ -16,7 +16,7 @@ from pipelines.options import RilletOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 # Options that only mean something on the DirectRunner, so the template does not offer them.
-DIRECT_RUNNER_ONLY = {"direct_pull_max_messages"}
+DIRECT_RUNNER_ONLY = {"direct_pull_max_messages", "recovery_checkpoint", "max_in_flight"}
 
 
 def _options() -> dict[str, str]:

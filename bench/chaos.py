@@ -1,0 +1,488 @@
+"""make chaos: the full pipeline on the emulators through crashes, bad input and outages, checked.
+
+One run:
+  1. a private emulator stack on free ports; input subscriptions retain acknowledged messages;
+  2. a simulated dataset cut to at least ``min_transactions`` transactions, with their labels, and a
+     model trained on it (any model serves: this run checks delivery, not accuracy);
+  3. the streaming job (DirectRunner, ``--recovery_checkpoint``) fed the replay in event-time order
+     at ``rate`` messages/s, mixed with malformed messages of every kind the parser rejects,
+     duplicate transactions and labels (exact copies and conflicting ones, published as new
+     messages), labels of transactions that never come, and labels contradicting their transaction;
+  4. meanwhile: SIGKILL of the job at ``kills`` random moments, each followed by a restart that
+     resumes from the checkpoint; the Bigtable and the Datastore emulators stopped (SIGSTOP) for
+     ``outage_s`` each; optionally a burst at twice the rate (overload);
+  5. then every store is checked: one Datastore entity per valid transaction, with exactly the
+     features a batch recomputation gives (pipelines.training_data); every valid transaction and
+     label in Bigtable's id index; every rejected message on the dead-letter topic, no valid one.
+
+Last line of output: JSON with sent, valid, malformed, predictions_stored, lost, duplicated,
+dead_lettered, kills, outages, feature_mismatches (and details). Exit status 1 unless lost = 0,
+duplicated = 0, dead_lettered = malformed (the same messages) and feature_mismatches = 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DAY_US = 86_400_000_000
+
+
+@dataclass
+class ChaosConfig:
+    """What one chaos run does (defaults: the issue's targets)."""
+
+    work_dir: Path = Path(".rillet/chaos")
+    preset: str = "small"
+    min_transactions: int = 20_000
+    malformed: int = 1_000  # rejected by the parser
+    duplicates: int = 300  # second messages reusing a transaction or label id
+    unknown_labels: int = 100  # labels of transactions that never come
+    mismatched_labels: int = 50  # labels contradicting their transaction
+    kills: int = 3
+    outage_s: float = 15.0
+    outages: tuple[str, ...] = ("bigtable", "datastore")
+    overload_s: float = 0.0  # seconds published at twice the rate (0: none)
+    rate: float = 400.0
+    label_wait_s: float = 20.0
+    max_in_flight: int = 5_000
+    seed: int = 7
+    timeout_s: float = 1_500.0
+
+
+@dataclass
+class Message:
+    """One message to publish, and what it is."""
+
+    topic: str  # "transactions" or "labels"
+    data: bytes
+    kind: str  # "transaction", "label" or a rejection: "malformed", "duplicate", ...
+    transaction_id: str = ""
+    message_id: str = ""
+
+
+@dataclass
+class Chaos:
+    """What happened during the run (for the report)."""
+
+    kills: list[float] = field(default_factory=list)
+    outages: list[tuple[str, float, float]] = field(default_factory=list)
+    restarts_s: list[float] = field(default_factory=list)
+    max_rss_mb: float = 0.0
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+def malformed_bodies(rng: random.Random, good: dict[str, Any], n: int) -> list[bytes]:
+    """n messages the parser must reject, cycling through every kind of bad input."""
+    big = "x" * 5000
+    makers: list[Callable[[int], bytes]] = [
+        lambda i: b"not json " + str(i).encode(),
+        lambda i: b"\x80\x04\x95pickle" + str(i).encode(),  # a pickle: never unpickled
+        lambda i: _dumps({**good, "transaction_id": f"bad-{i}", "amount": "12.5"}),
+        lambda i: _dumps({**good, "transaction_id": f"bad-{i}", "amount": True}),
+        lambda i: _dumps({k: v for k, v in good.items() if k != "terminal_id"}),
+        lambda i: _dumps({**good, "transaction_id": f"bad-{i}", "coupon": "FREE"}),
+        lambda i: _dumps({**good, "transaction_id": f"bad-{i}", "schema_version": 99}),
+        lambda i: _dumps({**good, "transaction_id": f"bad-{i}", "amount": -3.5}),
+        lambda i: (
+            b'{"schema_version":1,"transaction_id":"bad-%d","tx_datetime":"2018-04-02T10:00:00Z",'
+            b'"customer_id":"1","terminal_id":"1","amount":NaN}' % i
+        ),
+        lambda i: (
+            b'{"schema_version":1,"transaction_id":"bad-%d","tx_datetime":"2018-04-02T10:00:00Z",'
+            b'"customer_id":"1","terminal_id":"1","amount":Infinity}' % i
+        ),
+        lambda i: _dumps(
+            {**good, "transaction_id": f"bad-{i}", "tx_datetime": "2099-01-01T00:00:00Z"}
+        ),
+        lambda i: _dumps(
+            {**good, "transaction_id": f"bad-{i}", "tx_datetime": "1900-01-01T00:00:00Z"}
+        ),
+        lambda i: _dumps({**good, "transaction_id": f"bad-{i}", "tx_datetime": "yesterday"}),
+        lambda i: _dumps({**good, "transaction_id": f"bad {i}/x"}),
+        lambda i: _dumps({**good, "transaction_id": f"bad-{i}", "customer_id": big}),
+        lambda i: b"[" * 10_000,
+        lambda i: b"",
+    ]
+    return [makers[i % len(makers)](i) for i in range(n)]
+
+
+def build_messages(frame: Any, config: ChaosConfig) -> list[Message]:
+    """The valid replay in event-time order, with every kind of rejection mixed in."""
+    from pipelines.publisher import replay_events
+
+    rng = random.Random(config.seed)
+    events = replay_events(frame)
+    messages = [
+        Message(
+            e.topic,
+            e.data,
+            "transaction" if e.topic == "transactions" else "label",
+            json.loads(e.data)["transaction_id"],
+        )
+        for e in events
+    ]
+    tx_positions = [i for i, m in enumerate(messages) if m.kind == "transaction"]
+    label_positions = [i for i, m in enumerate(messages) if m.kind == "label"]
+    good = json.loads(messages[tx_positions[0]].data)
+    inserts: list[tuple[int, Message]] = []
+    for body in malformed_bodies(rng, good, config.malformed):
+        topic = rng.choice(["transactions", "labels"])
+        inserts.append((rng.randrange(len(messages)), Message(topic, body, "malformed")))
+    # Duplicates: published well after the original (2,000 messages later or more), so the
+    # original is the first message with its id.
+    gap = 2_000
+    for k in range(config.duplicates):
+        on_label = k % 3 == 2
+        pool = label_positions if on_label else tx_positions
+        pos = rng.choice([p for p in pool[: len(pool) * 2 // 3]] or pool)
+        original = messages[pos]
+        body = json.loads(original.data)
+        if k % 2:  # a conflicting duplicate: same id, different content
+            if on_label:
+                body["is_fraud"] = 1 - body["is_fraud"]
+            else:
+                body["amount"] = round(body["amount"] + 1.0, 2)
+        where = min(len(messages), pos + gap + rng.randrange(gap))
+        inserts.append(
+            (where, Message(original.topic, _dumps(body), "duplicate", original.transaction_id))
+        )
+    for k in range(config.unknown_labels):
+        body = json.loads(messages[rng.choice(label_positions)].data)
+        body["transaction_id"] = f"ghost-{k}"
+        inserts.append((rng.randrange(len(messages)), Message("labels", _dumps(body), "unknown")))
+    for _ in range(config.mismatched_labels):
+        pos = rng.choice(tx_positions[: len(tx_positions) // 2])
+        body = json.loads(messages[pos].data)
+        body["is_fraud"] = 0
+        body["terminal_id"] = body["terminal_id"] + "-elsewhere"
+        # Before the genuine label (7 days of event time later), after the transaction.
+        where = min(len(messages), pos + gap)
+        inserts.append((where, Message("labels", _dumps(body), "mismatch", body["transaction_id"])))
+    # Mismatched labels come before the genuine label of their transaction: the genuine one is
+    # then the duplicate. Drop the genuine labels of those ids from the valid set instead.
+    for where, message in sorted(inserts, key=lambda x: x[0], reverse=True):
+        messages.insert(where, message)
+    return messages
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def publish_all(
+    messages: list[Message],
+    topics: dict[str, str],
+    rate: float,
+    burst: tuple[float, float] | None,
+    done: threading.Event,
+) -> None:
+    """Publishes in order at ``rate`` per second (twice that inside ``burst`` = (start, end)
+    seconds after the first message), recording each message id."""
+    from google.cloud import pubsub_v1
+
+    publisher = pubsub_v1.PublisherClient(
+        batch_settings=pubsub_v1.types.BatchSettings(max_messages=200, max_latency=0.01)
+    )
+    start = time.monotonic()
+    due = start
+    pending: list[tuple[Message, Any]] = []
+    try:
+        for message in messages:
+            now = time.monotonic()
+            in_burst = burst is not None and burst[0] <= now - start < burst[1]
+            due += 1.0 / (rate * (2 if in_burst else 1))
+            if due > now:
+                time.sleep(due - now)
+            pending.append((message, publisher.publish(topics[message.topic], message.data)))
+            if len(pending) >= 500:
+                for m, f in pending:
+                    m.message_id = f.result(timeout=120)
+                pending = []
+        for m, f in pending:
+            m.message_id = f.result(timeout=120)
+    finally:
+        publisher.stop()
+        done.set()
+
+
+def _drain(subscription: str, into: list[Any], stop: threading.Event) -> None:
+    import warnings
+
+    from google.cloud import pubsub_v1
+
+    subscriber = pubsub_v1.SubscriberClient()
+    try:
+        while not stop.is_set():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                response = subscriber.pull(
+                    subscription=subscription, max_messages=1000, return_immediately=True
+                )
+            if not response.received_messages:
+                time.sleep(0.2)
+                continue
+            into.extend(m.message for m in response.received_messages)
+            subscriber.acknowledge(
+                subscription=subscription,
+                ack_ids=[m.ack_id for m in response.received_messages],
+            )
+    finally:
+        subscriber.close()
+
+
+def _datastore_predictions(project: str) -> dict[str, Any]:
+    from google.cloud import datastore
+
+    client = datastore.Client(project=project)
+    return {e.key.name: e for e in client.query(kind="Prediction").fetch()}
+
+
+def run_chaos(config: ChaosConfig) -> dict[str, Any]:
+    from models.train import TrainConfig, export_model, train_model
+    from pipelines.feature_store import FeatureStore, StoreConfig
+    from pipelines.features import MODEL_INPUTS
+    from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
+    from pipelines.simulator import PRESETS, simulate
+    from pipelines.streaming_job import StreamingJob
+    from pipelines.training_data import training_features
+
+    rng = random.Random(config.seed)
+    work = config.work_dir
+    work.mkdir(parents=True, exist_ok=True)
+    frame = simulate(PRESETS[config.preset])
+    frame = frame.sort_values(["TX_DATETIME", "TRANSACTION_ID"]).reset_index(drop=True)
+    frame = frame.iloc[: config.min_transactions].copy()
+    expected = training_features(frame).set_index("TRANSACTION_ID")
+    model, _ = train_model(expected.reset_index(), None, TrainConfig(epochs=1))
+    model_dir = work / "models"
+    export_model(model, model_dir, {"preset": config.preset, "purpose": "chaos"})
+
+    messages = build_messages(frame, config)
+    # A label contradicted before its genuine label arrives: the genuine label is still the
+    # valid one (the contradiction is dead-lettered as a mismatch), see build_messages.
+    valid_tx = {str(t) for t in frame.TRANSACTION_ID}
+    topo = Topology()
+    stack = LocalStack(work / "stack")
+    ports = {"pubsub": free_port(), "bigtable": free_port(), "datastore": free_port()}
+    stack.up(ports)
+    chaos = Chaos()
+    log = work / "pipeline.log"
+    log.unlink(missing_ok=True)
+    checkpoint = work / "checkpoint.json"
+    checkpoint.unlink(missing_ok=True)
+    args = [
+        f"--project={topo.project}",
+        f"--model_dir={model_dir}",
+        f"--recovery_checkpoint={checkpoint}",
+        f"--label_wait_s={config.label_wait_s}",
+        f"--max_in_flight={config.max_in_flight}",
+    ]
+    job = StreamingJob(args, log)
+    try:
+        with environment(stack.env()):
+            create_resources(topo, retain_acked=True)
+            job.start()
+            published = threading.Event()
+            duration = len(messages) / config.rate
+            burst = None
+            if config.overload_s:
+                burst = (duration * 0.5, duration * 0.5 + config.overload_s)
+            publisher = threading.Thread(
+                target=publish_all,
+                args=(messages, topo.topic_paths(), config.rate, burst, published),
+                daemon=True,
+            )
+            dead: list[Any] = []
+            stop = threading.Event()
+            drainer = threading.Thread(
+                target=_drain,
+                args=(
+                    f"projects/{topo.project}/subscriptions/{topo.dead_letter_subscription}",
+                    dead,
+                    stop,
+                ),
+                daemon=True,
+            )
+            drainer.start()
+            t0 = time.monotonic()
+            publisher.start()
+            # The schedule: kills at random moments, outages between them.
+            kill_at = sorted(rng.uniform(0.1, 0.85) * duration for _ in range(config.kills))
+            outage_at = [
+                (name, (k + 1) / (len(config.outages) + 1) * duration + rng.uniform(-5, 5))
+                for k, name in enumerate(config.outages)
+            ]
+            plan = sorted(
+                [(t, "kill", "") for t in kill_at] + [(t, "outage", n) for n, t in outage_at]
+            )
+            for at, what, name in plan:
+                while time.monotonic() - t0 < at:
+                    chaos.max_rss_mb = max(chaos.max_rss_mb, _rss_mb(job.proc.pid))  # type: ignore[union-attr]
+                    job.check()
+                    time.sleep(0.5)
+                if what == "kill":
+                    assert job.proc is not None
+                    os.kill(job.proc.pid, signal.SIGKILL)
+                    job.proc.wait()
+                    chaos.kills.append(round(time.monotonic() - t0, 1))
+                    print(
+                        f"[chaos] t={chaos.kills[-1]}s SIGKILL; restarting with resume", flush=True
+                    )
+                    job.start()
+                else:
+                    start = time.monotonic() - t0
+                    print(
+                        f"[chaos] t={start:.1f}s {name} stopped for {config.outage_s}s", flush=True
+                    )
+                    with stack.outage(name, config.outage_s):
+                        pass
+                    chaos.outages.append((name, round(start, 1), config.outage_s))
+                    job.check()
+            # Wait until every valid transaction has its prediction and every rejection is out.
+            n_rejects = sum(1 for m in messages if m.kind not in ("transaction", "label"))
+            deadline = t0 + config.timeout_s
+            stored: dict[str, Any] = {}
+            while time.monotonic() < deadline:
+                job.check()
+                chaos.max_rss_mb = max(chaos.max_rss_mb, _rss_mb(job.proc.pid))  # type: ignore[union-attr]
+                if published.is_set():
+                    stored = _datastore_predictions(topo.project)
+                    rejected = {m.attributes.get("original_message_id") for m in dead}
+                    if valid_tx <= set(stored) and len(rejected) >= n_rejects:
+                        break
+                time.sleep(3)
+            time.sleep(5)  # let late corrections land
+            stored = _datastore_predictions(topo.project)
+            stop.set()
+            drainer.join(timeout=10)
+            elapsed = time.monotonic() - t0
+            store = FeatureStore(
+                StoreConfig(topo.project, topo.bigtable_instance, topo.bigtable_table)
+            )
+            index = {}
+            ids = sorted(valid_tx)
+            for start_i in range(0, len(ids), 2000):
+                index.update(store.read_ids(ids[start_i : start_i + 2000]))
+    finally:
+        job.stop()
+        stack.down()
+
+    return _report(
+        config, messages, frame, expected, stored, dead, index, chaos, elapsed, MODEL_INPUTS
+    )
+
+
+def _report(
+    config: ChaosConfig,
+    messages: list[Message],
+    frame: Any,
+    expected: Any,
+    stored: dict[str, Any],
+    dead: list[Any],
+    index: dict[str, Any],
+    chaos: Chaos,
+    elapsed: float,
+    model_inputs: tuple[str, ...],
+) -> dict[str, Any]:
+    valid_tx = {str(t) for t in frame.TRANSACTION_ID}
+    rejects = {m.message_id: m for m in messages if m.kind not in ("transaction", "label")}
+    valid_ids = {m.message_id for m in messages if m.kind in ("transaction", "label")}
+    dl_ids = [m.attributes.get("original_message_id", "") for m in dead]
+    dl_set = set(dl_ids)
+    reasons: dict[str, int] = {}
+    for m in dead:
+        reasons[m.attributes.get("reason", "?")] = (
+            reasons.get(m.attributes.get("reason", "?"), 0) + 1
+        )
+    missing_predictions = sorted(valid_tx - set(stored))
+    labels_missing = [
+        tx
+        for tx in valid_tx
+        if (
+            index.get(tx) is None
+            or index[tx].label is None
+            or index[tx].label.get("s") != "recorded"
+        )
+    ]
+    tx_missing = [tx for tx in valid_tx if index.get(tx) is None or index[tx].tx is None]
+    mismatches = 0
+    for tx_id in sorted(valid_tx & set(stored)):
+        served = json.loads(stored[tx_id]["features"])
+        want = expected.loc[int(tx_id), list(model_inputs)].to_numpy(dtype=np.float64)
+        got = np.array([served[f] for f in model_inputs], dtype=np.float64)
+        if not np.array_equal(got, want):
+            mismatches += 1
+    lost = len(missing_predictions) + len(set(labels_missing) | set(tx_missing))
+    result = {
+        "sent": len(messages),
+        "valid": len(valid_ids),
+        "valid_transactions": len(valid_tx),
+        "malformed": len(rejects),
+        "predictions_stored": len(valid_tx & set(stored)),
+        "lost": lost,
+        "duplicated": len(set(stored) - valid_tx),
+        "dead_lettered": len(dl_set & set(rejects)),
+        "dead_letter_messages": len(dl_ids),
+        "valid_dead_lettered": len(dl_set & valid_ids),
+        "kills": len(chaos.kills),
+        "outages": len(chaos.outages),
+        "feature_mismatches": mismatches,
+        "dead_letter_reasons": dict(sorted(reasons.items())),
+        "kill_times_s": chaos.kills,
+        "outage_windows": chaos.outages,
+        "max_rss_mb": round(chaos.max_rss_mb, 1),
+        "elapsed_s": round(elapsed, 1),
+        "rate": config.rate,
+    }
+    result["ok"] = (
+        result["lost"] == 0
+        and result["duplicated"] == 0
+        and result["dead_lettered"] == result["malformed"]
+        and result["valid_dead_lettered"] == 0
+        and result["feature_mismatches"] == 0
+        and result["kills"] >= config.kills
+        and result["outages"] == len(config.outages)
+    )
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    defaults = ChaosConfig()
+    for name, value in vars(defaults).items():
+        if isinstance(value, (bool, tuple)):
+            continue
+        parser.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    parser.add_argument("--outages", default=",".join(defaults.outages))
+    args = parser.parse_args(argv)
+    values = {k: v for k, v in vars(args).items() if k != "outages"}
+    config = ChaosConfig(**values, outages=tuple(x for x in args.outages.split(",") if x))
+    result = run_chaos(config)
+    print(json.dumps(result))
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,235 @@
+"""Crash recovery on the DirectRunner: what was pulled but not finished, checkpointed, and replayed.
+
+Beam's local runner acknowledges Pub/Sub messages as soon as it pulls them, before any step has
+processed them, so a job killed mid-stream loses whatever it had in flight. rillet recovers it with
+the subscriptions' retained acknowledged messages (``retain_acked_messages``) and Seek:
+
+1. Every pull is recorded here before the runner acknowledges it (pipelines.direct_pubsub calls
+   ``Tracker.pulled``): message id and publish time, per subscription.
+2. Every element carries the receipts of the messages it came from. A message is finished when
+   every output it produced has reached its sink: its prediction stored in Datastore and
+   published, or its dead letter published (``Tracker.hold``/``release``/``finish``).
+3. A thread writes, every ``interval_s``, a checkpoint per subscription: the publish time of the
+   oldest unfinished message, or of the newest pulled one when nothing is in flight.
+4. On restart, ``seek_to_checkpoint`` seeks each subscription back to its checkpoint minus a
+   margin: everything unfinished is delivered again, along with some finished messages.
+
+Redelivery is harmless because every step is idempotent: the feature stage recognises a message
+it has already counted (by message id, pipelines/transforms/features.py), Datastore entities are
+keyed by transaction_id, Bigtable cells are keyed by transaction and event time.
+
+The tracker also bounds memory: ``Tracker.admit`` tells the puller to stop pulling while more than
+``max_in_flight`` messages are unfinished, so a backlog waits in Pub/Sub, not in the runner.
+
+On Dataflow none of this is used: Dataflow acknowledges a message only after its effects are
+durably checkpointed, and a drained or updated job keeps its state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Receipt",
+    "Tracker",
+    "read_checkpoint",
+    "seek_to_checkpoint",
+    "tracker",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+# (subscription path, message id): one Pub/Sub message.
+Receipt = tuple[str, str]
+
+SEEK_MARGIN_US = 2_000_000  # seek this far before the checkpoint: publish times are not ordered
+
+
+class Tracker:
+    """Messages pulled and not yet finished, per subscription (process-wide; thread-safe)."""
+
+    def __init__(self) -> None:
+        self.enabled = False
+        self.max_in_flight = 0  # 0: unbounded
+        self._lock = threading.Lock()
+        self._pending: dict[Receipt, int] = {}  # receipt -> publish time (µs)
+        self._newest: dict[str, int] = {}  # subscription -> newest publish time pulled
+        self._groups: dict[int, tuple[list[Receipt], int]] = {}  # token -> (receipts, outputs)
+        self._next_token = 1
+        self.finished_count = 0
+        self.pulled_count = 0
+
+    def enable(self, max_in_flight: int = 0) -> None:
+        self.enabled = True
+        self.max_in_flight = max_in_flight
+
+    def reset(self) -> None:
+        with self._lock:
+            self._pending.clear()
+            self._newest.clear()
+            self._groups.clear()
+            self.finished_count = self.pulled_count = 0
+        self.enabled = False
+        self.max_in_flight = 0
+
+    # -- source side ---------------------------------------------------------------------------
+
+    def admit(self) -> int:
+        """How many more messages the puller may take now (a large number when unbounded)."""
+        if not self.enabled or not self.max_in_flight:
+            return 1 << 30
+        with self._lock:
+            return max(0, self.max_in_flight - len(self._pending))
+
+    def pulled(self, subscription: str, messages: Iterable[tuple[str, int]]) -> None:
+        """Records (message id, publish time µs) pairs pulled from ``subscription``."""
+        if not self.enabled:
+            return
+        with self._lock:
+            for message_id, publish_us in messages:
+                self._pending[(subscription, message_id)] = publish_us
+                if publish_us > self._newest.get(subscription, 0):
+                    self._newest[subscription] = publish_us
+                self.pulled_count += 1
+
+    # -- sink side -----------------------------------------------------------------------------
+
+    def finish(self, receipts: Iterable[Receipt]) -> None:
+        if not self.enabled:
+            return
+        with self._lock:
+            for receipt in receipts:
+                if self._pending.pop(tuple(receipt), None) is not None:  # type: ignore[arg-type]
+                    self.finished_count += 1
+
+    def hold(self, receipts: Sequence[Receipt], outputs: int) -> int:
+        """Groups receipts that finish when ``outputs`` outputs were released; returns the token
+        the outputs carry (0 when there is nothing to wait for)."""
+        if not self.enabled:
+            return 0
+        if outputs <= 0:
+            self.finish(receipts)
+            return 0
+        with self._lock:
+            token = self._next_token
+            self._next_token += 1
+            self._groups[token] = (list(receipts), outputs)
+        return token
+
+    def release(self, token: int) -> None:
+        """One output of group ``token`` reached its sink."""
+        if not self.enabled or not token:
+            return
+        with self._lock:
+            group = self._groups.get(token)
+            if group is None:
+                return
+            receipts, left = group
+            if left > 1:
+                self._groups[token] = (receipts, left - 1)
+                return
+            del self._groups[token]
+        self.finish(receipts)
+
+    # -- checkpoint ----------------------------------------------------------------------------
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def resume_points(self) -> dict[str, int]:
+        """Per subscription: the publish time from which redelivery recovers everything
+        unfinished (the oldest pending message, else the newest pulled)."""
+        with self._lock:
+            points = dict(self._newest)
+            for (subscription, _), publish_us in self._pending.items():
+                if publish_us < points.get(subscription, 1 << 62):
+                    points[subscription] = publish_us
+            return points
+
+
+_TRACKER = Tracker()
+
+
+def tracker() -> Tracker:
+    """The process-wide tracker (the DirectRunner runs every step in this process)."""
+    return _TRACKER
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Subscription -> publish time (µs) from a checkpoint file; {} when there is none."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return {}
+    return {str(k): int(v) for k, v in data.get("resume_from_us", {}).items()}
+
+
+def write_checkpoint(path: str | os.PathLike[str], points: dict[str, int]) -> None:
+    """Atomically replaces the checkpoint (write, fsync, rename): never half a file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"resume_from_us": points, "written_at_us": time.time_ns() // 1000}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+
+
+class CheckpointWriter(threading.Thread):
+    """Writes the tracker's resume points every ``interval_s`` (a daemon thread). A subscription
+    the job has not pulled from yet keeps the point of the previous checkpoint."""
+
+    def __init__(self, path: str | os.PathLike[str], interval_s: float = 0.5) -> None:
+        super().__init__(name="rillet-checkpoint", daemon=True)
+        self.path = Path(path)
+        self.interval_s = interval_s
+        self._stop_event = threading.Event()
+        self._previous = read_checkpoint(self.path)
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval_s):
+            self.write_once()
+
+    def write_once(self) -> None:
+        points = {**self._previous, **tracker().resume_points()}
+        if points:
+            write_checkpoint(self.path, points)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
+def seek_to_checkpoint(
+    path: str | os.PathLike[str], subscriptions: Sequence[str], margin_us: int = SEEK_MARGIN_US
+) -> dict[str, int]:
+    """Seeks each subscription in the checkpoint back to its resume point minus ``margin_us``
+    (retained acknowledged messages become deliverable again); returns what was sought."""
+    from google.cloud import pubsub_v1
+    from google.protobuf import timestamp_pb2
+
+    points = read_checkpoint(path)
+    sought: dict[str, int] = {}
+    subscriber: Any = pubsub_v1.SubscriberClient()
+    try:
+        for subscription in subscriptions:
+            if subscription not in points:
+                continue
+            at_us = max(0, points[subscription] - margin_us)
+            stamp = timestamp_pb2.Timestamp(
+                seconds=at_us // 1_000_000, nanos=at_us % 1_000_000 * 1000
+            )
+            subscriber.seek(request={"subscription": subscription, "time": stamp})
+            sought[subscription] = at_us
+            _LOGGER.info("resume: %s sought back to publish time %d µs", subscription, at_us)
+    finally:
+        subscriber.close()
+    return sought
