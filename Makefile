@@ -57,8 +57,11 @@ bench-backfill: $(STAMP) ## Beam backfill vs pandas groupby-rolling on the handb
 bench-windows: $(STAMP) ## Feature engine vs Beam SlidingWindows per-event cost, ratios 1..1440 (last line JSON)
 	$(BIN)/python -m bench.windows
 
+chaos: $(STAMP) ## 20k+ transactions through SIGKILLs, bad input, Bigtable/Datastore outages; checks every store (last line JSON)
+	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos
+
 clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
 .PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
-	bench-backfill bench-windows clean
+	bench-backfill bench-windows chaos clean

@@ -81,6 +81,8 @@ class Chaos:
     outages: list[tuple[str, float, float]] = field(default_factory=list)
     restarts_s: list[float] = field(default_factory=list)
     max_rss_mb: float = 0.0
+    # (seconds, transactions published, transactions predicted, job RSS MB), every ~2 s
+    timeline: list[tuple[float, int, int, float]] = field(default_factory=list)
 
 
 def _dumps(obj: dict[str, Any]) -> bytes:
@@ -117,7 +119,7 @@ def malformed_bodies(rng: random.Random, good: dict[str, Any], n: int) -> list[b
         lambda i: _dumps({**good, "transaction_id": f"bad {i}/x"}),
         lambda i: _dumps({**good, "transaction_id": f"bad-{i}", "customer_id": big}),
         lambda i: b"[" * 10_000,
-        lambda i: b"",
+        lambda i: b" \t\n",  # (Pub/Sub itself refuses an empty message)
     ]
     return [makers[i % len(makers)](i) for i in range(n)]
 
@@ -169,13 +171,14 @@ def build_messages(frame: Any, config: ChaosConfig) -> list[Message]:
     for _ in range(config.mismatched_labels):
         pos = rng.choice(tx_positions[: len(tx_positions) // 2])
         body = json.loads(messages[pos].data)
+        del body["amount"]
         body["is_fraud"] = 0
         body["terminal_id"] = body["terminal_id"] + "-elsewhere"
         # Before the genuine label (7 days of event time later), after the transaction.
         where = min(len(messages), pos + gap)
         inserts.append((where, Message("labels", _dumps(body), "mismatch", body["transaction_id"])))
-    # Mismatched labels come before the genuine label of their transaction: the genuine one is
-    # then the duplicate. Drop the genuine labels of those ids from the valid set instead.
+    # A contradicting label comes before the genuine label of its transaction: it is rejected as
+    # a mismatch, and the genuine label (a new message) is then recorded.
     for where, message in sorted(inserts, key=lambda x: x[0], reverse=True):
         messages.insert(where, message)
     return messages
@@ -197,6 +200,7 @@ def publish_all(
     rate: float,
     burst: tuple[float, float] | None,
     done: threading.Event,
+    counter: list[int],
 ) -> None:
     """Publishes in order at ``rate`` per second (twice that inside ``burst`` = (start, end)
     seconds after the first message), recording each message id."""
@@ -216,6 +220,8 @@ def publish_all(
             if due > now:
                 time.sleep(due - now)
             pending.append((message, publisher.publish(topics[message.topic], message.data)))
+            if message.kind == "transaction":
+                counter[0] += 1
             if len(pending) >= 500:
                 for m, f in pending:
                     m.message_id = f.result(timeout=120)
@@ -305,16 +311,18 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
             create_resources(topo, retain_acked=True)
             job.start()
             published = threading.Event()
+            sent_tx = [0]  # transactions published so far
             duration = len(messages) / config.rate
             burst = None
             if config.overload_s:
                 burst = (duration * 0.5, duration * 0.5 + config.overload_s)
             publisher = threading.Thread(
                 target=publish_all,
-                args=(messages, topo.topic_paths(), config.rate, burst, published),
+                args=(messages, topo.topic_paths(), config.rate, burst, published, sent_tx),
                 daemon=True,
             )
             dead: list[Any] = []
+            predicted: list[Any] = []
             stop = threading.Event()
             drainer = threading.Thread(
                 target=_drain,
@@ -326,10 +334,38 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
                 daemon=True,
             )
             drainer.start()
+            prediction_drainer = threading.Thread(
+                target=_drain,
+                args=(
+                    f"projects/{topo.project}/subscriptions/{topo.predictions_subscription}",
+                    predicted,
+                    stop,
+                ),
+                daemon=True,
+            )
+            prediction_drainer.start()
             t0 = time.monotonic()
+
+            def sample() -> None:
+                seen: set[str] = set()
+                done = 0
+                while not stop.wait(2.0):
+                    new = predicted[done:]
+                    done += len(new)
+                    seen.update(m.attributes.get("transaction_id", "") for m in new)
+                    rss = _rss_mb(job.proc.pid) if job.proc else 0.0
+                    chaos.max_rss_mb = max(chaos.max_rss_mb, rss)
+                    chaos.timeline.append(
+                        (round(time.monotonic() - t0, 1), sent_tx[0], len(seen), round(rss, 1))
+                    )
+
+            threading.Thread(target=sample, daemon=True).start()
             publisher.start()
             # The schedule: kills at random moments, outages between them.
-            kill_at = sorted(rng.uniform(0.1, 0.85) * duration for _ in range(config.kills))
+            # (Not in the first 20 s: the job needs ~10 s to start; a kill then proves little.)
+            kill_at = sorted(
+                max(20.0, rng.uniform(0.1, 0.85) * duration) + 3 * k for k in range(config.kills)
+            )
             outage_at = [
                 (name, (k + 1) / (len(config.outages) + 1) * duration + rng.uniform(-5, 5))
                 for k, name in enumerate(config.outages)
@@ -356,8 +392,11 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
                     print(
                         f"[chaos] t={start:.1f}s {name} stopped for {config.outage_s}s", flush=True
                     )
-                    with stack.outage(name, config.outage_s):
-                        pass
+                    with stack.outage(name):
+                        end = time.monotonic() + config.outage_s
+                        while time.monotonic() < end:
+                            job.check()  # the job must not die while its dependency is down
+                            time.sleep(0.5)
                     chaos.outages.append((name, round(start, 1), config.outage_s))
                     job.check()
             # Wait until every valid transaction has its prediction and every rejection is out.
@@ -377,6 +416,7 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
             stored = _datastore_predictions(topo.project)
             stop.set()
             drainer.join(timeout=10)
+            prediction_drainer.join(timeout=10)
             elapsed = time.monotonic() - t0
             store = FeatureStore(
                 StoreConfig(topo.project, topo.bigtable_instance, topo.bigtable_table)
@@ -446,6 +486,13 @@ def _report(
         "dead_lettered": len(dl_set & set(rejects)),
         "dead_letter_messages": len(dl_ids),
         "valid_dead_lettered": len(dl_set & valid_ids),
+        "valid_dead_lettered_details": sorted(
+            {
+                (m.attributes.get("reason", ""), m.attributes.get("detail", ""))
+                for m in dead
+                if m.attributes.get("original_message_id") in valid_ids
+            }
+        )[:5],
         "kills": len(chaos.kills),
         "outages": len(chaos.outages),
         "feature_mismatches": mismatches,
@@ -453,6 +500,8 @@ def _report(
         "kill_times_s": chaos.kills,
         "outage_windows": chaos.outages,
         "max_rss_mb": round(chaos.max_rss_mb, 1),
+        "backlog_peak": max((sent - done for _, sent, done, _ in chaos.timeline), default=0),
+        "timeline": chaos.timeline,
         "elapsed_s": round(elapsed, 1),
         "rate": config.rate,
     }

@@ -417,15 +417,29 @@ def run(
     emulators: Annotated[
         bool, typer.Option(help="Point the clients at the local emulators from 'rillet local up'.")
     ] = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="DirectRunner: recover what a killed job had in flight (seek the subscriptions "
+            "back to its checkpoint). --no-resume starts from the subscriptions as they are."
+        ),
+    ] = True,
 ) -> None:
     """Run the streaming pipeline. Extra arguments are Beam pipeline options, e.g.
     --runner=DirectRunner --project=rillet-local --model_dir=artifacts/models (see
-    pipelines/options.py for the rillet options)."""
+    pipelines/options.py for the rillet options). On the DirectRunner the job keeps a recovery
+    checkpoint in <state-dir>/recovery/ unless --recovery_checkpoint says otherwise."""
     from pipelines.pipeline import run as run_pipeline
 
     argv = list(ctx.args)
     if not any(a.startswith("--project") for a in argv) and emulators:
         argv.append("--project=rillet-local")
+    if not any(a.startswith("--recovery_checkpoint") for a in argv):
+        argv.append(f"--recovery_checkpoint={state_dir / 'recovery' / 'checkpoint.json'}")
+    if not resume:
+        for a in argv:
+            if a.startswith("--recovery_checkpoint="):
+                Path(a.split("=", 1)[1]).unlink(missing_ok=True)
     if emulators and (state_dir / "local.json").exists():
         os.environ.update(_stack(state_dir).env())
     run_pipeline(argv)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import logging
 import struct
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,7 +42,12 @@ from typing import Any
 import numpy as np
 
 from pipelines.features import CUSTOMER, TERMINAL, Entity
-from pipelines.retry import with_backoff
+from pipelines.retry import (
+    bigtable_mutate_options,
+    bigtable_read_options,
+    raise_for_statuses,
+    with_backoff,
+)
 from pipelines.shared import process_shared
 
 __all__ = [
@@ -165,11 +169,17 @@ def content_digest(*fields: Any) -> str:
 
 
 def transaction_record(
-    message_id: str, time_us: int, customer_id: str, terminal_id: str, amount: float
+    message_id: str,
+    time_us: int,
+    customer_id: str,
+    terminal_id: str,
+    amount: float,
+    publish_time_us: int = 0,
 ) -> dict[str, Any]:
     """The id-index record of a transaction (family ``tx``)."""
     return {
         "m": message_id,
+        "p": int(publish_time_us),
         "d": content_digest(int(time_us), str(customer_id), str(terminal_id), float(amount)),
         "t": int(time_us),
         "c": str(customer_id),
@@ -243,7 +253,10 @@ class FeatureStore:
         )
         prefix = len(entity.name) + 1
         rows = with_backoff(
-            lambda: list(self.table.read_rows(row_set=row_set, filter_=filt)), "Bigtable read"
+            lambda: list(
+                self.table.read_rows(row_set=row_set, filter_=filt, **bigtable_read_options())
+            ),
+            "Bigtable read",
         )
         for row in rows:
             entity_id = row.row_key.decode()[prefix:]
@@ -277,7 +290,13 @@ class FeatureStore:
         )
         out: dict[str, dict[str, float]] = {}
         prefix = len(entity.name) + 1
-        for row in self.table.read_rows(row_set=row_set, filter_=filt):
+        rows = with_backoff(
+            lambda: list(
+                self.table.read_rows(row_set=row_set, filter_=filt, **bigtable_read_options())
+            ),
+            "Bigtable read features",
+        )
+        for row in rows:
             cols = row.cells.get(FAMILY_FEATURES, {})
             out[row.row_key.decode()[prefix:]] = {
                 q.decode(): _FLOAT.unpack(c[0].value)[0] for q, c in cols.items()
@@ -299,7 +318,10 @@ class FeatureStore:
             row_set.add_row_key(_id_row_key(tx_id))
         filt = row_filters.CellsColumnLimitFilter(1)
         rows = with_backoff(
-            lambda: list(self.table.read_rows(row_set=row_set, filter_=filt)), "Bigtable read ids"
+            lambda: list(
+                self.table.read_rows(row_set=row_set, filter_=filt, **bigtable_read_options())
+            ),
+            "Bigtable read ids",
         )
         out: dict[str, IdRecord] = {}
         prefix = len(ID_ROW_PREFIX)
@@ -442,13 +464,12 @@ class FeatureStore:
         return list(rows.values()) + self.id_rows(ids)
 
     def write(self, rows: Sequence[Any], chunk: int = 1000) -> None:
-        """Applies row mutations (idempotent), retrying transient failures with backoff."""
+        """Applies row mutations (idempotent), retrying failed rows with backoff (a time budget,
+        pipelines.retry): a store outage stalls the caller, it does not lose rows."""
         for start in range(0, len(rows), chunk):
-            part = list(rows[start : start + chunk])
-            while part:
-                statuses = with_backoff(partial(self.table.mutate_rows, part), "Bigtable write")
-                failed = [r for r, s in zip(part, statuses, strict=True) if s.code != 0]
-                if failed:
-                    _LOGGER.warning("retrying %d failed Bigtable row mutations", len(failed))
-                    time.sleep(0.2)
-                part = failed
+            with_backoff(partial(self._mutate, list(rows[start : start + chunk])), "Bigtable write")
+
+    def _mutate(self, pending: list[Any]) -> None:
+        statuses = self.table.mutate_rows(pending, **bigtable_mutate_options())
+        pending[:] = [r for r, st in zip(pending, statuses, strict=True) if st.code != 0]
+        raise_for_statuses(statuses, "Bigtable write")

@@ -249,24 +249,31 @@ class LocalStack:
         return result
 
     def down(self) -> dict[str, str]:
-        """Stops only the emulators this state started."""
+        """Stops only the emulators this state started (a paused one is resumed first), and
+        waits for their child processes too (the Datastore emulator's JVM under its script)."""
         state = self._load()
         result = {}
         for name, pid in state.pids.items():
             if _alive(pid):
-                # A stopped process leaves SIGTERM pending until it is continued.
+                tree = [pid]
                 if _ours(pid):
+                    tree += _descendants(pid)
+                    # A stopped process leaves SIGTERM pending until it is continued.
                     _signal_tree(pid, signal.SIGCONT)
                 with suppress(ProcessLookupError):
                     os.killpg(pid, signal.SIGTERM)
                 for _ in range(50):
-                    if not _alive(pid):
+                    _reap(pid)
+                    if all(_gone(p) for p in tree):
                         break
                     time.sleep(0.1)
-                    _reap(pid)
-                if _alive(pid):
+                if not all(_gone(p) for p in tree):
                     with suppress(ProcessLookupError):
                         os.killpg(pid, signal.SIGKILL)
+                    for child in tree[1:]:
+                        if not _gone(child):
+                            with suppress(ProcessLookupError):
+                                os.kill(child, signal.SIGKILL)
                 _reap(pid)
                 result[name] = "stopped"
             else:
@@ -292,15 +299,18 @@ class LocalStack:
 
     def pause(self, name: str) -> list[int]:
         """Freezes the emulator ``name`` (SIGSTOP to its process group and every descendant):
-        it keeps its data but answers nothing. Idempotent; returns the pids signalled. Only an
-        emulator this stack started can be paused (StackError otherwise)."""
+        it keeps its data but answers nothing. Returns once they are stopped, with the pids
+        signalled. Idempotent. Only an emulator this stack started can be paused (StackError
+        otherwise)."""
         pids = _signal_tree(self._own_pid(name), signal.SIGSTOP)
+        _wait_until(pids, stopped=True)
         _LOGGER.warning("paused the %s emulator (pids %s)", name, pids)
         return pids
 
     def resume(self, name: str) -> list[int]:
         """Continues a paused emulator (SIGCONT to its group and descendants). Idempotent."""
         pids = _signal_tree(self._own_pid(name), signal.SIGCONT)
+        _wait_until(pids, stopped=False)
         _LOGGER.warning("resumed the %s emulator (pids %s)", name, pids)
         return pids
 
@@ -357,6 +367,14 @@ def _proc_stat(pid: int) -> list[str] | None:
     return raw[raw.rfind(")") + 2 :].split()
 
 
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its parent counts as exited)."""
+    if not _alive(pid):
+        return True
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] in ("Z", "X")
+
+
 def _stopped(pid: int) -> bool:
     fields = _proc_stat(pid)
     return fields is not None and fields[0] in ("T", "t")
@@ -406,6 +424,17 @@ def _signal_tree(pid: int, sig: int) -> list[int]:
     return signalled
 
 
+def _wait_until(pids: list[int], stopped: bool, timeout_s: float = 2.0) -> None:
+    """Waits (briefly) until the signal took effect: delivery is asynchronous."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if all(_stopped(pid) == stopped for pid in pids if _alive(pid)):
+            return
+        time.sleep(0.01)
+    state = "stopped" if stopped else "running"
+    _LOGGER.warning("pids %s are not all %s after %.0fs", pids, state, timeout_s)
+
+
 def _reap(pid: int) -> None:
     with suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
@@ -442,9 +471,12 @@ def create_resources(topology: Topology = Topology(), retain_acked: bool = False
     ):
         with suppress(exceptions.AlreadyExists):
             publisher.create_topic(name=publisher.topic_path(topology.project, topic))
+    inputs = {topology.transactions_subscription, topology.labels_subscription}
     for sub, topic in topology.subscriptions().items():
         with suppress(exceptions.AlreadyExists):
-            create_subscription(topology.project, sub, topic, retain_acked)
+            # The job's input subscriptions always retain acknowledged messages: crash recovery
+            # seeks them back (pipelines.recovery).
+            create_subscription(topology.project, sub, topic, retain_acked or sub in inputs)
     create_table(StoreConfig(topology.project, topology.bigtable_instance, topology.bigtable_table))
 
 

@@ -49,9 +49,13 @@ MIN_EVENT_TIME_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z
 MAX_FUTURE_US = 24 * 3600 * 1_000_000
 MAX_AMOUNT = 1e9
 
-_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# \A...\Z, not ^...$ ("$" also matches before a trailing newline); ASCII digits only (\d would
+# match any Unicode digit, and int() accepts those); offsets limited to RFC 3339's 00-23:00-59.
+_ID_RE = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
 _RFC3339_RE = re.compile(
-    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$"
+    r"\A\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?"
+    r"([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z",
+    re.ASCII,
 )
 
 _TRANSACTION_FIELDS = (
@@ -183,7 +187,7 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise InvalidEvent("duplicate_field", key)
+            raise InvalidEvent("duplicate_field", repr(key)[:200])
         obj[key] = value
     return obj
 
@@ -207,7 +211,7 @@ def _load_object(data: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
         raise InvalidEvent("not_object", type(obj).__name__)
     unknown = sorted(set(obj) - set(fields))
     if unknown:
-        raise InvalidEvent("unknown_field", ",".join(unknown)[:200])
+        raise InvalidEvent("unknown_field", ",".join(map(repr, unknown))[:200])
     missing = [f for f in fields if f not in obj]
     if missing:
         raise InvalidEvent("missing_field", ",".join(missing))
@@ -243,6 +247,11 @@ def parse_transaction(
     if type(amount) not in (int, float):
         raise InvalidEvent(
             "invalid_amount", f"amount must be a number, got {type(amount).__name__}"
+        )
+    if type(amount) is int and not 0 <= amount <= MAX_AMOUNT:
+        # Checked before float(), which raises OverflowError beyond ~1.8e308.
+        raise InvalidEvent(
+            "invalid_amount", f"integer outside [0, {MAX_AMOUNT:.0f}] ({amount.bit_length()} bits)"
         )
     amount = float(amount)
     if not math.isfinite(amount) or amount < 0 or amount > MAX_AMOUNT:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pipelines.feature_store import (
     FAMILY_LABEL,
@@ -49,6 +50,8 @@ class WindowCache:
     def __init__(self, store: FeatureStore) -> None:
         self.store = store
         self.owner: tuple[str, int] | None = None
+        # The feature stage's labels waiting for their transaction (see ComputeFeatures).
+        self.waiting_labels: dict[str, Any] = {}
         self._entities: dict[tuple[str, str], _Events] = {}
         self._newest_us = 0
         self._evicted_at_us = 0
@@ -57,6 +60,7 @@ class WindowCache:
 
     def clear(self) -> None:
         self._entities.clear()
+        self.waiting_labels.clear()
         self._newest_us = 0
 
     def __len__(self) -> int:

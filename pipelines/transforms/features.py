@@ -23,6 +23,7 @@ store concurrently). Per batch it:
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -65,6 +66,8 @@ from pipelines.schema import Label, Transaction
 from pipelines.shared import process_shared
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE, DeadLetter
 from pipelines.window_cache import WindowCache
+
+_LOGGER = logging.getLogger(__name__)
 
 __all__ = ["ComputeFeatures", "ComputedFeatures", "FeatureBatch", "features_for_batch"]
 
@@ -201,8 +204,6 @@ class _SequencedDoFn(beam.DoFn):
         self._max = max_batch_size
         self._sources = sources
         self._label_wait_s = label_wait_s
-        # Labels waiting for their transaction: tx id -> (label, wall-clock deadline).
-        self._pending: dict[str, tuple[Label, float]] = {}
         self._cache: WindowCache | None = None
         self._run_token = uuid.uuid4().hex  # fixed when the pipeline is built
         self._generation: int | None = None
@@ -220,6 +221,12 @@ class _SequencedDoFn(beam.DoFn):
         self._cache = process_shared(
             ("window_cache", self._config), lambda: WindowCache(shared_store(self._config))
         )
+
+    def _waiting(self) -> dict[str, tuple[Label, float]]:
+        # Labels waiting for their transaction (tx id -> (label, wall-clock deadline)), kept with
+        # the cache: the runner may process bundles and timers on different DoFn instances.
+        assert self._cache is not None, "setup() not called"
+        return self._cache.waiting_labels
 
     def _store(self) -> FeatureStore:
         # A method, not a property: Beam reads every attribute of a DoFn when it validates it.
@@ -241,8 +248,8 @@ class _SequencedDoFn(beam.DoFn):
         if self._generation is None:
             current = generation.read() or 0
             if self._cache.owner != (self._run_token, current):
-                self._cache.clear()
-                self._pending.clear()  # still in the id index; their messages are redelivered
+                self._cache.clear()  # waiting labels too: they are in the id index, and their
+                # messages are redelivered
             self._generation = current + 1
             generation.write(self._generation)
             label_timer.set(Timestamp.now() + self._label_wait_s + 1)
@@ -273,6 +280,10 @@ class _SequencedDoFn(beam.DoFn):
         outputs: list[Any] = []
         receipts: list[Receipt] = []
         self._expire(time.time(), outputs, receipts)
+        if outputs:
+            _LOGGER.info(
+                "dead-lettered %d labels still waiting for their transaction", len(outputs)
+            )
         yield from self._emit(outputs, receipts)
 
     # -- one batch -----------------------------------------------------------------------------
@@ -307,12 +318,15 @@ class _SequencedDoFn(beam.DoFn):
                 continue
             if _same_message(first, event):
                 self._duplicates.inc()  # the same message twice: once is enough
-            else:
-                outputs.append(_duplicate(event, first.message_id, _same_event(first, event)))
+                continue
+            if _published_first(event, first, _same_event(first, event)):
+                seen[event.transaction_id], event, first = event, first, event
+            outputs.append(_duplicate(event, first.message_id, _same_event(first, event)))
         store = self._store()
         index = store.read_ids([*txs, *labels])
         score: list[Transaction] = []
         new_txs: dict[str, Transaction] = {}
+        swaps: list[tuple[str, str, dict[str, Any], int]] = []
         for tx in txs.values():
             known = index.get(tx.transaction_id, IdRecord()).tx
             if known is None:
@@ -321,8 +335,24 @@ class _SequencedDoFn(beam.DoFn):
             elif _seen_before(known, tx.message_id, _tx_digest(tx)):
                 self._redeliveries.inc()
                 score.append(tx)  # scored again from the same state: the same features
+            elif known["d"] == _tx_digest(tx) and 0 < tx.publish_time_us < known.get("p", 0):
+                # An exact copy reached the stage first (the runner reorders bundles, e.g. after
+                # a restart): this message, published earlier, is the original. The state is
+                # the same; the index now names it, and the copy is the one dead-lettered.
+                swaps.append(
+                    (
+                        tx.transaction_id,
+                        FAMILY_TX,
+                        {**known, "m": tx.message_id, "p": tx.publish_time_us},
+                        tx.event_time_us,
+                    )
+                )
+                copy = dataclasses.replace(tx, message_id=known["m"], publish_time_us=known["p"])
+                outputs.append(_duplicate(copy, tx.message_id, True))
             else:
                 outputs.append(_duplicate(tx, known["m"], known["d"] == _tx_digest(tx)))
+        if swaps:
+            store.write(store.id_rows(swaps))
         ready = self._classify_labels(labels, index, new_txs, outputs, receipts)
         self._expire(time.time(), outputs, receipts)
         affected: dict[str, Transaction] = {}
@@ -361,6 +391,29 @@ class _SequencedDoFn(beam.DoFn):
                 and seen.get("s") in (DEAD_LETTERED, MISMATCHED)
             ):
                 seen = None  # an earlier, rejected label message: this one is judged afresh
+            if (
+                seen is not None
+                and not this_message
+                and seen["d"] == _label_digest(lb)
+                and 0 < lb.publish_time_us < seen.get("p", 0)
+            ):
+                # As for transactions: an exact copy came first; this message is the original.
+                copy = dataclasses.replace(lb, message_id=seen["m"], publish_time_us=seen["p"])
+                outputs.append(_duplicate(copy, lb.message_id, True))
+                store = self._store()
+                store.write(
+                    store.id_rows(
+                        [
+                            (
+                                lb.transaction_id,
+                                FAMILY_LABEL,
+                                {**seen, "m": lb.message_id, "p": lb.publish_time_us},
+                                lb.event_time_us,
+                            )
+                        ]
+                    )
+                )
+                continue
             if seen is not None and not this_message:
                 outputs.append(_duplicate(lb, seen["m"], seen["d"] == _label_digest(lb)))
                 continue
@@ -388,7 +441,7 @@ class _SequencedDoFn(beam.DoFn):
         # Waiting labels whose transaction arrived in this batch (or, after a restart, labels
         # the id index says are waiting).
         for tx_id, arrived in new_txs.items():
-            entry = self._pending.pop(tx_id, None)
+            entry = self._waiting().pop(tx_id, None)
             stored_label = index.get(tx_id, IdRecord()).label
             waited = entry[0] if entry else None
             if waited is None and stored_label is not None and stored_label.get("s") == PENDING:
@@ -440,14 +493,14 @@ class _SequencedDoFn(beam.DoFn):
         deadline = time.time() + self._label_wait_s
         for lb in labels:
             self._early_labels.inc()
-            self._pending[lb.transaction_id] = (lb, deadline)
+            self._waiting()[lb.transaction_id] = (lb, deadline)
             receipt = self._receipt(lb)
             if receipt is not None and receipt in receipts:
                 receipts.remove(receipt)
 
     def _expire(self, now: float, outputs: list[Any], receipts: list[Receipt]) -> None:
         """Dead-letters the waiting labels whose transaction did not come in time."""
-        expired = [lb for lb, deadline in self._pending.values() if deadline <= now]
+        expired = [lb for lb, deadline in self._waiting().values() if deadline <= now]
         if not expired:
             return
         store = self._store()
@@ -465,7 +518,7 @@ class _SequencedDoFn(beam.DoFn):
             )
         )
         for lb in expired:
-            del self._pending[lb.transaction_id]
+            del self._waiting()[lb.transaction_id]
             outputs.append(_unknown_transaction(lb, self._label_wait_s))
             receipt = self._receipt(lb)
             if receipt is not None:
@@ -554,7 +607,12 @@ class _SequencedDoFn(beam.DoFn):
                 t.transaction_id,
                 FAMILY_TX,
                 transaction_record(
-                    t.message_id, t.event_time_us, t.customer_id, t.terminal_id, t.amount
+                    t.message_id,
+                    t.event_time_us,
+                    t.customer_id,
+                    t.terminal_id,
+                    t.amount,
+                    t.publish_time_us,
                 ),
                 t.event_time_us,
             )
@@ -601,6 +659,12 @@ def _same_message(a: Transaction | Label, b: Transaction | Label) -> bool:
     if a.message_id and b.message_id:
         return a.message_id == b.message_id
     return _same_event(a, b)
+
+
+def _published_first(a: Transaction | Label, b: Transaction | Label, same: bool) -> bool:
+    """Whether ``a``, an exact copy of ``b``, was published before it (then ``a`` is the
+    original, whatever order the runner delivered them in)."""
+    return same and 0 < a.publish_time_us < b.publish_time_us
 
 
 def _tx_digest(tx: Transaction) -> str:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -38,7 +39,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.features import MODEL_INPUTS
 from pipelines.recovery import tracker
-from pipelines.retry import with_backoff
+from pipelines.retry import datastore_call_options, with_backoff
 from pipelines.schema import SCHEMA_VERSION, format_rfc3339
 from pipelines.shared import process_shared
 from pipelines.transforms.inference import PredictionBatch
@@ -205,7 +206,10 @@ class _DatastoreWriteDoFn(beam.DoFn):
     def _put_all(self, entities: list[Any]) -> None:
         for start in range(0, len(entities), DATASTORE_COMMIT_LIMIT):
             chunk = entities[start : start + DATASTORE_COMMIT_LIMIT]
-            with_backoff(partial(self._client.put_multi, chunk), "Datastore commit")
+            with_backoff(
+                partial(self._client.put_multi, chunk, **datastore_call_options()),
+                "Datastore commit",
+            )
 
     @property
     def _correction_kind(self) -> str:
@@ -219,7 +223,10 @@ class _DatastoreWriteDoFn(beam.DoFn):
         found = []
         for start in range(0, len(keys), DATASTORE_COMMIT_LIMIT):
             part = keys[start : start + DATASTORE_COMMIT_LIMIT]
-            found += with_backoff(partial(self._client.get_multi, part), "Datastore lookup")
+            found += with_backoff(
+                partial(self._client.get_multi, part, **datastore_call_options()),
+                "Datastore lookup",
+            )
         revision = {e.key.name: e["revision"] for e in originals}
         newer = [
             self._entity_from(marker)
@@ -245,12 +252,24 @@ class _DatastoreWriteDoFn(beam.DoFn):
             chunk = entities[start : start + DATASTORE_TRANSACTION_LIMIT]
 
             def attempt(chunk: list[Any] = chunk) -> None:
-                with self._client.transaction():
-                    current = self._client.get_multi([e.key for e in chunk])
-                    stored = {e.key.name: e.get("revision", -1) for e in current}
-                    self._client.put_multi(
-                        [e for e in chunk if e["revision"] > stored.get(e.key.name, -1)]
+                # An explicit transaction: `with client.transaction()` cannot bound begin/commit
+                # (60 s each), and a store outage must fail fast into with_backoff.
+                opts = datastore_call_options()
+                txn = self._client.transaction()
+                txn.begin(**opts)
+                try:
+                    current = self._client.get_multi(
+                        [e.key for e in chunk], transaction=txn, **opts
                     )
+                    stored = {e.key.name: e.get("revision", -1) for e in current}
+                    for e in chunk:
+                        if e["revision"] > stored.get(e.key.name, -1):
+                            txn.put(e)
+                except Exception:
+                    with suppress(Exception):
+                        txn.rollback(**opts)
+                    raise
+                txn.commit(**opts)  # a failed commit leaves nothing to roll back
 
             with_backoff(attempt, "Datastore transaction")
 

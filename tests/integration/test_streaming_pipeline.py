@@ -140,5 +140,7 @@ def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None
     assert all(m.attributes["reason"] for m in parsed)
     duplicates = [m for m in dead if m.attributes["stage"] == "features"]
     assert [m.attributes["reason"] for m in duplicates] == ["duplicate_transaction_id"]
-    assert json.loads(duplicates[0].data)["transaction_id"] == str(tiny_frame.TRANSACTION_ID.iloc[0])
+    assert json.loads(duplicates[0].data)["transaction_id"] == str(
+        tiny_frame.TRANSACTION_ID.iloc[0]
+    )
     assert duplicates[0].attributes["original_message_id"]

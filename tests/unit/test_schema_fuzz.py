@@ -47,7 +47,7 @@ from pipelines.schema import (
 
 pytestmark = pytest.mark.timeout(120)
 
-# The closed set of rejection reasons (schema.py raises nothing else; see test_reason_set_is_closed).
+# The closed set of rejection reasons: schema.py raises no others (test_reason_set_is_closed).
 REASONS = frozenset(
     {
         "not_bytes",
@@ -294,9 +294,7 @@ valid_times = st.one_of(
     st.sampled_from([MIN_EVENT_TIME_US, LATEST_US, NOW_US, MIN_EVENT_TIME_US + 1, LATEST_US - 1]),
 )
 
-json_scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)
-)
+json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20))
 json_values = st.recursive(
     json_scalars,
     lambda inner: st.one_of(
@@ -352,9 +350,7 @@ def encodings(draw: st.DrawFn, obj: dict[str, Any]) -> bytes:
     """``obj`` as JSON, in any legal layout (indentation, separators, escaping, padding)."""
     indent = draw(st.sampled_from([None, 0, 2, "\t"]))
     separators = draw(st.sampled_from([(",", ":"), (", ", ": "), (" , ", " : ")]))
-    text = json.dumps(
-        obj, indent=indent, separators=separators, ensure_ascii=draw(st.booleans())
-    )
+    text = json.dumps(obj, indent=indent, separators=separators, ensure_ascii=draw(st.booleans()))
     pad = st.text(" \t\r\n", max_size=3)
     return (draw(pad) + text + draw(pad)).encode()
 
@@ -529,7 +525,9 @@ def test_byte_level_mutations_of_valid_events(kind: str, data: st.DataObject) ->
             payload[pos] ^= 1 << data.draw(st.integers(0, 7))
         elif op == "insert":
             payload[pos:pos] = data.draw(
-                st.one_of(st.binary(min_size=1, max_size=4), st.sampled_from(TOKENS).map(str.encode))
+                st.one_of(
+                    st.binary(min_size=1, max_size=4), st.sampled_from(TOKENS).map(str.encode)
+                )
             )
         elif op == "delete":
             del payload[pos : pos + data.draw(st.integers(1, 4))]

@@ -1,0 +1,95 @@
+"""pipelines.recovery: what is in flight, when it is finished, and the checkpoint it gives."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pipelines.recovery import (
+    CheckpointWriter,
+    Tracker,
+    read_checkpoint,
+    write_checkpoint,
+)
+
+TX, LB = "projects/p/subscriptions/transactions-rillet", "projects/p/subscriptions/labels-rillet"
+
+
+@pytest.fixture
+def tracker() -> Tracker:
+    t = Tracker()
+    t.enable()
+    return t
+
+
+def test_disabled_tracker_records_nothing() -> None:
+    t = Tracker()
+    t.pulled(TX, [("1", 100)])
+    assert t.in_flight() == 0 and t.hold([(TX, "1")], 2) == 0 and t.resume_points() == {}
+
+
+def test_resume_point_is_the_oldest_unfinished_message(tracker: Tracker) -> None:
+    tracker.pulled(TX, [("1", 100), ("2", 200), ("3", 300)])
+    tracker.pulled(LB, [("9", 150)])
+    tracker.finish([(TX, "1")])
+    assert tracker.resume_points() == {TX: 200, LB: 150}
+    tracker.finish([(TX, "2"), (TX, "3"), (LB, "9")])
+    # Nothing in flight: resume from the newest message pulled (redelivery is idempotent).
+    assert tracker.resume_points() == {TX: 300, LB: 150}
+    assert tracker.in_flight() == 0 and tracker.finished_count == 4
+
+
+def test_a_group_finishes_when_all_its_outputs_are_released(tracker: Tracker) -> None:
+    tracker.pulled(TX, [("1", 100), ("2", 200)])
+    token = tracker.hold([(TX, "1"), (TX, "2")], outputs=2)
+    assert token
+    tracker.release(token)
+    assert tracker.in_flight() == 2  # one output still on its way: not finished
+    tracker.release(token)
+    assert tracker.in_flight() == 0
+    tracker.release(token)  # a second release of a finished group is harmless
+    assert tracker.finished_count == 2
+
+
+def test_a_group_without_outputs_finishes_at_once(tracker: Tracker) -> None:
+    tracker.pulled(TX, [("1", 100)])
+    assert tracker.hold([(TX, "1")], outputs=0) == 0
+    assert tracker.in_flight() == 0
+
+
+def test_admit_applies_backpressure() -> None:
+    t = Tracker()
+    t.enable(max_in_flight=3)
+    assert t.admit() == 3
+    t.pulled(TX, [("1", 1), ("2", 2), ("3", 3)])
+    assert t.admit() == 0
+    t.finish([(TX, "2")])
+    assert t.admit() == 1
+
+
+def test_checkpoint_round_trip_and_atomic_replace(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "checkpoint.json"
+    assert read_checkpoint(path) == {}
+    write_checkpoint(path, {TX: 123})
+    write_checkpoint(path, {TX: 456, LB: 7})
+    assert read_checkpoint(path) == {TX: 456, LB: 7}
+    assert not list(path.parent.glob("*.tmp"))
+    assert "written_at_us" in json.loads(path.read_text())
+
+
+def test_writer_keeps_points_of_subscriptions_not_pulled_yet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pipelines.recovery as recovery
+
+    fresh = Tracker()
+    fresh.enable()
+    monkeypatch.setattr(recovery, "_TRACKER", fresh)
+    path = tmp_path / "checkpoint.json"
+    write_checkpoint(path, {TX: 100, LB: 50})  # left by the killed job
+    writer = CheckpointWriter(path)
+    fresh.pulled(TX, [("7", 120)])
+    writer.write_once()
+    assert read_checkpoint(path) == {TX: 120, LB: 50}
