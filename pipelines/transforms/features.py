@@ -381,16 +381,57 @@ class _SequencedDoFn(beam.DoFn):
         ready: list[Label] = []
         waiting: list[Label] = []
         rejected: list[Label] = []
+        resolved: set[str] = set()
         for lb in labels.values():
             record = index.get(lb.transaction_id, IdRecord())
             seen = record.label
             this_message = seen is not None and _seen_before(seen, lb.message_id, _label_digest(lb))
+            known_tx = record.tx or (
+                _record_of(new_txs[lb.transaction_id]) if lb.transaction_id in new_txs else None
+            )
+            if seen is not None and seen.get("s") == PENDING and known_tx is not None:
+                # A label was waiting for this transaction, which is known now: settle it first,
+                # so this message is judged against the label that really came first.
+                entry = self._waiting().pop(lb.transaction_id, None)
+                resolved.add(lb.transaction_id)
+                if not this_message:
+                    waited = entry[0] if entry else _label_from_record(lb.transaction_id, seen)
+                    receipt = self._receipt(waited)
+                    if receipt is not None:
+                        receipts.append(receipt)
+                    mismatch = _label_mismatch(known_tx, waited)
+                    if mismatch:
+                        outputs.append(_dead_letter(waited, mismatch, "label_mismatch"))
+                        rejected.append(waited)
+                        seen = None
+                    else:
+                        ready.append(waited)
+                        seen = {**seen, "s": RECORDED}
             if (
                 seen is not None
                 and not this_message
                 and seen.get("s") in (DEAD_LETTERED, MISMATCHED)
             ):
                 seen = None  # an earlier, rejected label message: this one is judged afresh
+            if (
+                seen is not None
+                and not this_message
+                and seen["d"] != _label_digest(lb)
+                and 0 < lb.publish_time_us < seen.get("p", 0)
+            ):
+                # A different label reached the stage first but was published after this one:
+                # this one is the original. It replaces the recorded one (a label cell is keyed
+                # by transaction, and recording it redoes the corrections); the other is the
+                # duplicate.
+                copy = _label_from_record(lb.transaction_id, seen)
+                outputs.append(_duplicate(copy, lb.message_id, False))
+                entry = self._waiting().pop(lb.transaction_id, None)
+                if entry is not None:
+                    receipt = self._receipt(entry[0])
+                    if receipt is not None:
+                        receipts.append(receipt)
+                seen = None
+                this_message = False
             if (
                 seen is not None
                 and not this_message
@@ -434,6 +475,8 @@ class _SequencedDoFn(beam.DoFn):
             mismatch = _label_mismatch(tx, lb)
             if mismatch:
                 outputs.append(_dead_letter(lb, mismatch, "label_mismatch"))
+                if seen is not None:  # it waited (a restart forgot): it must not block the id
+                    rejected.append(lb)
                 continue
             if seen is not None:
                 self._redeliveries.inc()  # recorded again: its corrections are redone
@@ -441,13 +484,16 @@ class _SequencedDoFn(beam.DoFn):
         # Waiting labels whose transaction arrived in this batch (or, after a restart, labels
         # the id index says are waiting).
         for tx_id, arrived in new_txs.items():
+            if tx_id in labels or tx_id in resolved:
+                continue  # settled in the loop above
             entry = self._waiting().pop(tx_id, None)
             stored_label = index.get(tx_id, IdRecord()).label
-            waited = entry[0] if entry else None
-            if waited is None and stored_label is not None and stored_label.get("s") == PENDING:
-                waited = _label_from_record(tx_id, stored_label)
-            if waited is None or tx_id in labels:
+            pending: Label | None = entry[0] if entry else None
+            if pending is None and stored_label is not None and stored_label.get("s") == PENDING:
+                pending = _label_from_record(tx_id, stored_label)
+            if pending is None:
                 continue
+            waited = pending
             arrived_record = transaction_record(
                 "", arrived.event_time_us, arrived.customer_id, arrived.terminal_id, arrived.amount
             )
@@ -708,6 +754,12 @@ def _label_from_record(tx_id: str, record: dict[str, Any]) -> Label:
         int(record["f"]),
         int(record.get("p", 0)),
         str(record.get("m", "")),
+    )
+
+
+def _record_of(tx: Transaction) -> dict[str, Any]:
+    return transaction_record(
+        tx.message_id, tx.event_time_us, tx.customer_id, tx.terminal_id, tx.amount
     )
 
 
