@@ -79,8 +79,6 @@ class Chaos:
 
     kills: list[float] = field(default_factory=list)
     outages: list[tuple[str, float, float]] = field(default_factory=list)
-    restarts_s: list[float] = field(default_factory=list)
-    max_rss_mb: float = 0.0
     # (seconds, transactions published, transactions predicted, job RSS MB), every ~2 s
     timeline: list[tuple[float, int, int, float]] = field(default_factory=list)
 
@@ -233,31 +231,6 @@ def publish_all(
         done.set()
 
 
-def _drain(subscription: str, into: list[Any], stop: threading.Event) -> None:
-    import warnings
-
-    from google.cloud import pubsub_v1
-
-    subscriber = pubsub_v1.SubscriberClient()
-    try:
-        while not stop.is_set():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                response = subscriber.pull(
-                    subscription=subscription, max_messages=1000, return_immediately=True
-                )
-            if not response.received_messages:
-                time.sleep(0.2)
-                continue
-            into.extend(m.message for m in response.received_messages)
-            subscriber.acknowledge(
-                subscription=subscription,
-                ack_ids=[m.ack_id for m in response.received_messages],
-            )
-    finally:
-        subscriber.close()
-
-
 def _datastore_predictions(project: str) -> dict[str, Any]:
     from google.cloud import datastore
 
@@ -267,6 +240,7 @@ def _datastore_predictions(project: str) -> dict[str, Any]:
 
 def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     from models.train import TrainConfig, export_model, train_model
+    from pipelines.demo import Monitor
     from pipelines.feature_store import FeatureStore, StoreConfig
     from pipelines.features import MODEL_INPUTS
     from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
@@ -321,29 +295,17 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
                 args=(messages, topo.topic_paths(), config.rate, burst, published, sent_tx),
                 daemon=True,
             )
-            dead: list[Any] = []
-            predicted: list[Any] = []
+            subscription = f"projects/{topo.project}/subscriptions/"
+            dead_monitor = Monitor(subscription + topo.dead_letter_subscription)
+            prediction_monitor = Monitor(subscription + topo.predictions_subscription)
+            monitors = [
+                threading.Thread(target=m.run, daemon=True)
+                for m in (dead_monitor, prediction_monitor)
+            ]
+            for thread in monitors:
+                thread.start()
+            dead, predicted = dead_monitor.raw, prediction_monitor.raw
             stop = threading.Event()
-            drainer = threading.Thread(
-                target=_drain,
-                args=(
-                    f"projects/{topo.project}/subscriptions/{topo.dead_letter_subscription}",
-                    dead,
-                    stop,
-                ),
-                daemon=True,
-            )
-            drainer.start()
-            prediction_drainer = threading.Thread(
-                target=_drain,
-                args=(
-                    f"projects/{topo.project}/subscriptions/{topo.predictions_subscription}",
-                    predicted,
-                    stop,
-                ),
-                daemon=True,
-            )
-            prediction_drainer.start()
             t0 = time.monotonic()
 
             def sample() -> None:
@@ -354,7 +316,6 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
                     done += len(new)
                     seen.update(m.attributes.get("transaction_id", "") for m in new)
                     rss = _rss_mb(job.proc.pid) if job.proc else 0.0
-                    chaos.max_rss_mb = max(chaos.max_rss_mb, rss)
                     chaos.timeline.append(
                         (round(time.monotonic() - t0, 1), sent_tx[0], len(seen), round(rss, 1))
                     )
@@ -375,7 +336,6 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
             )
             for at, what, name in plan:
                 while time.monotonic() - t0 < at:
-                    chaos.max_rss_mb = max(chaos.max_rss_mb, _rss_mb(job.proc.pid))  # type: ignore[union-attr]
                     job.check()
                     time.sleep(0.5)
                 if what == "kill":
@@ -405,7 +365,6 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
             stored: dict[str, Any] = {}
             while time.monotonic() < deadline:
                 job.check()
-                chaos.max_rss_mb = max(chaos.max_rss_mb, _rss_mb(job.proc.pid))  # type: ignore[union-attr]
                 if published.is_set():
                     stored = _datastore_predictions(topo.project)
                     rejected = {m.attributes.get("original_message_id") for m in dead}
@@ -415,8 +374,9 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
             time.sleep(5)  # let late corrections land
             stored = _datastore_predictions(topo.project)
             stop.set()
-            drainer.join(timeout=10)
-            prediction_drainer.join(timeout=10)
+            for monitor, thread in zip((dead_monitor, prediction_monitor), monitors, strict=True):
+                monitor.stop.set()
+                thread.join(timeout=10)
             elapsed = time.monotonic() - t0
             store = FeatureStore(
                 StoreConfig(topo.project, topo.bigtable_instance, topo.bigtable_table)
@@ -499,7 +459,7 @@ def _report(
         "dead_letter_reasons": dict(sorted(reasons.items())),
         "kill_times_s": chaos.kills,
         "outage_windows": chaos.outages,
-        "max_rss_mb": round(chaos.max_rss_mb, 1),
+        "max_rss_mb": max((rss for *_, rss in chaos.timeline), default=0.0),
         "backlog_peak": max((sent - done for _, sent, done, _ in chaos.timeline), default=0),
         "timeline": chaos.timeline,
         "elapsed_s": round(elapsed, 1),

@@ -69,7 +69,7 @@ class Monitor:
                     self.raw.append(m.message)
                     try:
                         self.received.append(json.loads(m.message.data))
-                    except ValueError:
+                    except (ValueError, RecursionError):  # dead letters hold any bytes
                         self.received.append({"_raw": m.message.data})
                 subscriber.acknowledge(
                     subscription=self.subscription,

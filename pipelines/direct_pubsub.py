@@ -20,15 +20,11 @@ import warnings
 from typing import Any
 
 from pipelines.recovery import tracker
+from pipelines.transforms.parse import publish_time_us
 
 __all__ = ["tune_direct_runner_pubsub"]
 
 _STATE: dict[str, Any] = {}
-
-
-def _micros(publish_time: Any) -> int:
-    # The same conversion as the parse step's (pipelines.transforms.parse._publish_time_us).
-    return int(publish_time.timestamp() * 1_000_000) if publish_time else 0
 
 
 class _ImmediatePullClient:
@@ -60,7 +56,7 @@ class _ImmediatePullClient:
             tracker().pulled(
                 subscription,
                 (
-                    (rm.message.message_id, _micros(rm.message.publish_time))
+                    (rm.message.message_id, publish_time_us(rm.message))
                     for rm in response.received_messages
                 ),
             )

@@ -31,6 +31,8 @@ backfill over a range the stream already saw) changes nothing: the store is idem
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import struct
 from collections.abc import Sequence
@@ -163,8 +165,6 @@ class IdRecord:
 def content_digest(*fields: Any) -> str:
     """A short digest of an event's content (plain str/int/float fields), stored in the id index
     so a second message with the same id can be told apart from a redelivery without ids."""
-    import hashlib
-
     return hashlib.sha1(repr(fields).encode()).hexdigest()[:16]
 
 
@@ -305,8 +305,6 @@ class FeatureStore:
 
     def read_ids(self, transaction_ids: Sequence[str]) -> dict[str, IdRecord]:
         """The id index entries of these transaction ids, in one ReadRows call."""
-        import json
-
         from google.cloud.bigtable import row_filters
         from google.cloud.bigtable.row_set import RowSet
 
@@ -335,8 +333,6 @@ class FeatureStore:
 
     def id_rows(self, entries: Sequence[tuple[str, str, dict[str, Any], int]]) -> list[Any]:
         """Row mutations for the id index: (transaction_id, family, record, event time µs)."""
-        import json
-
         rows: dict[bytes, Any] = {}
         for tx_id, family, record, time_us in entries:
             key = _id_row_key(tx_id)

@@ -106,7 +106,7 @@ class Tracker:
             return
         with self._lock:
             for receipt in receipts:
-                if self._pending.pop(tuple(receipt), None) is not None:  # type: ignore[arg-type]
+                if self._pending.pop(receipt, None) is not None:
                     self.finished_count += 1
 
     def hold(self, receipts: Sequence[Receipt], outputs: int) -> int:

@@ -293,6 +293,11 @@ class _SequencedDoFn(beam.DoFn):
             return None
         return (self._sources[0 if isinstance(event, Transaction) else 1], event.message_id)
 
+    def _add_receipt(self, receipts: list[Receipt], event: Transaction | Label) -> None:
+        receipt = self._receipt(event)
+        if receipt is not None:
+            receipts.append(receipt)
+
     def _emit(self, outputs: list[Any], receipts: list[Receipt]) -> Iterator[Any]:
         """Yields the outputs of one flush, each carrying the token that finishes ``receipts``
         once every one of them has reached its sink (pipelines.recovery)."""
@@ -332,10 +337,12 @@ class _SequencedDoFn(beam.DoFn):
             if known is None:
                 new_txs[tx.transaction_id] = tx
                 score.append(tx)
-            elif _seen_before(known, tx.message_id, _tx_digest(tx)):
+                continue
+            digest = _tx_digest(tx)
+            if _seen_before(known, tx.message_id, digest):
                 self._redeliveries.inc()
                 score.append(tx)  # scored again from the same state: the same features
-            elif known["d"] == _tx_digest(tx) and 0 < tx.publish_time_us < known.get("p", 0):
+            elif known["d"] == digest and 0 < tx.publish_time_us < known.get("p", 0):
                 # An exact copy reached the stage first (the runner reorders bundles, e.g. after
                 # a restart): this message, published earlier, is the original. The state is
                 # the same; the index now names it, and the copy is the one dead-lettered.
@@ -350,7 +357,7 @@ class _SequencedDoFn(beam.DoFn):
                 copy = dataclasses.replace(tx, message_id=known["m"], publish_time_us=known["p"])
                 outputs.append(_duplicate(copy, tx.message_id, True))
             else:
-                outputs.append(_duplicate(tx, known["m"], known["d"] == _tx_digest(tx)))
+                outputs.append(_duplicate(tx, known["m"], known["d"] == digest))
         if swaps:
             store.write(store.id_rows(swaps))
         ready = self._classify_labels(labels, index, new_txs, outputs, receipts)
@@ -385,7 +392,8 @@ class _SequencedDoFn(beam.DoFn):
         for lb in labels.values():
             record = index.get(lb.transaction_id, IdRecord())
             seen = record.label
-            this_message = seen is not None and _seen_before(seen, lb.message_id, _label_digest(lb))
+            digest = _label_digest(lb)
+            this_message = seen is not None and _seen_before(seen, lb.message_id, digest)
             known_tx = record.tx or (
                 _record_of(new_txs[lb.transaction_id]) if lb.transaction_id in new_txs else None
             )
@@ -396,9 +404,7 @@ class _SequencedDoFn(beam.DoFn):
                 resolved.add(lb.transaction_id)
                 if not this_message:
                     waited = entry[0] if entry else _label_from_record(lb.transaction_id, seen)
-                    receipt = self._receipt(waited)
-                    if receipt is not None:
-                        receipts.append(receipt)
+                    self._add_receipt(receipts, waited)
                     mismatch = _label_mismatch(known_tx, waited)
                     if mismatch:
                         outputs.append(_dead_letter(waited, mismatch, "label_mismatch"))
@@ -416,7 +422,7 @@ class _SequencedDoFn(beam.DoFn):
             if (
                 seen is not None
                 and not this_message
-                and seen["d"] != _label_digest(lb)
+                and seen["d"] != digest
                 and 0 < lb.publish_time_us < seen.get("p", 0)
             ):
                 # A different label reached the stage first but was published after this one:
@@ -427,15 +433,13 @@ class _SequencedDoFn(beam.DoFn):
                 outputs.append(_duplicate(copy, lb.message_id, False))
                 entry = self._waiting().pop(lb.transaction_id, None)
                 if entry is not None:
-                    receipt = self._receipt(entry[0])
-                    if receipt is not None:
-                        receipts.append(receipt)
+                    self._add_receipt(receipts, entry[0])
                 seen = None
                 this_message = False
             if (
                 seen is not None
                 and not this_message
-                and seen["d"] == _label_digest(lb)
+                and seen["d"] == digest
                 and 0 < lb.publish_time_us < seen.get("p", 0)
             ):
                 # As for transactions: an exact copy came first; this message is the original.
@@ -456,23 +460,15 @@ class _SequencedDoFn(beam.DoFn):
                 )
                 continue
             if seen is not None and not this_message:
-                outputs.append(_duplicate(lb, seen["m"], seen["d"] == _label_digest(lb)))
+                outputs.append(_duplicate(lb, seen["m"], seen["d"] == digest))
                 continue
             if seen is not None and seen.get("s") == DEAD_LETTERED:
                 outputs.append(_unknown_transaction(lb, self._label_wait_s))  # redelivered
                 continue
-            new_tx = new_txs.get(lb.transaction_id)
-            tx = record.tx or (
-                transaction_record(
-                    "", new_tx.event_time_us, new_tx.customer_id, new_tx.terminal_id, new_tx.amount
-                )
-                if new_tx
-                else None
-            )
-            if tx is None:
+            if known_tx is None:
                 waiting.append(lb)
                 continue
-            mismatch = _label_mismatch(tx, lb)
+            mismatch = _label_mismatch(known_tx, lb)
             if mismatch:
                 outputs.append(_dead_letter(lb, mismatch, "label_mismatch"))
                 if seen is not None:  # it waited (a restart forgot): it must not block the id
@@ -494,33 +490,16 @@ class _SequencedDoFn(beam.DoFn):
             if pending is None:
                 continue
             waited = pending
-            arrived_record = transaction_record(
-                "", arrived.event_time_us, arrived.customer_id, arrived.terminal_id, arrived.amount
-            )
-            mismatch = _label_mismatch(arrived_record, waited)
+            mismatch = _label_mismatch(_record_of(arrived), waited)
             if mismatch:
                 outputs.append(_dead_letter(waited, mismatch, "label_mismatch"))
                 rejected.append(waited)
             else:
                 ready.append(waited)
-            receipt = self._receipt(waited)
-            if receipt is not None:
-                receipts.append(receipt)
+            self._add_receipt(receipts, waited)
         if rejected:  # waited, then contradicted its transaction: no longer blocks the id
             store = self._store()
-            store.write(
-                store.id_rows(
-                    [
-                        (
-                            lb.transaction_id,
-                            FAMILY_LABEL,
-                            _label_record(lb, MISMATCHED),
-                            lb.event_time_us,
-                        )
-                        for lb in rejected
-                    ]
-                )
-            )
+            store.write(_label_index_rows(store, rejected, MISMATCHED))
         if waiting:
             self._wait(waiting, receipts)
         return ready
@@ -528,14 +507,7 @@ class _SequencedDoFn(beam.DoFn):
     def _wait(self, labels: list[Label], receipts: list[Receipt]) -> None:
         """Records labels as waiting for their transaction (id index, then memory)."""
         store = self._store()
-        store.write(
-            store.id_rows(
-                [
-                    (lb.transaction_id, FAMILY_LABEL, _label_record(lb, PENDING), lb.event_time_us)
-                    for lb in labels
-                ]
-            )
-        )
+        store.write(_label_index_rows(store, labels, PENDING))
         deadline = time.time() + self._label_wait_s
         for lb in labels:
             self._early_labels.inc()
@@ -550,25 +522,11 @@ class _SequencedDoFn(beam.DoFn):
         if not expired:
             return
         store = self._store()
-        store.write(
-            store.id_rows(
-                [
-                    (
-                        lb.transaction_id,
-                        FAMILY_LABEL,
-                        _label_record(lb, DEAD_LETTERED),
-                        lb.event_time_us,
-                    )
-                    for lb in expired
-                ]
-            )
-        )
+        store.write(_label_index_rows(store, expired, DEAD_LETTERED))
         for lb in expired:
             del self._waiting()[lb.transaction_id]
             outputs.append(_unknown_transaction(lb, self._label_wait_s))
-            receipt = self._receipt(lb)
-            if receipt is not None:
-                receipts.append(receipt)
+            self._add_receipt(receipts, lb)
 
     def _record_labels(self, labels: list[Label], affected: dict[str, Transaction]) -> None:
         """Writes labels whose transaction is known and collects the stored transactions whose
@@ -579,27 +537,21 @@ class _SequencedDoFn(beam.DoFn):
         stored = self._cache.read_terminals(
             (lb.terminal_id for lb in labels), min(times), max(times) + span[1] + 1
         )
-        new = labels
         store = self._store()
         store.write(
             store.label_rows(
-                [lb.transaction_id for lb in new],
-                [lb.terminal_id for lb in new],
-                [lb.event_time_us for lb in new],
-                [lb.is_fraud for lb in new],
+                [lb.transaction_id for lb in labels],
+                [lb.terminal_id for lb in labels],
+                [lb.event_time_us for lb in labels],
+                [lb.is_fraud for lb in labels],
             )
-            + store.id_rows(
-                [
-                    (lb.transaction_id, FAMILY_LABEL, _label_record(lb, RECORDED), lb.event_time_us)
-                    for lb in new
-                ]
-            )
+            + _label_index_rows(store, labels, RECORDED)
         )
-        for lb in new:
+        for lb in labels:
             self._cache.add_label(lb.transaction_id, lb.terminal_id, lb.event_time_us, lb.is_fraud)
-        self._labels.inc(len(new))
+        self._labels.inc(len(labels))
         events: dict[str, list[int]] = {}
-        for lb in new:
+        for lb in labels:
             events.setdefault(lb.terminal_id, []).append(lb.event_time_us)
         _influenced(stored.terminal_tx, TERMINAL, events, span, set(), affected)
 
@@ -649,19 +601,7 @@ class _SequencedDoFn(beam.DoFn):
         store = self._store()
         # The id index entries of first-seen transactions, in the same MutateRows call.
         ids = [
-            (
-                t.transaction_id,
-                FAMILY_TX,
-                transaction_record(
-                    t.message_id,
-                    t.event_time_us,
-                    t.customer_id,
-                    t.terminal_id,
-                    t.amount,
-                    t.publish_time_us,
-                ),
-                t.event_time_us,
-            )
+            (t.transaction_id, FAMILY_TX, _record_of(t), t.event_time_us)
             for t in (new_txs or {}).values()
         ]
         store.write(
@@ -714,9 +654,7 @@ def _published_first(a: Transaction | Label, b: Transaction | Label, same: bool)
 
 
 def _tx_digest(tx: Transaction) -> str:
-    return str(
-        transaction_record("", tx.event_time_us, tx.customer_id, tx.terminal_id, tx.amount)["d"]
-    )
+    return str(_record_of(tx)["d"])
 
 
 def _label_digest(lb: Label) -> str:
@@ -758,8 +696,24 @@ def _label_from_record(tx_id: str, record: dict[str, Any]) -> Label:
 
 
 def _record_of(tx: Transaction) -> dict[str, Any]:
+    """The transaction's id-index record (family ``tx``)."""
     return transaction_record(
-        tx.message_id, tx.event_time_us, tx.customer_id, tx.terminal_id, tx.amount
+        tx.message_id,
+        tx.event_time_us,
+        tx.customer_id,
+        tx.terminal_id,
+        tx.amount,
+        tx.publish_time_us,
+    )
+
+
+def _label_index_rows(store: FeatureStore, labels: Sequence[Label], state: str) -> list[Any]:
+    """Id-index rows recording ``labels`` in ``state``."""
+    return store.id_rows(
+        [
+            (lb.transaction_id, FAMILY_LABEL, _label_record(lb, state), lb.event_time_us)
+            for lb in labels
+        ]
     )
 
 

@@ -12,7 +12,7 @@ from apache_beam.metrics import Metrics
 
 from pipelines.schema import InvalidEvent, Label, Transaction, parse_label, parse_transaction
 
-__all__ = ["DEAD_LETTER_TAG", "DeadLetter", "ParseEvents", "ParsedEvents"]
+__all__ = ["DEAD_LETTER_TAG", "DeadLetter", "ParseEvents", "ParsedEvents", "publish_time_us"]
 
 DEAD_LETTER_TAG = "dead_letter"
 METRICS_NAMESPACE = "rillet"
@@ -42,7 +42,8 @@ class ParsedEvents(NamedTuple):
     dead_letters: beam.PCollection
 
 
-def _publish_time_us(message: Any) -> int:
+def publish_time_us(message: Any) -> int:
+    """A Pub/Sub message's publish time in µs since the epoch (0 when it has none)."""
     publish_time = getattr(message, "publish_time", None)
     if publish_time is None:
         return 0
@@ -68,7 +69,7 @@ class _ParseDoFn(beam.DoFn):
         attributes = dict(getattr(message, "attributes", None) or {})
         message_id = getattr(message, "message_id", None) or ""
         try:
-            event = self._parse(data, publish_time_us=_publish_time_us(message))
+            event = self._parse(data, publish_time_us=publish_time_us(message))
         except InvalidEvent as exc:
             self._invalid.inc()
             Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{exc.reason}").inc()
