@@ -417,6 +417,8 @@ def _report(
             reasons.get(m.attributes.get("reason", "?"), 0) + 1
         )
     missing_predictions = sorted(valid_tx - set(stored))
+    # The label in force must be the genuine label message, not a duplicate or contradiction.
+    genuine_label = {m.transaction_id: m.message_id for m in messages if m.kind == "label"}
     labels_missing = [
         tx
         for tx in valid_tx
@@ -424,6 +426,7 @@ def _report(
             index.get(tx) is None
             or index[tx].label is None
             or index[tx].label.get("s") != "recorded"
+            or index[tx].label.get("m") != genuine_label.get(tx)
         )
     ]
     tx_missing = [tx for tx in valid_tx if index.get(tx) is None or index[tx].tx is None]

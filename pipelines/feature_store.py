@@ -19,11 +19,12 @@ Schema (one table, see README "Feature store schema"):
   family ``tx``      qualifier ``m``: the first transaction message seen with this id, JSON
                      {message_id, digest, time_us, customer_id, terminal_id}. A later message
                      with the same id is a redelivery (same message_id) or a duplicate.
-  family ``label``   qualifier ``m``: the first label message, JSON {message_id, digest, the
-                     label's fields, state}: ``pending`` until its transaction is known,
-                     ``recorded`` once it is in the terminal's label cells, ``dead_lettered``
-                     when no transaction came in time. Both cells are timestamped with the event
-                     time, so the tables' GC rule ages them out with the window state.
+  family ``label``   qualifier ``m``: the transaction's label slot, JSON: the label in force
+                     (message id, digest, fields, publish time; state ``recorded``), the label
+                     messages waiting for the transaction (``w``) and those dead-lettered as
+                     ``unknown_transaction`` (``x``); see pipelines.transforms.label_slots.
+                     Both cells are timestamped with the event time, so the tables' GC rule
+                     ages them out with the window state; each holds one version.
 
 Cells are keyed by transaction id, so writing an event twice (a redelivery, a resumed job, a
 backfill over a range the stream already saw) changes nothing: the store is idempotent.
@@ -338,6 +339,10 @@ class FeatureStore:
             key = _id_row_key(tx_id)
             if key not in rows:
                 rows[key] = self.table.direct_row(key)
+            # One version per entry, whatever its timestamp: a label slot written while only
+            # its labels' event times were known must not shadow a later write (reads take the
+            # newest cell).
+            rows[key].delete_cell(family, _ID_QUALIFIER)
             rows[key].set_cell(
                 family,
                 _ID_QUALIFIER,

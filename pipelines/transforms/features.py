@@ -48,7 +48,6 @@ from pipelines.feature_store import (
     FeatureStore,
     IdRecord,
     StoreConfig,
-    content_digest,
     shared_store,
     transaction_record,
 )
@@ -64,6 +63,13 @@ from pipelines.features import (
 from pipelines.recovery import Receipt, tracker
 from pipelines.schema import Label, Transaction
 from pipelines.shared import process_shared
+from pipelines.transforms.label_slots import (
+    LabelSlot,
+    duplicate_detail,
+    expire,
+    message_key,
+    resolve,
+)
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE, DeadLetter
 from pipelines.window_cache import WindowCache
 
@@ -185,11 +191,9 @@ _GENERATION_PARAM = beam.DoFn.StateParam(_GENERATION)
 _LABEL_TIMER = TimerSpec("pending_labels", TimeDomain.REAL_TIME)
 _LABEL_TIMER_PARAM = beam.DoFn.TimerParam(_LABEL_TIMER)
 
+
 # States of a label in the id index. A dead-lettered or contradicting label does not block
 # another label message for the same transaction; a pending or recorded one does.
-PENDING, RECORDED, DEAD_LETTERED, MISMATCHED = "pending", "recorded", "dead_lettered", "mismatched"
-
-
 class _SequencedDoFn(beam.DoFn):
     """Buffers a bundle of (key, event) pairs and processes it in batches of at most max."""
 
@@ -222,9 +226,10 @@ class _SequencedDoFn(beam.DoFn):
             ("window_cache", self._config), lambda: WindowCache(shared_store(self._config))
         )
 
-    def _waiting(self) -> dict[str, tuple[Label, float]]:
-        # Labels waiting for their transaction (tx id -> (label, wall-clock deadline)), kept with
-        # the cache: the runner may process bundles and timers on different DoFn instances.
+    def _waiting(self) -> dict[str, dict[str, tuple[Label, float]]]:
+        # Labels waiting for their transaction (tx id -> message key -> (label, wall-clock
+        # deadline)), kept with the cache: the runner may process bundles and timers on different
+        # DoFn instances. The id index holds them too (a restart forgets this).
         assert self._cache is not None, "setup() not called"
         return self._cache.waiting_labels
 
@@ -315,17 +320,19 @@ class _SequencedDoFn(beam.DoFn):
         outputs: list[Any] = []  # FeatureBatches and DeadLetters
         receipts = [r for r in map(self._receipt, batch) if r is not None]
         txs: dict[str, Transaction] = {}
-        labels: dict[str, Label] = {}
+        labels: dict[str, list[Label]] = {}  # judged together (pipelines.transforms.label_slots)
         for event in batch:
-            seen: dict[str, Any] = txs if isinstance(event, Transaction) else labels
-            first = seen.setdefault(event.transaction_id, event)
+            if isinstance(event, Label):
+                labels.setdefault(event.transaction_id, []).append(event)
+                continue
+            first = txs.setdefault(event.transaction_id, event)
             if first is event:
                 continue
             if _same_message(first, event):
                 self._duplicates.inc()  # the same message twice: once is enough
                 continue
             if _published_first(event, first, _same_event(first, event)):
-                seen[event.transaction_id], event, first = event, first, event
+                txs[event.transaction_id], event, first = event, first, event
             outputs.append(_duplicate(event, first.message_id, _same_event(first, event)))
         store = self._store()
         index = store.read_ids([*txs, *labels])
@@ -360,11 +367,13 @@ class _SequencedDoFn(beam.DoFn):
                 outputs.append(_duplicate(tx, known["m"], known["d"] == digest))
         if swaps:
             store.write(store.id_rows(swaps))
-        ready = self._classify_labels(labels, index, new_txs, outputs, receipts)
-        self._expire(time.time(), outputs, receipts)
+        ready, slots = self._settle_labels(labels, index, new_txs, outputs, receipts)
         affected: dict[str, Transaction] = {}
         if ready:
-            self._record_labels(ready, affected)
+            self._record_labels(ready, affected, slots)
+        elif slots:
+            store.write(store.id_rows(slots))
+        self._expire(time.time(), outputs, receipts)
         if score:
             outputs.append(self._score(score, affected, new_txs))
         for tx_id in txs:
@@ -373,164 +382,97 @@ class _SequencedDoFn(beam.DoFn):
             outputs.append(self._correct(list(affected.values())))
         yield from self._emit(outputs, receipts)
 
-    def _classify_labels(
+    def _settle_labels(
         self,
-        labels: dict[str, Label],
+        labels: dict[str, list[Label]],
         index: dict[str, IdRecord],
         new_txs: dict[str, Transaction],
         outputs: list[Any],
         receipts: list[Receipt],
-    ) -> list[Label]:
-        """The labels to record now: those whose transaction is known (stored or in this batch),
-        and waiting labels whose transaction just arrived. Duplicates and contradictions go to
-        ``outputs`` as dead letters; labels whose transaction is unknown start waiting (their
-        receipts leave ``receipts``: their messages finish when they are resolved)."""
+    ) -> tuple[list[Label], list[Any]]:
+        """Applies the label rule (pipelines.transforms.label_slots) to every transaction id with
+        label messages in this batch or waiting for a transaction in it. Returns the labels to
+        record and the slot rows to write; rejections go to ``outputs``. A label that starts
+        waiting leaves ``receipts`` (its message finishes when it is decided); one decided now
+        after waiting joins them."""
         ready: list[Label] = []
-        waiting: list[Label] = []
-        rejected: list[Label] = []
-        resolved: set[str] = set()
-        for lb in labels.values():
-            record = index.get(lb.transaction_id, IdRecord())
-            seen = record.label
-            digest = _label_digest(lb)
-            this_message = seen is not None and _seen_before(seen, lb.message_id, digest)
-            known_tx = record.tx or (
-                _record_of(new_txs[lb.transaction_id]) if lb.transaction_id in new_txs else None
-            )
-            if seen is not None and seen.get("s") == PENDING and known_tx is not None:
-                # A label was waiting for this transaction, which is known now: settle it first,
-                # so this message is judged against the label that really came first.
-                entry = self._waiting().pop(lb.transaction_id, None)
-                resolved.add(lb.transaction_id)
-                if not this_message:
-                    waited = entry[0] if entry else _label_from_record(lb.transaction_id, seen)
-                    self._add_receipt(receipts, waited)
-                    mismatch = _label_mismatch(known_tx, waited)
-                    if mismatch:
-                        outputs.append(_dead_letter(waited, mismatch, "label_mismatch"))
-                        rejected.append(waited)
-                        seen = None
-                    else:
-                        ready.append(waited)
-                        seen = {**seen, "s": RECORDED}
-            if (
-                seen is not None
-                and not this_message
-                and seen.get("s") in (DEAD_LETTERED, MISMATCHED)
-            ):
-                seen = None  # an earlier, rejected label message: this one is judged afresh
-            if (
-                seen is not None
-                and not this_message
-                and seen["d"] != digest
-                and 0 < lb.publish_time_us < seen.get("p", 0)
-            ):
-                # A different label reached the stage first but was published after this one:
-                # this one is the original. It replaces the recorded one (a label cell is keyed
-                # by transaction, and recording it redoes the corrections); the other is the
-                # duplicate.
-                copy = _label_from_record(lb.transaction_id, seen)
-                outputs.append(_duplicate(copy, lb.message_id, False))
-                entry = self._waiting().pop(lb.transaction_id, None)
-                if entry is not None:
-                    self._add_receipt(receipts, entry[0])
-                seen = None
-                this_message = False
-            if (
-                seen is not None
-                and not this_message
-                and seen["d"] == digest
-                and 0 < lb.publish_time_us < seen.get("p", 0)
-            ):
-                # As for transactions: an exact copy came first; this message is the original.
-                copy = dataclasses.replace(lb, message_id=seen["m"], publish_time_us=seen["p"])
-                outputs.append(_duplicate(copy, lb.message_id, True))
-                store = self._store()
-                store.write(
-                    store.id_rows(
-                        [
-                            (
-                                lb.transaction_id,
-                                FAMILY_LABEL,
-                                {**seen, "m": lb.message_id, "p": lb.publish_time_us},
-                                lb.event_time_us,
-                            )
-                        ]
-                    )
+        slots: list[tuple[str, str, dict[str, Any], int]] = []
+        memory = self._waiting()
+        # Transactions arriving now that labels wait for (in memory, or only in the id index
+        # when a restart forgot them).
+        waiting_ids = [
+            i
+            for i in new_txs
+            if i not in labels and (i in memory or (index.get(i, IdRecord()).label or {}).get("w"))
+        ]
+        wait_detail = f"no transaction with this id within {self._label_wait_s:g} s"
+        now = time.time()
+        for tx_id in [*labels, *waiting_ids]:
+            record = index.get(tx_id, IdRecord())
+            known_tx = record.tx or (_record_of(new_txs[tx_id]) if tx_id in new_txs else None)
+            slot = LabelSlot.from_record(tx_id, record.label)
+            verdict = resolve(known_tx, slot, labels.get(tx_id, ()), wait_detail)
+            self._duplicates.inc(verdict.repeats)
+            self._redeliveries.inc(verdict.redeliveries)
+            for lb, reason, detail in verdict.rejected:
+                outputs.append(_dead_letter(lb, detail, reason))
+            if verdict.record is not None:
+                ready.append(verdict.record)
+            if verdict.changed:
+                time_us = known_tx["t"] if known_tx else labels[tx_id][0].event_time_us
+                slots.append((tx_id, FAMILY_LABEL, verdict.slot.to_record(), time_us))
+            if verdict.settled:
+                memory.pop(tx_id, None)
+                for lb in verdict.settled:
+                    self._add_receipt(receipts, lb)
+            for lb in verdict.wait:
+                self._early_labels.inc()
+                memory.setdefault(tx_id, {}).setdefault(
+                    message_key(lb), (lb, now + self._label_wait_s)
                 )
-                continue
-            if seen is not None and not this_message:
-                outputs.append(_duplicate(lb, seen["m"], seen["d"] == digest))
-                continue
-            if seen is not None and seen.get("s") == DEAD_LETTERED:
-                outputs.append(_unknown_transaction(lb, self._label_wait_s))  # redelivered
-                continue
-            if known_tx is None:
-                waiting.append(lb)
-                continue
-            mismatch = _label_mismatch(known_tx, lb)
-            if mismatch:
-                outputs.append(_dead_letter(lb, mismatch, "label_mismatch"))
-                if seen is not None:  # it waited (a restart forgot): it must not block the id
-                    rejected.append(lb)
-                continue
-            if seen is not None:
-                self._redeliveries.inc()  # recorded again: its corrections are redone
-            ready.append(lb)
-        # Waiting labels whose transaction arrived in this batch (or, after a restart, labels
-        # the id index says are waiting).
-        for tx_id, arrived in new_txs.items():
-            if tx_id in labels or tx_id in resolved:
-                continue  # settled in the loop above
-            entry = self._waiting().pop(tx_id, None)
-            stored_label = index.get(tx_id, IdRecord()).label
-            pending: Label | None = entry[0] if entry else None
-            if pending is None and stored_label is not None and stored_label.get("s") == PENDING:
-                pending = _label_from_record(tx_id, stored_label)
-            if pending is None:
-                continue
-            waited = pending
-            mismatch = _label_mismatch(_record_of(arrived), waited)
-            if mismatch:
-                outputs.append(_dead_letter(waited, mismatch, "label_mismatch"))
-                rejected.append(waited)
-            else:
-                ready.append(waited)
-            self._add_receipt(receipts, waited)
-        if rejected:  # waited, then contradicted its transaction: no longer blocks the id
-            store = self._store()
-            store.write(_label_index_rows(store, rejected, MISMATCHED))
-        if waiting:
-            self._wait(waiting, receipts)
-        return ready
-
-    def _wait(self, labels: list[Label], receipts: list[Receipt]) -> None:
-        """Records labels as waiting for their transaction (id index, then memory)."""
-        store = self._store()
-        store.write(_label_index_rows(store, labels, PENDING))
-        deadline = time.time() + self._label_wait_s
-        for lb in labels:
-            self._early_labels.inc()
-            self._waiting()[lb.transaction_id] = (lb, deadline)
-            receipt = self._receipt(lb)
-            if receipt is not None and receipt in receipts:
-                receipts.remove(receipt)
+                receipt = self._receipt(lb)
+                if receipt is not None and receipt in receipts:
+                    receipts.remove(receipt)
+        return ready, slots
 
     def _expire(self, now: float, outputs: list[Any], receipts: list[Receipt]) -> None:
         """Dead-letters the waiting labels whose transaction did not come in time."""
-        expired = [lb for lb, deadline in self._waiting().values() if deadline <= now]
-        if not expired:
+        memory = self._waiting()
+        due: dict[str, list[Label]] = {}
+        for tx_id, entries in memory.items():
+            for lb, deadline in entries.values():
+                if deadline <= now:
+                    due.setdefault(tx_id, []).append(lb)
+        if not due:
             return
         store = self._store()
-        store.write(_label_index_rows(store, expired, DEAD_LETTERED))
-        for lb in expired:
-            del self._waiting()[lb.transaction_id]
-            outputs.append(_unknown_transaction(lb, self._label_wait_s))
-            self._add_receipt(receipts, lb)
+        index = store.read_ids(list(due))
+        rows: list[tuple[str, str, dict[str, Any], int]] = []
+        for tx_id, expired in due.items():
+            keys = {message_key(lb) for lb in expired}
+            slot = LabelSlot.from_record(tx_id, index.get(tx_id, IdRecord()).label)
+            rows.append(
+                (tx_id, FAMILY_LABEL, expire(slot, keys).to_record(), expired[0].event_time_us)
+            )
+            entries = memory[tx_id]
+            for key in keys:
+                del entries[key]
+            if not entries:
+                del memory[tx_id]
+            for lb in expired:
+                outputs.append(_unknown_transaction(lb, self._label_wait_s))
+                self._add_receipt(receipts, lb)
+        store.write(store.id_rows(rows))
 
-    def _record_labels(self, labels: list[Label], affected: dict[str, Transaction]) -> None:
-        """Writes labels whose transaction is known and collects the stored transactions whose
-        risk windows they fall into (a redelivered label redoes its corrections)."""
+    def _record_labels(
+        self,
+        labels: list[Label],
+        affected: dict[str, Transaction],
+        slots: list[tuple[str, str, dict[str, Any], int]],
+    ) -> None:
+        """Writes labels whose transaction is known, with the label slots of the batch, and
+        collects the stored transactions whose risk windows they fall into (a redelivered label
+        redoes its corrections)."""
         span = influence_span_us(TERMINAL, labels=True)
         times = [lb.event_time_us for lb in labels]
         assert self._cache is not None
@@ -545,7 +487,7 @@ class _SequencedDoFn(beam.DoFn):
                 [lb.event_time_us for lb in labels],
                 [lb.is_fraud for lb in labels],
             )
-            + _label_index_rows(store, labels, RECORDED)
+            + store.id_rows(slots)
         )
         for lb in labels:
             self._cache.add_label(lb.transaction_id, lb.terminal_id, lb.event_time_us, lb.is_fraud)
@@ -635,19 +577,19 @@ def _now_us() -> int:
     return now
 
 
-def _same_event(a: Transaction | Label, b: Transaction | Label) -> bool:
-    fields = ("event_time_us", "customer_id", "terminal_id", "amount", "is_fraud")
-    return all(getattr(a, f, None) == getattr(b, f, None) for f in fields)
+def _same_event(a: Transaction, b: Transaction) -> bool:
+    fields = ("event_time_us", "customer_id", "terminal_id", "amount")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)
 
 
-def _same_message(a: Transaction | Label, b: Transaction | Label) -> bool:
+def _same_message(a: Transaction, b: Transaction) -> bool:
     """Two deliveries of one Pub/Sub message (or, without message ids, of equal content)."""
     if a.message_id and b.message_id:
         return a.message_id == b.message_id
     return _same_event(a, b)
 
 
-def _published_first(a: Transaction | Label, b: Transaction | Label, same: bool) -> bool:
+def _published_first(a: Transaction, b: Transaction, same: bool) -> bool:
     """Whether ``a``, an exact copy of ``b``, was published before it (then ``a`` is the
     original, whatever order the runner delivered them in)."""
     return same and 0 < a.publish_time_us < b.publish_time_us
@@ -657,42 +599,11 @@ def _tx_digest(tx: Transaction) -> str:
     return str(_record_of(tx)["d"])
 
 
-def _label_digest(lb: Label) -> str:
-    return content_digest(
-        int(lb.event_time_us), str(lb.customer_id), str(lb.terminal_id), int(lb.is_fraud)
-    )
-
-
 def _seen_before(record: dict[str, Any], message_id: str, digest: str) -> bool:
     """Whether an id-index record is this very message (a redelivery), not a second message."""
     if record.get("m") and message_id:
         return bool(record["m"] == message_id)
     return bool(record.get("d") == digest)
-
-
-def _label_record(lb: Label, state: str) -> dict[str, Any]:
-    return {
-        "m": lb.message_id,
-        "d": _label_digest(lb),
-        "t": lb.event_time_us,
-        "c": lb.customer_id,
-        "k": lb.terminal_id,
-        "f": lb.is_fraud,
-        "p": lb.publish_time_us,
-        "s": state,
-    }
-
-
-def _label_from_record(tx_id: str, record: dict[str, Any]) -> Label:
-    return Label(
-        tx_id,
-        int(record["t"]),
-        str(record["c"]),
-        str(record["k"]),
-        int(record["f"]),
-        int(record.get("p", 0)),
-        str(record.get("m", "")),
-    )
 
 
 def _record_of(tx: Transaction) -> dict[str, Any]:
@@ -707,25 +618,6 @@ def _record_of(tx: Transaction) -> dict[str, Any]:
     )
 
 
-def _label_index_rows(store: FeatureStore, labels: Sequence[Label], state: str) -> list[Any]:
-    """Id-index rows recording ``labels`` in ``state``."""
-    return store.id_rows(
-        [
-            (lb.transaction_id, FAMILY_LABEL, _label_record(lb, state), lb.event_time_us)
-            for lb in labels
-        ]
-    )
-
-
-def _label_mismatch(tx: dict[str, Any], lb: Label) -> str:
-    """Why a label contradicts its transaction's id-index record ("" when it does not)."""
-    for field, value in (("t", lb.event_time_us), ("c", lb.customer_id), ("k", lb.terminal_id)):
-        if tx[field] != value:
-            name = {"t": "tx_datetime", "c": "customer_id", "k": "terminal_id"}[field]
-            return f"{name} differs from the transaction's"
-    return ""
-
-
 def _dead_letter(
     event: Transaction | Label, detail: str, reason: str = "duplicate_transaction_id"
 ) -> DeadLetter:
@@ -735,14 +627,8 @@ def _dead_letter(
     )
 
 
-def _duplicate(event: Transaction | Label, first_message: str, same_content: bool) -> DeadLetter:
-    what = "transaction" if isinstance(event, Transaction) else "label"
-    content = "the same content" if same_content else "different content"
-    first = f"message {first_message}" if first_message else "an earlier event"
-    reason = "duplicate_transaction_id" if isinstance(event, Transaction) else "duplicate_label"
-    return _dead_letter(
-        event, f"a {what} with this transaction_id came first in {first} ({content})", reason
-    )
+def _duplicate(tx: Transaction, first_message: str, same_content: bool) -> DeadLetter:
+    return _dead_letter(tx, duplicate_detail("transaction", first_message, same_content))
 
 
 def _unknown_transaction(lb: Label, waited_s: float) -> DeadLetter:

@@ -33,11 +33,8 @@ def test_nothing_lost_nothing_doubled_through_a_kill_and_outages(tmp_path: Path)
     assert result["duplicated"] == 0
     assert result["feature_mismatches"] == 0
     assert result["predictions_stored"] == result["valid_transactions"] == 2_500
-    if result["lost"] or result["valid_dead_lettered"]:
-        # Known open bug (issue 5): under a startup backlog a genuine label can be judged a
-        # duplicate of a contradicting label for the same transaction that reached the stage
-        # first. Every transaction is still predicted exactly (asserted above).
-        pytest.xfail(f"label race: {result['valid_dead_lettered_details']}")
+    assert result["lost"] == 0, result["valid_dead_lettered_details"]
+    assert result["valid_dead_lettered"] == 0, result["valid_dead_lettered_details"]
     assert result["dead_lettered"] == result["malformed"] == 180
     reasons = result["dead_letter_reasons"]
     for reason in (
