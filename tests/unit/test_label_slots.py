@@ -4,6 +4,8 @@ falls among them."""
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -121,7 +123,7 @@ MESSAGES = [GENUINE, CONTRADICTION, CONFLICT, COPY, label("m2", 100, terminal="t
 def test_the_verdict_does_not_depend_on_arrival_order(order, cuts, tx_after, redeliver) -> None:  # type: ignore[no-untyped-def]
     stream = [MESSAGES[i] for i in order] + [MESSAGES[i] for i in redeliver]
     bounds = sorted({0, len(stream), *(min(c, len(stream)) for c in cuts)})
-    batches = [stream[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    batches = [stream[a:b] for a, b in itertools.pairwise(bounds)]
     slot, recorded, rejected = run(batches, min(tx_after, len(batches)))
     assert slot.recorded == GENUINE and slot.waiting == ()
     assert recorded and recorded[-1].is_fraud == GENUINE.is_fraud
