@@ -31,7 +31,7 @@ test-unit: $(STAMP) ## Unit tests only
 lint: $(STAMP) ## ruff + mypy
 	$(BIN)/ruff check pipelines models tests bench terraform/check_schema.py
 	$(BIN)/ruff format --check pipelines models tests bench terraform/check_schema.py
-	$(BIN)/mypy pipelines models
+	$(BIN)/mypy pipelines models bench
 
 checkov: ## checkov on terraform/ and dataflow/Dockerfile, offline, from its own venv (.venv-checkov)
 	bash terraform/check.sh
@@ -60,8 +60,12 @@ bench-windows: $(STAMP) ## Feature engine vs Beam SlidingWindows per-event cost,
 chaos: $(STAMP) ## 20k+ transactions through SIGKILLs, bad input, Bigtable/Datastore outages; checks every store (last line JSON)
 	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos
 
+chaos-overload: $(STAMP) ## Input at twice the job's capacity for 60 s: backlog, memory and drain (last line JSON)
+	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos-overload --preset handbook \
+	  --min-transactions 100000 --kills 0 --outages "" --rate 550 --overload-s 60 --overload-rate 2200
+
 clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
 .PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
-	bench-backfill bench-windows chaos clean
+	bench-backfill bench-windows chaos chaos-overload clean

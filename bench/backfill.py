@@ -44,7 +44,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -162,7 +162,9 @@ def run_bench(
         raise ValueError(f"unknown preset {preset!r}; one of {sorted(PRESETS)}")
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
-    methods = ("vectorised",) if skip_apply else ("vectorised", "apply")
+    methods: tuple[Literal["apply", "vectorised"], ...] = (
+        ("vectorised",) if skip_apply else ("vectorised", "apply")
+    )
     temporary = work_dir is None
     base = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="rillet-bf-"))
     input_dir, output_dir = base / "input", base / "output"
@@ -188,11 +190,11 @@ def run_bench(
                 _log(f"feature table {table_path}: {len(beam)} rows")
             for method in methods:
                 compute = partial(pandas_features, data, method=method)
-                result, timing = _timed(f"pandas {method} ({round_ + 1}/{repeat})", compute)
+                table, timing = _timed(f"pandas {method} ({round_ + 1}/{repeat})", compute)
                 timings[method].append(timing)
                 if round_ == 0:
-                    diffs[method] = _check(method, beam, result, errors)
-                del result
+                    diffs[method] = _check(method, beam, table, errors)
+                del table
     finally:
         if temporary:
             shutil.rmtree(base, ignore_errors=True)

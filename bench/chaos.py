@@ -10,7 +10,7 @@ One run:
      messages), labels of transactions that never come, and labels contradicting their transaction;
   4. meanwhile: SIGKILL of the job at ``kills`` random moments, each followed by a restart that
      resumes from the checkpoint; the Bigtable and the Datastore emulators stopped (SIGSTOP) for
-     ``outage_s`` each; optionally a burst at twice the rate (overload);
+     ``outage_s`` each; optionally a burst at twice the rate, or ``overload_rate`` (overload);
   5. then every store is checked: one Datastore entity per valid transaction, with exactly the
      features a batch recomputation gives (pipelines.training_data); every valid transaction and
      label in Bigtable's id index; every rejected message on the dead-letter topic, no valid one.
@@ -54,7 +54,9 @@ class ChaosConfig:
     kills: int = 3
     outage_s: float = 15.0
     outages: tuple[str, ...] = ("bigtable", "datastore")
-    overload_s: float = 0.0  # seconds published at twice the rate (0: none)
+    overload_s: float = 0.0  # seconds of burst (0: none)
+    overload_at_s: float = 60.0  # when the burst starts, after the first message
+    overload_rate: float = 0.0  # messages per second during the burst (0: twice ``rate``)
     rate: float = 400.0
     label_wait_s: float = 20.0
     max_in_flight: int = 5_000
@@ -79,6 +81,7 @@ class Chaos:
 
     kills: list[float] = field(default_factory=list)
     outages: list[tuple[str, float, float]] = field(default_factory=list)
+    burst: tuple[float, float, float] | None = None  # overload: start s, end s, rate msg/s
     # (seconds, transactions published, transactions predicted, job RSS MB), every ~2 s
     timeline: list[tuple[float, int, int, float]] = field(default_factory=list)
 
@@ -182,6 +185,41 @@ def build_messages(frame: Any, config: ChaosConfig) -> list[Message]:
     return messages
 
 
+def _steady_rate(timeline: list[tuple[float, int, int, float]]) -> float:
+    """Transactions predicted per second while a backlog was waiting (the job's capacity): the
+    median over 10 s spans in which at least 1,000 transactions were published and not predicted
+    all along (0 when there was never such a backlog)."""
+    rates = []
+    for i, (t0, _, done0, _) in enumerate(timeline):
+        span = [row for row in timeline[i:] if row[0] <= t0 + 10.0]
+        t1, _, done1, _ = span[-1]
+        if t1 - t0 >= 8.0 and all(sent - done >= 1_000 for _, sent, done, _ in span):
+            rates.append((done1 - done0) / (t1 - t0))
+    return round(float(np.median(rates)), 1) if rates else 0.0
+
+
+def _overload(chaos: Chaos, messages_per_tx: float) -> dict[str, Any] | None:
+    """The burst against the capacity measured in the same run: its rate over the rate the job
+    predicted at with a backlog (``ratio``, the target is 2), the backlog it left, the job's
+    memory before and after it, and when everything was predicted."""
+    if chaos.burst is None:
+        return None
+    start, end, rate = chaos.burst
+    capacity = _steady_rate(chaos.timeline) * messages_per_tx
+    before = [rss for t, _, _, rss in chaos.timeline if t < start]
+    after = [row for row in chaos.timeline if row[0] >= end]
+    return {
+        "start_s": start,
+        "end_s": end,
+        "rate_msg_per_s": rate,
+        "capacity_msg_per_s": round(capacity, 1),
+        "ratio": round(rate / capacity, 2) if capacity else None,
+        "backlog_at_end_tx": (after[0][1] - after[0][2]) if after else None,
+        "rss_before_mb": max(before, default=0.0),
+        "rss_after_mb": max((rss for *_, rss in after), default=0.0),
+    }
+
+
 def _rss_mb(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -196,38 +234,29 @@ def publish_all(
     messages: list[Message],
     topics: dict[str, str],
     rate: float,
-    burst: tuple[float, float] | None,
+    burst: tuple[float, float, float] | None,
     done: threading.Event,
     counter: list[int],
 ) -> None:
-    """Publishes in order at ``rate`` per second (twice that inside ``burst`` = (start, end)
-    seconds after the first message), recording each message id."""
-    from google.cloud import pubsub_v1
+    """Publishes in order at ``rate`` per second (at ``burst`` = (start, end, rate) from
+    ``start`` to ``end`` seconds after the first message), recording each message id and
+    counting the transactions in ``counter``."""
+    from pipelines.publisher import publish_events
 
-    publisher = pubsub_v1.PublisherClient(
-        batch_settings=pubsub_v1.types.BatchSettings(max_messages=200, max_latency=0.01)
-    )
-    start = time.monotonic()
-    due = start
-    pending: list[tuple[Message, Any]] = []
-    try:
-        for message in messages:
-            now = time.monotonic()
-            in_burst = burst is not None and burst[0] <= now - start < burst[1]
-            due += 1.0 / (rate * (2 if in_burst else 1))
-            if due > now:
-                time.sleep(due - now)
-            pending.append((message, publisher.publish(topics[message.topic], message.data)))
-            if message.kind == "transaction":
+    def rate_at(t: float) -> float:
+        return burst[2] if burst is not None and burst[0] <= t < burst[1] else rate
+
+    lock = threading.Lock()  # the callbacks run on the client's threads
+
+    def published(i: int, message_id: str) -> None:
+        messages[i].message_id = message_id
+        if messages[i].kind == "transaction":
+            with lock:
                 counter[0] += 1
-            if len(pending) >= 500:
-                for m, f in pending:
-                    m.message_id = f.result(timeout=120)
-                pending = []
-        for m, f in pending:
-            m.message_id = f.result(timeout=120)
+
+    try:
+        publish_events(messages, topics, rate_at, on_published=published)
     finally:
-        publisher.stop()
         done.set()
 
 
@@ -289,7 +318,12 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
             duration = len(messages) / config.rate
             burst = None
             if config.overload_s:
-                burst = (duration * 0.5, duration * 0.5 + config.overload_s)
+                burst = (
+                    config.overload_at_s,
+                    config.overload_at_s + config.overload_s,
+                    config.overload_rate or 2 * config.rate,
+                )
+                chaos.burst = burst
             publisher = threading.Thread(
                 target=publish_all,
                 args=(messages, topo.topic_paths(), config.rate, burst, published, sent_tx),
@@ -363,13 +397,23 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
             n_rejects = sum(1 for m in messages if m.kind not in ("transaction", "label"))
             deadline = t0 + config.timeout_s
             stored: dict[str, Any] = {}
+            predicted_ids: set[str] = set()
+            read = 0
             while time.monotonic() < deadline:
                 job.check()
-                if published.is_set():
-                    stored = _datastore_predictions(topo.project)
-                    rejected = {m.attributes.get("original_message_id") for m in dead}
-                    if valid_tx <= set(stored) and len(rejected) >= n_rejects:
-                        break
+                new = predicted[read:]
+                read += len(new)
+                predicted_ids.update(m.attributes.get("transaction_id", "") for m in new)
+                rejected = {m.attributes.get("original_message_id") for m in dead}
+                # Query Datastore (a full read, which slows the emulator the job writes to) only
+                # once the topics say everything is out.
+                if (
+                    published.is_set()
+                    and valid_tx <= predicted_ids
+                    and len(rejected) >= n_rejects
+                    and valid_tx <= set(_datastore_predictions(topo.project))
+                ):
+                    break
                 time.sleep(3)
             time.sleep(5)  # let late corrections land
             stored = _datastore_predictions(topo.project)
@@ -430,15 +474,16 @@ def _report(
         )
     ]
     tx_missing = [tx for tx in valid_tx if index.get(tx) is None or index[tx].tx is None]
-    mismatches = 0
-    for tx_id in sorted(valid_tx & set(stored)):
-        served = json.loads(stored[tx_id]["features"])
-        want = expected.loc[int(tx_id), list(model_inputs)].to_numpy(dtype=np.float64)
-        got = np.array([served[f] for f in model_inputs], dtype=np.float64)
-        if not np.array_equal(got, want):
-            mismatches += 1
+    checked = sorted(valid_tx & set(stored), key=int)
+    # One indexed lookup for all rows (a .loc per row takes minutes at 100k transactions).
+    want = expected.reindex([int(t) for t in checked])[list(model_inputs)].to_numpy(np.float64)
+    got = np.array(
+        [[json.loads(stored[t]["features"])[f] for f in model_inputs] for t in checked],
+        dtype=np.float64,
+    ).reshape(len(checked), len(model_inputs))
+    mismatches = int((~np.all(got == want, axis=1)).sum())
     lost = len(missing_predictions) + len(set(labels_missing) | set(tx_missing))
-    result = {
+    result: dict[str, Any] = {
         "sent": len(messages),
         "valid": len(valid_ids),
         "valid_transactions": len(valid_tx),
@@ -464,6 +509,9 @@ def _report(
         "outage_windows": chaos.outages,
         "max_rss_mb": max((rss for *_, rss in chaos.timeline), default=0.0),
         "backlog_peak": max((sent - done for _, sent, done, _ in chaos.timeline), default=0),
+        "drained_s": next((t for t, _, done, _ in chaos.timeline if done >= len(valid_tx)), None),
+        "steady_tx_per_s": _steady_rate(chaos.timeline),
+        "overload": _overload(chaos, len(messages) / max(1, len(valid_tx))),
         "timeline": chaos.timeline,
         "elapsed_s": round(elapsed, 1),
         "rate": config.rate,

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from pipelines.features import DAY_US
 from pipelines.schema import format_rfc3339
 from pipelines.training_data import to_epoch_us
 
-__all__ = ["ReplayEvent", "publish_events", "replay_events"]
+__all__ = ["Publishable", "ReplayEvent", "publish_events", "replay_events"]
 
 
 @dataclass(frozen=True)
@@ -67,25 +68,45 @@ def _dumps(obj: dict[str, object]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def _paced(events: list[ReplayEvent], rate: float) -> Iterator[ReplayEvent]:
+class Publishable(Protocol):
+    """What publish_events needs of a message: a topic name and its bytes."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+
+E = TypeVar("E", bound=Publishable)
+Rate = float | Callable[[float], float]  # messages/s, or messages/s as of t seconds in
+
+
+def _paced(events: Sequence[E], rate: Rate) -> Iterator[E]:
     start = time.monotonic()
-    for n, event in enumerate(events):
-        if rate > 0:
-            ahead = n / rate - (time.monotonic() - start)
+    due = 0.0  # when the next event is due, in seconds after the start
+    for event in events:
+        per_s = rate(time.monotonic() - start) if callable(rate) else rate
+        if per_s > 0:
+            ahead = due - (time.monotonic() - start)
             if ahead > 0.002:
                 time.sleep(ahead)
+            due += 1.0 / per_s
         yield event
 
 
 def publish_events(
-    events: list[ReplayEvent],
+    events: Sequence[E],
     topics: dict[str, str],
-    rate: float,
+    rate: Rate,
     progress: Callable[[int], None] | None = None,
-    attributes: Callable[[ReplayEvent], dict[str, str]] | None = None,
+    attributes: Callable[[E], dict[str, str]] | None = None,
+    on_published: Callable[[int, str], None] | None = None,
 ) -> int:
-    """Publishes the events at ``rate`` per second (0 = as fast as possible); ``topics`` maps
-    "transactions"/"labels" to full topic paths. Returns the number published."""
+    """Publishes the events at ``rate`` per second (0 = as fast as possible; a function of the
+    seconds since the first message for a varying rate); ``topics`` maps "transactions"/"labels"
+    to full topic paths. ``on_published(i, message_id)`` is called as each event is accepted by
+    Pub/Sub (from the client's threads). Returns the number published."""
     from google.cloud import pubsub_v1
 
     publisher = pubsub_v1.PublisherClient(
@@ -94,9 +115,14 @@ def publish_events(
     futures = []
     sent = 0
     try:
-        for event in _paced(events, rate):
+        for i, event in enumerate(_paced(events, rate)):
             attrs = attributes(event) if attributes else {}
-            futures.append(publisher.publish(topics[event.topic], event.data, **attrs))
+            future = publisher.publish(topics[event.topic], event.data, **attrs)
+            if on_published is not None:
+                future.add_done_callback(
+                    lambda f, i=i: f.exception() is None and on_published(i, f.result())
+                )
+            futures.append(future)
             sent += 1
             if len(futures) >= 2000:
                 for f in futures:

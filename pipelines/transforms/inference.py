@@ -20,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from pipelines.features import MODEL_INPUTS
+from pipelines.shared import process_shared
 from pipelines.transforms.features import FeatureBatch
 from pipelines.transforms.parse import DeadLetter
 
@@ -125,6 +126,12 @@ class SavedModelHandler(ModelHandler[FeatureBatch, PredictionBatch, Any]):
         self._model = model
 
     def load_model(self) -> Any:
+        # RunInference loads in setup, and the DirectRunner sets up a fresh DoFn for every
+        # bundle: without the process-wide copy, every bundle would pay a SavedModel load.
+        # A version's directory never changes, so its path names the model.
+        return process_shared(("saved_model", self._model.path), self._load)
+
+    def _load(self) -> Any:
         loaded = load_saved_model(self._model)
         _LOGGER.info("loaded model %s from %s", self._model.version, self._model.path)
         return loaded

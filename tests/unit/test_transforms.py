@@ -14,7 +14,7 @@ from pipelines.features import MODEL_INPUTS
 from pipelines.publisher import malformed_examples
 from pipelines.schema import Transaction
 from pipelines.transforms.features import FeatureBatch
-from pipelines.transforms.inference import Predict, resolve_model
+from pipelines.transforms.inference import Predict, SavedModelHandler, resolve_model
 from pipelines.transforms.parse import ParseEvents
 
 # The BundleBasedDirectRunner is what runs the streaming job locally; it needs no download.
@@ -75,6 +75,16 @@ def test_predict_scores_each_batch_with_the_saved_model(model_dir) -> None:
             equal_to([(r, model.version, s) for r, s in want.items()]),
         )
         assert_that(predictions.dead_letters, equal_to([]), label="no failures")
+
+
+def test_the_saved_model_is_loaded_once_per_process(model_dir, caplog) -> None:  # type: ignore[no-untyped-def]
+    # The DirectRunner sets up a fresh RunInference DoFn for every bundle; each must not reload.
+    model = resolve_model(str(model_dir))
+    with caplog.at_level("INFO", logger="pipelines.transforms.inference"):
+        first = SavedModelHandler(model).load_model()
+        second = SavedModelHandler(model).load_model()
+    assert first is second
+    assert sum("loaded model" in r.getMessage() for r in caplog.records) <= 1
 
 
 def test_process_shared_objects_are_per_emulator_endpoint(monkeypatch) -> None:  # type: ignore[no-untyped-def]
