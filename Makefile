@@ -62,7 +62,7 @@ chaos: $(STAMP) ## 20k+ transactions through SIGKILLs, bad input, Bigtable/Datas
 
 chaos-overload: $(STAMP) ## Input at twice the job's capacity for 60 s: backlog, memory and drain (last line JSON)
 	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos-overload --preset handbook \
-	  --min-transactions 100000 --kills 0 --outages "" --rate 550 --overload-s 60 --overload-rate 2200
+	  --min-transactions 130000 --kills 0 --outages "" --rate 550 --overload-s 60 --overload-rate 2200
 
 clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
