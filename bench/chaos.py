@@ -199,22 +199,29 @@ def _steady_rate(timeline: list[tuple[float, int, int, float]]) -> float:
     return round(float(np.median(rates)), 1) if rates else 0.0
 
 
-def _overload(chaos: Chaos, messages_per_tx: float) -> dict[str, Any] | None:
-    """The burst against the capacity measured in the same run: its rate over the rate the job
-    predicted at with a backlog (``ratio``, the target is 2), the backlog it left, the job's
-    memory before and after it, and when everything was predicted."""
+def _overload(chaos: Chaos) -> dict[str, Any] | None:
+    """The burst against the capacity measured in the same run, both in transactions per second
+    (the replay's mix of transactions and labels varies along it, so messages per second would
+    compare different work): ``ratio`` is the transactions published per second during the burst
+    over those predicted per second while a backlog waited (the target is 2). Also the backlog
+    the burst left, the job's memory before and after it."""
     if chaos.burst is None:
         return None
     start, end, rate = chaos.burst
-    capacity = _steady_rate(chaos.timeline) * messages_per_tx
+    capacity = _steady_rate(chaos.timeline)
+    during = [row for row in chaos.timeline if start <= row[0] <= end]
+    burst_tx = (
+        (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0]) if len(during) > 1 else 0.0
+    )
     before = [rss for t, _, _, rss in chaos.timeline if t < start]
     after = [row for row in chaos.timeline if row[0] >= end]
     return {
         "start_s": start,
         "end_s": end,
         "rate_msg_per_s": rate,
-        "capacity_msg_per_s": round(capacity, 1),
-        "ratio": round(rate / capacity, 2) if capacity else None,
+        "burst_tx_per_s": round(burst_tx, 1),
+        "capacity_tx_per_s": capacity,
+        "ratio": round(burst_tx / capacity, 2) if capacity else None,
         "backlog_at_end_tx": (after[0][1] - after[0][2]) if after else None,
         "rss_before_mb": max(before, default=0.0),
         "rss_after_mb": max((rss for *_, rss in after), default=0.0),
@@ -535,7 +542,7 @@ def _report(
         "backlog_peak": max((sent - done for _, sent, done, _ in chaos.timeline), default=0),
         "drained_s": next((t for t, _, done, _ in chaos.timeline if done >= len(valid_tx)), None),
         "steady_tx_per_s": _steady_rate(chaos.timeline),
-        "overload": _overload(chaos, len(messages) / max(1, len(valid_tx))),
+        "overload": _overload(chaos),
         "timeline": chaos.timeline,
         "elapsed_s": round(elapsed, 1),
         "rate": config.rate,
