@@ -26,6 +26,11 @@ Schema (one table, see README "Feature store schema"):
                      Both cells are timestamped with the event time, so the tables' GC rule
                      ages them out with the window state; each holds one version.
 
+  row key            ``wait#<transaction_id>``: labels waiting for their transaction
+  family ``label``   qualifier = message key, JSON: the label's fields and its wall-clock
+                     deadline. Deleted when the label is decided; read at start-up, so a new
+                     worker (a restart, Dataflow moving the key) keeps every wait and deadline.
+
 Cells are keyed by transaction id, so writing an event twice (a redelivery, a resumed job, a
 backfill over a range the stream already saw) changes nothing: the store is idempotent.
 """
@@ -58,6 +63,7 @@ __all__ = [
     "FAMILY_LABEL",
     "FAMILY_TX",
     "ID_ROW_PREFIX",
+    "WAIT_ROW_PREFIX",
     "EntityHistory",
     "FeatureStore",
     "IdRecord",
@@ -79,6 +85,7 @@ _FLOAT = struct.Struct(">d")
 # Bigtable timestamps are microseconds with millisecond granularity.
 _MS = 1000
 ID_ROW_PREFIX = "txid#"
+WAIT_ROW_PREFIX = "wait#"  # labels waiting for their transaction, with their deadlines
 _ID_QUALIFIER = b"m"
 
 
@@ -331,6 +338,63 @@ class FeatureStore:
                 if cells:
                     setattr(record, family, json.loads(cells[0].value))
         return out
+
+    def read_waiting(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Every label waiting for its transaction: transaction id -> message key -> record (one
+        prefix scan of the ``wait#`` rows, done when a worker takes over the stage)."""
+        from google.cloud.bigtable import row_filters
+        from google.cloud.bigtable.row_set import RowSet
+
+        row_set = RowSet()
+        start = WAIT_ROW_PREFIX.encode()
+        row_set.add_row_range_from_keys(start_key=start, end_key=start[:-1] + b"$")
+        filt = row_filters.CellsColumnLimitFilter(1)
+        rows = with_backoff(
+            lambda: list(
+                self.table.read_rows(row_set=row_set, filter_=filt, **bigtable_read_options())
+            ),
+            "Bigtable read waiting labels",
+        )
+        prefix = len(WAIT_ROW_PREFIX)
+        return {
+            row.row_key.decode()[prefix:]: {
+                q.decode(): json.loads(cells[0].value)
+                for q, cells in row.cells.get(FAMILY_LABEL, {}).items()
+                if cells
+            }
+            for row in rows
+        }
+
+    def waiting_rows(
+        self,
+        add: Sequence[tuple[str, str, dict[str, Any], int]] = (),
+        remove: Sequence[tuple[str, Sequence[str] | None]] = (),
+    ) -> list[Any]:
+        """Row mutations for the labels waiting for their transaction: ``add`` (transaction id,
+        message key, record, event time µs), ``remove`` (transaction id, message keys, or None
+        for all of the id's)."""
+        rows: dict[bytes, Any] = {}
+
+        def row(tx_id: str) -> Any:
+            key = f"{WAIT_ROW_PREFIX}{tx_id}".encode()
+            if key not in rows:
+                rows[key] = self.table.direct_row(key)
+            return rows[key]
+
+        for tx_id, keys in remove:
+            if keys is None:
+                row(tx_id).delete()
+            else:
+                for message_key in keys:
+                    row(tx_id).delete_cell(FAMILY_LABEL, message_key.encode())
+        for tx_id, message_key, record, time_us in add:
+            row(tx_id).set_cell(
+                FAMILY_LABEL,
+                message_key.encode(),
+                json.dumps(record, separators=(",", ":")).encode(),
+                timestamp=_ts(int(time_us)),
+            )
+        return list(rows.values())
 
     def id_rows(self, entries: Sequence[tuple[str, str, dict[str, Any], int]]) -> list[Any]:
         """Row mutations for the id index: (transaction_id, family, record, event time µs)."""

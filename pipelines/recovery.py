@@ -99,6 +99,15 @@ class Tracker:
                     self._newest[subscription] = publish_us
                 self.pulled_count += 1
 
+    def reopen(self, receipt: Receipt, publish_us: int) -> None:
+        """Marks a finished message unfinished again, until the outputs it is now given reach
+        their sinks (a waiting label's dead letter): meanwhile the checkpoint holds it, so a
+        crash replays it."""
+        if not self.enabled or publish_us <= 0:  # no publish time: no point to seek to
+            return
+        with self._lock:
+            self._pending.setdefault(receipt, publish_us)
+
     # -- sink side -----------------------------------------------------------------------------
 
     def finish(self, receipts: Iterable[Receipt]) -> None:

@@ -67,6 +67,8 @@ from pipelines.transforms.label_slots import (
     LabelSlot,
     duplicate_detail,
     expire,
+    label_of,
+    label_record,
     message_key,
     resolve,
 )
@@ -233,6 +235,15 @@ class _SequencedDoFn(beam.DoFn):
         assert self._cache is not None, "setup() not called"
         return self._cache.waiting_labels
 
+    def _restore_waiting(self) -> None:
+        memory = self._waiting()
+        for tx_id, entries in self._store().read_waiting().items():
+            for key, record in entries.items():
+                memory.setdefault(tx_id, {})[key] = (
+                    label_of(tx_id, record),
+                    float(record.get("deadline", 0.0)),
+                )
+
     def _store(self) -> FeatureStore:
         # A method, not a property: Beam reads every attribute of a DoFn when it validates it.
         assert self._cache is not None, "setup() not called"
@@ -253,8 +264,11 @@ class _SequencedDoFn(beam.DoFn):
         if self._generation is None:
             current = generation.read() or 0
             if self._cache.owner != (self._run_token, current):
-                self._cache.clear()  # waiting labels too: they are in the id index, and their
-                # messages are redelivered
+                # A new worker, a restart or a failed bundle: the cache may be stale. The labels
+                # waiting for their transaction are reloaded with their deadlines (their
+                # messages finished when they started waiting: they will not come again).
+                self._cache.clear()
+                self._restore_waiting()
             self._generation = current + 1
             generation.write(self._generation)
             label_timer.set(Timestamp.now() + self._label_wait_s + 1)
@@ -297,11 +311,6 @@ class _SequencedDoFn(beam.DoFn):
         if not event.message_id:
             return None
         return (self._sources[0 if isinstance(event, Transaction) else 1], event.message_id)
-
-    def _add_receipt(self, receipts: list[Receipt], event: Transaction | Label) -> None:
-        receipt = self._receipt(event)
-        if receipt is not None:
-            receipts.append(receipt)
 
     def _emit(self, outputs: list[Any], receipts: list[Receipt]) -> Iterator[Any]:
         """Yields the outputs of one flush, each carrying the token that finishes ``receipts``
@@ -367,12 +376,12 @@ class _SequencedDoFn(beam.DoFn):
                 outputs.append(_duplicate(tx, known["m"], known["d"] == digest))
         if swaps:
             store.write(store.id_rows(swaps))
-        ready, slots = self._settle_labels(labels, index, new_txs, outputs, receipts)
+        ready, label_rows = self._settle_labels(labels, index, new_txs, outputs)
         affected: dict[str, Transaction] = {}
         if ready:
-            self._record_labels(ready, affected, slots)
-        elif slots:
-            store.write(store.id_rows(slots))
+            self._record_labels(ready, affected, label_rows)
+        elif label_rows:
+            store.write(label_rows)
         self._expire(time.time(), outputs, receipts)
         if score:
             outputs.append(self._score(score, affected, new_txs))
@@ -388,18 +397,21 @@ class _SequencedDoFn(beam.DoFn):
         index: dict[str, IdRecord],
         new_txs: dict[str, Transaction],
         outputs: list[Any],
-        receipts: list[Receipt],
     ) -> tuple[list[Label], list[Any]]:
         """Applies the label rule (pipelines.transforms.label_slots) to every transaction id with
         label messages in this batch or waiting for a transaction in it. Returns the labels to
-        record and the slot rows to write; rejections go to ``outputs``. A label that starts
-        waiting leaves ``receipts`` (its message finishes when it is decided); one decided now
-        after waiting joins them."""
+        record and the row mutations of the id index (label slots, waiting labels); rejections
+        go to ``outputs``.
+
+        A label that starts waiting is durable once these rows are written (the slot, and a
+        ``wait#`` row with its deadline), so its message finishes with this batch: a restart
+        reloads the waits instead of replaying ``label_wait_s`` of input to get them back."""
         ready: list[Label] = []
         slots: list[tuple[str, str, dict[str, Any], int]] = []
+        add: list[tuple[str, str, dict[str, Any], int]] = []
+        remove: list[tuple[str, Sequence[str] | None]] = []
         memory = self._waiting()
-        # Transactions arriving now that labels wait for (in memory, or only in the id index
-        # when a restart forgot them).
+        # Transactions arriving now that labels wait for (in memory, or only in the id index).
         waiting_ids = [
             i
             for i in new_txs
@@ -421,22 +433,29 @@ class _SequencedDoFn(beam.DoFn):
             if verdict.changed:
                 time_us = known_tx["t"] if known_tx else labels[tx_id][0].event_time_us
                 slots.append((tx_id, FAMILY_LABEL, verdict.slot.to_record(), time_us))
-            if verdict.settled:
-                memory.pop(tx_id, None)
-                for lb in verdict.settled:
-                    self._add_receipt(receipts, lb)
+            if known_tx is not None:
+                # Decided now (every waiting label is in the verdict): nothing waits any more.
+                if memory.pop(tx_id, None) is not None or slot.waiting:
+                    remove.append((tx_id, None))
+                continue
             for lb in verdict.wait:
                 self._early_labels.inc()
-                memory.setdefault(tx_id, {}).setdefault(
-                    message_key(lb), (lb, now + self._label_wait_s)
+                key = message_key(lb)
+                _, deadline = memory.setdefault(tx_id, {}).setdefault(
+                    key, (lb, now + self._label_wait_s)
                 )
-                receipt = self._receipt(lb)
-                if receipt is not None and receipt in receipts:
-                    receipts.remove(receipt)
-        return ready, slots
+                add.append(
+                    (tx_id, key, {**label_record(lb), "deadline": deadline}, lb.event_time_us)
+                )
+        store = self._store()
+        return ready, store.id_rows(slots) + store.waiting_rows(add, remove)
 
     def _expire(self, now: float, outputs: list[Any], receipts: list[Receipt]) -> None:
-        """Dead-letters the waiting labels whose transaction did not come in time."""
+        """Dead-letters the waiting labels whose transaction did not come in time.
+
+        Their messages finished when they started waiting; each is reopened until its dead
+        letter is published, so a crash before that replays it (and the slot, which lists it
+        as expired, dead-letters it again)."""
         memory = self._waiting()
         due: dict[str, list[Label]] = {}
         for tx_id, entries in memory.items():
@@ -447,13 +466,15 @@ class _SequencedDoFn(beam.DoFn):
             return
         store = self._store()
         index = store.read_ids(list(due))
-        rows: list[tuple[str, str, dict[str, Any], int]] = []
+        slots: list[tuple[str, str, dict[str, Any], int]] = []
+        remove: list[tuple[str, Sequence[str] | None]] = []
         for tx_id, expired in due.items():
             keys = {message_key(lb) for lb in expired}
             slot = LabelSlot.from_record(tx_id, index.get(tx_id, IdRecord()).label)
-            rows.append(
+            slots.append(
                 (tx_id, FAMILY_LABEL, expire(slot, keys).to_record(), expired[0].event_time_us)
             )
+            remove.append((tx_id, sorted(keys)))
             entries = memory[tx_id]
             for key in keys:
                 del entries[key]
@@ -461,16 +482,19 @@ class _SequencedDoFn(beam.DoFn):
                 del memory[tx_id]
             for lb in expired:
                 outputs.append(_unknown_transaction(lb, self._label_wait_s))
-                self._add_receipt(receipts, lb)
-        store.write(store.id_rows(rows))
+                receipt = self._receipt(lb)
+                if receipt is not None:
+                    tracker().reopen(receipt, lb.publish_time_us)
+                    receipts.append(receipt)
+        store.write(store.id_rows(slots) + store.waiting_rows((), remove))
 
     def _record_labels(
         self,
         labels: list[Label],
         affected: dict[str, Transaction],
-        slots: list[tuple[str, str, dict[str, Any], int]],
+        index_rows: list[Any],
     ) -> None:
-        """Writes labels whose transaction is known, with the label slots of the batch, and
+        """Writes labels whose transaction is known, with the batch's id-index rows, and
         collects the stored transactions whose risk windows they fall into (a redelivered label
         redoes its corrections)."""
         span = influence_span_us(TERMINAL, labels=True)
@@ -487,7 +511,7 @@ class _SequencedDoFn(beam.DoFn):
                 [lb.event_time_us for lb in labels],
                 [lb.is_fraud for lb in labels],
             )
-            + store.id_rows(slots)
+            + index_rows
         )
         for lb in labels:
             self._cache.add_label(lb.transaction_id, lb.terminal_id, lb.event_time_us, lb.is_fraud)

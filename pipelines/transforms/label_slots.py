@@ -39,6 +39,8 @@ __all__ = [
     "duplicate_detail",
     "label_digest",
     "label_mismatch",
+    "label_of",
+    "label_record",
     "message_key",
     "resolve",
 ]

@@ -4,6 +4,7 @@ latest revision of every transaction's features equals the batch computation."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from typing import Any
 
@@ -116,3 +117,51 @@ def test_compute_features_composite_in_a_test_pipeline(emulators, tiny_frame) ->
         ) | ComputeFeatures(config, max_batch_size=300)
         assert_that(computed.batches, check)
         assert_that(computed.dead_letters, equal_to([]), label="no rejects")
+
+
+def _restarted(stage: _SequencedDoFn) -> _SequencedDoFn:
+    """A new stage for the same table as after a restart: empty memory, waits reloaded."""
+    fresh = _SequencedDoFn(stage._config, max_batch_size=10_000, label_wait_s=stage._label_wait_s)
+    fresh.setup()
+    assert fresh._cache is not None
+    fresh._cache.clear()  # one process here: the shared cache stands for the dead one's
+    fresh._restore_waiting()
+    return fresh
+
+
+def test_waiting_labels_and_their_deadlines_survive_a_restart(emulators, tiny_frame) -> None:
+    import time
+
+    from pipelines.transforms.label_slots import LabelSlot
+
+    config = StoreConfig(LOCAL_PROJECT, "rillet", "ordering_waiting")
+    create_table(config)
+    txs, labels = events_of(tiny_frame)
+    genuine = dataclasses.replace(labels[0], message_id="g", publish_time_us=20)
+    contradiction = dataclasses.replace(
+        labels[0], terminal_id="elsewhere", message_id="m", publish_time_us=10
+    )
+    ghost = dataclasses.replace(labels[1], transaction_id="ghost", message_id="x")
+    stage = _SequencedDoFn(config, max_batch_size=10_000, label_wait_s=3.0)
+    stage.setup()
+    out = list(stage.flush([contradiction, genuine, ghost]))  # no transaction yet: all wait
+    assert out == [] and set(stage._waiting()) == {txs[0].transaction_id, "ghost"}
+    started = time.time()
+
+    # The job dies; its successor knows only the store (the label messages finished).
+    after = _restarted(stage)
+    assert set(after._waiting()) == {txs[0].transaction_id, "ghost"}
+    outputs = list(after.flush([txs[0]]))
+    rejected = [o.value for o in outputs if not isinstance(o, FeatureBatch)]
+    assert [(d.reason, d.message_id) for d in rejected] == [("label_mismatch", "m")]
+    record = after._store().read_ids([txs[0].transaction_id])[txs[0].transaction_id]
+    assert LabelSlot.from_record(txs[0].transaction_id, record.label).recorded == genuine
+
+    # The ghost keeps its original deadline across a second restart, then is dead-lettered.
+    again = _restarted(after)
+    assert set(again._waiting()) == {"ghost"}
+    time.sleep(max(0.0, started + 3.2 - time.time()))
+    expired = [o.value for o in again.flush([txs[1]]) if not isinstance(o, FeatureBatch)]
+    assert [(d.reason, d.message_id) for d in expired] == [("unknown_transaction", "x")]
+    assert _restarted(again)._waiting() == {}
+    assert again._store().read_waiting() == {}

@@ -41,6 +41,23 @@ def test_resume_point_is_the_oldest_unfinished_message(tracker: Tracker) -> None
     assert tracker.in_flight() == 0 and tracker.finished_count == 4
 
 
+def test_a_reopened_message_holds_the_checkpoint_until_its_new_output_is_out(
+    tracker: Tracker,
+) -> None:
+    # A label that waited (its message finished) is dead-lettered later: until that dead letter
+    # is published, a crash must replay it.
+    tracker.pulled(LB, [("7", 100), ("8", 500)])
+    tracker.finish([(LB, "7"), (LB, "8")])
+    assert tracker.resume_points() == {LB: 500}
+    tracker.reopen((LB, "7"), 100)
+    token = tracker.hold([(LB, "7")], 1)
+    assert tracker.resume_points() == {LB: 100}
+    tracker.release(token)
+    assert tracker.resume_points() == {LB: 500}
+    tracker.reopen((LB, "x"), 0)  # no publish time: nothing to seek to
+    assert tracker.in_flight() == 0
+
+
 def test_a_group_finishes_when_all_its_outputs_are_released(tracker: Tracker) -> None:
     tracker.pulled(TX, [("1", 100), ("2", 200)])
     token = tracker.hold([(TX, "1"), (TX, "2")], outputs=2)
