@@ -400,7 +400,7 @@ class CheckUniqueIds(beam.PTransform):
 
 def _check_unique(element: tuple[int, Iterable[pa.Table]]) -> int:
     _, tables = element
-    combined = _concat(tables)
+    combined = _concat(t.select(["transaction_id"]) for t in tables)  # only the ids are needed
     if combined is None:
         return 0
     ids = combined.column("transaction_id").to_pandas()

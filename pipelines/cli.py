@@ -429,17 +429,24 @@ def run(
     --runner=DirectRunner --project=rillet-local --model_dir=artifacts/models (see
     pipelines/options.py for the rillet options). On the DirectRunner the job keeps a recovery
     checkpoint in <state-dir>/recovery/ unless --recovery_checkpoint says otherwise."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from pipelines.options import RilletOptions
+    from pipelines.pipeline import DIRECT_RUNNERS, pipeline_options
     from pipelines.pipeline import run as run_pipeline
 
     argv = list(ctx.args)
     if not any(a.startswith("--project") for a in argv) and emulators:
         argv.append("--project=rillet-local")
-    if not any(a.startswith("--recovery_checkpoint") for a in argv):
-        argv.append(f"--recovery_checkpoint={state_dir / 'recovery' / 'checkpoint.json'}")
-    if not resume:
-        for a in argv:
-            if a.startswith("--recovery_checkpoint="):
-                Path(a.split("=", 1)[1]).unlink(missing_ok=True)
+    options = pipeline_options(argv)
+    checkpoint = options.view_as(RilletOptions).recovery_checkpoint
+    if not checkpoint and (options.view_as(StandardOptions).runner or "DirectRunner") in (
+        DIRECT_RUNNERS
+    ):
+        checkpoint = str(state_dir / "recovery" / "checkpoint.json")
+        argv.append(f"--recovery_checkpoint={checkpoint}")
+    if not resume and checkpoint:
+        Path(checkpoint).unlink(missing_ok=True)
     if emulators and (state_dir / "local.json").exists():
         os.environ.update(_stack(state_dir).env())
     run_pipeline(argv)

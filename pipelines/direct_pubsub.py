@@ -36,10 +36,10 @@ class _ImmediatePullClient:
     def pull(self, subscription: str, max_messages: int = 10, timeout: float | None = None) -> Any:
         # The emulator answers at most 100 messages per pull: pull again (without waiting) until
         # the bundle holds max_messages or the subscription has nothing more right now.
-        from google.cloud import pubsub_v1
-
         wanted = min(self._max, tracker().admit())
         if wanted <= 0:  # backpressure: too much in flight
+            from google.cloud import pubsub_v1
+
             time.sleep(self._idle)
             return pubsub_v1.types.PullResponse()
         with warnings.catch_warnings():

@@ -31,9 +31,12 @@ from pipelines.transforms.inference import ModelInfo, Predict, resolve_model
 from pipelines.transforms.parse import ParseEvents
 from pipelines.transforms.sinks import RiskBands, WriteDeadLetters, WritePredictions
 
-__all__ = ["STEP_LABELS", "build_pipeline", "run"]
+__all__ = ["DIRECT_RUNNERS", "STEP_LABELS", "build_pipeline", "input_subscriptions", "run"]
 
 _LOGGER = logging.getLogger(__name__)
+
+# The local runners (Pub/Sub pulls tuned, recovery checkpoint kept: pipelines.recovery).
+DIRECT_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 READ_TRANSACTIONS = "ReadTransactions"
 READ_LABELS = "ReadLabels"
@@ -58,6 +61,16 @@ STEP_LABELS: tuple[str, ...] = (
 )
 
 
+def input_subscriptions(options: PipelineOptions) -> tuple[str, str]:
+    """The full paths of the transaction and label subscriptions."""
+    opts = options.view_as(RilletOptions)
+    project = options.view_as(GoogleCloudOptions).project
+    return (
+        resource_path(project, "subscriptions", opts.transactions_subscription),
+        resource_path(project, "subscriptions", opts.labels_subscription),
+    )
+
+
 def build_pipeline(
     p: beam.Pipeline, options: PipelineOptions, model: ModelInfo | None = None
 ) -> dict[str, Any]:
@@ -69,8 +82,7 @@ def build_pipeline(
     project = options.view_as(GoogleCloudOptions).project
     store = StoreConfig(project, opts.bigtable_instance, opts.bigtable_table)
     model = model or resolve_model(opts.model_dir, opts.model_version)
-    tx_sub = resource_path(project, "subscriptions", opts.transactions_subscription)
-    label_sub = resource_path(project, "subscriptions", opts.labels_subscription)
+    tx_sub, label_sub = input_subscriptions(options)
 
     tx_messages = p | READ_TRANSACTIONS >> beam.io.ReadFromPubSub(
         subscription=tx_sub, with_attributes=True
@@ -150,7 +162,7 @@ def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:
     options = pipeline_options(sys.argv[1:] if argv is None else argv)
     opts = options.view_as(RilletOptions)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    if runner in ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner"):
+    if runner in DIRECT_RUNNERS:
         from pipelines.direct_pubsub import tune_direct_runner_pubsub
 
         tune_direct_runner_pubsub(opts.direct_pull_max_messages)
@@ -171,12 +183,7 @@ def _start_recovery(options: PipelineOptions) -> None:
     from pipelines import recovery
 
     opts = options.view_as(RilletOptions)
-    project = options.view_as(GoogleCloudOptions).project
-    subscriptions = [
-        resource_path(project, "subscriptions", opts.transactions_subscription),
-        resource_path(project, "subscriptions", opts.labels_subscription),
-    ]
-    sought = recovery.seek_to_checkpoint(opts.recovery_checkpoint, subscriptions)
+    sought = recovery.seek_to_checkpoint(opts.recovery_checkpoint, input_subscriptions(options))
     if sought:
         _LOGGER.info("resumed from %s: %s", opts.recovery_checkpoint, sought)
     recovery.tracker().enable(opts.max_in_flight)

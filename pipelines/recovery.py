@@ -64,7 +64,6 @@ class Tracker:
         self._groups: dict[int, tuple[list[Receipt], int]] = {}  # token -> (receipts, outputs)
         self._next_token = 1
         self.finished_count = 0
-        self.pulled_count = 0
 
     def enable(self, max_in_flight: int = 0) -> None:
         self.enabled = True
@@ -75,7 +74,7 @@ class Tracker:
             self._pending.clear()
             self._newest.clear()
             self._groups.clear()
-            self.finished_count = self.pulled_count = 0
+            self.finished_count = 0
         self.enabled = False
         self.max_in_flight = 0
 
@@ -97,7 +96,6 @@ class Tracker:
                 self._pending[(subscription, message_id)] = publish_us
                 if publish_us > self._newest.get(subscription, 0):
                     self._newest[subscription] = publish_us
-                self.pulled_count += 1
 
     def reopen(self, receipt: Receipt, publish_us: int) -> None:
         """Marks a finished message unfinished again, until the outputs it is now given reach
@@ -203,6 +201,7 @@ class CheckpointWriter(threading.Thread):
         self.interval_s = interval_s
         self._stop_event = threading.Event()
         self._previous = read_checkpoint(self.path)
+        self._written = self._previous  # what the file holds: unchanged points are not rewritten
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
@@ -210,8 +209,9 @@ class CheckpointWriter(threading.Thread):
 
     def write_once(self) -> None:
         points = {**self._previous, **tracker().resume_points()}
-        if points:
+        if points and points != self._written:
             write_checkpoint(self.path, points)
+            self._written = points
 
     def stop(self) -> None:
         self._stop_event.set()

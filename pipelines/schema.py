@@ -239,7 +239,7 @@ def _event_time(obj: dict[str, Any], now_us: int | None) -> int:
 
 
 def parse_transaction(
-    data: bytes, publish_time_us: int = 0, now_us: int | None = None
+    data: bytes, publish_time_us: int = 0, now_us: int | None = None, message_id: str = ""
 ) -> Transaction:
     """Validates one transaction message; raises InvalidEvent with the reason."""
     obj = _load_object(data, _TRANSACTION_FIELDS)
@@ -263,10 +263,13 @@ def parse_transaction(
         terminal_id=_identifier(obj, "terminal_id"),
         amount=amount,
         publish_time_us=publish_time_us,
+        message_id=message_id,
     )
 
 
-def parse_label(data: bytes, publish_time_us: int = 0, now_us: int | None = None) -> Label:
+def parse_label(
+    data: bytes, publish_time_us: int = 0, now_us: int | None = None, message_id: str = ""
+) -> Label:
     """Validates one label message; raises InvalidEvent with the reason."""
     obj = _load_object(data, _LABEL_FIELDS)
     is_fraud = obj["is_fraud"]
@@ -279,4 +282,5 @@ def parse_label(data: bytes, publish_time_us: int = 0, now_us: int | None = None
         terminal_id=_identifier(obj, "terminal_id"),
         is_fraud=is_fraud,
         publish_time_us=publish_time_us,
+        message_id=message_id,
     )

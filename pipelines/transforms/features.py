@@ -340,9 +340,10 @@ class _SequencedDoFn(beam.DoFn):
             if _same_message(first, event):
                 self._duplicates.inc()  # the same message twice: once is enough
                 continue
-            if _published_first(event, first, _same_event(first, event)):
+            same = _same_event(first, event)
+            if _published_first(event, first, same):
                 txs[event.transaction_id], event, first = event, first, event
-            outputs.append(_duplicate(event, first.message_id, _same_event(first, event)))
+            outputs.append(_duplicate(event, first.message_id, same))
         store = self._store()
         index = store.read_ids([*txs, *labels])
         score: list[Transaction] = []
@@ -415,7 +416,8 @@ class _SequencedDoFn(beam.DoFn):
         waiting_ids = [
             i
             for i in new_txs
-            if i not in labels and (i in memory or (index.get(i, IdRecord()).label or {}).get("w"))
+            if i not in labels
+            and (i in memory or LabelSlot.from_record(i, index.get(i, IdRecord()).label).waiting)
         ]
         wait_detail = f"no transaction with this id within {self._label_wait_s:g} s"
         now = time.time()

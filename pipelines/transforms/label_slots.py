@@ -122,7 +122,6 @@ class Resolution:
     record: Label | None = None  # to write to the label cell (its corrections are redone)
     rejected: list[tuple[Label, str, str]] = field(default_factory=list)  # label, reason, detail
     wait: list[Label] = field(default_factory=list)  # arrived now, waiting for the transaction
-    settled: list[Label] = field(default_factory=list)  # had waited, decided now
     redeliveries: int = 0
     repeats: int = 0  # the same message twice among the arrivals
 
@@ -164,7 +163,7 @@ def resolve(
     recorded_key = message_key(slot.recorded) if slot.recorded else None
     waiting_keys = {message_key(w) for w in slot.waiting}
     seen: set[str] = set()
-    redelivered = False
+    resumed: list[Label] = []  # redeliveries of waiting labels (after a restart)
     new: list[Label] = []
     for lb in arrivals:
         key = message_key(lb)
@@ -173,24 +172,21 @@ def resolve(
             continue
         seen.add(key)
         if key == recorded_key:
-            redelivered = True
             out.redeliveries += 1
         elif key in slot.expired:
             out.rejected.append((lb, "unknown_transaction", unknown_detail))
         elif key in waiting_keys:
-            out.wait.append(lb)  # a redelivery of a waiting label (after a restart)
+            resumed.append(lb)
         else:
             new.append(lb)
 
     if tx is None:
-        out.wait.extend(new)
+        out.wait = [*resumed, *new]
         if new:
             out.slot = LabelSlot(slot.recorded, (*slot.waiting, *new), slot.expired)
             out.changed = True
         return out
 
-    out.wait = []
-    out.settled = list(slot.waiting)
     pool: list[Label] = []
     for lb in (*slot.waiting, *new):
         reason = label_mismatch(tx, lb)
@@ -213,7 +209,7 @@ def resolve(
                 (lb, "duplicate_label", duplicate_detail("label", winner.message_id, same))
             )
     if winner is incumbent:
-        if redelivered:
+        if out.redeliveries:
             out.record = incumbent  # recorded again: its corrections are redone
     elif incumbent is None or label_digest(incumbent) != label_digest(winner):  # type: ignore[arg-type]
         out.record = winner

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -10,6 +9,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipelines.recovery import tracker
 from pipelines.schema import InvalidEvent, Label, Transaction, parse_label, parse_transaction
 
 __all__ = ["DEAD_LETTER_TAG", "DeadLetter", "ParseEvents", "ParsedEvents", "publish_time_us"]
@@ -22,8 +22,8 @@ METRICS_NAMESPACE = "rillet"
 class DeadLetter:
     """A rejected message: its original bytes, why, and where it was rejected.
 
-    ``receipts`` name the Pub/Sub messages it finishes once published, and ``token`` the group of
-    outputs it belongs to (pipelines.recovery); ``message_id`` is the original message's.
+    ``token`` is the group of outputs it belongs to: when they are all published, the messages
+    behind them are finished (pipelines.recovery); ``message_id`` is the original message's.
     """
 
     payload: bytes
@@ -33,7 +33,6 @@ class DeadLetter:
     stage: str
     attributes: dict[str, str] = field(default_factory=dict)
     message_id: str = ""
-    receipts: tuple[tuple[str, str], ...] = ()
     token: int = 0
 
 
@@ -69,12 +68,15 @@ class _ParseDoFn(beam.DoFn):
         attributes = dict(getattr(message, "attributes", None) or {})
         message_id = getattr(message, "message_id", None) or ""
         try:
-            event = self._parse(data, publish_time_us=publish_time_us(message))
+            event = self._parse(
+                data, publish_time_us=publish_time_us(message), message_id=message_id
+            )
         except InvalidEvent as exc:
             self._invalid.inc()
             Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{exc.reason}").inc()
             payload = data if isinstance(data, bytes) else repr(data).encode()
-            receipts = ((self._source, message_id),) if message_id else ()
+            # Finished once published (pipelines.recovery), like every stage's dead letters.
+            token = tracker().hold([(self._source, message_id)], 1) if message_id else 0
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER_TAG,
                 DeadLetter(
@@ -85,12 +87,12 @@ class _ParseDoFn(beam.DoFn):
                     "parse",
                     attributes,
                     message_id,
-                    receipts,
+                    token,
                 ),
             )
             return
         self._valid.inc()
-        yield dataclasses.replace(event, message_id=message_id) if message_id else event
+        yield event
 
 
 class ParseEvents(beam.PTransform):

@@ -288,14 +288,31 @@ def _publisher_client() -> Any:
     )
 
 
-class _PublishDoFn(beam.DoFn):
-    def __init__(self, topic: str) -> None:
+class _PublishingDoFn(beam.DoFn):
+    """Publishes to one topic, waits for Pub/Sub's acks (at-least-once), then releases the
+    recovery tokens of what was published: the messages behind it are finished
+    (pipelines.recovery). The publisher client retries transient failures within its deadline."""
+
+    def __init__(self, topic: str, metric: str) -> None:
         self._topic = topic
         self._publisher: Any = None
-        self._published = Metrics.counter(METRICS_NAMESPACE, "predictions_published")
+        self._published = Metrics.counter(METRICS_NAMESPACE, metric)
 
     def setup(self) -> None:
         self._publisher = process_shared(("publisher",), _publisher_client)
+
+    def _publish(self, futures: list[Any], tokens: Iterable[int]) -> int:
+        for future in futures:
+            future.result(timeout=300)
+        self._published.inc(len(futures))
+        for token in tokens:
+            tracker().release(token)
+        return len(futures)
+
+
+class _PublishDoFn(_PublishingDoFn):
+    def __init__(self, topic: str) -> None:
+        super().__init__(topic, "predictions_published")
 
     def process(self, stored: tuple[int, list[PredictionRecord]]) -> Iterator[int]:
         token, records = stored
@@ -303,14 +320,8 @@ class _PublishDoFn(beam.DoFn):
         for record in records:
             data, attributes = _to_message(record)
             futures.append(self._publisher.publish(self._topic, data, **attributes))
-        # Wait for the acks before the bundle completes: at-least-once delivery.
-        # (The publisher client retries transient failures itself, within its own deadline.)
-        for future in futures:
-            future.result(timeout=300)
-        self._published.inc(len(futures))
-        # Stored and published: the messages behind this batch are finished (pipelines.recovery).
-        tracker().release(token)
-        yield len(futures)
+        # Stored and published: the messages behind this batch are finished.
+        yield self._publish(futures, [token])
 
 
 class WritePredictions(beam.PTransform):
@@ -362,17 +373,12 @@ def _dead_letter_message(dl: DeadLetter) -> PubsubMessage:
     return PubsubMessage(dl.payload, attributes)
 
 
-class _PublishDeadLettersDoFn(beam.DoFn):
+class _PublishDeadLettersDoFn(_PublishingDoFn):
     """Publishes a bundle's dead letters, waits for every ack, then finishes their messages."""
 
     def __init__(self, topic: str) -> None:
-        self._topic = topic
-        self._publisher: Any = None
-        self._pending: list[tuple[Any, DeadLetter]] = []
-        self._published = Metrics.counter(METRICS_NAMESPACE, "dead_letters_published")
-
-    def setup(self) -> None:
-        self._publisher = process_shared(("publisher",), _publisher_client)
+        super().__init__(topic, "dead_letters_published")
+        self._pending: list[tuple[Any, int]] = []
 
     def start_bundle(self) -> None:
         self._pending = []
@@ -380,17 +386,11 @@ class _PublishDeadLettersDoFn(beam.DoFn):
     def process(self, dl: DeadLetter) -> None:
         message = _dead_letter_message(dl)
         future = self._publisher.publish(self._topic, message.data, **message.attributes)
-        self._pending.append((future, dl))
+        self._pending.append((future, dl.token))
 
     def finish_bundle(self) -> None:
         pending, self._pending = self._pending, []
-        for future, _ in pending:
-            future.result(timeout=300)
-        self._published.inc(len(pending))
-        recovery = tracker()
-        for _, dl in pending:
-            recovery.finish(dl.receipts)
-            recovery.release(dl.token)
+        self._publish([f for f, _ in pending], [t for _, t in pending])
 
 
 class WriteDeadLetters(beam.PTransform):
