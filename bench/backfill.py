@@ -44,12 +44,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench.pandas_features import ENGINEERED_FEATURES, pandas_features
+from bench.pandas_features import ENGINEERED_FEATURES, Method, pandas_features
 
 __all__ = ["TOLERANCE", "compare", "main", "run_bench"]
 
@@ -162,9 +162,7 @@ def run_bench(
         raise ValueError(f"unknown preset {preset!r}; one of {sorted(PRESETS)}")
     if repeat < 1:
         raise ValueError("repeat must be at least 1")
-    methods: tuple[Literal["apply", "vectorised"], ...] = (
-        ("vectorised",) if skip_apply else ("vectorised", "apply")
-    )
+    methods: tuple[Method, ...] = ("vectorised",) if skip_apply else ("vectorised", "apply")
     temporary = work_dir is None
     base = Path(work_dir) if work_dir is not None else Path(tempfile.mkdtemp(prefix="rillet-bf-"))
     input_dir, output_dir = base / "input", base / "output"

@@ -23,6 +23,7 @@ duplicated = 0, dead_lettered = malformed (the same messages) and feature_mismat
 from __future__ import annotations
 
 import argparse
+import bisect
 import functools
 import json
 import os
@@ -37,8 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-DAY_US = 86_400_000_000
 
 
 @dataclass
@@ -87,11 +86,16 @@ class Chaos:
     timeline: list[tuple[float, int, int, float]] = field(default_factory=list)
 
 
+def _rejected(m: Message) -> bool:
+    """Whether the pipeline must dead-letter this message (everything but the valid replay)."""
+    return m.kind not in ("transaction", "label")
+
+
 def _dumps(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 
 
-def malformed_bodies(rng: random.Random, good: dict[str, Any], n: int) -> list[bytes]:
+def malformed_bodies(good: dict[str, Any], n: int) -> list[bytes]:
     """n messages the parser must reject, cycling through every kind of bad input."""
     big = "x" * 5000
     makers: list[Callable[[int], bytes]] = [
@@ -145,16 +149,19 @@ def build_messages(frame: Any, config: ChaosConfig) -> list[Message]:
     label_positions = [i for i, m in enumerate(messages) if m.kind == "label"]
     good = json.loads(messages[tx_positions[0]].data)
     inserts: list[tuple[int, Message]] = []
-    for body in malformed_bodies(rng, good, config.malformed):
+    for body in malformed_bodies(good, config.malformed):
         topic = rng.choice(["transactions", "labels"])
         inserts.append((rng.randrange(len(messages)), Message(topic, body, "malformed")))
     # Duplicates: published well after the original (2,000 messages later or more), so the
     # original is the first message with its id.
     gap = 2_000
+    early = {  # originals from the first two thirds, so their copies fit in the replay
+        kind: positions[: len(positions) * 2 // 3] or positions
+        for kind, positions in (("label", label_positions), ("transaction", tx_positions))
+    }
     for k in range(config.duplicates):
         on_label = k % 3 == 2
-        pool = label_positions if on_label else tx_positions
-        pos = rng.choice([p for p in pool[: len(pool) * 2 // 3]] or pool)
+        pos = rng.choice(early["label" if on_label else "transaction"])
         original = messages[pos]
         body = json.loads(original.data)
         if k % 2:  # a conflicting duplicate: same id, different content
@@ -191,15 +198,17 @@ def _steady_rate(timeline: list[tuple[float, int, int, float]]) -> float:
     median over 10 s spans in which at least 1,000 transactions were published and not predicted
     all along (0 when there was never such a backlog)."""
     rates = []
+    times = [row[0] for row in timeline]
     for i, (t0, _, done0, _) in enumerate(timeline):
-        span = [row for row in timeline[i:] if row[0] <= t0 + 10.0]
+        end = bisect.bisect_right(times, t0 + 10.0)
+        span = timeline[i:end]
         t1, _, done1, _ = span[-1]
         if t1 - t0 >= 8.0 and all(sent - done >= 1_000 for _, sent, done, _ in span):
             rates.append((done1 - done0) / (t1 - t0))
     return round(float(np.median(rates)), 1) if rates else 0.0
 
 
-def _overload(chaos: Chaos) -> dict[str, Any] | None:
+def _overload(chaos: Chaos, capacity: float) -> dict[str, Any] | None:
     """The burst against the capacity measured in the same run, both in transactions per second
     (the replay's mix of transactions and labels varies along it, so messages per second would
     compare different work): ``ratio`` is the transactions published per second during the burst
@@ -208,7 +217,6 @@ def _overload(chaos: Chaos) -> dict[str, Any] | None:
     if chaos.burst is None:
         return None
     start, end, rate = chaos.burst
-    capacity = _steady_rate(chaos.timeline)
     during = [row for row in chaos.timeline if start <= row[0] <= end]
     burst_tx = (
         (during[-1][1] - during[0][1]) / (during[-1][0] - during[0][0]) if len(during) > 1 else 0.0
@@ -243,7 +251,6 @@ def publish_all(
     topics: dict[str, str],
     rate: float,
     burst: tuple[float, float, float] | None,
-    done: threading.Event,
     counter: list[int],
 ) -> None:
     """Publishes in order at ``rate`` per second (at ``burst`` = (start, end, rate) from
@@ -262,10 +269,7 @@ def publish_all(
             with lock:
                 counter[0] += 1
 
-    try:
-        publish_events(messages, topics, rate_at, on_published=published)
-    finally:
-        done.set()
+    publish_events(messages, topics, rate_at, on_published=published)
 
 
 def _datastore_predictions(project: str, ids: set[str]) -> dict[str, Any]:
@@ -273,13 +277,15 @@ def _datastore_predictions(project: str, ids: set[str]) -> dict[str, Any]:
     takes minutes on the emulator at 100k; lookups by key take seconds)."""
     from google.cloud import datastore
 
-    from pipelines.retry import with_backoff
+    from pipelines.retry import datastore_call_options, with_backoff
 
     client = datastore.Client(project=project)
     keys = [client.key("Prediction", tx_id) for tx_id in sorted(ids)]
     found: dict[str, Any] = {}
     for start in range(0, len(keys), 1000):
-        lookup = functools.partial(client.get_multi, keys[start : start + 1000])
+        lookup = functools.partial(
+            client.get_multi, keys[start : start + 1000], **datastore_call_options()
+        )
         for entity in with_backoff(lookup, "Datastore lookup"):
             found[entity.key.name] = entity
     return found
@@ -305,7 +311,6 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     from models.train import TrainConfig, export_model, train_model
     from pipelines.demo import Monitor
     from pipelines.feature_store import FeatureStore, StoreConfig
-    from pipelines.features import MODEL_INPUTS
     from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
     from pipelines.simulator import PRESETS, simulate
     from pipelines.streaming_job import StreamingJob
@@ -317,8 +322,8 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     frame = simulate(PRESETS[config.preset])
     frame = frame.sort_values(["TX_DATETIME", "TRANSACTION_ID"]).reset_index(drop=True)
     frame = frame.iloc[: config.min_transactions].copy()
-    expected = training_features(frame).set_index("TRANSACTION_ID")
-    model, _ = train_model(expected.reset_index(), None, TrainConfig(epochs=1))
+    expected = training_features(frame)
+    model, _ = train_model(expected, None, TrainConfig(epochs=1))
     model_dir = work / "models"
     export_model(model, model_dir, {"preset": config.preset, "purpose": "chaos"})
 
@@ -345,9 +350,8 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     job = StreamingJob(args, log)
     try:
         with environment(stack.env()):
-            create_resources(topo, retain_acked=True)
+            create_resources(topo)
             job.start()
-            published = threading.Event()
             sent_tx = [0]  # transactions published so far
             duration = len(messages) / config.rate
             burst = None
@@ -360,7 +364,7 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
                 chaos.burst = burst
             publisher = threading.Thread(
                 target=publish_all,
-                args=(messages, topo.topic_paths(), config.rate, burst, published, sent_tx),
+                args=(messages, topo.topic_paths(), config.rate, burst, sent_tx),
                 daemon=True,
             )
             subscription = f"projects/{topo.project}/subscriptions/"
@@ -428,26 +432,34 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
                     chaos.outages.append((name, round(start, 1), config.outage_s))
                     job.check()
             # Wait until every valid transaction has its prediction and every rejection is out.
-            n_rejects = sum(1 for m in messages if m.kind not in ("transaction", "label"))
+            n_rejects = sum(1 for m in messages if _rejected(m))
+            lookup = _published_ids(messages)
             deadline = t0 + config.timeout_s
             stored: dict[str, Any] = {}
             predicted_ids: set[str] = set()
-            read = 0
+            rejected: set[str] = set()
+            read = read_dead = 0
             while time.monotonic() < deadline:
                 job.check()
                 new = predicted[read:]
                 read += len(new)
                 predicted_ids.update(m.attributes.get("transaction_id", "") for m in new)
-                rejected = {m.attributes.get("original_message_id") for m in dead}
+                new_dead = dead[read_dead:]
+                read_dead += len(new_dead)
+                rejected.update(m.attributes.get("original_message_id", "") for m in new_dead)
                 # Datastore is read only once the topics say everything is out.
-                if published.is_set() and valid_tx <= predicted_ids and len(rejected) >= n_rejects:
+                if (
+                    not publisher.is_alive()
+                    and valid_tx <= predicted_ids
+                    and len(rejected) >= n_rejects
+                ):
                     time.sleep(5)  # let late corrections land
-                    stored = _datastore_predictions(topo.project, _published_ids(messages))
+                    stored = _datastore_predictions(topo.project, lookup)
                     if valid_tx <= set(stored):
                         break
                 time.sleep(3)
             if not valid_tx <= set(stored):  # timed out: report what is there
-                stored = _datastore_predictions(topo.project, _published_ids(messages))
+                stored = _datastore_predictions(topo.project, lookup)
             stop.set()
             for monitor, thread in zip((dead_monitor, prediction_monitor), monitors, strict=True):
                 monitor.stop.set()
@@ -464,26 +476,24 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
         job.stop()
         stack.down()
 
-    return _report(
-        config, messages, frame, expected, stored, dead, index, chaos, elapsed, MODEL_INPUTS
-    )
+    return _report(config, messages, valid_tx, expected, stored, dead, index, chaos, elapsed)
 
 
 def _report(
     config: ChaosConfig,
     messages: list[Message],
-    frame: Any,
+    valid_tx: set[str],
     expected: Any,
     stored: dict[str, Any],
     dead: list[Any],
     index: dict[str, Any],
     chaos: Chaos,
     elapsed: float,
-    model_inputs: tuple[str, ...],
 ) -> dict[str, Any]:
-    valid_tx = {str(t) for t in frame.TRANSACTION_ID}
-    rejects = {m.message_id: m for m in messages if m.kind not in ("transaction", "label")}
-    valid_ids = {m.message_id for m in messages if m.kind in ("transaction", "label")}
+    from pipelines.demo import feature_mismatches
+
+    rejects = {m.message_id for m in messages if _rejected(m)}
+    valid_ids = {m.message_id for m in messages if not _rejected(m)}
     dl_ids = [m.attributes.get("original_message_id", "") for m in dead]
     dl_set = set(dl_ids)
     reasons: dict[str, int] = {}
@@ -505,14 +515,14 @@ def _report(
         )
     ]
     tx_missing = [tx for tx in valid_tx if index.get(tx) is None or index[tx].tx is None]
-    checked = sorted(valid_tx & set(stored), key=int)
-    # One indexed lookup for all rows (a .loc per row takes minutes at 100k transactions).
-    want = expected.reindex([int(t) for t in checked])[list(model_inputs)].to_numpy(np.float64)
-    got = np.array(
-        [[json.loads(stored[t]["features"])[f] for f in model_inputs] for t in checked],
-        dtype=np.float64,
-    ).reshape(len(checked), len(model_inputs))
-    mismatches = int((~np.all(got == want, axis=1)).sum())
+    mismatches = feature_mismatches(
+        [
+            {"transaction_id": t, "features": json.loads(stored[t]["features"])}
+            for t in sorted(valid_tx & set(stored))
+        ],
+        expected,
+    )
+    steady = _steady_rate(chaos.timeline)
     lost = len(missing_predictions) + len(set(labels_missing) | set(tx_missing))
     result: dict[str, Any] = {
         "sent": len(messages),
@@ -522,7 +532,7 @@ def _report(
         "predictions_stored": len(valid_tx & set(stored)),
         "lost": lost,
         "duplicated": len(set(stored) - valid_tx),
-        "dead_lettered": len(dl_set & set(rejects)),
+        "dead_lettered": len(dl_set & rejects),
         "dead_letter_messages": len(dl_ids),
         "valid_dead_lettered": len(dl_set & valid_ids),
         "valid_dead_lettered_details": sorted(
@@ -541,8 +551,8 @@ def _report(
         "max_rss_mb": max((rss for *_, rss in chaos.timeline), default=0.0),
         "backlog_peak": max((sent - done for _, sent, done, _ in chaos.timeline), default=0),
         "drained_s": next((t for t, _, done, _ in chaos.timeline if done >= len(valid_tx)), None),
-        "steady_tx_per_s": _steady_rate(chaos.timeline),
-        "overload": _overload(chaos),
+        "steady_tx_per_s": steady,
+        "overload": _overload(chaos, steady),
         "timeline": chaos.timeline,
         "elapsed_s": round(elapsed, 1),
         "rate": config.rate,

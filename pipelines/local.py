@@ -21,7 +21,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -36,7 +35,6 @@ _LOGGER = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_PORTS",
-    "EMULATORS",
     "LocalStack",
     "StackError",
     "Topology",
@@ -47,7 +45,6 @@ __all__ = [
 ]
 
 DEFAULT_PORTS = {"pubsub": 8085, "bigtable": 8086, "datastore": 8081}
-EMULATORS = tuple(DEFAULT_PORTS)
 ENV_VARS = {
     "pubsub": "PUBSUB_EMULATOR_HOST",
     "bigtable": "BIGTABLE_EMULATOR_HOST",
@@ -286,7 +283,8 @@ class LocalStack:
 
     def _own_pid(self, name: str) -> int:
         if name not in DEFAULT_PORTS:
-            raise ValueError(f"unknown emulator {name!r}; expected one of {', '.join(EMULATORS)}")
+            expected = ", ".join(DEFAULT_PORTS)
+            raise ValueError(f"unknown emulator {name!r}; expected one of {expected}")
         pid = self._load().pids.get(name)
         if pid is None or not _alive(pid):
             raise StackError(f"the {name} emulator was not started by this stack {self.state_dir}")
@@ -320,27 +318,17 @@ class LocalStack:
         return pid is not None and _stopped(pid)
 
     @contextmanager
-    def outage(self, name: str, seconds: float | None = None) -> Iterator[None]:
-        """Pauses the emulator for the block; with ``seconds``, resumes it after that long even if
-        the block is still running (a timer thread), so the block can watch the recovery. The
-        emulator is always resumed when the block exits, also on an exception.
+    def outage(self, name: str) -> Iterator[None]:
+        """Pauses the emulator for the block; it is resumed when the block exits, also on an
+        exception.
 
             with stack.outage("bigtable"):         # down for the duration of the block
                 time.sleep(15)
-            with stack.outage("datastore", 15):    # down for 15 s, the block keeps going
-                run_workload_for(40)
         """
         self.pause(name)
-        timer: threading.Timer | None = None
         try:
-            if seconds is not None:
-                timer = threading.Timer(seconds, self.resume, args=(name,))
-                timer.daemon = True
-                timer.start()
             yield
         finally:
-            if timer is not None:
-                timer.cancel()
             self.resume(name)
 
     def status(self) -> dict[str, dict[str, Any]]:
@@ -455,7 +443,7 @@ def environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def create_resources(topology: Topology = Topology(), retain_acked: bool = False) -> None:
+def create_resources(topology: Topology = Topology()) -> None:
     """Creates topics, subscriptions and the feature table if missing (needs the emulator env)."""
     from google.api_core import exceptions
     from google.cloud import pubsub_v1
@@ -476,7 +464,7 @@ def create_resources(topology: Topology = Topology(), retain_acked: bool = False
         with suppress(exceptions.AlreadyExists):
             # The job's input subscriptions always retain acknowledged messages: crash recovery
             # seeks them back (pipelines.recovery).
-            create_subscription(topology.project, sub, topic, retain_acked or sub in inputs)
+            create_subscription(topology.project, sub, topic, sub in inputs)
     create_table(StoreConfig(topology.project, topology.bigtable_instance, topology.bigtable_table))
 
 

@@ -56,9 +56,16 @@ call); an outage of 15 s plus a call deadline fits several times over."""
 MAX_DELAY_S = 5.0
 """Cap of the exponential backoff between two attempts."""
 
-# gRPC status codes worth retrying (also as numbers, for Bigtable's per-row statuses).
+# gRPC status codes worth retrying.
 _TRANSIENT_GRPC = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "INTERNAL", "RESOURCE_EXHAUSTED")
-_TRANSIENT_CODES = frozenset({14, 4, 10, 13, 8})
+
+
+@cache
+def _transient_codes() -> frozenset[int]:
+    """The same codes as numbers (Bigtable's per-row statuses carry numbers)."""
+    import grpc
+
+    return frozenset(grpc.StatusCode[name].value[0] for name in _TRANSIENT_GRPC)
 
 
 @cache
@@ -175,7 +182,7 @@ def raise_for_statuses(statuses: Sequence[Any], what: str = "Bigtable mutate_row
         return
     # A transient code first: one permanent row must not hide a retryable outage, nor the other
     # way round (permanent errors are then raised on the retry that has only those left).
-    failed.sort(key=lambda s: s.code not in _TRANSIENT_CODES)
+    failed.sort(key=lambda s: s.code not in _transient_codes())
     first = failed[0]
     raise exceptions.from_grpc_status(
         first.code, f"{what}: {len(failed)} of {len(statuses)} rows failed: {first.message}"
