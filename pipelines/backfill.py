@@ -48,8 +48,14 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from pipelines.engine import EventColumns, features_for, row_features
 from pipelines.event_tables import EventKind, InvalidTable, canonical, read_tables
-from pipelines.feature_store import EntityHistory, StoreConfig, shared_store
+from pipelines.feature_store import (
+    FAMILY_TX,
+    StoreConfig,
+    shared_store,
+    transaction_record,
+)
 from pipelines.features import (
+    CUSTOMER,
     ENTITIES,
     FEATURES,
     MODEL_INPUTS,
@@ -59,6 +65,7 @@ from pipelines.features import (
     window_features,
 )
 from pipelines.options import RilletOptions
+from pipelines.stores.window_store import LabelCell, TxCell, Writes
 
 __all__ = [
     "BACKFILL_LABELS",
@@ -315,44 +322,52 @@ class _EntityFeaturesFn(beam.DoFn):
     def _write_state(
         self, tx: EventColumns, labels: EventColumns, matrix: np.ndarray, end_us: int
     ) -> None:
+        """Writes the entity's window state as the streaming stage would have left it: its cells
+        within the lookback of ``end_us``, its labels, the features of each entity's latest
+        transaction and, for customers, the transactions' id-index entries."""
         key = self.entity.key_field
         (other,) = (e.key_field for e in ENTITIES if e != self.entity)
         since = end_us - max_lookback_us(self.entity)
-        history = _history(tx, key, other, since)
-        label_history = None
+        writes = Writes()
+        keep = np.flatnonzero(np.asarray(tx.time_us) >= since)
+        entity_ids = np.asarray(getattr(tx, key))[keep].astype(str)
+        other_ids = np.asarray(getattr(tx, other))[keep].astype(str)
+        tx_ids = np.asarray(tx.transaction_id)[keep].astype(str)
+        times = np.asarray(tx.time_us)[keep]
+        amounts = np.asarray(tx.value)[keep]
+        for entity_id, tx_id, t_us, amount, other_id in zip(
+            entity_ids, tx_ids, times, amounts, other_ids, strict=True
+        ):
+            cell = TxCell(int(t_us), float(amount), str(other_id))
+            writes.tx_cells.append((self.entity, str(entity_id), str(tx_id), cell))
+            if self.entity == CUSTOMER:  # the id index, once per transaction (no message: "")
+                record = transaction_record(
+                    "", int(t_us), str(entity_id), str(other_id), float(amount)
+                )
+                writes.ids.append((str(tx_id), FAMILY_TX, record, int(t_us)))
         if len(labels) and any(f.needs_labels for f in self.features):
-            label_history = _history(labels, key, None, since)
+            keep = np.flatnonzero(np.asarray(labels.time_us) >= since)
+            for entity_id, tx_id, t_us, flag in zip(
+                np.asarray(getattr(labels, key))[keep].astype(str),
+                np.asarray(labels.transaction_id)[keep].astype(str),
+                np.asarray(labels.time_us)[keep],
+                np.asarray(labels.value)[keep],
+                strict=True,
+            ):
+                label = LabelCell(int(t_us), int(flag))
+                writes.label_cells.append((str(entity_id), str(tx_id), label))
         # The features of each entity's latest transaction (the stream's ``features`` family).
         frame = pd.DataFrame(
             {"entity": np.asarray(getattr(tx, key)), "time": np.asarray(tx.time_us)}
         )
         latest_rows = frame.reset_index().sort_values(["time", "index"]).groupby("entity").tail(1)
         names = [f.name for f in self.features]
-        latest = {
-            str(entity_id): (int(t), dict(zip(names, map(float, matrix[i]), strict=True)))
-            for entity_id, t, i in zip(
-                latest_rows["entity"], latest_rows["time"], latest_rows["index"], strict=True
-            )
-        }
-        store = shared_store(self.store)  # type: ignore[arg-type]
-        store.write(store.state_rows(self.entity, history, label_history, latest))
-
-
-def _history(events: EventColumns, key: str, other: str | None, since_us: int) -> EntityHistory:
-    """The events at or after ``since_us`` as store cells of the entity ``key`` (with the other
-    entity's id on transaction cells)."""
-    keep = np.flatnonzero(np.asarray(events.time_us) >= since_us)
-    return EntityHistory(
-        entity_id=[str(v) for v in np.asarray(getattr(events, key))[keep]],
-        transaction_id=[str(v) for v in np.asarray(events.transaction_id)[keep]],
-        time_us=[int(v) for v in np.asarray(events.time_us)[keep]],
-        value=[float(v) for v in np.asarray(events.value)[keep]],
-        other_id=(
-            [str(v) for v in np.asarray(getattr(events, other))[keep]]
-            if other
-            else [""] * len(keep)
-        ),
-    )
+        for entity_id, t, i in zip(
+            latest_rows["entity"], latest_rows["time"], latest_rows["index"], strict=True
+        ):
+            values = dict(zip(names, map(float, matrix[i]), strict=True))
+            writes.features.append((self.entity, str(entity_id), int(t), values))
+        shared_store(self.store).apply(writes)  # type: ignore[arg-type]
 
 
 def _feature_table(tx: pa.Table, labels: pa.Table | None) -> pa.Table:

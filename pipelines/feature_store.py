@@ -42,14 +42,12 @@ import json
 import logging
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-import numpy as np
-
-from pipelines.features import CUSTOMER, TERMINAL, Entity
+from pipelines.features import TERMINAL, Entity
 from pipelines.retry import (
     bigtable_mutate_options,
     bigtable_read_options,
@@ -57,6 +55,7 @@ from pipelines.retry import (
     with_backoff,
 )
 from pipelines.shared import process_shared
+from pipelines.stores.window_store import EntityCells, IdRecord, LabelCell, TxCell, Writes
 
 __all__ = [
     "FAMILY_FEATURES",
@@ -64,12 +63,13 @@ __all__ = [
     "FAMILY_TX",
     "ID_ROW_PREFIX",
     "WAIT_ROW_PREFIX",
-    "EntityHistory",
     "FeatureStore",
     "IdRecord",
     "StoreConfig",
     "content_digest",
     "create_table",
+    "decode_tx_cell",
+    "encode_tx_cell",
     "shared_store",
     "transaction_record",
 ]
@@ -79,11 +79,12 @@ _LOGGER = logging.getLogger(__name__)
 FAMILY_TX = "tx"
 FAMILY_LABEL = "label"
 FAMILY_FEATURES = "features"
-_TX_VALUE = struct.Struct(">qd")
+_TX_HEAD = struct.Struct(">qdqqH")
 _LABEL_VALUE = struct.Struct(">qb")
 _FLOAT = struct.Struct(">d")
 # Bigtable timestamps are microseconds with millisecond granularity.
 _MS = 1000
+_MAX_TS_US = 4_102_444_800_000_000  # 2100-01-01: "no upper bound" for a read
 ID_ROW_PREFIX = "txid#"
 WAIT_ROW_PREFIX = "wait#"  # labels waiting for their transaction, with their deadlines
 _ID_QUALIFIER = b"m"
@@ -130,46 +131,6 @@ def create_table(config: StoreConfig, max_age_days: int | None = None) -> bool:
     return True
 
 
-@dataclass
-class EntityHistory:
-    """Events read back from the store for a set of entities, as parallel arrays."""
-
-    entity_id: list[str] = field(default_factory=list)
-    transaction_id: list[str] = field(default_factory=list)
-    time_us: list[int] = field(default_factory=list)
-    value: list[float] = field(default_factory=list)
-    other_id: list[str] = field(default_factory=list)
-
-    def add(
-        self, entity_id: str, transaction_id: str, time_us: int, value: float, other_id: str = ""
-    ) -> None:
-        self.entity_id.append(entity_id)
-        self.transaction_id.append(transaction_id)
-        self.time_us.append(time_us)
-        self.value.append(value)
-        self.other_id.append(other_id)
-
-    def __len__(self) -> int:
-        return len(self.time_us)
-
-
-@dataclass
-class History:
-    """What the feature engine needs from the store for one batch."""
-
-    customer_tx: EntityHistory
-    terminal_tx: EntityHistory
-    terminal_labels: EntityHistory
-
-
-@dataclass
-class IdRecord:
-    """What the id index holds for one transaction id (see the module docstring)."""
-
-    tx: dict[str, Any] | None = None
-    label: dict[str, Any] | None = None
-
-
 def content_digest(*fields: Any) -> str:
     """A short digest of an event's content (plain str/int/float fields), stored in the id index
     so a second message with the same id can be told apart from a redelivery without ids."""
@@ -209,8 +170,27 @@ def shared_store(config: StoreConfig) -> FeatureStore:
     return process_shared(("feature_store", config), lambda: FeatureStore(config))
 
 
+def encode_tx_cell(cell: TxCell) -> bytes:
+    """>q time µs, >d amount, >q revision, >q carried revision, >H n, n x >d carried, other id."""
+    return (
+        _TX_HEAD.pack(
+            cell.time_us, cell.amount, cell.revision, cell.carried_revision, len(cell.carried)
+        )
+        + struct.pack(f">{len(cell.carried)}d", *cell.carried)
+        + cell.other_id.encode()
+    )
+
+
+def decode_tx_cell(raw: bytes) -> TxCell:
+    time_us, amount, revision, carried_revision, n = _TX_HEAD.unpack_from(raw)
+    end = _TX_HEAD.size + 8 * n
+    carried = struct.unpack_from(f">{n}d", raw, _TX_HEAD.size)
+    return TxCell(time_us, amount, raw[end:].decode(), revision, carried, carried_revision)
+
+
 class FeatureStore:
-    """Batched access to the Bigtable feature table (one client per instance, created lazily)."""
+    """The Bigtable WindowStore: batched reads and writes of the feature table (one client per
+    instance, created lazily). Every call has a deadline and is retried with backoff."""
 
     def __init__(self, config: StoreConfig) -> None:
         self.config = config
@@ -225,34 +205,37 @@ class FeatureStore:
             self._table = client.instance(self.config.instance).table(self.config.table)
         return self._table
 
+    def _read(self, row_set: Any, filt: Any, what: str) -> list[Any]:
+        return with_backoff(
+            lambda: list(
+                self.table.read_rows(row_set=row_set, filter_=filt, **bigtable_read_options())
+            ),
+            what,
+        )
+
     # -- reads ---------------------------------------------------------------------------------
 
-    def read_cells(
-        self,
-        entity: Entity,
-        ids: Sequence[str],
-        families: Sequence[str],
-        start_us: int,
-        end_us: int,
-        into: dict[str, EntityHistory],
-    ) -> None:
-        """Appends to ``into[family]`` the cells of these entities with event time in
-        [start_us, end_us), in one ReadRows call with a time-range filter."""
+    def read_entities(
+        self, entity: Entity, ids: Sequence[str], start_us: int, end_us: int, labels: bool
+    ) -> dict[str, EntityCells]:
+        """The cells of these entities with event time in [start_us, end_us), in one ReadRows
+        call with a time-range filter."""
         from google.cloud.bigtable import row_filters
         from google.cloud.bigtable.row_set import RowSet
 
-        if end_us <= start_us:
-            return
+        if end_us <= start_us or not ids:
+            return {}
         row_set = RowSet()
-        for entity_id in ids:
+        for entity_id in sorted(set(ids)):
             row_set.add_row_key(entity.row_key(entity_id))
         # Bigtable's range is [start, end) in ms granularity: widen to whole ms, filter exactly
         # on the value's microsecond time afterwards.
         start_ms = max(0, start_us // _MS * _MS)
-        end_ms = -(-end_us // _MS) * _MS
+        end_ms = min(-(-end_us // _MS) * _MS, _MAX_TS_US)
+        families = f"{FAMILY_TX}|{FAMILY_LABEL}" if labels else FAMILY_TX
         filt = row_filters.RowFilterChain(
             [
-                row_filters.FamilyNameRegexFilter("|".join(families)),
+                row_filters.FamilyNameRegexFilter(families),
                 row_filters.TimestampRangeFilter(
                     row_filters.TimestampRange(start=_ts(start_ms), end=_ts(end_ms))
                 ),
@@ -260,27 +243,20 @@ class FeatureStore:
             ]
         )
         prefix = len(entity.name) + 1
-        rows = with_backoff(
-            lambda: list(
-                self.table.read_rows(row_set=row_set, filter_=filt, **bigtable_read_options())
-            ),
-            "Bigtable read",
-        )
-        for row in rows:
-            entity_id = row.row_key.decode()[prefix:]
-            for family, columns in row.cells.items():
-                target = into[family]
-                for qualifier, cells in columns.items():
-                    raw = cells[0].value
-                    other = ""
-                    if family == FAMILY_TX:
-                        t_us, value = _TX_VALUE.unpack_from(raw)
-                        other = raw[_TX_VALUE.size :].decode()
-                    else:
-                        t_us, flag = _LABEL_VALUE.unpack(raw)
-                        value = float(flag)
-                    if start_us <= t_us < end_us:
-                        target.add(entity_id, qualifier.decode(), t_us, value, other)
+        out: dict[str, EntityCells] = {}
+        for row in self._read(row_set, filt, "Bigtable read"):
+            cells = EntityCells()
+            for qualifier, versions in row.cells.get(FAMILY_TX, {}).items():
+                tx = decode_tx_cell(versions[0].value)
+                if start_us <= tx.time_us < end_us:
+                    cells.tx[qualifier.decode()] = tx
+            for qualifier, versions in row.cells.get(FAMILY_LABEL, {}).items():
+                t_us, flag = _LABEL_VALUE.unpack(versions[0].value)
+                if start_us <= t_us < end_us:
+                    cells.labels[qualifier.decode()] = LabelCell(t_us, flag)
+            if cells.tx or cells.labels:
+                out[row.row_key.decode()[prefix:]] = cells
+        return out
 
     def read_features(self, entity: Entity, ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """The latest feature values per entity id (for inspection and tests)."""
@@ -296,20 +272,14 @@ class FeatureStore:
                 row_filters.CellsColumnLimitFilter(1),
             ]
         )
-        out: dict[str, dict[str, float]] = {}
         prefix = len(entity.name) + 1
-        rows = with_backoff(
-            lambda: list(
-                self.table.read_rows(row_set=row_set, filter_=filt, **bigtable_read_options())
-            ),
-            "Bigtable read features",
-        )
-        for row in rows:
-            cols = row.cells.get(FAMILY_FEATURES, {})
-            out[row.row_key.decode()[prefix:]] = {
-                q.decode(): _FLOAT.unpack(c[0].value)[0] for q, c in cols.items()
+        return {
+            row.row_key.decode()[prefix:]: {
+                q.decode(): _FLOAT.unpack(c[0].value)[0]
+                for q, c in row.cells.get(FAMILY_FEATURES, {}).items()
             }
-        return out
+            for row in self._read(row_set, filt, "Bigtable read features")
+        }
 
     def read_ids(self, transaction_ids: Sequence[str]) -> dict[str, IdRecord]:
         """The id index entries of these transaction ids, in one ReadRows call."""
@@ -322,15 +292,9 @@ class FeatureStore:
         row_set = RowSet()
         for tx_id in ids:
             row_set.add_row_key(_id_row_key(tx_id))
-        filt = row_filters.CellsColumnLimitFilter(1)
-        rows = with_backoff(
-            lambda: list(
-                self.table.read_rows(row_set=row_set, filter_=filt, **bigtable_read_options())
-            ),
-            "Bigtable read ids",
-        )
         out: dict[str, IdRecord] = {}
         prefix = len(ID_ROW_PREFIX)
+        rows = self._read(row_set, row_filters.CellsColumnLimitFilter(1), "Bigtable read ids")
         for row in rows:
             record = out.setdefault(row.row_key.decode()[prefix:], IdRecord())
             for family, columns in row.cells.items():
@@ -339,24 +303,28 @@ class FeatureStore:
                     setattr(record, family, json.loads(cells[0].value))
         return out
 
-    def read_waiting(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Every label waiting for its transaction: transaction id -> message key -> record (one
-        prefix scan of the ``wait#`` rows, done when a worker takes over the stage)."""
+    def read_waiting(
+        self, transaction_ids: Sequence[str] | None = None
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """Labels waiting for these transactions (None: every one, a prefix scan of the
+        ``wait#`` rows): transaction id -> message key -> record."""
         from google.cloud.bigtable import row_filters
         from google.cloud.bigtable.row_set import RowSet
 
         row_set = RowSet()
-        start = WAIT_ROW_PREFIX.encode()
-        row_set.add_row_range_from_keys(start_key=start, end_key=start[:-1] + b"$")
-        filt = row_filters.CellsColumnLimitFilter(1)
-        rows = with_backoff(
-            lambda: list(
-                self.table.read_rows(row_set=row_set, filter_=filt, **bigtable_read_options())
-            ),
-            "Bigtable read waiting labels",
+        if transaction_ids is None:
+            start = WAIT_ROW_PREFIX.encode()
+            row_set.add_row_range_from_keys(start_key=start, end_key=start[:-1] + b"$")
+        else:
+            if not transaction_ids:
+                return {}
+            for tx_id in sorted(set(transaction_ids)):
+                row_set.add_row_key(_wait_row_key(tx_id))
+        rows = self._read(
+            row_set, row_filters.CellsColumnLimitFilter(1), "Bigtable read waiting labels"
         )
         prefix = len(WAIT_ROW_PREFIX)
-        return {
+        out = {
             row.row_key.decode()[prefix:]: {
                 q.decode(): json.loads(cells[0].value)
                 for q, cells in row.cells.get(FAMILY_LABEL, {}).items()
@@ -364,71 +332,12 @@ class FeatureStore:
             }
             for row in rows
         }
-
-    def waiting_rows(
-        self,
-        add: Sequence[tuple[str, str, dict[str, Any], int]] = (),
-        remove: Sequence[tuple[str, Sequence[str] | None]] = (),
-    ) -> list[Any]:
-        """Row mutations for the labels waiting for their transaction: ``add`` (transaction id,
-        message key, record, event time µs), ``remove`` (transaction id, message keys, or None
-        for all of the id's)."""
-        rows: dict[bytes, Any] = {}
-
-        def row(tx_id: str) -> Any:
-            key = f"{WAIT_ROW_PREFIX}{tx_id}".encode()
-            if key not in rows:
-                rows[key] = self.table.direct_row(key)
-            return rows[key]
-
-        for tx_id, keys in remove:
-            if keys is None:
-                row(tx_id).delete()
-            else:
-                for message_key in keys:
-                    row(tx_id).delete_cell(FAMILY_LABEL, message_key.encode())
-        for tx_id, message_key, record, time_us in add:
-            row(tx_id).set_cell(
-                FAMILY_LABEL,
-                message_key.encode(),
-                json.dumps(record, separators=(",", ":")).encode(),
-                timestamp=_ts(int(time_us)),
-            )
-        return list(rows.values())
-
-    def id_rows(self, entries: Sequence[tuple[str, str, dict[str, Any], int]]) -> list[Any]:
-        """Row mutations for the id index: (transaction_id, family, record, event time µs)."""
-        rows: dict[bytes, Any] = {}
-        for tx_id, family, record, time_us in entries:
-            key = _id_row_key(tx_id)
-            if key not in rows:
-                rows[key] = self.table.direct_row(key)
-            # One version per entry, whatever its timestamp: a label slot written while only
-            # its labels' event times were known must not shadow a later write (reads take the
-            # newest cell).
-            rows[key].delete_cell(family, _ID_QUALIFIER)
-            rows[key].set_cell(
-                family,
-                _ID_QUALIFIER,
-                json.dumps(record, separators=(",", ":")).encode(),
-                timestamp=_ts(int(time_us)),
-            )
-        return list(rows.values())
+        return {k: v for k, v in out.items() if v}
 
     # -- writes --------------------------------------------------------------------------------
 
-    def transaction_rows(
-        self,
-        transaction_ids: Sequence[str],
-        customer_ids: Sequence[str],
-        terminal_ids: Sequence[str],
-        time_us: Sequence[int],
-        amounts: Sequence[float],
-        features: np.ndarray | None = None,
-        feature_names: Sequence[str] = (),
-        feature_entities: Sequence[Entity] = (),
-    ) -> list[Any]:
-        """Row mutations recording transactions (and optionally their features) in the store."""
+    def rows(self, writes: Writes) -> list[Any]:
+        """The row mutations of ``writes``, one per row key."""
         rows: dict[bytes, Any] = {}
 
         def row(key: bytes) -> Any:
@@ -436,97 +345,46 @@ class FeatureStore:
                 rows[key] = self.table.direct_row(key)
             return rows[key]
 
-        for i, tx_id in enumerate(transaction_ids):
-            ts = _ts(int(time_us[i]))
-            value = _TX_VALUE.pack(int(time_us[i]), float(amounts[i]))
-            qualifier = tx_id.encode()
-            crow = row(CUSTOMER.row_key(customer_ids[i]))
-            trow = row(TERMINAL.row_key(terminal_ids[i]))
-            crow.set_cell(FAMILY_TX, qualifier, value + terminal_ids[i].encode(), timestamp=ts)
-            trow.set_cell(FAMILY_TX, qualifier, value + customer_ids[i].encode(), timestamp=ts)
-            if features is not None:
-                for col, (name, entity) in enumerate(
-                    zip(feature_names, feature_entities, strict=True)
-                ):
-                    target = crow if entity == CUSTOMER else trow
-                    target.set_cell(
-                        FAMILY_FEATURES,
-                        name.encode(),
-                        _FLOAT.pack(float(features[i, col])),
-                        timestamp=ts,
-                    )
-        return list(rows.values())
-
-    def label_rows(
-        self,
-        transaction_ids: Sequence[str],
-        terminal_ids: Sequence[str],
-        time_us: Sequence[int],
-        is_fraud: Sequence[int],
-    ) -> list[Any]:
-        """Row mutations recording fraud labels on the terminals' rows."""
-        rows: dict[bytes, Any] = {}
-        for i, tx_id in enumerate(transaction_ids):
-            key = TERMINAL.row_key(terminal_ids[i])
-            if key not in rows:
-                rows[key] = self.table.direct_row(key)
-            rows[key].set_cell(
+        for entity, entity_id, tx_id, cell in writes.tx_cells:
+            row(entity.row_key(entity_id)).set_cell(
+                FAMILY_TX, tx_id.encode(), encode_tx_cell(cell), timestamp=_ts(cell.time_us)
+            )
+        for terminal_id, tx_id, label in writes.label_cells:
+            row(TERMINAL.row_key(terminal_id)).set_cell(
                 FAMILY_LABEL,
                 tx_id.encode(),
-                _LABEL_VALUE.pack(int(time_us[i]), int(is_fraud[i])),
-                timestamp=_ts(int(time_us[i])),
+                _LABEL_VALUE.pack(label.time_us, label.is_fraud),
+                timestamp=_ts(label.time_us),
+            )
+        for entity, entity_id, time_us, values in writes.features:
+            target = row(entity.row_key(entity_id))
+            for name, value in values.items():
+                target.set_cell(
+                    FAMILY_FEATURES, name.encode(), _FLOAT.pack(value), timestamp=_ts(time_us)
+                )
+        for tx_id, family, record, time_us in writes.ids:
+            target = row(_id_row_key(tx_id))
+            # One version per entry, whatever its timestamp: a label slot written while only
+            # its labels' event times were known must not shadow a later write (reads take the
+            # newest cell).
+            target.delete_cell(family, _ID_QUALIFIER)
+            target.set_cell(family, _ID_QUALIFIER, _json(record), timestamp=_ts(time_us))
+        for tx_id, keys in writes.waits_remove:
+            if keys is None:
+                row(_wait_row_key(tx_id)).delete()
+            else:
+                for message_key in keys:
+                    row(_wait_row_key(tx_id)).delete_cell(FAMILY_LABEL, message_key.encode())
+        for tx_id, message_key, record, time_us in writes.waits_add:
+            row(_wait_row_key(tx_id)).set_cell(
+                FAMILY_LABEL, message_key.encode(), _json(record), timestamp=_ts(time_us)
             )
         return list(rows.values())
 
-    def state_rows(
-        self,
-        entity: Entity,
-        transactions: EntityHistory,
-        labels: EntityHistory | None = None,
-        latest: dict[str, tuple[int, dict[str, float]]] | None = None,
-    ) -> list[Any]:
-        """Row mutations writing one entity's state, as the streaming stage would have left it:
-        its ``tx`` cells (with the other entity's id), its ``label`` cells, per entity id the
-        ``features`` of its latest transaction (``latest[id] = (time_us, {name: value})``), and,
-        for customers, the transactions' id-index rows. Used by the backfill to warm the store."""
-        rows: dict[bytes, Any] = {}
-
-        def row(entity_id: str) -> Any:
-            key = entity.row_key(entity_id)
-            if key not in rows:
-                rows[key] = self.table.direct_row(key)
-            return rows[key]
-
-        ids: list[tuple[str, str, dict[str, Any], int]] = []
-        for i, t_us in enumerate(transactions.time_us):
-            value = _TX_VALUE.pack(t_us, transactions.value[i]) + transactions.other_id[i].encode()
-            row(transactions.entity_id[i]).set_cell(
-                FAMILY_TX, transactions.transaction_id[i].encode(), value, timestamp=_ts(t_us)
-            )
-            if entity == CUSTOMER:  # the id index, once per transaction (no message: "")
-                record = transaction_record(
-                    "",
-                    t_us,
-                    transactions.entity_id[i],
-                    transactions.other_id[i],
-                    transactions.value[i],
-                )
-                ids.append((transactions.transaction_id[i], FAMILY_TX, record, t_us))
-        if labels is not None:
-            for i, t_us in enumerate(labels.time_us):
-                row(labels.entity_id[i]).set_cell(
-                    FAMILY_LABEL,
-                    labels.transaction_id[i].encode(),
-                    _LABEL_VALUE.pack(t_us, int(labels.value[i])),
-                    timestamp=_ts(t_us),
-                )
-        for entity_id, (t_us, values) in (latest or {}).items():
-            target = row(entity_id)
-            for name, feature in values.items():
-                target.set_cell(
-                    FAMILY_FEATURES, name.encode(), _FLOAT.pack(feature), timestamp=_ts(t_us)
-                )
-        return list(rows.values()) + self.id_rows(ids)
+    def apply(self, writes: Writes) -> None:
+        """Applies a batch's mutations in one MutateRows call (chunked past 1,000 rows)."""
+        if writes:
+            self.write(self.rows(writes))
 
     def write(self, rows: Sequence[Any], chunk: int = 1000) -> None:
         """Applies row mutations (idempotent), retrying failed rows with backoff (a time budget,
@@ -538,3 +396,11 @@ class FeatureStore:
         statuses = self.table.mutate_rows(pending, **bigtable_mutate_options())
         pending[:] = [r for r, st in zip(pending, statuses, strict=True) if st.code != 0]
         raise_for_statuses(statuses, "Bigtable write")
+
+
+def _wait_row_key(transaction_id: str) -> bytes:
+    return f"{WAIT_ROW_PREFIX}{transaction_id}".encode()
+
+
+def _json(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":")).encode()

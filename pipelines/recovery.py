@@ -61,7 +61,10 @@ class Tracker:
         self._lock = threading.Lock()
         self._pending: dict[Receipt, int] = {}  # receipt -> publish time (µs)
         self._newest: dict[str, int] = {}  # subscription -> newest publish time pulled
-        self._groups: dict[int, tuple[list[Receipt], int]] = {}  # token -> (receipts, outputs)
+        # token -> (receipts, outputs left, parent tokens): a keyed stage's outputs hold the
+        # tokens of the inputs they came from, so a message finishes only when the last stage's
+        # outputs reached their sinks.
+        self._groups: dict[int, tuple[list[Receipt], int, list[int]]] = {}
         self._next_token = 1
         self.finished_count = 0
 
@@ -124,26 +127,44 @@ class Tracker:
         if outputs <= 0:
             self.finish(receipts)
             return 0
+        return self._group(list(receipts), outputs, [])
+
+    def chain(self, tokens: Iterable[int], outputs: int) -> int:
+        """For a stage between two others: its inputs carried ``tokens`` (one per input); its
+        ``outputs`` outputs carry the returned token, and each input token is released once all
+        of them were. With no output, the inputs are released at once."""
+        if not self.enabled:
+            return 0
+        parents = [t for t in tokens if t]
+        if outputs <= 0 or not parents:
+            for parent in parents:
+                self.release(parent)
+            return 0
+        return self._group([], outputs, parents)
+
+    def _group(self, receipts: list[Receipt], outputs: int, parents: list[int]) -> int:
         with self._lock:
             token = self._next_token
             self._next_token += 1
-            self._groups[token] = (list(receipts), outputs)
+            self._groups[token] = (receipts, outputs, parents)
         return token
 
     def release(self, token: int) -> None:
-        """One output of group ``token`` reached its sink."""
+        """One output of group ``token`` reached its sink (or the next stage's group)."""
         if not self.enabled or not token:
             return
         with self._lock:
             group = self._groups.get(token)
             if group is None:
                 return
-            receipts, left = group
+            receipts, left, parents = group
             if left > 1:
-                self._groups[token] = (receipts, left - 1)
+                self._groups[token] = (receipts, left - 1, parents)
                 return
             del self._groups[token]
         self.finish(receipts)
+        for parent in parents:
+            self.release(parent)
 
     # -- checkpoint ----------------------------------------------------------------------------
 

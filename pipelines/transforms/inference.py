@@ -19,9 +19,9 @@ import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
+from pipelines.core.batches import FeatureBatch
 from pipelines.features import MODEL_INPUTS
 from pipelines.shared import process_shared
-from pipelines.transforms.features import FeatureBatch
 from pipelines.transforms.parse import DeadLetter
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""Pure Python shared by every layer: no Beam, no Google Cloud."""

@@ -1,0 +1,64 @@
+"""What flows between the keyed stages (README "Ordering", docs/specs/messages.md).
+
+    IndexIds (key: transaction id) ── Routed(Transaction) ─> CustomerWindows (key: customer)
+                                   └─ Routed(Label) ──────┐
+    CustomerWindows ─ CustomerPart ───────────────────────┴─> TerminalWindows (key: terminal)
+    TerminalWindows ─ FeatureBatch ─> Predict ─> WritePredictions
+
+``token`` is the DirectRunner's recovery group the element belongs to (pipelines.recovery; 0
+elsewhere): a message finishes once every element it led to has reached a sink.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+import numpy as np
+
+from pipelines.schema import Label, Transaction
+
+__all__ = ["CustomerPart", "FeatureBatch", "Routed"]
+
+E = TypeVar("E", Transaction, Label)
+
+
+@dataclass
+class Routed(Generic[E]):
+    """An event the id index accepted, on its way to an entity stage."""
+
+    event: E
+    token: int = 0
+
+
+@dataclass
+class CustomerPart:
+    """A transaction with the features its customer's stage computed (``values``, in the order
+    of ``window_features(CUSTOMER)``). ``revision`` orders the computations of this part for one
+    transaction (a correction has a higher one); ``correction`` marks a recomputation after an
+    out-of-order event of the customer."""
+
+    tx: Transaction
+    values: tuple[float, ...]
+    revision: int
+    correction: bool = False
+    token: int = 0
+
+
+@dataclass
+class FeatureBatch:
+    """A batch of transactions with their feature rows (MODEL_INPUTS order).
+
+    ``revision`` orders computations of the same transaction: it is above every earlier revision
+    of each of the batch's transactions; ``correction`` marks a batch recomputed after an
+    out-of-order event.
+    """
+
+    transactions: list[Transaction]
+    features: np.ndarray
+    revision: int
+    correction: bool = False
+    token: int = 0  # the recovery group it finishes (pipelines.recovery)
+
+    def __len__(self) -> int:
+        return len(self.transactions)
