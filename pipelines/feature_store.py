@@ -304,35 +304,33 @@ class FeatureStore:
         return out
 
     def read_waiting(
-        self, transaction_ids: Sequence[str] | None = None
-    ) -> dict[str, dict[str, dict[str, Any]]]:
-        """Labels waiting for these transactions (None: every one, a prefix scan of the
-        ``wait#`` rows): transaction id -> message key -> record."""
+        self, keys: Sequence[str] | None = None
+    ) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+        """Labels waiting under these stage keys (None: all; one prefix scan per key, in one
+        ReadRows call): (stage key, transaction id) -> message key -> record."""
         from google.cloud.bigtable import row_filters
         from google.cloud.bigtable.row_set import RowSet
 
         row_set = RowSet()
-        if transaction_ids is None:
-            start = WAIT_ROW_PREFIX.encode()
+        for prefix in [""] if keys is None else sorted(set(keys)):
+            start = f"{WAIT_ROW_PREFIX}{prefix}#".encode() if prefix else WAIT_ROW_PREFIX.encode()
             row_set.add_row_range_from_keys(start_key=start, end_key=start[:-1] + b"$")
-        else:
-            if not transaction_ids:
-                return {}
-            for tx_id in sorted(set(transaction_ids)):
-                row_set.add_row_key(_wait_row_key(tx_id))
+        if keys is not None and not keys:
+            return {}
         rows = self._read(
             row_set, row_filters.CellsColumnLimitFilter(1), "Bigtable read waiting labels"
         )
-        prefix = len(WAIT_ROW_PREFIX)
-        out = {
-            row.row_key.decode()[prefix:]: {
+        out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        for row in rows:
+            stage_key, _, tx_id = row.row_key.decode()[len(WAIT_ROW_PREFIX) :].rpartition("#")
+            entries = {
                 q.decode(): json.loads(cells[0].value)
                 for q, cells in row.cells.get(FAMILY_LABEL, {}).items()
                 if cells
             }
-            for row in rows
-        }
-        return {k: v for k, v in out.items() if v}
+            if entries:
+                out[(stage_key, tx_id)] = entries
+        return out
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -369,14 +367,16 @@ class FeatureStore:
             # newest cell).
             target.delete_cell(family, _ID_QUALIFIER)
             target.set_cell(family, _ID_QUALIFIER, _json(record), timestamp=_ts(time_us))
-        for tx_id, keys in writes.waits_remove:
+        for stage_key, tx_id, keys in writes.waits_remove:
             if keys is None:
-                row(_wait_row_key(tx_id)).delete()
+                row(_wait_row_key(stage_key, tx_id)).delete()
             else:
                 for message_key in keys:
-                    row(_wait_row_key(tx_id)).delete_cell(FAMILY_LABEL, message_key.encode())
-        for tx_id, message_key, record, time_us in writes.waits_add:
-            row(_wait_row_key(tx_id)).set_cell(
+                    row(_wait_row_key(stage_key, tx_id)).delete_cell(
+                        FAMILY_LABEL, message_key.encode()
+                    )
+        for stage_key, tx_id, message_key, record, time_us in writes.waits_add:
+            row(_wait_row_key(stage_key, tx_id)).set_cell(
                 FAMILY_LABEL, message_key.encode(), _json(record), timestamp=_ts(time_us)
             )
         return list(rows.values())
@@ -398,8 +398,8 @@ class FeatureStore:
         raise_for_statuses(statuses, "Bigtable write")
 
 
-def _wait_row_key(transaction_id: str) -> bytes:
-    return f"{WAIT_ROW_PREFIX}{transaction_id}".encode()
+def _wait_row_key(stage_key: str, transaction_id: str) -> bytes:
+    return f"{WAIT_ROW_PREFIX}{stage_key}#{transaction_id}".encode()
 
 
 def _json(record: dict[str, Any]) -> bytes:

@@ -6,9 +6,11 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-__all__ = ["LOCAL_PROJECT", "RilletOptions", "resource_path"]
+__all__ = ["DIRECT_KEY_BUCKETS", "LOCAL_PROJECT", "RilletOptions", "resource_path"]
 
 LOCAL_PROJECT = "rillet-local"
+# The DirectRunner's default --key_buckets (pipelines/core/routing.py).
+DIRECT_KEY_BUCKETS = 64
 
 
 def resource_path(project: str, kind: str, name: str) -> str:
@@ -80,6 +82,14 @@ class RilletOptions(PipelineOptions):
             help="Seconds a label waits for its transaction before it is dead-lettered.",
         )
         parser.add_argument(
+            "--key_buckets",
+            type=int,
+            default=None,
+            help="Keys of each keyed feature stage: 0 = one key per entity (transaction id, "
+            "customer, terminal), N = entities hashed into N keys. Default: 0, except on the "
+            f"DirectRunner: {DIRECT_KEY_BUCKETS} (it scans every key it ever saw on each step).",
+        )
+        parser.add_argument(
             "--recovery_checkpoint",
             default="",
             help="DirectRunner only: checkpoint file for crash recovery; when it exists the job "
@@ -108,6 +118,8 @@ class RilletOptions(PipelineOptions):
             errors.append("need 0 <= --risk_medium_threshold <= --risk_high_threshold <= 1")
         if self.label_wait_s < 0:
             errors.append("--label_wait_s must be >= 0")
+        if self.key_buckets is not None and self.key_buckets < 0:
+            errors.append("--key_buckets must be >= 0 (0: one key per entity)")
         if self.max_in_flight < 0:
             errors.append("--max_in_flight must be >= 0")
         if self.direct_pull_max_messages < 1:

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import (
 )
 
 from pipelines.feature_store import StoreConfig
-from pipelines.options import RilletOptions, resource_path
+from pipelines.options import DIRECT_KEY_BUCKETS, RilletOptions, resource_path
 from pipelines.transforms.features import ComputeFeatures
 from pipelines.transforms.inference import ModelInfo, Predict, resolve_model
 from pipelines.transforms.parse import ParseEvents
@@ -71,6 +71,15 @@ def input_subscriptions(options: PipelineOptions) -> tuple[str, str]:
     )
 
 
+def key_buckets(options: PipelineOptions) -> int:
+    """--key_buckets, or its default for the runner (pipelines/core/routing.py)."""
+    chosen = options.view_as(RilletOptions).key_buckets
+    if chosen is not None:
+        return int(chosen)
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    return DIRECT_KEY_BUCKETS if runner in DIRECT_RUNNERS else 0
+
+
 def build_pipeline(
     p: beam.Pipeline, options: PipelineOptions, model: ModelInfo | None = None
 ) -> dict[str, Any]:
@@ -93,7 +102,7 @@ def build_pipeline(
     transactions = tx_messages | PARSE_TRANSACTIONS >> ParseEvents("transaction", tx_sub)
     labels = label_messages | PARSE_LABELS >> ParseEvents("label", label_sub)
     computed = (transactions.valid, labels.valid) | COMPUTE_FEATURES >> ComputeFeatures(
-        store, opts.max_batch_size, (tx_sub, label_sub), opts.label_wait_s
+        store, opts.max_batch_size, (tx_sub, label_sub), opts.label_wait_s, key_buckets(options)
     )
     predictions = computed.batches | PREDICT >> Predict(model)
     written = predictions.results | WRITE_PREDICTIONS >> WritePredictions(

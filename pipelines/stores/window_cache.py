@@ -7,15 +7,15 @@ An entity is cached together with ``loaded_from_us``: the cache holds *every* ce
 at or after that time. A batch whose windows reach further back (a late event) reads the entity
 again. Cells older than the entity's longest lookback behind the newest event seen are evicted.
 
-Safety: each cached entity records its ``owner``: the run of the stage (a token fixed when the
-pipeline is built) and the generation of the key's Beam state it mirrors. When the runner moves
-the key to another worker and back, retries a bundle, or a new pipeline starts in the same
-process, the generations differ and the entity is read again (see transforms/keyed_stage.py).
+Safety: the cache records, per stage key, its ``owner``: the run of the stage (a token fixed when
+the pipeline is built) and the generation of the key's Beam state it mirrors. When the runner
+moves the key to another worker and back, retries a bundle, or a new pipeline starts in the same
+process, the generations differ and the key's entities are read again (transforms/keyed_stage.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from pipelines.features import Entity, max_lookback_us
@@ -34,17 +34,21 @@ _EVICT_EVERY_US = 86_400_000_000
 class _Cached:
     loaded_from_us: int
     cells: EntityCells = field(default_factory=EntityCells)
-    owner: tuple[str, int] | None = None
 
 
 class WindowCache:
     """The reads of one entity type's cells, served from memory when it can."""
 
-    def __init__(self, store: WindowStore, entity: Entity, labels: bool) -> None:
+    def __init__(
+        self, store: WindowStore, entity: Entity, labels: bool, key_of: Callable[[str], str]
+    ) -> None:
         self.store = store
         self.entity = entity
         self.labels = labels  # whether this entity's cells include labels (terminals)
+        self._key_of = key_of  # entity id -> the stage key it is routed to
         self._entities: dict[str, _Cached] = {}
+        self._by_key: dict[str, set[str]] = {}  # stage key -> its cached entity ids
+        self._owners: dict[str, tuple[str, int] | None] = {}  # stage key -> (run, generation)
         self._newest_us = 0
         self._evicted_at_us = 0
         self.hits = 0
@@ -55,24 +59,20 @@ class WindowCache:
 
     # -- ownership -----------------------------------------------------------------------------
 
-    def claim(self, entity_id: str, run: str, generation: int) -> None:
-        """A bundle is about to work on the key, whose Beam state is at ``generation``: drops the
-        entity unless the cache mirrors exactly that generation of this run, and marks it in
-        flight (a bundle that fails leaves it unowned, so its changes are read again)."""
-        cached = self._entities.get(entity_id)
-        if cached is None:
-            return
-        if cached.owner != (run, generation):
-            del self._entities[entity_id]
-        else:
-            cached.owner = None
+    def claim(self, key: str, run: str, generation: int) -> None:
+        """A bundle is about to work on stage key ``key``, whose Beam state is at
+        ``generation``: drops the key's entities unless the cache mirrors exactly that
+        generation of this run, and marks the key in flight (a bundle that fails leaves it
+        unowned, so its changes are read again)."""
+        if self._owners.get(key) != (run, generation):
+            for entity_id in self._by_key.pop(key, ()):
+                self._entities.pop(entity_id, None)
+        self._owners[key] = None
 
     def settle(self, run: str, generations: dict[str, int]) -> None:
         """The bundle completed: its keys now mirror these generations of ``run``."""
-        for entity_id, generation in generations.items():
-            cached = self._entities.get(entity_id)
-            if cached is not None:
-                cached.owner = (run, generation)
+        for key, generation in generations.items():
+            self._owners[key] = (run, generation)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -94,6 +94,7 @@ class WindowCache:
         )
         for entity_id in missing:
             self._entities[entity_id] = _Cached(start_us, found.get(entity_id, EntityCells()))
+            self._by_key.setdefault(self._key_of(entity_id), set()).add(entity_id)
 
     def cells(self, entity_id: str) -> EntityCells:
         """The cached cells of an entity (ensure() first)."""
@@ -133,3 +134,4 @@ class WindowCache:
                 empty.append(entity_id)
         for entity_id in empty:
             del self._entities[entity_id]
+            self._by_key.get(self._key_of(entity_id), set()).discard(entity_id)

@@ -7,8 +7,8 @@ A keyed stage reads and writes only its own keys' records (README "Ordering"):
                  feature values (for online lookups).
   id index       per transaction id: the first transaction message seen (``IdRecord.tx``) and
                  the label slot (``IdRecord.label``, pipelines/transforms/label_slots.py).
-  waiting labels per transaction id: label messages waiting for their transaction, with their
-                 wall-clock deadlines.
+  waiting labels per (stage key, transaction id): label messages waiting for their transaction,
+                 with their wall-clock deadlines; read per stage key when its timer fires.
 
 Everything is keyed by transaction id, so writing a record twice changes nothing: a redelivered
 event, a resumed job or a backfill over a range the stream already saw is idempotent.
@@ -89,10 +89,10 @@ class Writes:
     features: list[tuple[Entity, str, int, dict[str, float]]] = field(default_factory=list)
     # (transaction id, family "tx" or "label", record, event time µs)
     ids: list[tuple[str, str, dict[str, Any], int]] = field(default_factory=list)
-    # (transaction id, message key, record with its "deadline", event time µs)
-    waits_add: list[tuple[str, str, dict[str, Any], int]] = field(default_factory=list)
-    # (transaction id, message keys, or None for all of the id's)
-    waits_remove: list[tuple[str, Sequence[str] | None]] = field(default_factory=list)
+    # (stage key, transaction id, message key, record with its "deadline", event time µs)
+    waits_add: list[tuple[str, str, str, dict[str, Any], int]] = field(default_factory=list)
+    # (stage key, transaction id, message keys, or None for all of the id's)
+    waits_remove: list[tuple[str, str, Sequence[str] | None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any(
@@ -122,9 +122,10 @@ class WindowStore(Protocol):
         ...
 
     def read_waiting(
-        self, transaction_ids: Sequence[str] | None = None
-    ) -> dict[str, dict[str, dict[str, Any]]]:
-        """Labels waiting for these transactions (None: all): tx id -> message key -> record."""
+        self, keys: Sequence[str] | None = None
+    ) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+        """Labels waiting under these stage keys (None: all): (stage key, transaction id) ->
+        message key -> record."""
         ...
 
     def apply(self, writes: Writes) -> None:
@@ -147,7 +148,7 @@ class InMemoryStore:
         self.entities: dict[tuple[str, str], EntityCells] = {}
         self.features: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}
         self.ids: dict[str, IdRecord] = {}
-        self.waiting: dict[str, dict[str, dict[str, Any]]] = {}
+        self.waiting: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
         self.calls = 0  # store round trips, as Bigtable would count them
 
     @staticmethod
@@ -183,11 +184,15 @@ class InMemoryStore:
         return {i: copy.deepcopy(self.ids[i]) for i in set(transaction_ids) if i in self.ids}
 
     def read_waiting(
-        self, transaction_ids: Sequence[str] | None = None
-    ) -> dict[str, dict[str, dict[str, Any]]]:
+        self, keys: Sequence[str] | None = None
+    ) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
         self.calls += 1
-        keys = self.waiting if transaction_ids is None else set(transaction_ids)
-        return {i: copy.deepcopy(self.waiting[i]) for i in keys if self.waiting.get(i)}
+        wanted = None if keys is None else set(keys)
+        return {
+            k: copy.deepcopy(v)
+            for k, v in self.waiting.items()
+            if v and (wanted is None or k[0] in wanted)
+        }
 
     def apply(self, writes: Writes) -> None:
         if not writes:
@@ -201,14 +206,14 @@ class InMemoryStore:
             self.features[(entity.name, entity_id)] = (time_us, dict(values))
         for tx_id, family, record, _ in writes.ids:
             setattr(self.ids.setdefault(tx_id, IdRecord()), family, copy.deepcopy(record))
-        for tx_id, keys in writes.waits_remove:
+        for stage_key, tx_id, keys in writes.waits_remove:
             if keys is None:
-                self.waiting.pop(tx_id, None)
+                self.waiting.pop((stage_key, tx_id), None)
                 continue
-            entries = self.waiting.get(tx_id, {})
+            entries = self.waiting.get((stage_key, tx_id), {})
             for key in keys:
                 entries.pop(key, None)
             if not entries:
-                self.waiting.pop(tx_id, None)
-        for tx_id, key, record, _ in writes.waits_add:
-            self.waiting.setdefault(tx_id, {})[key] = copy.deepcopy(record)
+                self.waiting.pop((stage_key, tx_id), None)
+        for stage_key, tx_id, key, record, _ in writes.waits_add:
+            self.waiting.setdefault((stage_key, tx_id), {})[key] = copy.deepcopy(record)

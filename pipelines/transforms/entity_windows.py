@@ -24,6 +24,7 @@ gave it before (stored on its cell), so per transaction the revision order is to
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipelines.core.batches import CustomerPart, FeatureBatch
+from pipelines.core.routing import route
 from pipelines.engine import EventColumns, features_for, row_features
 from pipelines.feature_store import StoreConfig
 from pipelines.features import (
@@ -65,9 +67,12 @@ class _EntityStageFn(KeyedStageFn):
     entity: Entity = CUSTOMER
     labels = False
 
-    def __init__(self, store: StoreConfig | WindowStore, max_batch_size: int) -> None:
+    def __init__(
+        self, store: StoreConfig | WindowStore, max_batch_size: int, key_buckets: int = 0
+    ) -> None:
         super().__init__(max_batch_size)
         self._config = store
+        self._buckets = key_buckets
         self._cache: WindowCache | None = None
 
     def setup(self) -> None:
@@ -76,7 +81,9 @@ class _EntityStageFn(KeyedStageFn):
         # DoFn instance (the DirectRunner does).
         self._cache = process_shared(
             ("window_cache", self.entity.name, self._run_token, id(store)),
-            lambda: WindowCache(store, self.entity, self.labels),
+            lambda: WindowCache(
+                store, self.entity, self.labels, functools.partial(route, buckets=self._buckets)
+            ),
         )
 
     def cache(self) -> WindowCache:
@@ -169,9 +176,14 @@ class CustomerWindowsFn(_EntityStageFn):
     step = "CustomerWindows"
     entity = CUSTOMER
 
-    def __init__(self, store: StoreConfig | WindowStore, max_batch_size: int) -> None:
-        super().__init__(store, max_batch_size)
+    def __init__(
+        self, store: StoreConfig | WindowStore, max_batch_size: int, key_buckets: int = 0
+    ) -> None:
+        super().__init__(store, max_batch_size, key_buckets)
         self._corrections = Metrics.counter(METRICS_NAMESPACE, "customer_corrections")
+
+    def entity_of(self, element: Any) -> str:
+        return str(element.event.customer_id)
 
     def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
         cache = self.cache()
@@ -243,12 +255,19 @@ class TerminalWindowsFn(_EntityStageFn):
     entity = TERMINAL
     labels = True
 
-    def __init__(self, store: StoreConfig | WindowStore, max_batch_size: int) -> None:
-        super().__init__(store, max_batch_size)
+    def __init__(
+        self, store: StoreConfig | WindowStore, max_batch_size: int, key_buckets: int = 0
+    ) -> None:
+        super().__init__(store, max_batch_size, key_buckets)
         self._batches = Metrics.counter(METRICS_NAMESPACE, "feature_batches")
         self._batch_size = Metrics.distribution(METRICS_NAMESPACE, "feature_batch_size")
         self._corrections = Metrics.counter(METRICS_NAMESPACE, "feature_corrections")
         self._labels = Metrics.counter(METRICS_NAMESPACE, "labels_written")
+
+    def entity_of(self, element: Any) -> str:
+        if isinstance(element, CustomerPart):
+            return element.tx.terminal_id
+        return str(element.event.terminal_id)
 
     def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
         cache = self.cache()

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 
 from pipelines.core.batches import CustomerPart, FeatureBatch, Routed
+from pipelines.core.routing import route
 from pipelines.feature_store import StoreConfig
 from pipelines.schema import Label, Transaction
 from pipelines.stores.window_store import WindowStore
@@ -45,20 +46,20 @@ class ComputedFeatures(NamedTuple):
     dead_letters: beam.PCollection
 
 
-def _by_id(event: Transaction | Label) -> tuple[str, Transaction | Label]:
-    return (event.transaction_id, event)
+def _by_id(event: Transaction | Label, buckets: int) -> tuple[str, Transaction | Label]:
+    return (route(event.transaction_id, buckets), event)
 
 
-def _by_customer(routed: Routed[Transaction]) -> tuple[str, Routed[Transaction]]:
-    return (routed.event.customer_id, routed)
+def _by_customer(routed: Routed[Transaction], buckets: int) -> tuple[str, Routed[Transaction]]:
+    return (route(routed.event.customer_id, buckets), routed)
 
 
-def _part_by_terminal(part: CustomerPart) -> tuple[str, CustomerPart]:
-    return (part.tx.terminal_id, part)
+def _part_by_terminal(part: CustomerPart, buckets: int) -> tuple[str, CustomerPart]:
+    return (route(part.tx.terminal_id, buckets), part)
 
 
-def _label_by_terminal(routed: Routed[Label]) -> tuple[str, Routed[Label]]:
-    return (routed.event.terminal_id, routed)
+def _label_by_terminal(routed: Routed[Label], buckets: int) -> tuple[str, Routed[Label]]:
+    return (route(routed.event.terminal_id, buckets), routed)
 
 
 class ComputeFeatures(beam.PTransform):
@@ -69,6 +70,8 @@ class ComputeFeatures(beam.PTransform):
       max_batch_size: the most events one stage handles in one store round trip.
       sources: the transaction and label subscriptions (they name messages for recovery).
       label_wait_s: how long a label waits for its transaction before it is dead-lettered.
+      key_buckets: 0: each stage has one key per entity; N: entities hashed into N keys
+        (pipelines/core/routing.py).
 
     Returns:
       ComputedFeatures(batches, dead_letters).
@@ -84,6 +87,7 @@ class ComputeFeatures(beam.PTransform):
         max_batch_size: int = 500,
         sources: tuple[str, str] = ("transactions", "labels"),
         label_wait_s: float = 300.0,
+        key_buckets: int = 0,
     ) -> None:
         super().__init__()
         if max_batch_size < 1:
@@ -94,28 +98,31 @@ class ComputeFeatures(beam.PTransform):
         self._max = max_batch_size
         self._sources = sources
         self._label_wait_s = label_wait_s
+        self._buckets = key_buckets
 
     def expand(self, events: tuple[beam.PCollection, beam.PCollection]) -> ComputedFeatures:
         transactions, labels = events
+        b = self._buckets
         by_id = (
-            transactions | "KeyTransactions" >> beam.Map(_by_id).with_output_types(_KEYED),
-            labels | "KeyLabels" >> beam.Map(_by_id).with_output_types(_KEYED),
+            transactions | "KeyTransactions" >> beam.Map(_by_id, b).with_output_types(_KEYED),
+            labels | "KeyLabels" >> beam.Map(_by_id, b).with_output_types(_KEYED),
             transactions.pipeline | "RestoreWaits" >> RestoreWaits(self._store),
         ) | "MergeById" >> beam.Flatten()
         ids = by_id | INDEX_IDS >> beam.ParDo(
-            IndexIdsFn(self._store, self._max, self._sources, self._label_wait_s)
+            IndexIdsFn(self._store, self._max, self._sources, self._label_wait_s, b)
         ).with_outputs(ACCEPTED_LABELS, DEAD_LETTER_TAG, main="transactions")
         parts = (
             ids.transactions
-            | "KeyByCustomer" >> beam.Map(_by_customer).with_output_types(_KEYED)
-            | CUSTOMER_WINDOWS >> beam.ParDo(CustomerWindowsFn(self._store, self._max))
+            | "KeyByCustomer" >> beam.Map(_by_customer, b).with_output_types(_KEYED)
+            | CUSTOMER_WINDOWS >> beam.ParDo(CustomerWindowsFn(self._store, self._max, b))
         )
         by_terminal = (
-            parts | "KeyPartsByTerminal" >> beam.Map(_part_by_terminal).with_output_types(_KEYED),
+            parts
+            | "KeyPartsByTerminal" >> beam.Map(_part_by_terminal, b).with_output_types(_KEYED),
             ids[ACCEPTED_LABELS]
-            | "KeyLabelsByTerminal" >> beam.Map(_label_by_terminal).with_output_types(_KEYED),
+            | "KeyLabelsByTerminal" >> beam.Map(_label_by_terminal, b).with_output_types(_KEYED),
         ) | "MergeByTerminal" >> beam.Flatten()
         batches = by_terminal | TERMINAL_WINDOWS >> beam.ParDo(
-            TerminalWindowsFn(self._store, self._max)
+            TerminalWindowsFn(self._store, self._max, b)
         )
         return ComputedFeatures(batches, ids[DEAD_LETTER_TAG])

@@ -13,10 +13,12 @@ Per batch of transactions and labels (many transaction ids), it:
   3. writes the id-index rows of the batch (one write) and emits the accepted transactions (to
      the customer stage) and labels (to the terminal stage).
 
-A label that starts waiting sets its key's processing-time timer ``label_wait_s`` ahead. When it
-fires, the labels still waiting for that id are dead-lettered as ``unknown_transaction``. At start
-the job reads every ``wait#`` row once (``RestoreWaits``) and re-arms those keys' timers, so a
-restarted local job keeps every wait (Dataflow keeps its timers across restarts and updates).
+Waiting labels are kept under their stage key (``wait#<key>#<transaction id>``). The first label
+a key receives arms the key's processing-time timer ``label_wait_s`` ahead (a state flag says it
+is armed). When it fires, the key's waiting labels are read (one prefix scan): those past their
+deadline are dead-lettered as ``unknown_transaction``, and the timer is re-armed for the earliest
+deadline left, if any. At start the job reads every ``wait#`` row once (``RestoreWaits``) and
+arms those keys, so a restarted local job keeps every wait (Dataflow keeps its timers).
 """
 
 from __future__ import annotations
@@ -29,17 +31,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.coders import BooleanCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
-from apache_beam.transforms.userstate import TimerSpec, on_timer
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.core.batches import Routed
+from pipelines.core.routing import route
 from pipelines.feature_store import FAMILY_LABEL, FAMILY_TX, StoreConfig, transaction_record
 from pipelines.recovery import Receipt, tracker
 from pipelines.schema import Label, Transaction
 from pipelines.stores.window_store import IdRecord, WindowStore, Writes
-from pipelines.transforms.keyed_stage import GENERATION_PARAM, KeyedStageFn
+from pipelines.transforms.keyed_stage import KeyedStageFn
 from pipelines.transforms.label_slots import (
     LabelSlot,
     duplicate_detail,
@@ -58,13 +62,16 @@ ACCEPTED_LABELS = "labels"  # the output of labels to record (the main output: t
 
 _LABEL_TIMER = TimerSpec("waiting_labels", TimeDomain.REAL_TIME)
 _LABEL_TIMER_PARAM = beam.DoFn.TimerParam(_LABEL_TIMER)
+# Whether the key's timer is set: only the first label of a quiet key arms it.
+_ARMED = ReadModifyWriteStateSpec("timer_armed", BooleanCoder())
+_ARMED_PARAM = beam.DoFn.StateParam(_ARMED)
 
 
 @dataclass(frozen=True)
 class WakeUp:
-    """Re-arms a transaction id's timer: labels wait for it (read from the store at start)."""
+    """Arms a stage key's timer: labels wait under it (read from the store at start)."""
 
-    transaction_id: str
+    key: str
 
 
 class IndexIdsFn(KeyedStageFn):
@@ -82,13 +89,15 @@ class IndexIdsFn(KeyedStageFn):
         max_batch_size: int,
         sources: tuple[str, str] = ("transactions", "labels"),
         label_wait_s: float = 300.0,
+        key_buckets: int = 0,
     ) -> None:
         super().__init__(max_batch_size)
         self._config = store
         self._sources = sources
         self._label_wait_s = label_wait_s
+        self._buckets = key_buckets
         self._store: WindowStore | None = None
-        self._due: set[str] = set()
+        self._armed: set[str] = set()  # keys whose timer this bundle knows to be set
         self._duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicate_redeliveries")
         self._redeliveries = Metrics.counter(METRICS_NAMESPACE, "redelivered_messages")
         self._early_labels = Metrics.counter(METRICS_NAMESPACE, "labels_before_transaction")
@@ -98,34 +107,43 @@ class IndexIdsFn(KeyedStageFn):
 
     def start_bundle(self) -> None:
         super().start_bundle()
-        self._due = set()
+        self._armed = set()
+
+    def entity_of(self, element: Any) -> str:
+        return str(element.transaction_id)
 
     def process(
         self,
         element: tuple[str, Transaction | Label | WakeUp],
         timestamp: Any = beam.DoFn.TimestampParam,
-        generation: Any = GENERATION_PARAM,
+        armed: Any = _ARMED_PARAM,
         timer: Any = _LABEL_TIMER_PARAM,
     ) -> Iterator[Any]:
         key, event = element
-        if not isinstance(event, Transaction):
-            # A label may have to wait for its transaction (a restored wait waits afresh): the
-            # key's timer is always at or after the deadline of every label waiting for it.
-            timer.set(Timestamp.now() + self._label_wait_s + 1)
+        if not isinstance(event, Transaction) and key not in self._armed:
+            # A label may have to wait for its transaction: make sure the key's timer is set.
+            self._armed.add(key)
+            if not armed.read():
+                armed.write(True)
+                timer.set(Timestamp.now() + self._label_wait_s + 1)
         if isinstance(event, WakeUp):
             return
-        yield from self.accept(key, event, generation, timestamp)
+        yield from self.accept(key, event, None, timestamp)
 
     @on_timer(_LABEL_TIMER)
-    def on_label_timer(self, key: Any = beam.DoFn.KeyParam) -> None:
-        # Batched with the bundle's other due keys: one store read for all of them.
-        self._due.add(key)
-
-    def finish_timers(self) -> list[Any]:
-        if not self._due:
-            return []
-        due, self._due = sorted(self._due), set()
-        return self._expire(due)
+    def on_label_timer(
+        self,
+        key: Any = beam.DoFn.KeyParam,
+        armed: Any = _ARMED_PARAM,
+        timer: Any = _LABEL_TIMER_PARAM,
+    ) -> Iterator[Any]:
+        """Dead-letters the key's labels whose wait is over; re-arms for the others."""
+        outputs, next_deadline = self._expire(key, time.time())
+        if next_deadline is None:
+            armed.clear()
+        else:
+            timer.set(Timestamp.of(next_deadline + 1))
+        yield from outputs
 
     # -- one batch -----------------------------------------------------------------------------
 
@@ -227,12 +245,13 @@ class IndexIdsFn(KeyedStageFn):
             if known_tx is not None:
                 # Decided now (every waiting label is in the verdict): nothing waits any more.
                 if slot.waiting:
-                    writes.waits_remove.append((tx_id, None))
+                    writes.waits_remove.append((route(tx_id, self._buckets), tx_id, None))
                 continue
             for lb in verdict.wait:
                 self._early_labels.inc()
                 writes.waits_add.append(
                     (
+                        route(tx_id, self._buckets),
                         tx_id,
                         message_key(lb),
                         {**label_record(lb), "deadline": deadline},
@@ -241,28 +260,36 @@ class IndexIdsFn(KeyedStageFn):
                 )
         return ready
 
-    def _expire(self, due: list[str]) -> list[Any]:
-        """Dead-letters the labels still waiting for these transaction ids (their timers fired,
-        after every deadline).
+    def _expire(self, key: str, now: float) -> tuple[list[Any], float | None]:
+        """Dead-letters the labels waiting under ``key`` whose deadline has passed; returns the
+        outputs and the earliest deadline still ahead (None: nothing waits any more).
 
         Their messages finished when they started waiting; each is reopened until its dead
         letter is published, so a crash before that replays it (and the slot, which lists it
         as expired, dead-letters it again)."""
-        assert self._store is not None
-        waiting = self._store.read_waiting(due)
-        if not waiting:
-            return []
-        index = self._store.read_ids(list(waiting))
+        assert self._store is not None, "setup() not called"
+        waiting = self._store.read_waiting([key])
+        due: dict[str, set[str]] = {}
+        ahead: list[float] = []
+        for (_, tx_id), entries in waiting.items():
+            for message, record in entries.items():
+                if float(record.get("deadline", 0.0)) <= now:
+                    due.setdefault(tx_id, set()).add(message)
+                else:
+                    ahead.append(float(record["deadline"]))
+        next_deadline = min(ahead) if ahead else None
+        if not due:
+            return [], next_deadline
+        index = self._store.read_ids(list(due))
         writes = Writes()
         outputs: list[Any] = []
         receipts: list[Receipt] = []
-        for tx_id, entries in waiting.items():
-            keys = set(entries)
+        for tx_id, keys in due.items():
             slot = LabelSlot.from_record(tx_id, index.get(tx_id, IdRecord()).label)
             expired = [w for w in slot.waiting if message_key(w) in keys]
-            time_us = min(int(e.get("t", 0)) for e in entries.values())
+            time_us = min(int(waiting[(key, tx_id)][k].get("t", 0)) for k in keys)
             writes.ids.append((tx_id, FAMILY_LABEL, expire(slot, keys).to_record(), time_us))
-            writes.waits_remove.append((tx_id, sorted(keys)))
+            writes.waits_remove.append((key, tx_id, sorted(keys)))
             for lb in expired:
                 outputs.append(_unknown_transaction(lb, self._label_wait_s))
                 receipt = self._receipt(lb)
@@ -271,14 +298,13 @@ class IndexIdsFn(KeyedStageFn):
                     receipts.append(receipt)
         self._store.apply(writes)
         if outputs:
-            _LOGGER.info(
-                "dead-lettered %d labels still waiting for their transaction", len(outputs)
-            )
+            _LOGGER.info("dead-lettered %d labels whose transaction never came", len(outputs))
         token = tracker().hold(receipts, len(outputs))
-        return [
+        tagged = [
             beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dataclasses.replace(o, token=token))
             for o in outputs
         ]
+        return tagged, next_deadline
 
 
 class _ScanWaitsFn(beam.DoFn):
@@ -288,15 +314,15 @@ class _ScanWaitsFn(beam.DoFn):
         self._config = store
 
     def process(self, _: Any) -> Iterator[tuple[str, WakeUp]]:
-        waiting = open_store(self._config).read_waiting()
-        if waiting:
-            _LOGGER.info("%d transaction ids have labels waiting: timers re-armed", len(waiting))
-        for tx_id in sorted(waiting):
-            yield tx_id, WakeUp(tx_id)
+        keys = sorted({key for key, _ in open_store(self._config).read_waiting()})
+        if keys:
+            _LOGGER.info("labels wait under %d stage keys: their timers are armed", len(keys))
+        for key in keys:
+            yield key, WakeUp(key)
 
 
 class RestoreWaits(beam.PTransform):
-    """(transaction id, WakeUp) for every id with labels waiting in the store, once at start."""
+    """(stage key, WakeUp) for every key with labels waiting in the store, once at start."""
 
     def __init__(self, store: StoreConfig | WindowStore) -> None:
         super().__init__()

@@ -76,6 +76,10 @@ class KeyedStageFn(beam.DoFn):
     def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
         raise NotImplementedError
 
+    def entity_of(self, element: Any) -> str:
+        """The entity an element is for (what key statistics count: on Dataflow, the key)."""
+        raise NotImplementedError
+
     def token(self, batch: Sequence[tuple[str, Any]], outputs: int) -> int:
         """The recovery token the outputs of ``batch`` carry (default: chained to the inputs')."""
         return tracker().chain((getattr(e, "token", 0) for _, e in batch), outputs)
@@ -87,7 +91,9 @@ class KeyedStageFn(beam.DoFn):
         self._generations = {}
 
     def accept(self, key: str, element: Any, generation: Any, timestamp: Any) -> Iterator[Any]:
-        if key not in self._generations:
+        """Buffers one element; ``generation`` is the key's state (None: the stage mirrors
+        nothing in memory)."""
+        if generation is not None and key not in self._generations:
             current = generation.read() or 0
             self.claim(key, current)
             self._generations[key] = current + 1
@@ -103,7 +109,6 @@ class KeyedStageFn(beam.DoFn):
         if self._buffer:
             batch, self._buffer = self._buffer, []
             outputs = list(self._run(batch))
-        outputs += list(self.finish_timers())
         ts = self._last_timestamp if self._last_timestamp is not None else Timestamp.now()
         for out in outputs:
             # finish_bundle has no current element: outputs carry their window explicitly.
@@ -116,14 +121,14 @@ class KeyedStageFn(beam.DoFn):
         if self._generations:
             self.settle(self._generations)
 
-    def finish_timers(self) -> list[Any]:
-        """Outputs of work the bundle's timers left for the end of the bundle (tokens set)."""
-        return []
-
     def _run(self, batch: list[tuple[str, Any]]) -> Iterator[Any]:
         started = time.perf_counter()
         outputs = self.flush(batch)
-        key_stats().record(self.step, (k for k, _ in batch), time.perf_counter() - started)
+        stats = key_stats()
+        if stats.enabled:
+            stats.record(
+                self.step, (self.entity_of(e) for _, e in batch), time.perf_counter() - started
+            )
         yield from with_token(outputs, self.token(batch, len(outputs)))
 
 

@@ -48,13 +48,16 @@ def events_of(frame: pd.DataFrame) -> tuple[list[Transaction], list[Label]]:
 
 
 def run_stages(
-    rounds: Sequence[Sequence[Transaction | Label]], label_wait_s: float = 300.0
+    rounds: Sequence[Sequence[Transaction | Label]],
+    label_wait_s: float = 300.0,
+    key_buckets: int = 0,
+    store: InMemoryStore | None = None,
 ) -> tuple[dict[str, tuple[int, np.ndarray]], list[DeadLetter], InMemoryStore]:
     """Runs ComputeFeatures over ``rounds`` of events (each round one TestStream step, so one
     or more bundles); returns per transaction id its latest (revision, features), the dead
     letters and the store."""
     run = uuid.uuid4().hex
-    store = InMemoryStore(run)
+    store = store or InMemoryStore(run)
     stream = TestStream()
     for events in rounds:
         stream = stream.add_elements(list(events)).advance_processing_time(1)
@@ -65,7 +68,9 @@ def run_stages(
         events = p | stream
         txs = events | "Txs" >> beam.Filter(lambda e: isinstance(e, Transaction))
         lbs = events | "Labels" >> beam.Filter(lambda e: isinstance(e, Label))
-        out = (txs, lbs) | ComputeFeatures(store, max_batch_size=64, label_wait_s=label_wait_s)
+        out = (txs, lbs) | ComputeFeatures(
+            store, max_batch_size=64, label_wait_s=label_wait_s, key_buckets=key_buckets
+        )
         _ = out.batches | "B" >> beam.ParDo(_Collect(run, "batches"))
         _ = out.dead_letters | "D" >> beam.ParDo(_Collect(run, "dead"))
     latest: dict[str, tuple[int, np.ndarray]] = {}
@@ -93,7 +98,8 @@ def assert_exact(latest: dict[str, tuple[int, np.ndarray]], frame: pd.DataFrame)
     assert len(bad) == 0, f"{len(bad)} feature values differ, first {bad[:5]}"
 
 
-def test_in_order_stream_is_exact(small: pd.DataFrame) -> None:
+@pytest.mark.parametrize("buckets", [0, 3])
+def test_in_order_stream_is_exact(small: pd.DataFrame, buckets: int) -> None:
     txs, labels = events_of(small)
     stream = sorted(
         [(t.event_time_us, 1, t) for t in txs] + [(lb.event_time_us + 7 * DAY_US, 0, lb) for lb in labels],
@@ -101,18 +107,19 @@ def test_in_order_stream_is_exact(small: pd.DataFrame) -> None:
     )
     ordered = [e[2] for e in stream]
     rounds = [ordered[i : i + 50] for i in range(0, len(ordered), 50)]
-    latest, dead, _ = run_stages(rounds)
+    latest, dead, _ = run_stages(rounds, key_buckets=buckets)
     assert dead == []
     assert_exact(latest, small)
 
 
-def test_shuffled_stream_with_redeliveries_is_exact(small: pd.DataFrame) -> None:
+@pytest.mark.parametrize("buckets", [0, 5])
+def test_shuffled_stream_with_redeliveries_is_exact(small: pd.DataFrame, buckets: int) -> None:
     txs, labels = events_of(small)
     rng = random.Random(7)
     events: list[Transaction | Label] = [*txs, *labels]
     events += rng.sample(txs, 40) + rng.sample(labels, 40)  # redeliveries of the same messages
     rng.shuffle(events)
     rounds = [events[i : i + 37] for i in range(0, len(events), 37)]
-    latest, dead, _ = run_stages(rounds)
+    latest, dead, _ = run_stages(rounds, key_buckets=buckets)
     assert dead == []
     assert_exact(latest, small)
