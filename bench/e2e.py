@@ -33,7 +33,6 @@ import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.demo import Monitor, latency_ms, percentiles
-from pipelines.direct_pubsub import tune_direct_runner_pubsub
 from pipelines.feature_store import StoreConfig, create_table
 from pipelines.local import (
     LocalStack,
@@ -43,6 +42,7 @@ from pipelines.local import (
     environment,
     free_port,
 )
+from pipelines.local_runner import tune_direct_runner
 from pipelines.options import RilletOptions
 from pipelines.pipeline import build_pipeline
 from pipelines.publisher import publish_events, replay_events
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.simulator import PRESETS, simulate
     from pipelines.training_data import training_features
 
-    tune_direct_runner_pubsub(RilletOptions().direct_pull_max_messages)
+    tune_direct_runner(RilletOptions().direct_pull_max_messages)
     frame = simulate(PRESETS["small"]).sort_values("TX_DATETIME").head(args.transactions)
     events = replay_events(frame.reset_index(drop=True))
     work = Path(tempfile.mkdtemp(prefix="rillet-bench-"))

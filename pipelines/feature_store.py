@@ -362,10 +362,11 @@ class FeatureStore:
                 )
         for tx_id, family, record, time_us in writes.ids:
             target = row(_id_row_key(tx_id))
-            # One version per entry, whatever its timestamp: a label slot written while only
-            # its labels' event times were known must not shadow a later write (reads take the
-            # newest cell).
-            target.delete_cell(family, _ID_QUALIFIER)
+            if family == FAMILY_LABEL:
+                # One version, whatever its timestamp: a label slot written while only its
+                # labels' event times were known must not shadow a later write (reads take the
+                # newest cell). A transaction's record always has its event time: it overwrites.
+                target.delete_cell(family, _ID_QUALIFIER)
             target.set_cell(family, _ID_QUALIFIER, _json(record), timestamp=_ts(time_us))
         for stage_key, tx_id, keys in writes.waits_remove:
             if keys is None:

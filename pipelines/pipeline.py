@@ -166,15 +166,15 @@ def unknown_arguments(argv: Sequence[str]) -> list[str]:
 
 def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:
     """Builds and runs the streaming pipeline. On the DirectRunner, Pub/Sub pulls are tuned
-    (see pipelines.direct_pubsub) and, with --recovery_checkpoint, the job first recovers what
+    (see pipelines/local_runner) and, with --recovery_checkpoint, the job first recovers what
     a killed predecessor had in flight and then keeps the checkpoint (see pipelines.recovery)."""
     options = pipeline_options(sys.argv[1:] if argv is None else argv)
     opts = options.view_as(RilletOptions)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
     if runner in DIRECT_RUNNERS:
-        from pipelines.direct_pubsub import tune_direct_runner_pubsub
+        from pipelines.local_runner import tune_direct_runner
 
-        tune_direct_runner_pubsub(opts.direct_pull_max_messages)
+        tune_direct_runner(opts.direct_pull_max_messages)
         if opts.recovery_checkpoint:
             _start_recovery(options)
     elif opts.recovery_checkpoint:

@@ -4,8 +4,9 @@ Beam's local runner acknowledges Pub/Sub messages as soon as it pulls them, befo
 processed them, so a job killed mid-stream loses whatever it had in flight. rillet recovers it with
 the subscriptions' retained acknowledged messages (``retain_acked_messages``) and Seek:
 
-1. Every pull is recorded here before the runner acknowledges it (pipelines.direct_pubsub calls
-   ``Tracker.pulled``): message id and publish time, per subscription.
+1. Every pull is recorded here before the runner acknowledges it
+   (pipelines/local_runner/pubsub_pull.py calls ``Tracker.pulled``): message id and publish
+   time, per subscription.
 2. Every element carries the receipts of the messages it came from. A message is finished when
    every output it produced has reached its sink: its prediction stored in Datastore and
    published, or its dead letter published (``Tracker.hold``/``release``/``finish``).

@@ -5,7 +5,14 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.features import MODEL_INPUTS
-from pipelines.pipeline import STEP_LABELS, build_pipeline, pipeline_options, unknown_arguments
+from pipelines.options import DIRECT_KEY_BUCKETS
+from pipelines.pipeline import (
+    STEP_LABELS,
+    build_pipeline,
+    key_buckets,
+    pipeline_options,
+    unknown_arguments,
+)
 from pipelines.transforms.inference import ModelInfo
 
 MODEL = ModelInfo("test", "/nonexistent/saved_model", MODEL_INPUTS)
@@ -66,10 +73,38 @@ def test_constructs_for_dataflow_offline(tmp_path) -> None:
     proto = p.to_runner_api()
     names = {t.unique_name for t in proto.components.transforms.values()}
     assert {
-        "ComputeFeatures/Sequenced",
+        "ComputeFeatures/IndexIds",
+        "ComputeFeatures/CustomerWindows",
+        "ComputeFeatures/TerminalWindows",
         "Predict/RunInference/BeamML_RunInference",
     } <= names
     assert set(outputs) >= {"predictions", "dead_letters"}
+    # On Dataflow every keyed stage has one key per entity (no hashing into buckets).
+    assert key_buckets(options) == 0
+
+
+def test_stateful_steps_are_the_keyed_stages() -> None:
+    """The only stateful steps are the three keyed stages; none is keyed by a constant."""
+    from apache_beam.transforms.userstate import is_stateful_dofn
+
+    options = PipelineOptions(["--project=rillet-local", "--streaming"])
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, options, model=MODEL)
+    stateful = set()
+
+    class Visitor(beam.pipeline.PipelineVisitor):
+        def visit_transform(self, node) -> None:  # type: ignore[no-untyped-def]
+            transform = node.transform
+            if isinstance(transform, beam.ParDo) and is_stateful_dofn(transform.dofn):
+                stateful.add(node.full_label.rsplit("/ParDo(", 1)[0])
+
+    p.visit(Visitor())
+    assert stateful == {
+        "ComputeFeatures/IndexIds",
+        "ComputeFeatures/CustomerWindows",
+        "ComputeFeatures/TerminalWindows",
+    }
+    assert key_buckets(options) == DIRECT_KEY_BUCKETS >= 16
 
 
 def test_unknown_argument_is_reported() -> None:
