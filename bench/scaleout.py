@@ -432,11 +432,6 @@ def main(argv: list[str] | None = None) -> None:
     run["command"] = command
     print(f"measured: {run}", file=sys.stderr)
     if not steps:
-        print(
-            "no keyed stage recorded any work (pipelines.transforms.key_stats): the stages of "
-            "this checkout are not keyed by entity",
-            file=sys.stderr,
-        )
         preview = report(synthetic_work(frame), len(events))
         print(
             "synthetic preview (1e-4 s per event on customer/terminal/transaction keys; NOT "
@@ -444,12 +439,24 @@ def main(argv: list[str] | None = None) -> None:
             f" events/s, hot entity {preview['hot_entity']['speedup']}",
             file=sys.stderr,
         )
-        if not args.allow_empty:
-            print(json.dumps({"error": "no recorded work", "measured": run}))
+    print(json.dumps(final_result(steps, run, args.allow_empty)))
+
+
+def final_result(steps: Mapping[str, Work], run: dict[str, Any], allow_empty: bool) -> dict:
+    """The JSON line: the report of the recorded work, with ``measured``. Without recorded work:
+    exits 1 (printing the error as the JSON line) unless ``allow_empty``."""
+    if not steps:
+        message = (
+            "no keyed stage recorded any work (pipelines.transforms.key_stats): the stages of "
+            "this checkout are not keyed by entity; --allow-empty reports an empty stateful_steps"
+        )
+        print(message, file=sys.stderr)
+        if not allow_empty:
+            print(json.dumps({"error": message, "measured": run}))
             raise SystemExit(1)
     result = report(steps, run["events_published"])
     result["measured"] = run
-    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

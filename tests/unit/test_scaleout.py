@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import zlib
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -91,6 +92,7 @@ def test_hash_assignment_is_deterministic() -> None:
         text=True,
         check=True,
         env={"PYTHONHASHSEED": "123", "PATH": ""},
+        cwd=Path(__file__).resolve().parents[2],  # this checkout's bench
     )
     assert int(other.stdout) == first["k7"]
 
@@ -146,3 +148,16 @@ def test_empty_report_and_synthetic_work() -> None:
         ("2", so.SYNTHETIC_COST_S)
     ]
     assert so.step_summary(work["synthetic_terminal"])["distinct_keys"] == 2
+
+
+def test_nothing_recorded_fails_unless_allowed(capsys: pytest.CaptureFixture[str]) -> None:
+    run = {"events_published": 10, "transactions": 5, "wall_s": 1.0}
+    with pytest.raises(SystemExit) as exited:
+        so.final_result({}, run, allow_empty=False)
+    assert exited.value.code == 1
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "no keyed stage recorded" in line["error"]
+    empty = so.final_result({}, run, allow_empty=True)
+    assert empty["stateful_steps"] == {} and empty["measured"] == run
+    recorded = so.final_result({"TerminalState": uniform(100)}, run, allow_empty=False)
+    assert recorded["stateful_steps"]["TerminalState"]["distinct_keys"] == 100
