@@ -42,7 +42,9 @@ def events_of(frame: pd.DataFrame) -> tuple[list[Transaction], list[Label]]:
     txs, labels = [], []
     for i, row in enumerate(frame.itertuples(index=False)):
         tx_id, c, k = str(row.TRANSACTION_ID), str(row.CUSTOMER_ID), str(row.TERMINAL_ID)
-        txs.append(Transaction(tx_id, int(t[i]), c, k, float(row.TX_AMOUNT), message_id=f"t{tx_id}"))
+        txs.append(
+            Transaction(tx_id, int(t[i]), c, k, float(row.TX_AMOUNT), message_id=f"t{tx_id}")
+        )
         labels.append(Label(tx_id, int(t[i]), c, k, int(row.TX_FRAUD), message_id=f"l{tx_id}"))
     return txs, labels
 
@@ -96,7 +98,8 @@ def assert_exact(latest: dict[str, tuple[int, np.ndarray]], frame: pd.DataFrame)
 def test_in_order_stream_is_exact(small: pd.DataFrame) -> None:
     txs, labels = events_of(small)
     stream = sorted(
-        [(t.event_time_us, 1, t) for t in txs] + [(lb.event_time_us + 7 * DAY_US, 0, lb) for lb in labels],
+        [(t.event_time_us, 1, t) for t in txs]
+        + [(lb.event_time_us + 7 * DAY_US, 0, lb) for lb in labels],
         key=lambda e: (e[0], e[1]),
     )
     ordered = [e[2] for e in stream]

@@ -133,6 +133,7 @@ def test_report_from_recorded_work() -> None:
     # Each step has its workers and both take 1 s on one: 5,000 input events in 1 s.
     assert pipeline[0] == pytest.approx(5000.0, rel=1e-3)
     assert result["global_key_events_per_s"] == pytest.approx([pipeline[0]] * 5, rel=1e-3)
+    assert result["global_key_one_stage_events_per_s"] == pytest.approx(5000 / 2.0, rel=1e-3)
     assert 30 < result["speedup_64"] <= 64
     assert result["hot_entity"]["step"] == "TerminalState"
     assert result["hot_entity"]["speedup"][-1] <= 20
@@ -158,6 +159,8 @@ def test_nothing_recorded_fails_unless_allowed(capsys: pytest.CaptureFixture[str
     line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert "no keyed stage recorded" in line["error"]
     empty = so.final_result({}, run, allow_empty=True)
-    assert empty["stateful_steps"] == {} and empty["measured"] == run
+    assert empty["stateful_steps"] == {}
+    assert empty["measured"] == {**run, "recorded_seconds": 0}
     recorded = so.final_result({"TerminalState": uniform(100)}, run, allow_empty=False)
+    assert recorded["measured"]["recorded_seconds"] == pytest.approx(0.3)
     assert recorded["stateful_steps"]["TerminalState"]["distinct_keys"] == 100
