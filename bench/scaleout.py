@@ -402,6 +402,21 @@ def measure(events: list, n_tx: int, model_dir: Path, timeout_s: float, settle_s
     }
 
 
+def save_work(steps: Mapping[str, Work], path: Path) -> None:
+    """The recorded work, gzipped JSON {step: [[key, seconds], ...]} (to re-simulate offline)."""
+    import gzip
+
+    with gzip.open(path, "wt") as handle:
+        json.dump({step: [list(e) for e in work] for step, work in steps.items()}, handle)
+
+
+def load_work(path: Path) -> dict[str, list[tuple[str, float]]]:
+    import gzip
+
+    with gzip.open(path, "rt") as handle:
+        return {step: [(k, s) for k, s in work] for step, work in json.load(handle).items()}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--days", type=float, default=7, help="Days of the handbook replayed.")
@@ -437,6 +452,9 @@ def main(argv: list[str] | None = None) -> None:
         stack.down()
     steps = run.pop("steps")
     run["command"] = command
+    if steps:
+        save_work(steps, args.work_dir / "recorded-work.json.gz")
+        print(f"recorded work saved to {args.work_dir / 'recorded-work.json.gz'}", file=sys.stderr)
     print(f"measured: {run}", file=sys.stderr)
     if not steps:
         preview = report(synthetic_work(frame), len(events))

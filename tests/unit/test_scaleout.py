@@ -164,3 +164,9 @@ def test_nothing_recorded_fails_unless_allowed(capsys: pytest.CaptureFixture[str
     recorded = so.final_result({"TerminalState": uniform(100)}, run, allow_empty=False)
     assert recorded["measured"]["recorded_seconds"] == pytest.approx(0.3)
     assert recorded["stateful_steps"]["TerminalState"]["distinct_keys"] == 100
+
+
+def test_recorded_work_round_trips(tmp_path: Path) -> None:
+    steps = {"TerminalWindows": [("t1", 0.25), ("t2", 1e-4)], "IndexIds": [("x", 0.5)]}
+    so.save_work(steps, tmp_path / "work.json.gz")
+    assert so.load_work(tmp_path / "work.json.gz") == steps
