@@ -51,6 +51,9 @@ replay-eval: $(STAMP) ## Handbook chain: backfill, warm store, train, stream the
 bench-e2e: $(STAMP) ## Read-only vs full pipeline throughput and latency (last line JSON)
 	$(BIN)/python -m bench.e2e
 
+bench-scaleout: $(STAMP) ## Keyed stages' per-key work on a handbook week, replayed on 1..256 workers (last line JSON)
+	$(BIN)/python -m bench.scaleout
+
 bench-backfill: $(STAMP) ## Beam backfill vs pandas groupby-rolling on the handbook dataset (last line JSON)
 	$(BIN)/python -m bench.backfill
 
@@ -68,4 +71,4 @@ clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
 .PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
-	bench-backfill bench-windows chaos chaos-overload clean
+	bench-scaleout bench-backfill bench-windows chaos chaos-overload clean
