@@ -185,9 +185,8 @@ class Reader(threading.Thread):
 @dataclass
 class Outage:
     paused_at: float
-    resumed_at: float
-    batches_at_pause: dict[str, int]
-    batches_at_resume: dict[str, int]
+    resuming_at: float  # just before SIGCONT
+    resumed_at: float  # once the emulator runs again
 
 
 def ride_out(stack: LocalStack, name: str, writers: list[Writer], reader: Reader) -> Outage:
@@ -198,11 +197,11 @@ def ride_out(stack: LocalStack, name: str, writers: list[Writer], reader: Reader
     with stack.outage(name):
         paused_at = time.monotonic()
         assert stack.paused(name)
-        at_pause = {w.name: w.batches for w in writers}
         time.sleep(1.0)
         reader.start()
         time.sleep(max(0.0, paused_at + OUTAGE_S - time.monotonic()))
         at_resume = {w.name: w.batches for w in writers}
+        resuming_at = time.monotonic()
     resumed_at = time.monotonic()
     assert not stack.paused(name)
     for writer in writers:
@@ -211,17 +210,17 @@ def ride_out(stack: LocalStack, name: str, writers: list[Writer], reader: Reader
         writer.finish()
     reader.join(timeout=60)
     assert not reader.is_alive(), "the read issued during the outage never returned"
-    return Outage(paused_at, resumed_at, at_pause, at_resume)
+    return Outage(paused_at, resuming_at, resumed_at)
 
 
 def assert_stalled_and_resumed(writer: Writer, outage: Outage) -> None:
     """The writer acknowledged nothing while the store was down (at most the batch it had
     finished as the pause landed), and went on right after the resume."""
-    during = [t for t in writer.done_at if outage.paused_at + 0.5 < t < outage.resumed_at]
+    during = [t for t in writer.done_at if outage.paused_at + 0.5 < t < outage.resuming_at]
     assert during == [], f"{writer.name} acknowledged {len(during)} batches with the store down"
-    after = [t for t in writer.done_at if t >= outage.resumed_at]
+    after = [t for t in writer.done_at if t >= outage.resuming_at]
     assert after, f"{writer.name} never resumed"
-    assert after[0] - outage.resumed_at < CALL_TIMEOUT_S, "slow recovery after the resume"
+    assert after[0] - outage.resuming_at < CALL_TIMEOUT_S, "slow recovery after the resume"
 
 
 def assert_deadline_retries(retries: list[tuple[str, float]], what: str) -> None:
@@ -313,7 +312,7 @@ def test_bigtable_outage_loses_nothing(
     assert all(t is not None and t <= CALL_TIMEOUT_S for t in mine), mine
     assert reader.error is None, reader.error
     assert set(before) <= reader.result
-    assert outage.resumed_at - 0.5 <= reader.ended_at <= outage.resumed_at + CALL_TIMEOUT_S
+    assert outage.resuming_at <= reader.ended_at <= outage.resumed_at + CALL_TIMEOUT_S
 
     # Nothing lost: every acknowledged batch is in both entities' rows.
     written = set(before) | set(writer.acked)
@@ -408,7 +407,7 @@ def test_datastore_outage_loses_nothing(
     # The lookup issued during the outage returned once Datastore was back, and re-applied the
     # corrections it found.
     assert reader.error is None, reader.error
-    assert outage.resumed_at - 0.5 <= reader.ended_at <= outage.resumed_at + CALL_TIMEOUT_S
+    assert outage.resuming_at <= reader.ended_at <= outage.resumed_at + CALL_TIMEOUT_S
 
     # Nothing lost, and the highest revision of each entity stored.
     expected = {n: 3 for n in before}
