@@ -10,7 +10,13 @@ One run:
      messages), labels of transactions that never come, and labels contradicting their transaction;
   4. meanwhile: SIGKILL of the job at ``kills`` random moments, each followed by a restart that
      resumes from the checkpoint; the Bigtable and the Datastore emulators stopped (SIGSTOP) for
-     ``outage_s`` each; optionally a burst at twice the rate, or ``overload_rate`` (overload);
+     ``outage_s`` each; optionally a burst at twice the rate, or ``overload_rate`` (overload).
+     The faults are timed from the job's first prediction to the last transaction (what comes
+     after is labels only, which predict nothing), and each waits until the job has predicted
+     again since the previous one ended, so every fault hits a job at work; for each
+     the report records what the job did (``faults``): the predictions before it, none while a
+     store was stopped, the time to the next prediction afterwards, and the retries the job
+     logged meanwhile (pipelines.retry's warnings in its log);
   5. then every store is checked: one Datastore entity per valid transaction, with exactly the
      features a batch recomputation gives (pipelines.training_data); every valid transaction and
      label in Bigtable's id index; every rejected message on the dead-letter topic, no valid one.
@@ -28,12 +34,13 @@ import functools
 import json
 import os
 import random
+import re
 import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -76,11 +83,42 @@ class Message:
 
 
 @dataclass
+class Fault:
+    """What one fault did to the job (times in seconds after the first message)."""
+
+    what: str  # "kill", or the store stopped: "bigtable", "datastore"
+    at_s: float
+    predictions_before: int  # prediction messages received when it struck
+    # Outages: prediction messages received from STALL_GRACE_S after the pause to the resume
+    # (what was already past the stopped store may still come out just after the pause).
+    predictions_while_down: int | None = None
+    resumed_after_s: float | None = None  # from its end (the resume, the restart) to the next
+    retries: list[str] = field(default_factory=list)  # "<call>: <exception>", logged meanwhile
+
+
+STALL_GRACE_S = 5.0
+RESUME_TIMEOUT_S = 120.0  # how long a fault waits for the job to predict again afterwards
+_RETRY_LINE = re.compile(r" pipelines\.retry (.+?) failed \((\w+): .*?; retry \d+ in ", re.DOTALL)
+
+
+def logged_retries(log: Path) -> list[str]:
+    """The retries the job has logged so far, in order, as "<call>: <exception type>" (the
+    warnings of pipelines.retry.with_backoff; the log is appended to across restarts)."""
+    try:
+        text = log.read_text(errors="replace")
+    except FileNotFoundError:
+        return []
+    return [f"{m[1]}: {m[2]}" for m in _RETRY_LINE.finditer(text)]
+
+
+@dataclass
 class Chaos:
     """What happened during the run (for the report)."""
 
     kills: list[float] = field(default_factory=list)
     outages: list[tuple[str, float, float]] = field(default_factory=list)
+    first_prediction_s: float | None = None
+    faults: list[Fault] = field(default_factory=list)
     burst: tuple[float, float, float] | None = None  # overload: start s, end s, rate msg/s
     # (seconds, transactions published, transactions predicted, job RSS MB), every ~2 s
     timeline: list[tuple[float, int, int, float]] = field(default_factory=list)
@@ -353,7 +391,6 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
             create_resources(topo)
             job.start()
             sent_tx = [0]  # transactions published so far
-            duration = len(messages) / config.rate
             burst = None
             if config.overload_s:
                 burst = (
@@ -394,43 +431,78 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
 
             threading.Thread(target=sample, daemon=True).start()
             publisher.start()
-            # The schedule: kills at random moments, outages between them.
-            # (Not in the first 20 s: the job needs ~10 s to start; a kill then proves little.)
-            kill_at = sorted(
-                max(20.0, rng.uniform(0.1, 0.85) * duration) + 3 * k for k in range(config.kills)
-            )
-            outage_at = [
-                (name, (k + 1) / (len(config.outages) + 1) * duration + rng.uniform(-5, 5))
-                for k, name in enumerate(config.outages)
-            ]
-            plan = sorted(
-                [(t, "kill", "") for t in kill_at] + [(t, "outage", n) for n, t in outage_at]
-            )
+
+            def wait_for_prediction(after: int, timeout_s: float) -> float | None:
+                """Seconds until the job predicts past ``after`` messages (None: it did not)."""
+                start = time.monotonic()
+                while len(predicted) <= after and time.monotonic() - start < timeout_s:
+                    job.check()
+                    time.sleep(0.2)
+                return round(time.monotonic() - start, 1) if len(predicted) > after else None
+
+            # The schedule: kills at random moments, outages between them, timed from the job's
+            # first prediction (before it, the job is still starting and a fault proves little).
+            plan: list[tuple[float, str, str]] = []
+            if config.kills or config.outages:
+                if wait_for_prediction(0, config.timeout_s) is None:
+                    raise RuntimeError(f"the job never predicted; see {log}")
+                first = chaos.first_prediction_s = round(time.monotonic() - t0, 1)
+                # Until the last transaction is due: only transactions make predictions (the
+                # replay ends with labels only, 7 days of event time after the transactions).
+                last_tx = max(i for i, m in enumerate(messages) if m.kind == "transaction")
+                span = max((last_tx + 1) / config.rate - first, 1.0)
+                kill_at = sorted(
+                    first + rng.uniform(0.1, 0.85) * span + 3 * k for k in range(config.kills)
+                )
+                outage_at = [
+                    (
+                        name,
+                        first
+                        + max(0.0, (k + 1) / (len(config.outages) + 1) * span + rng.uniform(-5, 5)),
+                    )
+                    for k, name in enumerate(config.outages)
+                ]
+                plan = sorted(
+                    [(t, "kill", "") for t in kill_at] + [(t, "outage", n) for n, t in outage_at]
+                )
             for at, what, name in plan:
                 while time.monotonic() - t0 < at:
                     job.check()
                     time.sleep(0.5)
+                retries_before = len(logged_retries(log))
+                fault = Fault(
+                    what if what == "kill" else name,
+                    round(time.monotonic() - t0, 1),
+                    len(predicted),
+                )
+                chaos.faults.append(fault)
                 if what == "kill":
                     assert job.proc is not None
                     os.kill(job.proc.pid, signal.SIGKILL)
                     job.proc.wait()
-                    chaos.kills.append(round(time.monotonic() - t0, 1))
-                    print(
-                        f"[chaos] t={chaos.kills[-1]}s SIGKILL; restarting with resume", flush=True
-                    )
+                    chaos.kills.append(fault.at_s)
+                    print(f"[chaos] t={fault.at_s}s SIGKILL; restarting with resume", flush=True)
                     job.start()
                 else:
-                    start = time.monotonic() - t0
                     print(
-                        f"[chaos] t={start:.1f}s {name} stopped for {config.outage_s}s", flush=True
+                        f"[chaos] t={fault.at_s}s {name} stopped for {config.outage_s}s", flush=True
                     )
                     with stack.outage(name):
                         end = time.monotonic() + config.outage_s
+                        grace_end = time.monotonic() + min(STALL_GRACE_S, config.outage_s / 2)
+                        down_from = None
                         while time.monotonic() < end:
+                            if down_from is None and time.monotonic() >= grace_end:
+                                down_from = len(predicted)
                             job.check()  # the job must not die while its dependency is down
-                            time.sleep(0.5)
-                    chaos.outages.append((name, round(start, 1), config.outage_s))
+                            time.sleep(0.2)
+                        fault.predictions_while_down = len(predicted) - (down_from or 0)
+                    chaos.outages.append((name, fault.at_s, config.outage_s))
                     job.check()
+                fault.retries = logged_retries(log)[retries_before:]
+                # The job goes on (and the next fault waits for it to be at work again).
+                fault.resumed_after_s = wait_for_prediction(len(predicted), RESUME_TIMEOUT_S)
+                print(f"[chaos] {fault}", flush=True)
             # Wait until every valid transaction has its prediction and every rejection is out.
             n_rejects = sum(1 for m in messages if _rejected(m))
             lookup = _published_ids(messages)
@@ -477,6 +549,17 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
         stack.down()
 
     return _report(config, messages, valid_tx, expected, stored, dead, index, chaos, elapsed)
+
+
+def faults_hit(faults: list[Fault]) -> bool:
+    """Whether every fault struck a job at work and the job came through it: it had predicted
+    before, predicted nothing while a store was stopped, and predicted again afterwards."""
+    return all(
+        f.predictions_before > 0
+        and f.resumed_after_s is not None
+        and (f.what == "kill" or f.predictions_while_down == 0)
+        for f in faults
+    )
 
 
 def _report(
@@ -548,6 +631,9 @@ def _report(
         "dead_letter_reasons": dict(sorted(reasons.items())),
         "kill_times_s": chaos.kills,
         "outage_windows": chaos.outages,
+        "first_prediction_s": chaos.first_prediction_s,
+        "faults": [asdict(f) for f in chaos.faults],
+        "faults_hit": faults_hit(chaos.faults),
         "max_rss_mb": max((rss for *_, rss in chaos.timeline), default=0.0),
         "backlog_peak": max((sent - done for _, sent, done, _ in chaos.timeline), default=0),
         "drained_s": next((t for t, _, done, _ in chaos.timeline if done >= len(valid_tx)), None),
@@ -565,6 +651,7 @@ def _report(
         and result["feature_mismatches"] == 0
         and result["kills"] >= config.kills
         and result["outages"] == len(config.outages)
+        and result["faults_hit"]
     )
     return result
 

@@ -1,29 +1,37 @@
 """Dependency outages: the Bigtable or the Datastore emulator stops answering for 15 s mid-stream
-(paused with SIGSTOP, so it keeps its data) and comes back; writers that give every call a
-deadline and retry through with_backoff lose nothing and do not die.
+(paused with SIGSTOP, so it keeps its data) and comes back, under the product's own writers and
+readers: ``FeatureStore.write`` / ``read_cells`` and the Datastore sink (``_DatastoreWriteDoFn``'s
+``_put_all``, ``_put_if_newer`` and its correction lookup).
+
+README "Guarantees", store outage: every Bigtable/Datastore call has a deadline and is retried
+with backoff (pipelines.retry); the job stalls and does not die. So, for each store:
+
+- a call in flight when the store stops fails with a deadline error after ``CALL_TIMEOUT_S``
+  (it does not hang through the outage), and is retried (the retries pipelines.retry logs are
+  counted; the client calls are observed by wrappers that delegate to the real call);
+- a read issued during the outage returns once the store is back, after at least one retried
+  attempt, with the right data;
+- after the resume the writers go on and everything they acknowledged is stored.
+
+The outage is longer than the call deadline, so a call without one would hang until the resume
+and succeed without any retry: these tests fail then.
 
 The stack is this module's own (it pauses emulators, which must not disturb the session's)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import pytest
 
-from pipelines.features import CUSTOMER, TERMINAL
+from pipelines.features import CUSTOMER, MODEL_INPUTS, TERMINAL
 from pipelines.local import LOCAL_PROJECT, LocalStack, StackError, environment, free_port
-from pipelines.retry import (
-    bigtable_mutate_options,
-    datastore_call_options,
-    raise_for_statuses,
-    with_backoff,
-)
+from pipelines.retry import CALL_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -33,6 +41,10 @@ CUSTOMERS = [f"oc{i}" for i in range(5)]
 TERMINALS = [f"ot{i}" for i in range(3)]
 BASE_US = 1_522_663_200_000_000
 KIND = "OutagePrediction"
+NAMESPACE = "outage"
+# A call that fails on its deadline took CALL_TIMEOUT_S (plus scheduling on a loaded machine).
+DEADLINE_SLACK_S = 3.0
+assert OUTAGE_S > CALL_TIMEOUT_S + DEADLINE_SLACK_S, "the outage must outlast a call deadline"
 
 
 @pytest.fixture(scope="module")
@@ -53,32 +65,85 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         stack.down()  # resumes a paused emulator first
 
 
+class RetryLog(logging.Handler):
+    """The records pipelines.retry.with_backoff logs: one WARNING per retry, with the arguments
+    (what, exception type, exception, attempt, wait, elapsed, budget); an ERROR when it gives up."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+        self._lock_records = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock_records:
+            self.records.append(record)
+
+    def retries(self, what: str) -> list[tuple[str, float]]:
+        """(exception type, seconds since the first attempt) of every retry of ``what``."""
+        with self._lock_records:
+            return [
+                (str(r.args[1]), float(r.args[5]))  # type: ignore[index]
+                for r in self.records
+                if r.levelno == logging.WARNING and r.args and r.args[0] == what
+            ]
+
+    def gave_up(self) -> list[str]:
+        with self._lock_records:
+            return [r.getMessage() for r in self.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture
+def retry_log() -> Iterator[RetryLog]:
+    handler = RetryLog()
+    logger = logging.getLogger("pipelines.retry")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@dataclass
+class Call:
+    """One observed client call: when it started (monotonic), how long it took, what it gave."""
+
+    start: float
+    took: float
+    thread: int
+    outcome: str  # "ok", an exception type name, or Bigtable's failed per-row status codes
+
+
 @dataclass
 class Writer:
-    """Calls write(batch_number) -> ids in a loop until stopped; counts retries and failures."""
+    """Calls write(batch_number) -> ids in a loop until stopped; records when each batch was
+    acknowledged."""
 
+    name: str
     write: Callable[[int], list[str]]
     acked: list[str] = field(default_factory=list)
-    batches: int = 0
-    retries: int = 0
+    done_at: list[float] = field(default_factory=list)
     errors: list[BaseException] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
 
-    def on_retry(self, attempt: int, exc: BaseException, delay: float) -> None:
-        self.retries += 1
+    @property
+    def batches(self) -> int:
+        return len(self.done_at)
 
     def run(self) -> None:
         try:
             while not self.stop.is_set():
                 self.acked += self.write(self.batches)
-                self.batches += 1
+                self.done_at.append(time.monotonic())
                 time.sleep(0.05)
         except BaseException as exc:
             self.errors.append(exc)
 
     def start(self) -> Writer:
-        self.thread = threading.Thread(target=self.run, name="outage-writer", daemon=True)
+        self.thread = threading.Thread(target=self.run, name=self.name, daemon=True)
         self.thread.start()
         return self
 
@@ -87,7 +152,7 @@ class Writer:
         while self.batches < batches and not self.errors and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not self.errors, self.errors
-        assert self.batches >= batches, f"the writer is stuck at batch {self.batches}"
+        assert self.batches >= batches, f"{self.name} is stuck at batch {self.batches}"
 
     def finish(self) -> None:
         self.stop.set()
@@ -97,47 +162,109 @@ class Writer:
         assert not self.errors, self.errors
 
 
-def ride_out(stack: LocalStack, name: str, writer: Writer, during: Callable[[], None]) -> float:
-    """Writes before, during and after a 15 s outage of `name`; returns the recovery time (from
-    the resume to the writer's next acknowledged batch)."""
-    writer.start().wait_for(3, timeout_s=10)
-    with stack.outage(name):
-        assert stack.paused(name)
-        during()
-        time.sleep(OUTAGE_S)
-        in_outage = writer.batches
-    assert not stack.paused(name)
-    resumed = time.monotonic()
-    writer.wait_for(in_outage + 1, timeout_s=30)
-    recovery = time.monotonic() - resumed
-    writer.wait_for(in_outage + 3, timeout_s=10)
-    writer.finish()
-    return recovery
-
-
 class Reader(threading.Thread):
-    """One read started during the outage, through the code's default client settings."""
+    """One read through the product's code, started during the outage."""
 
     def __init__(self, read: Callable[[], Any]) -> None:
         super().__init__(name="outage-reader", daemon=True)
         self._read = read
         self.result: Any = None
         self.error: BaseException | None = None
-        self.took = 0.0
+        self.started_at = 0.0
+        self.ended_at = 0.0
 
     def run(self) -> None:
-        start = time.monotonic()
+        self.started_at = time.monotonic()
         try:
             self.result = self._read()
         except BaseException as exc:
             self.error = exc
-        self.took = time.monotonic() - start
+        self.ended_at = time.monotonic()
 
 
-def test_bigtable_outage_loses_nothing(stack: LocalStack) -> None:
+@dataclass
+class Outage:
+    paused_at: float
+    resuming_at: float  # just before SIGCONT
+    resumed_at: float  # once the emulator runs again
+
+
+def ride_out(stack: LocalStack, name: str, writers: list[Writer], reader: Reader) -> Outage:
+    """Writers before, during and after an OUTAGE_S outage of ``name``; the reader starts 1 s
+    into it. Returns when every writer acknowledged 3 batches after the resume."""
+    for writer in writers:
+        writer.start().wait_for(3, timeout_s=15)
+    with stack.outage(name):
+        paused_at = time.monotonic()
+        assert stack.paused(name)
+        time.sleep(1.0)
+        reader.start()
+        time.sleep(max(0.0, paused_at + OUTAGE_S - time.monotonic()))
+        at_resume = {w.name: w.batches for w in writers}
+        resuming_at = time.monotonic()
+    resumed_at = time.monotonic()
+    assert not stack.paused(name)
+    for writer in writers:
+        writer.wait_for(at_resume[writer.name] + 3, timeout_s=30)
+    for writer in writers:
+        writer.finish()
+    reader.join(timeout=60)
+    assert not reader.is_alive(), "the read issued during the outage never returned"
+    return Outage(paused_at, resuming_at, resumed_at)
+
+
+def assert_stalled_and_resumed(writer: Writer, outage: Outage) -> None:
+    """The writer acknowledged nothing while the store was down (at most the batch it had
+    finished as the pause landed), and went on right after the resume."""
+    during = [t for t in writer.done_at if outage.paused_at + 0.5 < t < outage.resuming_at]
+    assert during == [], f"{writer.name} acknowledged {len(during)} batches with the store down"
+    after = [t for t in writer.done_at if t >= outage.resuming_at]
+    assert after, f"{writer.name} never resumed"
+    assert after[0] - outage.resuming_at < CALL_TIMEOUT_S, "slow recovery after the resume"
+
+
+def assert_deadline_retries(retries: list[tuple[str, float]], what: str) -> None:
+    """``what`` failed on its deadline at least once during the outage and was retried."""
+    assert retries, f"{what}: no retry logged, so no call failed during the outage"
+    deadlines = [elapsed for kind, elapsed in retries if kind == "DeadlineExceeded"]
+    assert deadlines, f"{what}: retries, but none on a deadline: {retries}"
+    # The first failure came after one call deadline, not after the outage (a call without a
+    # deadline hangs until the resume and then succeeds).
+    assert CALL_TIMEOUT_S - 1.0 <= deadlines[0] <= CALL_TIMEOUT_S + DEADLINE_SLACK_S, deadlines
+
+
+def test_bigtable_outage_loses_nothing(
+    stack: LocalStack, retry_log: RetryLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pipelines.feature_store import FAMILY_TX, EntityHistory, FeatureStore, StoreConfig
 
     store = FeatureStore(StoreConfig(LOCAL_PROJECT, "rillet", "features"))
+    table = store.table
+
+    # Observe the client calls the product makes, delegating to the real ones.
+    mutations: list[Call] = []
+    real_mutate = table.mutate_rows
+
+    def mutate_rows(*args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        statuses = real_mutate(*args, **kwargs)
+        failed = sorted({s.code for s in statuses if s.code != 0})
+        outcome = "ok" if not failed else f"codes {failed}"
+        mutations.append(Call(start, time.monotonic() - start, threading.get_ident(), outcome))
+        return statuses
+
+    monkeypatch.setattr(table, "mutate_rows", mutate_rows)
+    # Each ReadRows attempt (the client retries a read internally, attempt by attempt, with the
+    # per-attempt deadline the product passes): (thread, attempt timeout).
+    read_attempts: list[tuple[int, float | None]] = []
+    gapic = table._table_impl.client._gapic_client
+    real_read = gapic.read_rows
+
+    def read_rows(*args: Any, **kwargs: Any) -> Any:
+        read_attempts.append((threading.get_ident(), kwargs.get("timeout")))
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(gapic, "read_rows", read_rows)
 
     def rows(prefix: str) -> tuple[list[str], list[Any]]:
         ids = [f"{prefix}-{j}" for j in range(BATCH)]
@@ -158,91 +285,138 @@ def test_bigtable_outage_loses_nothing(stack: LocalStack) -> None:
     before, before_rows = rows("before")
     store.write(before_rows)
 
-    def mutate(pending: list[Any]) -> None:
-        """One MutateRows call, as FeatureStore.write would make it with a deadline: the rows
-        that failed stay in `pending` for the next attempt."""
-        statuses = store.table.mutate_rows(pending, **bigtable_mutate_options())
-        pending[:] = [r for r, s in zip(pending, statuses, strict=True) if s.code != 0]
-        raise_for_statuses(statuses, "Bigtable write")
-
     def write(batch: int) -> list[str]:
-        ids, pending = rows(f"during-{batch}")
-        with_backoff(partial(mutate, pending), "Bigtable write", on_retry=writer.on_retry)
+        ids, batch_rows = rows(f"during-{batch}")
+        store.write(batch_rows)
         return ids
 
-    writer = Writer(write)
-    # A read issued during the outage with FeatureStore's current settings (no deadline passed).
+    writer = Writer("bigtable-writer", write)
     reader = Reader(lambda: stored(CUSTOMER, CUSTOMERS))
-    recovery = ride_out(stack, "bigtable", writer, reader.start)
-    reader.join(timeout=60)
+    outage = ride_out(stack, "bigtable", [writer], reader)
 
-    assert writer.retries >= 1, "the writer never noticed the outage"
-    assert recovery < 12.0
-    assert reader.error is None and set(before) <= reader.result
-    assert reader.took >= OUTAGE_S - 1  # it hung until the resume, then completed
+    # The writer stalled and came back, and the write in flight failed on its deadline (rows
+    # with DEADLINE_EXCEEDED, code 4) instead of hanging, and was retried.
+    assert_stalled_and_resumed(writer, outage)
+    timed_out = [c for c in mutations if c.outcome == "codes [4]"]
+    assert timed_out, f"no MutateRows call failed on its deadline: {mutations[-5:]}"
+    for call in timed_out:
+        assert CALL_TIMEOUT_S - 1.0 <= call.took <= CALL_TIMEOUT_S + DEADLINE_SLACK_S, call
+    assert max(c.took for c in mutations) <= CALL_TIMEOUT_S + DEADLINE_SLACK_S
+    assert_deadline_retries(retry_log.retries("Bigtable write"), "Bigtable write")
+    assert retry_log.gave_up() == []
+
+    # The read issued during the outage: attempts bounded by the call deadline, retried (the
+    # first one timed out with the store down), and it returned once the store was back.
+    mine = [timeout for thread, timeout in read_attempts if thread == reader.ident]
+    assert len(mine) >= 2, f"the read was not retried: {len(mine)} attempt(s)"
+    assert all(t is not None and t <= CALL_TIMEOUT_S for t in mine), mine
+    assert reader.error is None, reader.error
+    assert set(before) <= reader.result
+    assert outage.resuming_at <= reader.ended_at <= outage.resumed_at + CALL_TIMEOUT_S
+
+    # Nothing lost: every acknowledged batch is in both entities' rows.
     written = set(before) | set(writer.acked)
+    assert len(writer.acked) >= BATCH * 6
     assert stored(CUSTOMER, CUSTOMERS) == written
     assert stored(TERMINAL, TERMINALS) == written
 
 
-def test_datastore_outage_loses_nothing(stack: LocalStack) -> None:
-    from google.cloud import datastore
+def prediction(tx_id: str, revision: int, correction: bool = False) -> dict[str, Any]:
+    """A prediction record as the sink receives it (pipelines.transforms.sinks)."""
+    return {
+        "transaction_id": tx_id,
+        "customer_id": "oc1",
+        "terminal_id": "ot1",
+        "event_time_us": BASE_US,
+        "publish_time_us": BASE_US,
+        "processing_time_us": BASE_US + 1000,
+        "score": revision / 10,
+        "risk_band": "low",
+        "model_version": "outage",
+        "revision": revision,
+        "correction": correction,
+        "features": {name: float(revision) for name in MODEL_INPUTS},
+    }
 
-    client = datastore.Client(project=LOCAL_PROJECT, namespace="outage")
-    opts = datastore_call_options()
 
-    def entities(prefix: str, revision: int) -> list[Any]:
-        out = []
-        for j in range(BATCH):
-            entity = datastore.Entity(client.key(KIND, f"{prefix}-{j}"))
-            entity.update({"revision": revision, "score": j / BATCH})
-            out.append(entity)
-        return out
+def test_datastore_outage_loses_nothing(
+    stack: LocalStack, retry_log: RetryLog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipelines.transforms.sinks import RiskBands, _DatastoreWriteDoFn
 
-    def put_if_newer(chunk: list[Any]) -> None:
-        """One transaction as sinks._put_if_newer would run it with per-call deadlines."""
-        txn = client.transaction()
-        txn.begin(**opts)
+    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, KIND, NAMESPACE, RiskBands())
+    sink.setup()
+    client = sink._client
+
+    # Observe the sink's commits (put_multi), delegating to the real call.
+    commits: list[Call] = []
+    real_put_multi = client.put_multi
+
+    def put_multi(*args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        outcome = "ok"
         try:
-            current = client.get_multi([e.key for e in chunk], transaction=txn, **opts)
-            stored = {e.key.name: e.get("revision", -1) for e in current}
-            for e in chunk:
-                if e["revision"] > stored.get(e.key.name, -1):
-                    txn.put(e)
-        except Exception:
-            with suppress(Exception):
-                txn.rollback(**opts)
+            return real_put_multi(*args, **kwargs)
+        except Exception as exc:
+            outcome = type(exc).__name__
             raise
-        txn.commit(**opts)  # a failed commit leaves nothing to roll back
+        finally:
+            commits.append(Call(start, time.monotonic() - start, threading.get_ident(), outcome))
 
-    before = entities("before", 1)
-    client.put_multi(before)
+    monkeypatch.setattr(client, "put_multi", put_multi)
 
-    def write(batch: int) -> list[str]:
-        chunk = entities(f"during-{batch}", 1)
-        with_backoff(
-            lambda: client.put_multi(chunk, **opts), "Datastore commit", on_retry=writer.on_retry
-        )
-        # ... and a correction of it, in the sink's conditional transaction.
-        newer = entities(f"during-{batch}", 2)[: BATCH // 2]
-        with_backoff(lambda: put_if_newer(newer), "Datastore transaction", on_retry=writer.on_retry)
-        return [e.key.name for e in chunk]
+    def entities(ids: list[str], revision: int, kind: str | None = None) -> list[Any]:
+        return [sink._entity(prediction(i, revision, revision > 1), kind) for i in ids]
 
-    writer = Writer(write)
-    # A lookup issued during the outage with the client's defaults (60 s deadline).
-    reader = Reader(lambda: client.get_multi([e.key for e in before]))
-    recovery = ride_out(stack, "datastore", writer, reader.start)
-    reader.join(timeout=60)
+    # Before the outage: originals (revision 1) and, as if a correction had landed first, the
+    # correction records (revision 3) that the sink's lookup re-applies.
+    before = [f"before-{j}" for j in range(BATCH)]
+    sink._put_all(entities(before, 1))
+    sink._put_all(entities(before, 3, sink._correction_kind))
 
-    assert writer.retries >= 1, "the writer never noticed the outage"
-    assert recovery < 12.0
-    assert reader.error is None and len(reader.result) == BATCH
-    assert reader.took >= OUTAGE_S - 1
-    names = [e.key.name for e in before] + writer.acked
-    found = {}
+    def originals(batch: int) -> list[str]:
+        ids = [f"orig-{batch}-{j}" for j in range(BATCH)]
+        sink._put_all(entities(ids, 1))
+        return ids
+
+    def corrections(batch: int) -> list[str]:
+        ids = [f"corr-{batch}-{j}" for j in range(BATCH // 2)]
+        sink._put_if_newer(entities(ids, 2))
+        sink._put_if_newer(entities(ids, 1))  # an older revision arriving late: not written
+        return ids
+
+    writers = [
+        Writer("datastore-originals", originals),
+        Writer("datastore-corrections", corrections),
+    ]
+    # During the outage: the lookup of correction records for the `before` originals.
+    reader = Reader(lambda: sink._reapply_corrections(entities(before, 1)))
+    outage = ride_out(stack, "datastore", writers, reader)
+
+    for writer in writers:
+        assert_stalled_and_resumed(writer, outage)
+    # Every path failed on its deadline and was retried: the plain commit, the conditional
+    # transaction and the lookup.
+    for what in ("Datastore commit", "Datastore transaction", "Datastore lookup"):
+        assert_deadline_retries(retry_log.retries(what), what)
+    assert retry_log.gave_up() == []
+    timed_out = [c for c in commits if c.outcome == "DeadlineExceeded"]
+    assert timed_out, f"no commit failed on its deadline: {commits[-5:]}"
+    assert max(c.took for c in commits) <= CALL_TIMEOUT_S + DEADLINE_SLACK_S, commits
+
+    # The lookup issued during the outage returned once Datastore was back, and re-applied the
+    # corrections it found.
+    assert reader.error is None, reader.error
+    assert outage.resuming_at <= reader.ended_at <= outage.resumed_at + CALL_TIMEOUT_S
+
+    # Nothing lost, and the highest revision of each entity stored.
+    expected = {n: 3 for n in before}
+    expected.update({n: 1 for n in writers[0].acked})
+    expected.update({n: 2 for n in writers[1].acked})
+    assert len(writers[0].acked) >= BATCH * 6 and len(writers[1].acked) >= BATCH // 2 * 6
+    names = sorted(expected)
+    found: dict[str, int] = {}
     for start in range(0, len(names), 500):
         keys = [client.key(KIND, n) for n in names[start : start + 500]]
-        found.update({e.key.name: e for e in client.get_multi(keys)})
-    assert set(found) == set(names)
-    corrected = {n for n in writer.acked if int(n.rsplit("-", 1)[1]) < BATCH // 2}
-    assert {n for n, e in found.items() if e["revision"] == 2} == corrected
+        found.update({e.key.name: e["revision"] for e in client.get_multi(keys)})
+    assert found == expected

@@ -51,6 +51,56 @@ def test_highest_revision_wins_in_either_order(emulators) -> None:
     assert stored[ids[0]]["risk_band"] == "high" and stored[ids[-1]]["correction"] is True
 
 
+def test_a_lower_revision_arriving_later_never_replaces_a_higher_one(emulators) -> None:
+    """Late arrivals through the real sink: a lower-revision correction after a higher one, and
+    a lower-revision original after a higher correction. Datastore must end with the highest
+    revision (and its score and features); a sink that wrote whatever came last would not."""
+    from google.cloud import datastore
+
+    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkLate", None, RiskBands())
+    sink.setup()
+    # 30 ids per case: more than one 25-entity transaction.
+    late_correction = [f"late-corr-{i}" for i in range(30)]
+    late_original = [f"late-orig-{i}" for i in range(30)]
+    # Original, newest correction, then an older correction that travelled in a slower bundle.
+    list(sink.process(batch(late_correction, revision=10, score=0.1)))
+    list(sink.process(batch(late_correction, revision=30, score=0.9, correction=True)))
+    list(sink.process(batch(late_correction, revision=20, score=0.3, correction=True)))
+    # The newest correction first, then the original, then an older correction.
+    list(sink.process(batch(late_original, revision=30, score=0.9, correction=True)))
+    list(sink.process(batch(late_original, revision=10, score=0.1)))
+    list(sink.process(batch(late_original, revision=20, score=0.3, correction=True)))
+
+    client = datastore.Client(project=LOCAL_PROJECT)
+    ids = late_correction + late_original
+    stored = {e.key.name: e for e in client.get_multi([client.key("SinkLate", i) for i in ids])}
+    assert sorted(stored) == sorted(ids)
+    assert {i: stored[i]["revision"] for i in ids} == {i: 30 for i in ids}
+    assert {stored[i]["score"] for i in ids} == {0.9}
+    assert {json.loads(stored[i]["features"])[MODEL_INPUTS[0]] for i in ids} == {30.0}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug: correction records (kind <kind>Correction) are upserted unconditionally, "
+    "so a lower correction arriving after a higher one overwrites the record, and an original "
+    "arriving after both re-applies the lower one",
+)
+def test_an_original_after_two_reordered_corrections_keeps_the_highest(emulators) -> None:
+    from google.cloud import datastore
+
+    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkThreeWay", None, RiskBands())
+    sink.setup()
+    ids = [f"three-way-{i}" for i in range(5)]
+    list(sink.process(batch(ids, revision=30, score=0.9, correction=True)))
+    list(sink.process(batch(ids, revision=20, score=0.3, correction=True)))
+    list(sink.process(batch(ids, revision=10, score=0.1)))
+
+    client = datastore.Client(project=LOCAL_PROJECT)
+    stored = client.get_multi([client.key("SinkThreeWay", i) for i in ids])
+    assert {e.key.name: e["revision"] for e in stored} == {i: 30 for i in ids}
+
+
 def test_write_predictions_stores_and_publishes(emulators) -> None:
     import apache_beam as beam
     from google.cloud import datastore

@@ -2,7 +2,9 @@
 
 Publishes the tiny dataset's replay (transactions and labels interleaved, in one burst) mixed
 with malformed messages, an exact duplicate and a label for an unknown transaction, and asserts
-on what lands in Bigtable, Datastore and the two output topics.
+on what lands in Bigtable, Datastore and the two output topics. The job runs with a short
+``--label_wait_s``, so the label of the unknown transaction is dead-lettered
+(``unknown_transaction``) within the test.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from pipelines.transforms.sinks import latest_per_transaction
 
 pytestmark = pytest.mark.integration
 TOPO = Topology()
+# Long enough for every genuine label to meet its transaction in the burst, short enough for the
+# label of a transaction that never comes to be dead-lettered within the test.
+LABEL_WAIT_S = 30.0
 
 
 def drain(subscription: str, want: int, timeout_s: float, settle_s: float = 3.0) -> list:
@@ -68,17 +73,23 @@ def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None
             f"--project={TOPO.project}",
             f"--model_dir={model_dir}",
             "--max_batch_size=200",
+            f"--label_wait_s={LABEL_WAIT_S}",
         ],
         wait=False,
     )
     events = replay_events(tiny_frame)
     transactions = [e for e in events if e.topic == "transactions"]
+    labels = [e for e in events if e.topic == "labels"]
     bad = malformed_examples()
+    # A well-formed label whose transaction never comes: it waits LABEL_WAIT_S, then is
+    # dead-lettered as unknown_transaction.
+    unknown = json.loads(labels[0].data) | {"transaction_id": "never-published-1"}
+    unknown_label = ReplayEvent("labels", json.dumps(unknown).encode(), 0)
     try:
         topics = TOPO.topic_paths()
         # The whole replay in one burst: the two streams race each other and the runner's
         # bundles, the hardest case for ordering.
-        mixed = [ReplayEvent("transactions", b, 0) for b in bad]
+        mixed = [unknown_label] + [ReplayEvent("transactions", b, 0) for b in bad]
         publish_events(
             mixed + events + transactions[:1],
             topics,
@@ -86,8 +97,9 @@ def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None
         )
         n = len(tiny_frame)
         predictions = drain(TOPO.predictions_subscription, n, timeout_s=240, settle_s=5)
-        # + 1: the first transaction published a second time is a duplicate, not a redelivery.
-        dead = drain(TOPO.dead_letter_subscription, len(bad) + 1, timeout_s=60)
+        # + 2: the first transaction published a second time is a duplicate, not a redelivery;
+        # the label of the unknown transaction comes out once its wait is over.
+        dead = drain(TOPO.dead_letter_subscription, len(bad) + 2, timeout_s=LABEL_WAIT_S + 60)
     finally:
         result.cancel()
 
@@ -138,9 +150,17 @@ def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None
     parsed = [m for m in dead if m.attributes["stage"] == "parse"]
     assert sorted(m.data for m in parsed) == sorted(bad)
     assert all(m.attributes["reason"] for m in parsed)
-    duplicates = [m for m in dead if m.attributes["stage"] == "features"]
-    assert [m.attributes["reason"] for m in duplicates] == ["duplicate_transaction_id"]
-    assert json.loads(duplicates[0].data)["transaction_id"] == str(
-        tiny_frame.TRANSACTION_ID.iloc[0]
-    )
-    assert duplicates[0].attributes["original_message_id"]
+    rejected = {m.attributes["reason"]: m for m in dead if m.attributes["stage"] == "features"}
+    # Nothing else rejected by the feature stage: no genuine label waited out LABEL_WAIT_S.
+    assert sorted(rejected) == ["duplicate_transaction_id", "unknown_transaction"], [
+        (m.attributes["reason"], m.data) for m in dead if m.attributes["stage"] == "features"
+    ]
+    duplicate = rejected["duplicate_transaction_id"]
+    assert json.loads(duplicate.data)["transaction_id"] == str(tiny_frame.TRANSACTION_ID.iloc[0])
+    assert duplicate.attributes["original_message_id"]
+    # The label of the unknown transaction, from the labels stream.
+    orphan = rejected["unknown_transaction"]
+    assert json.loads(orphan.data) == unknown
+    assert orphan.attributes["source"] == "labels"
+    assert orphan.attributes["original_message_id"]
+    assert not [m for m in dead if m.attributes["stage"] not in ("parse", "features")]
