@@ -430,12 +430,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.scaleout", *(sys.argv[1:] if argv is None else argv)])
 
-    from pipelines.direct_pubsub import tune_direct_runner_pubsub
     from pipelines.local import LocalStack, create_resources, environment, free_port
+    from pipelines.local_runner import tune_direct_runner
     from pipelines.options import RilletOptions
     from pipelines.publisher import replay_events
 
-    tune_direct_runner_pubsub(RilletOptions().direct_pull_max_messages)
+    tune_direct_runner(RilletOptions().direct_pull_max_messages)
     frame = handbook_frame(args.days, args.limit)
     events = replay_events(frame)
     print(f"{len(events):,} events ({len(frame):,} transactions + labels)", file=sys.stderr)

@@ -202,6 +202,7 @@ class IndexIdsFn(KeyedStageFn):
                 outputs.append(_duplicate(tx, known["m"], known["d"] == digest))
         recorded = self._settle_labels(labels, index, new_txs, outputs, writes)
         self._store.apply(writes)
+        outputs = [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dl) for dl in outputs]
         outputs += [Routed(tx) for tx in accepted]
         outputs += [beam.pvalue.TaggedOutput(ACCEPTED_LABELS, Routed(lb)) for lb in recorded]
         return outputs

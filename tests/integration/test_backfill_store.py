@@ -21,14 +21,7 @@ def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
     emulators: dict[str, str], tiny_frame: pd.DataFrame, tmp_path: Path
 ) -> None:
     from pipelines.backfill import parse_until, read_feature_table, run_backfill
-    from pipelines.feature_store import (
-        FAMILY_LABEL,
-        FAMILY_TX,
-        EntityHistory,
-        FeatureStore,
-        StoreConfig,
-        create_table,
-    )
+    from pipelines.feature_store import FeatureStore, StoreConfig, create_table
     from pipelines.local import environment
     from pipelines.simulator import write_dataset
 
@@ -58,17 +51,13 @@ def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
             since = end - max_lookback_us(entity)
             window = frame[(frame.t_us >= since) & (frame.t_us < end)]
             ids = sorted(window[key].astype(str).unique())
-            into = {FAMILY_TX: EntityHistory(), FAMILY_LABEL: EntityHistory()}
-            families = (FAMILY_TX, FAMILY_LABEL) if entity == TERMINAL else (FAMILY_TX,)
-            store.read_cells(entity, ids, families, 0, 4_102_444_800_000_000, into)
+            found = store.read_entities(
+                entity, ids, 0, 4_102_444_800_000_000, labels=entity == TERMINAL
+            )
             got = sorted(
-                zip(
-                    into[FAMILY_TX].transaction_id,
-                    into[FAMILY_TX].time_us,
-                    into[FAMILY_TX].value,
-                    into[FAMILY_TX].other_id,
-                    strict=True,
-                )
+                (tx_id, c.time_us, c.amount, c.other_id)
+                for cells in found.values()
+                for tx_id, c in cells.tx.items()
             )
             want = sorted(
                 zip(
@@ -83,7 +72,9 @@ def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
             assert got == want
             if entity == TERMINAL:
                 labels = sorted(
-                    zip(into[FAMILY_LABEL].transaction_id, into[FAMILY_LABEL].value, strict=True)
+                    (tx_id, float(c.is_fraud))
+                    for cells in found.values()
+                    for tx_id, c in cells.labels.items()
                 )
                 assert labels == sorted(
                     zip(

@@ -1,7 +1,7 @@
 """Dependency outages: the Bigtable or the Datastore emulator stops answering for 15 s mid-stream
 (paused with SIGSTOP, so it keeps its data) and comes back, under the product's own writers and
-readers: ``FeatureStore.write`` / ``read_cells`` and the Datastore sink (``_DatastoreWriteDoFn``'s
-``_put_all``, ``_put_if_newer`` and its correction lookup).
+readers: ``FeatureStore.apply`` / ``read_entities`` and the Datastore sink
+(``_DatastoreWriteDoFn``'s ``_put_all``, ``_put_if_newer`` and its correction lookup).
 
 README "Guarantees", store outage: every Bigtable/Datastore call has a deadline and is retried
 with backoff (pipelines.retry); the job stalls and does not die. So, for each store:
@@ -236,7 +236,8 @@ def assert_deadline_retries(retries: list[tuple[str, float]], what: str) -> None
 def test_bigtable_outage_loses_nothing(
     stack: LocalStack, retry_log: RetryLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.feature_store import FAMILY_TX, EntityHistory, FeatureStore, StoreConfig
+    from pipelines.feature_store import FeatureStore, StoreConfig
+    from pipelines.stores.window_store import TxCell, Writes
 
     store = FeatureStore(StoreConfig(LOCAL_PROJECT, "rillet", "features"))
     table = store.table
@@ -266,28 +267,26 @@ def test_bigtable_outage_loses_nothing(
 
     monkeypatch.setattr(gapic, "read_rows", read_rows)
 
-    def rows(prefix: str) -> tuple[list[str], list[Any]]:
+    def rows(prefix: str) -> tuple[list[str], Writes]:
         ids = [f"{prefix}-{j}" for j in range(BATCH)]
-        n = len(ids)
-        return ids, store.transaction_rows(
-            ids,
-            [CUSTOMERS[j % len(CUSTOMERS)] for j in range(n)],
-            [TERMINALS[j % len(TERMINALS)] for j in range(n)],
-            [BASE_US + j * 1000 for j in range(n)],
-            [float(j) for j in range(n)],
-        )
+        writes = Writes()
+        for j, tx_id in enumerate(ids):
+            customer, terminal = CUSTOMERS[j % len(CUSTOMERS)], TERMINALS[j % len(TERMINALS)]
+            t_us = BASE_US + j * 1000
+            writes.tx_cells.append((CUSTOMER, customer, tx_id, TxCell(t_us, float(j), terminal)))
+            writes.tx_cells.append((TERMINAL, terminal, tx_id, TxCell(t_us, float(j), customer)))
+        return ids, writes
 
     def stored(entity: Any, ids: list[str]) -> set[str]:
-        into = {FAMILY_TX: EntityHistory()}
-        store.read_cells(entity, ids, [FAMILY_TX], 0, BASE_US + 10**12, into)
-        return set(into[FAMILY_TX].transaction_id)
+        found = store.read_entities(entity, ids, 0, BASE_US + 10**12, labels=False)
+        return {tx_id for cells in found.values() for tx_id in cells.tx}
 
     before, before_rows = rows("before")
-    store.write(before_rows)
+    store.apply(before_rows)
 
     def write(batch: int) -> list[str]:
         ids, batch_rows = rows(f"during-{batch}")
-        store.write(batch_rows)
+        store.apply(batch_rows)
         return ids
 
     writer = Writer("bigtable-writer", write)

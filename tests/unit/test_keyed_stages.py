@@ -6,6 +6,7 @@ computation (pipelines.training_data, the engine over everything)."""
 from __future__ import annotations
 
 import random
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -53,7 +54,8 @@ def run_stages(
     rounds: Sequence[Sequence[Transaction | Label]],
     label_wait_s: float = 300.0,
     key_buckets: int = 0,
-    store: InMemoryStore | None = None,
+    store: Any = None,
+    idle_s: float = 0.0,
 ) -> tuple[dict[str, tuple[int, np.ndarray]], list[DeadLetter], InMemoryStore]:
     """Runs ComputeFeatures over ``rounds`` of events (each round one TestStream step, so one
     or more bundles); returns per transaction id its latest (revision, features), the dead
@@ -63,6 +65,9 @@ def run_stages(
     stream = TestStream()
     for events in rounds:
         stream = stream.add_elements(list(events)).advance_processing_time(1)
+    if idle_s:
+        # Processing-time timers are set on the wall clock; the test clock starts at 0.
+        stream = stream.advance_processing_time(int(time.time() + idle_s))
     stream = stream.advance_watermark_to_infinity()
     options = PipelineOptions()
     options.view_as(StandardOptions).streaming = True
@@ -126,3 +131,91 @@ def test_shuffled_stream_with_redeliveries_is_exact(small: pd.DataFrame, buckets
     latest, dead, _ = run_stages(rounds, key_buckets=buckets)
     assert dead == []
     assert_exact(latest, small)
+
+
+def _frame(rows: list[tuple[int, str, str, str, float, int]]) -> pd.DataFrame:
+    """A simulate()-style frame: (id, time µs, customer, terminal, amount, fraud)."""
+    return pd.DataFrame(
+        {
+            "TRANSACTION_ID": [r[0] for r in rows],
+            "TX_DATETIME": pd.to_datetime([r[1] for r in rows], unit="us"),
+            "CUSTOMER_ID": [int(r[2]) for r in rows],
+            "TERMINAL_ID": [int(r[3]) for r in rows],
+            "TX_AMOUNT": [r[4] for r in rows],
+            "TX_FRAUD": [r[5] for r in rows],
+        }
+    )
+
+
+T0 = 1_522_540_800_000_000  # 2018-04-01
+
+
+def test_ties_and_exact_window_edges_arriving_backwards() -> None:
+    """Transactions at the same instant (ties broken by id), exactly one day, 7 days and 37 days
+    apart (window edges), delivered newest first, one per bundle: every correction lands."""
+    rows = [
+        (1, T0, "1", "1", 10.0, 1),
+        (2, T0, "1", "1", 20.0, 0),  # tie with 1
+        (3, T0 + DAY_US, "1", "1", 30.0, 0),  # exactly one day after: 1 and 2 leave its window
+        (4, T0 + 7 * DAY_US, "1", "1", 40.0, 0),  # 1 and 2 enter the delayed terminal window
+        (5, T0 + 8 * DAY_US, "1", "1", 50.0, 1),
+        (6, T0 + 37 * DAY_US, "1", "1", 60.0, 0),  # 1 and 2 leave the 30-day delayed window
+        (7, T0 + 37 * DAY_US, "1", "1", 70.0, 0),
+        (8, T0 + 38 * DAY_US, "2", "1", 80.0, 0),
+    ]
+    frame = _frame(rows)
+    txs, labels = events_of(frame)
+    events: list[Transaction | Label] = [*reversed(txs), *reversed(labels)]
+    latest, dead, _ = run_stages([[e] for e in events])
+    assert dead == []
+    assert_exact(latest, frame)
+
+
+def test_labels_before_their_transaction_wait_and_are_recorded() -> None:
+    rows = [(i, T0 + i * 3_600_000_000, "1", "1", 10.0 + i, i % 2) for i in range(1, 6)]
+    rows += [(9, T0 + 9 * DAY_US, "1", "1", 99.0, 0)]  # its terminal risk needs labels 1..5
+    frame = _frame(rows)
+    txs, labels = events_of(frame)
+    latest, dead, store = run_stages([labels, txs])
+    assert dead == []
+    assert_exact(latest, frame)
+    assert store.waiting == {}  # every wait was settled by its transaction
+
+
+def test_unknown_transaction_and_duplicates_are_dead_lettered() -> None:
+    rows = [(1, T0, "1", "1", 10.0, 0), (2, T0 + 60_000_000, "1", "2", 20.0, 1)]
+    frame = _frame(rows)
+    txs, labels = events_of(frame)
+    ghost = Label("77", T0, "1", "1", 1, message_id="ghost")
+    conflicting = Transaction("1", T0, "5", "9", 11.0, message_id="second")  # reuses id 1
+    contradicting = Label("2", T0, "1", "2", 0, message_id="liar")  # wrong time for tx 2
+    events: list[Transaction | Label] = [ghost, *txs, conflicting, *labels, contradicting]
+    latest, dead, store = run_stages([events], label_wait_s=0.5, idle_s=5)
+    reasons = sorted((d.reason, d.message_id) for d in dead)
+    assert reasons == [
+        ("duplicate_transaction_id", "second"),
+        ("label_mismatch", "liar"),
+        ("unknown_transaction", "ghost"),
+    ]
+    assert_exact(latest, frame)  # the rejected messages changed nothing
+    assert store.waiting == {}
+    assert store.ids["77"].label is not None and store.ids["77"].label.get("x") == ["ghost"]
+
+
+def test_waiting_labels_survive_a_restart() -> None:
+    """A job stops while labels wait; the next job (same store) re-arms their timers at start
+    (RestoreWaits): one transaction arrives and its label is recorded, the other never comes and
+    its label is dead-lettered."""
+    rows = [(1, T0, "1", "1", 10.0, 1), (3, T0 + 8 * DAY_US - 3_600_000_000, "1", "1", 30.0, 0)]
+    frame = _frame(rows)  # transaction 3's 1-day terminal risk window holds transaction 1
+    txs, labels = events_of(frame)
+    ghost = Label("2", T0 + 1000, "1", "1", 0, message_id="l2")  # its transaction never comes
+    store = InMemoryStore(uuid.uuid4().hex)
+    _, dead, _ = run_stages([[labels[0], ghost]], label_wait_s=0.5, store=store)
+    assert dead == [] and len(store.waiting) == 2
+    latest, dead, _ = run_stages([txs], label_wait_s=0.5, idle_s=5, store=store)
+    assert [(d.reason, d.message_id) for d in dead] == [("unknown_transaction", "l2")]
+    assert store.waiting == {}
+    assert_exact(latest, frame)  # label 1, recorded after the restart, counts for transaction 3
+    risk = MODEL_INPUTS.index("TERMINAL_ID_RISK_1DAY_WINDOW")
+    assert latest["3"][1][risk] == 1.0
