@@ -9,7 +9,7 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -50,16 +50,22 @@ def events_of(frame: pd.DataFrame) -> tuple[list[Transaction], list[Label]]:
     return txs, labels
 
 
+class StageRun(NamedTuple):
+    latest: dict[str, tuple[int, np.ndarray]]  # per transaction id: (revision, features)
+    dead: list[DeadLetter]
+    store: Any
+    corrections: int
+
+
 def run_stages(
     rounds: Sequence[Sequence[Transaction | Label]],
     label_wait_s: float = 300.0,
     key_buckets: int = 0,
     store: Any = None,
     idle_s: float = 0.0,
-) -> tuple[dict[str, tuple[int, np.ndarray]], list[DeadLetter], InMemoryStore]:
+) -> StageRun:
     """Runs ComputeFeatures over ``rounds`` of events (each round one TestStream step, so one
-    or more bundles); returns per transaction id its latest (revision, features), the dead
-    letters and the store."""
+    or more bundles)."""
     run = uuid.uuid4().hex
     store = store or InMemoryStore(run)
     stream = TestStream()
@@ -81,13 +87,16 @@ def run_stages(
         _ = out.batches | "B" >> beam.ParDo(_Collect(run, "batches"))
         _ = out.dead_letters | "D" >> beam.ParDo(_Collect(run, "dead"))
     latest: dict[str, tuple[int, np.ndarray]] = {}
+    corrections = 0
     batch: FeatureBatch
     for batch in _RESULTS.pop(f"{run}/batches", []):
+        corrections += len(batch) if batch.correction else 0
         for i, tx in enumerate(batch.transactions):
             seen = latest.get(tx.transaction_id)
+            assert seen is None or batch.revision != seen[0], "two computations, one revision"
             if seen is None or batch.revision > seen[0]:
                 latest[tx.transaction_id] = (batch.revision, batch.features[i])
-    return latest, _RESULTS.pop(f"{run}/dead", []), store
+    return StageRun(latest, _RESULTS.pop(f"{run}/dead", []), store, corrections)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +124,7 @@ def test_in_order_stream_is_exact(small: pd.DataFrame, buckets: int) -> None:
     )
     ordered = [e[2] for e in stream]
     rounds = [ordered[i : i + 50] for i in range(0, len(ordered), 50)]
-    latest, dead, _ = run_stages(rounds, key_buckets=buckets)
+    latest, dead, _, _ = run_stages(rounds, key_buckets=buckets)
     assert dead == []
     assert_exact(latest, small)
 
@@ -128,7 +137,7 @@ def test_shuffled_stream_with_redeliveries_is_exact(small: pd.DataFrame, buckets
     events += rng.sample(txs, 40) + rng.sample(labels, 40)  # redeliveries of the same messages
     rng.shuffle(events)
     rounds = [events[i : i + 37] for i in range(0, len(events), 37)]
-    latest, dead, _ = run_stages(rounds, key_buckets=buckets)
+    latest, dead, _, _ = run_stages(rounds, key_buckets=buckets)
     assert dead == []
     assert_exact(latest, small)
 
@@ -166,7 +175,7 @@ def test_ties_and_exact_window_edges_arriving_backwards() -> None:
     frame = _frame(rows)
     txs, labels = events_of(frame)
     events: list[Transaction | Label] = [*reversed(txs), *reversed(labels)]
-    latest, dead, _ = run_stages([[e] for e in events])
+    latest, dead, _, _ = run_stages([[e] for e in events])
     assert dead == []
     assert_exact(latest, frame)
 
@@ -176,7 +185,7 @@ def test_labels_before_their_transaction_wait_and_are_recorded() -> None:
     rows += [(9, T0 + 9 * DAY_US, "1", "1", 99.0, 0)]  # its terminal risk needs labels 1..5
     frame = _frame(rows)
     txs, labels = events_of(frame)
-    latest, dead, store = run_stages([labels, txs])
+    latest, dead, store, _ = run_stages([labels, txs])
     assert dead == []
     assert_exact(latest, frame)
     assert store.waiting == {}  # every wait was settled by its transaction
@@ -190,7 +199,7 @@ def test_unknown_transaction_and_duplicates_are_dead_lettered() -> None:
     conflicting = Transaction("1", T0, "5", "9", 11.0, message_id="second")  # reuses id 1
     contradicting = Label("2", T0, "1", "2", 0, message_id="liar")  # wrong time for tx 2
     events: list[Transaction | Label] = [ghost, *txs, conflicting, *labels, contradicting]
-    latest, dead, store = run_stages([events], label_wait_s=0.5, idle_s=5)
+    latest, dead, store, _ = run_stages([events], label_wait_s=0.5, idle_s=5)
     reasons = sorted((d.reason, d.message_id) for d in dead)
     assert reasons == [
         ("duplicate_transaction_id", "second"),
@@ -211,9 +220,9 @@ def test_waiting_labels_survive_a_restart() -> None:
     txs, labels = events_of(frame)
     ghost = Label("2", T0 + 1000, "1", "1", 0, message_id="l2")  # its transaction never comes
     store = InMemoryStore(uuid.uuid4().hex)
-    _, dead, _ = run_stages([[labels[0], ghost]], label_wait_s=0.5, store=store)
+    _, dead, _, _ = run_stages([[labels[0], ghost]], label_wait_s=0.5, store=store)
     assert dead == [] and len(store.waiting) == 2
-    latest, dead, _ = run_stages([txs], label_wait_s=0.5, idle_s=5, store=store)
+    latest, dead, _, _ = run_stages([txs], label_wait_s=0.5, idle_s=5, store=store)
     assert [(d.reason, d.message_id) for d in dead] == [("unknown_transaction", "l2")]
     assert store.waiting == {}
     assert_exact(latest, frame)  # label 1, recorded after the restart, counts for transaction 3
