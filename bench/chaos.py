@@ -18,8 +18,9 @@ One run:
      store was stopped, the time to the next prediction afterwards, and the retries the job
      logged meanwhile (pipelines.retry's warnings in its log);
   5. then every store is checked: one Datastore entity per valid transaction, with exactly the
-     features a batch recomputation gives (pipelines.training_data); every valid transaction and
-     label in Bigtable's id index; every rejected message on the dead-letter topic, no valid one.
+     features a batch recomputation gives (pipelines.core.training_data); every valid transaction
+     and label in Bigtable's id index; every rejected message on the dead-letter topic, no valid
+     one.
 
 Last line of output: JSON with sent, valid, malformed, predictions_stored, lost, duplicated,
 dead_lettered, kills, outages, feature_mismatches (and details). Exit status 1 unless lost = 0,
@@ -347,12 +348,12 @@ def _published_ids(messages: list[Message]) -> set[str]:
 
 def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     from models.train import TrainConfig, export_model, train_model
+    from pipelines.core.training_data import training_features
     from pipelines.demo import Monitor
     from pipelines.feature_store import FeatureStore, StoreConfig
     from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
     from pipelines.simulator import PRESETS, simulate
     from pipelines.streaming_job import StreamingJob
-    from pipelines.training_data import training_features
 
     rng = random.Random(config.seed)
     work = config.work_dir

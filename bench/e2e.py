@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from models.train import TrainConfig, export_model, train_model
+    from pipelines.core.training_data import training_features
     from pipelines.simulator import PRESETS, simulate
-    from pipelines.training_data import training_features
 
     tune_direct_runner(RilletOptions().direct_pull_max_messages)
     frame = simulate(PRESETS["small"]).sort_values("TX_DATETIME").head(args.transactions)

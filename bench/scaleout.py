@@ -291,7 +291,7 @@ def model_for(frame: Any, model_dir: Path) -> Path:
     except (FileNotFoundError, ValueError, KeyError):
         pass
     from models.train import TrainConfig, export_model, train_model
-    from pipelines.training_data import training_features
+    from pipelines.core.training_data import training_features
 
     model, _ = train_model(training_features(frame), None, TrainConfig(epochs=1, hidden=(16,)))
     export_model(model, model_dir, {"purpose": "bench-scaleout"})

@@ -6,7 +6,7 @@
 
 Each stage works on Arrow tables, not on single events: the events are hashed into ``--shards``
 shards by entity id (all of an entity's events land in one shard), and each shard runs the
-feature engine (pipelines.engine, the streaming pipeline's own code) once over all its events.
+feature engine (pipelines.core.engine, the streaming pipeline's own code) once over all its events.
 The entity stages are chained, each appending its entity's columns, so no join is needed.
 That keeps Beam's per-element overhead out of a 1.75M-row backfill and the results identical to
 the stream's, which computes the same windows with the same code.
@@ -46,15 +46,7 @@ import pyarrow.compute as pc
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from pipelines.engine import EventColumns, features_for, row_features
-from pipelines.event_tables import EventKind, InvalidTable, canonical, read_tables
-from pipelines.feature_store import (
-    FAMILY_TX,
-    StoreConfig,
-    shared_store,
-    transaction_record,
-)
-from pipelines.features import (
+from pipelines.core.definitions import (
     CUSTOMER,
     ENTITIES,
     FEATURES,
@@ -63,6 +55,14 @@ from pipelines.features import (
     RowFeature,
     max_lookback_us,
     window_features,
+)
+from pipelines.core.engine import EventColumns, features_for, row_features
+from pipelines.event_tables import EventKind, InvalidTable, canonical, read_tables
+from pipelines.feature_store import (
+    FAMILY_TX,
+    StoreConfig,
+    shared_store,
+    transaction_record,
 )
 from pipelines.options import RilletOptions
 from pipelines.stores.window_store import LabelCell, TxCell, Writes

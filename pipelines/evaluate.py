@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.features import MODEL_INPUTS
+from pipelines.core.definitions import MODEL_INPUTS
 
 __all__ = [
     "EvaluationConfig",

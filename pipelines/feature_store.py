@@ -22,7 +22,7 @@ Schema (one table, see README "Feature store schema"):
   family ``label``   qualifier ``m``: the transaction's label slot, JSON: the label in force
                      (message id, digest, fields, publish time; state ``recorded``), the label
                      messages waiting for the transaction (``w``) and those dead-lettered as
-                     ``unknown_transaction`` (``x``); see pipelines.transforms.label_slots.
+                     ``unknown_transaction`` (``x``); see pipelines.core.label_slots.
                      Both cells are timestamped with the event time, so the tables' GC rule
                      ages them out with the window state; each holds one version.
 
@@ -37,7 +37,6 @@ backfill over a range the stream already saw) changes nothing: the store is idem
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import struct
@@ -47,7 +46,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from pipelines.features import TERMINAL, Entity
+from pipelines.core.definitions import TERMINAL, Entity
+from pipelines.core.label_slots import content_digest
 from pipelines.retry import (
     bigtable_mutate_options,
     bigtable_read_options,
@@ -66,7 +66,6 @@ __all__ = [
     "FeatureStore",
     "IdRecord",
     "StoreConfig",
-    "content_digest",
     "create_table",
     "decode_tx_cell",
     "encode_tx_cell",
@@ -129,12 +128,6 @@ def create_table(config: StoreConfig, max_age_days: int | None = None) -> bool:
         return False
     table.create(column_families=families)
     return True
-
-
-def content_digest(*fields: Any) -> str:
-    """A short digest of an event's content (plain str/int/float fields), stored in the id index
-    so a second message with the same id can be told apart from a redelivery without ids."""
-    return hashlib.sha1(repr(fields).encode()).hexdigest()[:16]
 
 
 def transaction_record(

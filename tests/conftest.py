@@ -42,7 +42,7 @@ def tiny_frame():  # type: ignore[no-untyped-def]
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_frame) -> Path:  # type: ignore[no-untyped-def]
     """A real (small, quickly trained) SavedModel version."""
     from models.train import TrainConfig, export_model, train_model
-    from pipelines.training_data import training_features
+    from pipelines.core.training_data import training_features
 
     directory = tmp_path_factory.mktemp("models")
     model, _ = train_model(training_features(tiny_frame), None, TrainConfig(epochs=1, hidden=(8,)))

@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from pipelines.schema import Label, Transaction
+from pipelines.core.schema import Label, Transaction
 
 __all__ = ["CustomerPart", "FeatureBatch", "Routed"]
 

@@ -19,8 +19,8 @@ import time
 import warnings
 from typing import Any
 
+from pipelines.core.messages import publish_time_us
 from pipelines.recovery import tracker
-from pipelines.transforms.parse import publish_time_us
 
 __all__ = ["tune_direct_runner_pubsub"]
 

@@ -20,9 +20,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from pipelines.core.batches import FeatureBatch
-from pipelines.features import MODEL_INPUTS
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.messages import DeadLetter
 from pipelines.shared import process_shared
-from pipelines.transforms.parse import DeadLetter
 
 __all__ = [
     "ModelInfo",

@@ -37,13 +37,14 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 
-from pipelines.features import MODEL_INPUTS
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.messages import DeadLetter
+from pipelines.core.schema import SCHEMA_VERSION, format_rfc3339
 from pipelines.recovery import tracker
 from pipelines.retry import datastore_call_options, with_backoff
-from pipelines.schema import SCHEMA_VERSION, format_rfc3339
 from pipelines.shared import process_shared
 from pipelines.transforms.inference import PredictionBatch
-from pipelines.transforms.parse import METRICS_NAMESPACE, DeadLetter
+from pipelines.transforms.parse import METRICS_NAMESPACE
 
 __all__ = [
     "PredictionRecord",

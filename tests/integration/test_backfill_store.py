@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.features import CUSTOMER, TERMINAL, max_lookback_us
-from pipelines.training_data import to_epoch_us
+from pipelines.core.definitions import CUSTOMER, TERMINAL, max_lookback_us
+from pipelines.core.training_data import to_epoch_us
 
 pytestmark = pytest.mark.integration
 

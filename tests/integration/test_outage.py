@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.features import CUSTOMER, MODEL_INPUTS, TERMINAL
+from pipelines.core.definitions import CUSTOMER, MODEL_INPUTS, TERMINAL
 from pipelines.local import LOCAL_PROJECT, LocalStack, StackError, environment, free_port
 from pipelines.retry import CALL_TIMEOUT_S
 

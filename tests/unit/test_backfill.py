@@ -17,10 +17,10 @@ from pipelines.backfill import (
     read_feature_table,
     run_backfill,
 )
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.training_data import to_epoch_us, training_features
 from pipelines.event_tables import InvalidTable
-from pipelines.features import MODEL_INPUTS
 from pipelines.simulator import write_dataset
-from pipelines.training_data import to_epoch_us, training_features
 from tests.reference import brute_force
 
 SHARDS = ["--shards=3"]

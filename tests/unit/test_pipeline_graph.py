@@ -4,7 +4,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.features import MODEL_INPUTS
+from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.options import DIRECT_KEY_BUCKETS
 from pipelines.pipeline import (
     STEP_LABELS,

@@ -12,7 +12,7 @@ import pytest
 
 from models.evaluation import Protocol, evaluate_scores
 from models.report import SCORED_ONCE, ReportData, write_report
-from pipelines.features import MODEL_INPUTS
+from pipelines.core.definitions import MODEL_INPUTS
 
 PROTOCOL = Protocol.handbook()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
