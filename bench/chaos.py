@@ -16,7 +16,7 @@ One run:
      again since the previous one ended, so every fault hits a job at work; for each
      the report records what the job did (``faults``): the predictions before it, none while a
      store was stopped, the time to the next prediction afterwards, and the retries the job
-     logged meanwhile (pipelines.retry's warnings in its log);
+     logged meanwhile (pipelines.stores.retry's warnings in its log);
   5. then every store is checked: one Datastore entity per valid transaction, with exactly the
      features a batch recomputation gives (pipelines.core.training_data); every valid transaction
      and label in Bigtable's id index; every rejected message on the dead-letter topic, no valid
@@ -104,7 +104,7 @@ _RETRY_LINE = re.compile(r" pipelines\.retry (.+?) failed \((\w+): .*?; retry \d
 
 def logged_retries(log: Path) -> list[str]:
     """The retries the job has logged so far, in order, as "<call>: <exception type>" (the
-    warnings of pipelines.retry.with_backoff; the log is appended to across restarts)."""
+    warnings of pipelines.stores.retry.with_backoff; the log is appended to across restarts)."""
     try:
         text = log.read_text(errors="replace")
     except FileNotFoundError:
@@ -316,7 +316,7 @@ def _datastore_predictions(project: str, ids: set[str]) -> dict[str, Any]:
     takes minutes on the emulator at 100k; lookups by key take seconds)."""
     from google.cloud import datastore
 
-    from pipelines.retry import datastore_call_options, with_backoff
+    from pipelines.stores.retry import datastore_call_options, with_backoff
 
     client = datastore.Client(project=project)
     keys = [client.key("Prediction", tx_id) for tx_id in sorted(ids)]
@@ -350,9 +350,9 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     from models.train import TrainConfig, export_model, train_model
     from pipelines.core.training_data import training_features
     from pipelines.demo import Monitor
-    from pipelines.feature_store import FeatureStore, StoreConfig
     from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
     from pipelines.simulator import PRESETS, simulate
+    from pipelines.stores.bigtable import FeatureStore, StoreConfig
     from pipelines.streaming_job import StreamingJob
 
     rng = random.Random(config.seed)

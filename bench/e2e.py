@@ -33,7 +33,6 @@ import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.demo import Monitor, latency_ms, percentiles
-from pipelines.feature_store import StoreConfig, create_table
 from pipelines.local import (
     LocalStack,
     Topology,
@@ -46,6 +45,7 @@ from pipelines.local_runner import tune_direct_runner
 from pipelines.options import RilletOptions
 from pipelines.pipeline import build_pipeline
 from pipelines.publisher import publish_events, replay_events
+from pipelines.stores.bigtable import StoreConfig, create_table
 from pipelines.transforms.parse import ParseEvents
 
 TOPO = Topology()

@@ -313,9 +313,9 @@ def _running_pipeline(model_dir: Path, table: str) -> Iterator[Any]:
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     from pipelines.demo import Monitor
-    from pipelines.feature_store import StoreConfig, create_table
     from pipelines.local import Topology, create_subscription
     from pipelines.pipeline import build_pipeline
+    from pipelines.stores.bigtable import StoreConfig, create_table
 
     topo = Topology()
     suffix = uuid.uuid4().hex[:6]

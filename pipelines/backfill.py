@@ -58,13 +58,13 @@ from pipelines.core.definitions import (
 )
 from pipelines.core.engine import EventColumns, features_for, row_features
 from pipelines.event_tables import EventKind, InvalidTable, canonical, read_tables
-from pipelines.feature_store import (
+from pipelines.options import RilletOptions
+from pipelines.stores.bigtable import (
     FAMILY_TX,
     StoreConfig,
     shared_store,
     transaction_record,
 )
-from pipelines.options import RilletOptions
 from pipelines.stores.window_store import LabelCell, TxCell, Writes
 
 __all__ = [

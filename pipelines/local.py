@@ -448,7 +448,7 @@ def create_resources(topology: Topology = Topology()) -> None:
     from google.api_core import exceptions
     from google.cloud import pubsub_v1
 
-    from pipelines.feature_store import StoreConfig, create_table
+    from pipelines.stores.bigtable import StoreConfig, create_table
 
     publisher = pubsub_v1.PublisherClient()
     for topic in (

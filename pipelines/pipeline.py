@@ -24,8 +24,8 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipelines.feature_store import StoreConfig
 from pipelines.options import DIRECT_KEY_BUCKETS, RilletOptions, resource_path
+from pipelines.stores.bigtable import StoreConfig
 from pipelines.transforms.features import ComputeFeatures
 from pipelines.transforms.inference import ModelInfo, Predict, resolve_model
 from pipelines.transforms.parse import ParseEvents

@@ -71,7 +71,7 @@ class EntityCells:
 
 @dataclass
 class IdRecord:
-    """What the id index holds for one transaction id (see pipelines.feature_store)."""
+    """What the id index holds for one transaction id (see pipelines.stores.bigtable)."""
 
     tx: dict[str, Any] | None = None
     label: dict[str, Any] | None = None

@@ -47,8 +47,8 @@ from pipelines.core.definitions import (
 from pipelines.core.engine import EventColumns, features_for, row_features
 from pipelines.core.routing import route
 from pipelines.core.schema import Label, Transaction
-from pipelines.feature_store import StoreConfig
-from pipelines.shared import process_shared
+from pipelines.stores.bigtable import StoreConfig
+from pipelines.stores.shared import process_shared
 from pipelines.stores.window_cache import WindowCache
 from pipelines.stores.window_store import LabelCell, TxCell, WindowStore, Writes
 from pipelines.transforms.id_index import open_store

@@ -49,8 +49,8 @@ from pipelines.core.label_slots import (
 from pipelines.core.messages import DeadLetter
 from pipelines.core.routing import route
 from pipelines.core.schema import Label, Transaction
-from pipelines.feature_store import FAMILY_LABEL, FAMILY_TX, StoreConfig, transaction_record
 from pipelines.recovery import Receipt, tracker
+from pipelines.stores.bigtable import FAMILY_LABEL, FAMILY_TX, StoreConfig, transaction_record
 from pipelines.stores.window_store import IdRecord, WindowStore, Writes
 from pipelines.transforms.keyed_stage import KeyedStageFn
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE
@@ -338,7 +338,7 @@ def open_store(config: StoreConfig | WindowStore) -> WindowStore:
     """The store a stage was given: a Bigtable table (one client per process), or a store
     object itself (the in-memory store of the unit tests)."""
     if isinstance(config, StoreConfig):
-        from pipelines.feature_store import shared_store
+        from pipelines.stores.bigtable import shared_store
 
         return shared_store(config)
     return config

@@ -22,7 +22,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from pipelines.core.batches import FeatureBatch
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
-from pipelines.shared import process_shared
+from pipelines.stores.shared import process_shared
 
 __all__ = [
     "ModelInfo",

@@ -41,8 +41,8 @@ from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import SCHEMA_VERSION, format_rfc3339
 from pipelines.recovery import tracker
-from pipelines.retry import datastore_call_options, with_backoff
-from pipelines.shared import process_shared
+from pipelines.stores.retry import datastore_call_options, with_backoff
+from pipelines.stores.shared import process_shared
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.parse import METRICS_NAMESPACE
 

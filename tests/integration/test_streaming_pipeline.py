@@ -18,9 +18,9 @@ import pytest
 
 from pipelines.core.definitions import CUSTOMER, MODEL_INPUTS
 from pipelines.core.training_data import training_features
-from pipelines.feature_store import FeatureStore, StoreConfig
 from pipelines.local import Topology
 from pipelines.publisher import malformed_examples, publish_events, replay_events
+from pipelines.stores.bigtable import FeatureStore, StoreConfig
 from pipelines.transforms.sinks import latest_per_transaction
 
 pytestmark = pytest.mark.integration

@@ -89,7 +89,7 @@ def test_the_saved_model_is_loaded_once_per_process(model_dir, caplog) -> None: 
 
 def test_process_shared_objects_are_per_emulator_endpoint(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A client made for one emulator stack must not be handed out once another is in use."""
-    from pipelines.shared import process_shared
+    from pipelines.stores.shared import process_shared
 
     monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", "127.0.0.1:1")
     first = process_shared(("endpoint-test",), object)

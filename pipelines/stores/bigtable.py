@@ -48,13 +48,13 @@ from typing import Any
 
 from pipelines.core.definitions import TERMINAL, Entity
 from pipelines.core.label_slots import content_digest
-from pipelines.retry import (
+from pipelines.stores.retry import (
     bigtable_mutate_options,
     bigtable_read_options,
     raise_for_statuses,
     with_backoff,
 )
-from pipelines.shared import process_shared
+from pipelines.stores.shared import process_shared
 from pipelines.stores.window_store import EntityCells, IdRecord, LabelCell, TxCell, Writes
 
 __all__ = [
@@ -159,7 +159,7 @@ def _ts(micros: int) -> datetime:
 
 
 def shared_store(config: StoreConfig) -> FeatureStore:
-    """One FeatureStore (and gRPC channel) per process and table (see pipelines.shared)."""
+    """One FeatureStore (and gRPC channel) per process and table (see pipelines.stores.shared)."""
     return process_shared(("feature_store", config), lambda: FeatureStore(config))
 
 
@@ -382,7 +382,7 @@ class FeatureStore:
 
     def write(self, rows: Sequence[Any], chunk: int = 1000) -> None:
         """Applies row mutations (idempotent), retrying failed rows with backoff (a time budget,
-        pipelines.retry): a store outage stalls the caller, it does not lose rows."""
+        pipelines.stores.retry): a store outage stalls the caller, it does not lose rows."""
         for start in range(0, len(rows), chunk):
             with_backoff(partial(self._mutate, list(rows[start : start + chunk])), "Bigtable write")
 
