@@ -115,7 +115,7 @@ def backfill(
     Parquet; optionally the Bigtable state). Extra arguments are Beam options, e.g.
     --runner=DataflowRunner --project=P --region=R --temp_location=gs://... or
     --direct_running_mode=multi_processing --direct_num_workers=2."""
-    from pipelines.backfill import run as run_backfill
+    from pipelines.backfill.backfill import run as run_backfill
 
     argv = [f"--input={input}", f"--output={output}", f"--shards={shards}", *ctx.args]
     if until:
@@ -128,7 +128,7 @@ def backfill(
             os.environ.update(_stack(state_dir).env())
     if not any(a.startswith("--runner") for a in argv):
         argv.append("--runner=DirectRunner")
-    from pipelines.event_tables import InvalidTable
+    from pipelines.backfill.event_tables import InvalidTable
 
     try:
         manifest = run_backfill(argv)
@@ -165,7 +165,7 @@ def train(
     a 7-day delay, a 7-day test week. Model selection uses only validation folds that end before
     the test week; the test week is left for 'rillet evaluate'."""
     from models.selection import GRID, QUICK_GRID, select_and_train
-    from pipelines.backfill import read_feature_table
+    from pipelines.backfill.backfill import read_feature_table
 
     table = read_feature_table(features)
     if table.empty:

@@ -134,7 +134,7 @@ def _metrics(frame: pd.DataFrame) -> dict[str, Any]:
 def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Scores the test week offline (and as served); writes the report; returns the result."""
     from models.evaluation import Protocol, rows_in, test_set
-    from pipelines.backfill import read_feature_table
+    from pipelines.backfill.backfill import read_feature_table
     from pipelines.transforms.inference import load_saved_model, resolve_model, score_features
 
     model = resolve_model(str(config.model_dir), config.model_version)

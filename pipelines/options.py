@@ -93,7 +93,8 @@ class RilletOptions(PipelineOptions):
             "--recovery_checkpoint",
             default="",
             help="DirectRunner only: checkpoint file for crash recovery; when it exists the job "
-            "first seeks its subscriptions back to it (see pipelines/recovery.py). Empty: off.",
+            "first seeks its subscriptions back to it (see pipelines/local_runner/recovery.py). "
+            "Empty: off.",
         )
         parser.add_argument(
             "--max_in_flight",

@@ -35,7 +35,7 @@ __all__ = ["DIRECT_RUNNERS", "STEP_LABELS", "build_pipeline", "input_subscriptio
 
 _LOGGER = logging.getLogger(__name__)
 
-# The local runners (Pub/Sub pulls tuned, recovery checkpoint kept: pipelines.recovery).
+# The local runners (Pub/Sub pulls tuned, recovery checkpoint kept: local_runner.recovery).
 DIRECT_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 READ_TRANSACTIONS = "ReadTransactions"
@@ -167,7 +167,7 @@ def unknown_arguments(argv: Sequence[str]) -> list[str]:
 def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:
     """Builds and runs the streaming pipeline. On the DirectRunner, Pub/Sub pulls are tuned
     (see pipelines/local_runner) and, with --recovery_checkpoint, the job first recovers what
-    a killed predecessor had in flight and then keeps the checkpoint (see pipelines.recovery)."""
+    a killed predecessor had in flight and then keeps the checkpoint (see local_runner.recovery)."""
     options = pipeline_options(sys.argv[1:] if argv is None else argv)
     opts = options.view_as(RilletOptions)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
@@ -189,7 +189,7 @@ def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:
 
 def _start_recovery(options: PipelineOptions) -> None:
     """Seeks the input subscriptions back to the checkpoint, then tracks and checkpoints."""
-    from pipelines import recovery
+    from pipelines.local_runner import recovery
 
     opts = options.view_as(RilletOptions)
     sought = recovery.seek_to_checkpoint(opts.recovery_checkpoint, input_subscriptions(options))

@@ -52,7 +52,7 @@ def run_replay_eval(config: ReplayEvalConfig) -> dict[str, Any]:
     """Runs the chain; returns the evaluation result (also written to <work_dir>/result.json)."""
     from models.evaluation import Protocol, rows_in
     from models.selection import GRID, QUICK_GRID, select_and_train
-    from pipelines.backfill import read_feature_table, run_backfill
+    from pipelines.backfill.backfill import read_feature_table, run_backfill
     from pipelines.demo import Monitor
     from pipelines.evaluate import EvaluationConfig, evaluate
     from pipelines.local import LocalStack, Topology, create_resources, environment, free_port

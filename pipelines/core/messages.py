@@ -14,7 +14,7 @@ class DeadLetter:
     """A rejected message: its original bytes, why, and where it was rejected.
 
     ``token`` is the group of outputs it belongs to: when they are all published, the messages
-    behind them are finished (pipelines.recovery); ``message_id`` is the original message's.
+    behind them are finished (local_runner.recovery); ``message_id`` is the original message's.
     """
 
     payload: bytes

@@ -49,7 +49,7 @@ from pipelines.core.label_slots import (
 from pipelines.core.messages import DeadLetter
 from pipelines.core.routing import route
 from pipelines.core.schema import Label, Transaction
-from pipelines.recovery import Receipt, tracker
+from pipelines.local_runner.recovery import Receipt, tracker
 from pipelines.stores.bigtable import FAMILY_LABEL, FAMILY_TX, StoreConfig, transaction_record
 from pipelines.stores.window_store import IdRecord, WindowStore, Writes
 from pipelines.transforms.keyed_stage import KeyedStageFn

@@ -171,7 +171,7 @@ def _inference_failures(failed: Any) -> Iterable[DeadLetter]:
     element, error = failed if isinstance(failed, tuple) and len(failed) == 2 else (failed, None)
     txs = list(getattr(element, "transactions", []))
     for i, tx in enumerate(txs):
-        # The batch's recovery token rides on its last dead letter (pipelines.recovery): the
+        # The batch's recovery token rides on its last dead letter (local_runner.recovery): the
         # sink releases it once that whole bundle of dead letters is published.
         token = getattr(element, "token", 0) if i == len(txs) - 1 else 0
         yield DeadLetter(

@@ -10,16 +10,16 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.backfill import (
+from pipelines.backfill.backfill import (
     BACKFILL_LABELS,
     BackfillOptions,
     build_backfill,
     read_feature_table,
     run_backfill,
 )
+from pipelines.backfill.event_tables import InvalidTable
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.training_data import to_epoch_us, training_features
-from pipelines.event_tables import InvalidTable
 from pipelines.simulator import write_dataset
 from tests.reference import brute_force
 

@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
+from pipelines.backfill.event_tables import EventKind, InvalidTable, canonical, read_tables
 from pipelines.core.definitions import (
     CUSTOMER,
     ENTITIES,
@@ -57,7 +58,6 @@ from pipelines.core.definitions import (
     window_features,
 )
 from pipelines.core.engine import EventColumns, features_for, row_features
-from pipelines.event_tables import EventKind, InvalidTable, canonical, read_tables
 from pipelines.options import RilletOptions
 from pipelines.stores.bigtable import (
     FAMILY_TX,
@@ -148,8 +148,8 @@ def parse_until(value: str | None) -> int | None:
 
 
 class ReadEventTables(beam.PTransform):
-    """Reads the files matching ``pattern`` as canonical Arrow tables (pipelines.event_tables),
-    keeping transactions before ``until_us``."""
+    """Reads the files matching ``pattern`` as canonical Arrow tables
+    (pipelines.backfill.event_tables), keeping transactions before ``until_us``."""
 
     def __init__(self, pattern: str, kind: EventKind, until_us: int | None) -> None:
         super().__init__()
