@@ -156,7 +156,7 @@ def run_bench(
     backfill), called as ``backfill(input_dir, output_dir, beam_args)`` and returning a path that
     ``pandas.read_parquet`` reads.
     """
-    from pipelines.simulator import PRESETS, read_dataset, simulate, write_dataset
+    from pipelines.app.simulator import PRESETS, read_dataset, simulate, write_dataset
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; one of {sorted(PRESETS)}")

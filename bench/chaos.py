@@ -171,7 +171,7 @@ def malformed_bodies(good: dict[str, Any], n: int) -> list[bytes]:
 
 def build_messages(frame: Any, config: ChaosConfig) -> list[Message]:
     """The valid replay in event-time order, with every kind of rejection mixed in."""
-    from pipelines.publisher import replay_events
+    from pipelines.app.publisher import replay_events
 
     rng = random.Random(config.seed)
     events = replay_events(frame)
@@ -295,7 +295,7 @@ def publish_all(
     """Publishes in order at ``rate`` per second (at ``burst`` = (start, end, rate) from
     ``start`` to ``end`` seconds after the first message), recording each message id and
     counting the transactions in ``counter``."""
-    from pipelines.publisher import publish_events
+    from pipelines.app.publisher import publish_events
 
     def rate_at(t: float) -> float:
         return burst[2] if burst is not None and burst[0] <= t < burst[1] else rate
@@ -348,12 +348,12 @@ def _published_ids(messages: list[Message]) -> set[str]:
 
 def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     from models.train import TrainConfig, export_model, train_model
+    from pipelines.app.demo import Monitor
+    from pipelines.app.local import LocalStack, Topology, create_resources, environment, free_port
+    from pipelines.app.simulator import PRESETS, simulate
+    from pipelines.app.streaming_job import StreamingJob
     from pipelines.core.training_data import training_features
-    from pipelines.demo import Monitor
-    from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
-    from pipelines.simulator import PRESETS, simulate
     from pipelines.stores.bigtable import FeatureStore, StoreConfig
-    from pipelines.streaming_job import StreamingJob
 
     rng = random.Random(config.seed)
     work = config.work_dir
@@ -574,7 +574,7 @@ def _report(
     chaos: Chaos,
     elapsed: float,
 ) -> dict[str, Any]:
-    from pipelines.demo import feature_mismatches
+    from pipelines.app.demo import feature_mismatches
 
     rejects = {m.message_id for m in messages if _rejected(m)}
     valid_ids = {m.message_id for m in messages if not _rejected(m)}

@@ -20,9 +20,9 @@ UNTIL = "2018-04-15"
 def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
     emulators: dict[str, str], tiny_frame: pd.DataFrame, tmp_path: Path
 ) -> None:
+    from pipelines.app.local import environment
+    from pipelines.app.simulator import write_dataset
     from pipelines.backfill.backfill import parse_until, read_feature_table, run_backfill
-    from pipelines.local import environment
-    from pipelines.simulator import write_dataset
     from pipelines.stores.bigtable import FeatureStore, StoreConfig, create_table
 
     config = StoreConfig("rillet-local", "rillet", TABLE)

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
+from pipelines.app.local import LOCAL_PROJECT, LocalStack, StackError, environment, free_port
 from pipelines.core.definitions import CUSTOMER, MODEL_INPUTS, TERMINAL
-from pipelines.local import LOCAL_PROJECT, LocalStack, StackError, environment, free_port
 from pipelines.stores.retry import CALL_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]

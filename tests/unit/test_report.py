@@ -158,7 +158,7 @@ def test_report_computes_missing_metrics(tmp_path: Path, with_metrics: bool) -> 
 
 
 def test_report_with_partial_served_scores(tmp_path: Path) -> None:
-    # As pipelines/evaluate.py does when some test transactions have no served score: the served
+    # As pipelines/app/evaluate.py does when some test transactions have no served score: the served
     # metrics are withheld (None) and must not be recomputed from the partial frame; blocks
     # without n/frauds get them from the frames.
     data = _full_data()

@@ -1,4 +1,4 @@
-"""Tests of the reference transaction simulator (pipelines/simulator.py).
+"""Tests of the reference transaction simulator (pipelines/app/simulator.py).
 
 The slow test regenerates the published dataset and checks the numbers the spec publishes. The
 golden values of the small presets were recorded after that check passed; they pin the exact draw
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.simulator import (
+from pipelines.app.simulator import (
     COLUMNS,
     LABEL_COLUMNS,
     PRESETS,

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.local import Topology
+from pipelines.app.local import Topology
 from pipelines.options import RilletOptions
 from pipelines.stores.bigtable import FAMILY_FEATURES, FAMILY_LABEL, FAMILY_TX
 

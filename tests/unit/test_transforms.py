@@ -10,9 +10,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipelines.app.publisher import malformed_examples
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.schema import Transaction
-from pipelines.publisher import malformed_examples
 from pipelines.transforms.features import FeatureBatch
 from pipelines.transforms.inference import Predict, SavedModelHandler, resolve_model
 from pipelines.transforms.parse import ParseEvents
