@@ -44,8 +44,8 @@ from pipelines.app.local import (
 from pipelines.app.publisher import publish_events, replay_events
 from pipelines.local_runner import tune_direct_runner
 from pipelines.options import RilletOptions
-from pipelines.pipeline import build_pipeline
 from pipelines.stores.bigtable import StoreConfig, create_table
+from pipelines.streaming import build_pipeline
 from pipelines.transforms.parse import ParseEvents
 
 TOPO = Topology()

@@ -315,8 +315,8 @@ def _running_pipeline(model_dir: Path, table: str) -> Iterator[Any]:
 
     from pipelines.app.demo import Monitor
     from pipelines.app.local import Topology, create_subscription
-    from pipelines.pipeline import build_pipeline
     from pipelines.stores.bigtable import StoreConfig, create_table
+    from pipelines.streaming import build_pipeline
 
     topo = Topology()
     suffix = uuid.uuid4().hex[:6]

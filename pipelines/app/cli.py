@@ -431,9 +431,10 @@ def run(
     checkpoint in <state-dir>/recovery/ unless --recovery_checkpoint says otherwise."""
     from apache_beam.options.pipeline_options import StandardOptions
 
+    from pipelines.main import pipeline_options
+    from pipelines.main import run as run_pipeline
     from pipelines.options import RilletOptions
-    from pipelines.pipeline import DIRECT_RUNNERS, pipeline_options
-    from pipelines.pipeline import run as run_pipeline
+    from pipelines.streaming import DIRECT_RUNNERS
 
     argv = list(ctx.args)
     if not any(a.startswith("--project") for a in argv) and emulators:

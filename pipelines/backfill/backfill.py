@@ -58,7 +58,7 @@ from pipelines.core.definitions import (
     window_features,
 )
 from pipelines.core.engine import EventColumns, features_for, row_features
-from pipelines.options import RilletOptions
+from pipelines.options import RilletOptions, unknown_arguments
 from pipelines.stores.bigtable import (
     FAMILY_TX,
     StoreConfig,
@@ -492,8 +492,6 @@ def build_backfill(p: beam.Pipeline, options: PipelineOptions) -> dict[str, Any]
 
 def backfill_options(argv: Sequence[str]) -> PipelineOptions:
     """Options for a backfill run; a wrong argument exits with a message saying what is wanted."""
-    from pipelines.pipeline import unknown_arguments
-
     options = PipelineOptions(list(argv))
     opts = options.view_as(BackfillOptions)
     errors = []

@@ -65,7 +65,7 @@ def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None
     from google.cloud import datastore
 
     from pipelines.app.publisher import ReplayEvent
-    from pipelines.pipeline import run
+    from pipelines.main import run
 
     result = run(
         [
