@@ -193,7 +193,9 @@ class _DatastoreWriteDoFn(beam.DoFn):
         by_key = {r["transaction_id"]: r for r in records}
         entities = [self._entity(r) for r in by_key.values()]
         if pb.batch.correction:
-            self._put_all([self._entity(r, self._correction_kind) for r in by_key.values()])
+            # The correction record too keeps only the highest revision: corrections may reach
+            # the sink in any order, and an original arriving last re-applies the record.
+            self._put_if_newer([self._entity(r, self._correction_kind) for r in by_key.values()])
             self._put_if_newer(entities)
         else:
             self._put_all(entities)

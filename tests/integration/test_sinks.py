@@ -80,12 +80,6 @@ def test_a_lower_revision_arriving_later_never_replaces_a_higher_one(emulators) 
     assert {json.loads(stored[i]["features"])[MODEL_INPUTS[0]] for i in ids} == {30.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: correction records (kind <kind>Correction) are upserted unconditionally, "
-    "so a lower correction arriving after a higher one overwrites the record, and an original "
-    "arriving after both re-applies the lower one",
-)
 def test_an_original_after_two_reordered_corrections_keeps_the_highest(emulators) -> None:
     from google.cloud import datastore
 

@@ -1,0 +1,113 @@
+"""docs/specs/ is the one copy of each storage and message contract: these tests check that what
+it names is what the code writes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipelines import feature_store
+from pipelines.core.batches import FeatureBatch
+from pipelines.features import MODEL_INPUTS
+from pipelines.schema import Transaction
+from pipelines.stores.window_store import TxCell
+from pipelines.transforms import id_index, label_slots
+from pipelines.transforms.inference import PredictionBatch
+from pipelines.transforms.parse import DeadLetter
+from pipelines.transforms.sinks import (
+    RiskBands,
+    _DatastoreWriteDoFn,
+    _dead_letter_message,
+    _to_message,
+    prediction_records,
+)
+
+SPECS = Path(__file__).resolve().parents[2] / "docs" / "specs"
+
+
+def spec(name: str) -> str:
+    return (SPECS / name).read_text()
+
+
+def backticked(text: str) -> set[str]:
+    return set(re.findall(r"`([^`]+)`", text))
+
+
+def test_bigtable_spec_names_the_codes_rows_families_and_formats() -> None:
+    text = spec("bigtable.md")
+    names = backticked(text)
+    for family in (feature_store.FAMILY_TX, feature_store.FAMILY_LABEL):
+        assert family in names
+    assert feature_store.FAMILY_FEATURES in names
+    assert f"{feature_store.ID_ROW_PREFIX}<transaction_id>" in names
+    assert f"{feature_store.WAIT_ROW_PREFIX}<stage key>#<transaction_id>" in names
+    assert feature_store._TX_HEAD.format in names
+    assert feature_store._LABEL_VALUE.format in text
+    assert feature_store._FLOAT.format in text
+    # The row keys the code builds have the prefixes the spec gives.
+    assert feature_store._wait_row_key("~3", "42") == b"wait#~3#42"
+
+
+def test_tx_cell_round_trips_in_the_specified_layout() -> None:
+    cell = TxCell(1_522_540_800_123_456, 57.16, "T9", 7, (1.0, 2.5), 5)
+    raw = feature_store.encode_tx_cell(cell)
+    assert raw.endswith(b"T9") and len(raw) == feature_store._TX_HEAD.size + 2 * 8 + 2
+    assert feature_store.decode_tx_cell(raw) == cell
+
+
+def _record() -> dict[str, Any]:
+    tx = Transaction("42", 1_522_540_800_000_000, "C1", "T1", 10.0, 1_522_540_801_000_000, "m1")
+    batch = FeatureBatch([tx], np.zeros((1, len(MODEL_INPUTS))), revision=7)
+    return prediction_records(PredictionBatch(batch, np.array([0.7]), "v1", 1), RiskBands())[0]
+
+
+def test_messages_spec_lists_the_prediction_fields_and_attributes() -> None:
+    text = spec("messages.md")
+    body, attributes = _to_message(_record())
+    section = text.split("## Predictions", 1)[1].split("\n", 1)[1].split("## Dead letters")[0]
+    data, attrs = section.split("Attributes:", 1)
+    attrs = attrs.split("Delivery", 1)[0]
+    assert {n for n in backticked(data) if " " not in n} == set(__import__("json").loads(body))
+    assert backticked(attrs) - {"true", "false"} == set(attributes)
+
+
+def test_messages_spec_lists_the_dead_letter_attributes_and_reasons() -> None:
+    text = spec("messages.md").split("## Dead letters", 1)[1]
+    message = _dead_letter_message(
+        DeadLetter(b"x", "label_mismatch", "d", "labels", "features", message_id="m")
+    )
+    assert set(message.attributes) <= backticked(text)
+    source = Path(id_index.__file__).read_text() + Path(label_slots.__file__).read_text()
+    reasons = set(
+        re.findall(
+            r'"(duplicate_(?:transaction_id|label)|unknown_transaction|label_mismatch)"', source
+        )
+    )
+    assert reasons == {
+        "duplicate_transaction_id",
+        "duplicate_label",
+        "unknown_transaction",
+        "label_mismatch",
+    }
+    assert reasons <= backticked(text)
+
+
+class _Keys:
+    def key(self, kind: str, name: str) -> Any:
+        from google.cloud import datastore
+
+        return datastore.Key(kind, name, project="spec")
+
+
+def test_datastore_spec_lists_the_entity_properties() -> None:
+    sink = _DatastoreWriteDoFn("spec", "Prediction", None, RiskBands())
+    sink._client = _Keys()
+    entity = sink._entity(_record())
+    text = spec("datastore.md")
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    listed = {n for line in rows for n in backticked(line.split("|")[1])}
+    assert listed == set(entity)
+    assert set(entity.exclude_from_indexes) == {"features"}
