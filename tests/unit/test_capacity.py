@@ -21,7 +21,22 @@ def test_plan_by_hand() -> None:
     assert out["bigtable"]["ssd_nodes"] == 4
     # 5,000 writes/s from 500: 1.5^6 = 11.4 >= 10, so 6 steps of 5 minutes.
     assert out["datastore"] == {"writes_per_second": 5000, "ramp_up_minutes_from_500": 30}
-    assert out["warnings"]  # 10,000 events/s is past the sequenced stage
+    assert not out["warnings"]  # no key is near one thread's rate
+
+
+def test_a_hot_key_caps_the_rate_by_hand() -> None:
+    a = Assumptions(
+        target_utilisation=0.5, hottest_key_share=0.05, keyed_stage_events_per_thread_s=2000.0
+    )
+    # One thread at 50% of 2,000 events/s = 1,000 events/s for a key with 5% of the input:
+    # the input can reach 1,000 / 0.05 = 20,000 events/s.
+    assert plan(10_000, a)["keyed_stages"] == {
+        "hottest_key_events_per_second": 500.0,
+        "max_events_per_second": 20_000.0,
+    }
+    assert not plan(20_000, a)["warnings"]
+    (warning,) = plan(25_000, a)["warnings"]
+    assert "1,250 events/s" in warning and "20,000" in warning
 
 
 def test_small_rates_need_the_minimum_and_no_warning() -> None:
