@@ -14,9 +14,11 @@ SIGSTOP; the TCP connection stays open, every call just hangs until its deadline
   the operation by the table default of 600 s, and the client retries internally, so a read
   hangs through an outage and completes once the server is back; past 600 s it raises
   ``RetryError`` (cause ``DeadlineExceeded``).
-- Bigtable ``mutate_rows`` does not raise on a deadline: it returns per-row statuses with code
-  4 (DEADLINE_EXCEEDED) after ``retry.deadline`` (default 120 s); ``raise_for_statuses`` turns
-  them into the exception ``with_backoff`` retries.
+- Bigtable ``mutate_rows``: the table API does not raise on a deadline (it returns per-row
+  statuses with code 4 after ``retry.deadline``, default 120 s), so the feature store calls the
+  generated data client with a timeout and no client retry: ``DeadlineExceeded`` after the
+  timeout, and per-row statuses that ``raise_for_statuses`` turns into the exception
+  ``with_backoff`` retries (the rows already applied are not sent again).
 - Datastore ``put_multi`` and transactions (``begin``, ``commit``): ``DeadlineExceeded`` after
   ``timeout`` (default 60 s, no client retry); ``get_multi``: ``RetryError`` after its default
   60 s retry deadline (cause ``DeadlineExceeded``), or ``DeadlineExceeded`` with
@@ -37,7 +39,6 @@ __all__ = [
     "CALL_TIMEOUT_S",
     "MAX_DELAY_S",
     "RETRY_BUDGET_S",
-    "bigtable_mutate_options",
     "bigtable_read_options",
     "datastore_call_options",
     "is_transient",
@@ -198,15 +199,6 @@ def bigtable_read_options(timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
     from google.cloud.bigtable.row_data import DEFAULT_RETRY_READ_ROWS
 
     return {"retry": DEFAULT_RETRY_READ_ROWS.with_deadline(timeout)}
-
-
-def bigtable_mutate_options(timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-    """Keyword arguments for ``Table.mutate_rows``: operation and attempt bounded by
-    ``timeout``. On a deadline the rows come back with status code 4 (see
-    ``raise_for_statuses``); with the defaults the call would hang for up to 120 s."""
-    from google.cloud.bigtable.table import DEFAULT_RETRY
-
-    return {"retry": DEFAULT_RETRY.with_deadline(timeout), "timeout": timeout}
 
 
 def datastore_call_options(timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:

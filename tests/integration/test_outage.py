@@ -245,21 +245,27 @@ def test_bigtable_outage_loses_nothing(
 
     # Observe the client calls the product makes, delegating to the real ones.
     mutations: list[Call] = []
-    real_mutate = table.mutate_rows
+    gapic = table._table_impl.client._gapic_client
+    real_mutate = gapic.mutate_rows
 
     def mutate_rows(*args: Any, **kwargs: Any) -> Any:
         start = time.monotonic()
-        statuses = real_mutate(*args, **kwargs)
-        failed = sorted({s.code for s in statuses if s.code != 0})
+        try:
+            responses = list(real_mutate(*args, **kwargs))
+        except Exception as exc:
+            mutations.append(
+                Call(start, time.monotonic() - start, threading.get_ident(), repr(exc))
+            )
+            raise
+        failed = sorted({e.status.code for r in responses for e in r.entries if e.status.code})
         outcome = "ok" if not failed else f"codes {failed}"
         mutations.append(Call(start, time.monotonic() - start, threading.get_ident(), outcome))
-        return statuses
+        return iter(responses)
 
-    monkeypatch.setattr(table, "mutate_rows", mutate_rows)
+    monkeypatch.setattr(gapic, "mutate_rows", mutate_rows)
     # Each ReadRows attempt (the client retries a read internally, attempt by attempt, with the
     # per-attempt deadline the product passes): (thread, attempt timeout).
     read_attempts: list[tuple[int, float | None]] = []
-    gapic = table._table_impl.client._gapic_client
     real_read = gapic.read_rows
 
     def read_rows(*args: Any, **kwargs: Any) -> Any:
@@ -294,10 +300,13 @@ def test_bigtable_outage_loses_nothing(
     reader = Reader(lambda: stored(CUSTOMER, CUSTOMERS))
     outage = ride_out(stack, "bigtable", [writer], reader)
 
-    # The writer stalled and came back, and the write in flight failed on its deadline (rows
-    # with DEADLINE_EXCEEDED, code 4) instead of hanging, and was retried.
+    # The writer stalled and came back, and the write in flight failed on its deadline
+    # (DeadlineExceeded, or rows with DEADLINE_EXCEEDED, code 4) instead of hanging, and was
+    # retried.
     assert_stalled_and_resumed(writer, outage)
-    timed_out = [c for c in mutations if c.outcome == "codes [4]"]
+    timed_out = [
+        c for c in mutations if "DeadlineExceeded" in c.outcome or c.outcome == "codes [4]"
+    ]
     assert timed_out, f"no MutateRows call failed on its deadline: {mutations[-5:]}"
     for call in timed_out:
         assert CALL_TIMEOUT_S - 1.0 <= call.took <= CALL_TIMEOUT_S + DEADLINE_SLACK_S, call

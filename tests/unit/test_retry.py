@@ -13,7 +13,6 @@ from google.rpc import status_pb2
 
 from pipelines.stores.retry import (
     CALL_TIMEOUT_S,
-    bigtable_mutate_options,
     bigtable_read_options,
     datastore_call_options,
     is_transient,
@@ -218,8 +217,6 @@ def test_raise_for_statuses() -> None:
 
 def test_call_options() -> None:
     assert bigtable_read_options(7)["retry"].deadline == 7
-    mutate = bigtable_mutate_options()
-    assert mutate["timeout"] == CALL_TIMEOUT_S and mutate["retry"].deadline == CALL_TIMEOUT_S
     ds = datastore_call_options(3)
     assert ds["timeout"] == 3
     assert not ds["retry"]._predicate(exceptions.DeadlineExceeded("x"))  # a single attempt
