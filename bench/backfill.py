@@ -5,7 +5,7 @@ In one run, on the same data:
   1. simulate the preset (default ``handbook``: 1,754,155 transactions), write it with
      ``write_dataset`` (transactions.parquet + labels.parquet) to a work directory and read those
      files back with ``read_dataset`` for the pandas runs (timed apart: ``read_s``);
-  2. time the Beam backfill (``pipelines.backfill.run_backfill``, DirectRunner unless
+  2. time the Beam backfill (``pipelines.backfill.backfill.run_backfill``, DirectRunner unless
      ``--beam-args`` say otherwise) from the files to its Parquet feature table;
   3. time the pandas baseline (bench.pandas_features) on the frame: ``method="apply"``
      (per-group apply, the usual way; ``pandas_s``) and ``method="vectorised"`` (groupby-rolling;
@@ -65,7 +65,7 @@ def _log(message: str) -> None:
 
 def _beam_backfill(input_dir: str, output_dir: str, pipeline_args: Sequence[str] = ()) -> Path:
     # Imported here: the bench module must load (and its comparison be testable) on its own.
-    from pipelines.backfill import run_backfill
+    from pipelines.backfill.backfill import run_backfill
 
     return Path(run_backfill(input_dir, output_dir, list(pipeline_args)))
 
@@ -156,7 +156,7 @@ def run_bench(
     backfill), called as ``backfill(input_dir, output_dir, beam_args)`` and returning a path that
     ``pandas.read_parquet`` reads.
     """
-    from pipelines.simulator import PRESETS, read_dataset, simulate, write_dataset
+    from pipelines.app.simulator import PRESETS, read_dataset, simulate, write_dataset
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; one of {sorted(PRESETS)}")

@@ -16,10 +16,11 @@ One run:
      again since the previous one ended, so every fault hits a job at work; for each
      the report records what the job did (``faults``): the predictions before it, none while a
      store was stopped, the time to the next prediction afterwards, and the retries the job
-     logged meanwhile (pipelines.retry's warnings in its log);
+     logged meanwhile (pipelines.stores.retry's warnings in its log);
   5. then every store is checked: one Datastore entity per valid transaction, with exactly the
-     features a batch recomputation gives (pipelines.training_data); every valid transaction and
-     label in Bigtable's id index; every rejected message on the dead-letter topic, no valid one.
+     features a batch recomputation gives (pipelines.core.training_data); every valid transaction
+     and label in Bigtable's id index; every rejected message on the dead-letter topic, no valid
+     one.
 
 Last line of output: JSON with sent, valid, malformed, predictions_stored, lost, duplicated,
 dead_lettered, kills, outages, feature_mismatches (and details). Exit status 1 unless lost = 0,
@@ -103,7 +104,7 @@ _RETRY_LINE = re.compile(r" pipelines\.retry (.+?) failed \((\w+): .*?; retry \d
 
 def logged_retries(log: Path) -> list[str]:
     """The retries the job has logged so far, in order, as "<call>: <exception type>" (the
-    warnings of pipelines.retry.with_backoff; the log is appended to across restarts)."""
+    warnings of pipelines.stores.retry.with_backoff; the log is appended to across restarts)."""
     try:
         text = log.read_text(errors="replace")
     except FileNotFoundError:
@@ -170,7 +171,7 @@ def malformed_bodies(good: dict[str, Any], n: int) -> list[bytes]:
 
 def build_messages(frame: Any, config: ChaosConfig) -> list[Message]:
     """The valid replay in event-time order, with every kind of rejection mixed in."""
-    from pipelines.publisher import replay_events
+    from pipelines.app.publisher import replay_events
 
     rng = random.Random(config.seed)
     events = replay_events(frame)
@@ -294,7 +295,7 @@ def publish_all(
     """Publishes in order at ``rate`` per second (at ``burst`` = (start, end, rate) from
     ``start`` to ``end`` seconds after the first message), recording each message id and
     counting the transactions in ``counter``."""
-    from pipelines.publisher import publish_events
+    from pipelines.app.publisher import publish_events
 
     def rate_at(t: float) -> float:
         return burst[2] if burst is not None and burst[0] <= t < burst[1] else rate
@@ -315,7 +316,7 @@ def _datastore_predictions(project: str, ids: set[str]) -> dict[str, Any]:
     takes minutes on the emulator at 100k; lookups by key take seconds)."""
     from google.cloud import datastore
 
-    from pipelines.retry import datastore_call_options, with_backoff
+    from pipelines.stores.retry import datastore_call_options, with_backoff
 
     client = datastore.Client(project=project)
     keys = [client.key("Prediction", tx_id) for tx_id in sorted(ids)]
@@ -347,12 +348,12 @@ def _published_ids(messages: list[Message]) -> set[str]:
 
 def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     from models.train import TrainConfig, export_model, train_model
-    from pipelines.demo import Monitor
-    from pipelines.feature_store import FeatureStore, StoreConfig
-    from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
-    from pipelines.simulator import PRESETS, simulate
-    from pipelines.streaming_job import StreamingJob
-    from pipelines.training_data import training_features
+    from pipelines.app.demo import Monitor
+    from pipelines.app.local import LocalStack, Topology, create_resources, environment, free_port
+    from pipelines.app.simulator import PRESETS, simulate
+    from pipelines.app.streaming_job import StreamingJob
+    from pipelines.core.training_data import training_features
+    from pipelines.stores.bigtable import FeatureStore, StoreConfig
 
     rng = random.Random(config.seed)
     work = config.work_dir
@@ -573,7 +574,7 @@ def _report(
     chaos: Chaos,
     elapsed: float,
 ) -> dict[str, Any]:
-    from pipelines.demo import feature_mismatches
+    from pipelines.app.demo import feature_mismatches
 
     rejects = {m.message_id for m in messages if _rejected(m)}
     valid_ids = {m.message_id for m in messages if not _rejected(m)}

@@ -32,9 +32,8 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.demo import Monitor, latency_ms, percentiles
-from pipelines.feature_store import StoreConfig, create_table
-from pipelines.local import (
+from pipelines.app.demo import Monitor, latency_ms, percentiles
+from pipelines.app.local import (
     LocalStack,
     Topology,
     create_resources,
@@ -42,10 +41,11 @@ from pipelines.local import (
     environment,
     free_port,
 )
+from pipelines.app.publisher import publish_events, replay_events
 from pipelines.local_runner import tune_direct_runner
 from pipelines.options import RilletOptions
-from pipelines.pipeline import build_pipeline
-from pipelines.publisher import publish_events, replay_events
+from pipelines.stores.bigtable import StoreConfig, create_table
+from pipelines.streaming import build_pipeline
 from pipelines.transforms.parse import ParseEvents
 
 TOPO = Topology()
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from models.train import TrainConfig, export_model, train_model
-    from pipelines.simulator import PRESETS, simulate
-    from pipelines.training_data import training_features
+    from pipelines.app.simulator import PRESETS, simulate
+    from pipelines.core.training_data import training_features
 
     tune_direct_runner(RilletOptions().direct_pull_max_messages)
     frame = simulate(PRESETS["small"]).sort_values("TX_DATETIME").head(args.transactions)

@@ -3,9 +3,10 @@ work, replayed on 1..256 simulated workers.
 
 A) Measurement. One run of the real streaming pipeline (DirectRunner, in this process) on its own
    emulator stack, fed a backlog of ``--days`` (7) days of the handbook preset (transactions and
-   their labels, pipelines.publisher.replay_events), with pipelines.transforms.key_stats enabled:
-   every keyed stage records, per event, its key and its share of the step's time. Once every
-   transaction is predicted (and the recorded work has stopped growing), the registry is read.
+   their labels, pipelines.app.publisher.replay_events), with pipelines.transforms.key_stats
+   enabled: every keyed stage records, per event, its key and its share of the step's time. Once
+   every transaction is predicted (and the recorded work has stopped growing), the registry is
+   read.
 
 B) Simulation (``simulate_step``, ``simulate_pipeline``: pure functions). Beam runs one key on one
    thread at a time, so a key is the unit of parallelism. Per step, the recorded events (key,
@@ -269,7 +270,7 @@ def handbook_frame(days: float, limit: int | None) -> Any:
     """The first ``days`` days of the handbook preset (at most ``limit`` transactions)."""
     import pandas as pd
 
-    from pipelines.simulator import PRESETS, simulate
+    from pipelines.app.simulator import PRESETS, simulate
 
     frame = simulate(PRESETS["handbook"]).sort_values("TX_DATETIME", kind="stable")
     start = frame["TX_DATETIME"].iloc[0].normalize()
@@ -291,7 +292,7 @@ def model_for(frame: Any, model_dir: Path) -> Path:
     except (FileNotFoundError, ValueError, KeyError):
         pass
     from models.train import TrainConfig, export_model, train_model
-    from pipelines.training_data import training_features
+    from pipelines.core.training_data import training_features
 
     model, _ = train_model(training_features(frame), None, TrainConfig(epochs=1, hidden=(16,)))
     export_model(model, model_dir, {"purpose": "bench-scaleout"})
@@ -312,10 +313,10 @@ def _running_pipeline(model_dir: Path, table: str) -> Iterator[Any]:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-    from pipelines.demo import Monitor
-    from pipelines.feature_store import StoreConfig, create_table
-    from pipelines.local import Topology, create_subscription
-    from pipelines.pipeline import build_pipeline
+    from pipelines.app.demo import Monitor
+    from pipelines.app.local import Topology, create_subscription
+    from pipelines.stores.bigtable import StoreConfig, create_table
+    from pipelines.streaming import build_pipeline
 
     topo = Topology()
     suffix = uuid.uuid4().hex[:6]
@@ -353,7 +354,7 @@ def _running_pipeline(model_dir: Path, table: str) -> Iterator[Any]:
 def measure(events: list, n_tx: int, model_dir: Path, timeout_s: float, settle_s: float) -> dict:
     """Publishes ``events`` as a backlog, runs the pipeline with key_stats on until every
     transaction is predicted and the recorded work stops growing for ``settle_s``."""
-    from pipelines.publisher import publish_events
+    from pipelines.app.publisher import publish_events
     from pipelines.transforms.key_stats import key_stats
 
     key_stats().reset()
@@ -430,10 +431,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.scaleout", *(sys.argv[1:] if argv is None else argv)])
 
-    from pipelines.local import LocalStack, create_resources, environment, free_port
+    from pipelines.app.local import LocalStack, create_resources, environment, free_port
+    from pipelines.app.publisher import replay_events
     from pipelines.local_runner import tune_direct_runner
     from pipelines.options import RilletOptions
-    from pipelines.publisher import replay_events
 
     tune_direct_runner(RilletOptions().direct_pull_max_messages)
     frame = handbook_frame(args.days, args.limit)

@@ -6,8 +6,8 @@ What is computed: for each key, the count and sum of its values over a sliding w
 1,000,000 events of 1,000 keys spread uniformly over 7 days (~143 events per key and day, so a
 window holds ~0.1 to ~143 events of its key), integer values (amounts in micro-units).
 
-- Engine (``pipelines.engine.window_count_sum``, no delay): for every event, the exact count and
-  sum of its key's events in (t - w, t], i.e. the window ending at that event. Wall time of one
+- Engine (``pipelines.core.engine.window_count_sum``, no delay): for every event, the exact count
+  and sum of its key's events in (t - w, t], i.e. the window ending at that event. Wall time of one
   whole call (sort included) over all the events, best of several calls; the ratios are timed in
   turn within each round so that the machine's noise falls on all of them alike.
 - Beam (Python FnApiRunner, in memory: what the DirectRunner picks for batch pipelines when it
@@ -55,8 +55,8 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.transforms import window
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-import pipelines.engine
-from pipelines.engine import Events, window_count_sum
+import pipelines.core.engine
+from pipelines.core.engine import Events, window_count_sum
 
 SECOND_US = 1_000_000
 DAY_US = 86_400 * SECOND_US
@@ -489,8 +489,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "keys": args.keys,
         "days": args.days,
         "check": checked,
-        # Which engine was measured (pipelines/engine.py is being optimised).
-        "engine_sha1": hashlib.sha1(Path(pipelines.engine.__file__).read_bytes()).hexdigest()[:12],
+        # Which engine was measured (pipelines/core/engine.py is being optimised).
+        "engine_sha1": hashlib.sha1(Path(pipelines.core.engine.__file__).read_bytes()).hexdigest()[
+            :12
+        ],
     }
 
 

@@ -1,8 +1,8 @@
 """Train the fraud model on point-in-time features and export a versioned SavedModel.
 
-The model's inputs are pipelines.features.MODEL_INPUTS (never a second list). Normalisation is a
-layer inside the model, adapted on the training rows, so serving feeds raw feature values. Class
-imbalance is handled with class weights. Seeds are fixed.
+The model's inputs are pipelines.core.definitions.MODEL_INPUTS (never a second list).
+Normalisation is a layer inside the model, adapted on the training rows, so serving feeds raw
+feature values. Class imbalance is handled with class weights. Seeds are fixed.
 
 Layout written: ``<model_dir>/<version>/saved_model/`` (TF2 SavedModel, ``serving_default``
 signature: float32 [batch, n_features] -> score in [0, 1]) and
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.features import MODEL_INPUTS
+from pipelines.core.definitions import MODEL_INPUTS
 
 __all__ = ["TrainConfig", "class_weights", "export_model", "predict", "train_model"]
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-__all__ = ["DIRECT_KEY_BUCKETS", "LOCAL_PROJECT", "RilletOptions", "resource_path"]
+__all__ = [
+    "DIRECT_KEY_BUCKETS",
+    "LOCAL_PROJECT",
+    "RilletOptions",
+    "resource_path",
+    "unknown_arguments",
+]
 
 LOCAL_PROJECT = "rillet-local"
 # The DirectRunner's default --key_buckets (pipelines/core/routing.py).
@@ -93,7 +100,8 @@ class RilletOptions(PipelineOptions):
             "--recovery_checkpoint",
             default="",
             help="DirectRunner only: checkpoint file for crash recovery; when it exists the job "
-            "first seeks its subscriptions back to it (see pipelines/recovery.py). Empty: off.",
+            "first seeks its subscriptions back to it (see pipelines/local_runner/recovery.py). "
+            "Empty: off.",
         )
         parser.add_argument(
             "--max_in_flight",
@@ -127,3 +135,21 @@ class RilletOptions(PipelineOptions):
         if not self.view_as(GoogleCloudOptions).project:
             errors.append("--project is required (the emulators use 'rillet-local')")
         return errors
+
+
+def unknown_arguments(argv: Sequence[str]) -> list[str]:
+    """Flags no PipelineOptions subclass declares (Beam itself only logs and drops them)."""
+    from apache_beam.options.pipeline_options import _BeamArgumentParser
+
+    parser = _BeamArgumentParser(allow_abbrev=False)
+    seen: set[type] = set()
+    todo = list(PipelineOptions.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        todo.extend(cls.__subclasses__())
+        cls._add_argparse_args(parser)
+    _, unknown = parser.parse_known_args(list(argv))
+    return [a for a in unknown if a.startswith("-")]

@@ -3,7 +3,7 @@ locals {
   is_prod       = var.environment == "prod"
   bucket_name   = coalesce(var.bucket_name, "${var.project_id}-rillet")
 
-  # Topics the pipeline reads or writes (names = RilletOptions / pipelines.local.Topology defaults).
+  # Topics the pipeline reads or writes (names = RilletOptions / pipelines.app.local.Topology defaults).
   topics = {
     transactions = "transactions"
     labels       = "labels"

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 @pytest.fixture(scope="session")
 def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    from pipelines.local import LocalStack, StackError, create_resources, environment, free_port
+    from pipelines.app.local import LocalStack, StackError, create_resources, environment, free_port
 
     stack = LocalStack(tmp_path_factory.mktemp("rillet-state"))
     ports = {"pubsub": free_port(), "bigtable": free_port(), "datastore": free_port()}
@@ -33,7 +33,7 @@ def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, st
 
 @pytest.fixture(scope="session")
 def tiny_frame():  # type: ignore[no-untyped-def]
-    from pipelines.simulator import PRESETS, simulate
+    from pipelines.app.simulator import PRESETS, simulate
 
     return simulate(PRESETS["tiny"])
 
@@ -42,7 +42,7 @@ def tiny_frame():  # type: ignore[no-untyped-def]
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_frame) -> Path:  # type: ignore[no-untyped-def]
     """A real (small, quickly trained) SavedModel version."""
     from models.train import TrainConfig, export_model, train_model
-    from pipelines.training_data import training_features
+    from pipelines.core.training_data import training_features
 
     directory = tmp_path_factory.mktemp("models")
     model, _ = train_model(training_features(tiny_frame), None, TrainConfig(epochs=1, hidden=(8,)))

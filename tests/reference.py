@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from pipelines.features import FEATURES, RowFeature, WindowFeature
+from pipelines.core.definitions import FEATURES, RowFeature, WindowFeature
 
 
 def brute_force(

@@ -5,7 +5,7 @@
     CustomerWindows ─ CustomerPart ───────────────────────┴─> TerminalWindows (key: terminal)
     TerminalWindows ─ FeatureBatch ─> Predict ─> WritePredictions
 
-``token`` is the DirectRunner's recovery group the element belongs to (pipelines.recovery; 0
+``token`` is the DirectRunner's recovery group the element belongs to (local_runner.recovery; 0
 elsewhere): a message finishes once every element it led to has reached a sink.
 """
 
@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from pipelines.schema import Label, Transaction
+from pipelines.core.schema import Label, Transaction
 
 __all__ = ["CustomerPart", "FeatureBatch", "Routed"]
 
@@ -58,7 +58,7 @@ class FeatureBatch:
     features: np.ndarray
     revision: int
     correction: bool = False
-    token: int = 0  # the recovery group it finishes (pipelines.recovery)
+    token: int = 0  # the recovery group it finishes (pipelines.local_runner.recovery)
 
     def __len__(self) -> int:
         return len(self.transactions)

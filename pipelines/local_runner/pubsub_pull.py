@@ -8,7 +8,7 @@ bundles make every downstream step pay its per-bundle cost 10 messages at a time
 wraps the subscriber client that runner uses, so that each pull returns at once with up to N
 available messages (and idles briefly when there are none). It changes nothing on Dataflow.
 
-The wrapper is also where crash recovery and backpressure hook in (pipelines.recovery): every
+The wrapper is also where crash recovery and backpressure hook in (local_runner.recovery): every
 pulled message is recorded before the runner acknowledges it, and no more is pulled while the
 tracker's in-flight limit is reached (the backlog then waits in Pub/Sub, not in memory).
 """
@@ -19,8 +19,8 @@ import time
 import warnings
 from typing import Any
 
-from pipelines.recovery import tracker
-from pipelines.transforms.parse import publish_time_us
+from pipelines.core.messages import publish_time_us
+from pipelines.local_runner.recovery import tracker
 
 __all__ = ["tune_direct_runner_pubsub"]
 
@@ -52,7 +52,7 @@ class _ImmediatePullClient:
         if not response.received_messages:
             time.sleep(self._idle)
         else:
-            # Recorded before Beam acknowledges them: see pipelines.recovery.
+            # Recorded before Beam acknowledges them: see pipelines.local_runner.recovery.
             tracker().pulled(
                 subscription,
                 (

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pipelines.features import Entity, max_lookback_us
+from pipelines.core.definitions import Entity, max_lookback_us
 from pipelines.stores.window_store import EntityCells, LabelCell, TxCell, WindowStore
 
 __all__ = ["WindowCache"]

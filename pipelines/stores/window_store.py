@@ -6,7 +6,7 @@ A keyed stage reads and writes only its own keys' records (README "Ordering"):
                  on terminals, one label cell per labelled transaction; plus the entity's latest
                  feature values (for online lookups).
   id index       per transaction id: the first transaction message seen (``IdRecord.tx``) and
-                 the label slot (``IdRecord.label``, pipelines/transforms/label_slots.py).
+                 the label slot (``IdRecord.label``, pipelines/core/label_slots.py).
   waiting labels per (stage key, transaction id): label messages waiting for their transaction,
                  with their wall-clock deadlines; read per stage key when its timer fires.
 
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pipelines.features import Entity
+from pipelines.core.definitions import Entity
 
 __all__ = [
     "EntityCells",
@@ -71,7 +71,7 @@ class EntityCells:
 
 @dataclass
 class IdRecord:
-    """What the id index holds for one transaction id (see pipelines.feature_store)."""
+    """What the id index holds for one transaction id (see pipelines.stores.bigtable)."""
 
     tx: dict[str, Any] | None = None
     label: dict[str, Any] | None = None

@@ -12,7 +12,7 @@ through an in-memory mirror (pipelines/stores/window_cache.py). Per batch it:
      (``influence_span_us``, from the feature definitions): they were computed before this event
      reached the stage (out-of-order delivery, a label racing its consumers);
   3. computes the features of the batch's transactions and of those, with the shared engine
-     (pipelines.engine.features_for), and writes their cells in one write;
+     (pipelines.core.engine.features_for), and writes their cells in one write;
   4. emits the batch's transactions and, marked as corrections, the recomputed ones.
 
 The terminal stage keeps on each transaction's cell the customer features it received (and their
@@ -33,10 +33,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipelines.core.batches import CustomerPart, FeatureBatch
-from pipelines.core.routing import route
-from pipelines.engine import EventColumns, features_for, row_features
-from pipelines.feature_store import StoreConfig
-from pipelines.features import (
+from pipelines.core.definitions import (
     CUSTOMER,
     FEATURES,
     TERMINAL,
@@ -47,8 +44,11 @@ from pipelines.features import (
     max_lookback_us,
     window_features,
 )
-from pipelines.schema import Label, Transaction
-from pipelines.shared import process_shared
+from pipelines.core.engine import EventColumns, features_for, row_features
+from pipelines.core.routing import route
+from pipelines.core.schema import Label, Transaction
+from pipelines.stores.bigtable import StoreConfig
+from pipelines.stores.shared import process_shared
 from pipelines.stores.window_cache import WindowCache
 from pipelines.stores.window_store import LabelCell, TxCell, WindowStore, Writes
 from pipelines.transforms.id_index import open_store

@@ -22,8 +22,8 @@ import apache_beam as beam
 
 from pipelines.core.batches import CustomerPart, FeatureBatch, Routed
 from pipelines.core.routing import route
-from pipelines.feature_store import StoreConfig
-from pipelines.schema import Label, Transaction
+from pipelines.core.schema import Label, Transaction
+from pipelines.stores.bigtable import StoreConfig
 from pipelines.stores.window_store import WindowStore
 from pipelines.transforms.entity_windows import CustomerWindowsFn, TerminalWindowsFn
 from pipelines.transforms.id_index import ACCEPTED_LABELS, IndexIdsFn, RestoreWaits

@@ -6,7 +6,7 @@ Per batch of transactions and labels (many transaction ids), it:
      Pub/Sub message id: a redelivery, a resumed job) is passed on again (the entity stages are
      idempotent); a second message reusing a transaction id is dead-lettered as a duplicate (the
      first *published* copy counts);
-  2. applies the label rule (pipelines/transforms/label_slots.py) to every id with label messages
+  2. applies the label rule (pipelines/core/label_slots.py) to every id with label messages
      in the batch or waiting for a transaction in it: the label to record goes on to its
      terminal's stage, contradictions and duplicates to dead letters, and a label whose
      transaction is unknown waits durably (its slot, and a ``wait#`` row with its deadline);
@@ -38,13 +38,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.core.batches import Routed
-from pipelines.core.routing import route
-from pipelines.feature_store import FAMILY_LABEL, FAMILY_TX, StoreConfig, transaction_record
-from pipelines.recovery import Receipt, tracker
-from pipelines.schema import Label, Transaction
-from pipelines.stores.window_store import IdRecord, WindowStore, Writes
-from pipelines.transforms.keyed_stage import KeyedStageFn
-from pipelines.transforms.label_slots import (
+from pipelines.core.label_slots import (
     LabelSlot,
     duplicate_detail,
     expire,
@@ -52,7 +46,14 @@ from pipelines.transforms.label_slots import (
     message_key,
     resolve,
 )
-from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE, DeadLetter
+from pipelines.core.messages import DeadLetter
+from pipelines.core.routing import route
+from pipelines.core.schema import Label, Transaction
+from pipelines.local_runner.recovery import Receipt, tracker
+from pipelines.stores.bigtable import FAMILY_LABEL, FAMILY_TX, StoreConfig, transaction_record
+from pipelines.stores.window_store import IdRecord, WindowStore, Writes
+from pipelines.transforms.keyed_stage import KeyedStageFn
+from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE
 
 __all__ = ["ACCEPTED_LABELS", "IndexIdsFn", "WakeUp", "record_of"]
 
@@ -337,7 +338,7 @@ def open_store(config: StoreConfig | WindowStore) -> WindowStore:
     """The store a stage was given: a Bigtable table (one client per process), or a store
     object itself (the in-memory store of the unit tests)."""
     if isinstance(config, StoreConfig):
-        from pipelines.feature_store import shared_store
+        from pipelines.stores.bigtable import shared_store
 
         return shared_store(config)
     return config

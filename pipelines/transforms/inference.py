@@ -20,9 +20,9 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from pipelines.core.batches import FeatureBatch
-from pipelines.features import MODEL_INPUTS
-from pipelines.shared import process_shared
-from pipelines.transforms.parse import DeadLetter
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.messages import DeadLetter
+from pipelines.stores.shared import process_shared
 
 __all__ = [
     "ModelInfo",
@@ -171,7 +171,7 @@ def _inference_failures(failed: Any) -> Iterable[DeadLetter]:
     element, error = failed if isinstance(failed, tuple) and len(failed) == 2 else (failed, None)
     txs = list(getattr(element, "transactions", []))
     for i, tx in enumerate(txs):
-        # The batch's recovery token rides on its last dead letter (pipelines.recovery): the
+        # The batch's recovery token rides on its last dead letter (local_runner.recovery): the
         # sink releases it once that whole bundle of dead letters is published.
         token = getattr(element, "token", 0) if i == len(txs) - 1 else 0
         yield DeadLetter(

@@ -27,7 +27,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.recovery import tracker
+from pipelines.local_runner.recovery import tracker
 from pipelines.transforms.key_stats import key_stats
 
 __all__ = ["GENERATION", "GENERATION_PARAM", "KeyedStageFn", "monotonic_us", "with_token"]
@@ -50,7 +50,7 @@ class KeyedStageFn(beam.DoFn):
 
     Subclasses define ``process`` (with their state and timer parameters) calling ``accept``,
     and ``flush``, which returns the batch's outputs (values, or ``TaggedOutput``s). Every output
-    is given the recovery token of the batch (pipelines.recovery), chained to the tokens of the
+    is given the recovery token of the batch (local_runner.recovery), chained to the tokens of the
     inputs, so a message finishes only when what it led to reached a sink.
     """
 

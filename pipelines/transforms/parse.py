@@ -3,52 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from pipelines.recovery import tracker
-from pipelines.schema import InvalidEvent, Label, Transaction, parse_label, parse_transaction
+from pipelines.core.messages import DeadLetter, publish_time_us
+from pipelines.core.schema import InvalidEvent, Label, Transaction, parse_label, parse_transaction
+from pipelines.local_runner.recovery import tracker
 
-__all__ = ["DEAD_LETTER_TAG", "DeadLetter", "ParseEvents", "ParsedEvents", "publish_time_us"]
+__all__ = ["DEAD_LETTER_TAG", "ParseEvents", "ParsedEvents"]
 
 DEAD_LETTER_TAG = "dead_letter"
 METRICS_NAMESPACE = "rillet"
 
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """A rejected message: its original bytes, why, and where it was rejected.
-
-    ``token`` is the group of outputs it belongs to: when they are all published, the messages
-    behind them are finished (pipelines.recovery); ``message_id`` is the original message's.
-    """
-
-    payload: bytes
-    reason: str
-    detail: str
-    source: str
-    stage: str
-    attributes: dict[str, str] = field(default_factory=dict)
-    message_id: str = ""
-    token: int = 0
-
-
 class ParsedEvents(NamedTuple):
     valid: beam.PCollection
     dead_letters: beam.PCollection
-
-
-def publish_time_us(message: Any) -> int:
-    """A Pub/Sub message's publish time in µs since the epoch (0 when it has none)."""
-    publish_time = getattr(message, "publish_time", None)
-    if publish_time is None:
-        return 0
-    if hasattr(publish_time, "timestamp"):
-        return int(publish_time.timestamp() * 1_000_000)
-    return int(publish_time.seconds * 1_000_000 + publish_time.nanos // 1000)
 
 
 class _ParseDoFn(beam.DoFn):
@@ -75,7 +47,7 @@ class _ParseDoFn(beam.DoFn):
             self._invalid.inc()
             Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{exc.reason}").inc()
             payload = data if isinstance(data, bytes) else repr(data).encode()
-            # Finished once published (pipelines.recovery), like every stage's dead letters.
+            # Finished once published (local_runner.recovery), like every stage's dead letters.
             token = tracker().hold([(self._source, message_id)], 1) if message_id else 0
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER_TAG,

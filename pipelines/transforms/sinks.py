@@ -37,13 +37,14 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 
-from pipelines.features import MODEL_INPUTS
-from pipelines.recovery import tracker
-from pipelines.retry import datastore_call_options, with_backoff
-from pipelines.schema import SCHEMA_VERSION, format_rfc3339
-from pipelines.shared import process_shared
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.messages import DeadLetter
+from pipelines.core.schema import SCHEMA_VERSION, format_rfc3339
+from pipelines.local_runner.recovery import tracker
+from pipelines.stores.retry import datastore_call_options, with_backoff
+from pipelines.stores.shared import process_shared
 from pipelines.transforms.inference import PredictionBatch
-from pipelines.transforms.parse import METRICS_NAMESPACE, DeadLetter
+from pipelines.transforms.parse import METRICS_NAMESPACE
 
 __all__ = [
     "PredictionRecord",
@@ -293,7 +294,7 @@ def _publisher_client() -> Any:
 class _PublishingDoFn(beam.DoFn):
     """Publishes to one topic, waits for Pub/Sub's acks (at-least-once), then releases the
     recovery tokens of what was published: the messages behind it are finished
-    (pipelines.recovery). The publisher client retries transient failures within its deadline."""
+    (local_runner.recovery). The publisher client retries transient failures within its deadline."""
 
     def __init__(self, topic: str, metric: str) -> None:
         self._topic = topic

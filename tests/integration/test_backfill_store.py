@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.features import CUSTOMER, TERMINAL, max_lookback_us
-from pipelines.training_data import to_epoch_us
+from pipelines.core.definitions import CUSTOMER, TERMINAL, max_lookback_us
+from pipelines.core.training_data import to_epoch_us
 
 pytestmark = pytest.mark.integration
 
@@ -20,10 +20,10 @@ UNTIL = "2018-04-15"
 def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
     emulators: dict[str, str], tiny_frame: pd.DataFrame, tmp_path: Path
 ) -> None:
-    from pipelines.backfill import parse_until, read_feature_table, run_backfill
-    from pipelines.feature_store import FeatureStore, StoreConfig, create_table
-    from pipelines.local import environment
-    from pipelines.simulator import write_dataset
+    from pipelines.app.local import environment
+    from pipelines.app.simulator import write_dataset
+    from pipelines.backfill.backfill import parse_until, read_feature_table, run_backfill
+    from pipelines.stores.bigtable import FeatureStore, StoreConfig, create_table
 
     config = StoreConfig("rillet-local", "rillet", TABLE)
     write_dataset(tiny_frame, tmp_path / "in")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import ChaosConfig, logged_retries, run_chaos
-from pipelines.retry import CALL_TIMEOUT_S
+from pipelines.stores.retry import CALL_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

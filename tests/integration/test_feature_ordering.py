@@ -12,10 +12,10 @@ import uuid
 import pandas as pd
 import pytest
 
-from pipelines.feature_store import FeatureStore, StoreConfig, create_table
-from pipelines.features import DAY_US
-from pipelines.local import LOCAL_PROJECT, environment
-from pipelines.schema import Label, Transaction
+from pipelines.app.local import LOCAL_PROJECT, environment
+from pipelines.core.definitions import DAY_US
+from pipelines.core.schema import Label, Transaction
+from pipelines.stores.bigtable import FeatureStore, StoreConfig, create_table
 from tests.unit.test_keyed_stages import assert_exact, events_of, run_stages
 
 pytestmark = pytest.mark.integration

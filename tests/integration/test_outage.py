@@ -4,10 +4,10 @@ readers: ``FeatureStore.apply`` / ``read_entities`` and the Datastore sink
 (``_DatastoreWriteDoFn``'s ``_put_all``, ``_put_if_newer`` and its correction lookup).
 
 README "Guarantees", store outage: every Bigtable/Datastore call has a deadline and is retried
-with backoff (pipelines.retry); the job stalls and does not die. So, for each store:
+with backoff (pipelines.stores.retry); the job stalls and does not die. So, for each store:
 
 - a call in flight when the store stops fails with a deadline error after ``CALL_TIMEOUT_S``
-  (it does not hang through the outage), and is retried (the retries pipelines.retry logs are
+  (it does not hang through the outage), and is retried (the retries pipelines.stores.retry logs are
   counted; the client calls are observed by wrappers that delegate to the real call);
 - a read issued during the outage returns once the store is back, after at least one retried
   attempt, with the right data;
@@ -29,9 +29,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.features import CUSTOMER, MODEL_INPUTS, TERMINAL
-from pipelines.local import LOCAL_PROJECT, LocalStack, StackError, environment, free_port
-from pipelines.retry import CALL_TIMEOUT_S
+from pipelines.app.local import LOCAL_PROJECT, LocalStack, StackError, environment, free_port
+from pipelines.core.definitions import CUSTOMER, MODEL_INPUTS, TERMINAL
+from pipelines.stores.retry import CALL_TIMEOUT_S
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -49,7 +49,7 @@ assert OUTAGE_S > CALL_TIMEOUT_S + DEADLINE_SLACK_S, "the outage must outlast a 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    from pipelines.feature_store import StoreConfig, create_table
+    from pipelines.stores.bigtable import StoreConfig, create_table
 
     stack = LocalStack(tmp_path_factory.mktemp("outage-state"))
     ports = {"pubsub": free_port(), "bigtable": free_port(), "datastore": free_port()}
@@ -66,8 +66,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
 
 
 class RetryLog(logging.Handler):
-    """The records pipelines.retry.with_backoff logs: one WARNING per retry, with the arguments
-    (what, exception type, exception, attempt, wait, elapsed, budget); an ERROR when it gives up."""
+    """The records pipelines.stores.retry.with_backoff logs: one WARNING per retry, with the
+    arguments (what, exception type, exception, attempt, wait, elapsed, budget); an ERROR when it
+    gives up."""
 
     def __init__(self) -> None:
         super().__init__(logging.WARNING)
@@ -95,7 +96,7 @@ class RetryLog(logging.Handler):
 @pytest.fixture
 def retry_log() -> Iterator[RetryLog]:
     handler = RetryLog()
-    logger = logging.getLogger("pipelines.retry")
+    logger = logging.getLogger("pipelines.stores.retry")
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.WARNING)
@@ -236,7 +237,7 @@ def assert_deadline_retries(retries: list[tuple[str, float]], what: str) -> None
 def test_bigtable_outage_loses_nothing(
     stack: LocalStack, retry_log: RetryLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.feature_store import FeatureStore, StoreConfig
+    from pipelines.stores.bigtable import FeatureStore, StoreConfig
     from pipelines.stores.window_store import TxCell, Writes
 
     store = FeatureStore(StoreConfig(LOCAL_PROJECT, "rillet", "features"))

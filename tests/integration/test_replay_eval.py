@@ -11,7 +11,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_replay_eval_chain_serves_exactly_the_offline_scores(tmp_path: Path) -> None:
-    from pipelines.replay_eval import ReplayEvalConfig, run_replay_eval
+    from pipelines.app.replay_eval import ReplayEvalConfig, run_replay_eval
 
     result = run_replay_eval(
         ReplayEvalConfig(preset="small", work_dir=tmp_path, rate=1000, quick=True, timeout_s=600)

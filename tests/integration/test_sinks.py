@@ -9,9 +9,9 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipelines.features import MODEL_INPUTS
-from pipelines.local import LOCAL_PROJECT, Topology
-from pipelines.schema import Transaction
+from pipelines.app.local import LOCAL_PROJECT, Topology
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.schema import Transaction
 from pipelines.transforms.features import FeatureBatch
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.sinks import RiskBands, WritePredictions, _DatastoreWriteDoFn

@@ -16,11 +16,11 @@ import warnings
 import numpy as np
 import pytest
 
-from pipelines.feature_store import FeatureStore, StoreConfig
-from pipelines.features import CUSTOMER, MODEL_INPUTS
-from pipelines.local import Topology
-from pipelines.publisher import malformed_examples, publish_events, replay_events
-from pipelines.training_data import training_features
+from pipelines.app.local import Topology
+from pipelines.app.publisher import malformed_examples, publish_events, replay_events
+from pipelines.core.definitions import CUSTOMER, MODEL_INPUTS
+from pipelines.core.training_data import training_features
+from pipelines.stores.bigtable import FeatureStore, StoreConfig
 from pipelines.transforms.sinks import latest_per_transaction
 
 pytestmark = pytest.mark.integration
@@ -64,8 +64,8 @@ def drain(subscription: str, want: int, timeout_s: float, settle_s: float = 3.0)
 def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None:
     from google.cloud import datastore
 
-    from pipelines.pipeline import run
-    from pipelines.publisher import ReplayEvent
+    from pipelines.app.publisher import ReplayEvent
+    from pipelines.main import run
 
     result = run(
         [

@@ -10,17 +10,17 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.backfill import (
+from pipelines.app.simulator import write_dataset
+from pipelines.backfill.backfill import (
     BACKFILL_LABELS,
     BackfillOptions,
     build_backfill,
     read_feature_table,
     run_backfill,
 )
-from pipelines.event_tables import InvalidTable
-from pipelines.features import MODEL_INPUTS
-from pipelines.simulator import write_dataset
-from pipelines.training_data import to_epoch_us, training_features
+from pipelines.backfill.event_tables import InvalidTable
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.training_data import to_epoch_us, training_features
 from tests.reference import brute_force
 
 SHARDS = ["--shards=3"]
@@ -146,7 +146,7 @@ def test_bad_input_stops_with_a_message_naming_the_problem(
 
 
 def test_cli_rejects_missing_and_unknown_arguments(tmp_path: Path) -> None:
-    from pipelines.cli import app
+    from pipelines.app.cli import app
 
     runner = CliRunner()
     missing = runner.invoke(app, ["backfill", "--input", str(tmp_path)])

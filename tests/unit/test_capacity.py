@@ -7,7 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.capacity import Assumptions, plan
+from pipelines.app.capacity import Assumptions, plan
 
 
 def test_plan_by_hand() -> None:
@@ -46,7 +46,7 @@ def test_small_rates_need_the_minimum_and_no_warning() -> None:
 
 
 def test_cli_prints_json_and_rejects_a_non_positive_rate() -> None:
-    from pipelines.cli import app
+    from pipelines.app.cli import app
 
     runner = CliRunner()
     ok = runner.invoke(app, ["plan", "--events-per-second", "2000"])

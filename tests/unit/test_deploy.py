@@ -6,7 +6,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from pipelines.deploy import DeployConfig, DeployError, deploy_commands, run_commands
+from pipelines.app.deploy import DeployConfig, DeployError, deploy_commands, run_commands
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = DeployConfig(
@@ -60,7 +60,7 @@ def test_missing_tools_give_a_clear_message(monkeypatch) -> None:  # type: ignor
 
 
 def test_cli_dry_run_prints_the_commands() -> None:
-    from pipelines.cli import app
+    from pipelines.app.cli import app
 
     out = CliRunner().invoke(
         app,

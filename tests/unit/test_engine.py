@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.engine import EventColumns, features_for
-from pipelines.features import DAY_US, MODEL_INPUTS
+from pipelines.core.definitions import DAY_US, MODEL_INPUTS
+from pipelines.core.engine import EventColumns, features_for
 from tests.reference import brute_force
 
 T0 = 1522540800 * 1_000_000  # 2018-04-01T00:00:00Z

@@ -78,7 +78,7 @@ def test_too_short_dataset_raises() -> None:
 
 
 def test_for_preset() -> None:
-    from pipelines.simulator import PRESETS, SimulatorConfig
+    from pipelines.app.simulator import PRESETS, SimulatorConfig
 
     assert Protocol.for_preset("handbook", PRESETS["handbook"]) == HANDBOOK
     assert Protocol.for_preset("small", PRESETS["small"]) == Protocol.last_weeks("2018-04-01", 56)
@@ -283,7 +283,7 @@ def test_card_precision_divides_by_k_when_a_day_has_fewer_cards() -> None:
 
 @pytest.mark.slow
 def test_handbook_sizes() -> None:
-    from pipelines.simulator import PRESETS, simulate
+    from pipelines.app.simulator import PRESETS, simulate
 
     frame = simulate(PRESETS["handbook"])
     protocol = Protocol.for_preset("handbook", PRESETS["handbook"])

@@ -11,7 +11,7 @@ from pathlib import Path
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.backfill import BACKFILL_LABELS, build_backfill
+from pipelines.backfill.backfill import BACKFILL_LABELS, build_backfill
 from pipelines.options import RilletOptions
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,7 @@
 """The keyed feature stages (IndexIds, CustomerWindows, TerminalWindows) on the DirectRunner with
 TestStream and the in-memory store: no emulator. Whatever the arrival order, batching, ties and
 redeliveries, the latest revision of every transaction's features equals the brute-force batch
-computation (pipelines.training_data, the engine over everything)."""
+computation (pipelines.core.training_data, the engine over everything)."""
 
 from __future__ import annotations
 
@@ -19,12 +19,12 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 
 from pipelines.core.batches import FeatureBatch
-from pipelines.features import DAY_US, MODEL_INPUTS
-from pipelines.schema import Label, Transaction
+from pipelines.core.definitions import DAY_US, MODEL_INPUTS
+from pipelines.core.messages import DeadLetter
+from pipelines.core.schema import Label, Transaction
+from pipelines.core.training_data import to_epoch_us, training_features
 from pipelines.stores.window_store import InMemoryStore
-from pipelines.training_data import to_epoch_us, training_features
 from pipelines.transforms.features import ComputeFeatures
-from pipelines.transforms.parse import DeadLetter
 
 _RESULTS: dict[str, list[Any]] = {}
 

@@ -1,4 +1,4 @@
-"""The label rule (pipelines.transforms.label_slots): the verdict on a transaction's label messages
+"""The label rule (pipelines.core.label_slots): the verdict on a transaction's label messages
 does not depend on the order or the batches they reach the stage in, nor on where the transaction
 falls among them."""
 
@@ -9,14 +9,14 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.schema import Label
-from pipelines.transforms.label_slots import (
+from pipelines.core.label_slots import (
     LabelSlot,
     expire,
     label_digest,
     message_key,
     resolve,
 )
+from pipelines.core.schema import Label
 
 TX_ID = "42"
 TX = {"m": "tx-1", "d": "x", "t": 1_000, "c": "c1", "k": "t1", "p": 10}

@@ -16,7 +16,7 @@ SECRET_PATTERNS = {
 }
 # Code that handles messages from Pub/Sub: it must parse JSON only.
 WIRE_CODE = [
-    "pipelines/schema.py",
+    "pipelines/core/schema.py",
     "pipelines/transforms/parse.py",
     "pipelines/transforms/features.py",
 ]

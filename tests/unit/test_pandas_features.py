@@ -10,8 +10,8 @@ import pytest
 
 from bench.backfill import compare
 from bench.pandas_features import ENGINEERED_FEATURES, pandas_features
-from pipelines.features import MODEL_INPUTS
-from pipelines.training_data import training_features
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.training_data import training_features
 
 __all__: list[str] = []
 

@@ -4,15 +4,10 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.features import MODEL_INPUTS
-from pipelines.options import DIRECT_KEY_BUCKETS
-from pipelines.pipeline import (
-    STEP_LABELS,
-    build_pipeline,
-    key_buckets,
-    pipeline_options,
-    unknown_arguments,
-)
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.main import pipeline_options
+from pipelines.options import DIRECT_KEY_BUCKETS, unknown_arguments
+from pipelines.streaming import STEP_LABELS, build_pipeline, key_buckets
 from pipelines.transforms.inference import ModelInfo
 
 MODEL = ModelInfo("test", "/nonexistent/saved_model", MODEL_INPUTS)

@@ -10,7 +10,7 @@ import pytest
 import typer.core
 import typer.main
 
-from pipelines.cli import app
+from pipelines.app.cli import app
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()

@@ -1,4 +1,4 @@
-"""pipelines.recovery: what is in flight, when it is finished, and the checkpoint it gives."""
+"""local_runner.recovery: what is in flight, when it is finished, and the checkpoint it gives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.recovery import (
+from pipelines.local_runner.recovery import (
     CheckpointWriter,
     Tracker,
     read_checkpoint,
@@ -99,7 +99,7 @@ def test_checkpoint_round_trip_and_atomic_replace(tmp_path: Path) -> None:
 def test_writer_keeps_points_of_subscriptions_not_pulled_yet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pipelines.recovery as recovery
+    import pipelines.local_runner.recovery as recovery
 
     fresh = Tracker()
     fresh.enable()

@@ -12,7 +12,7 @@ import pytest
 
 from models.evaluation import Protocol, evaluate_scores
 from models.report import SCORED_ONCE, ReportData, write_report
-from pipelines.features import MODEL_INPUTS
+from pipelines.core.definitions import MODEL_INPUTS
 
 PROTOCOL = Protocol.handbook()
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -158,7 +158,7 @@ def test_report_computes_missing_metrics(tmp_path: Path, with_metrics: bool) -> 
 
 
 def test_report_with_partial_served_scores(tmp_path: Path) -> None:
-    # As pipelines/evaluate.py does when some test transactions have no served score: the served
+    # As pipelines/app/evaluate.py does when some test transactions have no served score: the served
     # metrics are withheld (None) and must not be recomputed from the partial frame; blocks
     # without n/frauds get them from the frames.
     data = _full_data()

@@ -11,7 +11,7 @@ import pytest
 from google.api_core import exceptions
 from google.rpc import status_pb2
 
-from pipelines.retry import (
+from pipelines.stores.retry import (
     CALL_TIMEOUT_S,
     bigtable_read_options,
     datastore_call_options,
@@ -196,7 +196,7 @@ def test_success_needs_no_sleep_and_retries_are_logged(caplog: pytest.LogCapture
     assert with_backoff(lambda: 42, "op", clock=t.clock, sleep=t.sleep) == 42
     assert t.sleeps == []
     fn, _ = flaky(2, lambda: exceptions.DeadlineExceeded("slow"))
-    with caplog.at_level(logging.WARNING, logger="pipelines.retry"):
+    with caplog.at_level(logging.WARNING, logger="pipelines.stores.retry"):
         with_backoff(fn, "Bigtable write", clock=t.clock, sleep=t.sleep)
     retries = [r for r in caplog.records if "Bigtable write failed" in r.getMessage()]
     assert len(retries) == 2 and "DeadlineExceeded" in retries[0].getMessage()

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.schema import (
+from pipelines.core.schema import (
     MAX_MESSAGE_BYTES,
     InvalidEvent,
     format_rfc3339,

@@ -1,4 +1,5 @@
-"""Property-based fuzzing and a corpus of nasty inputs for the event parsers (pipelines/schema.py).
+"""Property-based fuzzing and a corpus of nasty inputs for the event parsers
+(pipelines/core/schema.py).
 
 The contract under test: for ANY input, ``parse_transaction`` / ``parse_label`` either return an
 event that satisfies every schema invariant, or raise ``InvalidEvent`` whose ``reason`` is one of a
@@ -30,8 +31,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from pipelines import schema
-from pipelines.schema import (
+from pipelines.core import schema
+from pipelines.core.schema import (
     MAX_AMOUNT,
     MAX_FUTURE_US,
     MAX_MESSAGE_BYTES,

@@ -1,4 +1,4 @@
-"""Tests of the reference transaction simulator (pipelines/simulator.py).
+"""Tests of the reference transaction simulator (pipelines/app/simulator.py).
 
 The slow test regenerates the published dataset and checks the numbers the spec publishes. The
 golden values of the small presets were recorded after that check passed; they pin the exact draw
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipelines.simulator import (
+from pipelines.app.simulator import (
     COLUMNS,
     LABEL_COLUMNS,
     PRESETS,
@@ -124,7 +124,7 @@ def test_handbook_matches_published_counts() -> None:
     assert len(week) == 67_240
     assert int(week["TX_FRAUD"].sum()) == 598
     # The first transaction (customer 596, terminal 3156, 57.16, as in the example event of
-    # pipelines/schema.py).
+    # pipelines/core/schema.py).
     first = df.iloc[0]
     assert str(first["TX_DATETIME"]) == "2018-04-01 00:00:31+00:00"
     assert (first["CUSTOMER_ID"], first["TERMINAL_ID"], first["TX_AMOUNT"]) == (596, 3156, 57.16)

@@ -9,14 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from pipelines import feature_store
+from pipelines.core import label_slots
 from pipelines.core.batches import FeatureBatch
-from pipelines.features import MODEL_INPUTS
-from pipelines.schema import Transaction
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.messages import DeadLetter
+from pipelines.core.schema import Transaction
+from pipelines.stores import bigtable
 from pipelines.stores.window_store import TxCell
-from pipelines.transforms import id_index, label_slots
+from pipelines.transforms import id_index
 from pipelines.transforms.inference import PredictionBatch
-from pipelines.transforms.parse import DeadLetter
 from pipelines.transforms.sinks import (
     RiskBands,
     _DatastoreWriteDoFn,
@@ -39,23 +40,23 @@ def backticked(text: str) -> set[str]:
 def test_bigtable_spec_names_the_codes_rows_families_and_formats() -> None:
     text = spec("bigtable.md")
     names = backticked(text)
-    for family in (feature_store.FAMILY_TX, feature_store.FAMILY_LABEL):
+    for family in (bigtable.FAMILY_TX, bigtable.FAMILY_LABEL):
         assert family in names
-    assert feature_store.FAMILY_FEATURES in names
-    assert f"{feature_store.ID_ROW_PREFIX}<transaction_id>" in names
-    assert f"{feature_store.WAIT_ROW_PREFIX}<stage key>#<transaction_id>" in names
-    assert feature_store._TX_HEAD.format in names
-    assert feature_store._LABEL_VALUE.format in text
-    assert feature_store._FLOAT.format in text
+    assert bigtable.FAMILY_FEATURES in names
+    assert f"{bigtable.ID_ROW_PREFIX}<transaction_id>" in names
+    assert f"{bigtable.WAIT_ROW_PREFIX}<stage key>#<transaction_id>" in names
+    assert bigtable._TX_HEAD.format in names
+    assert bigtable._LABEL_VALUE.format in text
+    assert bigtable._FLOAT.format in text
     # The row keys the code builds have the prefixes the spec gives.
-    assert feature_store._wait_row_key("~3", "42") == b"wait#~3#42"
+    assert bigtable._wait_row_key("~3", "42") == b"wait#~3#42"
 
 
 def test_tx_cell_round_trips_in_the_specified_layout() -> None:
     cell = TxCell(1_522_540_800_123_456, 57.16, "T9", 7, (1.0, 2.5), 5)
-    raw = feature_store.encode_tx_cell(cell)
-    assert raw.endswith(b"T9") and len(raw) == feature_store._TX_HEAD.size + 2 * 8 + 2
-    assert feature_store.decode_tx_cell(raw) == cell
+    raw = bigtable.encode_tx_cell(cell)
+    assert raw.endswith(b"T9") and len(raw) == bigtable._TX_HEAD.size + 2 * 8 + 2
+    assert bigtable.decode_tx_cell(raw) == cell
 
 
 def _record() -> dict[str, Any]:

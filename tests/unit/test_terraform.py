@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from pipelines.feature_store import FAMILY_FEATURES, FAMILY_LABEL, FAMILY_TX
-from pipelines.local import Topology
+from pipelines.app.local import Topology
 from pipelines.options import RilletOptions
+from pipelines.stores.bigtable import FAMILY_FEATURES, FAMILY_LABEL, FAMILY_TX
 
 hcl2 = pytest.importorskip("hcl2", reason="python-hcl2 is not installed (dev extra)")
 

@@ -10,9 +10,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipelines.features import MODEL_INPUTS
-from pipelines.publisher import malformed_examples
-from pipelines.schema import Transaction
+from pipelines.app.publisher import malformed_examples
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.schema import Transaction
 from pipelines.transforms.features import FeatureBatch
 from pipelines.transforms.inference import Predict, SavedModelHandler, resolve_model
 from pipelines.transforms.parse import ParseEvents
@@ -89,7 +89,7 @@ def test_the_saved_model_is_loaded_once_per_process(model_dir, caplog) -> None: 
 
 def test_process_shared_objects_are_per_emulator_endpoint(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """A client made for one emulator stack must not be handed out once another is in use."""
-    from pipelines.shared import process_shared
+    from pipelines.stores.shared import process_shared
 
     monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", "127.0.0.1:1")
     first = process_shared(("endpoint-test",), object)

@@ -24,7 +24,7 @@ StateDir = Annotated[Path, typer.Option(help="Where local state (pids, ports, lo
 
 
 def _stack(state_dir: Path) -> Any:
-    from pipelines.local import LocalStack
+    from pipelines.app.local import LocalStack
 
     return LocalStack(state_dir)
 
@@ -38,7 +38,7 @@ def local_up(
 ) -> None:
     """Start the emulators on loopback, wait until they answer, create topics, subscriptions and
     the feature table (idempotent). Prints the environment variables to export."""
-    from pipelines.local import StackError, create_resources, environment
+    from pipelines.app.local import StackError, create_resources, environment
 
     stack = _stack(state_dir)
     try:
@@ -75,8 +75,8 @@ def simulate(
     preset: Annotated[str, typer.Option(help="handbook | small | tiny")] = "small",
 ) -> None:
     """Generate the reference card-transaction dataset (the handbook simulator)."""
-    from pipelines.simulator import PRESETS, write_dataset
-    from pipelines.simulator import simulate as run_simulation
+    from pipelines.app.simulator import PRESETS, write_dataset
+    from pipelines.app.simulator import simulate as run_simulation
 
     if preset not in PRESETS:
         typer.echo(
@@ -115,7 +115,7 @@ def backfill(
     Parquet; optionally the Bigtable state). Extra arguments are Beam options, e.g.
     --runner=DataflowRunner --project=P --region=R --temp_location=gs://... or
     --direct_running_mode=multi_processing --direct_num_workers=2."""
-    from pipelines.backfill import run as run_backfill
+    from pipelines.backfill.backfill import run as run_backfill
 
     argv = [f"--input={input}", f"--output={output}", f"--shards={shards}", *ctx.args]
     if until:
@@ -128,7 +128,7 @@ def backfill(
             os.environ.update(_stack(state_dir).env())
     if not any(a.startswith("--runner") for a in argv):
         argv.append("--runner=DirectRunner")
-    from pipelines.event_tables import InvalidTable
+    from pipelines.backfill.event_tables import InvalidTable
 
     try:
         manifest = run_backfill(argv)
@@ -165,7 +165,7 @@ def train(
     a 7-day delay, a 7-day test week. Model selection uses only validation folds that end before
     the test week; the test week is left for 'rillet evaluate'."""
     from models.selection import GRID, QUICK_GRID, select_and_train
-    from pipelines.backfill import read_feature_table
+    from pipelines.backfill.backfill import read_feature_table
 
     table = read_feature_table(features)
     if table.empty:
@@ -239,8 +239,8 @@ def evaluate(
 ) -> None:
     """Score the test week once: AUC, AP, Card Precision@100 offline (backfill table) and as
     served (Datastore), score differences, feature consistency, and an HTML report."""
-    from pipelines.evaluate import EvaluationConfig
-    from pipelines.evaluate import evaluate as run_evaluation
+    from pipelines.app.evaluate import EvaluationConfig
+    from pipelines.app.evaluate import evaluate as run_evaluation
 
     if served and (state_dir / "local.json").exists():
         os.environ.update(_stack(state_dir).env())
@@ -309,7 +309,7 @@ def deploy(
 ) -> None:
     """Build and push the image, build the Flex Template, launch (or --update) the streaming job.
     See README "Deploying to Dataflow"."""
-    from pipelines.deploy import DeployConfig, DeployError, deploy_commands, run_commands
+    from pipelines.app.deploy import DeployConfig, DeployError, deploy_commands, run_commands
 
     commands = deploy_commands(
         DeployConfig(
@@ -353,8 +353,8 @@ def plan(
 ) -> None:
     """Estimate Dataflow workers, Bigtable nodes and the Datastore write rate for a given input
     rate, from the per-event costs measured here and each service's published guidance."""
-    from pipelines.capacity import Assumptions
-    from pipelines.capacity import plan as make_plan
+    from pipelines.app.capacity import Assumptions
+    from pipelines.app.capacity import plan as make_plan
 
     typer.echo(
         json.dumps(
@@ -386,9 +386,9 @@ def replay_eval(
 ) -> None:
     """The whole chain: simulate -> backfill -> warm store -> select + train -> stream the test
     week through Pub/Sub -> evaluate offline vs served -> report."""
-    from pipelines.local import StackError
-    from pipelines.replay_eval import ReplayEvalConfig, run_replay_eval
-    from pipelines.simulator import PRESETS
+    from pipelines.app.local import StackError
+    from pipelines.app.replay_eval import ReplayEvalConfig, run_replay_eval
+    from pipelines.app.simulator import PRESETS
 
     if preset not in PRESETS:
         typer.echo(
@@ -431,9 +431,10 @@ def run(
     checkpoint in <state-dir>/recovery/ unless --recovery_checkpoint says otherwise."""
     from apache_beam.options.pipeline_options import StandardOptions
 
+    from pipelines.main import pipeline_options
+    from pipelines.main import run as run_pipeline
     from pipelines.options import RilletOptions
-    from pipelines.pipeline import DIRECT_RUNNERS, pipeline_options
-    from pipelines.pipeline import run as run_pipeline
+    from pipelines.streaming import DIRECT_RUNNERS
 
     argv = list(ctx.args)
     if not any(a.startswith("--project") for a in argv) and emulators:
@@ -472,8 +473,8 @@ def publish(
     state_dir: StateDir = Path(".rillet"),
 ) -> None:
     """Replay a dataset to the transaction and label topics at a given rate."""
-    from pipelines.publisher import publish_events, replay_events
-    from pipelines.simulator import read_dataset
+    from pipelines.app.publisher import publish_events, replay_events
+    from pipelines.app.simulator import read_dataset
 
     frame = read_dataset(input)
     if first_day or last_day:
@@ -505,9 +506,9 @@ def demo(
     ] = 600,
 ) -> None:
     """The whole product on the emulators: simulate, train, stream, predict, summarise."""
-    from pipelines.demo import DemoConfig, run_demo
-    from pipelines.local import StackError
-    from pipelines.simulator import PRESETS
+    from pipelines.app.demo import DemoConfig, run_demo
+    from pipelines.app.local import StackError
+    from pipelines.app.simulator import PRESETS
 
     if preset not in PRESETS:
         typer.echo(

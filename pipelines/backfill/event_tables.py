@@ -2,7 +2,7 @@
 
 The backfill reads the same two streams the streaming pipeline consumes, but from files. Column
 names follow either the wire schema (``transaction_id``, ``tx_datetime``, ``customer_id``,
-``terminal_id``, ``amount`` / ``is_fraud``, see pipelines.schema) or the reference dataset's
+``terminal_id``, ``amount`` / ``is_fraud``, see pipelines.core.schema) or the reference dataset's
 (``TRANSACTION_ID``, ``TX_DATETIME``, ``CUSTOMER_ID``, ``TERMINAL_ID``, ``TX_AMOUNT`` /
 ``TX_FRAUD``). Every table is converted to the canonical columns below before any computation:
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from pipelines.features import (
+from pipelines.core.definitions import (
     CUSTOMER,
     DAY_US,
     ENTITIES,

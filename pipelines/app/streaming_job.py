@@ -17,7 +17,7 @@ __all__ = ["StreamingJob"]
 
 
 class StreamingJob:
-    """Starts ``python -m pipelines.pipeline`` with the given options, logs to ``log_path``,
+    """Starts ``python -m pipelines.main`` with the given options, logs to ``log_path``,
     and stops it (terminate, then kill) on exit.
 
     Example Usage::
@@ -33,7 +33,7 @@ class StreamingJob:
 
     def start(self) -> StreamingJob:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pipelines.pipeline", "--runner=DirectRunner", *self.args]
+        cmd = [sys.executable, "-m", "pipelines.main", "--runner=DirectRunner", *self.args]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)

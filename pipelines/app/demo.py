@@ -20,8 +20,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.local import LocalStack, Topology, create_resources, environment
-from pipelines.streaming_job import StreamingJob
+from pipelines.app.local import LocalStack, Topology, create_resources, environment
+from pipelines.app.streaming_job import StreamingJob
 
 __all__ = ["DemoConfig", "Monitor", "latency_ms", "percentiles", "run_demo"]
 
@@ -89,7 +89,7 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
 
 def latency_ms(prediction: dict[str, Any]) -> float | None:
     """Event-to-prediction latency of a prediction message: processing - publish time."""
-    from pipelines.schema import parse_rfc3339
+    from pipelines.core.schema import parse_rfc3339
 
     try:
         return (
@@ -101,7 +101,7 @@ def latency_ms(prediction: dict[str, Any]) -> float | None:
 
 def feature_mismatches(bodies: list[dict[str, Any]], expected: Any) -> int:
     """Transactions whose latest served features differ from the batch computation."""
-    from pipelines.features import MODEL_INPUTS
+    from pipelines.core.definitions import MODEL_INPUTS
     from pipelines.transforms.sinks import latest_per_transaction
 
     latest = latest_per_transaction(bodies)
@@ -126,9 +126,9 @@ def count_datastore(project: str, kind: str) -> int:
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     from models.evaluation import rows_in
     from models.train import export_model, train_model
-    from pipelines.publisher import malformed_examples, publish_events, replay_events
-    from pipelines.simulator import PRESETS, simulate, write_dataset
-    from pipelines.training_data import training_features
+    from pipelines.app.publisher import malformed_examples, publish_events, replay_events
+    from pipelines.app.simulator import PRESETS, simulate, write_dataset
+    from pipelines.core.training_data import training_features
 
     work = config.work_dir
     topo = Topology()

@@ -17,9 +17,9 @@ from typing import Protocol, TypeVar
 import numpy as np
 import pandas as pd
 
-from pipelines.features import DAY_US
-from pipelines.schema import format_rfc3339
-from pipelines.training_data import to_epoch_us
+from pipelines.core.definitions import DAY_US
+from pipelines.core.schema import format_rfc3339
+from pipelines.core.training_data import to_epoch_us
 
 __all__ = ["Publishable", "ReplayEvent", "publish_events", "replay_events"]
 

@@ -52,13 +52,13 @@ def run_replay_eval(config: ReplayEvalConfig) -> dict[str, Any]:
     """Runs the chain; returns the evaluation result (also written to <work_dir>/result.json)."""
     from models.evaluation import Protocol, rows_in
     from models.selection import GRID, QUICK_GRID, select_and_train
-    from pipelines.backfill import read_feature_table, run_backfill
-    from pipelines.demo import Monitor
-    from pipelines.evaluate import EvaluationConfig, evaluate
-    from pipelines.local import LocalStack, Topology, create_resources, environment, free_port
-    from pipelines.publisher import publish_events, replay_events
-    from pipelines.simulator import PRESETS, simulate, write_dataset
-    from pipelines.streaming_job import StreamingJob
+    from pipelines.app.demo import Monitor
+    from pipelines.app.evaluate import EvaluationConfig, evaluate
+    from pipelines.app.local import LocalStack, Topology, create_resources, environment, free_port
+    from pipelines.app.publisher import publish_events, replay_events
+    from pipelines.app.simulator import PRESETS, simulate, write_dataset
+    from pipelines.app.streaming_job import StreamingJob
+    from pipelines.backfill.backfill import read_feature_table, run_backfill
 
     if config.preset not in PRESETS:
         raise ValueError(f"unknown preset {config.preset!r}; expected one of {', '.join(PRESETS)}")

@@ -1,4 +1,5 @@
-"""The streaming pipeline: build_pipeline (graph only) and run (options, runner, wait).
+"""The streaming pipeline's graph: build_pipeline (graph only), its step labels, key_buckets.
+pipelines/main.py runs it (options, runner hooks, wait).
 
     transactions ─ ReadTransactions ─ ParseTransactions ─┐
                                                         ├─ ComputeFeatures ─ Predict ─┐
@@ -12,9 +13,6 @@ Top-level labels are constants: Dataflow ``--update`` matches steps by name, so 
 
 from __future__ import annotations
 
-import logging
-import sys
-from collections.abc import Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -24,18 +22,16 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipelines.feature_store import StoreConfig
 from pipelines.options import DIRECT_KEY_BUCKETS, RilletOptions, resource_path
+from pipelines.stores.bigtable import StoreConfig
 from pipelines.transforms.features import ComputeFeatures
 from pipelines.transforms.inference import ModelInfo, Predict, resolve_model
 from pipelines.transforms.parse import ParseEvents
 from pipelines.transforms.sinks import RiskBands, WriteDeadLetters, WritePredictions
 
-__all__ = ["DIRECT_RUNNERS", "STEP_LABELS", "build_pipeline", "input_subscriptions", "run"]
+__all__ = ["DIRECT_RUNNERS", "STEP_LABELS", "build_pipeline", "input_subscriptions", "key_buckets"]
 
-_LOGGER = logging.getLogger(__name__)
-
-# The local runners (Pub/Sub pulls tuned, recovery checkpoint kept: pipelines.recovery).
+# The local runners (Pub/Sub pulls tuned, recovery checkpoint kept: local_runner.recovery).
 DIRECT_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 READ_TRANSACTIONS = "ReadTransactions"
@@ -129,76 +125,3 @@ def build_pipeline(
         "published": written,
         "dead_letters": dead_letters,
     }
-
-
-def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
-    """Options for a streaming run; a wrong argument exits with argparse's message."""
-    options = PipelineOptions(list(argv))
-    options.view_as(StandardOptions).streaming = True
-    errors = options.view_as(RilletOptions).validate_local()
-    unknown = unknown_arguments(argv)
-    if unknown:
-        errors.append(f"unknown argument(s) {' '.join(unknown)}; see 'rillet run --help'")
-    if errors:
-        for error in errors:
-            print(f"rillet run: {error}", file=sys.stderr)
-        raise SystemExit(2)
-    return options
-
-
-def unknown_arguments(argv: Sequence[str]) -> list[str]:
-    """Flags no PipelineOptions subclass declares (Beam itself only logs and drops them)."""
-    from apache_beam.options.pipeline_options import _BeamArgumentParser
-
-    parser = _BeamArgumentParser(allow_abbrev=False)
-    seen: set[type] = set()
-    todo = list(PipelineOptions.__subclasses__())
-    while todo:
-        cls = todo.pop()
-        if cls in seen:
-            continue
-        seen.add(cls)
-        todo.extend(cls.__subclasses__())
-        cls._add_argparse_args(parser)
-    _, unknown = parser.parse_known_args(list(argv))
-    return [a for a in unknown if a.startswith("-")]
-
-
-def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:
-    """Builds and runs the streaming pipeline. On the DirectRunner, Pub/Sub pulls are tuned
-    (see pipelines/local_runner) and, with --recovery_checkpoint, the job first recovers what
-    a killed predecessor had in flight and then keeps the checkpoint (see pipelines.recovery)."""
-    options = pipeline_options(sys.argv[1:] if argv is None else argv)
-    opts = options.view_as(RilletOptions)
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    if runner in DIRECT_RUNNERS:
-        from pipelines.local_runner import tune_direct_runner
-
-        tune_direct_runner(opts.direct_pull_max_messages)
-        if opts.recovery_checkpoint:
-            _start_recovery(options)
-    elif opts.recovery_checkpoint:
-        _LOGGER.warning("--recovery_checkpoint is for the DirectRunner; %s ignores it", runner)
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, options)
-    result = p.run()
-    if wait:
-        result.wait_until_finish()
-    return result
-
-
-def _start_recovery(options: PipelineOptions) -> None:
-    """Seeks the input subscriptions back to the checkpoint, then tracks and checkpoints."""
-    from pipelines import recovery
-
-    opts = options.view_as(RilletOptions)
-    sought = recovery.seek_to_checkpoint(opts.recovery_checkpoint, input_subscriptions(options))
-    if sought:
-        _LOGGER.info("resumed from %s: %s", opts.recovery_checkpoint, sought)
-    recovery.tracker().enable(opts.max_in_flight)
-    recovery.CheckpointWriter(opts.recovery_checkpoint).start()
-
-
-if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    run()

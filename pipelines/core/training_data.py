@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipelines.engine import EventColumns, features_for
-from pipelines.features import MODEL_INPUTS
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.engine import EventColumns, features_for
 
 __all__ = ["training_features"]
 

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.features import MODEL_INPUTS
+from pipelines.core.definitions import MODEL_INPUTS
 
 __all__ = [
     "EvaluationConfig",
@@ -134,7 +134,7 @@ def _metrics(frame: pd.DataFrame) -> dict[str, Any]:
 def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Scores the test week offline (and as served); writes the report; returns the result."""
     from models.evaluation import Protocol, rows_in, test_set
-    from pipelines.backfill import read_feature_table
+    from pipelines.backfill.backfill import read_feature_table
     from pipelines.transforms.inference import load_saved_model, resolve_model, score_features
 
     model = resolve_model(str(config.model_dir), config.model_version)
@@ -214,7 +214,7 @@ def _timing(served: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     published before the first prediction came out: the job was still starting (loading the
     model, opening clients), which is start-up time, not steady-state latency.
     """
-    from pipelines.demo import percentiles
+    from pipelines.app.demo import percentiles
 
     timing = served.loc[served["publish_time_us"] > 0, ["publish_time_us", "processing_time_us"]]
     first_out = int(timing["processing_time_us"].min()) if len(timing) else 0

@@ -22,7 +22,7 @@ Schema (one table, see README "Feature store schema"):
   family ``label``   qualifier ``m``: the transaction's label slot, JSON: the label in force
                      (message id, digest, fields, publish time; state ``recorded``), the label
                      messages waiting for the transaction (``w``) and those dead-lettered as
-                     ``unknown_transaction`` (``x``); see pipelines.transforms.label_slots.
+                     ``unknown_transaction`` (``x``); see pipelines.core.label_slots.
                      Both cells are timestamped with the event time, so the tables' GC rule
                      ages them out with the window state; each holds one version.
 
@@ -37,7 +37,6 @@ backfill over a range the stream already saw) changes nothing: the store is idem
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import struct
@@ -47,14 +46,15 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from pipelines.features import TERMINAL, Entity
-from pipelines.retry import (
+from pipelines.core.definitions import TERMINAL, Entity
+from pipelines.core.label_slots import content_digest
+from pipelines.stores.retry import (
     CALL_TIMEOUT_S,
     bigtable_read_options,
     raise_for_statuses,
     with_backoff,
 )
-from pipelines.shared import process_shared
+from pipelines.stores.shared import process_shared
 from pipelines.stores.window_store import EntityCells, IdRecord, LabelCell, TxCell, Writes
 
 __all__ = [
@@ -66,7 +66,6 @@ __all__ = [
     "FeatureStore",
     "IdRecord",
     "StoreConfig",
-    "content_digest",
     "create_table",
     "decode_tx_cell",
     "encode_tx_cell",
@@ -131,12 +130,6 @@ def create_table(config: StoreConfig, max_age_days: int | None = None) -> bool:
     return True
 
 
-def content_digest(*fields: Any) -> str:
-    """A short digest of an event's content (plain str/int/float fields), stored in the id index
-    so a second message with the same id can be told apart from a redelivery without ids."""
-    return hashlib.sha1(repr(fields).encode()).hexdigest()[:16]
-
-
 def transaction_record(
     message_id: str,
     time_us: int,
@@ -166,7 +159,7 @@ def _ts(micros: int) -> datetime:
 
 
 def shared_store(config: StoreConfig) -> FeatureStore:
-    """One FeatureStore (and gRPC channel) per process and table (see pipelines.shared)."""
+    """One FeatureStore (and gRPC channel) per process and table (see pipelines.stores.shared)."""
     return process_shared(("feature_store", config), lambda: FeatureStore(config))
 
 
@@ -394,7 +387,7 @@ class FeatureStore:
 
     def apply(self, writes: Writes, chunk: int = 1000) -> None:
         """Applies a batch's mutations (one MutateRows call per ``chunk`` rows), retrying the rows
-        not applied with backoff (a time budget, pipelines.retry): a store outage stalls the
+        not applied with backoff (a time budget, pipelines.stores.retry): a store outage stalls the
         caller, it does not lose rows. Idempotent."""
         entries = self.entries(writes) if writes else []
         for start in range(0, len(entries), chunk):

@@ -448,7 +448,7 @@ def create_resources(topology: Topology = Topology()) -> None:
     from google.api_core import exceptions
     from google.cloud import pubsub_v1
 
-    from pipelines.feature_store import StoreConfig, create_table
+    from pipelines.stores.bigtable import StoreConfig, create_table
 
     publisher = pubsub_v1.PublisherClient()
     for topic in (
@@ -463,7 +463,7 @@ def create_resources(topology: Topology = Topology()) -> None:
     for sub, topic in topology.subscriptions().items():
         with suppress(exceptions.AlreadyExists):
             # The job's input subscriptions always retain acknowledged messages: crash recovery
-            # seeks them back (pipelines.recovery).
+            # seeks them back (pipelines.local_runner.recovery).
             create_subscription(topology.project, sub, topic, sub in inputs)
     create_table(StoreConfig(topology.project, topology.bigtable_instance, topology.bigtable_table))
 

@@ -6,7 +6,7 @@
 
 Each stage works on Arrow tables, not on single events: the events are hashed into ``--shards``
 shards by entity id (all of an entity's events land in one shard), and each shard runs the
-feature engine (pipelines.engine, the streaming pipeline's own code) once over all its events.
+feature engine (pipelines.core.engine, the streaming pipeline's own code) once over all its events.
 The entity stages are chained, each appending its entity's columns, so no join is needed.
 That keeps Beam's per-element overhead out of a 1.75M-row backfill and the results identical to
 the stream's, which computes the same windows with the same code.
@@ -46,15 +46,8 @@ import pyarrow.compute as pc
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from pipelines.engine import EventColumns, features_for, row_features
-from pipelines.event_tables import EventKind, InvalidTable, canonical, read_tables
-from pipelines.feature_store import (
-    FAMILY_TX,
-    StoreConfig,
-    shared_store,
-    transaction_record,
-)
-from pipelines.features import (
+from pipelines.backfill.event_tables import EventKind, InvalidTable, canonical, read_tables
+from pipelines.core.definitions import (
     CUSTOMER,
     ENTITIES,
     FEATURES,
@@ -64,7 +57,14 @@ from pipelines.features import (
     max_lookback_us,
     window_features,
 )
-from pipelines.options import RilletOptions
+from pipelines.core.engine import EventColumns, features_for, row_features
+from pipelines.options import RilletOptions, unknown_arguments
+from pipelines.stores.bigtable import (
+    FAMILY_TX,
+    StoreConfig,
+    shared_store,
+    transaction_record,
+)
 from pipelines.stores.window_store import LabelCell, TxCell, Writes
 
 __all__ = [
@@ -148,8 +148,8 @@ def parse_until(value: str | None) -> int | None:
 
 
 class ReadEventTables(beam.PTransform):
-    """Reads the files matching ``pattern`` as canonical Arrow tables (pipelines.event_tables),
-    keeping transactions before ``until_us``."""
+    """Reads the files matching ``pattern`` as canonical Arrow tables
+    (pipelines.backfill.event_tables), keeping transactions before ``until_us``."""
 
     def __init__(self, pattern: str, kind: EventKind, until_us: int | None) -> None:
         super().__init__()
@@ -492,8 +492,6 @@ def build_backfill(p: beam.Pipeline, options: PipelineOptions) -> dict[str, Any]
 
 def backfill_options(argv: Sequence[str]) -> PipelineOptions:
     """Options for a backfill run; a wrong argument exits with a message saying what is wanted."""
-    from pipelines.pipeline import unknown_arguments
-
     options = PipelineOptions(list(argv))
     opts = options.view_as(BackfillOptions)
     errors = []

@@ -1,0 +1,77 @@
+"""The streaming job's entry point (the Flex Template's FLEX_TEMPLATE_PYTHON_PY_FILE, and
+``python -m pipelines.main``): options, DirectRunner hooks, run, wait. The graph is
+pipelines/streaming.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+
+from pipelines.options import RilletOptions, unknown_arguments
+from pipelines.streaming import DIRECT_RUNNERS, build_pipeline, input_subscriptions
+
+__all__ = ["pipeline_options", "run"]
+
+_LOGGER = logging.getLogger(__name__)
+
+
+def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
+    """Options for a streaming run; a wrong argument exits with argparse's message."""
+    options = PipelineOptions(list(argv))
+    options.view_as(StandardOptions).streaming = True
+    errors = options.view_as(RilletOptions).validate_local()
+    unknown = unknown_arguments(argv)
+    if unknown:
+        errors.append(f"unknown argument(s) {' '.join(unknown)}; see 'rillet run --help'")
+    if errors:
+        for error in errors:
+            print(f"rillet run: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    return options
+
+
+def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:
+    """Builds and runs the streaming pipeline. On the DirectRunner, Pub/Sub pulls are tuned
+    (see pipelines/local_runner) and, with --recovery_checkpoint, the job first recovers what
+    a killed predecessor had in flight and then keeps the checkpoint (see
+    pipelines.local_runner.recovery)."""
+    options = pipeline_options(sys.argv[1:] if argv is None else argv)
+    opts = options.view_as(RilletOptions)
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if runner in DIRECT_RUNNERS:
+        from pipelines.local_runner import tune_direct_runner
+
+        tune_direct_runner(opts.direct_pull_max_messages)
+        if opts.recovery_checkpoint:
+            _start_recovery(options)
+    elif opts.recovery_checkpoint:
+        _LOGGER.warning("--recovery_checkpoint is for the DirectRunner; %s ignores it", runner)
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, options)
+    result = p.run()
+    if wait:
+        result.wait_until_finish()
+    return result
+
+
+def _start_recovery(options: PipelineOptions) -> None:
+    """Seeks the input subscriptions back to the checkpoint, then tracks and checkpoints."""
+    from pipelines.local_runner import recovery
+
+    opts = options.view_as(RilletOptions)
+    sought = recovery.seek_to_checkpoint(opts.recovery_checkpoint, input_subscriptions(options))
+    if sought:
+        _LOGGER.info("resumed from %s: %s", opts.recovery_checkpoint, sought)
+    recovery.tracker().enable(opts.max_in_flight)
+    recovery.CheckpointWriter(opts.recovery_checkpoint).start()
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    run()
