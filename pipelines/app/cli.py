@@ -497,7 +497,7 @@ def publish(
 @app.command()
 def demo(
     preset: Annotated[str, typer.Option(help="Simulator preset to replay.")] = "small",
-    rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 800,
+    rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 400,
     work_dir: Annotated[Path, typer.Option(help="Where data, models, logs and state go.")] = Path(
         ".rillet"
     ),

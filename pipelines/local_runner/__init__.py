@@ -1,9 +1,7 @@
 """DirectRunner-only machinery: imported by the job's entry point and the local tools, never by
-the runner-neutral graph. ``tune_direct_runner`` applies every local tuning.
-
-The one exception is ``recovery.tracker()``, which the transforms call (a no-op until the entry
-point enables it): so importing this package imports nothing else, and the DirectRunner hooks are
-imported when ``tune_direct_runner`` runs."""
+the runner-neutral graph (which reports completions to pipelines.core.completion; the recovery
+tracker listens once enabled). ``tune_direct_runner`` applies every local tuning; the DirectRunner
+hooks are imported when it runs."""
 
 from __future__ import annotations
 

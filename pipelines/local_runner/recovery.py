@@ -37,6 +37,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.completion import Receipt, install
+
 __all__ = [
     "Receipt",
     "Tracker",
@@ -46,9 +48,6 @@ __all__ = [
 ]
 
 _LOGGER = logging.getLogger(__name__)
-
-# (subscription path, message id): one Pub/Sub message.
-Receipt = tuple[str, str]
 
 SEEK_MARGIN_US = 2_000_000  # seek this far before the checkpoint: publish times are not ordered
 
@@ -70,8 +69,11 @@ class Tracker:
         self.finished_count = 0
 
     def enable(self, max_in_flight: int = 0) -> None:
+        """Starts tracking: the graph's completion reports (pipelines.core.completion) come
+        here from now on."""
         self.enabled = True
         self.max_in_flight = max_in_flight
+        install(self)
 
     def reset(self) -> None:
         with self._lock:
@@ -81,6 +83,7 @@ class Tracker:
             self.finished_count = 0
         self.enabled = False
         self.max_in_flight = 0
+        install(None)
 
     # -- source side ---------------------------------------------------------------------------
 

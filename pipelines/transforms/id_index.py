@@ -38,6 +38,7 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.core.batches import Routed
+from pipelines.core.completion import Receipt, completion
 from pipelines.core.label_slots import (
     LabelSlot,
     duplicate_detail,
@@ -49,7 +50,6 @@ from pipelines.core.label_slots import (
 from pipelines.core.messages import DeadLetter
 from pipelines.core.routing import route
 from pipelines.core.schema import Label, Transaction
-from pipelines.local_runner.recovery import Receipt, tracker
 from pipelines.stores.bigtable import FAMILY_LABEL, FAMILY_TX, StoreConfig, transaction_record
 from pipelines.stores.window_store import IdRecord, WindowStore, Writes
 from pipelines.transforms.keyed_stage import KeyedStageFn
@@ -155,7 +155,7 @@ class IndexIdsFn(KeyedStageFn):
 
     def token(self, batch: Sequence[tuple[str, Any]], outputs: int) -> int:
         receipts = [r for _, e in batch if (r := self._receipt(e)) is not None]
-        return tracker().hold(receipts, outputs)
+        return completion().hold(receipts, outputs)
 
     def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
         assert self._store is not None, "setup() not called"
@@ -296,12 +296,12 @@ class IndexIdsFn(KeyedStageFn):
                 outputs.append(_unknown_transaction(lb, self._label_wait_s))
                 receipt = self._receipt(lb)
                 if receipt is not None:
-                    tracker().reopen(receipt, lb.publish_time_us)
+                    completion().reopen(receipt, lb.publish_time_us)
                     receipts.append(receipt)
         self._store.apply(writes)
         if outputs:
             _LOGGER.info("dead-lettered %d labels whose transaction never came", len(outputs))
-        token = tracker().hold(receipts, len(outputs))
+        token = completion().hold(receipts, len(outputs))
         tagged = [
             beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dataclasses.replace(o, token=token))
             for o in outputs

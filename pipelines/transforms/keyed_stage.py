@@ -27,7 +27,7 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.local_runner.recovery import tracker
+from pipelines.core.completion import completion
 from pipelines.transforms.key_stats import key_stats
 
 __all__ = ["GENERATION", "GENERATION_PARAM", "KeyedStageFn", "monotonic_us", "with_token"]
@@ -82,7 +82,7 @@ class KeyedStageFn(beam.DoFn):
 
     def token(self, batch: Sequence[tuple[str, Any]], outputs: int) -> int:
         """The recovery token the outputs of ``batch`` carry (default: chained to the inputs')."""
-        return tracker().chain((getattr(e, "token", 0) for _, e in batch), outputs)
+        return completion().chain((getattr(e, "token", 0) for _, e in batch), outputs)
 
     # -- Beam ----------------------------------------------------------------------------------
 

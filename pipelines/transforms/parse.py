@@ -8,9 +8,9 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
+from pipelines.core.completion import completion
 from pipelines.core.messages import DeadLetter, publish_time_us
 from pipelines.core.schema import InvalidEvent, Label, Transaction, parse_label, parse_transaction
-from pipelines.local_runner.recovery import tracker
 
 __all__ = ["DEAD_LETTER_TAG", "ParseEvents", "ParsedEvents"]
 
@@ -48,7 +48,7 @@ class _ParseDoFn(beam.DoFn):
             Metrics.counter(METRICS_NAMESPACE, f"dead_letter_{exc.reason}").inc()
             payload = data if isinstance(data, bytes) else repr(data).encode()
             # Finished once published (local_runner.recovery), like every stage's dead letters.
-            token = tracker().hold([(self._source, message_id)], 1) if message_id else 0
+            token = completion().hold([(self._source, message_id)], 1) if message_id else 0
             yield beam.pvalue.TaggedOutput(
                 DEAD_LETTER_TAG,
                 DeadLetter(

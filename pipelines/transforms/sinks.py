@@ -37,10 +37,10 @@ import apache_beam as beam
 from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 
+from pipelines.core.completion import completion
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import SCHEMA_VERSION, format_rfc3339
-from pipelines.local_runner.recovery import tracker
 from pipelines.stores.retry import datastore_call_options, with_backoff
 from pipelines.stores.shared import process_shared
 from pipelines.transforms.inference import PredictionBatch
@@ -309,7 +309,7 @@ class _PublishingDoFn(beam.DoFn):
             future.result(timeout=300)
         self._published.inc(len(futures))
         for token in tokens:
-            tracker().release(token)
+            completion().release(token)
         return len(futures)
 
 

@@ -110,3 +110,23 @@ def test_writer_keeps_points_of_subscriptions_not_pulled_yet(
     fresh.pulled(TX, [("7", 120)])
     writer.write_once()
     assert read_checkpoint(path) == {TX: 120, LB: 50}
+
+
+def test_an_enabled_tracker_receives_the_graphs_completion_reports() -> None:
+    from pipelines.core.completion import completion
+
+    t = Tracker()
+    assert completion().hold([("s", "m")], 1) == 0  # nobody listens by default
+    t.enable()
+    try:
+        t.pulled("s", [("m", 5)])
+        token = completion().hold([("s", "m")], 1)
+        assert token and t.in_flight() == 1
+        chained = completion().chain([token], 2)  # a stage turned it into two outputs
+        completion().release(chained)
+        assert t.in_flight() == 1  # one of them has not reached its sink yet
+        completion().release(chained)
+        assert t.in_flight() == 0
+    finally:
+        t.reset()
+    assert completion().hold([("s", "m")], 1) == 0
