@@ -113,8 +113,9 @@ def test_writer_keeps_points_of_subscriptions_not_pulled_yet(
 
 
 def test_an_enabled_tracker_receives_the_graphs_completion_reports() -> None:
-    from pipelines.core.completion import completion
+    from pipelines.core.completion import completion, install
 
+    install(None)  # whatever an earlier test enabled
     t = Tracker()
     assert completion().hold([("s", "m")], 1) == 0  # nobody listens by default
     t.enable()
