@@ -15,10 +15,12 @@ def test_plan_by_hand() -> None:
     out = plan(10_000, a)
     # 10,000 / (1,000 x 0.5) = 20 vCPUs = 5 workers of 4.
     assert out["dataflow"] == {"vcpus": 20.0, "workers": 5}
-    # 5,000 transactions x 2 rows + 5,000 labels x 1 row = 15,000 writes; 10,000 reads.
-    assert out["bigtable"]["rows_written_per_second"] == 15_000
-    # 10,000 / 17,000 + 15,000 / 14,000 = 1.66 node-loads, / 0.5 = 3.3 -> 4 nodes.
-    assert out["bigtable"]["ssd_nodes"] == 4
+    # 5,000 transactions x 3 rows + 5,000 labels x 2 rows = 25,000 writes;
+    # 5,000 x 3 + 5,000 x 1 = 20,000 reads.
+    assert out["bigtable"]["rows_written_per_second"] == 25_000
+    assert out["bigtable"]["rows_read_per_second_worst_case"] == 20_000
+    # 20,000 / 17,000 + 25,000 / 14,000 = 2.96 node-loads, / 0.5 = 5.9 -> 6 nodes.
+    assert out["bigtable"]["ssd_nodes"] == 6
     # 5,000 writes/s from 500: 1.5^6 = 11.4 >= 10, so 6 steps of 5 minutes.
     assert out["datastore"] == {"writes_per_second": 5000, "ramp_up_minutes_from_500": 30}
     assert not out["warnings"]  # no key is near one thread's rate
