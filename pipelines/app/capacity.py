@@ -20,9 +20,9 @@ from typing import Any
 
 __all__ = ["Assumptions", "plan"]
 
-# bench-e2e, full pipeline (README "Measured here"): 1,479.6 events/s, half transactions and half
+# bench-e2e, full pipeline (README "Measured here"): 1,374.8 events/s, half transactions and half
 # labels, on the DirectRunner, which executes the steps one after another on one core.
-MEASURED_EVENTS_PER_CORE_S = 1479.6
+MEASURED_EVENTS_PER_CORE_S = 1374.8
 # https://cloud.google.com/bigtable/docs/performance: an SSD node serves up to 17,000 reads or
 # 14,000 writes of 1 KB rows per second.
 BIGTABLE_SSD_READS_PER_NODE_S = 17_000
