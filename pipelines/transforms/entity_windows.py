@@ -109,6 +109,37 @@ class _EntityStageFn(KeyedStageFn):
         """Caches the entities back to the earliest window of any of ``times`` (one read)."""
         self.cache().ensure(ids, min(times) - max_lookback_us(self.entity))
 
+    def _commit(
+        self,
+        writes: Writes,
+        query: Sequence[Transaction],
+        cells: Sequence[TxCell],
+        matrix: np.ndarray,
+        features: Sequence[WindowFeature],
+    ) -> None:
+        """Writes the batch's cells and each entity's latest ``features`` (rows of ``matrix``)
+        with ``writes`` in one store write, then mirrors the cells in the cache."""
+        key = self.entity.key_field
+        names = [f.name for f in features]
+        writes.tx_cells += [
+            (self.entity, getattr(t, key), t.transaction_id, c)
+            for t, c in zip(query, cells, strict=True)
+        ]
+        writes.features += [
+            (
+                self.entity,
+                entity_id,
+                query[i].event_time_us,
+                dict(zip(names, map(float, matrix[i]), strict=True)),
+            )
+            for entity_id, i in _latest(query, key).items()
+        ]
+        cache = self.cache()
+        cache.store.apply(writes)
+        for t, c in zip(query, cells, strict=True):
+            cache.put_tx(getattr(t, key), t.transaction_id, c)
+        cache.evict()
+
     def _influenced(
         self,
         events: dict[str, list[int]],
@@ -220,26 +251,7 @@ class CustomerWindowsFn(_EntityStageFn):
         stored = [cache.cells(t.customer_id).tx.get(t.transaction_id) for t in query]
         revision = max([monotonic_us(), *((c.revision + 1) for c in stored if c)])
         cells = [TxCell(t.event_time_us, t.amount, t.terminal_id, revision) for t in query]
-        names = [f.name for f in CUSTOMER_FEATURES]
-        writes = Writes(
-            tx_cells=[
-                (CUSTOMER, t.customer_id, t.transaction_id, c)
-                for t, c in zip(query, cells, strict=True)
-            ],
-            features=[
-                (
-                    CUSTOMER,
-                    cid,
-                    query[i].event_time_us,
-                    dict(zip(names, map(float, matrix[i]), strict=True)),
-                )
-                for cid, i in _latest(query, "customer_id").items()
-            ],
-        )
-        cache.store.apply(writes)
-        for t, c in zip(query, cells, strict=True):
-            cache.put_tx(t.customer_id, t.transaction_id, c)
-        cache.evict()
+        self._commit(Writes(), query, cells, matrix, CUSTOMER_FEATURES)
         n = len(txs)
         self._corrections.inc(len(query) - n)
         return [
@@ -359,24 +371,7 @@ class TerminalWindowsFn(_EntityStageFn):
             TxCell(t.event_time_us, t.amount, t.customer_id, revision, carried[i], carried_rev[i])
             for i, t in enumerate(query)
         ]
-        writes.tx_cells += [
-            (TERMINAL, t.terminal_id, t.transaction_id, c)
-            for t, c in zip(query, new_cells, strict=True)
-        ]
-        names = [f.name for f in TERMINAL_FEATURES]
-        writes.features += [
-            (
-                TERMINAL,
-                tid,
-                query[i].event_time_us,
-                dict(zip(names, map(float, terminal_matrix[i]), strict=True)),
-            )
-            for tid, i in _latest(query, "terminal_id").items()
-        ]
-        cache.store.apply(writes)
-        for t, c in zip(query, new_cells, strict=True):
-            cache.put_tx(t.terminal_id, t.transaction_id, c)
-        cache.evict()
+        self._commit(writes, query, new_cells, terminal_matrix, TERMINAL_FEATURES)
         self._labels.inc(len(labels))
         matrix = assemble(query, carried, terminal_matrix)
         out: list[Any] = []
