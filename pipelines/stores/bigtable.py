@@ -40,17 +40,16 @@ from __future__ import annotations
 import json
 import logging
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipelines.core.definitions import TERMINAL, Entity
 from pipelines.core.label_slots import content_digest
 from pipelines.stores.retry import (
     CALL_TIMEOUT_S,
-    bigtable_read_options,
     raise_for_statuses,
     with_backoff,
 )
@@ -198,13 +197,33 @@ class FeatureStore:
             self._table = client.instance(self.config.instance).table(self.config.table)
         return self._table
 
-    def _read(self, row_set: Any, filt: Any, what: str) -> list[Any]:
-        return with_backoff(
-            lambda: list(
-                self.table.read_rows(row_set=row_set, filter_=filt, **bigtable_read_options())
-            ),
-            what,
-        )
+    def _read(self, row_set: Any, filt: Any, what: str) -> list[_Row]:
+        """The rows of ``row_set`` through ``filt``: one ReadRows call with a deadline and no
+        client retry (``with_backoff`` retries the whole read, which is idempotent), the stream
+        parsed from raw messages (the client's per-cell objects cost most of a cold read)."""
+        from google.cloud.bigtable_v2.types import bigtable, data
+
+        request = bigtable.ReadRowsRequest.pb()(table_name=self.table.name)
+        request.rows.row_keys.extend(row_set.row_keys)
+        for r in row_set.row_ranges:
+            target = request.rows.row_ranges.add()
+            if r.start_key is not None:
+                setattr(
+                    target,
+                    "start_key_closed" if r.start_inclusive else "start_key_open",
+                    r.start_key,
+                )
+            if r.end_key is not None:
+                setattr(target, "end_key_closed" if r.end_inclusive else "end_key_open", r.end_key)
+        request.filter.CopyFrom(data.RowFilter.pb(filt._to_pb()))
+
+        def attempt() -> list[_Row]:
+            stream = self._data_api().read_rows(
+                request=bigtable.ReadRowsRequest(request), timeout=CALL_TIMEOUT_S, retry=None
+            )
+            return _parse_rows(bigtable.ReadRowsResponse.pb(r) for r in stream)
+
+        return with_backoff(attempt, what)
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -419,6 +438,50 @@ class FeatureStore:
     def _data_api(self) -> Any:
         """The generated Bigtable data client (raw requests; errors as google.api_core's)."""
         return self.table._table_impl.client._gapic_client
+
+
+class _Cell(NamedTuple):
+    value: bytes
+
+
+class _Row(NamedTuple):
+    """A row as read: family -> qualifier -> cells, newest first (the legacy client's shape)."""
+
+    row_key: bytes
+    cells: dict[str, dict[bytes, list[_Cell]]]
+
+
+def _parse_rows(responses: Iterable[Any]) -> list[_Row]:
+    """Rows from a ReadRows response stream (raw messages): chunks carry the row key, family and
+    qualifier only when they change, a value may span chunks (``value_size``), and a row counts
+    once its ``commit_row`` chunk arrives (``reset_row`` drops what came of it)."""
+    rows: list[_Row] = []
+    key = b""
+    family = ""
+    qualifier = b""
+    cells: dict[str, dict[bytes, list[_Cell]]] = {}
+    value = b""
+    in_row = False  # a chunk may repeat the row key of the row it continues (the emulator does)
+    for response in responses:
+        for chunk in response.chunks:
+            if chunk.reset_row:
+                cells, value, in_row = {}, b"", False
+                continue
+            if not in_row:
+                key, cells, in_row = chunk.row_key, {}, True
+            if chunk.HasField("family_name"):
+                family = chunk.family_name.value
+            if chunk.HasField("qualifier"):
+                qualifier = chunk.qualifier.value
+            value += chunk.value
+            if chunk.value_size > 0:
+                continue  # the rest of this cell's value is in the next chunks
+            cells.setdefault(family, {}).setdefault(qualifier, []).append(_Cell(value))
+            value = b""
+            if chunk.commit_row:
+                rows.append(_Row(key, cells))
+                in_row = False
+    return rows
 
 
 def _wait_row_key(stage_key: str, transaction_id: str) -> bytes:

@@ -10,10 +10,11 @@ out (and may or may not have been applied) is safe.
 What the clients do while the server does not answer (measured on the emulators paused with
 SIGSTOP; the TCP connection stays open, every call just hangs until its deadline):
 
-- Bigtable ``read_rows``: each attempt is bounded by ``retry.deadline`` (default 60 s) but
-  the operation by the table default of 600 s, and the client retries internally, so a read
-  hangs through an outage and completes once the server is back; past 600 s it raises
-  ``RetryError`` (cause ``DeadlineExceeded``).
+- Bigtable ``read_rows``: with the table API each attempt is bounded by ``retry.deadline``
+  (default 60 s) but the operation by the table default of 600 s, and the client retries
+  internally, so a read hangs through an outage; the feature store calls the generated data
+  client with a timeout and no client retry instead: ``DeadlineExceeded`` after the timeout,
+  which ``with_backoff`` retries.
 - Bigtable ``mutate_rows``: the table API does not raise on a deadline (it returns per-row
   statuses with code 4 after ``retry.deadline``, default 120 s), so the feature store calls the
   generated data client with a timeout and no client retry: ``DeadlineExceeded`` after the
@@ -39,7 +40,6 @@ __all__ = [
     "CALL_TIMEOUT_S",
     "MAX_DELAY_S",
     "RETRY_BUDGET_S",
-    "bigtable_read_options",
     "datastore_call_options",
     "is_transient",
     "raise_for_statuses",
@@ -188,17 +188,6 @@ def raise_for_statuses(statuses: Sequence[Any], what: str = "Bigtable mutate_row
     raise exceptions.from_grpc_status(
         first.code, f"{what}: {len(failed)} of {len(statuses)} rows failed: {first.message}"
     )
-
-
-def bigtable_read_options(timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:
-    """Keyword arguments for ``Table.read_rows``: each attempt bounded by ``timeout``.
-
-    The legacy API cannot shorten the operation timeout (the table default, 600 s): the client
-    retries internally, so during an outage the read hangs and completes once the server
-    answers again (measured: 15 s pause -> the read returns right after the resume)."""
-    from google.cloud.bigtable.row_data import DEFAULT_RETRY_READ_ROWS
-
-    return {"retry": DEFAULT_RETRY_READ_ROWS.with_deadline(timeout)}
 
 
 def datastore_call_options(timeout: float = CALL_TIMEOUT_S) -> dict[str, Any]:

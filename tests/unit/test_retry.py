@@ -13,7 +13,6 @@ from google.rpc import status_pb2
 
 from pipelines.stores.retry import (
     CALL_TIMEOUT_S,
-    bigtable_read_options,
     datastore_call_options,
     is_transient,
     raise_for_statuses,
@@ -216,7 +215,6 @@ def test_raise_for_statuses() -> None:
 
 
 def test_call_options() -> None:
-    assert bigtable_read_options(7)["retry"].deadline == 7
     ds = datastore_call_options(3)
     assert ds["timeout"] == 3
     assert not ds["retry"]._predicate(exceptions.DeadlineExceeded("x"))  # a single attempt

@@ -112,3 +112,40 @@ def test_datastore_spec_lists_the_entity_properties() -> None:
     listed = {n for line in rows for n in backticked(line.split("|")[1])}
     assert listed == set(entity)
     assert set(entity.exclude_from_indexes) == {"features"}
+
+
+def test_read_rows_stream_parsing() -> None:
+    """Chunks as Bigtable may send them: a row key repeated on the chunks of its row, a value
+    split over chunks, a row reset mid-way, a family change without a row change."""
+    from google.cloud.bigtable_v2.types import bigtable
+
+    from pipelines.stores.bigtable import _parse_rows
+
+    response = bigtable.ReadRowsResponse.pb()()
+
+    def chunk(**fields: Any) -> None:
+        c = response.chunks.add()
+        for name in ("family_name", "qualifier"):
+            if name in fields:
+                getattr(c, name).value = fields.pop(name)
+        for name, value in fields.items():
+            setattr(c, name, value)
+
+    chunk(row_key=b"a", family_name="tx", qualifier=b"q1", value=b"v1")
+    chunk(row_key=b"a", qualifier=b"q2", value=b"par", value_size=5)
+    chunk(value=b"ts")
+    chunk(family_name="label", qualifier=b"q1", value=b"L", commit_row=True)
+    chunk(row_key=b"b", family_name="tx", qualifier=b"x", value=b"lost")
+    chunk(reset_row=True)
+    chunk(row_key=b"b", family_name="tx", qualifier=b"y", value=b"kept", commit_row=True)
+    rows = _parse_rows([response])
+    assert [
+        (
+            r.row_key,
+            {f: {q: [c.value for c in v] for q, v in cs.items()} for f, cs in r.cells.items()},
+        )
+        for r in rows
+    ] == [
+        (b"a", {"tx": {b"q1": [b"v1"], b"q2": [b"parts"]}, "label": {b"q1": [b"L"]}}),
+        (b"b", {"tx": {b"y": [b"kept"]}}),
+    ]
