@@ -47,6 +47,8 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.stores import retry
+
 
 @dataclass
 class ChaosConfig:
@@ -99,7 +101,10 @@ class Fault:
 
 STALL_GRACE_S = 5.0
 RESUME_TIMEOUT_S = 120.0  # how long a fault waits for the job to predict again afterwards
-_RETRY_LINE = re.compile(r" pipelines\.retry (.+?) failed \((\w+): .*?; retry \d+ in ", re.DOTALL)
+# The warnings of with_backoff, by the logger's name (the module's, whatever its path).
+_RETRY_LINE = re.compile(
+    rf" {re.escape(retry.__name__)} (.+?) failed \((\w+): .*?; retry \d+ in ", re.DOTALL
+)
 
 
 def logged_retries(log: Path) -> list[str]:
