@@ -149,7 +149,6 @@ class InMemoryStore:
         self.features: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}
         self.ids: dict[str, IdRecord] = {}
         self.waiting: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
-        self.calls = 0  # store round trips, as Bigtable would count them
 
     @staticmethod
     def named(name: str) -> InMemoryStore:
@@ -161,7 +160,6 @@ class InMemoryStore:
     def read_entities(
         self, entity: Entity, ids: Sequence[str], start_us: int, end_us: int, labels: bool
     ) -> dict[str, EntityCells]:
-        self.calls += 1
         out: dict[str, EntityCells] = {}
         for entity_id in ids:
             cells = self.entities.get((entity.name, entity_id))
@@ -180,13 +178,11 @@ class InMemoryStore:
         return out
 
     def read_ids(self, transaction_ids: Sequence[str]) -> dict[str, IdRecord]:
-        self.calls += 1
         return {i: copy.deepcopy(self.ids[i]) for i in set(transaction_ids) if i in self.ids}
 
     def read_waiting(
         self, keys: Sequence[str] | None = None
     ) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
-        self.calls += 1
         wanted = None if keys is None else set(keys)
         return {
             k: copy.deepcopy(v)
@@ -197,7 +193,6 @@ class InMemoryStore:
     def apply(self, writes: Writes) -> None:
         if not writes:
             return
-        self.calls += 1
         for entity, entity_id, tx_id, cell in writes.tx_cells:
             self.entities.setdefault((entity.name, entity_id), EntityCells()).tx[tx_id] = cell
         for terminal_id, tx_id, label in writes.label_cells:

@@ -22,7 +22,6 @@ class KeyStats:
         self.enabled = False
         self._lock = threading.Lock()
         self._events: dict[str, Counter[str]] = {}
-        self._seconds: dict[str, dict[str, float]] = {}
         self._work: dict[str, list[tuple[str, float]]] = {}
 
     def enable(self) -> None:
@@ -31,7 +30,6 @@ class KeyStats:
     def reset(self) -> None:
         with self._lock:
             self._events.clear()
-            self._seconds.clear()
             self._work.clear()
         self.enabled = False
 
@@ -45,11 +43,9 @@ class KeyStats:
         share = seconds / len(keys)
         with self._lock:
             events = self._events.setdefault(step, Counter())
-            spent = self._seconds.setdefault(step, {})
             work = self._work.setdefault(step, [])
             for key in keys:
                 events[key] += 1
-                spent[key] = spent.get(key, 0.0) + share
                 work.append((key, share))
 
     def events(self, step: str) -> Counter[str]:
