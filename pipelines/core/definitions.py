@@ -134,6 +134,11 @@ def max_lookback_us(entity: Entity) -> int:
     return max((f.window_us + f.delay_us for f in window_features(entity)), default=0)
 
 
+def max_delay_us(entity: Entity) -> int:
+    """The largest delay among the entity's windows (the label delay for terminals)."""
+    return max((f.delay_us for f in window_features(entity)), default=0)
+
+
 def min_delay_us(entity: Entity) -> int:
     """The smallest delay among the entity's windows: newer events are never needed."""
     return min((f.delay_us for f in window_features(entity)), default=0)

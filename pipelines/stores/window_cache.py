@@ -5,7 +5,10 @@ while a job runs: Beam runs a key's elements one at a time, on one worker. So th
 it wrote (and what it read once) in memory and serves later batches without a store round trip.
 An entity is cached together with ``loaded_from_us``: the cache holds *every* cell of the entity
 at or after that time. A batch whose windows reach further back (a late event) reads the entity
-again. Cells older than the entity's longest lookback behind the newest event seen are evicted.
+again. Cells older than the entity's retention (its longest lookback plus its longest delay)
+behind the newest event seen are evicted: the extra delay keeps what a label arriving one label
+delay after its transaction needs (measured: with the lookback alone, every batch of labels
+re-read its terminals from the store, and the demo's latency grew with the run).
 
 Safety: the cache records, per stage key, its ``owner``: the run of the stage (a token fixed when
 the pipeline is built) and the generation of the key's Beam state it mirrors. When the runner
@@ -18,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from pipelines.core.definitions import Entity, max_lookback_us
+from pipelines.core.definitions import Entity, max_delay_us, max_lookback_us
 from pipelines.stores.window_store import EntityCells, LabelCell, TxCell, WindowStore
 
 __all__ = ["WindowCache"]
@@ -116,12 +119,12 @@ class WindowCache:
             cached.cells.labels[tx_id] = cell
 
     def evict(self) -> None:
-        """Drops cells no window can need: older than the longest lookback behind the newest
-        event seen (a later, older event makes the stage read that entity again)."""
+        """Drops cells no window can need: older than the retention behind the newest event seen
+        (a later, older event makes the stage read that entity again)."""
         if self._newest_us - self._evicted_at_us < _EVICT_EVERY_US:
             return
         self._evicted_at_us = self._newest_us
-        horizon = self._newest_us - max_lookback_us(self.entity)
+        horizon = self._newest_us - max_lookback_us(self.entity) - max_delay_us(self.entity)
         empty = []
         for entity_id, cached in self._entities.items():
             if cached.loaded_from_us >= horizon:

@@ -105,9 +105,20 @@ class _EntityStageFn(KeyedStageFn):
     def settle(self, generations: dict[str, int]) -> None:
         self.cache().settle(self._run_token, generations)
 
-    def _load(self, ids: Iterable[str], times: Sequence[int]) -> None:
-        """Caches the entities back to the earliest window of any of ``times`` (one read)."""
-        self.cache().ensure(ids, min(times) - max_lookback_us(self.entity))
+    def _load(
+        self, ids: Iterable[str], times: Sequence[int], label_times: Sequence[int] = ()
+    ) -> None:
+        """Caches the entities back to the earliest window of any of ``times`` (transactions)
+        or of the transactions ``label_times`` count for (one read). A label at t changes only
+        transactions from t + the label span's start on, so it needs less history than a
+        transaction at t."""
+        lookback = max_lookback_us(self.entity)
+        starts = [min(times) - lookback] if times else []
+        if label_times:
+            lo, _ = influence_span_us(self.entity, labels=True)
+            starts.append(min(label_times) + lo - lookback)
+        if starts:
+            self.cache().ensure(ids, min(starts))
 
     def _commit(
         self,
@@ -292,11 +303,13 @@ class TerminalWindowsFn(_EntityStageFn):
                     parts[element.tx.transaction_id] = element
             else:
                 labels[element.event.transaction_id] = element.event  # the later one wins
-        times = [p.tx.event_time_us for p in parts.values()]
-        times += [lb.event_time_us for lb in labels.values()]
         terminals = {p.tx.terminal_id for p in parts.values()}
         terminals |= {lb.terminal_id for lb in labels.values()}
-        self._load(terminals, times)
+        self._load(
+            terminals,
+            [p.tx.event_time_us for p in parts.values()],
+            [lb.event_time_us for lb in labels.values()],
+        )
         writes = Writes()
         for lb in labels.values():
             label = LabelCell(lb.event_time_us, int(lb.is_fraud))
