@@ -65,7 +65,7 @@ from pipelines.stores.bigtable import (
     shared_store,
     transaction_record,
 )
-from pipelines.stores.window_store import LabelCell, TxCell, Writes
+from pipelines.stores.window_store import EntityCells, LabelCell, TxCell, Writes
 
 __all__ = [
     "BACKFILL_LABELS",
@@ -335,27 +335,34 @@ class _EntityFeaturesFn(beam.DoFn):
         tx_ids = np.asarray(tx.transaction_id)[keep].astype(str)
         times = np.asarray(tx.time_us)[keep]
         amounts = np.asarray(tx.value)[keep]
+        # One snapshot per entity (Writes.snapshots): a cold stage reads an entity's history
+        # as one value instead of a cell per transaction.
+        snapshots: dict[str, EntityCells] = {}
         for entity_id, tx_id, t_us, amount, other_id in zip(
-            entity_ids, tx_ids, times, amounts, other_ids, strict=True
+            entity_ids.tolist(),
+            tx_ids.tolist(),
+            times.tolist(),
+            amounts.tolist(),
+            other_ids.tolist(),
+            strict=True,
         ):
-            cell = TxCell(int(t_us), float(amount), str(other_id))
-            writes.tx_cells.append((self.entity, str(entity_id), str(tx_id), cell))
+            cells = snapshots.get(entity_id) or snapshots.setdefault(entity_id, EntityCells())
+            cells.tx[tx_id] = TxCell(int(t_us), float(amount), other_id)
             if self.entity == CUSTOMER:  # the id index, once per transaction (no message: "")
-                record = transaction_record(
-                    "", int(t_us), str(entity_id), str(other_id), float(amount)
-                )
-                writes.ids.append((str(tx_id), FAMILY_TX, record, int(t_us)))
+                record = transaction_record("", int(t_us), entity_id, other_id, float(amount))
+                writes.ids.append((tx_id, FAMILY_TX, record, int(t_us)))
         if len(labels) and any(f.needs_labels for f in self.features):
             keep = np.flatnonzero(np.asarray(labels.time_us) >= since)
             for entity_id, tx_id, t_us, flag in zip(
-                np.asarray(getattr(labels, key))[keep].astype(str),
-                np.asarray(labels.transaction_id)[keep].astype(str),
-                np.asarray(labels.time_us)[keep],
-                np.asarray(labels.value)[keep],
+                np.asarray(getattr(labels, key))[keep].astype(str).tolist(),
+                np.asarray(labels.transaction_id)[keep].astype(str).tolist(),
+                np.asarray(labels.time_us)[keep].tolist(),
+                np.asarray(labels.value)[keep].tolist(),
                 strict=True,
             ):
-                label = LabelCell(int(t_us), int(flag))
-                writes.label_cells.append((str(entity_id), str(tx_id), label))
+                cells = snapshots.get(entity_id) or snapshots.setdefault(entity_id, EntityCells())
+                cells.labels[tx_id] = LabelCell(int(t_us), int(flag))
+        writes.snapshots += [(self.entity, i, cells) for i, cells in snapshots.items()]
         # The features of each entity's latest transaction (the stream's ``features`` family).
         frame = pd.DataFrame(
             {"entity": np.asarray(getattr(tx, key)), "time": np.asarray(tx.time_us)}

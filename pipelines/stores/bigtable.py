@@ -9,6 +9,10 @@ Schema (one table, see README "Feature store schema"):
                      timestamp = event time. The window state: the engine recomputes every
                      window from these cells, and the other id lets a transaction that an
                      out-of-order event affected be recomputed from the store alone.
+                     Qualifier ``#snapshot`` (never a transaction id): many cells in one,
+                     columnar (the backfill's bulk load; a cold read costs per cell, measured:
+                     ~10 µs a cell on the emulator, ~1 µs an entry in a snapshot). Single cells
+                     win over its entries.
   family ``label``   terminal rows only: one cell per labelled transaction: qualifier =
                      transaction_id, value = >q8 event time + 1 byte is_fraud, cell timestamp =
                      the transaction's event time (the window is over transaction time).
@@ -61,12 +65,15 @@ __all__ = [
     "FAMILY_LABEL",
     "FAMILY_TX",
     "ID_ROW_PREFIX",
+    "SNAPSHOT_QUALIFIER",
     "WAIT_ROW_PREFIX",
     "FeatureStore",
     "IdRecord",
     "StoreConfig",
     "create_table",
+    "decode_snapshot",
     "decode_tx_cell",
+    "encode_snapshot",
     "encode_tx_cell",
     "shared_store",
     "transaction_record",
@@ -82,10 +89,12 @@ _LABEL_VALUE = struct.Struct(">qb")
 _FLOAT = struct.Struct(">d")
 # Bigtable timestamps are microseconds with millisecond granularity.
 _MS = 1000
-_MAX_TS_US = 4_102_444_800_000_000  # 2100-01-01: "no upper bound" for a read
 ID_ROW_PREFIX = "txid#"
 WAIT_ROW_PREFIX = "wait#"  # labels waiting for their transaction, with their deadlines
 _ID_QUALIFIER = b"m"
+SNAPSHOT_QUALIFIER = b"#snapshot"  # "#" is not allowed in ids (pipelines.core.schema)
+_SNAPSHOT_HEAD = struct.Struct(">BII")  # format version, transactions, labels
+_SNAPSHOT_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -180,6 +189,86 @@ def decode_tx_cell(raw: bytes) -> TxCell:
     return TxCell(time_us, amount, raw[end:].decode(), revision, carried, carried_revision)
 
 
+def _blob(values: Sequence[str]) -> bytes:
+    joined = "\n".join(values).encode()
+    return struct.pack(">I", len(joined)) + joined
+
+
+def encode_snapshot(cells: EntityCells) -> bytes:
+    """An entity's cells as one value, columnar: the head ``>BII`` (version, n transactions, m
+    labels), then n x ``>q`` time, n x ``>d`` amount, n x ``>q`` revision, n x ``>q`` carried
+    revision, n x ``>H`` carried count, the carried values (``>d``), the transaction ids and
+    the other ids (each list ``>I`` length + UTF-8 joined by newlines), then m x ``>q`` time,
+    m x ``>b`` is_fraud and the labels' transaction ids (same as the ids)."""
+    import numpy as np
+
+    tx_ids = list(cells.tx)
+    txs = [cells.tx[i] for i in tx_ids]
+    label_ids = list(cells.labels)
+    labels = [cells.labels[i] for i in label_ids]
+    carried = [v for c in txs for v in c.carried]
+    return b"".join(
+        [
+            _SNAPSHOT_HEAD.pack(_SNAPSHOT_VERSION, len(txs), len(labels)),
+            np.array([c.time_us for c in txs], ">i8").tobytes(),
+            np.array([c.amount for c in txs], ">f8").tobytes(),
+            np.array([c.revision for c in txs], ">i8").tobytes(),
+            np.array([c.carried_revision for c in txs], ">i8").tobytes(),
+            np.array([len(c.carried) for c in txs], ">u2").tobytes(),
+            np.array(carried, ">f8").tobytes(),
+            _blob(tx_ids),
+            _blob([c.other_id for c in txs]),
+            np.array([lb.time_us for lb in labels], ">i8").tobytes(),
+            np.array([lb.is_fraud for lb in labels], ">i1").tobytes(),
+            _blob(label_ids),
+        ]
+    )
+
+
+def decode_snapshot(raw: bytes) -> EntityCells:
+    """The cells of ``encode_snapshot``."""
+    import numpy as np
+
+    version, n, m = _SNAPSHOT_HEAD.unpack_from(raw)
+    if version != _SNAPSHOT_VERSION:
+        raise ValueError(f"unknown snapshot format {version}")
+    offset = _SNAPSHOT_HEAD.size
+
+    def array(dtype: str, count: int) -> list[Any]:
+        nonlocal offset
+        values = np.frombuffer(raw, dtype, count, offset)
+        offset += values.nbytes
+        return values.tolist()
+
+    def blob(count: int) -> list[str]:
+        nonlocal offset
+        (size,) = struct.unpack_from(">I", raw, offset)
+        offset += 4 + size
+        return raw[offset - size : offset].decode().split("\n") if count else []
+
+    times, amounts = array(">i8", n), array(">f8", n)
+    revisions, carried_revisions = array(">i8", n), array(">i8", n)
+    counts = array(">u2", n)
+    flat = array(">f8", sum(counts))
+    tx_ids, others = blob(n), blob(n)
+    label_times, flags, label_ids = array(">i8", m), array(">i1", m), blob(m)
+    carried: list[tuple[float, ...]] = []
+    at = 0
+    for k in counts:
+        carried.append(tuple(flat[at : at + k]))
+        at += k
+    return EntityCells(
+        dict(
+            zip(
+                tx_ids,
+                map(TxCell, times, amounts, others, revisions, carried, carried_revisions),
+                strict=True,
+            )
+        ),
+        dict(zip(label_ids, map(LabelCell, label_times, flags), strict=True)),
+    )
+
+
 class FeatureStore:
     """The Bigtable WindowStore: batched reads and writes of the feature table (one client per
     instance, created lazily). Every call has a deadline and is retried with backoff."""
@@ -241,16 +330,14 @@ class FeatureStore:
         for entity_id in sorted(set(ids)):
             row_set.add_row_key(entity.row_key(entity_id))
         # Bigtable's range is [start, end) in ms granularity: widen to whole ms, filter exactly
-        # on the value's microsecond time afterwards.
+        # on the value's microsecond time afterwards. No upper bound in the filter: a snapshot
+        # is timestamped with its newest entry and may hold older ones inside the range.
         start_ms = max(0, start_us // _MS * _MS)
-        end_ms = min(-(-end_us // _MS) * _MS, _MAX_TS_US)
         families = f"{FAMILY_TX}|{FAMILY_LABEL}" if labels else FAMILY_TX
         filt = row_filters.RowFilterChain(
             [
                 row_filters.FamilyNameRegexFilter(families),
-                row_filters.TimestampRangeFilter(
-                    row_filters.TimestampRange(start=_ts(start_ms), end=_ts(end_ms))
-                ),
+                row_filters.TimestampRangeFilter(row_filters.TimestampRange(start=_ts(start_ms))),
                 row_filters.CellsColumnLimitFilter(1),
             ]
         )
@@ -258,7 +345,18 @@ class FeatureStore:
         out: dict[str, EntityCells] = {}
         for row in self._read(row_set, filt, "Bigtable read"):
             cells = EntityCells()
-            for qualifier, versions in row.cells.get(FAMILY_TX, {}).items():
+            tx_cells = row.cells.get(FAMILY_TX, {})
+            snapshot = tx_cells.pop(SNAPSHOT_QUALIFIER, None)
+            if snapshot is not None:  # first: the single cells override its entries
+                bulk = decode_snapshot(snapshot[0].value)
+                for tx_id, tx in bulk.tx.items():
+                    if start_us <= tx.time_us < end_us:
+                        cells.tx[tx_id] = tx
+                if labels:
+                    for tx_id, label in bulk.labels.items():
+                        if start_us <= label.time_us < end_us:
+                            cells.labels[tx_id] = label
+            for qualifier, versions in tx_cells.items():
                 tx = decode_tx_cell(versions[0].value)
                 if start_us <= tx.time_us < end_us:
                     cells.tx[qualifier.decode()] = tx
@@ -372,6 +470,14 @@ class FeatureStore:
             column.family_name = family
             column.column_qualifier = qualifier
 
+        for entity, entity_id, snapshot in writes.snapshots:
+            newest = max(
+                [c.time_us for c in snapshot.tx.values()]
+                + [c.time_us for c in snapshot.labels.values()],
+                default=0,
+            )
+            value = encode_snapshot(snapshot)
+            set_cell(entity.row_key(entity_id), FAMILY_TX, SNAPSHOT_QUALIFIER, value, newest)
         for entity, entity_id, tx_id, tx in writes.tx_cells:
             key = entity.row_key(entity_id)
             set_cell(key, FAMILY_TX, tx_id.encode(), encode_tx_cell(tx), tx.time_us)
@@ -404,13 +510,21 @@ class FeatureStore:
             set_cell(key, FAMILY_LABEL, message_key.encode(), _json(record), int(time_us))
         return list(entries.values())
 
-    def apply(self, writes: Writes, chunk: int = 1000) -> None:
-        """Applies a batch's mutations (one MutateRows call per ``chunk`` rows), retrying the rows
-        not applied with backoff (a time budget, pipelines.stores.retry): a store outage stalls the
-        caller, it does not lose rows. Idempotent."""
-        entries = self.entries(writes) if writes else []
-        for start in range(0, len(entries), chunk):
-            pending = entries[start : start + chunk]
+    def apply(self, writes: Writes, chunk: int = 1000, chunk_bytes: int = 2_000_000) -> None:
+        """Applies a batch's mutations (one MutateRows call per ``chunk`` rows or ``chunk_bytes``
+        bytes: gRPC servers refuse messages over 4 MB by default), retrying the rows not applied
+        with backoff (a time budget, pipelines.stores.retry): a store outage stalls the caller,
+        it does not lose rows. Idempotent."""
+        pending: list[Any] = []
+        size = 0
+        for entry in self.entries(writes) if writes else []:
+            entry_size = entry.ByteSize()
+            if pending and (len(pending) >= chunk or size + entry_size > chunk_bytes):
+                with_backoff(partial(self._mutate, pending), "Bigtable write")
+                pending, size = [], 0
+            pending.append(entry)
+            size += entry_size
+        if pending:
             with_backoff(partial(self._mutate, pending), "Bigtable write")
 
     def _mutate(self, pending: list[Any]) -> None:

@@ -93,10 +93,15 @@ class Writes:
     waits_add: list[tuple[str, str, str, dict[str, Any], int]] = field(default_factory=list)
     # (stage key, transaction id, message keys, or None for all of the id's)
     waits_remove: list[tuple[str, str, Sequence[str] | None]] = field(default_factory=list)
+    # (entity, entity id, cells): a bulk load of many cells as one record (the backfill's).
+    # Reads merge it under the entity's single cells: a single cell with the same transaction
+    # id wins, whichever was written first.
+    snapshots: list[tuple[Entity, str, EntityCells]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return any(
             (
+                self.snapshots,
                 self.tx_cells,
                 self.label_cells,
                 self.features,
@@ -193,6 +198,12 @@ class InMemoryStore:
     def apply(self, writes: Writes) -> None:
         if not writes:
             return
+        for entity, entity_id, snapshot in writes.snapshots:
+            cells = self.entities.setdefault((entity.name, entity_id), EntityCells())
+            for tx_id, cell in snapshot.tx.items():
+                cells.tx.setdefault(tx_id, cell)
+            for tx_id, label in snapshot.labels.items():
+                cells.labels.setdefault(tx_id, label)
         for entity, entity_id, tx_id, cell in writes.tx_cells:
             self.entities.setdefault((entity.name, entity_id), EntityCells()).tx[tx_id] = cell
         for terminal_id, tx_id, label in writes.label_cells:

@@ -93,3 +93,56 @@ def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
                 assert values and all(
                     np.float64(row[name]) == value for name, value in values.items()
                 )
+
+
+@pytest.mark.parametrize("store_kind", ["bigtable", "in_memory"])
+def test_single_cells_win_over_a_snapshot_whichever_was_written_first(
+    emulators: dict[str, str], store_kind: str
+) -> None:
+    from pipelines.app.local import environment
+    from pipelines.stores.bigtable import FeatureStore, StoreConfig, create_table
+    from pipelines.stores.window_store import (
+        EntityCells,
+        InMemoryStore,
+        LabelCell,
+        TxCell,
+        WindowStore,
+        Writes,
+    )
+
+    day = 86_400_000_000
+    t0 = 1_530_000_000_000_000
+    snapshot = EntityCells(
+        {
+            "1": TxCell(t0, 10.0, "C1"),
+            "2": TxCell(t0 + day, 20.0, "C2"),
+            "3": TxCell(t0 + 2 * day, 30.0, "C3"),
+        },
+        {"1": LabelCell(t0, 0), "2": LabelCell(t0 + day, 1)},
+    )
+    before = TxCell(t0 + day, 20.0, "C2", revision=4, carried=(1.5,), carried_revision=3)
+    after = TxCell(t0 + 2 * day, 30.0, "C3", revision=9)
+    with environment(emulators):
+        store: WindowStore
+        if store_kind == "bigtable":
+            config = StoreConfig("rillet-local", "rillet", "snapshot-merge")
+            create_table(config)
+            store = FeatureStore(config)
+        else:
+            store = InMemoryStore("snapshot-merge")
+        store.apply(Writes(tx_cells=[(TERMINAL, "T1", "2", before)]))
+        store.apply(Writes(snapshots=[(TERMINAL, "T1", snapshot)]))
+        store.apply(
+            Writes(
+                tx_cells=[(TERMINAL, "T1", "3", after)],
+                label_cells=[("T1", "1", LabelCell(t0, 1))],
+            )
+        )
+        found = store.read_entities(TERMINAL, ["T1"], t0 + day, t0 + 3 * day, labels=True)
+    cells = found["T1"]
+    assert cells.tx == {"2": before, "3": after}  # "1" is before the range
+    assert cells.labels == {"2": LabelCell(t0 + day, 1)}
+    with environment(emulators):
+        everything = store.read_entities(TERMINAL, ["T1"], 0, t0 + 3 * day, labels=True)["T1"]
+    assert everything.tx["1"] == snapshot.tx["1"]
+    assert everything.labels["1"] == LabelCell(t0, 1)  # the single label cell won

@@ -13,9 +13,9 @@ from pipelines.core import label_slots
 from pipelines.core.batches import FeatureBatch
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
-from pipelines.core.schema import Transaction
+from pipelines.core.schema import _ID_RE, Transaction
 from pipelines.stores import bigtable
-from pipelines.stores.window_store import TxCell
+from pipelines.stores.window_store import EntityCells, LabelCell, TxCell
 from pipelines.transforms import id_index
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.sinks import (
@@ -46,6 +46,8 @@ def test_bigtable_spec_names_the_codes_rows_families_and_formats() -> None:
     assert f"{bigtable.ID_ROW_PREFIX}<transaction_id>" in names
     assert f"{bigtable.WAIT_ROW_PREFIX}<stage key>#<transaction_id>" in names
     assert bigtable._TX_HEAD.format in names
+    assert bigtable.SNAPSHOT_QUALIFIER.decode() in names
+    assert bigtable._SNAPSHOT_HEAD.format in names
     assert bigtable._LABEL_VALUE.format in text
     assert bigtable._FLOAT.format in text
     # The row keys the code builds have the prefixes the spec gives.
@@ -57,6 +59,24 @@ def test_tx_cell_round_trips_in_the_specified_layout() -> None:
     raw = bigtable.encode_tx_cell(cell)
     assert raw.endswith(b"T9") and len(raw) == bigtable._TX_HEAD.size + 2 * 8 + 2
     assert bigtable.decode_tx_cell(raw) == cell
+
+
+def test_snapshot_round_trips_in_the_specified_layout() -> None:
+    cells = EntityCells(
+        {
+            "1": TxCell(1_522_540_800_123_456, 57.16, "T9", 7, (1.0, 2.5), 5),
+            "22": TxCell(1_522_540_900_000_000, 0.5, "T10"),
+        },
+        {"1": LabelCell(1_522_540_800_123_456, 1)},
+    )
+    raw = bigtable.encode_snapshot(cells)
+    n, m = 2, 1
+    ids = len("1\n22") + len("T9\nT10") + len("1") + 3 * 4
+    assert len(raw) == bigtable._SNAPSHOT_HEAD.size + n * (8 + 8 + 8 + 8 + 2) + 2 * 8 + m * 9 + ids
+    assert bigtable.decode_snapshot(raw) == cells
+    assert bigtable.decode_snapshot(bigtable.encode_snapshot(EntityCells())) == EntityCells()
+    # "#" is not allowed in an id, so the snapshot's qualifier is never a transaction id.
+    assert not _ID_RE.match(bigtable.SNAPSHOT_QUALIFIER.decode())
 
 
 def _record() -> dict[str, Any]:
