@@ -30,8 +30,6 @@ import numpy as np
 
 from pipelines.app.local_run import LocalRun, percentiles
 from pipelines.app.publisher import replay_events
-from pipelines.local_runner import tune_direct_runner
-from pipelines.options import RilletOptions
 from pipelines.transforms.parse import ParseEvents
 
 _PARSED = [0]
@@ -70,20 +68,24 @@ def _phase(stack: Any, tag: str) -> LocalRun:
     return LocalRun(stack=stack, fresh=f"bench-{tag}")
 
 
-def _read_only_graph(p: Any, options: Any) -> None:
-    opts = options.view_as(RilletOptions)
-    for kind, path in (
-        ("transaction", opts.transactions_subscription),
-        ("label", opts.labels_subscription),
-    ):
-        path = f"projects/{opts.project}/subscriptions/{path}"
-        parsed = (
-            p
-            | f"Read{kind}" >> beam.io.ReadFromPubSub(subscription=path, with_attributes=True)
-            | f"Parse{kind}" >> ParseEvents(kind, path)
-        )
-        if kind == "transaction":
-            _ = parsed.valid | "Count" >> beam.Map(_count)
+def _read_only_graph(topology: Any) -> Any:
+    """ReadFromPubSub + ParseEvents of both input streams, counting parsed transactions."""
+
+    def build(p: Any, options: Any) -> None:
+        for kind, name in (
+            ("transaction", topology.transactions_subscription),
+            ("label", topology.labels_subscription),
+        ):
+            path = f"projects/{topology.project}/subscriptions/{name}"
+            parsed = (
+                p
+                | f"Read{kind}" >> beam.io.ReadFromPubSub(subscription=path, with_attributes=True)
+                | f"Parse{kind}" >> ParseEvents(kind, path)
+            )
+            if kind == "transaction":
+                _ = parsed.valid | "Count" >> beam.Map(_count)
+
+    return build
 
 
 def read_only(stack: Any, events: list, model_dir: Path, timeout_s: float) -> float:
@@ -91,7 +93,7 @@ def read_only(stack: Any, events: list, model_dir: Path, timeout_s: float) -> fl
     with _phase(stack, "ro") as run:
         run.publish(events)
         _PARSED[0] = 0
-        run.start_pipeline([f"--model_dir={model_dir}"], build=_read_only_graph)
+        run.start_pipeline([f"--model_dir={model_dir}"], build=_read_only_graph(run.topology))
         samples = _watch(run, lambda: _PARSED[0], n_tx, timeout_s)
     return _rate(samples, n_tx) * len(events) / n_tx
 
@@ -132,7 +134,6 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.app.simulator import PRESETS, simulate
     from pipelines.core.training_data import training_features
 
-    tune_direct_runner(RilletOptions().direct_pull_max_messages)
     frame = simulate(PRESETS["small"]).sort_values("TX_DATETIME").head(args.transactions)
     events = replay_events(frame.reset_index(drop=True))
     work = Path(tempfile.mkdtemp(prefix="rillet-bench-"))

@@ -385,10 +385,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from pipelines.app.local_run import LocalRun
     from pipelines.app.publisher import replay_events
-    from pipelines.local_runner import tune_direct_runner
-    from pipelines.options import RilletOptions
 
-    tune_direct_runner(RilletOptions().direct_pull_max_messages)
     frame = handbook_frame(args.days, args.limit)
     events = replay_events(frame)
     print(f"{len(events):,} events ({len(frame):,} transactions + labels)", file=sys.stderr)

@@ -254,21 +254,30 @@ class LocalRun:
     def start_pipeline(
         self, args: Sequence[str] = (), build: Callable[[Any, Any], Any] | None = None
     ) -> Any:
-        """Runs the streaming pipeline in this process (DirectRunner, ``job_args()`` and
-        ``args``); ``build(p, options)`` builds the graph (default: the real one). Returns the
-        PipelineResult; it is cancelled on exit."""
+        """Runs the streaming pipeline in this process (DirectRunner, tuned as the job is;
+        ``job_args()`` and ``args``); ``build(p, options)`` builds the graph (default: the real
+        one). Returns the PipelineResult; it is cancelled on exit."""
         import apache_beam as beam
-        from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+        from pipelines.local_runner import tune_direct_runner
+        from pipelines.main import pipeline_options
+        from pipelines.options import RilletOptions
         from pipelines.streaming import build_pipeline
 
-        options = PipelineOptions(["--runner=DirectRunner", *self.job_args(), *args])
-        options.view_as(StandardOptions).streaming = True
+        options = pipeline_options(["--runner=DirectRunner", *self.job_args(), *args])
+        tune_direct_runner(options.view_as(RilletOptions).direct_pull_max_messages)
         p = beam.Pipeline(options=options)
         (build or build_pipeline)(p, options)
         self._watch()
         self.result = p.run()
         return self.result
+
+    def restart_job(self) -> None:
+        """Kills the child job (SIGKILL: a crash) and starts it again with the same arguments;
+        with ``--recovery_checkpoint`` it resumes where its predecessor was."""
+        assert self.job is not None, "start_job first"
+        self.job.kill()
+        self.job.start()
 
     def check(self) -> None:
         """Raises if the child job has exited (a streaming job only ends when stopped)."""
