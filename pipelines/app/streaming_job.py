@@ -1,4 +1,4 @@
-"""The streaming pipeline as a child process on the DirectRunner (demo and replay-eval).
+"""The streaming pipeline as a child process on the DirectRunner (LocalRun.start_job).
 
 A child process, not a thread: the DirectRunner's streaming mode runs until cancelled, keeps
 process-wide state (clients, caches) and its log is the user's first stop when something fails.
@@ -46,6 +46,12 @@ class StreamingJob:
             raise RuntimeError(
                 f"the streaming pipeline exited ({self.proc.returncode}); see {self.log_path}"
             )
+
+    def kill(self) -> None:
+        """SIGKILL, no chance to clean up (a crash, for chaos testing); waits for the exit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
 
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
