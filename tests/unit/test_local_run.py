@@ -51,7 +51,7 @@ def test_wait_until_stops_when_the_check_raises() -> None:
     def dead() -> None:
         raise RuntimeError("the streaming pipeline exited (1); see pipeline.log")
 
-    with pytest.raises(RuntimeError, match="pipeline.log"):
+    with pytest.raises(RuntimeError, match=r"pipeline\.log"):
         wait_until(lambda: False, 10, "x", dead)
 
 
