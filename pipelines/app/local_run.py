@@ -248,7 +248,7 @@ class LocalRun:
         ``log_path``, with ``job_args()`` and ``args``. ``job.start()`` restarts it after a
         kill (the log is appended to)."""
         self.job = StreamingJob([*self.job_args(), *args], self.log_path).start()
-        self._watch()
+        self.watch()
         return self.job
 
     def start_pipeline(
@@ -268,7 +268,7 @@ class LocalRun:
         tune_direct_runner(options.view_as(RilletOptions).direct_pull_max_messages)
         p = beam.Pipeline(options=options)
         (build or build_pipeline)(p, options)
-        self._watch()
+        self.watch()
         self.result = p.run()
         return self.result
 
@@ -299,7 +299,9 @@ class LocalRun:
         self.stop_job()
         self.stop_monitors()
 
-    def _watch(self) -> None:
+    def watch(self) -> None:
+        """Starts the prediction and dead-letter monitors (done by start_job/start_pipeline;
+        alone: to watch what something else publishes). Idempotent."""
         if self._monitor_threads or self.predictions.stop.is_set():
             return
         for monitor in (self.predictions, self.dead_letters):
