@@ -33,7 +33,6 @@ import argparse
 import bisect
 import functools
 import json
-import math
 import random
 import re
 import sys
@@ -449,8 +448,7 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
                 [(t, "kill", "") for t in kill_at] + [(t, "outage", n) for n, t in outage_at]
             )
         for at, what, name in plan:
-            due = t0 + at
-            run.wait_for(lambda: time.monotonic() >= due, math.inf, "")  # noqa: B023 - called now
+            run.sleep(t0 + at - time.monotonic())
             retries_before = len(logged_retries(log))
             fault = Fault(
                 what if what == "kill" else name,
@@ -465,15 +463,12 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
             else:
                 print(f"[chaos] t={fault.at_s}s {name} stopped for {config.outage_s}s", flush=True)
                 with run.stack.outage(name):
-                    end = time.monotonic() + config.outage_s
-                    grace_end = time.monotonic() + min(STALL_GRACE_S, config.outage_s / 2)
-                    down_from = None
-                    while time.monotonic() < end:
-                        if down_from is None and time.monotonic() >= grace_end:
-                            down_from = len(predicted)
-                        job.check()  # the job must not die while its dependency is down
-                        time.sleep(0.2)
-                    fault.predictions_while_down = len(predicted) - (down_from or 0)
+                    # The job must not die while its dependency is down (run.sleep checks).
+                    grace = min(STALL_GRACE_S, config.outage_s / 2)
+                    run.sleep(grace)
+                    down_from = len(predicted)
+                    run.sleep(config.outage_s - grace)
+                    fault.predictions_while_down = len(predicted) - down_from
                 chaos.outages.append((name, fault.at_s, config.outage_s))
                 job.check()
             fault.retries = logged_retries(log)[retries_before:]

@@ -8,9 +8,11 @@ In one run, on the same input (the first N transactions of the small preset and 
   3. latency: the full pipeline on a fresh store, the same events published at half of (2)'s
      rate; event-to-prediction latency = prediction processing time - Pub/Sub publish time.
 
-Throughput is measured between 10% and 90% of the transactions done (start-up excluded): parsed,
-for the read-only pipeline (counted in-process); predicted, for the full pipeline (seen on the
-prediction topic). Both pipelines read both streams; events/s counts transactions and labels
+Each phase has its own subscriptions, table and Datastore kind (LocalRun's ``fresh``): it reads
+only its own messages and starts from an empty store. Throughput is measured between 10% and 90%
+of the transactions done (start-up excluded): parsed, for the read-only pipeline (counted
+in-process); predicted, for the full pipeline (seen on the prediction topic). Both pipelines read
+both streams; events/s counts transactions and labels
 (transactions/s x events/transactions). The last line is one JSON object.
 """
 
@@ -62,12 +64,6 @@ def _rate(samples: list[tuple[float, int]], total: int) -> float:
     return 0.8 * total / max(t90 - t10, 1e-9)
 
 
-def _phase(stack: Any, tag: str) -> LocalRun:
-    """A run on the bench's stack with its own subscriptions, table and Datastore kind: each
-    phase reads only its own messages and starts from an empty store."""
-    return LocalRun(stack=stack, fresh=f"bench-{tag}")
-
-
 def _read_only_graph(topology: Any) -> Any:
     """ReadFromPubSub + ParseEvents of both input streams, counting parsed transactions."""
 
@@ -90,7 +86,7 @@ def _read_only_graph(topology: Any) -> Any:
 
 def read_only(stack: Any, events: list, model_dir: Path, timeout_s: float) -> float:
     n_tx = sum(e.topic == "transactions" for e in events)
-    with _phase(stack, "ro") as run:
+    with LocalRun(stack=stack, fresh="bench-ro") as run:
         run.publish(events)
         _PARSED[0] = 0
         run.start_pipeline([f"--model_dir={model_dir}"], build=_read_only_graph(run.topology))
@@ -100,7 +96,7 @@ def read_only(stack: Any, events: list, model_dir: Path, timeout_s: float) -> fl
 
 def full(stack: Any, events: list, model_dir: Path, timeout_s: float) -> tuple[float, int]:
     n_tx = sum(e.topic == "transactions" for e in events)
-    with _phase(stack, "full") as run:
+    with LocalRun(stack=stack, fresh="bench-full") as run:
         run.publish(events)  # a backlog
         run.start_pipeline([f"--model_dir={model_dir}"])
         samples = _watch(run, run.predicted, n_tx, timeout_s)
@@ -113,7 +109,7 @@ def latency(
     stack: Any, events: list, model_dir: Path, rate: float, timeout_s: float
 ) -> dict[str, float]:
     n_tx = sum(e.topic == "transactions" for e in events)
-    with _phase(stack, "latency") as run:
+    with LocalRun(stack=stack, fresh="bench-latency") as run:
         run.start_pipeline([f"--model_dir={model_dir}"])
         time.sleep(5)  # let the pipeline start (model load) before the paced stream begins
         run.replay(events, rate)

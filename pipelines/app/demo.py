@@ -152,7 +152,6 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             run.stop_monitors()
             predictions, dead = run.predictions, run.dead_letters
             stored = count_datastore(run.topology.project, "Prediction")
-            originals = run.originals()
             p50, p95, p99 = percentiles(run.latencies())
             unique_predictions = run.predicted()
             summary = {
@@ -163,7 +162,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 "predictions_in_datastore": stored,
                 "messages_on_prediction_topic": len(predictions.received),
                 "unique_predictions": unique_predictions,
-                "corrections": len(predictions.received) - len(originals),
+                "corrections": run.corrections(),
                 "feature_mismatches": feature_mismatches(predictions.received, feats),
                 "dead_letters": len(dead.received),
                 "dead_letter_reasons": sorted({m.attributes.get("reason", "?") for m in dead.raw}),

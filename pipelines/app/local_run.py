@@ -10,12 +10,20 @@ replay-eval, the benches and the tests.
 On exit it stops what it started, and only that: the job (or cancels the in-process pipeline),
 the monitor threads, the stack if it brought it up. A job that exits on its own is noticed by
 every wait (``StreamingJob.check``), which then raises with the job's log.
+
+The child job is a process, not a thread: the DirectRunner's streaming mode runs until cancelled,
+keeps process-wide state (clients, caches) and its log is the user's first stop when something
+fails. In-process runs are for the benches, which read in-process counters.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -24,12 +32,12 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from pipelines.app.local import (
+    DEFAULT_PORTS,
     LocalStack,
     Topology,
     create_resources,
@@ -38,9 +46,51 @@ from pipelines.app.local import (
     free_port,
 )
 from pipelines.app.publisher import Rate, publish_events
-from pipelines.app.streaming_job import StreamingJob
 
-__all__ = ["LocalRun", "Monitor", "latency_ms", "percentiles", "wait_until"]
+__all__ = ["LocalRun", "Monitor", "StreamingJob", "latency_ms", "percentiles", "wait_until"]
+
+
+class StreamingJob:
+    """``python -m pipelines.main`` (DirectRunner) with ``args`` as a child process logging to
+    ``log_path`` (appended to: a restart after ``kill`` continues it)."""
+
+    def __init__(self, args: Sequence[str], log_path: Path) -> None:
+        self.args = list(args)
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> StreamingJob:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pipelines.main", "--runner=DirectRunner", *self.args]
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            )
+        return self
+
+    def check(self) -> None:
+        """Raises if the job has exited (a streaming job only ends when stopped)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(
+                f"the streaming pipeline exited ({self.proc.returncode}); see {self.log_path}"
+            )
+
+    def kill(self) -> None:
+        """SIGKILL, no chance to clean up (a crash, for chaos testing); waits for the exit."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        """Terminates the job, then kills it if it is still there after 20 s."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
 
 
 @dataclass
@@ -109,11 +159,12 @@ def wait_until(
     poll_s: float = 0.5,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    start: float | None = None,
 ) -> float:
     """Polls ``done()`` every ``poll_s`` (``check()`` first, to raise if the job died) until it
-    is true; returns the seconds waited. Raises TimeoutError "<what> within <timeout_s> s" (``what``
-    may be a function, to describe the state at the timeout)."""
-    start = clock()
+    is true; returns the seconds since ``start`` (default: now). Raises TimeoutError "<what>
+    within <timeout_s> s" (``what`` may be a function: the state at the timeout)."""
+    start = clock() if start is None else start
     while True:
         if check is not None:
             check()
@@ -153,7 +204,7 @@ class LocalRun:
     ) -> None:
         self.stack = stack or LocalStack(state_dir)
         self._owns_stack = stack is None
-        self.private = private
+        self._ports = {n: free_port() for n in DEFAULT_PORTS} if private else None
         self.fresh = fresh
         self.topology = Topology()
         self.datastore_kind = "Prediction"
@@ -176,10 +227,7 @@ class LocalRun:
     def __enter__(self) -> LocalRun:
         try:
             if self._owns_stack:
-                names = ("pubsub", "bigtable", "datastore")
-                self.started = self.stack.up(
-                    {n: free_port() for n in names} if self.private else None
-                )
+                self.started = self.stack.up(self._ports)
                 self._exit.callback(self._down)
             self.env = self.stack.env()
             self._exit.enter_context(environment(self.env))
@@ -189,21 +237,14 @@ class LocalRun:
             prefix = f"projects/{self.topology.project}/subscriptions/"
             self.predictions = Monitor(prefix + self.topology.predictions_subscription)
             self.dead_letters = Monitor(prefix + self.topology.dead_letter_subscription)
-            # Last in, first out: the job stops before the monitors, which then see its last
-            # messages; the stack (first registered) goes last.
-            self._exit.callback(self.stop_monitors)
-            self._exit.callback(self.stop_job)
+            # Last in, first out: the job and monitors stop before the stack (registered first).
+            self._exit.callback(self.stop)
         except BaseException:
             self._exit.close()
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._exit.close()
 
     def _down(self) -> None:
@@ -284,19 +325,21 @@ class LocalRun:
         if self.job is not None:
             self.job.check()
 
-    def stop_job(self) -> None:
-        """Stops the child job, or cancels the in-process pipeline (idempotent)."""
+    def sleep(self, seconds: float) -> None:
+        """Sleeps, checking the child job every 0.2 s (it must not die meanwhile)."""
+        end = time.monotonic() + seconds
+        self.wait_for(lambda: time.monotonic() >= end, math.inf, "", poll_s=0.2)
+
+    def stop(self, settle_s: float = 0.0) -> None:
+        """After ``settle_s`` (for the last messages and store writes to land), stops the child
+        job or cancels the in-process pipeline, then the monitors (idempotent). The stack stays
+        up until the block exits."""
+        time.sleep(settle_s)
         if self.job is not None:
             self.job.stop()
         if self.result is not None:
             self.result.cancel()
             self.result = None
-
-    def stop(self, settle_s: float = 0.0) -> None:
-        """After ``settle_s`` (for the last messages and store writes to land), stops the job and
-        then the monitors; the stack stays up until the block exits."""
-        time.sleep(settle_s)
-        self.stop_job()
         self.stop_monitors()
 
     def watch(self) -> None:
@@ -332,10 +375,10 @@ class LocalRun:
         first_timeout_s: float = 600.0,
         **kwargs: Any,
     ) -> None:
-        """Publishes ``events`` at ``rate`` in a thread (``wait_predicted`` waits for it too).
-        ``first_alone``: the first event is published alone and its prediction awaited, so the
-        job's start-up (model load, clients) delays one message instead of the first seconds of
-        the replay. ``kwargs``: ``publish_events``' (progress, attributes, on_published)."""
+        """Publishes ``events`` at ``rate`` in a thread (``wait_predicted`` waits for it too;
+        ``kwargs`` go to ``publish_events``). ``first_alone``: the first event alone, until its
+        prediction is out: the job's start-up (model load, clients) then delays one message
+        instead of the first seconds of the replay."""
         self._replay_start = time.monotonic()
         if first_alone and events:
             self.publish(events[:1])
@@ -358,10 +401,11 @@ class LocalRun:
         timeout_s: float,
         what: str | Callable[[], str],
         poll_s: float = 0.5,
+        start: float | None = None,
     ) -> float:
         """``wait_until`` with the job checked at every poll; the TimeoutError names its log."""
         try:
-            return wait_until(done, timeout_s, what, self.check, poll_s)
+            return wait_until(done, timeout_s, what, self.check, poll_s, start=start)
         except TimeoutError as exc:
             raise TimeoutError(f"{exc}; see {self.log_path}" if self.job else str(exc)) from None
 
@@ -381,7 +425,6 @@ class LocalRun:
         """Waits until ``n`` distinct transactions are predicted, the replay is published and
         ``dead_letters`` dead letters are out. The timeout and the returned seconds count from
         the replay's start (from now without a replay). TimeoutError names the job's log."""
-        start = self._replay_start or time.monotonic()
 
         def done() -> bool:
             got = self.predicted()
@@ -390,19 +433,8 @@ class LocalRun:
             out = len(self.dead_letters.received)
             return got >= n and not self.replaying() and out >= dead_letters
 
-        try:
-            self.wait_for(done, start + timeout_s - time.monotonic(), "", poll_s)
-        except TimeoutError:
-            log = f"; see {self.log_path}" if self.job else ""
-            raise TimeoutError(
-                f"only {self.predicted():,} of {n:,} transactions were predicted within "
-                f"{timeout_s:.0f} s{log}"
-            ) from None
-        return time.monotonic() - start
-
-    def originals(self) -> list[dict[str, Any]]:
-        """The prediction messages that are not corrections."""
-        return [p for p in self.predictions.received if not p.get("correction")]
+        what = lambda: f"only {self.predicted():,} of {n:,} transactions were predicted"  # noqa: E731
+        return self.wait_for(done, timeout_s, what, poll_s, self._replay_start)
 
     def corrections(self) -> int:
         """The prediction messages that are corrections (an earlier event arrived late)."""
@@ -410,4 +442,5 @@ class LocalRun:
 
     def latencies(self) -> list[float]:
         """Event-to-prediction latencies (ms) of the original (non-correction) predictions."""
-        return [x for x in map(latency_ms, self.originals()) if x is not None]
+        originals = (p for p in self.predictions.received if not p.get("correction"))
+        return [x for x in map(latency_ms, originals) if x is not None]
