@@ -33,14 +33,13 @@ import argparse
 import bisect
 import functools
 import json
-import os
 import random
 import re
-import signal
 import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,16 +290,15 @@ def _rss_mb(pid: int) -> float:
 
 
 def publish_all(
+    run: Any,
     messages: list[Message],
-    topics: dict[str, str],
     rate: float,
     burst: tuple[float, float, float] | None,
     counter: list[int],
 ) -> None:
-    """Publishes in order at ``rate`` per second (at ``burst`` = (start, end, rate) from
-    ``start`` to ``end`` seconds after the first message), recording each message id and
+    """Replays in order (in a thread) at ``rate`` per second (at ``burst`` = (start, end, rate)
+    from ``start`` to ``end`` seconds after the first message), recording each message id and
     counting the transactions in ``counter``."""
-    from pipelines.app.publisher import publish_events
 
     def rate_at(t: float) -> float:
         return burst[2] if burst is not None and burst[0] <= t < burst[1] else rate
@@ -313,7 +311,7 @@ def publish_all(
             with lock:
                 counter[0] += 1
 
-    publish_events(messages, topics, rate_at, on_published=published)
+    run.replay(messages, rate_at, on_published=published)
 
 
 def _datastore_predictions(project: str, ids: set[str]) -> dict[str, Any]:
@@ -353,10 +351,8 @@ def _published_ids(messages: list[Message]) -> set[str]:
 
 def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     from models.train import TrainConfig, export_model, train_model
-    from pipelines.app.demo import Monitor
-    from pipelines.app.local import LocalStack, Topology, create_resources, environment, free_port
+    from pipelines.app.local_run import LocalRun
     from pipelines.app.simulator import PRESETS, simulate
-    from pipelines.app.streaming_job import StreamingJob
     from pipelines.core.training_data import training_features
     from pipelines.stores.bigtable import FeatureStore, StoreConfig
 
@@ -375,184 +371,140 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     # A label contradicted before its genuine label arrives: the genuine label is still the
     # valid one (the contradiction is dead-lettered as a mismatch), see build_messages.
     valid_tx = {str(t) for t in frame.TRANSACTION_ID}
-    topo = Topology()
-    stack = LocalStack(work / "stack")
-    ports = {"pubsub": free_port(), "bigtable": free_port(), "datastore": free_port()}
-    stack.up(ports)
     chaos = Chaos()
     log = work / "pipeline.log"
     log.unlink(missing_ok=True)
     checkpoint = work / "checkpoint.json"
     checkpoint.unlink(missing_ok=True)
-    args = [
-        f"--project={topo.project}",
-        f"--model_dir={model_dir}",
-        f"--recovery_checkpoint={checkpoint}",
-        f"--label_wait_s={config.label_wait_s}",
-        f"--max_in_flight={config.max_in_flight}",
-    ]
-    job = StreamingJob(args, log)
-    try:
-        with environment(stack.env()):
-            create_resources(topo)
-            job.start()
-            sent_tx = [0]  # transactions published so far
-            burst = None
-            if config.overload_s:
-                burst = (
-                    config.overload_at_s,
-                    config.overload_at_s + config.overload_s,
-                    config.overload_rate or 2 * config.rate,
-                )
-                chaos.burst = burst
-            publisher = threading.Thread(
-                target=publish_all,
-                args=(messages, topo.topic_paths(), config.rate, burst, sent_tx),
-                daemon=True,
-            )
-            subscription = f"projects/{topo.project}/subscriptions/"
-            dead_monitor = Monitor(subscription + topo.dead_letter_subscription)
-            prediction_monitor = Monitor(subscription + topo.predictions_subscription)
-            monitors = [
-                threading.Thread(target=m.run, daemon=True)
-                for m in (dead_monitor, prediction_monitor)
+    with LocalRun(work / "stack", log_path=log) as run:
+        topo = run.topology
+        job = run.start_job(
+            [
+                f"--model_dir={model_dir}",
+                f"--recovery_checkpoint={checkpoint}",
+                f"--label_wait_s={config.label_wait_s}",
+                f"--max_in_flight={config.max_in_flight}",
             ]
-            for thread in monitors:
-                thread.start()
-            dead, predicted = dead_monitor.raw, prediction_monitor.raw
-            stop = threading.Event()
-            t0 = time.monotonic()
-
-            def sample() -> None:
-                seen: set[str] = set()
-                done = 0
-                while not stop.wait(2.0):
-                    new = predicted[done:]
-                    done += len(new)
-                    seen.update(m.attributes.get("transaction_id", "") for m in new)
-                    rss = _rss_mb(job.proc.pid) if job.proc else 0.0
-                    chaos.timeline.append(
-                        (round(time.monotonic() - t0, 1), sent_tx[0], len(seen), round(rss, 1))
-                    )
-
-            threading.Thread(target=sample, daemon=True).start()
-            publisher.start()
-
-            def wait_for_prediction(after: int, timeout_s: float) -> float | None:
-                """Seconds until the job predicts past ``after`` messages (None: it did not)."""
-                start = time.monotonic()
-                while len(predicted) <= after and time.monotonic() - start < timeout_s:
-                    job.check()
-                    time.sleep(0.2)
-                return round(time.monotonic() - start, 1) if len(predicted) > after else None
-
-            # The schedule: kills at random moments, outages between them, timed from the job's
-            # first prediction (before it, the job is still starting and a fault proves little).
-            plan: list[tuple[float, str, str]] = []
-            if config.kills or config.outages:
-                if wait_for_prediction(0, config.timeout_s) is None:
-                    raise RuntimeError(f"the job never predicted; see {log}")
-                first = chaos.first_prediction_s = round(time.monotonic() - t0, 1)
-                # Until the last transaction is due: only transactions make predictions (the
-                # replay ends with labels only, 7 days of event time after the transactions).
-                last_tx = max(i for i, m in enumerate(messages) if m.kind == "transaction")
-                span = max((last_tx + 1) / config.rate - first, 1.0)
-                kill_at = sorted(
-                    first + rng.uniform(0.1, 0.85) * span + 3 * k for k in range(config.kills)
-                )
-                outage_at = [
-                    (
-                        name,
-                        first
-                        + max(0.0, (k + 1) / (len(config.outages) + 1) * span + rng.uniform(-5, 5)),
-                    )
-                    for k, name in enumerate(config.outages)
-                ]
-                plan = sorted(
-                    [(t, "kill", "") for t in kill_at] + [(t, "outage", n) for n, t in outage_at]
-                )
-            for at, what, name in plan:
-                while time.monotonic() - t0 < at:
-                    job.check()
-                    time.sleep(0.5)
-                retries_before = len(logged_retries(log))
-                fault = Fault(
-                    what if what == "kill" else name,
-                    round(time.monotonic() - t0, 1),
-                    len(predicted),
-                )
-                chaos.faults.append(fault)
-                if what == "kill":
-                    assert job.proc is not None
-                    os.kill(job.proc.pid, signal.SIGKILL)
-                    job.proc.wait()
-                    chaos.kills.append(fault.at_s)
-                    print(f"[chaos] t={fault.at_s}s SIGKILL; restarting with resume", flush=True)
-                    job.start()
-                else:
-                    print(
-                        f"[chaos] t={fault.at_s}s {name} stopped for {config.outage_s}s", flush=True
-                    )
-                    with stack.outage(name):
-                        end = time.monotonic() + config.outage_s
-                        grace_end = time.monotonic() + min(STALL_GRACE_S, config.outage_s / 2)
-                        down_from = None
-                        while time.monotonic() < end:
-                            if down_from is None and time.monotonic() >= grace_end:
-                                down_from = len(predicted)
-                            job.check()  # the job must not die while its dependency is down
-                            time.sleep(0.2)
-                        fault.predictions_while_down = len(predicted) - (down_from or 0)
-                    chaos.outages.append((name, fault.at_s, config.outage_s))
-                    job.check()
-                fault.retries = logged_retries(log)[retries_before:]
-                # The job goes on (and the next fault waits for it to be at work again).
-                fault.resumed_after_s = wait_for_prediction(len(predicted), RESUME_TIMEOUT_S)
-                print(f"[chaos] {fault}", flush=True)
-            # Wait until every valid transaction has its prediction and every rejection is out.
-            n_rejects = sum(1 for m in messages if _rejected(m))
-            lookup = _published_ids(messages)
-            deadline = t0 + config.timeout_s
-            stored: dict[str, Any] = {}
-            predicted_ids: set[str] = set()
-            rejected: set[str] = set()
-            read = read_dead = 0
-            while time.monotonic() < deadline:
-                job.check()
-                new = predicted[read:]
-                read += len(new)
-                predicted_ids.update(m.attributes.get("transaction_id", "") for m in new)
-                new_dead = dead[read_dead:]
-                read_dead += len(new_dead)
-                rejected.update(m.attributes.get("original_message_id", "") for m in new_dead)
-                # Datastore is read only once the topics say everything is out.
-                if (
-                    not publisher.is_alive()
-                    and valid_tx <= predicted_ids
-                    and len(rejected) >= n_rejects
-                ):
-                    time.sleep(5)  # let late corrections land
-                    stored = _datastore_predictions(topo.project, lookup)
-                    if valid_tx <= set(stored):
-                        break
-                time.sleep(3)
-            if not valid_tx <= set(stored):  # timed out: report what is there
-                stored = _datastore_predictions(topo.project, lookup)
-            stop.set()
-            for monitor, thread in zip((dead_monitor, prediction_monitor), monitors, strict=True):
-                monitor.stop.set()
-                thread.join(timeout=10)
-            elapsed = time.monotonic() - t0
-            store = FeatureStore(
-                StoreConfig(topo.project, topo.bigtable_instance, topo.bigtable_table)
+        )
+        sent_tx = [0]  # transactions published so far
+        burst = None
+        if config.overload_s:
+            burst = (
+                config.overload_at_s,
+                config.overload_at_s + config.overload_s,
+                config.overload_rate or 2 * config.rate,
             )
-            index = {}
-            ids = sorted(valid_tx)
-            for start_i in range(0, len(ids), 2000):
-                index.update(store.read_ids(ids[start_i : start_i + 2000]))
-    finally:
-        job.stop()
-        stack.down()
+            chaos.burst = burst
+        dead, predicted = run.dead_letters.raw, run.predictions.raw
+        stop = threading.Event()
+        t0 = time.monotonic()
+
+        def sample() -> None:
+            seen: set[str] = set()
+            done = 0
+            while not stop.wait(2.0):
+                new = predicted[done:]
+                done += len(new)
+                seen.update(m.attributes.get("transaction_id", "") for m in new)
+                rss = _rss_mb(job.proc.pid) if job.proc else 0.0
+                chaos.timeline.append(
+                    (round(time.monotonic() - t0, 1), sent_tx[0], len(seen), round(rss, 1))
+                )
+
+        threading.Thread(target=sample, daemon=True).start()
+        publish_all(run, messages, config.rate, burst, sent_tx)
+
+        def wait_for_prediction(after: int, timeout_s: float) -> float | None:
+            """Seconds until the job predicts past ``after`` messages (None: it did not)."""
+            try:
+                waited = run.wait_for(lambda: len(predicted) > after, timeout_s, "", poll_s=0.2)
+            except TimeoutError:
+                return None
+            return round(waited, 1)
+
+        # The schedule: kills at random moments, outages between them, timed from the job's
+        # first prediction (before it, the job is still starting and a fault proves little).
+        plan: list[tuple[float, str, str]] = []
+        if config.kills or config.outages:
+            if wait_for_prediction(0, config.timeout_s) is None:
+                raise RuntimeError(f"the job never predicted; see {log}")
+            first = chaos.first_prediction_s = round(time.monotonic() - t0, 1)
+            # Until the last transaction is due: only transactions make predictions (the
+            # replay ends with labels only, 7 days of event time after the transactions).
+            last_tx = max(i for i, m in enumerate(messages) if m.kind == "transaction")
+            span = max((last_tx + 1) / config.rate - first, 1.0)
+            kill_at = sorted(
+                first + rng.uniform(0.1, 0.85) * span + 3 * k for k in range(config.kills)
+            )
+            outage_at = [
+                (
+                    name,
+                    first
+                    + max(0.0, (k + 1) / (len(config.outages) + 1) * span + rng.uniform(-5, 5)),
+                )
+                for k, name in enumerate(config.outages)
+            ]
+            plan = sorted(
+                [(t, "kill", "") for t in kill_at] + [(t, "outage", n) for n, t in outage_at]
+            )
+        for at, what, name in plan:
+            run.sleep(t0 + at - time.monotonic())
+            retries_before = len(logged_retries(log))
+            fault = Fault(
+                what if what == "kill" else name,
+                round(time.monotonic() - t0, 1),
+                len(predicted),
+            )
+            chaos.faults.append(fault)
+            if what == "kill":
+                print(f"[chaos] t={fault.at_s}s SIGKILL; restarting with resume", flush=True)
+                run.restart_job()
+                chaos.kills.append(fault.at_s)
+            else:
+                print(f"[chaos] t={fault.at_s}s {name} stopped for {config.outage_s}s", flush=True)
+                with run.stack.outage(name):
+                    # The job must not die while its dependency is down (run.sleep checks).
+                    grace = min(STALL_GRACE_S, config.outage_s / 2)
+                    run.sleep(grace)
+                    down_from = len(predicted)
+                    run.sleep(config.outage_s - grace)
+                    fault.predictions_while_down = len(predicted) - down_from
+                chaos.outages.append((name, fault.at_s, config.outage_s))
+                job.check()
+            fault.retries = logged_retries(log)[retries_before:]
+            # The job goes on (and the next fault waits for it to be at work again).
+            fault.resumed_after_s = wait_for_prediction(len(predicted), RESUME_TIMEOUT_S)
+            print(f"[chaos] {fault}", flush=True)
+        # Wait until every valid transaction has its prediction and every rejection is out.
+        n_rejects = sum(1 for m in messages if _rejected(m))
+        lookup = _published_ids(messages)
+        stored: dict[str, Any] = {}
+
+        def everything_out() -> bool:
+            nonlocal stored
+            # Datastore is read only once the topics say everything is out.
+            if run.replaying() or not valid_tx <= {
+                m.attributes.get("transaction_id", "") for m in list(predicted)
+            }:
+                return False
+            if len({m.attributes.get("original_message_id", "") for m in list(dead)}) < n_rejects:
+                return False
+            time.sleep(5)  # let late corrections land
+            stored = _datastore_predictions(topo.project, lookup)
+            return valid_tx <= set(stored)
+
+        with suppress(TimeoutError):  # timed out: report what is there
+            run.wait_for(everything_out, t0 + config.timeout_s - time.monotonic(), "", poll_s=3)
+        if not valid_tx <= set(stored):
+            stored = _datastore_predictions(topo.project, lookup)
+        stop.set()
+        run.stop_monitors()
+        elapsed = time.monotonic() - t0
+        store = FeatureStore(StoreConfig(topo.project, topo.bigtable_instance, topo.bigtable_table))
+        index = {}
+        ids = sorted(valid_tx)
+        for start_i in range(0, len(ids), 2000):
+            index.update(store.read_ids(ids[start_i : start_i + 2000]))
 
     return _report(config, messages, valid_tx, expected, stored, dead, index, chaos, elapsed)
 

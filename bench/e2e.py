@@ -8,9 +8,11 @@ In one run, on the same input (the first N transactions of the small preset and 
   3. latency: the full pipeline on a fresh store, the same events published at half of (2)'s
      rate; event-to-prediction latency = prediction processing time - Pub/Sub publish time.
 
-Throughput is measured between 10% and 90% of the transactions done (start-up excluded): parsed,
-for the read-only pipeline (counted in-process); predicted, for the full pipeline (seen on the
-prediction topic). Both pipelines read both streams; events/s counts transactions and labels
+Each phase has its own subscriptions, table and Datastore kind (LocalRun's ``fresh``): it reads
+only its own messages and starts from an empty store. Throughput is measured between 10% and 90%
+of the transactions done (start-up excluded): parsed, for the read-only pipeline (counted
+in-process); predicted, for the full pipeline (seen on the prediction topic). Both pipelines read
+both streams; events/s counts transactions and labels
 (transactions/s x events/transactions). The last line is one JSON object.
 """
 
@@ -22,34 +24,15 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from pipelines.app.demo import Monitor, latency_ms, percentiles
-from pipelines.app.local import (
-    LocalStack,
-    Topology,
-    create_resources,
-    create_subscription,
-    environment,
-    free_port,
-)
-from pipelines.app.publisher import publish_events, replay_events
-from pipelines.local_runner import tune_direct_runner
-from pipelines.options import RilletOptions
-from pipelines.stores.bigtable import StoreConfig, create_table
-from pipelines.streaming import build_pipeline
+from pipelines.app.local_run import LocalRun, percentiles
+from pipelines.app.publisher import replay_events
 from pipelines.transforms.parse import ParseEvents
-
-TOPO = Topology()
-
 
 _PARSED = [0]
 _LOCK = threading.Lock()
@@ -60,42 +43,16 @@ def _count(event: Any) -> None:
         _PARSED[0] += 1
 
 
-def _inputs(tag: str) -> tuple[str, str]:
-    """Fresh subscriptions to the two input topics: each phase reads only its own messages."""
-    suffix = uuid.uuid4().hex[:6]
-    return (
-        create_subscription(TOPO.project, f"bench-{tag}-tx-{suffix}", TOPO.transactions_topic),
-        create_subscription(TOPO.project, f"bench-{tag}-lb-{suffix}", TOPO.labels_topic),
-    )
-
-
-def _options(tag: str, model_dir: Path, tx_sub: str, label_sub: str) -> PipelineOptions:
-    options = PipelineOptions(
-        [
-            "--runner=DirectRunner",
-            f"--project={TOPO.project}",
-            f"--model_dir={model_dir}",
-            f"--transactions_subscription={tx_sub}",
-            f"--labels_subscription={label_sub}",
-            f"--bigtable_table=bench_{tag}",
-            f"--datastore_kind=Bench{tag.title()}",
-        ]
-    )
-    options.view_as(StandardOptions).streaming = True
-    return options
-
-
-def _watch(progress: Any, total: int, timeout_s: float) -> list[tuple[float, int]]:
+def _watch(run: LocalRun, progress: Any, total: int, timeout_s: float) -> list[tuple[float, int]]:
     """Samples (time, transactions done) until ``total`` are done."""
-    samples = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        done = progress()
-        samples.append((time.monotonic(), done))
-        if done >= total:
-            return samples
-        time.sleep(0.1)
-    raise SystemExit(f"timed out: {samples[-1][1]} of {total} transactions after {timeout_s:.0f} s")
+    samples: list[tuple[float, int]] = []
+
+    def done() -> bool:
+        samples.append((time.monotonic(), progress()))
+        return samples[-1][1] >= total
+
+    run.wait_for(done, timeout_s, lambda: f"timed out: {samples[-1][1]} of {total}", poll_s=0.1)
+    return samples
 
 
 def _rate(samples: list[tuple[float, int]], total: int) -> float:
@@ -107,75 +64,58 @@ def _rate(samples: list[tuple[float, int]], total: int) -> float:
     return 0.8 * total / max(t90 - t10, 1e-9)
 
 
-def _predicted(monitor: Monitor) -> Any:
-    return lambda: len({b.get("transaction_id") for b in list(monitor.received)})
+def _read_only_graph(topology: Any) -> Any:
+    """ReadFromPubSub + ParseEvents of both input streams, counting parsed transactions."""
+
+    def build(p: Any, options: Any) -> None:
+        for kind, name in (
+            ("transaction", topology.transactions_subscription),
+            ("label", topology.labels_subscription),
+        ):
+            path = f"projects/{topology.project}/subscriptions/{name}"
+            parsed = (
+                p
+                | f"Read{kind}" >> beam.io.ReadFromPubSub(subscription=path, with_attributes=True)
+                | f"Parse{kind}" >> ParseEvents(kind, path)
+            )
+            if kind == "transaction":
+                _ = parsed.valid | "Count" >> beam.Map(_count)
+
+    return build
 
 
-def read_only(events: list, model_dir: Path, timeout_s: float) -> float:
-    subscriptions = _inputs("ro")
-    publish_events(events, TOPO.topic_paths(), rate=0)
-    p = beam.Pipeline(options=_options("ro", model_dir, *subscriptions))
-    for kind, path in zip(("transaction", "label"), subscriptions, strict=True):
-        parsed = (
-            p
-            | f"Read{kind}" >> beam.io.ReadFromPubSub(subscription=path, with_attributes=True)
-            | f"Parse{kind}" >> ParseEvents(kind, path)
-        )
-        if kind == "transaction":
-            _ = parsed.valid | "Count" >> beam.Map(_count)
+def read_only(stack: Any, events: list, model_dir: Path, timeout_s: float) -> float:
     n_tx = sum(e.topic == "transactions" for e in events)
-    _PARSED[0] = 0
-    result = p.run()
-    try:
-        samples = _watch(lambda: _PARSED[0], n_tx, timeout_s)
-    finally:
-        result.cancel()
+    with LocalRun(stack=stack, fresh="bench-ro") as run:
+        run.publish(events)
+        _PARSED[0] = 0
+        run.start_pipeline([f"--model_dir={model_dir}"], build=_read_only_graph(run.topology))
+        samples = _watch(run, lambda: _PARSED[0], n_tx, timeout_s)
     return _rate(samples, n_tx) * len(events) / n_tx
 
 
-@contextmanager
-def _full_pipeline(tag: str, model_dir: Path, backlog: list | None = None) -> Iterator[Monitor]:
-    """Runs the full pipeline on a fresh table and subscriptions (``backlog`` published before it
-    starts); yields a Monitor of its prediction topic."""
-    subscriptions = _inputs(tag)
-    out = create_subscription(
-        TOPO.project, f"bench-{tag}-out-{uuid.uuid4().hex[:6]}", "predictions"
-    )
-    if backlog:
-        publish_events(backlog, TOPO.topic_paths(), rate=0)
-    options = _options(tag, model_dir, *subscriptions)
-    create_table(StoreConfig(TOPO.project, TOPO.bigtable_instance, f"bench_{tag}"))
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, options)
-    monitor = Monitor(out)
-    thread = threading.Thread(target=monitor.run, daemon=True)
-    thread.start()
-    result = p.run()
-    try:
-        yield monitor
-    finally:
-        result.cancel()
-        monitor.stop.set()
-        thread.join(timeout=10)
-
-
-def full(events: list, model_dir: Path, timeout_s: float) -> tuple[float, int]:
+def full(stack: Any, events: list, model_dir: Path, timeout_s: float) -> tuple[float, int]:
     n_tx = sum(e.topic == "transactions" for e in events)
-    with _full_pipeline("full", model_dir, backlog=events) as monitor:
-        samples = _watch(_predicted(monitor), n_tx, timeout_s)
+    with LocalRun(stack=stack, fresh="bench-full") as run:
+        run.publish(events)  # a backlog
+        run.start_pipeline([f"--model_dir={model_dir}"])
+        samples = _watch(run, run.predicted, n_tx, timeout_s)
         time.sleep(2)  # late corrections
-    corrections = sum(1 for b in monitor.received if b.get("correction"))
-    return _rate(samples, n_tx) * len(events) / n_tx, corrections
+        run.stop()
+    return _rate(samples, n_tx) * len(events) / n_tx, run.corrections()
 
 
-def latency(events: list, model_dir: Path, rate: float, timeout_s: float) -> dict[str, float]:
+def latency(
+    stack: Any, events: list, model_dir: Path, rate: float, timeout_s: float
+) -> dict[str, float]:
     n_tx = sum(e.topic == "transactions" for e in events)
-    with _full_pipeline("latency", model_dir) as monitor:
+    with LocalRun(stack=stack, fresh="bench-latency") as run:
+        run.start_pipeline([f"--model_dir={model_dir}"])
         time.sleep(5)  # let the pipeline start (model load) before the paced stream begins
-        publish_events(events, TOPO.topic_paths(), rate=rate)
-        _watch(_predicted(monitor), n_tx, timeout_s)
-    originals = [b for b in monitor.received if not b.get("correction")]
-    latencies = [x for x in map(latency_ms, originals) if x is not None]
+        run.replay(events, rate)
+        run.wait_predicted(n_tx, timeout_s, poll_s=0.1)
+        run.stop()
+    latencies = run.latencies()
     p50, p95, p99 = percentiles(latencies)
     return {"p50_ms": p50, "p95_ms": p95, "p99_ms": p99, "n": len(latencies)}
 
@@ -190,27 +130,20 @@ def main(argv: list[str] | None = None) -> None:
     from pipelines.app.simulator import PRESETS, simulate
     from pipelines.core.training_data import training_features
 
-    tune_direct_runner(RilletOptions().direct_pull_max_messages)
     frame = simulate(PRESETS["small"]).sort_values("TX_DATETIME").head(args.transactions)
     events = replay_events(frame.reset_index(drop=True))
     work = Path(tempfile.mkdtemp(prefix="rillet-bench-"))
     model, _ = train_model(training_features(frame), None, TrainConfig(epochs=1, hidden=(16,)))
     export_model(model, work / "models", {"purpose": "bench"})
 
-    stack = LocalStack(work / "state")
-    stack.up({"pubsub": free_port(), "bigtable": free_port(), "datastore": free_port()})
-    try:
-        with environment(stack.env()):
-            create_resources(TOPO)
-            print(f"{len(events):,} events ({len(frame):,} transactions + labels)", file=sys.stderr)
-            ro = read_only(events, work / "models", args.timeout)
-            print(f"read-only: {ro:,.0f} events/s", file=sys.stderr)
-            fu, corrections = full(events, work / "models", args.timeout)
-            print(f"full: {fu:,.0f} events/s ({corrections} corrections)", file=sys.stderr)
-            lat = latency(events, work / "models", fu / 2, args.timeout)
-            print(f"latency at {fu / 2:,.0f} events/s: {lat}", file=sys.stderr)
-    finally:
-        stack.down()
+    with LocalRun(work / "state") as bench:
+        print(f"{len(events):,} events ({len(frame):,} transactions + labels)", file=sys.stderr)
+        ro = read_only(bench.stack, events, work / "models", args.timeout)
+        print(f"read-only: {ro:,.0f} events/s", file=sys.stderr)
+        fu, corrections = full(bench.stack, events, work / "models", args.timeout)
+        print(f"full: {fu:,.0f} events/s ({corrections} corrections)", file=sys.stderr)
+        lat = latency(bench.stack, events, work / "models", fu / 2, args.timeout)
+        print(f"latency at {fu / 2:,.0f} events/s: {lat}", file=sys.stderr)
     print(
         json.dumps(
             {

@@ -34,13 +34,11 @@ import argparse
 import heapq
 import json
 import sys
-import threading
 import time
 import uuid
 import zlib
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -306,91 +304,45 @@ def _recorded_events() -> int:
     return sum(sum(stats.events(step).values()) for step in stats.steps())
 
 
-@contextmanager
-def _running_pipeline(model_dir: Path, table: str) -> Iterator[Any]:
-    """The full streaming pipeline on fresh subscriptions and table; yields (tx subscription,
-    label subscription, Monitor of the prediction topic); the job starts on ``start()``."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-
-    from pipelines.app.demo import Monitor
-    from pipelines.app.local import Topology, create_subscription
-    from pipelines.stores.bigtable import StoreConfig, create_table
-    from pipelines.streaming import build_pipeline
-
-    topo = Topology()
-    suffix = uuid.uuid4().hex[:6]
-    tx_sub = create_subscription(topo.project, f"scale-tx-{suffix}", topo.transactions_topic)
-    label_sub = create_subscription(topo.project, f"scale-lb-{suffix}", topo.labels_topic)
-    out = create_subscription(topo.project, f"scale-out-{suffix}", "predictions")
-    create_table(StoreConfig(topo.project, topo.bigtable_instance, table))
-    options = PipelineOptions(
-        [
-            "--runner=DirectRunner",
-            f"--project={topo.project}",
-            f"--model_dir={model_dir}",
-            f"--transactions_subscription={tx_sub}",
-            f"--labels_subscription={label_sub}",
-            f"--bigtable_table={table}",
-            "--datastore_kind=BenchScaleout",
-        ]
-    )
-    options.view_as(StandardOptions).streaming = True
-    p = beam.Pipeline(options=options)
-    build_pipeline(p, options)
-    monitor = Monitor(out)
-    thread = threading.Thread(target=monitor.run, daemon=True)
-    thread.start()
-    result: list[Any] = []
-    try:
-        yield topo, monitor, lambda: result.append(p.run())
-    finally:
-        for r in result:
-            r.cancel()
-        monitor.stop.set()
-        thread.join(timeout=10)
-
-
-def measure(events: list, n_tx: int, model_dir: Path, timeout_s: float, settle_s: float) -> dict:
-    """Publishes ``events`` as a backlog, runs the pipeline with key_stats on until every
-    transaction is predicted and the recorded work stops growing for ``settle_s``."""
-    from pipelines.app.publisher import publish_events
+def measure(
+    run: Any, events: list, n_tx: int, model_dir: Path, timeout_s: float, settle_s: float
+) -> dict:
+    """Publishes ``events`` as a backlog, runs the pipeline (in this process: the registry is
+    read here) with key_stats on until every transaction is predicted and the recorded work
+    stops growing for ``settle_s``."""
     from pipelines.transforms.key_stats import key_stats
 
     key_stats().reset()
     key_stats().enable()
-    with _running_pipeline(model_dir, f"scaleout_{uuid.uuid4().hex[:6]}") as (topo, monitor, start):
-        t0 = time.monotonic()
-        published = publish_events(events, topo.topic_paths(), rate=0)
-        print(f"published {published:,} events in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-        start()
-        started = time.monotonic()
-        deadline = started + timeout_s
-        predicted, last_log = 0, started
-        while True:
-            predicted = len({b.get("transaction_id") for b in list(monitor.received)})
-            now = time.monotonic()
-            if predicted >= n_tx:
-                break
-            if now > deadline:
-                raise SystemExit(f"timed out: {predicted:,} of {n_tx:,} transactions predicted")
-            if now - last_log > 30:
-                print(f"  {predicted:,}/{n_tx:,} predicted, {now - started:.0f} s", file=sys.stderr)
-                last_log = now
-            time.sleep(0.2)
-        wall = time.monotonic() - started
-        # Labels after the last transaction may still be in a stage: wait until nothing new is
-        # recorded for settle_s (at most 10 settle periods).
-        seen, quiet_since, stop = (
-            _recorded_events(),
-            time.monotonic(),
-            time.monotonic() + 10 * settle_s,
-        )
-        while time.monotonic() - quiet_since < settle_s and time.monotonic() < stop:
-            time.sleep(0.2)
-            now_seen = _recorded_events()
-            if now_seen != seen:
-                seen, quiet_since = now_seen, time.monotonic()
+    t0 = time.monotonic()
+    published = run.publish(events)
+    print(f"published {published:,} events in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+    run.start_pipeline([f"--model_dir={model_dir}"])
+    started = time.monotonic()
+    last_log = [started]
+
+    def progress(predicted: int) -> None:
+        if time.monotonic() - last_log[0] > 30:
+            last_log[0] = time.monotonic()
+            print(
+                f"  {predicted:,}/{n_tx:,} predicted, {last_log[0] - started:.0f} s",
+                file=sys.stderr,
+            )
+
+    try:
+        wall = run.wait_predicted(n_tx, timeout_s, progress=progress, poll_s=0.2)
+    except TimeoutError as exc:
+        raise SystemExit(f"timed out: {exc}") from None
+    predicted = run.predicted()
+    # Labels after the last transaction may still be in a stage: wait until nothing new is
+    # recorded for settle_s (at most 10 settle periods).
+    seen, quiet_since, stop = _recorded_events(), time.monotonic(), time.monotonic() + 10 * settle_s
+    while time.monotonic() - quiet_since < settle_s and time.monotonic() < stop:
+        time.sleep(0.2)
+        now_seen = _recorded_events()
+        if now_seen != seen:
+            seen, quiet_since = now_seen, time.monotonic()
+    run.stop()
     stats = key_stats()
     steps = {step: stats.work(step) for step in stats.steps()}
     return {
@@ -431,26 +383,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     command = " ".join(["python -m bench.scaleout", *(sys.argv[1:] if argv is None else argv)])
 
-    from pipelines.app.local import LocalStack, create_resources, environment, free_port
+    from pipelines.app.local_run import LocalRun
     from pipelines.app.publisher import replay_events
-    from pipelines.local_runner import tune_direct_runner
-    from pipelines.options import RilletOptions
 
-    tune_direct_runner(RilletOptions().direct_pull_max_messages)
     frame = handbook_frame(args.days, args.limit)
     events = replay_events(frame)
     print(f"{len(events):,} events ({len(frame):,} transactions + labels)", file=sys.stderr)
     args.work_dir.mkdir(parents=True, exist_ok=True)
     model_dir = model_for(frame, args.work_dir / "models")
 
-    stack = LocalStack(args.work_dir / f"state-{uuid.uuid4().hex[:6]}")
-    stack.up({"pubsub": free_port(), "bigtable": free_port(), "datastore": free_port()})
-    try:
-        with environment(stack.env()):
-            create_resources()
-            run = measure(events, len(frame), model_dir, args.timeout, args.settle)
-    finally:
-        stack.down()
+    state = args.work_dir / f"state-{uuid.uuid4().hex[:6]}"
+    with LocalRun(state, fresh="scale") as local:
+        run = measure(local, events, len(frame), model_dir, args.timeout, args.settle)
     steps = run.pop("steps")
     run["command"] = command
     if steps:

@@ -6,29 +6,33 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pipelines.app.local_run import LocalRun
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 @pytest.fixture(scope="session")
-def emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    from pipelines.app.local import LocalStack, StackError, create_resources, environment, free_port
+def local_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRun]:
+    """The session's LocalRun: a private stack with the default resources, no job."""
+    from pipelines.app.local import StackError
+    from pipelines.app.local_run import LocalRun
 
-    stack = LocalStack(tmp_path_factory.mktemp("rillet-state"))
-    ports = {"pubsub": free_port(), "bigtable": free_port(), "datastore": free_port()}
     try:
-        stack.up(ports)
+        with LocalRun(tmp_path_factory.mktemp("rillet-state")) as run:
+            yield run
     except StackError as exc:  # pragma: no cover - depends on the machine
         pytest.fail(f"emulators could not start: {exc}")
-    env = stack.env()
-    try:
-        with environment(env):
-            create_resources()
-            yield env
-    finally:
-        stack.down()
+
+
+@pytest.fixture(scope="session")
+def emulators(local_run: LocalRun) -> dict[str, str]:
+    """The *_EMULATOR_HOST variables of the session's stack (set for the session)."""
+    return local_run.env
 
 
 @pytest.fixture(scope="session")

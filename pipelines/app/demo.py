@@ -9,9 +9,9 @@ the predictions on the prediction topic, prints a summary and stops everything i
 from __future__ import annotations
 
 import json
-import threading
 import time
-from dataclasses import dataclass, field
+from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +20,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipelines.app.local import LocalStack, Topology, create_resources, environment
-from pipelines.app.streaming_job import StreamingJob
+from pipelines.app.local_run import LocalRun, percentiles
 
-__all__ = ["DemoConfig", "Monitor", "latency_ms", "percentiles", "run_demo"]
+__all__ = ["DemoConfig", "feature_mismatches", "run_demo"]
 
 console = Console()
 
@@ -39,65 +38,6 @@ class DemoConfig:
     train_days: int = 35
     timeout_s: float = 600.0
     epochs: int = 5
-
-
-@dataclass
-class Monitor:
-    """Drains a monitoring subscription in a thread, keeping the messages' bodies."""
-
-    subscription: str
-    received: list[dict[str, Any]] = field(default_factory=list)
-    raw: list[Any] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self) -> None:
-        from google.cloud import pubsub_v1
-
-        subscriber = pubsub_v1.SubscriberClient()
-        try:
-            while not self.stop.is_set():
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    response = subscriber.pull(
-                        subscription=self.subscription, max_messages=1000, return_immediately=True
-                    )
-                if not response.received_messages:
-                    time.sleep(0.2)
-                    continue
-                for m in response.received_messages:
-                    self.raw.append(m.message)
-                    try:
-                        self.received.append(json.loads(m.message.data))
-                    except (ValueError, RecursionError):  # dead letters hold any bytes
-                        self.received.append({"_raw": m.message.data})
-                subscriber.acknowledge(
-                    subscription=self.subscription,
-                    ack_ids=[m.ack_id for m in response.received_messages],
-                )
-        finally:
-            subscriber.close()
-
-
-def percentiles(values: list[float]) -> tuple[float, float, float]:
-    """p50, p95, p99 (NaN when empty)."""
-    if not values:
-        return (float("nan"), float("nan"), float("nan"))
-    p = np.percentile(np.asarray(values), [50, 95, 99])
-    return float(p[0]), float(p[1]), float(p[2])
-
-
-def latency_ms(prediction: dict[str, Any]) -> float | None:
-    """Event-to-prediction latency of a prediction message: processing - publish time."""
-    from pipelines.core.schema import parse_rfc3339
-
-    try:
-        return (
-            parse_rfc3339(prediction["processing_time"]) - parse_rfc3339(prediction["publish_time"])
-        ) / 1000.0
-    except (KeyError, ValueError):
-        return None
 
 
 def feature_mismatches(bodies: list[dict[str, Any]], expected: Any) -> int:
@@ -127,22 +67,20 @@ def count_datastore(project: str, kind: str) -> int:
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     from models.evaluation import rows_in
     from models.train import export_model, train_model
-    from pipelines.app.publisher import malformed_examples, publish_events, replay_events
+    from pipelines.app.publisher import ReplayEvent, malformed_examples, replay_events
     from pipelines.app.simulator import PRESETS, simulate, write_dataset
     from pipelines.core.training_data import training_features
 
     work = config.work_dir
-    topo = Topology()
-    stack = LocalStack(work)
+    log_path = work / "logs" / "pipeline.log"
     console.rule("[bold]rillet demo")
     console.print("Starting the Pub/Sub, Bigtable and Datastore emulators ...")
-    started = stack.up()
-    console.print("  " + ", ".join(f"{k}: {v}" for k, v in started.items()))
-    log_path = work / "logs" / "pipeline.log"
-    job = StreamingJob([f"--project={topo.project}", f"--model_dir={work / 'models'}"], log_path)
+    # The recorded ports (emulators already answering there are reused): 'rillet local up'
+    # users keep their subscribers.
+    run = LocalRun(work, private=False, log_path=log_path)
     try:
-        with environment(stack.env()):
-            create_resources(topo)
+        with run:
+            console.print("  " + ", ".join(f"{k}: {v}" for k, v in run.started.items()))
             console.print(f"Simulating the '{config.preset}' preset ...")
             frame = simulate(PRESETS[config.preset])
             data_dir = work / "data" / config.preset
@@ -179,19 +117,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             console.print(f"  exported {version_dir}")
 
             console.print("Starting the streaming pipeline on the DirectRunner ...")
-            job.start()
+            run.start_job([f"--model_dir={work / 'models'}"])
 
             events = replay_events(frame)
-            bad = malformed_examples()
+            bad = [ReplayEvent("transactions", b, 0) for b in malformed_examples()]
             n_tx = len(frame)
-            predictions = Monitor(
-                f"projects/{topo.project}/subscriptions/{topo.predictions_subscription}"
-            )
-            dead = Monitor(f"projects/{topo.project}/subscriptions/{topo.dead_letter_subscription}")
-            threads = [threading.Thread(target=m.run, daemon=True) for m in (predictions, dead)]
-            for t in threads:
-                t.start()
-            topics = topo.topic_paths()
             console.print(
                 f"Replaying {n_tx:,} transactions and {n_tx:,} labels "
                 f"at {config.rate:,.0f} events/s "
@@ -207,43 +137,23 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             ) as progress:
                 pub_task = progress.add_task("published ", total=len(events) + len(bad))
                 pred_task = progress.add_task("predicted ", total=n_tx)
-                publisher = threading.Thread(
-                    target=lambda: (
-                        publish_events(
-                            [type(events[0])("transactions", b, 0) for b in bad],
-                            topics,
-                            0,
-                        ),
-                        publish_events(
-                            events, topics, config.rate, lambda n: progress.advance(pub_task, n)
-                        ),
-                    ),
-                    daemon=True,
-                )
-                publisher.start()
+                run.publish(bad)
                 progress.advance(pub_task, len(bad))
-                deadline = time.monotonic() + config.timeout_s
-                while time.monotonic() < deadline:
-                    progress.update(
-                        pred_task,
-                        completed=len({p.get("transaction_id") for p in predictions.received}),
+                run.replay(events, config.rate, progress=lambda n: progress.advance(pub_task, n))
+                with suppress(TimeoutError):  # the summary says what is missing
+                    run.wait_predicted(
+                        n_tx,
+                        config.timeout_s,
+                        dead_letters=len(bad),
+                        progress=lambda n: progress.update(pred_task, completed=n),
                     )
-                    job.check()
-                    done = len({p.get("transaction_id") for p in predictions.received}) >= n_tx
-                    if done and not publisher.is_alive() and len(dead.received) >= len(bad):
-                        break
-                    time.sleep(0.5)
             elapsed = time.monotonic() - t0
             time.sleep(1.0)
-            for m in (predictions, dead):
-                m.stop.set()
-            for t in threads:
-                t.join(timeout=10)
-            stored = count_datastore(topo.project, "Prediction")
-            originals = [p for p in predictions.received if not p.get("correction")]
-            latencies = [x for x in map(latency_ms, originals) if x is not None]
-            p50, p95, p99 = percentiles(latencies)
-            unique_predictions = len({p.get("transaction_id") for p in predictions.received})
+            run.stop_monitors()
+            predictions, dead = run.predictions, run.dead_letters
+            stored = count_datastore(run.topology.project, "Prediction")
+            p50, p95, p99 = percentiles(run.latencies())
+            unique_predictions = run.predicted()
             summary = {
                 "events_in": len(events) + len(bad),
                 "transactions": n_tx,
@@ -252,7 +162,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 "predictions_in_datastore": stored,
                 "messages_on_prediction_topic": len(predictions.received),
                 "unique_predictions": unique_predictions,
-                "corrections": len(predictions.received) - len(originals),
+                "corrections": run.corrections(),
                 "feature_mismatches": feature_mismatches(predictions.received, feats),
                 "dead_letters": len(dead.received),
                 "dead_letter_reasons": sorted({m.attributes.get("reason", "?") for m in dead.raw}),
@@ -268,10 +178,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             _print_summary(summary, work, log_path)
             return summary
     finally:
-        job.stop()
-        stopped = stack.down()
-        if stopped:
-            console.print("Stopped what the demo started: " + ", ".join(stopped))
+        if run.stopped:
+            console.print("Stopped what the demo started: " + ", ".join(run.stopped))
 
 
 def _print_summary(summary: dict[str, Any], work: Path, log_path: Path) -> None:

@@ -214,7 +214,7 @@ def _timing(served: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     published before the first prediction came out: the job was still starting (loading the
     model, opening clients), which is start-up time, not steady-state latency.
     """
-    from pipelines.app.demo import percentiles
+    from pipelines.app.local_run import percentiles
 
     timing = served.loc[served["publish_time_us"] > 0, ["publish_time_us", "processing_time_us"]]
     first_out = int(timing["processing_time_us"].min()) if len(timing) else 0

@@ -18,7 +18,6 @@ The test week is scored once, at step 6, by the model chosen at step 4 without i
 from __future__ import annotations
 
 import json
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +51,10 @@ def run_replay_eval(config: ReplayEvalConfig) -> dict[str, Any]:
     """Runs the chain; returns the evaluation result (also written to <work_dir>/result.json)."""
     from models.evaluation import Protocol, rows_in
     from models.selection import GRID, QUICK_GRID, select_and_train
-    from pipelines.app.demo import Monitor
     from pipelines.app.evaluate import EvaluationConfig, evaluate
-    from pipelines.app.local import LocalStack, Topology, create_resources, environment, free_port
-    from pipelines.app.publisher import publish_events, replay_events
+    from pipelines.app.local_run import LocalRun
+    from pipelines.app.publisher import replay_events
     from pipelines.app.simulator import PRESETS, simulate, write_dataset
-    from pipelines.app.streaming_job import StreamingJob
     from pipelines.backfill.backfill import read_feature_table, run_backfill
 
     if config.preset not in PRESETS:
@@ -86,144 +83,86 @@ def run_replay_eval(config: ReplayEvalConfig) -> dict[str, Any]:
     console.print(f"  {len(table):,} rows -> {table_dir}")
     _step(timings, "backfill_s", t)
 
-    topo = Topology()
-    stack = LocalStack(work / "stack")
-    ports = {"pubsub": free_port(), "bigtable": free_port(), "datastore": free_port()}
-    console.print("3. Starting a private emulator stack " + json.dumps(ports))
-    stack.up(ports)
-    try:
-        with environment(stack.env()):
-            create_resources(topo)
-            t = time.monotonic()
-            console.print(f"   Warming the store: backfill --until {protocol.test_range[0]}")
-            run_backfill(
-                str(data_dir),
-                str(work / "backfill-warm"),
-                [
-                    f"--until={protocol.test_range[0]}",
-                    "--to_bigtable",
-                    f"--project={topo.project}",
-                    f"--bigtable_instance={topo.bigtable_instance}",
-                    f"--bigtable_table={topo.bigtable_table}",
-                    f"--shards={config.shards}",
+    with LocalRun(work / "stack", log_path=work / "logs" / "pipeline.log") as run:
+        console.print("3. Started a private emulator stack " + json.dumps(run.stack.ports()))
+        topo = run.topology
+        t = time.monotonic()
+        console.print(f"   Warming the store: backfill --until {protocol.test_range[0]}")
+        run_backfill(
+            str(data_dir),
+            str(work / "backfill-warm"),
+            [
+                f"--until={protocol.test_range[0]}",
+                "--to_bigtable",
+                f"--project={topo.project}",
+                f"--bigtable_instance={topo.bigtable_instance}",
+                f"--bigtable_table={topo.bigtable_table}",
+                f"--shards={config.shards}",
+            ],
+        )
+        _step(timings, "warm_store_s", t)
+
+        t = time.monotonic()
+        grid = QUICK_GRID if config.quick else GRID
+        console.print(
+            f"4. Model selection ({len(grid)} candidates x "
+            f"{len(protocol.validation_folds())} validation folds), then training on "
+            f"{protocol.train_range[0]}..{protocol.train_range[1]}"
+        )
+        version_dir, card = select_and_train(
+            table, protocol, work / "models", grid, {"preset": config.preset}
+        )
+        console.print(
+            f"  chose {card['config']}; validation AP {card['validation_metrics'].get('ap')}"
+        )
+        _step(timings, "train_s", t)
+
+        week = rows_in(frame, protocol.test_range)
+        events = replay_events(week)
+        console.print(
+            f"5. Streaming: replaying {len(week):,} test-week transactions and their labels "
+            f"({len(events):,} events) at {config.rate:,.0f} events/s"
+        )
+        run.start_job([f"--model_dir={work / 'models'}", f"--model_version={version_dir.name}"])
+        replay = _replay(run, events, len(week), config)
+        timings["stream_s"] = replay["elapsed_s"]
+
+        t = time.monotonic()
+        console.print("6. Evaluating the test week (once): offline and as served")
+        result = evaluate(
+            EvaluationConfig(
+                feature_table=table_dir,
+                model_dir=work / "models",
+                model_version=version_dir.name,
+                served=True,
+                project=topo.project,
+                report_dir=work / "report",
+                notes=[
+                    f"rillet replay-eval --preset {config.preset} --rate {config.rate:g}"
+                    + (" --quick" if config.quick else ""),
+                    f"Stage timings (s): {json.dumps(timings)}",
                 ],
+                replay=replay,
             )
-            _step(timings, "warm_store_s", t)
-
-            t = time.monotonic()
-            grid = QUICK_GRID if config.quick else GRID
-            console.print(
-                f"4. Model selection ({len(grid)} candidates x "
-                f"{len(protocol.validation_folds())} validation folds), then training on "
-                f"{protocol.train_range[0]}..{protocol.train_range[1]}"
-            )
-            version_dir, card = select_and_train(
-                table, protocol, work / "models", grid, {"preset": config.preset}
-            )
-            console.print(
-                f"  chose {card['config']}; validation AP {card['validation_metrics'].get('ap')}"
-            )
-            _step(timings, "train_s", t)
-
-            week = rows_in(frame, protocol.test_range)
-            events = replay_events(week)
-            console.print(
-                f"5. Streaming: replaying {len(week):,} test-week transactions and their labels "
-                f"({len(events):,} events) at {config.rate:,.0f} events/s"
-            )
-            replay = _replay(
-                StreamingJob(
-                    [
-                        f"--project={topo.project}",
-                        f"--model_dir={work / 'models'}",
-                        f"--model_version={version_dir.name}",
-                    ],
-                    work / "logs" / "pipeline.log",
-                ),
-                Monitor(f"projects/{topo.project}/subscriptions/{topo.predictions_subscription}"),
-                events,
-                len(week),
-                topo.topic_paths(),
-                config,
-                publish_events,
-            )
-            timings["stream_s"] = replay["elapsed_s"]
-
-            t = time.monotonic()
-            console.print("6. Evaluating the test week (once): offline and as served")
-            result = evaluate(
-                EvaluationConfig(
-                    feature_table=table_dir,
-                    model_dir=work / "models",
-                    model_version=version_dir.name,
-                    served=True,
-                    project=topo.project,
-                    report_dir=work / "report",
-                    notes=[
-                        f"rillet replay-eval --preset {config.preset} --rate {config.rate:g}"
-                        + (" --quick" if config.quick else ""),
-                        f"Stage timings (s): {json.dumps(timings)}",
-                    ],
-                    replay=replay,
-                )
-            )
-            _step(timings, "evaluate_s", t)
-    finally:
-        stack.down()
+        )
+        _step(timings, "evaluate_s", t)
     result["timings_s"] = timings
     (work / "result.json").write_text(json.dumps(result, indent=2))
     return result
 
 
-def _replay(
-    job: Any,
-    monitor: Any,
-    events: list[Any],
-    n_transactions: int,
-    topics: dict[str, str],
-    config: ReplayEvalConfig,
-    publish: Any,
-) -> dict[str, Any]:
+def _replay(run: Any, events: list[Any], n_transactions: int, config: ReplayEvalConfig) -> dict:
     """Publishes the events while the job runs; returns when every transaction has a prediction
-    (or raises at the timeout)."""
-    reader = threading.Thread(target=monitor.run, daemon=True)
-    with job:
-        reader.start()
-        start = time.monotonic()
-        deadline = start + config.timeout_s
-        # The first transaction alone, until its prediction is out: the job's start-up (model
-        # load, clients) then delays one message instead of the first seconds of the replay.
-        publish(events[:1], topics, 0)
-        while not monitor.received and time.monotonic() < deadline:
-            job.check()
-            time.sleep(0.2)
-        publisher = threading.Thread(
-            target=publish, args=(events[1:], topics, config.rate), daemon=True
-        )
-        publisher.start()
-        predicted = 0
-        while time.monotonic() < deadline:
-            job.check()
-            predicted = len({p.get("transaction_id") for p in monitor.received})
-            if predicted >= n_transactions and not publisher.is_alive():
-                break
-            time.sleep(0.5)
-        elapsed = time.monotonic() - start
-        time.sleep(1.0)  # let the last Datastore commits of the final bundle land
-        monitor.stop.set()
-        reader.join(timeout=10)
-    if predicted < n_transactions:
-        raise TimeoutError(
-            f"only {predicted:,} of {n_transactions:,} transactions were predicted within "
-            f"{config.timeout_s:.0f} s; see {job.log_path}"
-        )
-    corrections = sum(1 for p in monitor.received if p.get("correction"))
+    (or raises TimeoutError at the timeout), with the job and its monitor stopped."""
+    run.replay(events, config.rate, first_alone=True, first_timeout_s=config.timeout_s)
+    elapsed = run.wait_predicted(n_transactions, config.timeout_s)
+    run.stop(settle_s=1.0)  # let the last Datastore commits of the final bundle land
     return {
         "events": len(events),
         "transactions": n_transactions,
         "rate": config.rate,
         "elapsed_s": round(elapsed, 1),
         "events_per_s": round(len(events) / elapsed, 1),
-        "prediction_messages": len(monitor.received),
-        "corrections": corrections,
+        "prediction_messages": len(run.predictions.received),
+        "corrections": run.corrections(),
     }

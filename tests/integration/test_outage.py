@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.app.local import LOCAL_PROJECT, LocalStack, StackError, environment, free_port
+from pipelines.app.local import LOCAL_PROJECT, LocalStack, StackError
 from pipelines.core.definitions import CUSTOMER, MODEL_INPUTS, TERMINAL
 from pipelines.stores.retry import CALL_TIMEOUT_S
 
@@ -49,20 +49,13 @@ assert OUTAGE_S > CALL_TIMEOUT_S + DEADLINE_SLACK_S, "the outage must outlast a 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    from pipelines.stores.bigtable import StoreConfig, create_table
+    from pipelines.app.local_run import LocalRun
 
-    stack = LocalStack(tmp_path_factory.mktemp("outage-state"))
-    ports = {"pubsub": free_port(), "bigtable": free_port(), "datastore": free_port()}
     try:
-        stack.up(ports)
+        with LocalRun(tmp_path_factory.mktemp("outage-state")) as run:
+            yield run.stack  # LocalStack.down resumes a paused emulator first
     except StackError as exc:  # pragma: no cover - depends on the machine
         pytest.fail(f"emulators could not start: {exc}")
-    try:
-        with environment(stack.env()):
-            create_table(StoreConfig(LOCAL_PROJECT, "rillet", "features"))
-            yield stack
-    finally:
-        stack.down()  # resumes a paused emulator first
 
 
 class RetryLog(logging.Handler):

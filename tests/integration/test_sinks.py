@@ -95,22 +95,27 @@ def test_an_original_after_two_reordered_corrections_keeps_the_highest(emulators
     assert {e.key.name: e["revision"] for e in stored} == {i: 30 for i in ids}
 
 
-def test_write_predictions_stores_and_publishes(emulators) -> None:
+def test_write_predictions_stores_and_publishes(local_run) -> None:
     import apache_beam as beam
     from google.cloud import datastore
 
-    from tests.integration.test_streaming_pipeline import drain
+    from pipelines.app.local_run import LocalRun
 
     topic = f"projects/{TOPO.project}/topics/{TOPO.predictions_topic}"
     ids = [f"pub-{i}" for i in range(5)]
     options = PipelineOptions(["--runner=BundleBasedDirectRunner"])
-    with TestPipeline(options=options) as p:
-        _ = (
-            p
-            | beam.Create([batch(ids, revision=5, score=0.3)])
-            | WritePredictions(LOCAL_PROJECT, "SinkPublish", None, topic, RiskBands(0.2, 0.5))
-        )
-    messages = drain(TOPO.predictions_subscription, len(ids), timeout_s=30, settle_s=1)
+    with LocalRun(stack=local_run.stack) as run:
+        run.watch()
+        with TestPipeline(options=options) as p:
+            _ = (
+                p
+                | beam.Create([batch(ids, revision=5, score=0.3)])
+                | WritePredictions(LOCAL_PROJECT, "SinkPublish", None, topic, RiskBands(0.2, 0.5))
+            )
+        seen = run.predictions.raw
+        run.wait_for(lambda: set(ids) <= {m.attributes["transaction_id"] for m in seen}, 30, "")
+        run.stop(settle_s=1.0)
+    messages = run.predictions.raw
     mine = [m for m in messages if m.attributes["transaction_id"] in ids]
     assert sorted(m.attributes["transaction_id"] for m in mine) == ids
     for m in mine:

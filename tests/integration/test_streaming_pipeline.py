@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 
 import numpy as np
 import pytest
 
 from pipelines.app.local import Topology
-from pipelines.app.publisher import malformed_examples, publish_events, replay_events
+from pipelines.app.publisher import malformed_examples, replay_events
 from pipelines.core.definitions import CUSTOMER, MODEL_INPUTS
 from pipelines.core.training_data import training_features
 from pipelines.stores.bigtable import FeatureStore, StoreConfig
@@ -30,53 +29,12 @@ TOPO = Topology()
 LABEL_WAIT_S = 30.0
 
 
-def drain(subscription: str, want: int, timeout_s: float, settle_s: float = 3.0) -> list:
-    """Pulls until ``want`` distinct messages (by transaction_id attribute, else data) have
-    arrived, then ``settle_s`` longer for stragglers such as redeliveries."""
-    from google.cloud import pubsub_v1
-
-    subscriber = pubsub_v1.SubscriberClient()
-    path = subscriber.subscription_path(TOPO.project, subscription)
-    got: list = []
-    deadline = time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            distinct = {m.attributes.get("transaction_id") or m.data for m in got}
-            if len(distinct) >= want:
-                deadline = min(deadline, time.monotonic() + settle_s)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                response = subscriber.pull(
-                    subscription=path, max_messages=1000, return_immediately=True
-                )
-            if not response.received_messages:
-                time.sleep(0.3)
-                continue
-            got.extend(m.message for m in response.received_messages)
-            subscriber.acknowledge(
-                subscription=path, ack_ids=[m.ack_id for m in response.received_messages]
-            )
-    finally:
-        subscriber.close()
-    return got
-
-
-def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None:
+def test_streaming_pipeline_end_to_end(local_run, tiny_frame, model_dir) -> None:
     from google.cloud import datastore
 
+    from pipelines.app.local_run import LocalRun
     from pipelines.app.publisher import ReplayEvent
-    from pipelines.main import run
 
-    result = run(
-        [
-            "--runner=DirectRunner",
-            f"--project={TOPO.project}",
-            f"--model_dir={model_dir}",
-            "--max_batch_size=200",
-            f"--label_wait_s={LABEL_WAIT_S}",
-        ],
-        wait=False,
-    )
     events = replay_events(tiny_frame)
     transactions = [e for e in events if e.topic == "transactions"]
     labels = [e for e in events if e.topic == "labels"]
@@ -85,23 +43,28 @@ def test_streaming_pipeline_end_to_end(emulators, tiny_frame, model_dir) -> None
     # dead-lettered as unknown_transaction.
     unknown = json.loads(labels[0].data) | {"transaction_id": "never-published-1"}
     unknown_label = ReplayEvent("labels", json.dumps(unknown).encode(), 0)
-    try:
-        topics = TOPO.topic_paths()
+    n = len(tiny_frame)
+    # The job in this process, on the session's stack and resources.
+    with LocalRun(stack=local_run.stack) as run:
+        run.start_pipeline(
+            [f"--model_dir={model_dir}", "--max_batch_size=200", f"--label_wait_s={LABEL_WAIT_S}"]
+        )
         # The whole replay in one burst: the two streams race each other and the runner's
         # bundles, the hardest case for ordering.
         mixed = [unknown_label] + [ReplayEvent("transactions", b, 0) for b in bad]
-        publish_events(
-            mixed + events + transactions[:1],
-            topics,
-            rate=0,
-        )
-        n = len(tiny_frame)
-        predictions = drain(TOPO.predictions_subscription, n, timeout_s=240, settle_s=5)
+        run.publish(mixed + events + transactions[:1])
+        run.wait_predicted(n, timeout_s=240)
+        time.sleep(5)  # stragglers such as redeliveries
         # + 2: the first transaction published a second time is a duplicate, not a redelivery;
         # the label of the unknown transaction comes out once its wait is over.
-        dead = drain(TOPO.dead_letter_subscription, len(bad) + 2, timeout_s=LABEL_WAIT_S + 60)
-    finally:
-        result.cancel()
+        dead, want = run.dead_letters.raw, len(bad) + 2
+        run.wait_for(
+            lambda: len({m.attributes.get("transaction_id") or m.data for m in dead}) >= want,
+            LABEL_WAIT_S + 60,
+            "not every dead letter came out",
+        )
+        time.sleep(3)
+    predictions = run.predictions.raw
 
     # Prediction topic: every transaction, with the filterable attributes. The topic is
     # at-least-once (a redelivery, or a correction after an out-of-order event, is published
