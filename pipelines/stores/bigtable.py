@@ -41,6 +41,7 @@ backfill over a range the stream already saw) changes nothing: the store is idem
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import struct
@@ -252,11 +253,14 @@ def decode_snapshot(raw: bytes) -> EntityCells:
     flat = array(">f8", sum(counts))
     tx_ids, others = blob(n), blob(n)
     label_times, flags, label_ids = array(">i8", m), array(">i1", m), blob(m)
-    carried: list[tuple[float, ...]] = []
-    at = 0
-    for k in counts:
-        carried.append(tuple(flat[at : at + k]))
-        at += k
+    carried: Any
+    if flat:
+        carried, at = [], 0
+        for k in counts:
+            carried.append(tuple(flat[at : at + k]))
+            at += k
+    else:  # the backfill's cells carry nothing
+        carried = itertools.repeat(())
     return EntityCells(
         dict(
             zip(

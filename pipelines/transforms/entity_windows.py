@@ -25,7 +25,7 @@ gave it before (stored on its cell), so per transaction the revision order is to
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -182,19 +182,42 @@ def _columns(txs: Sequence[Transaction]) -> EventColumns:
 
 
 def _cell_columns(
-    entity: Entity, cells: Iterable[tuple[str, str, int, float]], exclude: set[str]
+    entity: Entity,
+    cells_by_entity: Iterable[tuple[str, Mapping[str, TxCell] | Mapping[str, LabelCell]]],
+    exclude: set[str],
 ) -> EventColumns:
-    """Cells (entity id, transaction id, time, value) as engine columns (the entity's id column
-    filled, the other empty), without the ``exclude`` transaction ids."""
-    rows = [c for c in cells if c[1] not in exclude]
-    ids = np.array([r[0] for r in rows], dtype=object).astype(str)
-    none = np.full(len(rows), "", dtype=object).astype(str)
+    """The cells of each (entity id, transaction id -> cell) as engine columns: time and the
+    cell's value (a transaction's amount, a label's is_fraud), the entity's id column filled and
+    the other empty, without the ``exclude`` transaction ids. Column-wise (``zip(*cells)``): it
+    runs over every cached cell of a batch's entities, per batch."""
+    tx_ids: list[str] = []
+    times: list[int] = []
+    values: list[float] = []
+    owners: list[str] = []
+    counts: list[int] = []
+    for entity_id, cells in cells_by_entity:
+        if not cells:
+            continue
+        tx_ids.extend(cells)
+        columns = list(zip(*cells.values(), strict=True))
+        times.extend(columns[0])
+        values.extend(columns[1])
+        owners.append(entity_id)
+        counts.append(len(cells))
+    tx = np.array(tx_ids, dtype=str)
+    ids = np.repeat(np.array(owners, dtype=str), counts)
+    t = np.array(times, dtype=np.int64)
+    v = np.array(values, dtype=np.float64)
+    if exclude and len(tx):
+        keep = ~np.isin(tx, np.array(sorted(exclude), dtype=str))
+        tx, ids, t, v = tx[keep], ids[keep], t[keep], v[keep]
+    none = np.full(len(tx), "", dtype=str)
     return EventColumns(
-        np.array([r[1] for r in rows], dtype=object).astype(str),
+        tx,
         ids if entity == CUSTOMER else none,
         ids if entity == TERMINAL else none,
-        np.array([r[2] for r in rows], dtype=np.int64),
-        np.array([r[3] for r in rows], dtype=np.float64),
+        t,
+        v,
     )
 
 
@@ -246,11 +269,7 @@ class CustomerWindowsFn(_EntityStageFn):
         customers = {t.customer_id for t in query}
         history = _cell_columns(
             CUSTOMER,
-            (
-                (cid, tx_id, c.time_us, c.amount)
-                for cid in customers
-                for tx_id, c in cache.cells(cid).tx.items()
-            ),
+            ((cid, cache.cells(cid).tx) for cid in customers),
             {t.transaction_id for t in query},
         )
         matrix = features_for(
@@ -355,24 +374,8 @@ class TerminalWindowsFn(_EntityStageFn):
             return []
         own = {t.transaction_id for t in query}
         cells_of = [(tid, cache.cells(tid)) for tid in {t.terminal_id for t in query} | terminals]
-        history = _cell_columns(
-            TERMINAL,
-            (
-                (tid, tx_id, c.time_us, c.amount)
-                for tid, cs in cells_of
-                for tx_id, c in cs.tx.items()
-            ),
-            own,
-        )
-        label_columns = _cell_columns(
-            TERMINAL,
-            (
-                (tid, tx_id, c.time_us, float(c.is_fraud))
-                for tid, cs in cells_of
-                for tx_id, c in cs.labels.items()
-            ),
-            set(),
-        )
+        history = _cell_columns(TERMINAL, ((tid, cs.tx) for tid, cs in cells_of), own)
+        label_columns = _cell_columns(TERMINAL, ((tid, cs.labels) for tid, cs in cells_of), set())
         terminal_matrix = features_for(
             _columns(query),
             labels=label_columns,
