@@ -350,35 +350,40 @@ def test_datastore_outage_loses_nothing(
     sink.setup()
     client = sink._client
 
-    # Observe the sink's commits (put_multi), delegating to the real call.
+    # Observe the sink's commits (the Datastore API's commit: the originals' upserts and the
+    # corrections' transactions), delegating to the real call.
+    api = client._datastore_api
     commits: list[Call] = []
-    real_put_multi = client.put_multi
+    real_commit = api.commit
 
-    def put_multi(*args: Any, **kwargs: Any) -> Any:
+    def commit(*args: Any, **kwargs: Any) -> Any:
         start = time.monotonic()
         outcome = "ok"
         try:
-            return real_put_multi(*args, **kwargs)
+            return real_commit(*args, **kwargs)
         except Exception as exc:
             outcome = type(exc).__name__
             raise
         finally:
             commits.append(Call(start, time.monotonic() - start, threading.get_ident(), outcome))
 
-    monkeypatch.setattr(client, "put_multi", put_multi)
+    monkeypatch.setattr(api, "commit", commit)
 
-    def entities(ids: list[str], revision: int, kind: str | None = None) -> list[Any]:
-        return [sink._entity(prediction(i, revision, revision > 1), kind) for i in ids]
+    def records(ids: list[str], revision: int) -> list[dict[str, Any]]:
+        return [prediction(i, revision, revision > 1) for i in ids]
+
+    def entities(ids: list[str], revision: int) -> list[Any]:
+        return [sink._entity(r) for r in records(ids, revision)]
 
     # Before the outage: originals (revision 1) and, as if a correction had landed first, the
     # correction records (revision 3) that the sink's lookup re-applies.
     before = [f"before-{j}" for j in range(BATCH)]
-    sink._put_all(entities(before, 1))
-    sink._put_all(entities(before, 3, sink._correction_kind))
+    sink._put_all(records(before, 1))
+    sink._put_all(records(before, 3), sink._correction_kind)
 
     def originals(batch: int) -> list[str]:
         ids = [f"orig-{batch}-{j}" for j in range(BATCH)]
-        sink._put_all(entities(ids, 1))
+        sink._put_all(records(ids, 1))
         return ids
 
     def corrections(batch: int) -> list[str]:
@@ -392,7 +397,7 @@ def test_datastore_outage_loses_nothing(
         Writer("datastore-corrections", corrections),
     ]
     # During the outage: the lookup of correction records for the `before` originals.
-    reader = Reader(lambda: sink._reapply_corrections(entities(before, 1)))
+    reader = Reader(lambda: sink._reapply_corrections(records(before, 1)))
     outage = ride_out(stack, "datastore", writers, reader)
 
     for writer in writers:

@@ -117,10 +117,15 @@ def test_messages_spec_lists_the_dead_letter_attributes_and_reasons() -> None:
 
 
 class _Keys:
+    """The one client method ``_entity`` uses."""
+
+    def __init__(self, namespace: str | None = None) -> None:
+        self.namespace = namespace
+
     def key(self, kind: str, name: str) -> Any:
         from google.cloud import datastore
 
-        return datastore.Key(kind, name, project="spec")
+        return datastore.Key(kind, name, project="spec", namespace=self.namespace)
 
 
 def test_datastore_spec_lists_the_entity_properties() -> None:
@@ -132,6 +137,21 @@ def test_datastore_spec_lists_the_entity_properties() -> None:
     listed = {n for line in rows for n in backticked(line.split("|")[1])}
     assert listed == set(entity)
     assert set(entity.exclude_from_indexes) == {"features"}
+
+
+def test_the_sinks_raw_protobuf_is_the_documented_entity() -> None:
+    """The hot path writes protobufs it builds itself: they must be what the client library
+    makes of the documented entity (``_entity``), namespace and exclusions included."""
+    from google.cloud.datastore import helpers
+    from google.cloud.datastore_v1.types import entity as entity_pb
+
+    for namespace in (None, "ns"):
+        sink = _DatastoreWriteDoFn("spec", "Prediction", namespace, RiskBands())
+        sink._client = _Keys(namespace)
+        record = _record()
+        raw = entity_pb.Entity.pb()()
+        sink._entity_pb(raw, record, "Prediction")
+        assert raw == helpers.entity_to_protobuf(sink._entity(record))._pb
 
 
 def test_read_rows_stream_parsing() -> None:
