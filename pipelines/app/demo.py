@@ -117,6 +117,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             console.print(f"  exported {version_dir}")
 
             console.print("Starting the streaming pipeline on the DirectRunner ...")
+            job_started = time.monotonic()
             run.start_job([f"--model_dir={work / 'models'}"])
 
             events = replay_events(frame)
@@ -127,7 +128,6 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 f"at {config.rate:,.0f} events/s "
                 f"(+{len(bad)} malformed messages) ..."
             )
-            t0 = time.monotonic()
             with Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -139,7 +139,19 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 pred_task = progress.add_task("predicted ", total=n_tx)
                 run.publish(bad)
                 progress.advance(pub_task, len(bad))
-                run.replay(events, config.rate, progress=lambda n: progress.advance(pub_task, n))
+                # The first transaction alone, until its prediction is out: the job's start-up
+                # (TensorFlow, the model, the clients: ~15 s here) is reported as such, not
+                # as the latency of the thousands of events a replay would queue meanwhile.
+                run.replay(
+                    events,
+                    config.rate,
+                    first_alone=True,
+                    first_timeout_s=config.timeout_s,
+                    progress=lambda n: progress.advance(pub_task, n),
+                )
+                t0 = time.monotonic()  # the paced replay starts: what events/s measures
+                job_ready_s = t0 - job_started
+                progress.advance(pub_task, 1)
                 with suppress(TimeoutError):  # the summary says what is missing
                     run.wait_predicted(
                         n_tx,
@@ -152,7 +164,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             run.stop_monitors()
             predictions, dead = run.predictions, run.dead_letters
             stored = count_datastore(run.topology.project, "Prediction")
-            p50, p95, p99 = percentiles(run.latencies())
+            first_id = json.loads(events[0].data)["transaction_id"]  # it waited for the start-up
+            p50, p95, p99 = percentiles(run.latencies(exclude=frozenset([first_id])))
             unique_predictions = run.predicted()
             summary = {
                 "events_in": len(events) + len(bad),
@@ -167,7 +180,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 "dead_letters": len(dead.received),
                 "dead_letter_reasons": sorted({m.attributes.get("reason", "?") for m in dead.raw}),
                 "elapsed_s": round(elapsed, 1),
-                "events_per_s": round((len(events) + len(bad)) / elapsed, 1),
+                "events_per_s": round((len(events) - 1) / elapsed, 1),
+                "job_ready_s": round(job_ready_s, 1),
                 "latency_ms_p50": round(p50, 1),
                 "latency_ms_p95": round(p95, 1),
                 "latency_ms_p99": round(p99, 1),
@@ -192,7 +206,8 @@ def _print_summary(summary: dict[str, Any], work: Path, log_path: Path) -> None:
         "feature_mismatches": "served features != batch features (latest revision)",
         "dead_letters": "dead letters",
         "dead_letter_reasons": "dead-letter reasons",
-        "events_per_s": "events/s (publish start to last prediction)",
+        "events_per_s": "events/s (paced replay start to last prediction)",
+        "job_ready_s": "job start to its first prediction (s)",
         "latency_ms_p50": "event-to-prediction latency p50 (ms)",
         "latency_ms_p95": "event-to-prediction latency p95 (ms)",
         "latency_ms_p99": "event-to-prediction latency p99 (ms)",

@@ -440,7 +440,12 @@ class LocalRun:
         """The prediction messages that are corrections (an earlier event arrived late)."""
         return sum(1 for p in self.predictions.received if p.get("correction"))
 
-    def latencies(self) -> list[float]:
-        """Event-to-prediction latencies (ms) of the original (non-correction) predictions."""
-        originals = (p for p in self.predictions.received if not p.get("correction"))
+    def latencies(self, exclude: frozenset[str] = frozenset()) -> list[float]:
+        """Event-to-prediction latencies (ms) of the original (non-correction) predictions,
+        without the ``exclude`` transaction ids (e.g. the one that waited for the start-up)."""
+        originals = (
+            p
+            for p in self.predictions.received
+            if not p.get("correction") and p.get("transaction_id") not in exclude
+        )
         return [x for x in map(latency_ms, originals) if x is not None]
