@@ -29,11 +29,47 @@ def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
     unknown = unknown_arguments(argv)
     if unknown:
         errors.append(f"unknown argument(s) {' '.join(unknown)}; see 'rillet run --help'")
+    stray = stray_positionals(argv)
+    if stray:
+        errors.append(
+            f"unexpected argument(s) {' '.join(stray)}: options are --name=value (a value with "
+            "spaces needs quotes)"
+        )
+    errors += _runner_errors(options.view_as(StandardOptions).runner)
     if errors:
         for error in errors:
             print(f"rillet run: {error}", file=sys.stderr)
         raise SystemExit(2)
     return options
+
+
+_RUNNERS = (*DIRECT_RUNNERS, "DataflowRunner", "TestDataflowRunner", "PrismRunner")
+
+
+def _runner_errors(runner: str | None) -> list[str]:
+    """A runner Beam does not know, with the closest known name."""
+    import difflib
+
+    if runner is None or runner in _RUNNERS or "." in runner:  # a dotted path: a custom runner
+        return []
+    close = difflib.get_close_matches(runner, _RUNNERS, n=1)
+    hint = (
+        f"did you mean --runner={close[0]}?" if close else f"expected one of {', '.join(_RUNNERS)}"
+    )
+    return [f"unknown runner {runner!r}; {hint}"]
+
+
+def stray_positionals(argv: Sequence[str]) -> list[str]:
+    """Words that are neither an option nor the value of the option before them (Beam logs and
+    drops them): ``--flag=value word`` or a first bare word."""
+    stray = []
+    previous = ""
+    for arg in argv:
+        takes_value = previous.startswith("--") and "=" not in previous
+        if not arg.startswith("-") and not takes_value:
+            stray.append(arg)
+        previous = arg
+    return stray
 
 
 def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from pipelines.app.errors import RUNTIME, UserError, existing_dir
 
 app = typer.Typer(
     help="rillet: real-time ML on Apache Beam and Google Cloud (Pub/Sub -> Bigtable features -> "
@@ -27,6 +30,41 @@ def _stack(state_dir: Path) -> Any:
     from pipelines.app.local import LocalStack
 
     return LocalStack(state_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``rillet`` console script: the commands, with a UserError printed as one or two lines
+    and its exit code (``--debug``, anywhere on the line: the traceback instead)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    words = [a for a in args if not a.startswith("-")]
+    command = " ".join(words[:2] if words[:1] == ["local"] else words[:1])
+    try:
+        app(args=args, prog_name="rillet")
+    except UserError as exc:
+        if debug:
+            raise
+        for line in exc.lines(command):
+            typer.echo(line, err=True)
+        raise SystemExit(exc.exit_code) from None
+
+
+def use_local_stack(state_dir: Path) -> None:
+    """Points the Google Cloud clients at the emulators (those 'rillet local up' recorded in
+    ``state_dir``, else the default ports); a UserError at once if any does not answer, instead
+    of a client waiting on a closed port or falling back to real Google Cloud."""
+    stack = _stack(state_dir)
+    status = stack.status()
+    down = [f"{name} on port {s['port']}" for name, s in status.items() if not s["answering"]]
+    if down:
+        raise UserError(
+            f"the local emulators are not running ({', '.join(down)}: "
+            f"{'no answer' if len(down) == 1 else 'no answers'})",
+            "start them with 'rillet local up' (or name a Google Cloud --project to use it)",
+            RUNTIME,
+        )
+    os.environ.update(stack.env())
 
 
 @local_app.command("up")
@@ -117,6 +155,17 @@ def backfill(
     --direct_running_mode=multi_processing --direct_num_workers=2."""
     from pipelines.backfill.backfill import run as run_backfill
 
+    source = existing_dir(
+        input,
+        "--input",
+        "transactions* and labels* files",
+        "make a dataset with 'rillet simulate --output DIR' and pass --input DIR",
+    )
+    if not str(input).startswith("gs://") and not any(source.glob("transactions*")):
+        raise UserError(
+            f"--input {input} has no transactions* file",
+            "make a dataset with 'rillet simulate --output DIR' and pass --input DIR",
+        )
     argv = [f"--input={input}", f"--output={output}", f"--shards={shards}", *ctx.args]
     if until:
         argv.append(f"--until={until}")
@@ -124,8 +173,8 @@ def backfill(
         argv.append("--to_bigtable")
         if not any(a.startswith("--project") for a in argv):
             argv.append("--project=rillet-local")
-        if (state_dir / "local.json").exists():
-            os.environ.update(_stack(state_dir).env())
+        if any(a == "--project=rillet-local" for a in argv):
+            use_local_stack(state_dir)
     if not any(a.startswith("--runner") for a in argv):
         argv.append("--runner=DirectRunner")
     from pipelines.backfill.event_tables import InvalidTable
@@ -133,8 +182,13 @@ def backfill(
     try:
         manifest = run_backfill(argv)
     except InvalidTable as exc:
-        typer.echo(f"rillet backfill: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise UserError(str(exc)) from exc
+    if not manifest.get("rows"):
+        raise UserError(
+            f"no transaction in {input}" + (f" before --until {until}" if until else ""),
+            "check --input (and --until): the feature table would be empty",
+            RUNTIME,
+        )
     typer.echo(json.dumps(manifest))
 
 
@@ -167,6 +221,15 @@ def train(
     from models.selection import GRID, QUICK_GRID, select_and_train
     from pipelines.backfill.backfill import read_feature_table
 
+    fix = "pass the features directory that 'rillet backfill --output OUT' wrote: OUT/features"
+    existing_dir(features, "--features", "the feature table's part-*.parquet files", fix)
+    if (features / "manifest.json").exists() and (features / "features").is_dir():
+        raise UserError(
+            f"--features {features} is the backfill's output directory, not its feature table",
+            f"pass --features {features / 'features'}",
+        )
+    if not any(features.glob("*.parquet")):
+        raise UserError(f"--features {features} holds no .parquet file", fix)
     table = read_feature_table(features)
     if table.empty:
         typer.echo(f"rillet train: {features} has no rows", err=True)
@@ -440,6 +503,9 @@ def run(
     if not any(a.startswith("--project") for a in argv) and emulators:
         argv.append("--project=rillet-local")
     options = pipeline_options(argv)
+    problems = _model_errors(options.view_as(RilletOptions))
+    if problems:
+        raise UserError(problems[0])
     checkpoint = options.view_as(RilletOptions).recovery_checkpoint
     if not checkpoint and (options.view_as(StandardOptions).runner or "DirectRunner") in (
         DIRECT_RUNNERS
@@ -448,9 +514,38 @@ def run(
         argv.append(f"--recovery_checkpoint={checkpoint}")
     if not resume and checkpoint:
         Path(checkpoint).unlink(missing_ok=True)
-    if emulators and (state_dir / "local.json").exists():
-        os.environ.update(_stack(state_dir).env())
+    project = next((a.split("=", 1)[1] for a in argv if a.startswith("--project=")), "")
+    if emulators and project == "rillet-local":
+        use_local_stack(state_dir)
     run_pipeline(argv)
+
+
+def _model_errors(opts: Any) -> list[str]:
+    """The model the job would serve: its directory and version exist and its card matches."""
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.transforms.inference import MODEL_CARD, resolve_model
+
+    model_dir = opts.model_dir
+    if not model_dir.startswith("gs://") and not Path(model_dir).is_dir():
+        return [
+            f"--model_dir {model_dir}: no such directory; train a model into it with "
+            f"'rillet train --features OUT/features --model-dir {model_dir}'"
+        ]
+    try:
+        resolve_model(model_dir, opts.model_version)
+    except FileNotFoundError as exc:
+        if opts.model_version == "latest":
+            return [str(exc)]
+        cards = FileSystems.match([FileSystems.join(model_dir, "*", MODEL_CARD)])[0]
+        versions = sorted(m.path.split("/")[-2] for m in cards.metadata_list)
+        return [
+            f"--model_version {opts.model_version}: not in {model_dir}; available: "
+            + (", ".join(versions) or "none (train one with 'rillet train')")
+        ]
+    except (ValueError, KeyError, OSError) as exc:
+        return [f"--model_dir {model_dir}: {exc}"]
+    return []
 
 
 @app.command()
@@ -476,15 +571,33 @@ def publish(
     from pipelines.app.publisher import publish_events, replay_events
     from pipelines.app.simulator import read_dataset
 
+    fix = "make a dataset with 'rillet simulate --output DIR' and pass --input DIR"
+    existing_dir(input, "--input", "transactions.parquet and labels.parquet", fix)
+    if not (input / "transactions.parquet").exists() or not (input / "labels.parquet").exists():
+        raise UserError(f"--input {input} has no transactions.parquet and labels.parquet", fix)
     frame = read_dataset(input)
     if first_day or last_day:
         from models.evaluation import rows_in
 
+        whole = frame
         frame = rows_in(frame, (first_day or "0000-01-01", last_day or "9999-12-31"))
+        if frame.empty:
+            span = (
+                f"{whole.TX_DATETIME.min():%Y-%m-%d}..{whole.TX_DATETIME.max():%Y-%m-%d}"
+                if len(whole)
+                else "nothing"
+            )
+            raise UserError(
+                f"no transaction from --first-day {first_day or '(any)'} to --last-day "
+                f"{last_day or '(any)'}; {input} covers {span}",
+                "choose days inside that span",
+            )
     if limit:
         frame = frame.iloc[:limit]
-    if (state_dir / "local.json").exists():
-        os.environ.update(_stack(state_dir).env())
+    if frame.empty:
+        raise UserError(f"{input} holds no transaction", fix)
+    if project == "rillet-local":
+        use_local_stack(state_dir)
     events = replay_events(frame, include_labels=labels)
     topics = {
         "transactions": f"projects/{project}/topics/transactions",
@@ -528,4 +641,4 @@ def demo(
 
 
 if __name__ == "__main__":
-    app()
+    main()

@@ -1,0 +1,48 @@
+"""User mistakes as one or two lines instead of a traceback.
+
+A command raises ``UserError`` for what the user can fix (a wrong path, emulators not running, a
+date outside the data); ``rillet``'s entry point (``pipelines.app.cli.main``) prints it as
+
+    rillet <command>: <what is wrong>
+      <what to do>
+
+and exits with its code: 2 for a wrong argument (usage), 1 for a failure at run time. Anything
+else is a bug and keeps its traceback; ``--debug`` shows the traceback of a UserError too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["RUNTIME", "USAGE", "UserError", "existing_dir"]
+
+USAGE = 2
+RUNTIME = 1
+
+
+class UserError(Exception):
+    """A mistake the user can fix: ``message`` says what is wrong (and what was expected),
+    ``fix`` the command or option that fixes it."""
+
+    def __init__(self, message: str, fix: str = "", exit_code: int = USAGE) -> None:
+        super().__init__(message)
+        self.message = message
+        self.fix = fix
+        self.exit_code = exit_code
+
+    def lines(self, command: str) -> list[str]:
+        head = f"rillet {command}: {self.message}" if command else f"rillet: {self.message}"
+        return [head] + ([f"  {self.fix}"] if self.fix else [])
+
+
+def existing_dir(path: str | Path, option: str, what: str, fix: str) -> Path:
+    """``path`` as a Path if it is an existing local directory (``gs://`` paths pass unchecked);
+    otherwise a UserError naming ``option``."""
+    if str(path).startswith("gs://"):
+        return Path(str(path))
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"{option} {path}: no such directory; expected {what}", fix)
+    if not p.is_dir():
+        raise UserError(f"{option} {path} is a file; expected a directory with {what}", fix)
+    return p

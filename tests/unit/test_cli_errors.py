@@ -1,0 +1,147 @@
+"""Every user mistake gets one clear line: each case runs ``rillet`` as a real subprocess and
+checks the exit code (2: usage, 1: run time), that no traceback is printed, and that the message
+names the problem and the fix. No emulator is needed: "not running" is the case under test."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from pipelines.core.definitions import MODEL_INPUTS
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def rillet(*args: str, cwd: Path, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.app.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={"PATH": "/usr/bin:/bin", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)},
+    )
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A dataset, a fake model version, a fake backfill output and a state dir whose recorded
+    emulators are on closed ports."""
+    from pipelines.app.simulator import PRESETS, simulate, write_dataset
+
+    root = tmp_path_factory.mktemp("cli")
+    write_dataset(simulate(PRESETS["tiny"]).head(50), root / "data")
+    card = {"version": "v1", "features": list(MODEL_INPUTS)}
+    (root / "models" / "v1").mkdir(parents=True)
+    (root / "models" / "v1" / "model_card.json").write_text(json.dumps(card))
+    (root / "out" / "features").mkdir(parents=True)
+    (root / "out" / "manifest.json").write_text("{}")
+    state = {"ports": {n: closed_port() for n in ("pubsub", "bigtable", "datastore")}, "pids": {}}
+    (root / "state").mkdir()
+    (root / "state" / "local.json").write_text(json.dumps(state))
+    return root
+
+
+CASES = {
+    "backfill, missing input": (
+        ["backfill", "--input", "/nonexistent", "--output", "x"],
+        2,
+        ["--input /nonexistent: no such directory", "rillet simulate"],
+    ),
+    "backfill, input without transactions": (
+        ["backfill", "--input", "models", "--output", "x"],
+        2,
+        ["has no transactions* file", "rillet simulate"],
+    ),
+    "publish, missing input": (
+        ["publish", "--input", "/nonexistent", "--limit", "5"],
+        2,
+        ["no such directory", "rillet simulate"],
+    ),
+    "publish, days outside the data": (
+        ["publish", "--input", "data", "--first-day", "2019-01-01", "--state-dir", "state"],
+        2,
+        ["no transaction from --first-day 2019-01-01", "covers 2018-04-01.."],
+    ),
+    "publish, emulators down": (
+        ["publish", "--input", "data", "--limit", "5", "--state-dir", "state"],
+        1,
+        ["the local emulators are not running", "rillet local up"],
+    ),
+    "train, missing features": (
+        ["train", "--features", "/nonexistent"],
+        2,
+        ["--features /nonexistent: no such directory", "rillet backfill"],
+    ),
+    "train, the backfill's output directory": (
+        ["train", "--features", "out"],
+        2,
+        ["is the backfill's output directory", "pass --features out/features"],
+    ),
+    "run, missing model directory": (
+        ["run", "--model_dir=nonexistent", "--state-dir", "state"],
+        2,
+        ["--model_dir nonexistent: no such directory", "rillet train"],
+    ),
+    "run, unknown model version": (
+        ["run", "--model_dir=models", "--model_version=v999", "--state-dir", "state"],
+        2,
+        ["--model_version v999: not in models; available: v1"],
+    ),
+    "run, misspelt runner": (
+        ["run", "--runner=DirectRuner", "--model_dir=models", "--state-dir", "state"],
+        2,
+        ["unknown runner 'DirectRuner'; did you mean --runner=DirectRunner?"],
+    ),
+    "run, stray positional": (
+        ["run", "--model_dir=models", "extra_positional", "--state-dir", "state"],
+        2,
+        ["unexpected argument(s) extra_positional"],
+    ),
+    "run, emulators down": (
+        ["run", "--model_dir=models", "--state-dir", "state"],
+        1,
+        ["the local emulators are not running", "rillet local up"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_user_mistake_gets_a_clear_message(work: Path, case: str) -> None:
+    args, code, expected = CASES[case]
+    started = time.monotonic()
+    result = rillet(*args, cwd=work)
+    took = time.monotonic() - started
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr[-2000:]
+    for text in expected:
+        assert text in result.stderr, (text, result.stderr[-2000:])
+    # One or two lines of our own (the libraries' start-up noise aside), and no silent wait.
+    ours = [line for line in result.stderr.splitlines() if line.startswith("rillet ")]
+    assert len(ours) == 1, result.stderr[-2000:]
+    assert took < 60, f"{case} took {took:.0f} s"
+
+
+def test_debug_shows_the_traceback(work: Path) -> None:
+    result = rillet("--debug", "backfill", "--input", "/nonexistent", "--output", "x", cwd=work)
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "UserError" in result.stderr
+
+
+def test_the_console_script_is_the_wrapper() -> None:
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts["rillet"] == "pipelines.app.cli:main"
