@@ -28,7 +28,9 @@ def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
     errors = options.view_as(RilletOptions).validate_local()
     unknown = unknown_arguments(argv)
     if unknown:
-        errors.append(f"unknown argument(s) {' '.join(unknown)}; see 'rillet run --help'")
+        errors.append(
+            f"unknown argument(s) {' '.join(unknown)}{_closest(unknown)}; see 'rillet run --help'"
+        )
     stray = stray_positionals(argv)
     if stray:
         errors.append(
@@ -41,6 +43,18 @@ def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
             print(f"rillet run: {error}", file=sys.stderr)
         raise SystemExit(2)
     return options
+
+
+def _closest(unknown: Sequence[str]) -> str:
+    """' (did you mean --x?)' for the first unknown flag close to a known pipeline option."""
+    import difflib
+
+    from pipelines.options import RilletOptions
+
+    flag = unknown[0].split("=", 1)[0]
+    known = [a for a in RilletOptions.option_names() if a.startswith("--")]
+    close = difflib.get_close_matches(flag, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 _RUNNERS = (*DIRECT_RUNNERS, "DataflowRunner", "TestDataflowRunner", "PrismRunner")

@@ -117,6 +117,15 @@ class RilletOptions(PipelineOptions):
             help="DirectRunner only: messages per Pub/Sub pull (Beam's local reader pulls 10).",
         )
 
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The flags rillet's options declare."""
+        import argparse
+
+        parser = argparse.ArgumentParser(add_help=False)
+        cls._add_argparse_args(parser)
+        return [o for action in parser._actions for o in action.option_strings]
+
     def validate_local(self) -> list[str]:
         """Problems a user can fix before the job starts, as messages."""
         errors = []

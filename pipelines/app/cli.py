@@ -40,14 +40,61 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     words = [a for a in args if not a.startswith("-")]
     command = " ".join(words[:2] if words[:1] == ["local"] else words[:1])
+    args = spell_options(args)
     try:
-        app(args=args, prog_name="rillet")
+        try:
+            app(args=args, prog_name="rillet")
+        except SystemExit:
+            if words[:1] == ["run"] and ("--help" in args or "-h" in args):
+                typer.echo(pipeline_options_help())
+            raise
     except UserError as exc:
         if debug:
             raise
         for line in exc.lines(command):
             typer.echo(line, err=True)
         raise SystemExit(exc.exit_code) from None
+
+
+def spell_options(args: list[str]) -> list[str]:
+    """One spelling per option, either accepted: rillet's own options are ``--model-dir``, Beam's
+    (``run``'s and ``backfill``'s extra arguments) ``--model_dir``; the other spelling of
+    either is rewritten to it."""
+    words = [a for a in args if not a.startswith("-")]
+    command: Any = typer.main.get_command(app)
+    for word in words[:2]:  # the command, or a group and its command ("local up")
+        if not hasattr(command, "commands"):
+            break
+        command = command.commands.get(word)
+    if command is None:
+        return args
+    own = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+    passthrough = bool(command.context_settings.get("allow_extra_args"))
+    out = []
+    for arg in args:
+        flag, eq, value = arg.partition("=")
+        if flag.startswith("--") and flag not in own:
+            dashed = flag.replace("_", "-")
+            if dashed in own:
+                flag = dashed
+            elif passthrough:
+                flag = "--" + flag[2:].replace("-", "_")
+        out.append(flag + eq + value)
+    return out
+
+
+def pipeline_options_help() -> str:
+    """The streaming job's own options (pipelines/options.py), for ``rillet run --help``."""
+    import argparse
+
+    from pipelines.options import RilletOptions
+
+    parser = argparse.ArgumentParser(prog="rillet run", add_help=False, usage=argparse.SUPPRESS)
+    RilletOptions._add_argparse_args(parser)
+    return (
+        "\nrillet's pipeline options (as Beam options, --name=value; any other Beam option, e.g. "
+        "--runner, --project, is passed on):\n" + parser.format_help()
+    )
 
 
 def use_local_stack(state_dir: Path) -> None:
@@ -232,8 +279,7 @@ def train(
         raise UserError(f"--features {features} holds no .parquet file", fix)
     table = read_feature_table(features)
     if table.empty:
-        typer.echo(f"rillet train: {features} has no rows", err=True)
-        raise typer.Exit(2)
+        raise UserError(f"--features {features} has no rows", fix)
     try:
         protocol = _protocol(table, train_start, train_days)
         grid = (QUICK_GRID if quick else GRID) if select else (GRID[0],)
@@ -257,27 +303,52 @@ def train(
 
 def _protocol(table: Any, train_start: str | None, train_days: int) -> Any:
     """The protocol for a feature table: from --train-start, else the spec's dates when the table
-    covers them, else the table's last weeks."""
+    covers them, else the table's last weeks. A UserError says what does not fit and what
+    would."""
     import datetime as dt
 
     from models.evaluation import Protocol
+    from pipelines.app.simulator import PRESETS
 
-    first = table["TX_DATETIME"].min()
-    n_days = (table["TX_DATETIME"].max().normalize() - first.normalize()).days + 1
+    first = table["TX_DATETIME"].min().date()
+    last = table["TX_DATETIME"].max().date()
+    n_days = (last - first).days + 1
     if train_start:
         try:
             start = dt.date.fromisoformat(train_start)
         except ValueError as exc:
-            raise ValueError(f"--train-start {train_start!r}: expected YYYY-MM-DD") from exc
+            raise UserError(f"--train-start {train_start!r}: expected YYYY-MM-DD") from exc
         protocol = Protocol(train_start=start, train_days=train_days)
-        protocol.check_fits(first.strftime("%Y-%m-%d"), n_days)
+        if protocol.earliest_day < first:
+            raise UserError(
+                f"--train-start {train_start}: the oldest validation fold would train from "
+                f"{protocol.earliest_day}, before the data starts ({first})",
+                f"the earliest --train-start for this table is "
+                f"{start + (first - protocol.earliest_day)}",
+            )
+        if protocol.last_day > last:
+            raise UserError(
+                f"--train-start {train_start}: the test week would end {protocol.last_day}, "
+                f"after the data ends ({last})",
+                f"the latest --train-start for this table is {start - (protocol.last_day - last)}",
+            )
         return protocol
     handbook = Protocol.handbook()
     try:
-        handbook.check_fits(first.strftime("%Y-%m-%d"), n_days)
+        handbook.check_fits(first.isoformat(), n_days)
         return handbook
     except ValueError:
-        return Protocol.last_weeks(first.strftime("%Y-%m-%d"), n_days, train_days=train_days)
+        pass
+    try:
+        return Protocol.last_weeks(first.isoformat(), n_days, train_days=train_days)
+    except ValueError:
+        need = Protocol.last_weeks("2000-01-01", 1000, train_days=train_days).span_days
+        enough = [f"'{n}' ({c.n_days} days)" for n, c in PRESETS.items() if c.n_days >= need]
+        raise UserError(
+            f"the feature table covers {n_days} days ({first}..{last}); training, its validation "
+            f"folds and the test week need at least {need}",
+            "use a longer dataset, e.g. 'rillet simulate --preset' " + " or ".join(enough),
+        ) from None
 
 
 @app.command()
@@ -305,8 +376,8 @@ def evaluate(
     from pipelines.app.evaluate import EvaluationConfig
     from pipelines.app.evaluate import evaluate as run_evaluation
 
-    if served and (state_dir / "local.json").exists():
-        os.environ.update(_stack(state_dir).env())
+    if served and project == "rillet-local":
+        use_local_stack(state_dir)
     try:
         result = run_evaluation(
             EvaluationConfig(
@@ -487,6 +558,9 @@ def run(
             "back to its checkpoint). --no-resume starts from the subscriptions as they are."
         ),
     ] = True,
+    status_every: Annotated[
+        float, typer.Option(min=0.5, help="Seconds between the status lines.")
+    ] = 10.0,
 ) -> None:
     """Run the streaming pipeline. Extra arguments are Beam pipeline options, e.g.
     --runner=DirectRunner --project=rillet-local --model_dir=artifacts/models (see
@@ -517,7 +591,51 @@ def run(
     project = next((a.split("=", 1)[1] for a in argv if a.startswith("--project=")), "")
     if emulators and project == "rillet-local":
         use_local_stack(state_dir)
-    run_pipeline(argv)
+    from pipelines.app.job_status import ready_lines
+    from pipelines.transforms.inference import resolve_model
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notes: not ours
+    opts = options.view_as(RilletOptions)
+    model = resolve_model(opts.model_dir, opts.model_version)
+    result = run_pipeline(argv, wait=False)
+    for line in ready_lines(options, model.version):
+        typer.echo(f"rillet run: {line}" if line.startswith("ready") else line)
+    _watch(result, status_every)
+
+
+def _watch(result: Any, every_s: float) -> None:
+    """A status line every ``every_s`` until the job ends (its error is raised) or Ctrl-C
+    (the job is cancelled)."""
+    import threading
+    import time
+
+    from pipelines.app.job_status import JobStatus, read_status, status_line
+
+    failures: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            result.wait_until_finish()
+        except BaseException as exc:  # re-raised in the main thread
+            failures.append(exc)
+
+    waiter = threading.Thread(target=wait, daemon=True, name="rillet-job")
+    waiter.start()
+    before, since = JobStatus(), time.monotonic()
+    try:
+        while True:
+            waiter.join(every_s)
+            if not waiter.is_alive():
+                break
+            now = read_status(result)
+            typer.echo(f"rillet run: {status_line(now, before, time.monotonic() - since)}")
+            before, since = now, time.monotonic()
+    except KeyboardInterrupt:
+        typer.echo("rillet run: stopping (Ctrl-C)")
+        result.cancel()
+        return
+    if failures:
+        raise failures[0]
 
 
 def _model_errors(opts: Any) -> list[str]:

@@ -149,6 +149,7 @@ def test_cli_rejects_missing_and_unknown_arguments(tmp_path: Path) -> None:
     from pipelines.app.cli import app
 
     runner = CliRunner()
+    (tmp_path / "transactions.csv").write_text("")  # an input directory the check accepts
     missing = runner.invoke(app, ["backfill", "--input", str(tmp_path)])
     assert missing.exit_code == 2 and "--output" in missing.output
     unknown = runner.invoke(

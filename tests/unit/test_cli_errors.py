@@ -12,6 +12,7 @@ import time
 import tomllib
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from pipelines.core.definitions import MODEL_INPUTS
@@ -50,6 +51,12 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "models" / "v1" / "model_card.json").write_text(json.dumps(card))
     (root / "out" / "features").mkdir(parents=True)
     (root / "out" / "manifest.json").write_text("{}")
+    for name, days in (("short", 21), ("long", 56)):
+        (root / name).mkdir()
+        times = pd.date_range("2018-04-01", periods=days * 10, freq="144min", tz="UTC")
+        pd.DataFrame({"TRANSACTION_ID": range(len(times)), "TX_DATETIME": times}).to_parquet(
+            root / name / "part-0.parquet"
+        )
     state = {"ports": {n: closed_port() for n in ("pubsub", "bigtable", "datastore")}, "pids": {}}
     (root / "state").mkdir()
     (root / "state" / "local.json").write_text(json.dumps(state))
@@ -91,6 +98,31 @@ CASES = {
         ["train", "--features", "out"],
         2,
         ["is the backfill's output directory", "pass --features out/features"],
+    ),
+    "train, the other spelling of an option": (
+        ["train", "--features", "/nonexistent", "--model_dir", "x"],
+        2,
+        ["--features /nonexistent: no such directory"],
+    ),
+    "train, data too short for the protocol": (
+        ["train", "--features", "short"],
+        2,
+        ["covers 21 days", "need at least 42", "'small' (56 days)"],
+    ),
+    "train, start before the data": (
+        ["train", "--features", "long", "--train-start", "2017-01-01"],
+        2,
+        ["before the data starts (2018-04-01)", "the earliest --train-start for this table is"],
+    ),
+    "run, misspelt option": (
+        ["run", "--bigtable_tabel=x", "--state-dir", "state"],
+        2,
+        ["unknown argument(s) --bigtable_tabel=x (did you mean --bigtable_table?)"],
+    ),
+    "run, the other spelling of an option": (
+        ["run", "--model-dir=nonexistent", "--state-dir", "state"],
+        2,
+        ["--model_dir nonexistent: no such directory"],
     ),
     "run, missing model directory": (
         ["run", "--model_dir=nonexistent", "--state-dir", "state"],
@@ -134,6 +166,13 @@ def test_a_user_mistake_gets_a_clear_message(work: Path, case: str) -> None:
     ours = [line for line in result.stderr.splitlines() if line.startswith("rillet ")]
     assert len(ours) == 1, result.stderr[-2000:]
     assert took < 60, f"{case} took {took:.0f} s"
+
+
+def test_run_help_lists_the_pipeline_options(work: Path) -> None:
+    result = rillet("run", "--help", cwd=work)
+    assert result.returncode == 0, result.stderr[-2000:]
+    for option in ("--status-every", "--model_dir", "--bigtable_table", "--max_batch_size"):
+        assert option in result.stdout, option
 
 
 def test_debug_shows_the_traceback(work: Path) -> None:

@@ -1,0 +1,104 @@
+"""``rillet run`` says what it is doing: a ready line naming its inputs, model and outputs, then
+status lines counting what it did, against the real emulators (a subprocess, as a user runs it).
+The job gets topics, subscriptions, table and kind of its own, so no other test sees its
+messages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_rillet_run_prints_its_ready_line_and_status(local_run, model_dir, tiny_frame) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.app.local import create_resources
+    from pipelines.app.publisher import publish_events, replay_events
+
+    tag = uuid.uuid4().hex[:6]
+    topo = dataclasses.replace(
+        local_run.topology,
+        transactions_topic=f"cli-tx-{tag}",
+        labels_topic=f"cli-labels-{tag}",
+        predictions_topic=f"cli-predictions-{tag}",
+        dead_letter_topic=f"cli-dead-{tag}",
+        transactions_subscription=f"cli-tx-sub-{tag}",
+        labels_subscription=f"cli-labels-sub-{tag}",
+        predictions_subscription=f"cli-predictions-sub-{tag}",
+        dead_letter_subscription=f"cli-dead-sub-{tag}",
+        bigtable_table=f"cli_{tag}",
+    )
+    create_resources(topo)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.app.cli",
+            "run",
+            "--state-dir",
+            str(local_run.stack.state_dir),
+            "--status-every",
+            "2",
+            "--no-resume",
+            f"--model_dir={model_dir}",
+            f"--transactions_subscription={topo.transactions_subscription}",
+            f"--labels_subscription={topo.labels_subscription}",
+            f"--predictions_topic={topo.predictions_topic}",
+            f"--dead_letter_topic={topo.dead_letter_topic}",
+            f"--bigtable_table={topo.bigtable_table}",
+            f"--datastore_kind=CliRun{tag}",
+            f"--recovery_checkpoint={local_run.stack.state_dir / f'cli-{tag}.json'}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+
+    def wait_for(predicate, what: str, timeout_s: float = 180) -> None:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, "".join(lines)[-3000:]
+            if any(predicate(line) for line in list(lines)):
+                return
+            time.sleep(0.5)
+        raise AssertionError(f"no {what} within {timeout_s} s:\n" + "".join(lines)[-3000:])
+
+    try:
+        wait_for(lambda line: line.startswith("rillet run: ready: reading"), "ready line")
+        text = "".join(lines)
+        assert f"projects/rillet-local/subscriptions/{topo.transactions_subscription}" in text
+        model = json.loads(next(model_dir.glob("*/model_card.json")).read_text())["version"]
+        assert f"model {model} from {model_dir}" in text
+        assert f"predictions -> projects/rillet-local/topics/{topo.predictions_topic}" in text
+        assert "Traceback" not in text
+        # TensorFlow's start-up notes stay out of the user's terminal.
+        assert "oneDNN" not in text and "cpu_feature_guard" not in text
+        events = [e for e in replay_events(tiny_frame.head(5)) if e.topic == "transactions"]
+        publish_events(events, topo.topic_paths(), 0)
+        wait_for(
+            lambda line: (
+                line.startswith("rillet run: events in 5 (5 transactions, 0 labels")
+                and "| predictions 5 |" in line
+            ),
+            "status line counting the 5 transactions and their predictions",
+        )
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        reader.join(timeout=10)
