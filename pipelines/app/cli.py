@@ -120,19 +120,23 @@ def local_up(
     pubsub_port: Annotated[int, typer.Option(min=1, max=65535)] = 8085,
     bigtable_port: Annotated[int, typer.Option(min=1, max=65535)] = 8086,
     datastore_port: Annotated[int, typer.Option(min=1, max=65535)] = 8081,
+    timeout: Annotated[
+        float, typer.Option(min=1, help="Seconds to wait for the emulators to answer.")
+    ] = 90,
 ) -> None:
     """Start the emulators on loopback, wait until they answer, create topics, subscriptions and
     the feature table (idempotent). Prints the environment variables to export."""
     from pipelines.app.local import StackError, create_resources, environment
 
     stack = _stack(state_dir)
+    typer.echo(f"starting the emulators (waiting up to {timeout:g} s for them to answer) ...")
     try:
         result = stack.up(
-            {"pubsub": pubsub_port, "bigtable": bigtable_port, "datastore": datastore_port}
+            {"pubsub": pubsub_port, "bigtable": bigtable_port, "datastore": datastore_port},
+            timeout_s=timeout,
         )
     except StackError as exc:
-        typer.echo(f"rillet local up: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise UserError(str(exc), exit_code=RUNTIME) from exc
     with environment(stack.env()):
         create_resources()
     for name, what in result.items():
@@ -343,11 +347,11 @@ def _protocol(table: Any, train_start: str | None, train_days: int) -> Any:
         return Protocol.last_weeks(first.isoformat(), n_days, train_days=train_days)
     except ValueError:
         need = Protocol.last_weeks("2000-01-01", 1000, train_days=train_days).span_days
-        enough = [f"'{n}' ({c.n_days} days)" for n, c in PRESETS.items() if c.n_days >= need]
+        enough = [f"{n} ({c.n_days} days)" for n, c in PRESETS.items() if c.n_days >= need]
         raise UserError(
             f"the feature table covers {n_days} days ({first}..{last}); training, its validation "
             f"folds and the test week need at least {need}",
-            "use a longer dataset, e.g. 'rillet simulate --preset' " + " or ".join(enough),
+            "use a longer dataset: rillet simulate --preset " + " or ".join(enough),
         ) from None
 
 

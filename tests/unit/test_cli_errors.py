@@ -74,6 +74,11 @@ CASES = {
         2,
         ["has no transactions* file", "rillet simulate"],
     ),
+    "backfill, nothing before --until": (
+        ["backfill", "--input", "data", "--output", "empty", "--until", "2000-01-01"],
+        1,
+        ["no transaction in data before --until 2000-01-01"],
+    ),
     "publish, missing input": (
         ["publish", "--input", "/nonexistent", "--limit", "5"],
         2,
@@ -107,7 +112,7 @@ CASES = {
     "train, data too short for the protocol": (
         ["train", "--features", "short"],
         2,
-        ["covers 21 days", "need at least 42", "'small' (56 days)"],
+        ["covers 21 days", "need at least 42", "--preset handbook (183 days) or small (56 days)"],
     ),
     "train, start before the data": (
         ["train", "--features", "long", "--train-start", "2017-01-01"],
