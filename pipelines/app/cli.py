@@ -572,6 +572,7 @@ def run(
     checkpoint in <state-dir>/recovery/ unless --recovery_checkpoint says otherwise."""
     from apache_beam.options.pipeline_options import StandardOptions
 
+    _quiet_tensorflow()
     from pipelines.main import pipeline_options
     from pipelines.main import run as run_pipeline
     from pipelines.options import RilletOptions
@@ -598,7 +599,6 @@ def run(
     from pipelines.app.job_status import ready_lines
     from pipelines.transforms.inference import resolve_model
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up notes: not ours
     opts = options.view_as(RilletOptions)
     model = resolve_model(opts.model_dir, opts.model_version)
     result = run_pipeline(argv, wait=False)
@@ -607,9 +607,28 @@ def run(
     _watch(result, status_every)
 
 
+def _quiet_tensorflow() -> None:
+    """Imports TensorFlow (and runs one op) with the process's stderr sent to /dev/null: its C++
+    start-up notes (oneDNN, absl's "before InitializeLog") are printed then, whatever
+    TF_CPP_MIN_LOG_LEVEL says (TensorFlow 2.21), and are not rillet's to show. An import error
+    still raises, after stderr is back."""
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        import tensorflow as tf
+
+        tf.constant(1) + 1
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
+
+
 def _watch(result: Any, every_s: float) -> None:
     """A status line every ``every_s`` until the job ends (its error is raised) or Ctrl-C
     (the job is cancelled)."""
+    import signal
     import threading
     import time
 
@@ -623,6 +642,10 @@ def _watch(result: Any, every_s: float) -> None:
         except BaseException as exc:  # re-raised in the main thread
             failures.append(exc)
 
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # a plain `kill` stops the job as Ctrl-C does
+
+    signal.signal(signal.SIGTERM, interrupt)
     waiter = threading.Thread(target=wait, daemon=True, name="rillet-job")
     waiter.start()
     before, since = JobStatus(), time.monotonic()
@@ -635,8 +658,9 @@ def _watch(result: Any, every_s: float) -> None:
             typer.echo(f"rillet run: {status_line(now, before, time.monotonic() - since)}")
             before, since = now, time.monotonic()
     except KeyboardInterrupt:
-        typer.echo("rillet run: stopping (Ctrl-C)")
+        typer.echo("rillet run: stopping ...")
         result.cancel()
+        typer.echo("rillet run: stopped")
         return
     if failures:
         raise failures[0]

@@ -64,7 +64,11 @@ def test_rillet_run_prints_its_ready_line_and_status(local_run, model_dir, tiny_
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        # As a user's shell has it: no TF_CPP_MIN_LOG_LEVEL (the test session sets one).
+        env={
+            **{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"},
+            "PYTHONPATH": str(ROOT),
+        },
     )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
@@ -98,7 +102,14 @@ def test_rillet_run_prints_its_ready_line_and_status(local_run, model_dir, tiny_
             ),
             "status line counting the 5 transactions and their predictions",
         )
-    finally:
+        # A plain kill (SIGTERM) stops the job as Ctrl-C does, with a last word.
         proc.terminate()
+        assert proc.wait(timeout=60) == 0, "".join(lines)[-3000:]
+        reader.join(timeout=10)
+        assert lines[-1].startswith("rillet run: stopped"), "".join(lines)[-3000:]
+        assert "oneDNN" not in "".join(lines) and "absl::InitializeLog" not in "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
         proc.wait(timeout=30)
         reader.join(timeout=10)
