@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from typing import Any
 
@@ -118,13 +119,16 @@ class RilletOptions(PipelineOptions):
         )
 
     @classmethod
+    def argument_parser(cls, prog: str | None = None) -> argparse.ArgumentParser:
+        """A parser of rillet's options alone (for their help and names)."""
+        parser = argparse.ArgumentParser(prog=prog, add_help=False, usage=argparse.SUPPRESS)
+        cls._add_argparse_args(parser)
+        return parser
+
+    @classmethod
     def option_names(cls) -> list[str]:
         """The flags rillet's options declare."""
-        import argparse
-
-        parser = argparse.ArgumentParser(add_help=False)
-        cls._add_argparse_args(parser)
-        return [o for action in parser._actions for o in action.option_strings]
+        return [o for action in cls.argument_parser()._actions for o in action.option_strings]
 
     def validate_local(self) -> list[str]:
         """Problems a user can fix before the job starts, as messages."""

@@ -23,6 +23,8 @@ local_app = typer.Typer(
 )
 app.add_typer(local_app, name="local")
 
+_DATASET_FIX = "make a dataset with 'rillet simulate --output DIR' and pass --input DIR"
+
 StateDir = Annotated[Path, typer.Option(help="Where local state (pids, ports, logs) is kept.")]
 
 
@@ -85,12 +87,9 @@ def spell_options(args: list[str]) -> list[str]:
 
 def pipeline_options_help() -> str:
     """The streaming job's own options (pipelines/options.py), for ``rillet run --help``."""
-    import argparse
-
     from pipelines.options import RilletOptions
 
-    parser = argparse.ArgumentParser(prog="rillet run", add_help=False, usage=argparse.SUPPRESS)
-    RilletOptions._add_argparse_args(parser)
+    parser = RilletOptions.argument_parser(prog="rillet run")
     return (
         "\nrillet's pipeline options (as Beam options, --name=value; any other Beam option, e.g. "
         "--runner, --project, is passed on):\n" + parser.format_help()
@@ -210,12 +209,12 @@ def backfill(
         input,
         "--input",
         "transactions* and labels* files",
-        "make a dataset with 'rillet simulate --output DIR' and pass --input DIR",
+        _DATASET_FIX,
     )
     if not str(input).startswith("gs://") and not any(source.glob("transactions*")):
         raise UserError(
             f"--input {input} has no transactions* file",
-            "make a dataset with 'rillet simulate --output DIR' and pass --input DIR",
+            _DATASET_FIX,
         )
     argv = [f"--input={input}", f"--output={output}", f"--shards={shards}", *ctx.args]
     if until:
@@ -668,9 +667,7 @@ def _watch(result: Any, every_s: float) -> None:
 
 def _model_errors(opts: Any) -> list[str]:
     """The model the job would serve: its directory and version exist and its card matches."""
-    from apache_beam.io.filesystems import FileSystems
-
-    from pipelines.transforms.inference import MODEL_CARD, resolve_model
+    from pipelines.transforms.inference import model_versions, resolve_model
 
     model_dir = opts.model_dir
     if not model_dir.startswith("gs://") and not Path(model_dir).is_dir():
@@ -683,8 +680,7 @@ def _model_errors(opts: Any) -> list[str]:
     except FileNotFoundError as exc:
         if opts.model_version == "latest":
             return [str(exc)]
-        cards = FileSystems.match([FileSystems.join(model_dir, "*", MODEL_CARD)])[0]
-        versions = sorted(m.path.split("/")[-2] for m in cards.metadata_list)
+        versions = model_versions(model_dir)
         return [
             f"--model_version {opts.model_version}: not in {model_dir}; available: "
             + (", ".join(versions) or "none (train one with 'rillet train')")
@@ -717,10 +713,11 @@ def publish(
     from pipelines.app.publisher import publish_events, replay_events
     from pipelines.app.simulator import read_dataset
 
-    fix = "make a dataset with 'rillet simulate --output DIR' and pass --input DIR"
-    existing_dir(input, "--input", "transactions.parquet and labels.parquet", fix)
+    existing_dir(input, "--input", "transactions.parquet and labels.parquet", _DATASET_FIX)
     if not (input / "transactions.parquet").exists() or not (input / "labels.parquet").exists():
-        raise UserError(f"--input {input} has no transactions.parquet and labels.parquet", fix)
+        raise UserError(
+            f"--input {input} has no transactions.parquet and labels.parquet", _DATASET_FIX
+        )
     frame = read_dataset(input)
     if first_day or last_day:
         from models.evaluation import rows_in
@@ -741,7 +738,7 @@ def publish(
     if limit:
         frame = frame.iloc[:limit]
     if frame.empty:
-        raise UserError(f"{input} holds no transaction", fix)
+        raise UserError(f"{input} holds no transaction", _DATASET_FIX)
     if project == "rillet-local":
         use_local_stack(state_dir)
     events = replay_events(frame, include_labels=labels)

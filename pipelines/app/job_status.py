@@ -10,6 +10,8 @@ from pipelines.transforms.parse import METRICS_NAMESPACE
 
 __all__ = ["JobStatus", "read_status", "ready_lines", "status_line"]
 
+_LATENCY = "event_to_prediction_ms"  # the Datastore sink's distribution
+
 
 @dataclass(frozen=True)
 class JobStatus:
@@ -34,9 +36,6 @@ def read_status(result: Any) -> JobStatus:
         (m.committed for m in metrics["distributions"] if m.key.metric.name == _LATENCY), None
     )
     return status_from(counters, latency)
-
-
-_LATENCY = "event_to_prediction_ms"
 
 
 def status_from(counters: dict[str, int], latency: Any = None) -> JobStatus:

@@ -49,6 +49,12 @@ class ModelInfo:
     features: tuple[str, ...]
 
 
+def model_versions(model_dir: str) -> list[str]:
+    """The versions in ``model_dir`` (those with a model card), oldest first."""
+    match = FileSystems.match([FileSystems.join(model_dir, "*", MODEL_CARD)])[0]
+    return sorted(m.path.rstrip("/").split("/")[-2] for m in match.metadata_list)
+
+
 def resolve_model(model_dir: str, version: str = "latest") -> ModelInfo:
     """Picks a version from ``model_dir`` (``<model_dir>/<version>/{saved_model,model_card.json}``).
 
@@ -56,14 +62,13 @@ def resolve_model(model_dir: str, version: str = "latest") -> ModelInfo:
     list must equal the pipeline's MODEL_INPUTS, or the model would be fed the wrong columns.
     """
     if version == "latest":
-        match = FileSystems.match([FileSystems.join(model_dir, "*", MODEL_CARD)])[0]
-        cards = sorted(m.path for m in match.metadata_list)
-        if not cards:
+        versions = model_versions(model_dir)
+        if not versions:
             raise FileNotFoundError(
                 f"no model in {model_dir!r}: expected <version>/{MODEL_CARD}; train one with "
                 "'rillet train'"
             )
-        card_path = cards[-1]
+        card_path = FileSystems.join(model_dir, versions[-1], MODEL_CARD)
     else:
         card_path = FileSystems.join(model_dir, version, MODEL_CARD)
     with FileSystems.open(card_path) as handle:

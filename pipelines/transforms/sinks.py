@@ -29,7 +29,6 @@ import json
 import logging
 from collections.abc import Iterable, Iterator
 from contextlib import suppress
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -142,10 +141,6 @@ def _to_message(record: PredictionRecord) -> tuple[bytes, dict[str, str]]:
     return json.dumps(body, separators=(",", ":")).encode(), attributes
 
 
-def _dt(micros: int) -> datetime:
-    return datetime.fromtimestamp(micros / 1e6, tz=UTC)
-
-
 class _DatastoreWriteDoFn(beam.DoFn):
     def __init__(self, project: str, kind: str, namespace: str | None, bands: RiskBands) -> None:
         self._project = project
@@ -163,29 +158,14 @@ class _DatastoreWriteDoFn(beam.DoFn):
         )
 
     def _entity(self, record: PredictionRecord, kind: str | None = None) -> Any:
-        from google.cloud import datastore
+        """``record`` as a client Entity (for the transactional writes of corrections): the
+        protobuf of ``_entity_pb``, so the property mapping exists once."""
+        from google.cloud.datastore import helpers
+        from google.cloud.datastore_v1.types import entity as entity_pb
 
-        key = self._client.key(kind or self._kind, record["transaction_id"])
-        entity = datastore.Entity(key=key, exclude_from_indexes=("features",))
-        # The features as one unindexed JSON text: 4x cheaper to commit on the emulator than an
-        # embedded entity of 15 properties (0.10 s vs 0.43 s per 500 entities, measured).
-        features = json.dumps(record["features"], separators=(",", ":"))
-        entity.update(
-            {
-                "customer_id": record["customer_id"],
-                "terminal_id": record["terminal_id"],
-                "event_time": _dt(record["event_time_us"]),
-                "publish_time": _dt(record["publish_time_us"]),
-                "processing_time": _dt(record["processing_time_us"]),
-                "score": record["score"],
-                "risk_band": record["risk_band"],
-                "model_version": record["model_version"],
-                "revision": record["revision"],
-                "correction": record["correction"],
-                "features": features,
-            }
-        )
-        return entity
+        raw = entity_pb.Entity.pb()()
+        self._entity_pb(raw, record, kind or self._kind)
+        return helpers.entity_from_protobuf(raw)
 
     def process(self, pb: PredictionBatch) -> Iterator[tuple[int, list[PredictionRecord]]]:
         records = prediction_records(pb, self._bands)
@@ -217,8 +197,9 @@ class _DatastoreWriteDoFn(beam.DoFn):
         element.name = name
 
     def _entity_pb(self, entity: Any, record: PredictionRecord, kind: str) -> None:
-        """``record`` as the same entity as ``_entity`` (docs/specs/datastore.md), into the
-        raw protobuf ``entity``."""
+        """``record`` as the Prediction entity (docs/specs/datastore.md), into the raw protobuf
+        ``entity``. The features are one unindexed JSON text: 4x cheaper to commit on the
+        emulator than an embedded entity of 15 properties (0.10 s vs 0.43 s per 500, measured)."""
         self._key_pb(entity.key, kind, record["transaction_id"])
         props = entity.properties
         props["customer_id"].string_value = record["customer_id"]
