@@ -98,6 +98,36 @@ class RilletOptions(PipelineOptions):
             f"DirectRunner: {DIRECT_KEY_BUCKETS} (it scans every key it ever saw on each step).",
         )
         parser.add_argument(
+            "--model_poll_s",
+            type=float,
+            default=10.0,
+            help="Seconds between two reads of the model registry's pointer: a promotion or "
+            "rollback serves within this plus the new version's load time.",
+        )
+        parser.add_argument(
+            "--inference_backend",
+            default="saved_model",
+            choices=("saved_model", "tfx_bsl", "vertex"),
+            help="How versions are loaded and scored: saved_model (TF2 loader, float-matrix "
+            "signature; fastest), tfx_bsl (tfx-bsl's RunInference handler on tf.Example, the "
+            "TF Serving signature), vertex (remote AI Platform / Vertex AI model versions).",
+        )
+        parser.add_argument(
+            "--vertex_project", default="", help="vertex backend: the model's Google Cloud project."
+        )
+        parser.add_argument(
+            "--vertex_model",
+            default="",
+            help="vertex backend: the AI Platform model whose versions are the registry's.",
+        )
+        parser.add_argument(
+            "--eval_every_s",
+            type=float,
+            default=30.0,
+            help="Seconds between two recomputations of the online evaluation (per model "
+            "version and day of labelled transactions).",
+        )
+        parser.add_argument(
             "--recovery_checkpoint",
             default="",
             help="DirectRunner only: checkpoint file for crash recovery; when it exists the job "
@@ -135,6 +165,12 @@ class RilletOptions(PipelineOptions):
         errors = []
         if self.max_batch_size < 1:
             errors.append("--max_batch_size must be at least 1")
+        if self.model_poll_s <= 0:
+            errors.append("--model_poll_s must be above 0 (seconds between registry reads)")
+        if self.eval_every_s <= 0:
+            errors.append("--eval_every_s must be above 0 (seconds)")
+        if self.inference_backend == "vertex" and not (self.vertex_project and self.vertex_model):
+            errors.append("--inference_backend vertex needs --vertex_project and --vertex_model")
         if not 0 <= self.risk_medium_threshold <= self.risk_high_threshold <= 1:
             errors.append("need 0 <= --risk_medium_threshold <= --risk_high_threshold <= 1")
         if self.label_wait_s < 0:

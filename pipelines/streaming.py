@@ -5,6 +5,7 @@ pipelines/main.py runs it (options, runner hooks, wait).
                                                         ├─ ComputeFeatures ─ Predict ─┐
     labels ─────── ReadLabels ─────── ParseLabels ──────┘                             │
                                    WritePredictions (Datastore + topic) ──────────────┘
+    labels ─ EvaluateOnline (per model version and day: AUC, AP, CP@100 -> ModelEvaluation)
     every reject ─ CollectDeadLetters ─ WriteDeadLetters
 
 Top-level labels are constants: Dataflow ``--update`` matches steps by name, so a rename needs
@@ -25,11 +26,19 @@ from apache_beam.options.pipeline_options import (
 from pipelines.options import DIRECT_KEY_BUCKETS, RilletOptions, resource_path
 from pipelines.stores.bigtable import StoreConfig
 from pipelines.transforms.features import ComputeFeatures
-from pipelines.transforms.inference import ModelInfo, Predict, resolve_model
+from pipelines.transforms.inference import Predict, ServingConfig, resolve_model
+from pipelines.transforms.online_eval import EvaluateOnline
 from pipelines.transforms.parse import ParseEvents
 from pipelines.transforms.sinks import RiskBands, WriteDeadLetters, WritePredictions
 
-__all__ = ["DIRECT_RUNNERS", "STEP_LABELS", "build_pipeline", "input_subscriptions", "key_buckets"]
+__all__ = [
+    "DIRECT_RUNNERS",
+    "STEP_LABELS",
+    "build_pipeline",
+    "input_subscriptions",
+    "key_buckets",
+    "serving_config",
+]
 
 # The local runners (Pub/Sub pulls tuned, recovery checkpoint kept: local_runner.recovery).
 DIRECT_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
@@ -41,6 +50,7 @@ PARSE_LABELS = "ParseLabels"
 COMPUTE_FEATURES = "ComputeFeatures"
 PREDICT = "Predict"
 WRITE_PREDICTIONS = "WritePredictions"
+EVALUATE_ONLINE = "EvaluateOnline"
 COLLECT_DEAD_LETTERS = "CollectDeadLetters"
 WRITE_DEAD_LETTERS = "WriteDeadLetters"
 
@@ -52,6 +62,7 @@ STEP_LABELS: tuple[str, ...] = (
     COMPUTE_FEATURES,
     PREDICT,
     WRITE_PREDICTIONS,
+    EVALUATE_ONLINE,
     COLLECT_DEAD_LETTERS,
     WRITE_DEAD_LETTERS,
 )
@@ -76,17 +87,29 @@ def key_buckets(options: PipelineOptions) -> int:
     return DIRECT_KEY_BUCKETS if runner in DIRECT_RUNNERS else 0
 
 
+def serving_config(options: PipelineOptions) -> ServingConfig:
+    """What the options serve (--model_dir, --model_version, --model_poll_s, backend)."""
+    opts = options.view_as(RilletOptions)
+    remote = (opts.vertex_project, opts.vertex_model) if opts.vertex_model else None
+    return ServingConfig(
+        opts.model_dir, opts.model_version, opts.model_poll_s, opts.inference_backend, remote
+    )
+
+
 def build_pipeline(
-    p: beam.Pipeline, options: PipelineOptions, model: ModelInfo | None = None
+    p: beam.Pipeline, options: PipelineOptions, serving: ServingConfig | None = None
 ) -> dict[str, Any]:
     """Adds the streaming graph to ``p``; returns its main PCollections (for tests).
 
-    ``model`` defaults to the version the options pick from ``--model_dir``.
+    ``serving`` defaults to serving_config(options), whose version (the registry's champion, or
+    a pinned one) is checked here, so that a missing model fails before the job starts.
     """
     opts = options.view_as(RilletOptions)
     project = options.view_as(GoogleCloudOptions).project
     store = StoreConfig(project, opts.bigtable_instance, opts.bigtable_table)
-    model = model or resolve_model(opts.model_dir, opts.model_version)
+    if serving is None:
+        serving = serving_config(options)
+        resolve_model(serving.model_dir, serving.version)
     tx_sub, label_sub = input_subscriptions(options)
 
     tx_messages = p | READ_TRANSACTIONS >> beam.io.ReadFromPubSub(
@@ -100,13 +123,16 @@ def build_pipeline(
     computed = (transactions.valid, labels.valid) | COMPUTE_FEATURES >> ComputeFeatures(
         store, opts.max_batch_size, (tx_sub, label_sub), opts.label_wait_s, key_buckets(options)
     )
-    predictions = computed.batches | PREDICT >> Predict(model)
+    predictions = computed.batches | PREDICT >> Predict(serving)
     written = predictions.results | WRITE_PREDICTIONS >> WritePredictions(
         project,
         opts.datastore_kind,
         opts.datastore_namespace or None,
         resource_path(project, "topics", opts.predictions_topic),
         RiskBands(opts.risk_medium_threshold, opts.risk_high_threshold),
+    )
+    evaluation = labels.valid | EVALUATE_ONLINE >> EvaluateOnline(
+        project, opts.datastore_kind, opts.datastore_namespace or None, opts.eval_every_s
     )
     dead_letters = (
         transactions.dead_letters,
@@ -124,4 +150,5 @@ def build_pipeline(
         "predictions": predictions.results,
         "published": written,
         "dead_letters": dead_letters,
+        "evaluation": evaluation,
     }

@@ -1,15 +1,17 @@
 """Predict: TensorFlow inference inside the pipeline with Beam RunInference.
 
-Keras 3 cannot reload a SavedModel directory with ``tf.keras.models.load_model`` and tfx-bsl's
-TF1 session loader fails on Keras 3 exports, so the handler loads the SavedModel with TF2's
-``tf.saved_model.load`` and calls its ``serving_default`` signature once per FeatureBatch (batches
-are formed by ComputeFeatures, so RunInference's own batching is skipped).
+The handler's "model" is the worker's ServingModels (model_serving.py): the registry's champion
+and challenger, swapped by a watcher without a restart, through one of three backends (TF2
+SavedModel signature, tfx-bsl's model handler, a remote Vertex AI / AI Platform model). One call
+scores one FeatureBatch (batches are formed by ComputeFeatures, so RunInference's own batching
+is skipped).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -23,13 +25,20 @@ from pipelines.core.batches import FeatureBatch
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
 from pipelines.stores.shared import process_shared
+from pipelines.transforms.model_serving import (
+    Assignment,
+    LoadedVersion,
+    ServingModels,
+    load_version,
+)
 
 __all__ = [
     "ModelInfo",
     "Predict",
     "PredictionBatch",
     "Predictions",
-    "SavedModelHandler",
+    "RegistryModelHandler",
+    "ServingConfig",
     "load_saved_model",
     "resolve_model",
     "score_features",
@@ -116,53 +125,102 @@ def score_features(loaded: Any, features: np.ndarray, chunk: int = 8192) -> np.n
 
 @dataclass
 class PredictionBatch:
-    """Scores for a FeatureBatch, in the same order."""
+    """Scores for a FeatureBatch, in the same order: the champion's, and the challenger's when
+    one shadows it (they never drive the risk band)."""
 
     batch: FeatureBatch
     scores: np.ndarray
     model_version: str
     predicted_at_us: int
+    challenger_scores: np.ndarray | None = None
+    challenger_version: str | None = None
 
     def __len__(self) -> int:
         return len(self.batch)
 
 
-class SavedModelHandler(ModelHandler[FeatureBatch, PredictionBatch, Any]):
-    """ModelHandler for a TF2 SavedModel with a ``serving_default`` signature of one float input.
+@dataclass(frozen=True)
+class ServingConfig:
+    """What the job serves: ``version`` "champion" follows the registry in ``model_dir`` (hot
+    swap, shadow scoring by its challenger), any other value pins that version."""
 
-    Args:
-      model: the version to serve (see resolve_model).
+    model_dir: str
+    version: str = "champion"
+    poll_s: float = 10.0
+    backend: str = "saved_model"
+    remote: tuple[str, str] | None = None  # (project, model) of the vertex backend
+
+    @property
+    def follows_registry(self) -> bool:
+        return self.version == "champion"
+
+
+def registry_assignment(model_dir: str) -> Assignment:
+    """The registry pointer's champion and challenger."""
+    from pipelines.stores.model_registry import ModelRegistry
+
+    pointer = ModelRegistry(model_dir).pointer()
+    if not pointer.champion:
+        raise FileNotFoundError(f"no champion in {model_dir!r}: train one with 'rillet train'")
+    return Assignment(pointer.champion, pointer.challenger, pointer.generation)
+
+
+def serving_models(config: ServingConfig) -> ServingModels:
+    """The worker's ServingModels for ``config`` (model_serving.py)."""
+
+    def load(version: str) -> LoadedVersion:
+        info = resolve_model(config.model_dir, version)
+        loaded = load_version(info.version, info.path, info.features, config.backend, config.remote)
+        _LOGGER.info("loaded model %s from %s (%s)", info.version, info.path, config.backend)
+        return loaded
+
+    if config.follows_registry:
+        return ServingModels(partial(registry_assignment, config.model_dir), load, config.poll_s)
+    pinned = resolve_model(config.model_dir, config.version).version
+    return ServingModels(lambda: Assignment(pinned, None, 0), load, 0)
+
+
+class RegistryModelHandler(ModelHandler[FeatureBatch, PredictionBatch, ServingModels]):
+    """ModelHandler serving the registry's champion, shadowed by its challenger (model_serving.py).
+
+    The "model" RunInference holds is the worker's ServingModels: it swaps versions itself, so
+    RunInference's own model updates are not used.
     """
 
-    def __init__(self, model: ModelInfo) -> None:
+    def __init__(self, config: ServingConfig) -> None:
         super().__init__()
-        self._model = model
+        self._config = config
 
-    def load_model(self) -> Any:
+    def load_model(self) -> ServingModels:
         # RunInference loads in setup, and the DirectRunner sets up a fresh DoFn for every
-        # bundle: without the process-wide copy, every bundle would pay a SavedModel load.
-        # A version's directory never changes, so its path names the model.
-        return process_shared(("saved_model", self._model.path), self._load)
-
-    def _load(self) -> Any:
-        loaded = load_saved_model(self._model)
-        _LOGGER.info("loaded model %s from %s", self._model.version, self._model.path)
-        return loaded
+        # bundle: one ServingModels per process, or every bundle would pay a load.
+        return process_shared(
+            ("serving_models", self._config), partial(serving_models, self._config)
+        )
 
     def run_inference(
         self,
         batch: Sequence[FeatureBatch] | FeatureBatch,
-        model: Any,
+        model: ServingModels,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionBatch]:
         import time
 
+        serving = model.current()  # once per call: the whole call is scored by one pair
         batches = [batch] if isinstance(batch, FeatureBatch) else list(batch)
         results = []
         for fb in batches:
-            scores = score_features(model, fb.features)
+            scores = serving.champion.score(fb.features)
+            shadow = serving.challenger.score(fb.features) if serving.challenger else None
             results.append(
-                PredictionBatch(fb, scores, self._model.version, int(time.time() * 1_000_000))
+                PredictionBatch(
+                    fb,
+                    scores,
+                    serving.champion.version,
+                    int(time.time() * 1_000_000),
+                    shadow,
+                    serving.challenger.version if serving.challenger else None,
+                )
             )
         return results
 
@@ -199,19 +257,20 @@ def _inference_failures(failed: Any) -> Iterable[DeadLetter]:
 
 
 class Predict(beam.PTransform):
-    """FeatureBatches to PredictionBatches with Beam RunInference.
+    """FeatureBatches to PredictionBatches with Beam RunInference, scored by the champion and
+    shadowed by the challenger of the registry (or by one pinned version).
 
     Example Usage::
 
-        predictions = batches | "Predict" >> Predict(resolve_model("artifacts/models"))
+        predictions = batches | "Predict" >> Predict(ServingConfig("artifacts/models"))
     """
 
-    def __init__(self, model: ModelInfo) -> None:
+    def __init__(self, config: ServingConfig) -> None:
         super().__init__()
-        self._model = model
+        self._config = config
 
     def expand(self, batches: beam.PCollection) -> Predictions:
-        handler = SavedModelHandler(self._model).with_no_batching()
+        handler = RegistryModelHandler(self._config).with_no_batching()
         results, dlq = batches | "RunInference" >> RunInference(handler).with_exception_handling()
         failures = dlq.failed_inferences | "FailedInferences" >> beam.FlatMap(_inference_failures)
         return Predictions(results, failures)

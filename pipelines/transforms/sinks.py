@@ -2,7 +2,8 @@
 
 Prediction message contract (topic ``predictions``), see README "Prediction messages":
   data        JSON: schema_version, transaction_id, customer_id, terminal_id, event_time,
-              score, risk_band, model_version, features {name: value}, publish_time,
+              score, risk_band, model_version, challenger_score, challenger_version (null
+              without a challenger; never in risk_band), features {name: value}, publish_time,
               processing_time (RFC 3339 UTC)
   attributes  transaction_id, risk_band (low|medium|high), model_version, schema_version,
               revision, correction: filterable by subscriptions, e.g.
@@ -78,6 +79,7 @@ class RiskBands:
 def prediction_records(pb: PredictionBatch, bands: RiskBands) -> list[PredictionRecord]:
     """One record per transaction: everything a consumer needs to audit the prediction."""
     records = []
+    shadow = pb.challenger_scores
     for i, tx in enumerate(pb.batch.transactions):
         score = float(pb.scores[i])
         records.append(
@@ -94,6 +96,8 @@ def prediction_records(pb: PredictionBatch, bands: RiskBands) -> list[Prediction
                 "score": score,
                 "risk_band": bands.band(score),
                 "model_version": pb.model_version,
+                "challenger_score": None if shadow is None else float(shadow[i]),
+                "challenger_version": pb.challenger_version,
                 "features": dict(zip(MODEL_INPUTS, map(float, pb.batch.features[i]), strict=True)),
             }
         )
@@ -124,6 +128,8 @@ def _to_message(record: PredictionRecord) -> tuple[bytes, dict[str, str]]:
         "score": record["score"],
         "risk_band": record["risk_band"],
         "model_version": record["model_version"],
+        "challenger_score": record["challenger_score"],
+        "challenger_version": record["challenger_version"],
         "features": record["features"],
         "publish_time": format_rfc3339(record["publish_time_us"]),
         "processing_time": format_rfc3339(record["processing_time_us"]),
@@ -154,7 +160,7 @@ class _DatastoreWriteDoFn(beam.DoFn):
     def setup(self) -> None:
         self._client = process_shared(
             ("datastore", self._project, self._namespace),
-            lambda: _datastore_client(self._project, self._namespace),
+            lambda: datastore_client(self._project, self._namespace),
         )
 
     def _entity(self, record: PredictionRecord, kind: str | None = None) -> Any:
@@ -210,6 +216,13 @@ class _DatastoreWriteDoFn(beam.DoFn):
         props["score"].double_value = record["score"]
         props["risk_band"].string_value = record["risk_band"]
         props["model_version"].string_value = record["model_version"]
+        # The shadow score is stored beside the champion's, never in the risk band.
+        if record["challenger_version"] is None:
+            props["challenger_score"].null_value = 0
+            props["challenger_version"].null_value = 0
+        else:
+            props["challenger_score"].double_value = record["challenger_score"]
+            props["challenger_version"].string_value = record["challenger_version"]
         props["revision"].integer_value = record["revision"]
         props["correction"].boolean_value = record["correction"]
         features = props["features"]
@@ -312,7 +325,7 @@ class _DatastoreWriteDoFn(beam.DoFn):
             with_backoff(attempt, "Datastore transaction")
 
 
-def _datastore_client(project: str, namespace: str | None) -> Any:
+def datastore_client(project: str, namespace: str | None) -> Any:
     from google.cloud import datastore
 
     return datastore.Client(project=project, namespace=namespace)

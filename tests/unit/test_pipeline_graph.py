@@ -4,13 +4,12 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.main import pipeline_options
 from pipelines.options import DIRECT_KEY_BUCKETS, unknown_arguments
 from pipelines.streaming import STEP_LABELS, build_pipeline, key_buckets
-from pipelines.transforms.inference import ModelInfo
+from pipelines.transforms.inference import ServingConfig
 
-MODEL = ModelInfo("test", "/nonexistent/saved_model", MODEL_INPUTS)
+SERVING = ServingConfig("/nonexistent/models")
 
 # Dataflow --update matches steps by these names: changing one is a breaking change that needs
 # --transform_name_mapping. Update this list only deliberately.
@@ -22,6 +21,7 @@ PINNED = (
     "ComputeFeatures",
     "Predict",
     "WritePredictions",
+    "EvaluateOnline",
     "CollectDeadLetters",
     "WriteDeadLetters",
 )
@@ -42,7 +42,7 @@ def test_step_labels_are_pinned() -> None:
     assert STEP_LABELS == PINNED
     options = PipelineOptions(["--project=rillet-local", "--streaming"])
     p = beam.Pipeline(options=options)
-    build_pipeline(p, options, model=MODEL)
+    build_pipeline(p, options, serving=SERVING)
     assert top_level_labels(p) == set(PINNED)
 
 
@@ -64,7 +64,7 @@ def test_constructs_for_dataflow_offline(tmp_path) -> None:
         ]
     )
     p = beam.Pipeline(options=options)
-    outputs = build_pipeline(p, options, model=MODEL)
+    outputs = build_pipeline(p, options, serving=SERVING)
     proto = p.to_runner_api()
     names = {t.unique_name for t in proto.components.transforms.values()}
     assert {
@@ -84,7 +84,7 @@ def test_stateful_steps_are_the_keyed_stages() -> None:
 
     options = PipelineOptions(["--project=rillet-local", "--streaming"])
     p = beam.Pipeline(options=options)
-    build_pipeline(p, options, model=MODEL)
+    build_pipeline(p, options, serving=SERVING)
     stateful = set()
 
     class Visitor(beam.pipeline.PipelineVisitor):

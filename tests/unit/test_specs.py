@@ -132,11 +132,23 @@ def test_datastore_spec_lists_the_entity_properties() -> None:
     sink = _DatastoreWriteDoFn("spec", "Prediction", None, RiskBands())
     sink._client = _Keys()
     entity = sink._entity(_record())
-    text = spec("datastore.md")
+    text = spec("datastore.md").split("## Online evaluation")[0]
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     listed = {n for line in rows for n in backticked(line.split("|")[1])}
     assert listed == set(entity)
     assert set(entity.exclude_from_indexes) == {"features"}
+
+
+def test_datastore_spec_lists_the_evaluation_properties() -> None:
+    from pipelines.core.quality import quality
+    from pipelines.transforms.online_eval import EVALUATION_KIND, evaluation_properties
+
+    text = spec("datastore.md").split("## Online evaluation")[1]
+    assert f"kind `{EVALUATION_KIND}`" in text
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    listed = {n for line in rows for n in backticked(line.split("|")[1])}
+    figures = quality(["c1", "c2"], [0, 1], [0.1, 0.9])
+    assert listed == set(evaluation_properties("v1", "2018-08-08", figures))
 
 
 def test_the_sinks_raw_protobuf_is_the_documented_entity() -> None:

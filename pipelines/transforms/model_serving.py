@@ -1,0 +1,333 @@
+"""What a worker serves: the registry's champion and challenger, loaded, swapped without a restart.
+
+TensorFlow Serving's way, in one process: a watcher thread reads the registry pointer every
+``poll_s`` seconds; when it names other versions, it loads them beside the ones serving, then
+switches the pair in one assignment (the scoring thread reads it once per batch, so a batch is
+scored by one pair, never half and half), and unloads what no longer serves. A version that fails
+to load, or whose inputs the job does not compute, is refused and the serving pair stays.
+
+Why not Beam's own model updates: RunInference's ``model_metadata_pcoll`` side input stays
+blocked on the local runner (Beam's own streaming test of it is skipped on the DirectRunner),
+``ModelHandler.update_model_path`` is a no-op in the base class, and ``WatchFilePattern`` needs new
+file names; a watcher works the same on every runner.
+
+Backends (``--inference_backend``), one scorer per loaded version:
+- ``saved_model``: TF2 ``tf.saved_model.load`` and the ``predict_features`` signature (a float
+  matrix of the card's features): the fast path, the default.
+- ``tfx_bsl``: tfx-bsl's RunInference model handler (``CreateModelHandler`` with a
+  ``saved_model_spec``): the TF1 session loader and the ``serving_default`` signature on
+  serialized ``tf.Example``s, the signature TF Serving and Vertex AI serve. Returns PredictionLogs.
+- ``vertex``: tfx-bsl's remote ``ai_platform_prediction_model_spec`` (the reference
+  architecture's "AI Platform models"): the registry version names the model version of the
+  endpoint. It constructs offline; it needs Google Cloud to score.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+
+from pipelines.core.definitions import MODEL_INPUTS
+
+__all__ = [
+    "BACKENDS",
+    "Assignment",
+    "LoadedVersion",
+    "Scorer",
+    "Serving",
+    "ServingModels",
+    "load_version",
+    "saved_model_scorer",
+    "tfx_bsl_scorer",
+    "vertex_model_handler",
+]
+
+_LOGGER = logging.getLogger(__name__)
+BACKENDS = ("saved_model", "tfx_bsl", "vertex")
+SCORE_OUTPUT = "score"
+FEATURES_SIGNATURE = "predict_features"
+EXAMPLES_SIGNATURE = "serving_default"
+
+
+class Assignment(NamedTuple):
+    """Which versions should serve: the registry pointer's champion and challenger."""
+
+    champion: str
+    challenger: str | None
+    generation: int
+
+
+class Scorer(Protocol):
+    def __call__(self, features: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A model version ready to score rows of MODEL_INPUTS (its card's columns are picked)."""
+
+    version: str
+    features: tuple[str, ...]
+    scorer: Scorer
+    columns: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        missing = [f for f in self.features if f not in MODEL_INPUTS]
+        if missing:
+            raise ValueError(
+                f"model {self.version} needs features the job does not compute: {missing}"
+            )
+        index = {name: i for i, name in enumerate(MODEL_INPUTS)}
+        object.__setattr__(self, "columns", np.array([index[f] for f in self.features]))
+
+    def score(self, rows: np.ndarray) -> np.ndarray:
+        """Scores of rows laid out as MODEL_INPUTS."""
+        return self.scorer(np.ascontiguousarray(rows[:, self.columns], dtype=np.float32))
+
+
+class Serving(NamedTuple):
+    """The pair serving now; one batch reads it once."""
+
+    champion: LoadedVersion
+    challenger: LoadedVersion | None
+    generation: int
+
+
+class ServingModels:
+    """The serving pair of one worker process, following ``source`` (see the module docstring).
+
+    Args:
+      source: reads the registry pointer (raises on an unreadable registry: the pair stays).
+      load: loads one version.
+      poll_s: how often the watcher reads ``source``; 0 serves the first pair for good.
+    """
+
+    def __init__(
+        self,
+        source: Callable[[], Assignment],
+        load: Callable[[str], LoadedVersion],
+        poll_s: float,
+    ) -> None:
+        self._source = source
+        self._load = load
+        self._poll_s = poll_s
+        self._loaded: dict[str, LoadedVersion] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.swaps: list[dict[str, Any]] = []
+        self.failures: list[str] = []
+        assignment = source()
+        self._serving = self._pair(assignment)
+        self._assigned = assignment
+        if poll_s > 0:
+            threading.Thread(target=self._watch, name="rillet-model-watcher", daemon=True).start()
+
+    def current(self) -> Serving:
+        return self._serving
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def refresh(self) -> bool:
+        """Reads the pointer once; loads and switches if it changed. True when it switched."""
+        with self._lock:
+            seen = time.time()
+            assignment = self._source()
+            if assignment[:2] == self._assigned[:2]:
+                self._assigned = assignment
+                return False
+            try:
+                pair = self._pair(assignment)
+            except Exception as error:
+                # Keep serving what works; retry at the next poll (the registry may be mid-copy).
+                self.failures.append(f"{assignment}: {error!r}")
+                _LOGGER.error(
+                    "model swap to %s refused, still serving %s: %r",
+                    assignment,
+                    self._serving[:2],
+                    error,
+                )
+                return False
+            previous = self._serving
+            event = {
+                "generation": assignment.generation,
+                "champion": assignment.champion,
+                "challenger": assignment.challenger,
+                "previous": [previous.champion.version, _version(previous.challenger)],
+                "seen_at": seen,
+                "load_s": round(time.time() - seen, 3),
+            }
+            self.swaps.append(event)
+            self._serving = pair  # the switch: one assignment, read once per batch
+            self._assigned = assignment
+            self._unload(pair)
+            _LOGGER.info(
+                "now serving champion %s, challenger %s (loaded in %.2f s)",
+                assignment.champion,
+                assignment.challenger,
+                event["load_s"],
+            )
+            return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self._poll_s):
+            try:
+                self.refresh()
+            except Exception as error:  # an unreadable pointer: keep serving, read it again
+                _LOGGER.warning("model registry unreadable, still serving: %r", error)
+
+    def _pair(self, assignment: Assignment) -> Serving:
+        champion = self._get(assignment.champion)
+        challenger = self._get(assignment.challenger) if assignment.challenger else None
+        return Serving(champion, challenger, assignment.generation)
+
+    def _get(self, version: str) -> LoadedVersion:
+        loaded = self._loaded.get(version)
+        if loaded is None:
+            loaded = self._loaded[version] = self._load(version)
+        return loaded
+
+    def _unload(self, keep: Serving) -> None:
+        keep_versions = {keep.champion.version, _version(keep.challenger)}
+        dropped = [v for v in self._loaded if v not in keep_versions]
+        for version in dropped:
+            del self._loaded[version]
+        if dropped:
+            _collect_frozen()
+
+
+def _version(loaded: LoadedVersion | None) -> str | None:
+    return loaded.version if loaded else None
+
+
+def _collect_frozen() -> None:
+    """Lets the collector free an unloaded model: loads move everything to the permanent
+    generation (load_saved_model), where cycles are never collected."""
+    import gc
+
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
+
+
+# -- backends --------------------------------------------------------------------------------
+
+
+def _import_tensorflow() -> Any:
+    # ydf-tf registers the decision-forest ops: it must be imported before a SavedModel of a
+    # ydf model is loaded.
+    import tensorflow as tf
+    import ydf_tf  # noqa: F401
+
+    return tf
+
+
+def saved_model_scorer(path: str) -> Scorer:
+    """TF2 loader, ``predict_features`` signature (float32 [n, k] -> score)."""
+    import gc
+
+    tf = _import_tensorflow()
+    loaded = tf.saved_model.load(path)
+    signature = loaded.signatures[FEATURES_SIGNATURE]
+    # Everything allocated until then (TensorFlow, Beam, the model: half a million objects) lives
+    # as long as the worker, so it is moved out of the garbage collector's reach: a full
+    # collection over it took ~275 ms, a stall of every step on the local runner's one thread.
+    gc.freeze()
+
+    def score(x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        out = np.empty(len(x), dtype=np.float64)
+        for start in range(0, len(x), chunk):
+            outputs = signature(tf.constant(x[start : start + chunk]))
+            out[start : start + chunk] = outputs[SCORE_OUTPUT].numpy().reshape(-1)
+        return out
+
+    score.loaded = loaded  # type: ignore[attr-defined]  # keeps the SavedModel alive
+    return score
+
+
+def to_examples(x: np.ndarray, features: Sequence[str]) -> list[Any]:
+    """Rows as ``tf.train.Example``s with one float feature per input name."""
+    tf = _import_tensorflow()
+    examples = []
+    for row in x.tolist():
+        example = tf.train.Example()
+        fmap = example.features.feature
+        for name, value in zip(features, row, strict=True):
+            fmap[name].float_list.value.append(value)
+        examples.append(example)
+    return examples
+
+
+def _tfx_bsl_handler(spec: Any) -> Any:
+    from tfx_bsl.public.beam.run_inference import CreateModelHandler
+
+    return CreateModelHandler(spec)
+
+
+def tfx_bsl_scorer(path: str, features: Sequence[str]) -> Scorer:
+    """tfx-bsl's model handler on ``serving_default`` (serialized tf.Example -> score)."""
+    from tfx_bsl.public.proto import model_spec_pb2
+
+    _import_tensorflow()
+    handler = _tfx_bsl_handler(
+        model_spec_pb2.InferenceSpecType(
+            saved_model_spec=model_spec_pb2.SavedModelSpec(
+                model_path=path, signature_name=[EXAMPLES_SIGNATURE]
+            )
+        )
+    )
+    model = handler.load_model()
+
+    def score(x: np.ndarray) -> np.ndarray:
+        logs = handler.run_inference(to_examples(x, features), model)
+        return np.array([_log_score(log) for log in logs], dtype=np.float64)
+
+    score.prediction_logs = lambda x: list(handler.run_inference(to_examples(x, features), model))  # type: ignore[attr-defined]
+    return score
+
+
+def _log_score(log: Any) -> float:
+    """The score of one PredictionLog (a predict log of the ``score`` output)."""
+    outputs = log.predict_log.response.outputs
+    return float(outputs[SCORE_OUTPUT].float_val[0])
+
+
+def vertex_model_handler(project: str, model: str, version: str) -> Any:
+    """tfx-bsl's handler for a remote model version (AI Platform / Vertex AI prediction)."""
+    from tfx_bsl.public.proto import model_spec_pb2
+
+    return _tfx_bsl_handler(
+        model_spec_pb2.InferenceSpecType(
+            ai_platform_prediction_model_spec=model_spec_pb2.AIPlatformPredictionModelSpec(
+                project_id=project, model_name=model, version_name=version
+            )
+        )
+    )
+
+
+def load_version(
+    version: str, path: str, features: Sequence[str], backend: str, remote: tuple[str, str] | None
+) -> LoadedVersion:
+    """One version through ``backend`` (see the module docstring)."""
+    if backend == "saved_model":
+        scorer = saved_model_scorer(path)
+    elif backend == "tfx_bsl":
+        scorer = tfx_bsl_scorer(path, features)
+    elif backend == "vertex":
+        if remote is None:
+            raise ValueError("the vertex backend needs --vertex_project and --vertex_model")
+        handler = vertex_model_handler(remote[0], remote[1], version)
+        client = handler.load_model()
+
+        def scorer(x: np.ndarray) -> np.ndarray:
+            logs = handler.run_inference(to_examples(x, features), client)
+            return np.array([_log_score(log) for log in logs], dtype=np.float64)
+
+    else:
+        raise ValueError(f"--inference_backend must be one of {', '.join(BACKENDS)}: {backend!r}")
+    return LoadedVersion(version, tuple(features), scorer)

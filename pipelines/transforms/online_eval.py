@@ -1,0 +1,228 @@
+"""EvaluateOnline: the quality of every served model version, from the labels as they arrive.
+
+    labels ─ LookupServed (Datastore: the stored prediction of each labelled transaction)
+           ─ key (version, day of the labelled transactions) ─ DayQuality (AUC, AP, CP@100)
+           ─ WriteEvaluation (kind ModelEvaluation, Beam metrics)
+
+A label meets what was served for its transaction in the prediction store: the champion's score
+and, when one shadowed it, the challenger's; each counts for its version. Keys are (version, day):
+a day's labels of one version are combined on one worker, the days and versions spread over
+workers (no global key). Beam's combiner lifting pre-aggregates on each worker.
+
+The figures are exact (every labelled score of the day is kept, deduplicated by transaction id:
+a redelivered label counts once) and recomputed every ``every_s`` seconds of processing time, in
+the global window with accumulating firings: the local runner's watermark is its wall clock, so
+event-time windows over replayed days would drop everything as late. On Dataflow the combine
+state survives worker failures and ``--update``; on the local runner a restart starts the
+accumulation over, and each day's entity is rewritten from the labels that arrive after it.
+
+Labels of transactions this deployment never scored (backfilled history, another job) have no
+stored prediction: they are counted (``labels_without_prediction``) and left out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger, window
+
+from pipelines.core.quality import quality
+from pipelines.core.schema import Label
+from pipelines.stores.retry import datastore_call_options, with_backoff
+from pipelines.stores.shared import process_shared
+from pipelines.transforms.parse import METRICS_NAMESPACE
+
+__all__ = [
+    "EVALUATION_KIND",
+    "DayQuality",
+    "EvaluateOnline",
+    "Scored",
+    "evaluation_properties",
+    "label_day",
+    "scored_from",
+]
+
+EVALUATION_KIND = "ModelEvaluation"
+EVAL_NAMESPACE = "rillet_online_eval"
+LOOKUP_BATCH = 500
+
+
+class Scored(NamedTuple):
+    """One labelled transaction as one version scored it."""
+
+    version: str
+    day: str
+    transaction_id: str
+    card: str
+    label: int
+    score: float
+
+
+def label_day(event_time_us: int) -> str:
+    """The calendar day (UTC) of a labelled transaction."""
+    return dt.datetime.fromtimestamp(event_time_us / 1e6, tz=dt.UTC).strftime("%Y-%m-%d")
+
+
+def scored_from(label: Label, prediction: dict[str, Any]) -> list[Scored]:
+    """What a stored prediction contributes for one label: the champion's score, and the
+    challenger's when one shadowed it."""
+    day = label_day(label.event_time_us)
+    out = [
+        Scored(
+            prediction["model_version"],
+            day,
+            label.transaction_id,
+            label.customer_id,
+            int(label.is_fraud),
+            float(prediction["score"]),
+        )
+    ]
+    if prediction.get("challenger_version"):
+        out.append(
+            out[0]._replace(
+                version=prediction["challenger_version"],
+                score=float(prediction["challenger_score"]),
+            )
+        )
+    return out
+
+
+class _LookupServed(beam.DoFn):
+    """Labels (in lists) to Scored rows, from the prediction store."""
+
+    def __init__(self, project: str, kind: str, namespace: str | None) -> None:
+        self._project = project
+        self._kind = kind
+        self._namespace = namespace or None
+        self._client: Any = None
+        self._matched = Metrics.counter(METRICS_NAMESPACE, "labels_evaluated")
+        self._missing = Metrics.counter(METRICS_NAMESPACE, "labels_without_prediction")
+
+    def setup(self) -> None:
+        from pipelines.transforms.sinks import datastore_client
+
+        self._client = process_shared(
+            ("datastore", self._project, self._namespace),
+            lambda: datastore_client(self._project, self._namespace),
+        )
+
+    def process(self, labels: list[Label]) -> Iterator[Scored]:
+        keys = [self._client.key(self._kind, label.transaction_id) for label in labels]
+        found = with_backoff(
+            lambda: self._client.get_multi(keys, **datastore_call_options()), "Datastore lookup"
+        )
+        stored = {entity.key.name: entity for entity in found}
+        for label in labels:
+            prediction = stored.get(label.transaction_id)
+            if prediction is None:
+                self._missing.inc()
+                continue
+            self._matched.inc()
+            yield from scored_from(label, prediction)
+
+
+class DayQuality(beam.CombineFn):
+    """Exact AUC, AP and Card Precision@100 of one (version, day): the accumulator keeps each
+    labelled transaction once (transaction id -> card, label, score; the first label wins, as in
+    the id index)."""
+
+    def create_accumulator(self) -> dict[str, tuple[str, int, float]]:
+        return {}
+
+    def add_input(
+        self, acc: dict[str, tuple[str, int, float]], row: Scored
+    ) -> dict[str, tuple[str, int, float]]:
+        acc.setdefault(row.transaction_id, (row.card, row.label, row.score))
+        return acc
+
+    def merge_accumulators(
+        self, accumulators: Iterable[dict[str, tuple[str, int, float]]]
+    ) -> dict[str, tuple[str, int, float]]:
+        merged: dict[str, tuple[str, int, float]] = {}
+        for acc in accumulators:
+            for tx_id, row in acc.items():
+                merged.setdefault(tx_id, row)
+        return merged
+
+    def extract_output(self, acc: dict[str, tuple[str, int, float]]) -> dict[str, Any]:
+        rows = list(acc.values())
+        return quality([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows])
+
+
+def evaluation_properties(version: str, day: str, figures: dict[str, Any]) -> dict[str, Any]:
+    """The ModelEvaluation entity of one (version, day) (docs/specs/datastore.md)."""
+    return {"version": version, "day": day, **figures, "updated_at": dt.datetime.now(tz=dt.UTC)}
+
+
+class _WriteEvaluation(beam.DoFn):
+    """Upserts one ModelEvaluation entity per (version, day) and sets its Beam gauges."""
+
+    def __init__(self, project: str, namespace: str | None) -> None:
+        self._project = project
+        self._namespace = namespace or None
+        self._client: Any = None
+
+    def setup(self) -> None:
+        from pipelines.transforms.sinks import datastore_client
+
+        self._client = process_shared(
+            ("datastore", self._project, self._namespace),
+            lambda: datastore_client(self._project, self._namespace),
+        )
+
+    def process(self, element: tuple[tuple[str, str], dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        from google.cloud import datastore
+
+        (version, day), figures = element
+        row = evaluation_properties(version, day, figures)
+        entity = datastore.Entity(self._client.key(EVALUATION_KIND, f"{version}|{day}"))
+        entity.update(row)
+        with_backoff(lambda: self._client.put(entity, **datastore_call_options()), "Datastore put")
+        # Beam metrics are integers: the figures in parts per million.
+        for name in ("auc", "ap", "cp100"):
+            if figures[name] is not None:
+                gauge = Metrics.gauge(EVAL_NAMESPACE, f"{name}_ppm/{version}/{day}")
+                gauge.set(round(figures[name] * 1_000_000))
+        Metrics.gauge(EVAL_NAMESPACE, f"n/{version}/{day}").set(figures["n"])
+        yield row
+
+
+class EvaluateOnline(beam.PTransform):
+    """Labels to per-version, per-day AUC / AP / Card Precision@100 (module docstring).
+
+    Example Usage::
+
+        rows = labels | "EvaluateOnline" >> EvaluateOnline("my-project", "Prediction", None, 30)
+    """
+
+    def __init__(
+        self, project: str, prediction_kind: str, namespace: str | None, every_s: float
+    ) -> None:
+        super().__init__()
+        self._project = project
+        self._kind = prediction_kind
+        self._namespace = namespace
+        self._every_s = every_s
+
+    def expand(self, labels: beam.PCollection) -> beam.PCollection:
+        return (
+            labels
+            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=LOOKUP_BATCH)
+            | "LookupServed"
+            >> beam.ParDo(_LookupServed(self._project, self._kind, self._namespace))
+            | "ByVersionAndDay" >> beam.Map(lambda s: ((s.version, s.day), s))
+            | "EveryFewSeconds"
+            >> beam.WindowInto(
+                window.GlobalWindows(),
+                trigger=trigger.Repeatedly(
+                    trigger.AfterProcessingTime(max(1, round(self._every_s)))
+                ),
+                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+            )
+            | "DayQuality" >> beam.CombinePerKey(DayQuality())
+            | "WriteEvaluation" >> beam.ParDo(_WriteEvaluation(self._project, self._namespace))
+        )

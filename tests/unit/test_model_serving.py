@@ -1,0 +1,136 @@
+"""ServingModels: hot swap of the registry's champion/challenger pair, with fakes for the
+registry pointer and the loader (the SavedModel backends are tested in test_model_export)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from pipelines.core.batches import FeatureBatch
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.schema import Transaction
+from pipelines.transforms.inference import RegistryModelHandler, ServingConfig
+from pipelines.transforms.model_serving import Assignment, LoadedVersion, ServingModels
+
+VALUES = {"v1": 0.1, "v2": 0.2, "v3": 0.3}
+
+
+class Registry:
+    def __init__(self, champion: str, challenger: str | None = None) -> None:
+        self.assignment = Assignment(champion, challenger, 1)
+        self.loads: list[str] = []
+        self.broken: set[str] = set()
+
+    def set(self, champion: str, challenger: str | None = None) -> None:
+        self.assignment = Assignment(champion, challenger, self.assignment.generation + 1)
+
+    def load(self, version: str) -> LoadedVersion:
+        self.loads.append(version)
+        if version in self.broken:
+            raise OSError(f"{version}: saved_model missing")
+        value = VALUES[version]
+        return LoadedVersion(version, MODEL_INPUTS, lambda x: np.full(len(x), value))
+
+
+def wait_for(predicate, timeout_s: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_promotion_is_served_without_a_restart_and_the_old_version_unloaded() -> None:
+    registry = Registry("v1", "v2")
+    models = ServingModels(lambda: registry.assignment, registry.load, poll_s=0.02)
+    try:
+        assert models.current().champion.version == "v1"
+        assert models.current().challenger.version == "v2"
+        registry.set("v2", "v3")
+        wait_for(lambda: models.current().champion.version == "v2")
+        serving = models.current()
+        assert serving.challenger.version == "v3"
+        assert serving.generation == 2
+        # v2 was loaded once (as challenger) and kept; v1 is unloaded.
+        assert registry.loads == ["v1", "v2", "v3"]
+        assert set(models._loaded) == {"v2", "v3"}
+        assert models.swaps[-1]["previous"] == ["v1", "v2"]
+        registry.set("v1")  # rollback, no challenger
+        wait_for(lambda: models.current().champion.version == "v1")
+        assert models.current().challenger is None
+    finally:
+        models.close()
+
+
+def test_a_version_that_fails_to_load_is_refused_and_the_pair_keeps_serving() -> None:
+    registry = Registry("v1")
+    models = ServingModels(lambda: registry.assignment, registry.load, poll_s=0)
+    registry.broken.add("v2")
+    registry.set("v2")
+    assert models.refresh() is False
+    assert models.current().champion.version == "v1"
+    assert "saved_model missing" in models.failures[0]
+    registry.broken.clear()  # fixed (e.g. a copy that was incomplete): the next read swaps
+    assert models.refresh() is True
+    assert models.current().champion.version == "v2"
+
+
+def test_an_unchanged_pointer_does_not_reload() -> None:
+    registry = Registry("v1", "v2")
+    models = ServingModels(lambda: registry.assignment, registry.load, poll_s=0)
+    registry.assignment = registry.assignment._replace(generation=5)  # e.g. a policy change
+    assert models.refresh() is False
+    assert registry.loads == ["v1", "v2"]
+
+
+def test_a_version_picks_its_own_columns_and_refuses_inputs_the_job_lacks() -> None:
+    features = (MODEL_INPUTS[3], MODEL_INPUTS[0])
+    seen: list[np.ndarray] = []
+    loaded = LoadedVersion("v1", features, lambda x: seen.append(x) or x[:, 0])
+    rows = np.arange(2 * len(MODEL_INPUTS), dtype=np.float64).reshape(2, -1)
+    np.testing.assert_array_equal(loaded.score(rows), rows[:, 3])
+    np.testing.assert_array_equal(seen[0], rows[:, [3, 0]])
+    with pytest.raises(ValueError, match="does not compute"):
+        LoadedVersion("v9", ("TX_AMOUNT", "NOT_A_FEATURE"), lambda x: x)
+
+
+def _batch(n: int) -> FeatureBatch:
+    txs = [Transaction(str(i), 1_522_540_800_000_000 + i, "C1", "T1", 10.0) for i in range(n)]
+    return FeatureBatch(txs, np.zeros((n, len(MODEL_INPUTS))), revision=1)
+
+
+def test_every_batch_is_scored_by_one_pair_while_versions_swap() -> None:
+    """The handler reads the pair once per batch: no batch mixes versions, the champion's
+    version names its scores and the challenger's shadow scores are its own."""
+    registry = Registry("v1", "v2")
+    models = ServingModels(lambda: registry.assignment, registry.load, poll_s=0.001)
+    handler = RegistryModelHandler(ServingConfig("unused"))
+    stop = threading.Event()
+
+    def flip() -> None:
+        pairs = [("v2", "v3"), ("v3", None), ("v1", "v3")]
+        i = 0
+        while not stop.is_set():
+            registry.set(*pairs[i % len(pairs)])
+            i += 1
+            time.sleep(0.003)
+
+    flipper = threading.Thread(target=flip)
+    flipper.start()
+    versions = set()
+    try:
+        for _ in range(300):
+            (result,) = handler.run_inference(_batch(50), models)
+            versions.add(result.model_version)
+            assert set(result.scores) == {VALUES[result.model_version]}
+            if result.challenger_version is None:
+                assert result.challenger_scores is None
+            else:
+                assert set(result.challenger_scores) == {VALUES[result.challenger_version]}
+    finally:
+        stop.set()
+        flipper.join()
+        models.close()
+    assert len(versions) >= 2
