@@ -56,8 +56,9 @@ def read_served(
     ids: Sequence[str], project: str, kind: str = "Prediction", namespace: str | None = None
 ) -> pd.DataFrame:
     """The predictions stored in Datastore for these transaction ids, one row per id found:
-    TRANSACTION_ID (str), score, revision, model_version, publish_time_us, processing_time_us
-    and the MODEL_INPUTS the pipeline used."""
+    TRANSACTION_ID (str), score, revision, model_version, challenger_score and
+    challenger_version (None without a challenger), publish_time_us, processing_time_us and the
+    MODEL_INPUTS the pipeline used."""
     from google.cloud import datastore
 
     client = datastore.Client(project=project, namespace=namespace)
@@ -72,6 +73,8 @@ def read_served(
                     "score": float(entity["score"]),
                     "revision": int(entity.get("revision", 0)),
                     "model_version": entity.get("model_version"),
+                    "challenger_score": entity.get("challenger_score"),
+                    "challenger_version": entity.get("challenger_version"),
                     "publish_time_us": _micros(entity.get("publish_time")),
                     "processing_time_us": _micros(entity.get("processing_time")),
                     **{name: float(features[name]) for name in MODEL_INPUTS},
@@ -85,6 +88,8 @@ _SERVED_COLUMNS = [
     "score",
     "revision",
     "model_version",
+    "challenger_score",
+    "challenger_version",
     "publish_time_us",
     "processing_time_us",
     *MODEL_INPUTS,

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import logging
-from functools import partial
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NamedTuple
 
 import apache_beam as beam
