@@ -121,6 +121,11 @@ class RilletOptions(PipelineOptions):
             help="vertex backend: the AI Platform model whose versions are the registry's.",
         )
         parser.add_argument(
+            "--evaluation_kind",
+            default="ModelEvaluation",
+            help="Datastore kind of the online evaluation (per model version and day).",
+        )
+        parser.add_argument(
             "--eval_every_s",
             type=float,
             default=30.0,

@@ -132,7 +132,11 @@ def build_pipeline(
         RiskBands(opts.risk_medium_threshold, opts.risk_high_threshold),
     )
     evaluation = labels.valid | EVALUATE_ONLINE >> EvaluateOnline(
-        project, opts.datastore_kind, opts.datastore_namespace or None, opts.eval_every_s
+        project,
+        opts.datastore_kind,
+        opts.datastore_namespace or None,
+        opts.eval_every_s,
+        opts.evaluation_kind,
     )
     dead_letters = (
         transactions.dead_letters,

@@ -161,9 +161,10 @@ def evaluation_properties(version: str, day: str, figures: dict[str, Any]) -> di
 class _WriteEvaluation(beam.DoFn):
     """Upserts one ModelEvaluation entity per (version, day) and sets its Beam gauges."""
 
-    def __init__(self, project: str, namespace: str | None) -> None:
+    def __init__(self, project: str, namespace: str | None, kind: str) -> None:
         self._project = project
         self._namespace = namespace or None
+        self._kind = kind
         self._client: Any = None
 
     def setup(self) -> None:
@@ -179,7 +180,7 @@ class _WriteEvaluation(beam.DoFn):
 
         (version, day), figures = element
         row = evaluation_properties(version, day, figures)
-        entity = datastore.Entity(self._client.key(EVALUATION_KIND, f"{version}|{day}"))
+        entity = datastore.Entity(self._client.key(self._kind, f"{version}|{day}"))
         entity.update(row)
         with_backoff(lambda: self._client.put(entity, **datastore_call_options()), "Datastore put")
         # Beam metrics are integers: the figures in parts per million.
@@ -200,9 +201,15 @@ class EvaluateOnline(beam.PTransform):
     """
 
     def __init__(
-        self, project: str, prediction_kind: str, namespace: str | None, every_s: float
+        self,
+        project: str,
+        prediction_kind: str,
+        namespace: str | None,
+        every_s: float,
+        evaluation_kind: str = EVALUATION_KIND,
     ) -> None:
         super().__init__()
+        self._evaluation_kind = evaluation_kind
         self._project = project
         self._kind = prediction_kind
         self._namespace = namespace
@@ -224,5 +231,6 @@ class EvaluateOnline(beam.PTransform):
                 accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
             )
             | "DayQuality" >> beam.CombinePerKey(DayQuality())
-            | "WriteEvaluation" >> beam.ParDo(_WriteEvaluation(self._project, self._namespace))
+            | "WriteEvaluation"
+            >> beam.ParDo(_WriteEvaluation(self._project, self._namespace, self._evaluation_kind))
         )
