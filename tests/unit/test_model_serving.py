@@ -134,3 +134,30 @@ def test_every_batch_is_scored_by_one_pair_while_versions_swap() -> None:
         flipper.join()
         models.close()
     assert len(versions) >= 2
+
+
+@pytest.mark.parametrize("backend", ["saved_model", "tfx_bsl"])
+def test_both_local_backends_score_the_exported_signatures_alike(tmp_path, backend) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.transforms.model_serving import load_version
+    from tests.linear_models import linear_scores, write_linear_version
+
+    weights = np.linspace(-0.1, 0.1, len(MODEL_INPUTS))
+    write_linear_version(tmp_path, "v1", weights, 0.3)
+    rows = np.random.default_rng(0).uniform(0, 3, (257, len(MODEL_INPUTS)))
+    loaded = load_version("v1", str(tmp_path / "v1" / "saved_model"), MODEL_INPUTS, backend, None)
+    np.testing.assert_allclose(loaded.score(rows), linear_scores(rows, weights, 0.3), atol=1e-6)
+
+
+def test_the_vertex_backend_constructs_offline() -> None:
+    """The remote spec builds tfx-bsl's handler without network (scoring needs Google Cloud)."""
+    from pipelines.transforms.model_serving import vertex_model_handler
+
+    from apache_beam.ml.inference.base import ModelHandler
+
+    from pipelines.transforms.model_serving import load_version
+
+    handler = vertex_model_handler("my-project", "fraud", "v20261202")
+    assert isinstance(handler, ModelHandler)
+    assert type(handler).__name__ == "_RemotePredictModelHandler"
+    with pytest.raises(ValueError, match="vertex_project"):
+        load_version("v1", "unused", MODEL_INPUTS, "vertex", None)
