@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from pipelines.core.definitions import MODEL_INPUTS, definitions_version
 
@@ -159,7 +160,7 @@ class ModelRegistry:
         )
 
     def _has_files(self, *parts: str) -> bool:
-        return bool(FileSystems.match([self._path(*parts, "*")])[0].metadata_list)
+        return bool(FileSystems.match([self._path(*parts, "**")], [1])[0].metadata_list)
 
     def validate(self, version: str) -> None:
         """A RegistryError unless ``<version>/`` holds a model card and a non-empty SavedModel."""
@@ -263,14 +264,18 @@ class ModelRegistry:
             after.policy,
         )
         data = (json.dumps(new.to_json(), indent=2) + "\n").encode()
-        if FileSystems.get_filesystem(self.pointer_path).scheme() == "file":
+        if isinstance(FileSystems.get_filesystem(self.pointer_path), LocalFileSystem):
             os.makedirs(self.model_dir, exist_ok=True)
             tmp = f"{self.pointer_path}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.pointer_path)
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self.pointer_path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
         else:  # one object write: a reader sees the old or the new object, never a part
             out = FileSystems.create(self.pointer_path, mime_type="application/json")
             out.write(data)
