@@ -135,11 +135,15 @@ def list_versions(
         return
     from rich.table import Table
 
-    table = Table(
-        title=f"{model_dir} (generation {pointer.generation}"
-        + ("" if pointer.updated_at else ", no registry.json: the newest version serves")
-        + ")"
+    typer.echo(
+        f"{model_dir}: "
+        + (
+            f"registry generation {pointer.generation}, updated {pointer.updated_at}"
+            if pointer.updated_at
+            else "no registry.json: the newest version serves"
+        )
     )
+    table = Table()
     for column in ("", "version", "created", "training range", "AUC", "AP", "CP@100"):
         table.add_column(column)
     marks = {"champion": "* champion", "challenger": "+ challenger"}
@@ -156,7 +160,7 @@ def list_versions(
     console.print(table)
     for row in rows:
         if row["problem"]:
-            console.print(f"{row['version']}: {row['problem']}", markup=False)
+            typer.echo(f"{row['version']}: {row['problem']}")
 
 
 @models_app.command()
@@ -343,8 +347,8 @@ def compare(
         console.print(
             f"no online evaluation (Datastore kind ModelEvaluation) for {pointer.champion}"
         )
-    console.print(f"policy {json.dumps(dict(pointer.policy))}", markup=False)
-    console.print(f"decision: {'promote' if promote_now else 'keep'}: {reason}", markup=False)
+    typer.echo(f"policy {json.dumps(dict(pointer.policy))}")
+    typer.echo(f"decision: {'promote' if promote_now else 'keep'}: {reason}")
 
 
 @models_app.command("auto-promote")
