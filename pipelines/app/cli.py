@@ -281,6 +281,8 @@ def train(
     from models.selection import GRID, QUICK_GRID, select_and_train
     from pipelines.backfill.backfill import read_feature_table
 
+    if register not in (None, "champion", "challenger", "none"):
+        raise UserError(f"--register {register}: expected champion, challenger or none")
     fix = "pass the features directory that 'rillet backfill --output OUT' wrote: OUT/features"
     existing_dir(features, "--features", "the feature table's part-*.parquet files", fix)
     if (features / "manifest.json").exists() and (features / "features").is_dir():
@@ -290,8 +292,6 @@ def train(
         )
     if not any(features.glob("*.parquet")):
         raise UserError(f"--features {features} holds no .parquet file", fix)
-    if register not in (None, "champion", "challenger", "none"):
-        raise UserError(f"--register {register}: expected champion, challenger or none")
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
     registry = ModelRegistry(model_dir)

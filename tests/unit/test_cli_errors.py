@@ -118,6 +118,11 @@ CASES = {
         2,
         ["--features /nonexistent: no such directory"],
     ),
+    "train, unknown --register": (
+        ["train", "--features", "long", "--register", "boss"],
+        2,
+        ["--register boss: expected champion, challenger or none"],
+    ),
     "train, data too short for the protocol": (
         ["train", "--features", "short"],
         2,
