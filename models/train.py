@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.definitions import MODEL_INPUTS, definitions_version
 
 __all__ = ["TrainConfig", "class_weights", "export_model", "predict", "train_model"]
 
@@ -134,6 +134,11 @@ def export_model(
     target = Path(model_dir) / version
     target.mkdir(parents=True, exist_ok=False)
     model.export(str(target / "saved_model"), format="tf_saved_model", verbose=False)
-    full_card = {"version": version, "features": list(MODEL_INPUTS), **card}
+    full_card = {
+        "version": version,
+        "features": list(MODEL_INPUTS),
+        "feature_definitions_version": definitions_version(),
+        **card,
+    }
     (target / "model_card.json").write_text(json.dumps(full_card, indent=2, default=str))
     return target

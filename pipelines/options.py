@@ -66,7 +66,10 @@ class RilletOptions(PipelineOptions):
             help="Directory (local or gs://) holding model versions: <version>/saved_model.",
         )
         parser.add_argument(
-            "--model_version", default="latest", help="Model version to serve, or 'latest'."
+            "--model_version",
+            default="champion",
+            help="Model version to serve: 'champion' follows the registry (hot swap), or a "
+            "pinned version",
         )
         parser.add_argument(
             "--max_batch_size",

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.app.errors import RUNTIME, UserError, existing_dir
+from pipelines.app.models_cli import models_app
 
 app = typer.Typer(
     help="rillet: real-time ML on Apache Beam and Google Cloud (Pub/Sub -> Bigtable features -> "
@@ -22,6 +23,7 @@ local_app = typer.Typer(
     help="The local emulator stack (Pub/Sub, Bigtable, Datastore).", no_args_is_help=True
 )
 app.add_typer(local_app, name="local")
+app.add_typer(models_app, name="models")
 
 _DATASET_FIX = "make a dataset with 'rillet simulate --output DIR' and pass --input DIR"
 
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     words = [a for a in args if not a.startswith("-")]
-    command = " ".join(words[:2] if words[:1] == ["local"] else words[:1])
+    command = " ".join(words[:2] if words[:1] in (["local"], ["models"]) else words[:1])
     args = spell_options(args)
     try:
         try:
@@ -262,8 +264,16 @@ def train(
         bool, typer.Option(help="Choose the configuration on the validation folds first.")
     ] = True,
     quick: Annotated[bool, typer.Option(help="A two-candidate grid (fast).")] = False,
+    register: Annotated[
+        str | None,
+        typer.Option(
+            help="Register the new version as champion | challenger | none. Default: champion "
+            "when the registry has none, else challenger."
+        ),
+    ] = None,
 ) -> None:
-    """Train on a date range of the backfill table and export a versioned SavedModel + card.
+    """Train on a date range of the backfill table and export a versioned SavedModel + card,
+    registered in the model directory's registry (see 'rillet models').
 
     The protocol (../shared/specs/reference-dataset.md section 3): train on the training days,
     a 7-day delay, a 7-day test week. Model selection uses only validation folds that end before
@@ -271,6 +281,8 @@ def train(
     from models.selection import GRID, QUICK_GRID, select_and_train
     from pipelines.backfill.backfill import read_feature_table
 
+    if register not in (None, "champion", "challenger", "none"):
+        raise UserError(f"--register {register}: expected champion, challenger or none")
     fix = "pass the features directory that 'rillet backfill --output OUT' wrote: OUT/features"
     existing_dir(features, "--features", "the feature table's part-*.parquet files", fix)
     if (features / "manifest.json").exists() and (features / "features").is_dir():
@@ -280,6 +292,14 @@ def train(
         )
     if not any(features.glob("*.parquet")):
         raise UserError(f"--features {features} holds no .parquet file", fix)
+    from pipelines.stores.model_registry import ModelRegistry, RegistryError
+
+    registry = ModelRegistry(model_dir)
+    try:
+        # The role is decided before the new version exists (it would be the implicit champion).
+        role = register or ("challenger" if registry.pointer().champion else "champion")
+    except RegistryError as exc:
+        raise UserError(str(exc)) from exc
     table = read_feature_table(features)
     if table.empty:
         raise UserError(f"--features {features} has no rows", fix)
@@ -290,10 +310,17 @@ def train(
     except ValueError as exc:
         typer.echo(f"rillet train: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if role != "none":
+        try:
+            pointer = registry.register(target.name, as_=role)
+        except RegistryError as exc:
+            raise UserError(str(exc), exit_code=RUNTIME) from exc
+        role = f"{role} (champion {pointer.champion}, challenger {pointer.challenger})"
     typer.echo(
         json.dumps(
             {
                 "version_dir": str(target),
+                "registered_as": role,
                 "training_range": card["training_range"],
                 "validation_metrics": {
                     k: v for k, v in card["validation_metrics"].items() if k != "folds"
@@ -360,7 +387,9 @@ def evaluate(
     model_dir: Annotated[Path, typer.Option(help="Versioned model directory.")] = Path(
         "artifacts/models"
     ),
-    model_version: Annotated[str, typer.Option(help="Version, or 'latest'.")] = "latest",
+    model_version: Annotated[
+        str, typer.Option(help="Version, or 'champion' / 'challenger' (the registry's), 'latest'.")
+    ] = "champion",
     served: Annotated[
         bool,
         typer.Option(help="Also score the predictions the streaming pipeline stored in Datastore."),
@@ -435,7 +464,7 @@ def deploy(
     job_name: str = "rillet",
     version: Annotated[str, typer.Option(help="Image and template version tag.")] = "dev",
     model_dir: Annotated[str, typer.Option(help="Default: gs://<bucket>/models.")] = "",
-    model_version: str = "latest",
+    model_version: str = "champion",
     max_workers: Annotated[int, typer.Option(min=1)] = 10,
     num_workers: Annotated[int, typer.Option(min=1)] = 1,
     subnetwork: Annotated[str | None, typer.Option(help="Subnetwork (no public IPs).")] = None,
@@ -678,7 +707,7 @@ def _model_errors(opts: Any) -> list[str]:
     try:
         resolve_model(model_dir, opts.model_version)
     except FileNotFoundError as exc:
-        if opts.model_version == "latest":
+        if opts.model_version in ("latest", "champion", "challenger"):
             return [str(exc)]
         versions = model_versions(model_dir)
         return [

@@ -114,7 +114,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                     "metrics": metrics,
                 },
             )
-            console.print(f"  exported {version_dir}")
+            from pipelines.stores.model_registry import ModelRegistry
+
+            ModelRegistry(work / "models").register(version_dir.name, as_="champion", by="demo")
+            console.print(f"  exported {version_dir} (the registry's champion)")
 
             console.print("Starting the streaming pipeline on the DirectRunner ...")
             job_started = time.monotonic()

@@ -40,7 +40,7 @@ class DeployConfig:
     job_name: str = "rillet"
     version: str = "dev"
     model_dir: str = ""  # default gs://<bucket>/models
-    model_version: str = "latest"
+    model_version: str = "champion"
     max_workers: int = 10
     num_workers: int = 1
     subnetwork: str | None = None

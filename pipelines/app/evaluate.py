@@ -42,7 +42,7 @@ class EvaluationConfig:
 
     feature_table: Path
     model_dir: Path
-    model_version: str = "latest"
+    model_version: str = "champion"
     served: bool = True
     project: str = "rillet-local"
     kind: str = "Prediction"

@@ -112,8 +112,12 @@ def run_replay_eval(config: ReplayEvalConfig) -> dict[str, Any]:
         version_dir, card = select_and_train(
             table, protocol, work / "models", grid, {"preset": config.preset}
         )
+        from pipelines.stores.model_registry import ModelRegistry
+
+        ModelRegistry(work / "models").register(version_dir.name, as_="champion", by="replay-eval")
         console.print(
-            f"  chose {card['config']}; validation AP {card['validation_metrics'].get('ap')}"
+            f"  chose {card['config']}; validation AP {card['validation_metrics'].get('ap')} "
+            f"(the registry's champion)"
         )
         _step(timings, "train_s", t)
 

@@ -24,6 +24,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from pipelines.core.batches import FeatureBatch
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
+from pipelines.stores.model_registry import ModelRegistry, RegistryError
 from pipelines.stores.shared import process_shared
 from pipelines.transforms.model_serving import (
     Assignment,
@@ -64,20 +65,30 @@ def model_versions(model_dir: str) -> list[str]:
     return sorted(m.path.rstrip("/").split("/")[-2] for m in match.metadata_list)
 
 
-def resolve_model(model_dir: str, version: str = "latest") -> ModelInfo:
+def resolve_model(model_dir: str, version: str = "champion") -> ModelInfo:
     """Picks a version from ``model_dir`` (``<model_dir>/<version>/{saved_model,model_card.json}``).
 
-    Versions sort chronologically by name; "latest" takes the last. The model card's feature
-    list must equal the pipeline's MODEL_INPUTS, or the model would be fed the wrong columns.
+    "champion" (or "challenger") is what the registry's pointer names (``registry.json``; without
+    one the champion is the newest version, see pipelines/stores/model_registry.py); versions
+    sort chronologically by name and "latest" takes the last. The model card's feature list must
+    equal the pipeline's MODEL_INPUTS, or the model would be fed the wrong columns.
     """
-    if version == "latest":
+    if version in ("latest", "champion", "challenger"):
         versions = model_versions(model_dir)
         if not versions:
             raise FileNotFoundError(
                 f"no model in {model_dir!r}: expected <version>/{MODEL_CARD}; train one with "
                 "'rillet train'"
             )
-        card_path = FileSystems.join(model_dir, versions[-1], MODEL_CARD)
+        picked: str | None = versions[-1]
+        if version != "latest":
+            picked = getattr(ModelRegistry(model_dir).pointer(), version)
+            if picked is None:
+                raise RegistryError(
+                    f"no {version} in {model_dir}'s registry; set one with "
+                    f"'rillet models {'promote' if version == 'champion' else 'challenge'} VERSION'"
+                )
+        card_path = FileSystems.join(model_dir, str(picked), MODEL_CARD)
     else:
         card_path = FileSystems.join(model_dir, version, MODEL_CARD)
     with FileSystems.open(card_path) as handle:

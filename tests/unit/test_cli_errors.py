@@ -57,6 +57,15 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pd.DataFrame({"TRANSACTION_ID": range(len(times)), "TX_DATETIME": times}).to_parquet(
             root / name / "part-0.parquet"
         )
+    # A registry: two good versions, one without saved_model/, one needing an unknown feature
+    # (a_*: older names, never the implicit champion).
+    for name, features in (("r1", MODEL_INPUTS), ("r2", MODEL_INPUTS), ("a_other", ["NEW"])):
+        (root / "reg" / name / "saved_model").mkdir(parents=True)
+        (root / "reg" / name / "saved_model" / "saved_model.pb").write_bytes(b"fake")
+        card = {"version": name, "features": list(features)}
+        (root / "reg" / name / "model_card.json").write_text(json.dumps(card))
+    (root / "reg" / "a_broken").mkdir()
+    (root / "reg" / "a_broken" / "model_card.json").write_text(json.dumps(card))
     state = {"ports": {n: closed_port() for n in ("pubsub", "bigtable", "datastore")}, "pids": {}}
     (root / "state").mkdir()
     (root / "state" / "local.json").write_text(json.dumps(state))
@@ -109,6 +118,11 @@ CASES = {
         2,
         ["--features /nonexistent: no such directory"],
     ),
+    "train, unknown --register": (
+        ["train", "--features", "long", "--register", "boss"],
+        2,
+        ["--register boss: expected champion, challenger or none"],
+    ),
     "train, data too short for the protocol": (
         ["train", "--features", "short"],
         2,
@@ -148,6 +162,49 @@ CASES = {
         ["run", "--model_dir=models", "extra_positional", "--state-dir", "state"],
         2,
         ["unexpected argument(s) extra_positional"],
+    ),
+    "models, unknown version": (
+        ["models", "show", "nope", "--model-dir", "reg"],
+        2,
+        [
+            "unknown model version 'nope' in reg: known versions are a_broken, a_other, r1, r2",
+            "list",
+        ],
+    ),
+    "models, nothing to roll back": (
+        ["models", "rollback", "--model-dir", "reg"],
+        2,
+        ["rillet models rollback: nothing to roll back in reg"],
+    ),
+    "models, no challenger to promote": (
+        ["models", "promote", "--model-dir", "reg"],
+        2,
+        ["rillet models promote: no challenger to promote in reg", "rillet models challenge"],
+    ),
+    "models, missing files": (
+        ["models", "challenge", "a_broken", "--model-dir", "reg"],
+        2,
+        ["model version 'a_broken' in reg is incomplete: no saved_model/; expected"],
+    ),
+    "models, feature mismatch": (
+        ["models", "promote", "a_other", "--model-dir", "reg"],
+        2,
+        ["model version 'a_other' needs feature(s) NEW that the job does not compute"],
+    ),
+    "models, missing model directory": (
+        ["models", "list", "--model-dir", "/nonexistent"],
+        2,
+        ["--model-dir /nonexistent: no such directory", "rillet train"],
+    ),
+    "models, bad policy": (
+        ["models", "policy", "--metric", "f1", "--model-dir", "reg"],
+        2,
+        ["policy metric 'f1': expected one of ap, auc, cp100"],
+    ),
+    "models compare, emulators down": (
+        ["models", "compare", "--model-dir", "reg", "--state-dir", "state"],
+        1,
+        ["the local emulators are not running", "rillet local up"],
     ),
     "run, emulators down": (
         ["run", "--model_dir=models", "--state-dir", "state"],

@@ -201,3 +201,32 @@ def test_read_rows_stream_parsing() -> None:
         (b"a", {"tx": {b"q1": [b"v1"], b"q2": [b"parts"]}, "label": {b"q1": [b"L"]}}),
         (b"b", {"tx": {b"y": [b"kept"]}}),
     ]
+
+
+def test_registry_spec_lists_the_pointer_keys_history_actions_and_policy(tmp_path: Any) -> None:
+    """registry.md's table is the keys the registry writes; its actions and policy fields are
+    the code's."""
+    import json
+
+    from pipelines.stores import model_registry
+    from tests.unit.test_model_registry import make_version
+
+    for version in ("v1", "v2"):
+        make_version(tmp_path, version)
+    registry = model_registry.ModelRegistry(str(tmp_path))
+    registry.register("v2", as_="challenger", by="spec")
+    registry.set_policy(mode="auto")
+    written = json.loads((tmp_path / model_registry.POINTER_FILE).read_text())
+    text = spec("registry.md")
+    section = text.split("## The pointer", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    assert {n for line in rows for n in backticked(line.split("|")[1])} == set(written)
+    history = section.split("Each `history` entry", 1)[1]
+    keys = {k for entry in written["history"] for k in entry}
+    assert keys <= backticked(history)
+    listed = set(re.findall(r"^- `([\w-]+)`:", history, re.M))
+    assert listed == set(model_registry.ACTIONS)
+    policy = text.split("## Promotion policy", 1)[1].split("\n## ", 1)[0]
+    assert set(model_registry.DEFAULT_POLICY) <= backticked(policy)
+    assert set(model_registry.METRICS) <= backticked(policy)
+    assert f"`{model_registry.EVALUATION_KIND}`" in text

@@ -1,0 +1,370 @@
+"""``rillet models``: the model registry of a model directory (pipelines/stores/model_registry.py).
+
+list, show, promote, challenge, rollback, policy change the pointer file; compare and
+auto-promote read the online evaluation (Datastore kind ``ModelEvaluation``) of the champion and
+the challenger and apply the promotion policy.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipelines.app.errors import UserError
+
+models_app = typer.Typer(
+    help="The model registry: versions, champion, challenger, promotion.", no_args_is_help=True
+)
+
+ModelDir = Annotated[
+    str, typer.Option(help="Versioned model directory (local or gs://) with its registry.json.")
+]
+_MODEL_DIR = "artifacts/models"
+_FIX = "train one with 'rillet train --features OUT/features --model-dir {}'"
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    from pipelines.stores.model_registry import RegistryError
+
+    try:
+        yield
+    except RegistryError as exc:
+        raise UserError(str(exc)) from exc
+
+
+def _registry(model_dir: str) -> Any:
+    from pipelines.stores.model_registry import ModelRegistry
+
+    if not model_dir.startswith("gs://") and not Path(model_dir).is_dir():
+        raise UserError(
+            f"--model-dir {model_dir}: no such directory; expected <version>/saved_model/ and "
+            f"<version>/model_card.json",
+            _FIX.format(model_dir),
+        )
+    return ModelRegistry(model_dir)
+
+
+def _who() -> str:
+    import getpass
+    import socket
+
+    try:
+        return f"{getpass.getuser()}@{socket.gethostname()}"
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _roles(pointer: Any) -> str:
+    return f"champion {pointer.champion or '(none)'}, challenger {pointer.challenger or '(none)'}"
+
+
+def _created(version: str, card: dict[str, Any]) -> str:
+    if card.get("created_at"):
+        return str(card["created_at"])
+    try:
+        when = dt.datetime.strptime(version, "%Y%m%dT%H%M%S%fZ")
+    except ValueError:
+        return ""
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
+def _offline(card: dict[str, Any]) -> dict[str, float | None]:
+    """The card's offline metrics: the chosen configuration's validation means."""
+    metrics = card.get("validation_metrics") or {}
+    return {k: metrics.get(k) for k in ("auc", "ap", "cp100")}
+
+
+def _console() -> Any:
+    """A rich console; not on a terminal, wide enough for the tables' rows on one line."""
+    from rich.console import Console
+
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def version_rows(registry: Any) -> list[dict[str, Any]]:
+    """One row per version: version, role, created, training_range, auc, ap, cp100, problem."""
+    from pipelines.stores.model_registry import RegistryError
+
+    pointer = registry.pointer()
+    rows = []
+    for version in registry.versions():
+        role = {pointer.champion: "champion", pointer.challenger: "challenger"}.get(version, "")
+        row: dict[str, Any] = {"version": version, "role": role, "problem": None}
+        try:
+            card = registry.card(version)
+        except RegistryError as exc:
+            card, row["problem"] = {}, str(exc)
+        span = card.get("training_range") or []
+        row.update(
+            created=_created(version, card),
+            training_range=list(span),
+            **_offline(card),
+        )
+        rows.append(row)
+    return rows
+
+
+@models_app.command("list")
+def list_versions(
+    model_dir: ModelDir = _MODEL_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The versions, oldest first, with the champion and challenger marked, when each was
+    trained, its training range and its offline (validation) AUC, AP and CP@100."""
+    registry = _registry(model_dir)
+    with _user_errors():
+        pointer = registry.pointer()
+        rows = version_rows(registry)
+    if as_json:
+        typer.echo(json.dumps({"pointer": pointer.to_json(), "versions": rows}))
+        return
+    if not rows:
+        typer.echo(f"no model version in {model_dir}; {_FIX.format(model_dir)}")
+        return
+    from rich.table import Table
+
+    typer.echo(
+        f"{model_dir}: "
+        + (
+            f"registry generation {pointer.generation}, updated {pointer.updated_at}"
+            if pointer.updated_at
+            else "no registry.json: the newest version serves"
+        )
+    )
+    table = Table()
+    for column in ("", "version", "created", "training range", "AUC", "AP", "CP@100"):
+        table.add_column(column)
+    marks = {"champion": "* champion", "challenger": "+ challenger"}
+    for row in rows:
+        span = row["training_range"]
+        table.add_row(
+            marks.get(row["role"], ""),
+            row["version"],
+            row["created"],
+            f"{span[0]}..{span[-1]}" if span else "-",
+            *(_fmt(row[k]) for k in ("auc", "ap", "cp100")),
+        )
+    console = _console()
+    console.print(table)
+    for row in rows:
+        if row["problem"]:
+            typer.echo(f"{row['version']}: {row['problem']}")
+
+
+@models_app.command()
+def show(
+    version: Annotated[str, typer.Argument(help="A version name (see 'rillet models list').")],
+    model_dir: ModelDir = _MODEL_DIR,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON.")] = False,
+) -> None:
+    """A version's model card."""
+    registry = _registry(model_dir)
+    with _user_errors():
+        card = registry.card(version)
+    if as_json:
+        typer.echo(json.dumps(card))
+        return
+    _console().print_json(json.dumps(card, default=str))
+
+
+@models_app.command()
+def promote(
+    version: Annotated[
+        str | None, typer.Argument(help="The new champion (default: the challenger).")
+    ] = None,
+    challenger: Annotated[
+        str | None, typer.Option(help="The new challenger, set in the same write.")
+    ] = None,
+    no_challenger: Annotated[
+        bool, typer.Option("--no-challenger", help="No challenger afterwards (the default).")
+    ] = False,
+    model_dir: ModelDir = _MODEL_DIR,
+) -> None:
+    """Make a version (default: the challenger) the champion; a running job with --model_version
+    champion follows it. The old champion stays in the history ('rillet models rollback')."""
+    if challenger and no_challenger:
+        raise UserError("--challenger and --no-challenger together: choose one")
+    registry = _registry(model_dir)
+    with _user_errors():
+        pointer = registry.promote(version, challenger=challenger, by=_who())
+    typer.echo(f"promoted: {_roles(pointer)} (generation {pointer.generation})")
+
+
+@models_app.command()
+def challenge(
+    version: Annotated[str | None, typer.Argument(help="The new challenger.")] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="Retire the challenger.")] = False,
+    model_dir: ModelDir = _MODEL_DIR,
+) -> None:
+    """Set the challenger (scored next to the champion), or --clear it."""
+    if (version is None) == (not clear):
+        raise UserError(
+            "name the challenger or pass --clear (not both)",
+            "rillet models challenge VERSION, or rillet models challenge --clear",
+        )
+    registry = _registry(model_dir)
+    with _user_errors():
+        pointer = registry.challenge(None if clear else version, by=_who())
+    typer.echo(f"{'cleared' if clear else 'challenging'}: {_roles(pointer)}")
+
+
+@models_app.command()
+def rollback(model_dir: ModelDir = _MODEL_DIR) -> None:
+    """Restore the champion and challenger from before the last promotion."""
+    registry = _registry(model_dir)
+    with _user_errors():
+        pointer = registry.rollback(by=_who())
+    typer.echo(f"rolled back: {_roles(pointer)} (generation {pointer.generation})")
+
+
+@models_app.command()
+def policy(
+    mode: Annotated[str | None, typer.Option(help="manual | auto")] = None,
+    min_days: Annotated[
+        int | None, typer.Option(min=1, help="Consecutive label days the challenger must win.")
+    ] = None,
+    margin: Annotated[
+        float | None, typer.Option(help="By how much it must win each day (metric units).")
+    ] = None,
+    metric: Annotated[str | None, typer.Option(help="ap | auc | cp100")] = None,
+    model_dir: ModelDir = _MODEL_DIR,
+) -> None:
+    """Show the promotion policy, or change fields of it."""
+    registry = _registry(model_dir)
+    changes = {
+        k: v
+        for k, v in {"mode": mode, "min_days": min_days, "margin": margin, "metric": metric}.items()
+        if v is not None
+    }
+    with _user_errors():
+        pointer = registry.set_policy(by=_who(), **changes) if changes else registry.pointer()
+    typer.echo(f"policy: {json.dumps(dict(pointer.policy))}")
+
+
+Project = Annotated[
+    str,
+    typer.Option(help="Google Cloud project of the Datastore (rillet-local: the local emulator)."),
+]
+Namespace = Annotated[str, typer.Option(help="Datastore namespace (empty: default).")]
+StateDir = Annotated[Path, typer.Option(help="Where local state (pids, ports, logs) is kept.")]
+
+
+def _evaluations(model_dir: str, project: str, namespace: str, state_dir: Path) -> Any:
+    """The registry, its pointer and the champion's and challenger's daily metrics."""
+    from pipelines.stores.model_registry import daily_metrics
+
+    registry = _registry(model_dir)
+    with _user_errors():
+        pointer = registry.pointer()
+    if pointer.champion is None:
+        raise UserError(f"no champion in {model_dir}", "rillet models promote VERSION")
+    if project == "rillet-local":
+        from pipelines.app.cli import use_local_stack
+
+        use_local_stack(state_dir)
+    from google.cloud import datastore
+
+    client = datastore.Client(project=project, namespace=namespace or None)
+    versions = [v for v in (pointer.champion, pointer.challenger) if v]
+    return registry, pointer, daily_metrics(client, versions)
+
+
+def comparison_rows(pointer: Any, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per label day: the champion's and the challenger's metrics side by side."""
+    days: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        side = "champion" if row["version"] == pointer.champion else "challenger"
+        days.setdefault(str(row["day"]), {"day": str(row["day"])})[side] = row
+    return [days[d] for d in sorted(days)]
+
+
+def _decision(pointer: Any, rows: list[dict[str, Any]]) -> tuple[bool, str]:
+    from pipelines.stores.model_registry import decide_promotion
+
+    return decide_promotion(
+        pointer.policy, rows, champion=pointer.champion, challenger=pointer.challenger
+    )
+
+
+@models_app.command()
+def compare(
+    model_dir: ModelDir = _MODEL_DIR,
+    project: Project = "rillet-local",
+    datastore_namespace: Namespace = "",
+    state_dir: StateDir = Path(".rillet"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """The champion and the challenger per label day (online AUC, AP, CP@100, labelled
+    transactions), from Datastore, and what the promotion policy decides."""
+    _, pointer, rows = _evaluations(model_dir, project, datastore_namespace, state_dir)
+    promote_now, reason = _decision(pointer, rows)
+    days = comparison_rows(pointer, rows)
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "champion": pointer.champion,
+                    "challenger": pointer.challenger,
+                    "policy": dict(pointer.policy),
+                    "days": days,
+                    "promote": promote_now,
+                    "reason": reason,
+                },
+                default=str,
+            )
+        )
+        return
+    from rich.table import Table
+
+    table = Table(title=f"champion {pointer.champion} vs challenger {pointer.challenger or '-'}")
+    table.add_column("label day")
+    for side in ("champion", "challenger"):
+        for metric in ("AUC", "AP", "CP@100", "n"):
+            table.add_column(f"{side[:5]}. {metric}")
+    for day in days:
+        cells = [day["day"]]
+        for side in ("champion", "challenger"):
+            m = day.get(side) or {}
+            cells += [_fmt(m.get("auc")), _fmt(m.get("ap")), _fmt(m.get("cp100"))]
+            cells.append("-" if m.get("n") is None else f"{int(m['n']):,}")
+        table.add_row(*cells)
+    console = _console()
+    if days:
+        console.print(table)
+    else:
+        console.print(
+            f"no online evaluation (Datastore kind ModelEvaluation) for {pointer.champion}"
+        )
+    typer.echo(f"policy {json.dumps(dict(pointer.policy))}")
+    typer.echo(f"decision: {'promote' if promote_now else 'keep'}: {reason}")
+
+
+@models_app.command("auto-promote")
+def auto_promote(
+    model_dir: ModelDir = _MODEL_DIR,
+    project: Project = "rillet-local",
+    datastore_namespace: Namespace = "",
+    state_dir: StateDir = Path(".rillet"),
+) -> None:
+    """Apply the promotion policy once: promote the challenger if it won (see 'rillet models
+    compare'), and say why or why not."""
+    registry, pointer, rows = _evaluations(model_dir, project, datastore_namespace, state_dir)
+    promote_now, reason = _decision(pointer, rows)
+    if not promote_now:
+        typer.echo(f"kept: {_roles(pointer)}: {reason}")
+        return
+    with _user_errors():
+        after = registry.promote(pointer.challenger, by=f"auto-promote ({_who()})")
+    typer.echo(f"promoted: {_roles(after)}: {reason}")

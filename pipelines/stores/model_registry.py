@@ -1,0 +1,502 @@
+"""The model registry: which version of a model directory is served (champion), which is on trial
+(challenger), and the history of every change, in one pointer file.
+
+Layout (local path or ``gs://``, all IO through Beam's FileSystems; docs/specs/registry.md)::
+
+    <model_dir>/<version>/saved_model/        the TF2 SavedModel (written once, never modified)
+    <model_dir>/<version>/model_card.json     its card: version, features, training range, ...
+    <model_dir>/registry.json                 the pointer: champion, challenger, generation,
+                                              updated_at, policy, history
+
+Versions sort chronologically by name. Without ``registry.json`` the champion is the newest
+version and there is no challenger (model directories from before the registry). The pointer is
+replaced whole at every change (locally a temporary file then ``os.replace``; on GCS one object
+write, atomic), its ``generation`` bumped; a change whose pointer moved meanwhile is refused.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.localfilesystem import LocalFileSystem
+
+from pipelines.core.definitions import MODEL_INPUTS, definitions_version
+
+__all__ = [
+    "ACTIONS",
+    "DEFAULT_POLICY",
+    "EVALUATION_KIND",
+    "METRICS",
+    "MODEL_CARD",
+    "POINTER_FILE",
+    "SAVED_MODEL_DIR",
+    "ModelRegistry",
+    "Pointer",
+    "RegistryError",
+    "daily_metrics",
+    "decide_promotion",
+    "validate_policy",
+]
+
+MODEL_CARD = "model_card.json"
+SAVED_MODEL_DIR = "saved_model"
+POINTER_FILE = "registry.json"
+# The Datastore kind of the online evaluation (one entity per version and label day).
+EVALUATION_KIND = "ModelEvaluation"
+ACTIONS = ("register", "promote", "challenge", "rollback", "retire-challenger", "policy")
+METRICS = ("ap", "auc", "cp100")
+DEFAULT_POLICY: dict[str, Any] = {"mode": "manual", "min_days": 3, "margin": 0.01, "metric": "ap"}
+_LIST_FIX = "list them with 'rillet models list'"
+
+
+class RegistryError(ValueError):
+    """A registry operation that cannot be done, as one line naming what was expected."""
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """The content of ``registry.json`` (or what a directory without one implies)."""
+
+    champion: str | None
+    challenger: str | None
+    generation: int
+    updated_at: str | None
+    history: tuple[dict[str, Any], ...] = ()
+    policy: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_POLICY))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "champion": self.champion,
+            "challenger": self.challenger,
+            "generation": self.generation,
+            "updated_at": self.updated_at,
+            "policy": dict(self.policy),
+            "history": [dict(h) for h in self.history],
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Pointer:
+        return cls(
+            champion=raw.get("champion"),
+            challenger=raw.get("challenger"),
+            generation=int(raw.get("generation", 0)),
+            updated_at=raw.get("updated_at"),
+            history=tuple(dict(h) for h in raw.get("history", [])),
+            policy={**DEFAULT_POLICY, **raw.get("policy", {})},
+        )
+
+
+def _now() -> str:
+    return dt.datetime.now(tz=dt.UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def validate_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """The policy with its defaults, or a RegistryError naming the bad field."""
+    out = {**DEFAULT_POLICY, **policy}
+    unknown = set(out) - set(DEFAULT_POLICY)
+    if unknown:
+        raise RegistryError(
+            f"unknown policy field(s) {', '.join(sorted(unknown))}; expected mode, min_days, "
+            "margin, metric"
+        )
+    if out["mode"] not in ("manual", "auto"):
+        raise RegistryError(f"policy mode {out['mode']!r}: expected 'manual' or 'auto'")
+    if out["metric"] not in METRICS:
+        raise RegistryError(
+            f"policy metric {out['metric']!r}: expected one of {', '.join(METRICS)}"
+        )
+    if not isinstance(out["min_days"], int) or out["min_days"] < 1:
+        raise RegistryError(f"policy min_days {out['min_days']!r}: expected an integer >= 1")
+    margin = out["margin"]
+    if not isinstance(margin, int | float) or not math.isfinite(margin):
+        raise RegistryError(f"policy margin {margin!r}: expected a finite number")
+    out["margin"] = float(margin)
+    return out
+
+
+class ModelRegistry:
+    """The versions of a model directory and its pointer (see the module docstring).
+
+    Example Usage::
+
+        registry = ModelRegistry("gs://bucket/models")
+        registry.register("20240501T000000000000Z", as_="challenger")
+        registry.promote()  # the challenger becomes the champion
+        registry.rollback()  # and back
+    """
+
+    def __init__(self, model_dir: str | os.PathLike[str]) -> None:
+        self.model_dir = str(model_dir).rstrip("/") or "/"
+
+    def _path(self, *parts: str) -> str:
+        return FileSystems.join(self.model_dir, *parts)
+
+    @property
+    def pointer_path(self) -> str:
+        return self._path(POINTER_FILE)
+
+    # Reading.
+
+    def versions(self) -> list[str]:
+        """The versions with a model card, oldest first (names sort chronologically)."""
+        match = FileSystems.match([self._path("*", MODEL_CARD)])[0]
+        return sorted(m.path.rstrip("/").split("/")[-2] for m in match.metadata_list)
+
+    def _unknown(self, version: str) -> RegistryError:
+        known = self.versions()
+        return RegistryError(
+            f"unknown model version {version!r} in {self.model_dir}: "
+            + (f"known versions are {', '.join(known)}" if known else "it holds no version")
+            + f"; {_LIST_FIX}"
+        )
+
+    def _has_files(self, *parts: str) -> bool:
+        return bool(FileSystems.match([self._path(*parts, "**")], [1])[0].metadata_list)
+
+    def validate(self, version: str) -> None:
+        """A RegistryError unless ``<version>/`` holds a model card and a non-empty SavedModel."""
+        if not version or "/" in version or version in (".", "..", POINTER_FILE):
+            raise RegistryError(f"model version {version!r}: expected a directory name")
+        if not self._has_files(version):
+            raise self._unknown(version)
+        missing = [
+            what
+            for what, ok in (
+                (f"{SAVED_MODEL_DIR}/", self._has_files(version, SAVED_MODEL_DIR)),
+                (MODEL_CARD, FileSystems.exists(self._path(version, MODEL_CARD))),
+            )
+            if not ok
+        ]
+        if missing:
+            raise RegistryError(
+                f"model version {version!r} in {self.model_dir} is incomplete: no "
+                f"{' and no '.join(missing)}; expected {version}/{SAVED_MODEL_DIR}/ and "
+                f"{version}/{MODEL_CARD} (as 'rillet train' writes them)"
+            )
+
+    def card(self, version: str) -> dict[str, Any]:
+        """The model card of ``version`` (its files checked first)."""
+        self.validate(version)
+        path = self._path(version, MODEL_CARD)
+        try:
+            with FileSystems.open(path) as handle:
+                card = json.loads(handle.read().decode())
+        except ValueError as exc:
+            raise RegistryError(f"{path}: not a JSON model card ({exc})") from exc
+        if not isinstance(card, dict):
+            raise RegistryError(f"{path}: expected a JSON object, got {type(card).__name__}")
+        return card
+
+    def _stored_pointer(self) -> Pointer | None:
+        if not FileSystems.exists(self.pointer_path):
+            return None
+        try:
+            with FileSystems.open(self.pointer_path) as handle:
+                return Pointer.from_json(json.loads(handle.read().decode()))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise RegistryError(
+                f"{self.pointer_path}: not a registry pointer ({exc}); restore it from its "
+                "history or delete it to serve the newest version"
+            ) from exc
+
+    def pointer(self) -> Pointer:
+        """The pointer; without ``registry.json``: the newest version as champion, generation 0."""
+        stored = self._stored_pointer()
+        if stored is not None:
+            return stored
+        return self._implicit()
+
+    def _implicit(self, excluding: str | None = None) -> Pointer:
+        versions = [v for v in self.versions() if v != excluding]
+        return Pointer(versions[-1] if versions else None, None, 0, None)
+
+    def check(self, version: str, available_features: Sequence[str] = MODEL_INPUTS) -> None:
+        """A RegistryError unless the job can serve ``version``: every feature of its card is
+        among ``available_features`` and its feature declarations are this code's."""
+        card = self.card(version)
+        features = card.get("features")
+        if not isinstance(features, list) or not features:
+            raise RegistryError(
+                f"model version {version!r}: its {MODEL_CARD} lists no features; expected "
+                "'features': the model's inputs"
+            )
+        missing = [f for f in features if f not in set(available_features)]
+        if missing:
+            raise RegistryError(
+                f"model version {version!r} needs feature(s) {', '.join(missing)} that the job "
+                f"does not compute; it computes {', '.join(available_features)}"
+            )
+        recorded = card.get("feature_definitions_version")
+        if recorded is not None and recorded != definitions_version():
+            raise RegistryError(
+                f"model version {version!r} was trained on feature definitions {recorded}, the "
+                f"job computes definitions {definitions_version()}; retrain it with "
+                "'rillet train'"
+            )
+
+    # Changing the pointer.
+
+    def _write(self, before: Pointer, after: Pointer) -> Pointer:
+        """Writes ``after`` (generation bumped) unless the stored pointer moved since ``before``
+        was read."""
+        stored = self._stored_pointer()
+        generation = stored.generation if stored else 0
+        if generation != before.generation:
+            raise RegistryError(
+                f"{self.pointer_path} changed meanwhile (generation {before.generation} -> "
+                f"{generation}); run the command again"
+            )
+        new = Pointer(
+            after.champion,
+            after.challenger,
+            before.generation + 1,
+            _now(),
+            after.history,
+            after.policy,
+        )
+        data = (json.dumps(new.to_json(), indent=2) + "\n").encode()
+        if isinstance(FileSystems.get_filesystem(self.pointer_path), LocalFileSystem):
+            os.makedirs(self.model_dir, exist_ok=True)
+            tmp = f"{self.pointer_path}.{uuid.uuid4().hex}.tmp"
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self.pointer_path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        else:  # one object write: a reader sees the old or the new object, never a part
+            out = FileSystems.create(self.pointer_path, mime_type="application/json")
+            out.write(data)
+            out.close()
+        return new
+
+    def _change(
+        self,
+        before: Pointer,
+        action: str,
+        champion: str | None,
+        challenger: str | None,
+        by: str | None,
+        **extra: Any,
+    ) -> Pointer:
+        entry: dict[str, Any] = {
+            "at": _now(),
+            "action": action,
+            "champion": champion,
+            "challenger": challenger,
+            "previous": {"champion": before.champion, "challenger": before.challenger},
+            **extra,
+        }
+        if by:
+            entry["by"] = by
+        after = Pointer(
+            champion, challenger, before.generation, None, (*before.history, entry), before.policy
+        )
+        return self._write(before, after)
+
+    def register(self, version: str, as_: str | None = None, by: str | None = None) -> Pointer:
+        """Records a version already written under the model directory (what the trainer
+        writes), optionally as the champion or the challenger. A version is registered once;
+        its files are never changed."""
+        if as_ not in ("champion", "challenger", None):
+            raise RegistryError(f"register as {as_!r}: expected 'champion', 'challenger' or none")
+        self.check(version)
+        before = self._stored_pointer() or self._implicit(excluding=version)
+        if any(
+            h.get("action") == "register" and h.get("version") == version for h in before.history
+        ):
+            raise RegistryError(
+                f"model version {version!r} is already registered; versions are immutable: "
+                "train a new version, or use 'rillet models promote|challenge' to change its role"
+            )
+        champion, challenger = before.champion, before.challenger
+        if as_ == "champion":
+            champion = version
+            challenger = None if challenger == version else challenger
+        elif as_ == "challenger":
+            if version == champion:
+                raise RegistryError(f"model version {version!r} is the champion already")
+            challenger = version
+        return self._change(before, "register", champion, challenger, by, version=version)
+
+    def promote(
+        self, version: str | None = None, challenger: str | None = None, by: str | None = None
+    ) -> Pointer:
+        """Makes ``version`` (default: the challenger) the champion and ``challenger`` the new
+        challenger (None: no challenger), in one write. The old champion stays in the history
+        (see rollback)."""
+        before = self.pointer()
+        if version is None:
+            if before.challenger is None:
+                raise RegistryError(
+                    f"no challenger to promote in {self.model_dir}; name a version "
+                    "('rillet models promote VERSION') or set one with 'rillet models challenge'"
+                )
+            version = before.challenger
+        if version == before.champion:
+            raise RegistryError(f"model version {version!r} is the champion already")
+        if challenger == version:
+            raise RegistryError(f"model version {version!r} cannot be champion and challenger")
+        self.check(version)
+        if challenger is not None:
+            self.check(challenger)
+        return self._change(before, "promote", version, challenger, by)
+
+    def challenge(self, version: str | None, by: str | None = None) -> Pointer:
+        """Sets the challenger (None: retires it)."""
+        before = self.pointer()
+        if version is None:
+            if before.challenger is None:
+                raise RegistryError(f"no challenger to clear in {self.model_dir}")
+            return self._change(before, "retire-challenger", before.champion, None, by)
+        if version == before.champion:
+            raise RegistryError(
+                f"model version {version!r} is the champion; a challenger must be another version"
+            )
+        self.check(version)
+        return self._change(before, "challenge", before.champion, version, by)
+
+    def _undoable(self, history: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+        """The champion changes not yet rolled back, oldest first."""
+        stack: list[Mapping[str, Any]] = []
+        for entry in history:
+            previous = entry.get("previous") or {}
+            if entry.get("action") == "rollback":
+                if stack:
+                    stack.pop()
+            elif (
+                entry.get("action") in ("promote", "register")
+                and previous.get("champion") is not None
+                and entry.get("champion") != previous.get("champion")
+            ):
+                stack.append(entry)
+        return stack
+
+    def rollback(self, by: str | None = None) -> Pointer:
+        """Restores the champion and challenger from before the last promotion not yet rolled
+        back."""
+        before = self.pointer()
+        stack = self._undoable(before.history)
+        if not stack:
+            raise RegistryError(
+                f"nothing to roll back in {self.model_dir}: no promotion replaced a champion"
+            )
+        previous = stack[-1]["previous"]
+        champion, challenger = previous["champion"], previous.get("challenger")
+        self.check(champion)
+        return self._change(before, "rollback", champion, challenger, by)
+
+    def set_policy(self, by: str | None = None, **changes: Any) -> Pointer:
+        """Changes fields of the promotion policy (mode, min_days, margin, metric)."""
+        before = self.pointer()
+        policy = validate_policy({**before.policy, **changes})
+        after = Pointer(
+            before.champion,
+            before.challenger,
+            before.generation,
+            None,
+            (
+                *before.history,
+                {
+                    "at": _now(),
+                    "action": "policy",
+                    "champion": before.champion,
+                    "challenger": before.challenger,
+                    "policy": policy,
+                    **({"by": by} if by else {}),
+                },
+            ),
+            policy,
+        )
+        return self._write(before, after)
+
+
+def decide_promotion(
+    policy: Mapping[str, Any],
+    daily_metrics: Sequence[Mapping[str, Any]],
+    *,
+    champion: str | None,
+    challenger: str | None,
+) -> tuple[bool, str]:
+    """Whether the policy promotes the challenger, and why (one line).
+
+    ``daily_metrics``: rows {day (YYYY-MM-DD), version, auc, ap, cp100, n}, one per version and
+    label day. Promote when the mode is auto and the challenger's metric beat the champion's by
+    at least ``margin`` on each of the last ``min_days`` label days where both have the metric,
+    and those days are consecutive."""
+    policy = validate_policy(policy)
+    metric, min_days, margin = policy["metric"], policy["min_days"], policy["margin"]
+    if challenger is None:
+        return False, "no challenger"
+    if champion is None:
+        return False, "no champion to compare the challenger with"
+    by_day: dict[str, dict[str, float]] = {}
+    for row in daily_metrics:
+        value = row.get(metric)
+        if row.get("version") in (champion, challenger) and value is not None:
+            if isinstance(value, float) and math.isnan(value):
+                continue
+            by_day.setdefault(str(row["day"]), {})[str(row["version"])] = float(value)
+    days = sorted(d for d, v in by_day.items() if champion in v and challenger in v)
+    if len(days) < min_days:
+        why = (
+            f"{len(days)} label day(s) with {metric} for both {champion} and {challenger}; "
+            f"the policy needs {min_days}"
+        )
+        return False, why
+    last = days[-min_days:]
+    dates = [dt.date.fromisoformat(d) for d in last]
+    gaps = [b for a, b in itertools.pairwise(dates) if (b - a).days != 1]
+    if gaps:
+        return False, (
+            f"the last {min_days} label days with both versions' {metric} are not consecutive "
+            f"({', '.join(last)})"
+        )
+    deltas = [by_day[d][challenger] - by_day[d][champion] for d in last]
+    detail = ", ".join(f"{d} {x:+.4f}" for d, x in zip(last, deltas, strict=True))
+    beat = all(x >= margin for x in deltas)
+    if not beat:
+        return False, (
+            f"challenger {challenger} did not beat champion {champion} on {metric} by "
+            f">= {margin:g} on each of the last {min_days} label days ({detail})"
+        )
+    if policy["mode"] != "auto":
+        return False, (
+            f"challenger {challenger} beat champion {champion} on {metric} by >= {margin:g} on "
+            f"the last {min_days} label days ({detail}), but the policy is manual: promote with "
+            "'rillet models promote'"
+        )
+    return True, (
+        f"challenger {challenger} beat champion {champion} on {metric} by >= {margin:g} on "
+        f"the last {min_days} label days ({detail})"
+    )
+
+
+_EVALUATION_FIELDS = ("day", "version", "n", "frauds", "auc", "ap", "cp100")
+
+
+def daily_metrics(client: Any, versions: Iterable[str]) -> list[dict[str, Any]]:
+    """The online evaluation rows of ``versions`` from Datastore (kind ``ModelEvaluation``, the
+    client's namespace), sorted by day then version: {day, version, n, frauds, auc, ap, cp100}.
+
+    ``client`` is a ``google.cloud.datastore.Client`` (or anything with its ``query(kind=)``
+    returning an object with ``fetch()``)."""
+    wanted = set(versions)
+    rows = []
+    for entity in client.query(kind=EVALUATION_KIND).fetch():
+        if entity.get("version") not in wanted:
+            continue
+        rows.append({name: entity.get(name) for name in _EVALUATION_FIELDS})
+    return sorted(rows, key=lambda r: (str(r["day"]), str(r["version"])))

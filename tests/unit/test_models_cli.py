@@ -1,0 +1,105 @@
+"""``rillet models`` in process: list, show, promote, challenge, rollback, policy on a fake model
+directory, and compare / auto-promote with a fake Datastore client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.app.cli import app
+from pipelines.stores.model_registry import ModelRegistry
+from tests.unit.test_model_registry import FakeDatastore, make_version
+
+
+@pytest.fixture
+def models(tmp_path: Path) -> Path:
+    for i, version in enumerate(("v1", "v2", "v3")):
+        make_version(
+            tmp_path,
+            version,
+            validation_metrics={"auc": 0.8 + i / 100, "ap": 0.5 + i / 100, "cp100": 0.2},
+        )
+    return tmp_path
+
+
+def rillet(*args: str) -> Any:
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def test_list_show_and_roles(models: Path) -> None:
+    d = str(models)
+    out = rillet("models", "list", "--model-dir", d).output
+    assert "no registry.json: the newest version serves" in out
+    assert "* champion" in out and "0.8200" in out and "2018-04-01..2018-04-07" in out
+    assert (
+        "challenging: champion v3, challenger v2"
+        in rillet("models", "challenge", "v2", "--model-dir", d).output
+    )
+    listed = json.loads(rillet("models", "list", "--model-dir", d, "--json").output)
+    assert [r["role"] for r in listed["versions"]] == ["", "challenger", "champion"]
+    assert listed["pointer"]["generation"] == 1
+    assert (
+        json.loads(rillet("models", "show", "v2", "--model-dir", d, "--json").output)["version"]
+        == "v2"
+    )
+    out = rillet("models", "promote", "--challenger", "v1", "--model-dir", d).output
+    assert out.startswith("promoted: champion v2, challenger v1 (generation 2)")
+    assert (
+        "rolled back: champion v3, challenger v2"
+        in rillet("models", "rollback", "--model-dir", d).output
+    )
+    assert (
+        "cleared: champion v3, challenger (none)"
+        in rillet("models", "challenge", "--clear", "--model-dir", d).output
+    )
+    out = rillet("models", "policy", "--mode", "auto", "--min-days", "2", "--model-dir", d).output
+    assert '"mode": "auto", "min_days": 2' in out
+    assert ModelRegistry(d).pointer().generation == 5
+
+
+def evaluations(days: int, champion_ap: float, challenger_ap: float) -> list[dict[str, Any]]:
+    rows = []
+    for i in range(1, days + 1):
+        for version, ap in (("v3", champion_ap), ("v2", challenger_ap)):
+            day = f"2024-05-0{i}"
+            rows.append(
+                {"version": version, "day": day, "n": 1000, "frauds": 9, "auc": 0.9, "ap": ap}
+                | {"cp100": 0.3}
+            )
+    return rows
+
+
+def test_compare_and_auto_promote(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.cloud import datastore
+
+    d = str(models)
+    entities = evaluations(3, 0.50, 0.55)
+    made: list[dict[str, Any]] = []
+
+    def client(**kwargs: Any) -> FakeDatastore:
+        made.append(kwargs)
+        return FakeDatastore(entities)
+
+    monkeypatch.setattr(datastore, "Client", client)
+    registry = ModelRegistry(d)
+    registry.challenge("v2")
+    common = ("--model-dir", d, "--project", "p", "--datastore-namespace", "ns")
+    out = rillet("models", "compare", *common).output
+    assert made == [{"project": "p", "namespace": "ns"}]
+    assert "2024-05-03" in out and "0.5500" in out and "1,000" in out
+    assert "decision: keep:" in out and "the policy is manual" in out
+    out = rillet("models", "auto-promote", *common).output
+    assert out.startswith("kept: champion v3, challenger v2:")
+    registry.set_policy(mode="auto")
+    compared = json.loads(rillet("models", "compare", *common, "--json").output)
+    assert compared["promote"] is True and len(compared["days"]) == 3
+    out = rillet("models", "auto-promote", *common).output
+    assert out.startswith("promoted: champion v2, challenger (none): challenger v2 beat")
+    pointer = registry.pointer()
+    assert pointer.champion == "v2" and pointer.history[-1]["by"].startswith("auto-promote")
+    out = rillet("models", "auto-promote", *common).output
+    assert out.startswith("kept: champion v2, challenger (none): no challenger")
