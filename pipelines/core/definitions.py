@@ -25,6 +25,7 @@ __all__ = [
     "Entity",
     "RowFeature",
     "WindowFeature",
+    "definitions_version",
     "influence_span_us",
     "max_lookback_us",
     "window_features",
@@ -118,6 +119,14 @@ FEATURES: tuple[RowFeature | WindowFeature, ...] = (
 
 # The model's inputs, in the order of the input vector.
 MODEL_INPUTS: tuple[str, ...] = tuple(f.name for f in FEATURES)
+
+
+def definitions_version() -> str:
+    """A short stable hash of the FEATURES declarations (names, entities, aggregations, windows,
+    delays): model cards record it, so a model trained on other definitions can be recognised."""
+    import hashlib
+
+    return hashlib.sha256(repr(FEATURES).encode()).hexdigest()[:12]
 
 
 def window_features(entity: Entity | None = None) -> tuple[WindowFeature, ...]:
