@@ -350,7 +350,8 @@ def _published_ids(messages: list[Message]) -> set[str]:
 
 
 def run_chaos(config: ChaosConfig) -> dict[str, Any]:
-    from models.train import TrainConfig, export_model, train_model
+    from models.export import export_model
+    from models.train import TrainConfig, train_model
     from pipelines.app.local_run import LocalRun
     from pipelines.app.simulator import PRESETS, simulate
     from pipelines.core.training_data import training_features
@@ -363,7 +364,7 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     frame = frame.sort_values(["TX_DATETIME", "TRANSACTION_ID"]).reset_index(drop=True)
     frame = frame.iloc[: config.min_transactions].copy()
     expected = training_features(frame)
-    model, _ = train_model(expected, None, TrainConfig(epochs=1))
+    model, _ = train_model(expected, None, TrainConfig(num_trees=20))
     model_dir = work / "models"
     export_model(model, model_dir, {"preset": config.preset, "purpose": "chaos"})
 

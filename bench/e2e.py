@@ -126,14 +126,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--timeout", type=float, default=600, help="Seconds per phase at most.")
     args = parser.parse_args(argv)
 
-    from models.train import TrainConfig, export_model, train_model
+    from models.export import export_model
+    from models.train import TrainConfig, train_model
     from pipelines.app.simulator import PRESETS, simulate
     from pipelines.core.training_data import training_features
 
     frame = simulate(PRESETS["small"]).sort_values("TX_DATETIME").head(args.transactions)
     events = replay_events(frame.reset_index(drop=True))
     work = Path(tempfile.mkdtemp(prefix="rillet-bench-"))
-    model, _ = train_model(training_features(frame), None, TrainConfig(epochs=1, hidden=(16,)))
+    model, _ = train_model(training_features(frame), None, TrainConfig(num_trees=20))
     export_model(model, work / "models", {"purpose": "bench"})
 
     with LocalRun(work / "state") as bench:

@@ -289,10 +289,11 @@ def model_for(frame: Any, model_dir: Path) -> Path:
         return model_dir
     except (FileNotFoundError, ValueError, KeyError):
         pass
-    from models.train import TrainConfig, export_model, train_model
+    from models.export import export_model
+    from models.train import TrainConfig, train_model
     from pipelines.core.training_data import training_features
 
-    model, _ = train_model(training_features(frame), None, TrainConfig(epochs=1, hidden=(16,)))
+    model, _ = train_model(training_features(frame), None, TrainConfig(num_trees=20))
     export_model(model, model_dir, {"purpose": "bench-scaleout"})
     return model_dir
 

@@ -45,10 +45,11 @@ def tiny_frame():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory, tiny_frame) -> Path:  # type: ignore[no-untyped-def]
     """A real (small, quickly trained) SavedModel version."""
-    from models.train import TrainConfig, export_model, train_model
+    from models.export import export_model
+    from models.train import TrainConfig, train_model
     from pipelines.core.training_data import training_features
 
     directory = tmp_path_factory.mktemp("models")
-    model, _ = train_model(training_features(tiny_frame), None, TrainConfig(epochs=1, hidden=(8,)))
+    model, _ = train_model(training_features(tiny_frame), None, TrainConfig(num_trees=10))
     export_model(model, directory, {"purpose": "tests"})
     return directory

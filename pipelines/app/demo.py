@@ -37,7 +37,6 @@ class DemoConfig:
     work_dir: Path = Path(".rillet")
     train_days: int = 35
     timeout_s: float = 600.0
-    epochs: int = 5
 
 
 def feature_mismatches(bodies: list[dict[str, Any]], expected: Any) -> int:
@@ -66,7 +65,9 @@ def count_datastore(project: str, kind: str) -> int:
 
 def run_demo(config: DemoConfig) -> dict[str, Any]:
     from models.evaluation import rows_in
-    from models.train import export_model, train_model
+    from models.export import export_model
+    from models.selection import QUICK_GRID
+    from models.train import train_model
     from pipelines.app.publisher import ReplayEvent, malformed_examples, replay_events
     from pipelines.app.simulator import PRESETS, simulate, write_dataset
     from pipelines.core.training_data import training_features
@@ -99,12 +100,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             ).strftime("%Y-%m-%d")
             train = rows_in(feats, (first, last_train))
             console.print(
-                f"Training the TensorFlow model on {first} .. {last_train} "
+                f"Training the model (YDF gradient boosted trees) on {first} .. {last_train} "
                 f"({len(train):,} rows) ..."
             )
-            from models.train import TrainConfig
-
-            model, metrics = train_model(train, None, TrainConfig(epochs=config.epochs))
+            model, metrics = train_model(train, None, QUICK_GRID[0])
             version_dir = export_model(
                 model,
                 work / "models",

@@ -111,6 +111,7 @@ def load_saved_model(model: ModelInfo) -> Any:
     import gc
 
     import tensorflow as tf
+    import ydf_tf  # noqa: F401  (registers the YDF inference op the SavedModel calls)
 
     loaded = tf.saved_model.load(model.path)
     gc.freeze()
@@ -118,19 +119,20 @@ def load_saved_model(model: ModelInfo) -> Any:
 
 
 def score_features(loaded: Any, features: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Scores of a loaded SavedModel's ``serving_default`` signature for rows of MODEL_INPUTS.
+    """Scores of a loaded SavedModel's ``predict_features`` signature for rows of MODEL_INPUTS
+    (the columns of the model card's ``features``, which resolve_model checks equal them).
 
     The one scoring path: the streaming pipeline and the offline evaluation both call it, so an
     offline score and a served score of the same features can only differ by float rounding.
     """
     import tensorflow as tf
 
-    signature = loaded.signatures["serving_default"]
+    signature = loaded.signatures["predict_features"]
     x = np.asarray(features, dtype=np.float32)
     out = np.empty(len(x), dtype=np.float64)
     for start in range(0, len(x), chunk):
-        outputs = signature(tf.constant(x[start : start + chunk]))
-        out[start : start + chunk] = next(iter(outputs.values())).numpy().reshape(-1)
+        outputs = signature(features=tf.constant(x[start : start + chunk]))
+        out[start : start + chunk] = outputs["score"].numpy().reshape(-1)
     return out
 
 

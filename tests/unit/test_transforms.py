@@ -48,6 +48,7 @@ def test_parse_events_rejects_an_unknown_kind() -> None:
 
 def test_predict_scores_each_batch_with_the_saved_model(model_dir) -> None:
     import tensorflow as tf
+    import ydf_tf  # noqa: F401  (registers the trees' op)
 
     model = resolve_model(str(model_dir))
     rng = np.random.default_rng(0)
@@ -55,9 +56,9 @@ def test_predict_scores_each_batch_with_the_saved_model(model_dir) -> None:
         FeatureBatch([GOOD] * n, rng.uniform(0, 5, (n, len(MODEL_INPUTS))), revision=i)
         for i, n in enumerate((1, 7, 30))
     ]
-    loaded = tf.saved_model.load(model.path).signatures["serving_default"]
+    loaded = tf.saved_model.load(model.path).signatures["predict_features"]
     want = {
-        b.revision: next(iter(loaded(tf.constant(b.features.astype(np.float32))).values()))
+        b.revision: loaded(features=tf.constant(b.features.astype(np.float32)))["score"]
         .numpy()
         .reshape(-1)
         .astype(np.float64)

@@ -1,0 +1,111 @@
+"""The exported SavedModel: both signatures and tfx-bsl's RunInference handler give the same
+scores as the in-memory model, and the model card has the contract's keys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipelines.core.definitions import LABEL_DELAY_DAYS, MODEL_INPUTS, definitions_version
+
+pytest.importorskip("ydf")
+pytest.importorskip("ydf_tf")
+
+
+def _frame(n: int = 600, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(rng.gamma(2.0, 20.0, (n, len(MODEL_INPUTS))), columns=list(MODEL_INPUTS))
+    frame["TX_DURING_WEEKEND"] = rng.integers(0, 2, n).astype(float)
+    frame["TX_DURING_NIGHT"] = rng.integers(0, 2, n).astype(float)
+    ratio = frame["TX_AMOUNT"] / frame["CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW"]
+    frame["TX_FRAUD"] = ((ratio > 2.5) | (frame["TX_AMOUNT"] > 120)).astype(np.int8)
+    return frame
+
+
+def _example(row: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    feature = {
+        name: tf.train.Feature(float_list=tf.train.FloatList(value=[float(v)]))
+        for name, v in zip(MODEL_INPUTS, row, strict=True)
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return bytes(example.SerializeToString())
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFrame, np.ndarray]:
+    from models.export import export_model
+    from models.train import TrainConfig, predict, train_model
+
+    frame = _frame()
+    model, _ = train_model(frame, None, TrainConfig(num_trees=15, max_depth=4))
+    card = {"validation_metrics": {"auc": 0.9, "ap": 0.8, "cp100": 0.3, "folds": []}}
+    target = export_model(model, tmp_path_factory.mktemp("models"), card, version="v1")
+    test = _frame(200, seed=1)
+    return target, test, predict(model, test)
+
+
+def test_both_signatures_score_like_the_trained_model(exported) -> None:  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+    import ydf_tf  # noqa: F401
+
+    target, test, expected = exported
+    loaded = tf.saved_model.load(str(target / "saved_model"))
+    x = test[list(MODEL_INPUTS)].to_numpy(np.float32)
+    fast = loaded.signatures["predict_features"](features=tf.constant(x))
+    assert set(fast) == {"score"} and fast["score"].dtype == tf.float32
+    examples = tf.constant([_example(row) for row in x])
+    served = loaded.signatures["serving_default"](examples=examples)
+    assert set(served) == {"score"} and served["score"].shape == (len(x),)
+    np.testing.assert_allclose(fast["score"].numpy(), expected, atol=1e-6)
+    np.testing.assert_allclose(served["score"].numpy(), fast["score"].numpy(), atol=1e-6)
+    # The scores separate the synthetic classes: the trees were really exported.
+    assert 0.0 <= expected.min() and expected.max() <= 1.0 and expected.std() > 0.1
+
+    from pipelines.transforms.inference import ModelInfo, load_saved_model, score_features
+
+    info = ModelInfo("v1", str(target / "saved_model"), MODEL_INPUTS)
+    np.testing.assert_allclose(score_features(load_saved_model(info), x), expected, atol=1e-6)
+
+
+def test_tfx_bsl_handler_scores_like_tf2(exported) -> None:  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+    import ydf_tf  # noqa: F401
+    from tfx_bsl.public.beam.run_inference import CreateModelHandler
+    from tfx_bsl.public.proto import model_spec_pb2
+
+    target, test, expected = exported
+    spec = model_spec_pb2.InferenceSpecType(
+        saved_model_spec=model_spec_pb2.SavedModelSpec(
+            model_path=str(target / "saved_model"), signature_name=["serving_default"]
+        )
+    )
+    handler = CreateModelHandler(spec)
+    x = test[list(MODEL_INPUTS)].to_numpy(np.float32)[:40]
+    examples = [tf.train.Example.FromString(_example(row)) for row in x]
+    logs = list(handler.run_inference(examples, handler.load_model()))
+    scores = [log.predict_log.response.outputs["score"].float_val[0] for log in logs]
+    np.testing.assert_allclose(scores, expected[:40], atol=1e-6)
+
+
+def test_model_card(exported) -> None:  # type: ignore[no-untyped-def]
+    target, _, _ = exported
+    card = json.loads((target / "model_card.json").read_text())
+    assert card["version"] == "v1"
+    assert card["features"] == list(MODEL_INPUTS)
+    assert card["framework"] == "ydf-gbt"
+    assert card["feature_definitions_version"] == definitions_version()
+    assert card["label_delay_days"] == LABEL_DELAY_DAYS
+    assert card["offline_metrics"] == {"auc": 0.9, "ap": 0.8, "cp100": 0.3}
+    assert card["parent"] is None and card["created_at"]
+    assert card["config"]["num_trees"] == 15
+    reference = card["reference"]
+    assert set(reference["inputs"]) == set(MODEL_INPUTS)
+    assert reference["inputs"]["TX_DURING_WEEKEND"]["edges"] == [0.0, 1.0]
+    assert sum(reference["inputs"]["TX_AMOUNT"]["counts"]) == 600
+    assert sum(reference["score"]["counts"]) == 600
