@@ -60,6 +60,9 @@ bench-backfill: $(STAMP) ## Beam backfill vs pandas groupby-rolling on the handb
 bench-windows: $(STAMP) ## Feature engine vs Beam SlidingWindows per-event cost, ratios 1..1440 (last line JSON)
 	$(BIN)/python -m bench.windows
 
+bench-continual: $(STAMP) ## Static model vs weekly retrained, 8 handbook test weeks, offline (last line JSON)
+	$(BIN)/python -m bench.continual --work-dir .rillet/continual
+
 chaos: $(STAMP) ## 20k+ transactions through SIGKILLs, bad input, Bigtable/Datastore outages; checks every store (last line JSON)
 	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos
 
@@ -71,4 +74,4 @@ clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
 .PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
-	bench-scaleout bench-backfill bench-windows chaos chaos-overload clean
+	bench-scaleout bench-backfill bench-windows bench-continual chaos chaos-overload clean

@@ -47,3 +47,18 @@ output "firestore_database" {
   description = "Firestore (Datastore mode) database name."
   value       = google_firestore_database.datastore.name
 }
+
+output "retrain_job" {
+  description = "Cloud Run job running `rillet retrain` weekly (run it now: gcloud run jobs execute <name> --region <region>)."
+  value       = google_cloud_run_v2_job.retrain.name
+}
+
+output "retrain_service_account_email" {
+  description = "Service account of the retraining job (history read, model prefix write, Datastore read)."
+  value       = google_service_account.retrain.email
+}
+
+output "retrain_command" {
+  description = "The command line the retraining job runs."
+  value       = local.retrain_script
+}

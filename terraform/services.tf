@@ -13,6 +13,8 @@ locals {
       "storage.googleapis.com",          # staging, temp, templates, models
       "artifactregistry.googleapis.com", # the Flex Template image
       "iam.googleapis.com",              # the worker service account
+      "run.googleapis.com",              # the weekly retraining job
+      "cloudscheduler.googleapis.com",   # its weekly trigger
     ],
     var.kms_key_name == null ? [] : ["cloudkms.googleapis.com"],
   ))

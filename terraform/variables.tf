@@ -161,3 +161,69 @@ variable "deployer_members" {
   type        = list(string)
   default     = []
 }
+
+variable "retrain_image" {
+  description = "Container image of the weekly retraining job (the dataflow/Dockerfile image `rillet deploy` pushes); null uses <region>-docker.pkg.dev/<project>/<artifact_repository_id>/rillet:latest. Pin the deployed tag in production."
+  type        = string
+  default     = null
+}
+
+variable "retrain_schedule" {
+  description = "Cron schedule (Cloud Scheduler syntax) of `rillet retrain`: weekly, after the week's labels have arrived."
+  type        = string
+  default     = "0 3 * * 1"
+}
+
+variable "retrain_time_zone" {
+  description = "Time zone of retrain_schedule (tz database name)."
+  type        = string
+  default     = "Etc/UTC"
+}
+
+variable "retrain_paused" {
+  description = "Create the weekly trigger paused (e.g. until the history and a first champion exist)."
+  type        = bool
+  default     = false
+}
+
+variable "retrain_history_bucket" {
+  description = "Bucket holding the event history (transactions*/labels* files) retraining reads; null uses the rillet bucket."
+  type        = string
+  default     = null
+}
+
+variable "retrain_history_prefix" {
+  description = "Object prefix of the event history in retrain_history_bucket (with a trailing slash); the job may read nothing else."
+  type        = string
+  default     = "history/"
+}
+
+variable "retrain_model_prefix" {
+  description = "Object prefix of the model versions and registry in the rillet bucket (with a trailing slash); the job may write nothing else."
+  type        = string
+  default     = "models/"
+}
+
+variable "retrain_service_account_id" {
+  description = "Account id (before @) of the retraining job's service account; its Cloud Scheduler trigger is <id>-trigger."
+  type        = string
+  default     = "rillet-retrain"
+}
+
+variable "retrain_cpu" {
+  description = "vCPUs of the retraining job's container (Cloud Run: 1, 2, 4 or 8)."
+  type        = string
+  default     = "4"
+}
+
+variable "retrain_memory" {
+  description = "Memory of the retraining job's container (the handbook's feature table and training fit in 8Gi)."
+  type        = string
+  default     = "8Gi"
+}
+
+variable "retrain_timeout" {
+  description = "Longest run of one retraining (backfill, selection, two fits, evaluation), e.g. \"3600s\"."
+  type        = string
+  default     = "3600s"
+}

@@ -155,6 +155,8 @@ def test_dataflow_roles_are_bound_on_the_narrowest_resource(
         ("roles/dataflow.worker", "${local.dataflow_member}"),
         ("roles/datastore.user", "${local.dataflow_member}"),
         ("roles/dataflow.developer", "${each.value}"),
+        # The weekly retraining job reads served predictions (Datastore IAM is project-level).
+        ("roles/datastore.viewer", "${local.retrain_member}"),
     }
     act_as = [b for (t, _), b in resources.items() if t == "google_service_account_iam_member"]
     assert [b["service_account_id"] for b in act_as] == ["${google_service_account.dataflow.name}"]
@@ -299,3 +301,31 @@ def test_schema_check_catches_typos_missing_arguments_and_bad_values(tmp_path: P
     assert "'OPTIMISTICAL' is not one of" in joined
     assert "unknown argument or block 'ack_deadline_secs'" in joined
     assert len(problems) == 4, joined
+
+
+def test_weekly_retrain_job_is_least_privilege_and_scheduled(
+    parsed: dict[Path, dict[str, Any]],
+) -> None:
+    resources = _resources(parsed)
+    job = resources[("google_cloud_run_v2_job", "retrain")]
+    container = job["template"][0]["template"][0]["containers"][0]
+    assert [_unquote(c) for c in container["command"]] == ["/bin/sh", "-c"]
+    script = str(_locals(parsed)["retrain_script"])
+    assert "rillet retrain --history" in script and "--register challenger" in script
+    assert "rillet models auto-promote --model-dir" in script
+    # Storage: read the history prefix, write the model prefix, each conditioned on its prefix.
+    for name, role in (
+        ("retrain_history_reader", "roles/storage.objectViewer"),
+        ("retrain_models_writer", "roles/storage.objectUser"),
+    ):
+        body = resources[("google_storage_bucket_iam_member", name)]
+        assert _unquote(body["role"]) == role
+        assert "startsWith" in body["condition"][0]["expression"]
+    # The trigger may run this job only, and calls its :run endpoint.
+    trigger = resources[("google_cloud_run_v2_job_iam_member", "retrain_trigger")]
+    assert _unquote(trigger["role"]) == "roles/run.invoker"
+    scheduler = resources[("google_cloud_scheduler_job", "retrain")]
+    assert _unquote(scheduler["schedule"]) == "${var.retrain_schedule}"
+    assert str(_unquote(scheduler["http_target"][0]["uri"])).endswith(
+        "/jobs/${google_cloud_run_v2_job.retrain.name}:run"
+    )

@@ -1,0 +1,330 @@
+"""The core of ``rillet retrain``: a new model version from the labelled history, compared offline
+with the champion.
+
+Labels arrive ``LABEL_DELAY_DAYS`` (7) days after their transaction, so at time ``now`` only the
+days that ended by ``now - 7 days`` are labelled (:func:`last_labelled_day`). From an event
+history (the Parquet transactions/labels layout ``rillet simulate`` writes) the point-in-time
+feature table is built with the backfill (pipelines.backfill, the streaming pipeline's feature
+code) up to the end of the last labelled day; an existing feature table can be given instead.
+
+Two models are trained with models.selection.select_and_train, same recipe (grid), two windows:
+
+* the **challenger** (exported to ``model_dir``): trained on the latest labelled ``train_days``;
+  this is the version to register;
+* a **holdout** fit, trained on the same-length window that ends ``eval_days`` earlier (exported
+  to a scratch directory, never registered). The last ``eval_days`` labelled days (known-
+  compromised cards removed, models.evaluation.test_set) are unseen by it and, normally, by the
+  champion (trained a week or more ago): both are scored there with the serving path
+  (pipelines.transforms.inference.score_features on the loaded SavedModel). Scoring the
+  challenger itself on those days would be scoring it on its own training data.
+
+So the comparison is "this week's recipe, applied ``eval_days`` ago" against the champion; the
+result says whether the champion's training range overlaps the evaluation days (then its scores
+there are optimistic).
+
+Registering the challenger is a separate step (:func:`register`): the CLI calls it after
+:func:`retrain` when asked to (``--register challenger``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from pipelines.core.definitions import LABEL_DELAY_DAYS
+
+__all__ = [
+    "RetrainConfig",
+    "last_labelled_day",
+    "register",
+    "retrain",
+    "training_protocol",
+]
+
+
+def last_labelled_day(now: pd.Timestamp | dt.datetime | str) -> dt.date:
+    """The last calendar day (UTC) whose every transaction is labelled at ``now``.
+
+    A transaction's label arrives LABEL_DELAY_DAYS after it, so day D is fully labelled once
+    ``now >= D + 1 day + LABEL_DELAY_DAYS``: at 2018-09-30 23:59 that is 2018-09-22, at
+    2018-10-01 00:00 it is 2018-09-23.
+    """
+    stamp = pd.Timestamp(now)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    labelled_end = (stamp - pd.Timedelta(days=LABEL_DELAY_DAYS)).floor("D")  # exclusive
+    day: dt.date = (labelled_end - pd.Timedelta(days=1)).date()
+    return day
+
+
+def training_protocol(last_day: dt.date, train_days: int = 7) -> Any:
+    """The models.evaluation.Protocol whose training block is the ``train_days`` days ending on
+    ``last_day`` (its delay and test blocks are the future the model will serve; selection uses
+    only its validation folds, which end with the training block)."""
+    from models.evaluation import Protocol
+
+    return Protocol(
+        train_start=last_day - dt.timedelta(days=train_days - 1),
+        train_days=train_days,
+        delay_days=LABEL_DELAY_DAYS,
+        test_days=7,
+    )
+
+
+@dataclass
+class RetrainConfig:
+    """What ``rillet retrain`` reads and writes.
+
+    ``history``: a directory (local or gs://) with transactions*/labels* event files, or a
+    backfill feature table (a ``features/`` directory of part-*.parquet, or its parent).
+    ``champion``: a version directory (``<model_dir>/<version>``) to compare with, or None.
+    ``now``: the retraining time (default: the last transaction's time).
+    ``grid``: the candidate configurations (default models.selection.GRID; one candidate skips
+    selection).
+    ``work_dir``: where the backfill and the holdout fit are written (default: a temporary
+    directory, removed afterwards).
+    """
+
+    history: str
+    model_dir: str
+    champion: str | None = None
+    now: str | None = None
+    train_days: int = 7
+    eval_days: int = 7
+    grid: Sequence[Any] | None = None
+    work_dir: str | None = None
+    shards: int = 8
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_event_history(path: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = FileSystems.join(path, "transactions*")
+    return bool(FileSystems.match([pattern])[0].metadata_list)
+
+
+def _feature_table_dir(path: str) -> str:
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.backfill.backfill import FEATURE_TABLE_DIR
+
+    nested = FileSystems.join(path, FEATURE_TABLE_DIR)
+    if FileSystems.match([FileSystems.join(nested, "*.parquet")])[0].metadata_list:
+        return nested
+    if FileSystems.match([FileSystems.join(path, "*.parquet")])[0].metadata_list:
+        return path
+    raise FileNotFoundError(
+        f"{path!r} holds neither transactions*/labels* event files nor a feature table "
+        "(part-*.parquet, or features/part-*.parquet)"
+    )
+
+
+def _last_transaction_time(history: str) -> pd.Timestamp:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    pattern = FileSystems.join(history, "transactions*.parquet")
+    files = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
+    if not files:
+        raise ValueError(f"no transactions*.parquet in {history!r}: give --now explicitly")
+    latest: pd.Timestamp | None = None
+    for path in files:
+        with FileSystems.open(path) as stream:
+            column = pq.read_table(stream, columns=["TX_DATETIME"])["TX_DATETIME"]
+        value = pc.max(column).as_py()
+        if value is not None:
+            stamp = pd.Timestamp(value)
+            latest = stamp if latest is None else max(latest, stamp)
+    if latest is None:
+        raise ValueError(f"no transactions in {history!r}")
+    return latest
+
+
+def _now(config: RetrainConfig, table: pd.DataFrame | None) -> pd.Timestamp:
+    if config.now:
+        stamp = pd.Timestamp(config.now)
+    elif table is not None:
+        stamp = pd.Timestamp(table["TX_DATETIME"].max())
+    else:
+        stamp = _last_transaction_time(config.history)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+
+
+def _score(version_dir: str, frame: pd.DataFrame) -> Any:
+    """Scores of an exported version on ``frame`` through the serving path."""
+    from pipelines.transforms.inference import load_saved_model, resolve_model, score_features
+
+    base = version_dir.rstrip("/")
+    parent, version = base.rsplit("/", 1) if "/" in base else (".", base)
+    info = resolve_model(parent, version)
+    loaded = load_saved_model(info)
+    return score_features(loaded, frame[list(info.features)].to_numpy())
+
+
+def _card(version_dir: str) -> dict[str, Any]:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(f"{version_dir.rstrip('/')}/model_card.json") as handle:
+        card: dict[str, Any] = json.loads(handle.read().decode())
+    return card
+
+
+def _metrics(frame: pd.DataFrame, scores: Any) -> dict[str, Any]:
+    from models.evaluation import evaluate_scores
+
+    scored = frame.assign(score=scores)
+    m = evaluate_scores(scored)
+    return {
+        "auc": round(float(m["auc"]), 6),
+        "ap": round(float(m["ap"]), 6),
+        "cp100": round(float(m["cp100"]), 6),
+        "cp100_per_day": [round(float(x), 4) for x in m["cp100_per_day"]],
+    }
+
+
+def _overlaps(training_range: Sequence[str] | None, days: tuple[str, str]) -> bool | None:
+    if not training_range:
+        return None
+    return not (training_range[1] < days[0] or training_range[0] > days[1])
+
+
+def _check_history(table: pd.DataFrame, protocol: Any, grid: Sequence[Any], name: str) -> None:
+    """A clear error when the table does not reach back far enough for this fit."""
+    from models.evaluation import day_of
+
+    first = dt.date.fromisoformat(str(day_of(table.head(1)).iloc[0])) if len(table) else None
+    needed = protocol.earliest_day if len(grid) > 1 else protocol.train_start
+    if first is None or first > needed:
+        raise ValueError(
+            f"the {name} needs labelled history from {needed}"
+            + (" (selection's validation folds)" if len(grid) > 1 else "")
+            + f"; the feature table starts {first}. Pass a later --now, fewer --train-days or "
+            "--eval-days, or a one-candidate grid"
+        )
+
+
+def retrain(config: RetrainConfig) -> dict[str, Any]:
+    """Builds the training data as of ``now``, trains and exports the challenger, scores the
+    holdout fit and the champion on the latest labelled days; returns the result (JSON-ready):
+
+    ``now``, ``last_labelled_day``, ``feature_table``, ``version``, ``version_dir`` (the
+    challenger, in ``model_dir``), ``training_range``, ``config`` (the chosen candidate),
+    ``evaluation``: {``days``, ``n``, ``frauds``, ``holdout_training_range``, ``challenger``
+    (the holdout fit's auc/ap/cp100), ``champion`` (same, or None without one),
+    ``champion_version``, ``champion_training_range``, ``champion_trained_on_eval_days``}.
+    """
+    if config.train_days < 1 or config.eval_days < 1:
+        raise ValueError("train_days and eval_days must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="rillet-retrain-") as scratch:
+        work = config.work_dir or scratch
+        return _retrain(config, work)
+
+
+def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
+    from models.evaluation import Protocol, day_of, test_set
+    from models.selection import GRID, select_and_train
+    from pipelines.backfill.backfill import read_feature_table, run_backfill
+
+    grid = tuple(config.grid) if config.grid is not None else GRID
+    if _is_event_history(config.history):
+        now = _now(config, None)
+        last_day = last_labelled_day(now)
+        until = (last_day + dt.timedelta(days=1)).isoformat()
+        table_dir = str(
+            run_backfill(
+                config.history,
+                f"{work.rstrip('/')}/backfill",
+                [f"--until={until}", f"--shards={config.shards}"],
+            )
+        )
+        table = read_feature_table(table_dir)
+    else:
+        table_dir = _feature_table_dir(config.history)
+        table = read_feature_table(table_dir)
+        now = _now(config, table)
+        last_day = last_labelled_day(now)
+    labelled = table[day_of(table) <= last_day.isoformat()]
+
+    protocol = training_protocol(last_day, config.train_days)
+    eval_last = last_day
+    eval_first = last_day - dt.timedelta(days=config.eval_days - 1)
+    holdout = training_protocol(eval_first - dt.timedelta(days=1), config.train_days)
+    _check_history(labelled, protocol, grid, "challenger")
+    _check_history(labelled, holdout, grid, "holdout fit")
+
+    card = {
+        "retrain": {"now": now.isoformat(), "last_labelled_day": last_day.isoformat()},
+        **config.card,
+    }
+    version_dir, challenger_card = select_and_train(
+        labelled, protocol, config.model_dir, grid, card
+    )
+    holdout_dir, holdout_card = select_and_train(
+        labelled, holdout, f"{work.rstrip('/')}/holdout", grid, {**card, "holdout": True}
+    )
+
+    # The evaluation days as a test block: known-compromised cards (frauds from the holdout's
+    # training start up to the day before each evaluation day) are removed, as in the protocol.
+    eval_protocol = Protocol(
+        train_start=holdout.train_start,
+        train_days=config.train_days,
+        delay_days=0,
+        test_days=config.eval_days,
+    )
+    days = (eval_first.isoformat(), eval_last.isoformat())
+    assert eval_protocol.test_range == days, (eval_protocol.test_range, days)
+    evaluation_rows = test_set(labelled, eval_protocol)
+    if evaluation_rows.empty:
+        raise ValueError(f"no transactions to evaluate on {days[0]}..{days[1]}")
+    evaluation: dict[str, Any] = {
+        "days": list(days),
+        "n": len(evaluation_rows),
+        "frauds": int(evaluation_rows["TX_FRAUD"].sum()),
+        "holdout_training_range": holdout_card["training_range"],
+        "challenger": _metrics(evaluation_rows, _score(str(holdout_dir), evaluation_rows)),
+        "champion": None,
+        "champion_version": None,
+        "champion_training_range": None,
+        "champion_trained_on_eval_days": None,
+    }
+    if config.champion:
+        champion_card = _card(config.champion)
+        champion_range = champion_card.get("training_range")
+        evaluation.update(
+            {
+                "champion": _metrics(evaluation_rows, _score(config.champion, evaluation_rows)),
+                "champion_version": champion_card.get("version"),
+                "champion_training_range": champion_range,
+                "champion_trained_on_eval_days": _overlaps(champion_range, days),
+            }
+        )
+    return {
+        "now": now.isoformat(),
+        "last_labelled_day": last_day.isoformat(),
+        "feature_table": table_dir,
+        "version": Path(version_dir).name,
+        "version_dir": str(version_dir),
+        "training_range": challenger_card["training_range"],
+        "training_rows": challenger_card["training_rows"],
+        "config": challenger_card["config"],
+        "evaluation": evaluation,
+    }
+
+
+def register(result: dict[str, Any], model_dir: str, as_: str = "challenger") -> Any:
+    """Registers the version :func:`retrain` exported (``result["version"]``) in the model
+    registry of ``model_dir`` as ``as_``; returns what the registry returns.
+
+    The registry (pipelines.stores.model_registry) is written separately; it is imported here,
+    when registering, so retraining does not depend on it."""
+    registry = importlib.import_module("pipelines.stores.model_registry")
+    return registry.ModelRegistry(model_dir).register(result["version"], as_=as_)
