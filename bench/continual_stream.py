@@ -114,13 +114,12 @@ def streaming_part(
     """Runs the job over ``config.days`` days of ``frame`` from ``config.first_day`` with
     ``versions`` (at least 4, oldest first) in the registry ``model_dir``; returns the streaming
     fields of the bench's JSON (module docstring)."""
-    from pipelines.stores.model_registry import ModelRegistry
-
     from models.evaluation import rows_in
     from pipelines.app.evaluate import read_served
     from pipelines.app.local_run import LocalRun
     from pipelines.app.publisher import replay_events
     from pipelines.backfill.backfill import run_backfill
+    from pipelines.stores.model_registry import ModelRegistry
 
     assert len(versions) >= 4, "needs four versions: two promotions and a rollback"
     registry = ModelRegistry(str(model_dir))

@@ -8,7 +8,7 @@ cards already known compromised):
 
 The served side also carries the features the pipeline used, so every replayed transaction's
 features are compared with the backfill's (mismatch count and max abs difference per feature).
-Both scores come from pipelines.transforms.inference.score_features on the same SavedModel, so
+Both scores come from the job's own scorer (pipelines.transforms.inference.load_model_version), so
 with identical features they can differ only by float rounding (max_abs_score_diff <= 1e-5).
 """
 
@@ -140,7 +140,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Scores the test week offline (and as served); writes the report; returns the result."""
     from models.evaluation import Protocol, rows_in, test_set
     from pipelines.backfill.backfill import read_feature_table
-    from pipelines.transforms.inference import load_saved_model, resolve_model, score_features
+    from pipelines.transforms.inference import load_model_version, resolve_model
 
     model = resolve_model(str(config.model_dir), config.model_version)
     card = json.loads((Path(model.path).parent / "model_card.json").read_text())
@@ -154,8 +154,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     test = test_set(table, protocol).copy()
     if test.empty:
         raise ValueError(f"no test transactions in {protocol.test_range} in {config.feature_table}")
-    loaded = load_saved_model(model)
-    test["score"] = score_features(loaded, test[list(MODEL_INPUTS)].to_numpy())
+    test["score"] = load_model_version(model).score(test[list(MODEL_INPUTS)].to_numpy())
     result: dict[str, Any] = {
         "model_version": model.version,
         "protocol": {"train": protocol.train_range, "test": protocol.test_range},

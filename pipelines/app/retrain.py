@@ -15,7 +15,7 @@ Two models are trained with models.selection.select_and_train, same recipe (grid
   to a scratch directory, never registered). The last ``eval_days`` labelled days (known-
   compromised cards removed, models.evaluation.test_set) are unseen by it and, normally, by the
   champion (trained a week or more ago): both are scored there with the serving path
-  (pipelines.transforms.inference.score_features on the loaded SavedModel). Scoring the
+  (pipelines.transforms.inference.load_model_version: the job's own scorer). Scoring the
   challenger itself on those days would be scoring it on its own training data.
 
 So the comparison is "this week's recipe, applied ``eval_days`` ago" against the champion; the
@@ -39,7 +39,7 @@ from typing import Any
 
 import pandas as pd
 
-from pipelines.core.definitions import LABEL_DELAY_DAYS
+from pipelines.core.definitions import LABEL_DELAY_DAYS, MODEL_INPUTS
 
 __all__ = [
     "RetrainConfig",
@@ -161,13 +161,12 @@ def _now(config: RetrainConfig, table: pd.DataFrame | None) -> pd.Timestamp:
 
 def _score(version_dir: str, frame: pd.DataFrame) -> Any:
     """Scores of an exported version on ``frame`` through the serving path."""
-    from pipelines.transforms.inference import load_saved_model, resolve_model, score_features
+    from pipelines.transforms.inference import load_model_version, resolve_model
 
     base = version_dir.rstrip("/")
     parent, version = base.rsplit("/", 1) if "/" in base else (".", base)
     info = resolve_model(parent, version)
-    loaded = load_saved_model(info)
-    return score_features(loaded, frame[list(info.features)].to_numpy())
+    return load_model_version(info).score(frame[list(MODEL_INPUTS)].to_numpy())
 
 
 def _card(version_dir: str) -> dict[str, Any]:

@@ -40,9 +40,8 @@ __all__ = [
     "Predictions",
     "RegistryModelHandler",
     "ServingConfig",
-    "load_saved_model",
+    "load_model_version",
     "resolve_model",
-    "score_features",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -70,8 +69,9 @@ def resolve_model(model_dir: str, version: str = "champion") -> ModelInfo:
 
     "champion" (or "challenger") is what the registry's pointer names (``registry.json``; without
     one the champion is the newest version, see pipelines/stores/model_registry.py); versions
-    sort chronologically by name and "latest" takes the last. The model card's feature list must
-    equal the pipeline's MODEL_INPUTS, or the model would be fed the wrong columns.
+    sort chronologically by name and "latest" takes the last. The model card's features must be
+    among the pipeline's MODEL_INPUTS (its scorer picks them by name), or the job would lack an
+    input.
     """
     if version in ("latest", "champion", "challenger"):
         versions = model_versions(model_dir)
@@ -94,46 +94,21 @@ def resolve_model(model_dir: str, version: str = "champion") -> ModelInfo:
     with FileSystems.open(card_path) as handle:
         card = json.loads(handle.read().decode())
     features = tuple(card["features"])
-    if features != MODEL_INPUTS:
+    missing = [f for f in features if f not in MODEL_INPUTS]
+    if missing:
         raise ValueError(
-            f"model {card_path} expects features {features}, the pipeline computes {MODEL_INPUTS}"
+            f"model {card_path} needs features the pipeline does not compute: {missing} "
+            f"(it computes {', '.join(MODEL_INPUTS)})"
         )
     base = card_path[: -len(MODEL_CARD)].rstrip("/")
     return ModelInfo(card["version"], FileSystems.join(base, SAVED_MODEL_DIR), features)
 
 
-def load_saved_model(model: ModelInfo) -> Any:
-    """The SavedModel of a version, loaded with TF2's loader (see the module docstring).
-
-    Everything allocated until then (TensorFlow, Beam, the model: half a million objects) lives
-    as long as the worker, so it is moved out of the garbage collector's reach: a full collection
-    over it took ~275 ms, a stall of every step on the local runner's one thread (measured)."""
-    import gc
-
-    import tensorflow as tf
-    import ydf_tf  # noqa: F401  (registers the YDF inference op the SavedModel calls)
-
-    loaded = tf.saved_model.load(model.path)
-    gc.freeze()
-    return loaded
-
-
-def score_features(loaded: Any, features: np.ndarray, chunk: int = 8192) -> np.ndarray:
-    """Scores of a loaded SavedModel's ``predict_features`` signature for rows of MODEL_INPUTS
-    (the columns of the model card's ``features``, which resolve_model checks equal them).
-
-    The one scoring path: the streaming pipeline and the offline evaluation both call it, so an
-    offline score and a served score of the same features can only differ by float rounding.
-    """
-    import tensorflow as tf
-
-    signature = loaded.signatures["predict_features"]
-    x = np.asarray(features, dtype=np.float32)
-    out = np.empty(len(x), dtype=np.float64)
-    for start in range(0, len(x), chunk):
-        outputs = signature(features=tf.constant(x[start : start + chunk]))
-        out[start : start + chunk] = outputs["score"].numpy().reshape(-1)
-    return out
+def load_model_version(model: ModelInfo, backend: str = "saved_model") -> LoadedVersion:
+    """A version loaded as the job loads it (model_serving.load_version), for offline scoring:
+    the streaming job and the offline evaluation score through the same code, so an offline
+    score and a served score of the same features can only differ by float rounding."""
+    return load_version(model.version, model.path, model.features, backend, None)
 
 
 @dataclass

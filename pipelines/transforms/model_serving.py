@@ -242,7 +242,7 @@ def saved_model_scorer(path: str) -> Scorer:
     def score(x: np.ndarray, chunk: int = 8192) -> np.ndarray:
         out = np.empty(len(x), dtype=np.float64)
         for start in range(0, len(x), chunk):
-            outputs = signature(tf.constant(x[start : start + chunk]))
+            outputs = signature(features=tf.constant(x[start : start + chunk]))
             out[start : start + chunk] = outputs[SCORE_OUTPUT].numpy().reshape(-1)
         return out
 

@@ -67,10 +67,12 @@ def test_both_signatures_score_like_the_trained_model(exported) -> None:  # type
     # The scores separate the synthetic classes: the trees were really exported.
     assert 0.0 <= expected.min() and expected.max() <= 1.0 and expected.std() > 0.1
 
-    from pipelines.transforms.inference import ModelInfo, load_saved_model, score_features
+    from pipelines.transforms.inference import ModelInfo, load_model_version
 
     info = ModelInfo("v1", str(target / "saved_model"), MODEL_INPUTS)
-    np.testing.assert_allclose(score_features(load_saved_model(info), x), expected, atol=1e-6)
+    for backend in ("saved_model", "tfx_bsl"):  # the job's two local backends
+        scores = load_model_version(info, backend).score(x)
+        np.testing.assert_allclose(scores, expected, atol=1e-6)
 
 
 def test_tfx_bsl_handler_scores_like_tf2(exported) -> None:  # type: ignore[no-untyped-def]

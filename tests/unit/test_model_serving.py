@@ -150,11 +150,9 @@ def test_both_local_backends_score_the_exported_signatures_alike(tmp_path, backe
 
 def test_the_vertex_backend_constructs_offline() -> None:
     """The remote spec builds tfx-bsl's handler without network (scoring needs Google Cloud)."""
-    from pipelines.transforms.model_serving import vertex_model_handler
-
     from apache_beam.ml.inference.base import ModelHandler
 
-    from pipelines.transforms.model_serving import load_version
+    from pipelines.transforms.model_serving import load_version, vertex_model_handler
 
     handler = vertex_model_handler("my-project", "fraud", "v20261202")
     assert isinstance(handler, ModelHandler)

@@ -14,7 +14,12 @@ from pipelines.app.publisher import malformed_examples
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.schema import Transaction
 from pipelines.transforms.features import FeatureBatch
-from pipelines.transforms.inference import Predict, SavedModelHandler, resolve_model
+from pipelines.transforms.inference import (
+    Predict,
+    RegistryModelHandler,
+    ServingConfig,
+    resolve_model,
+)
 from pipelines.transforms.parse import ParseEvents
 
 # The BundleBasedDirectRunner is what runs the streaming job locally; it needs no download.
@@ -67,7 +72,7 @@ def test_predict_scores_each_batch_with_the_saved_model(model_dir) -> None:
         for b in batches
     }
     with TestPipeline(options=OPTIONS) as p:
-        predictions = p | beam.Create(batches) | Predict(model)
+        predictions = p | beam.Create(batches) | Predict(ServingConfig(str(model_dir)))
         assert_that(
             predictions.results
             | beam.Map(
@@ -75,15 +80,22 @@ def test_predict_scores_each_batch_with_the_saved_model(model_dir) -> None:
             ),
             equal_to([(r, model.version, s) for r, s in want.items()]),
         )
+        # No challenger in this registry: no shadow scores.
+        assert_that(
+            predictions.results
+            | beam.Map(lambda pb: (pb.challenger_version, pb.challenger_scores)),
+            equal_to([(None, None)] * len(batches)),
+            label="no shadow",
+        )
         assert_that(predictions.dead_letters, equal_to([]), label="no failures")
 
 
 def test_the_saved_model_is_loaded_once_per_process(model_dir, caplog) -> None:  # type: ignore[no-untyped-def]
     # The DirectRunner sets up a fresh RunInference DoFn for every bundle; each must not reload.
-    model = resolve_model(str(model_dir))
+    config = ServingConfig(str(model_dir))
     with caplog.at_level("INFO", logger="pipelines.transforms.inference"):
-        first = SavedModelHandler(model).load_model()
-        second = SavedModelHandler(model).load_model()
+        first = RegistryModelHandler(config).load_model()
+        second = RegistryModelHandler(config).load_model()
     assert first is second
     assert sum("loaded model" in r.getMessage() for r in caplog.records) <= 1
 
