@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,10 @@ def swap_seconds(
 
 def _epoch_s(rfc3339: str) -> float:
     return dt.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+def _reached(run: Any, n: int) -> bool:
+    return bool(run.predicted() >= n)
 
 
 def offline_day_quality(served: pd.DataFrame, labels: pd.DataFrame) -> dict[tuple[str, str], dict]:
@@ -158,14 +164,14 @@ def streaming_part(
         run.replay(events, config.rate, first_alone=True, first_timeout_s=config.timeout_s)
         n_tx = len(span)
         changes: list[dict[str, Any]] = []
-        plan = [
+        plan: list[tuple[str, Callable[[], Any]]] = [
             ("promote", lambda: registry.promote(versions[1], challenger=versions[2])),
             ("promote", lambda: registry.promote(versions[2], challenger=versions[3])),
             ("rollback", registry.rollback),
         ]
         for i, (action, change) in enumerate(plan, start=1):
             target = n_tx * i // (len(plan) + 1)
-            run.wait_for(lambda t=target: run.predicted() >= t, config.timeout_s, "predictions")
+            run.wait_for(partial(_reached, run, target), config.timeout_s, "predictions")
             at = time.time()
             pointer = change()
             changes.append(

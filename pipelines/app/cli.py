@@ -331,6 +331,100 @@ def train(
     )
 
 
+@app.command()
+def retrain(
+    history: Annotated[
+        str,
+        typer.Option(
+            help="Event history (local or gs://): the transactions*/labels* files 'rillet "
+            "simulate' writes, or a backfill feature table."
+        ),
+    ],
+    model_dir: Annotated[str, typer.Option(help="The model registry's directory.")] = (
+        "artifacts/models"
+    ),
+    now: Annotated[
+        str | None,
+        typer.Option(help="Retraining time (ISO 8601). Default: the history's last transaction."),
+    ] = None,
+    train_days: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Labelled days to train on (21: three weeks beat one in make bench-continual).",
+        ),
+    ] = 21,
+    eval_days: Annotated[
+        int, typer.Option(min=1, help="Latest labelled days the offline check scores.")
+    ] = 7,
+    register: Annotated[
+        str, typer.Option(help="Register the new version as challenger | champion | none.")
+    ] = "challenger",
+    quick: Annotated[bool, typer.Option(help="A two-candidate grid (fast).")] = False,
+    work_dir: Annotated[
+        str | None, typer.Option(help="Keep the backfill and the holdout fit here.")
+    ] = None,
+) -> None:
+    """Continual learning, one step: point-in-time training data from the history up to now
+    minus the label delay (the backfill: the streaming job's feature code), selection and
+    training, an offline check against the champion on the latest labelled days, and the new
+    version registered as challenger (the promotion policy, 'rillet models policy', decides
+    the rest). Prints the result as JSON."""
+    import tempfile
+
+    from models.selection import GRID, QUICK_GRID
+    from pipelines.app.retrain import RetrainConfig, copy_version
+    from pipelines.app.retrain import register as register_version
+    from pipelines.app.retrain import retrain as run_retrain
+    from pipelines.stores.model_registry import ModelRegistry, RegistryError
+
+    if register not in ("champion", "challenger", "none"):
+        raise UserError(f"--register {register}: expected challenger, champion or none")
+    if not history.startswith("gs://"):
+        existing_dir(
+            Path(history),
+            "--history",
+            "the event files 'rillet simulate' writes, or a backfill feature table",
+            "pass the directory 'rillet simulate --output DIR' wrote",
+        )
+    registry = ModelRegistry(model_dir)
+    try:
+        champion = registry.pointer().champion if registry.versions() else None
+    except RegistryError as exc:
+        raise UserError(str(exc)) from exc
+    # Versions are written locally, then copied in (export writes local files; a gs:// registry
+    # gets each version whole, its card last).
+    local_dir = model_dir if not model_dir.startswith("gs://") else tempfile.mkdtemp()
+    config = RetrainConfig(
+        history=history,
+        model_dir=local_dir,
+        champion=f"{model_dir.rstrip('/')}/{champion}" if champion else None,
+        now=now,
+        train_days=train_days,
+        eval_days=eval_days,
+        grid=QUICK_GRID if quick else GRID,
+        work_dir=work_dir,
+        card={"parent": champion},
+    )
+    try:
+        result = run_retrain(config)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UserError(f"rillet retrain: {exc}") from exc
+    if local_dir != model_dir:
+        result["version_dir"] = copy_version(result["version_dir"], model_dir)
+    if register != "none":
+        try:
+            pointer = register_version(result, model_dir, as_=register)
+        except RegistryError as exc:
+            raise UserError(str(exc), exit_code=RUNTIME) from exc
+        result["registered"] = {
+            "as": register,
+            "champion": pointer.champion,
+            "challenger": pointer.challenger,
+        }
+    typer.echo(json.dumps(result, default=str))
+
+
 def _protocol(table: Any, train_start: str | None, train_days: int) -> Any:
     """The protocol for a feature table: from --train-start, else the spec's dates when the table
     covers them, else the table's last weeks. A UserError says what does not fit and what

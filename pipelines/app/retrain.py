@@ -29,7 +29,6 @@ Registering the challenger is a separate step (:func:`register`): the CLI calls 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 import json
 import tempfile
 from collections.abc import Sequence
@@ -319,11 +318,30 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
     }
 
 
+def copy_version(version_dir: str | Path, model_dir: str) -> str:
+    """Copies a version written locally into ``model_dir`` (e.g. gs://), file by file through
+    Beam's FileSystems, the model card last (a version without its card is not listed, so a
+    half-copied version is never served); refuses a version that exists there."""
+    from apache_beam.io.filesystems import FileSystems
+
+    source = Path(version_dir)
+    target = FileSystems.join(model_dir, source.name)
+    if FileSystems.exists(FileSystems.join(target, "model_card.json")):
+        raise FileExistsError(
+            f"version {source.name} exists in {model_dir}: versions are immutable"
+        )
+    files = sorted(p for p in source.rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == "model_card.json")
+    for path in files:
+        destination = FileSystems.join(target, *path.relative_to(source).parts)
+        with path.open("rb") as src, FileSystems.create(destination) as dst:
+            dst.write(src.read())
+    return target
+
+
 def register(result: dict[str, Any], model_dir: str, as_: str = "challenger") -> Any:
     """Registers the version :func:`retrain` exported (``result["version"]``) in the model
-    registry of ``model_dir`` as ``as_``; returns what the registry returns.
+    registry of ``model_dir`` as ``as_``; returns the registry's new pointer."""
+    from pipelines.stores.model_registry import ModelRegistry
 
-    The registry (pipelines.stores.model_registry) is written separately; it is imported here,
-    when registering, so retraining does not depend on it."""
-    registry = importlib.import_module("pipelines.stores.model_registry")
-    return registry.ModelRegistry(model_dir).register(result["version"], as_=as_)
+    return ModelRegistry(model_dir).register(result["version"], as_=as_)

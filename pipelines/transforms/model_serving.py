@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -39,12 +39,13 @@ __all__ = [
     "BACKENDS",
     "Assignment",
     "LoadedVersion",
+    "SavedModelScorer",
     "Scorer",
     "Serving",
     "ServingModels",
+    "TfxBslScorer",
     "load_version",
-    "saved_model_scorer",
-    "tfx_bsl_scorer",
+    "to_examples",
     "vertex_model_handler",
 ]
 
@@ -63,8 +64,8 @@ class Assignment(NamedTuple):
     generation: int
 
 
-class Scorer(Protocol):
-    def __call__(self, features: np.ndarray) -> np.ndarray: ...
+Scorer = Callable[[np.ndarray], np.ndarray]
+"""Scores of rows of a version's own features (its card's order)."""
 
 
 @dataclass(frozen=True)
@@ -227,27 +228,27 @@ def _import_tensorflow() -> Any:
     return tf
 
 
-def saved_model_scorer(path: str) -> Scorer:
+class SavedModelScorer:
     """TF2 loader, ``predict_features`` signature (float32 [n, k] -> score)."""
-    import gc
 
-    tf = _import_tensorflow()
-    loaded = tf.saved_model.load(path)
-    signature = loaded.signatures[FEATURES_SIGNATURE]
-    # Everything allocated until then (TensorFlow, Beam, the model: half a million objects) lives
-    # as long as the worker, so it is moved out of the garbage collector's reach: a full
-    # collection over it took ~275 ms, a stall of every step on the local runner's one thread.
-    gc.freeze()
+    def __init__(self, path: str) -> None:
+        import gc
 
-    def score(x: np.ndarray, chunk: int = 8192) -> np.ndarray:
+        self._tf = _import_tensorflow()
+        self._loaded = self._tf.saved_model.load(path)
+        self._signature = self._loaded.signatures[FEATURES_SIGNATURE]
+        # Everything allocated until then (TensorFlow, Beam, the model: half a million objects)
+        # lives as long as the worker, so it is moved out of the garbage collector's reach: a
+        # full collection over it took ~275 ms, a stall of every step on the local runner's one
+        # thread (measured). _collect_frozen undoes it when a version is unloaded.
+        gc.freeze()
+
+    def __call__(self, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
         out = np.empty(len(x), dtype=np.float64)
         for start in range(0, len(x), chunk):
-            outputs = signature(features=tf.constant(x[start : start + chunk]))
+            outputs = self._signature(features=self._tf.constant(x[start : start + chunk]))
             out[start : start + chunk] = outputs[SCORE_OUTPUT].numpy().reshape(-1)
         return out
-
-    score.loaded = loaded  # type: ignore[attr-defined]  # keeps the SavedModel alive
-    return score
 
 
 def to_examples(x: np.ndarray, features: Sequence[str]) -> list[Any]:
@@ -269,26 +270,33 @@ def _tfx_bsl_handler(spec: Any) -> Any:
     return CreateModelHandler(spec)
 
 
-def tfx_bsl_scorer(path: str, features: Sequence[str]) -> Scorer:
-    """tfx-bsl's model handler on ``serving_default`` (serialized tf.Example -> score)."""
-    from tfx_bsl.public.proto import model_spec_pb2
+class TfxBslScorer:
+    """tfx-bsl's RunInference model handler on ``serving_default`` (serialized tf.Example ->
+    score): the SavedModel as TF Serving and Vertex AI serve it. ``prediction_logs`` gives the
+    PredictionLogs themselves (request and response, what TFMA and TF Serving's logs hold)."""
 
-    _import_tensorflow()
-    handler = _tfx_bsl_handler(
-        model_spec_pb2.InferenceSpecType(
+    def __init__(self, handler: Any, features: Sequence[str]) -> None:
+        _import_tensorflow()
+        self._handler = handler
+        self._features = tuple(features)
+        self._model = handler.load_model()
+
+    @classmethod
+    def local(cls, path: str, features: Sequence[str]) -> TfxBslScorer:
+        from tfx_bsl.public.proto import model_spec_pb2
+
+        spec = model_spec_pb2.InferenceSpecType(
             saved_model_spec=model_spec_pb2.SavedModelSpec(
                 model_path=path, signature_name=[EXAMPLES_SIGNATURE]
             )
         )
-    )
-    model = handler.load_model()
+        return cls(_tfx_bsl_handler(spec), features)
 
-    def score(x: np.ndarray) -> np.ndarray:
-        logs = handler.run_inference(to_examples(x, features), model)
-        return np.array([_log_score(log) for log in logs], dtype=np.float64)
+    def prediction_logs(self, x: np.ndarray) -> list[Any]:
+        return list(self._handler.run_inference(to_examples(x, self._features), self._model))
 
-    score.prediction_logs = lambda x: list(handler.run_inference(to_examples(x, features), model))  # type: ignore[attr-defined]
-    return score
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.array([_log_score(log) for log in self.prediction_logs(x)], dtype=np.float64)
 
 
 def _log_score(log: Any) -> float:
@@ -314,20 +322,15 @@ def load_version(
     version: str, path: str, features: Sequence[str], backend: str, remote: tuple[str, str] | None
 ) -> LoadedVersion:
     """One version through ``backend`` (see the module docstring)."""
+    scorer: Scorer
     if backend == "saved_model":
-        scorer = saved_model_scorer(path)
+        scorer = SavedModelScorer(path)
     elif backend == "tfx_bsl":
-        scorer = tfx_bsl_scorer(path, features)
+        scorer = TfxBslScorer.local(path, features)
     elif backend == "vertex":
         if remote is None:
             raise ValueError("the vertex backend needs --vertex_project and --vertex_model")
-        handler = vertex_model_handler(remote[0], remote[1], version)
-        client = handler.load_model()
-
-        def scorer(x: np.ndarray) -> np.ndarray:
-            logs = handler.run_inference(to_examples(x, features), client)
-            return np.array([_log_score(log) for log in logs], dtype=np.float64)
-
+        scorer = TfxBslScorer(vertex_model_handler(remote[0], remote[1], version), features)
     else:
         raise ValueError(f"--inference_backend must be one of {', '.join(BACKENDS)}: {backend!r}")
     return LoadedVersion(version, tuple(features), scorer)
