@@ -31,14 +31,20 @@ Every fit uses one fixed configuration (``--config-index`` into models.selection
 (models.train.train_model / predict); :func:`export_week` is the same fit exported as a model
 version (select_and_train), for a streaming run that registers the weekly models.
 
+Streaming part (:func:`streaming`, bench/continual_stream.py): the static model and the first
+three weekly models exported as versions of one registry, and a real streaming run on the
+emulators over ``--stream-days`` (2) days of the fourth test week at ``--stream-rate`` (400)
+events/s, during which the registry is changed (two promotions, one rollback) and the challenger
+shadows every prediction: swaps, lost, duplicated, predictions_by_version, shadow_coverage and
+online_vs_offline_max_diff.
+
 The last stdout line is one JSON object: weeks (test week start dates), static / continual
-(per-week auc, ap, cp100 lists), mean, and details. Parts that run after the offline part (e.g.
-a streaming replay of the weekly versions) are callables in :data:`EXTRA_PARTS`: each gets the
-:class:`BenchContext` and returns keys merged into the JSON. None is registered yet, so the JSON
-has only the offline keys. Progress goes to stderr.
+(per-week auc, ap, cp100 lists), mean, details, and the streaming part's keys (parts after the
+offline part are the callables in :data:`EXTRA_PARTS`). Progress goes to stderr.
 
     python -m bench.continual [--preset handbook] [--work-dir .rillet/continual] [--weeks 8]
                               [--window-weeks 3] [--config-index 0] [--also-one-week] [--rebuild]
+                              [--stream-days 2] [--stream-rate 400] [--no-stream]
 """
 
 from __future__ import annotations
@@ -294,13 +300,51 @@ def offline_part(
     return result
 
 
-EXTRA_PARTS: list[Callable[[BenchContext], dict[str, Any]]] = []
-"""Parts run after the offline part, in order; each returns keys merged into the JSON line.
+def streaming(context: BenchContext) -> dict[str, Any]:
+    """The streaming part (bench/continual_stream.py): the static model and the first three
+    weekly continual models exported as registry versions, swapped (two promotions, one
+    rollback) in a real streaming run over ``--stream-days`` days from the fourth test week, with
+    the challenger shadowing every prediction and the online evaluation checked offline."""
+    from bench.continual_stream import StreamConfig, streaming_part
+    from pipelines.app.simulator import read_dataset
 
-The streaming part (swaps, max_swap_s, lost, duplicated, predictions_by_version,
-shadow_coverage, online_vs_offline_max_diff: the weekly versions of :func:`export_week`
-registered and swapped in a streaming replay) is to be appended here; until it is, the JSON has
-none of those keys."""
+    args, layout, table = context.args, context.layout, context.table
+    started = time.monotonic()
+    model_dir = context.work_dir / "registry"
+    if model_dir.exists():
+        import shutil
+
+        shutil.rmtree(model_dir)
+    ranges = [layout.static_train]
+    for week in layout.weeks[:3]:
+        last = dt.date.fromisoformat(week.continual_train[1])
+        ranges.append(_iso_range(last - dt.timedelta(days=layout.window_weeks * WEEK - 1), last))
+    versions = []
+    for i, train_range in enumerate(ranges):
+        role = "static" if i == 0 else f"continual week {i - 1}"
+        version_dir, _ = export_week(table, train_range, model_dir, context.config, {"arm": role})
+        versions.append(version_dir.name)
+        _log(f"exported {role} ({train_range[0]}..{train_range[1]}) as {version_dir.name}")
+    frame = read_dataset(context.work_dir / "data")
+    config = StreamConfig(
+        first_day=layout.weeks[3].test_range[0], days=args.stream_days, rate=args.stream_rate
+    )
+    result = streaming_part(
+        context.work_dir / "stream",
+        context.work_dir / "data",
+        frame,
+        model_dir,
+        versions,
+        config,
+        log=_log,
+    )
+    context.timings["streaming_s"] = round(time.monotonic() - started, 1)
+    return result
+
+
+EXTRA_PARTS: list[Callable[[BenchContext], dict[str, Any]]] = [streaming]
+"""Parts run after the offline part, in order; each returns keys merged into the JSON line
+(``--no-stream`` skips them)."""
 
 
 # -- main -------------------------------------------------------------------------------------
@@ -323,6 +367,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         help="also a continual arm on a one-week window (continual_1w)",
     )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the feature table")
+    parser.add_argument(
+        "--stream-days", type=int, default=2, help="days replayed in the streaming part"
+    )
+    parser.add_argument(
+        "--stream-rate", type=float, default=400.0, help="events/s of the streaming replay"
+    )
+    parser.add_argument("--no-stream", action="store_true", help="the offline part only")
     return parser.parse_args(argv)
 
 
@@ -339,7 +390,7 @@ def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     context = BenchContext(args.work_dir, args.preset, table, layout, config, args)
     context.timings["data_s"] = round(time.monotonic() - started, 1)
     result = offline_part(context)
-    for part in EXTRA_PARTS:
+    for part in [] if args.no_stream else EXTRA_PARTS:
         result.update(part(context))
     context.timings["total_s"] = round(time.monotonic() - started, 1)
     result["timings_s"] = context.timings

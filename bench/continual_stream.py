@@ -111,15 +111,16 @@ def _read_evaluations(project: str) -> dict[tuple[str, str], dict]:
 
 def streaming_part(
     work: Path,
+    data_dir: Path,
     frame: pd.DataFrame,
     model_dir: Path,
     versions: list[str],
     config: StreamConfig,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Runs the job over ``config.days`` days of ``frame`` from ``config.first_day`` with
-    ``versions`` (at least 4, oldest first) in the registry ``model_dir``; returns the streaming
-    fields of the bench's JSON (module docstring)."""
+    """Runs the job over ``config.days`` days of ``frame`` (the dataset written in ``data_dir``)
+    from ``config.first_day`` with ``versions`` (at least 4, oldest first) in the registry
+    ``model_dir``; returns the streaming fields of the bench's JSON (module docstring)."""
     from models.evaluation import rows_in
     from pipelines.app.evaluate import read_served
     from pipelines.app.local_run import LocalRun
@@ -134,11 +135,6 @@ def streaming_part(
     last = first + dt.timedelta(days=config.days - 1)
     span = rows_in(frame, (first.isoformat(), last.isoformat()))
     events = replay_events(span)
-    data_dir = work / "data"
-    if not (data_dir / "transactions.parquet").exists():
-        from pipelines.app.simulator import write_dataset
-
-        write_dataset(frame, data_dir)
     with LocalRun(work / "stack", log_path=work / "logs" / "pipeline.log") as run:
         topo = run.topology
         t0 = time.monotonic()
