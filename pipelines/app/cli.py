@@ -278,6 +278,7 @@ def train(
     The protocol (../shared/specs/reference-dataset.md section 3): train on the training days,
     a 7-day delay, a 7-day test week. Model selection uses only validation folds that end before
     the test week; the test week is left for 'rillet evaluate'."""
+    _quiet_tensorflow()
     from models.selection import GRID, QUICK_GRID, select_and_train
     from pipelines.backfill.backfill import read_feature_table
 
@@ -370,6 +371,7 @@ def retrain(
     training, an offline check against the champion on the latest labelled days, and the new
     version registered as challenger (the promotion policy, 'rillet models policy', decides
     the rest). Prints the result as JSON."""
+    _quiet_tensorflow()
     import tempfile
 
     from models.selection import GRID, QUICK_GRID
@@ -499,6 +501,7 @@ def evaluate(
 ) -> None:
     """Score the test week once: AUC, AP, Card Precision@100 offline (backfill table) and as
     served (Datastore), score differences, feature consistency, and an HTML report."""
+    _quiet_tensorflow()
     from pipelines.app.evaluate import EvaluationConfig
     from pipelines.app.evaluate import evaluate as run_evaluation
 
@@ -646,6 +649,7 @@ def replay_eval(
 ) -> None:
     """The whole chain: simulate -> backfill -> warm store -> select + train -> stream the test
     week through Pub/Sub -> evaluate offline vs served -> report."""
+    _quiet_tensorflow()
     from pipelines.app.local import StackError
     from pipelines.app.replay_eval import ReplayEvalConfig, run_replay_eval
     from pipelines.app.simulator import PRESETS
@@ -885,6 +889,7 @@ def demo(
     ] = 600,
 ) -> None:
     """The whole product on the emulators: simulate, train, stream, predict, summarise."""
+    _quiet_tensorflow()
     from pipelines.app.demo import DemoConfig, run_demo
     from pipelines.app.local import StackError
     from pipelines.app.simulator import PRESETS
