@@ -411,7 +411,7 @@ def retrain(
     try:
         result = run_retrain(config)
     except (ValueError, FileNotFoundError) as exc:
-        raise UserError(f"rillet retrain: {exc}") from exc
+        raise UserError(str(exc)) from exc
     if local_dir != model_dir:
         result["version_dir"] = copy_version(result["version_dir"], model_dir)
     if register != "none":

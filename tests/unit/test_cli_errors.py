@@ -206,6 +206,16 @@ CASES = {
         1,
         ["the local emulators are not running", "rillet local up"],
     ),
+    "retrain, missing history": (
+        ["retrain", "--history", "/nonexistent", "--model-dir", "reg"],
+        2,
+        ["--history /nonexistent: no such directory", "rillet simulate"],
+    ),
+    "retrain, unknown role": (
+        ["retrain", "--history", "data", "--register", "boss", "--model-dir", "reg"],
+        2,
+        ["--register boss: expected challenger, champion or none"],
+    ),
     "run, emulators down": (
         ["run", "--model_dir=models", "--state-dir", "state"],
         1,
