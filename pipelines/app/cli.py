@@ -497,6 +497,14 @@ def evaluate(
         "artifacts/report"
     ),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    prediction_logs: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write the test set's PredictionLogs (TFRecord) here, scored through "
+            "tfx-bsl's RunInference handler on the serving_default signature (for TFMA, "
+            "monitoring baselines, retraining)."
+        ),
+    ] = None,
     state_dir: StateDir = Path(".rillet"),
 ) -> None:
     """Score the test week once: AUC, AP, Card Precision@100 offline (backfill table) and as
@@ -518,6 +526,7 @@ def evaluate(
                 kind=datastore_kind,
                 namespace=datastore_namespace or None,
                 report_dir=report,
+                prediction_logs=prediction_logs,
             )
         )
     except (ValueError, FileNotFoundError) as exc:

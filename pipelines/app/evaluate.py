@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.transforms.inference import load_model_version
 
 __all__ = [
     "EvaluationConfig",
@@ -50,6 +51,7 @@ class EvaluationConfig:
     report_dir: Path | None = None
     notes: list[str] = field(default_factory=list)
     replay: dict[str, Any] | None = None
+    prediction_logs: Path | None = None
 
 
 def read_served(
@@ -96,6 +98,32 @@ _SERVED_COLUMNS = [
 ]
 
 
+def write_prediction_logs(model: Any, frame: pd.DataFrame, path: Path) -> dict[str, Any]:
+    """The rows' PredictionLogs (request: the tf.Example, response: the score), scored through
+    tfx-bsl's RunInference handler (model_serving.TfxBslScorer), as one TFRecord file; returns
+    {path, n, max_abs_diff} (the difference to the job's scorer, which must be float noise)."""
+    import tensorflow as tf
+
+    from pipelines.transforms.model_serving import TfxBslScorer
+
+    rows = frame[list(MODEL_INPUTS)].to_numpy()
+    loaded = load_model_version(model)
+    scorer = TfxBslScorer.local(model.path, model.features)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    diff, n = 0.0, 0
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for start in range(0, len(rows), 1000):
+            chunk = rows[start : start + 1000]
+            logs = scorer.prediction_logs(chunk[:, loaded.columns].astype(np.float32))
+            served = loaded.score(chunk)
+            for log, expected in zip(logs, served, strict=True):
+                writer.write(log.SerializeToString())
+                got = log.predict_log.response.outputs["score"].float_val[0]
+                diff = max(diff, abs(got - expected))
+                n += 1
+    return {"path": str(path), "n": n, "max_abs_diff": diff}
+
+
 def _micros(value: Any) -> int:
     if value is None:
         return 0
@@ -140,7 +168,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Scores the test week offline (and as served); writes the report; returns the result."""
     from models.evaluation import Protocol, rows_in, test_set
     from pipelines.backfill.backfill import read_feature_table
-    from pipelines.transforms.inference import load_model_version, resolve_model
+    from pipelines.transforms.inference import resolve_model
 
     model = resolve_model(str(config.model_dir), config.model_version)
     card = json.loads((Path(model.path).parent / "model_card.json").read_text())
@@ -155,6 +183,9 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     if test.empty:
         raise ValueError(f"no test transactions in {protocol.test_range} in {config.feature_table}")
     test["score"] = load_model_version(model).score(test[list(MODEL_INPUTS)].to_numpy())
+    logs = None
+    if config.prediction_logs is not None:
+        logs = write_prediction_logs(model, test, config.prediction_logs)
     result: dict[str, Any] = {
         "model_version": model.version,
         "protocol": {"train": protocol.train_range, "test": protocol.test_range},
@@ -162,6 +193,8 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
         "n_test": len(test),
         "n_test_frauds": int(test["TX_FRAUD"].sum()),
     }
+    if logs is not None:
+        result["prediction_logs"] = logs
     served_test = None
     table_consistency = None
     timing = None

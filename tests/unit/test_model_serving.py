@@ -159,3 +159,27 @@ def test_the_vertex_backend_constructs_offline() -> None:
     assert type(handler).__name__ == "_RemotePredictModelHandler"
     with pytest.raises(ValueError, match="vertex_project"):
         load_version("v1", "unused", MODEL_INPUTS, "vertex", None)
+
+
+def test_prediction_logs_of_the_tfx_bsl_handler_are_written_and_match(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pandas as pd
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    from pipelines.app.evaluate import write_prediction_logs
+    from pipelines.transforms.inference import resolve_model
+    from tests.linear_models import linear_scores, write_linear_version
+
+    weights = np.linspace(0.05, -0.05, len(MODEL_INPUTS))
+    write_linear_version(tmp_path / "models", "v1", weights, -0.5)
+    rows = np.random.default_rng(1).uniform(0, 4, (1203, len(MODEL_INPUTS)))
+    frame = pd.DataFrame(rows, columns=list(MODEL_INPUTS))
+    out = write_prediction_logs(
+        resolve_model(str(tmp_path / "models"), "v1"), frame, tmp_path / "logs.tfrecord"
+    )
+    assert out["n"] == len(rows) and out["max_abs_diff"] <= 1e-6
+    scores = []
+    for record in tf.data.TFRecordDataset(str(tmp_path / "logs.tfrecord")):
+        log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        scores.append(log.predict_log.response.outputs["score"].float_val[0])
+    np.testing.assert_allclose(scores, linear_scores(rows, weights, -0.5), atol=1e-6)
