@@ -86,7 +86,14 @@ def ready_lines(options: Any, model_version: str) -> list[str]:
     return [
         f"ready: reading {path(opts.transactions_subscription, 'subscriptions')} and "
         f"{path(opts.labels_subscription, 'subscriptions')}",
-        f"  model {model_version} from {opts.model_dir}",
+        f"  model {model_version} from {opts.model_dir}"
+        + (
+            f" (the registry's champion; promotions are picked up within {opts.model_poll_s:g} s"
+            f" plus a load, the challenger shadows it)"
+            if opts.model_version == "champion"
+            else " (pinned)"
+        ),
+        f"  online evaluation -> Datastore kind {opts.evaluation_kind} ('rillet models compare')",
         f"  predictions -> {path(opts.predictions_topic, 'topics')} and Datastore kind {kind}",
         f"  dead letters -> {path(opts.dead_letter_topic, 'topics')}",
         "  Ctrl-C stops the job",
