@@ -73,7 +73,12 @@ def offline_day_quality(served: pd.DataFrame, labels: pd.DataFrame) -> dict[tupl
 
     from models.evaluation import card_precision_at_k
 
-    joined = served.merge(labels, on="TRANSACTION_ID")
+    # Card ids are strings on the wire (the online side ranks ties at the top-100 boundary by
+    # card id as text): the same ids here, or equal scores of cards 99 and 100 could be ranked
+    # the other way (numbers sort 9 < 10, text "10" < "9").
+    joined = served.merge(
+        labels.assign(CUSTOMER_ID=labels["CUSTOMER_ID"].astype(str)), on="TRANSACTION_ID"
+    )
     rows = [
         joined[["TRANSACTION_ID", "CUSTOMER_ID", "TX_DATETIME", "TX_FRAUD"]].assign(
             version=joined["model_version"], score=joined["score"]
