@@ -60,7 +60,7 @@ bench-backfill: $(STAMP) ## Beam backfill vs pandas groupby-rolling on the handb
 bench-windows: $(STAMP) ## Feature engine vs Beam SlidingWindows per-event cost, ratios 1..1440 (last line JSON)
 	$(BIN)/python -m bench.windows
 
-bench-continual: $(STAMP) ## Static model vs weekly retrained, 8 handbook test weeks, offline (last line JSON)
+bench-continual: $(STAMP) ## Static vs weekly retrained (8 handbook weeks) + a streaming run with swaps and shadow scoring (last line JSON)
 	$(BIN)/python -m bench.continual --work-dir .rillet/continual
 
 chaos: $(STAMP) ## 20k+ transactions through SIGKILLs, bad input, Bigtable/Datastore outages; checks every store (last line JSON)

@@ -33,8 +33,8 @@ from apache_beam.transforms import trigger, window
 from pipelines.core.quality import quality
 from pipelines.core.schema import Label
 from pipelines.stores.retry import datastore_call_options, with_backoff
-from pipelines.stores.shared import process_shared
 from pipelines.transforms.parse import METRICS_NAMESPACE
+from pipelines.transforms.sinks import shared_datastore_client
 
 __all__ = [
     "EVALUATION_KIND",
@@ -103,12 +103,7 @@ class _LookupServed(beam.DoFn):
         self._missing = Metrics.counter(METRICS_NAMESPACE, "labels_without_prediction")
 
     def setup(self) -> None:
-        from pipelines.transforms.sinks import datastore_client
-
-        self._client = process_shared(
-            ("datastore", self._project, self._namespace),
-            lambda: datastore_client(self._project, self._namespace),
-        )
+        self._client = shared_datastore_client(self._project, self._namespace)
 
     def process(self, labels: list[Label]) -> Iterator[Scored]:
         keys = [self._client.key(self._kind, label.transaction_id) for label in labels]
@@ -168,12 +163,7 @@ class _WriteEvaluation(beam.DoFn):
         self._client: Any = None
 
     def setup(self) -> None:
-        from pipelines.transforms.sinks import datastore_client
-
-        self._client = process_shared(
-            ("datastore", self._project, self._namespace),
-            lambda: datastore_client(self._project, self._namespace),
-        )
+        self._client = shared_datastore_client(self._project, self._namespace)
 
     def process(self, element: tuple[tuple[str, str], dict[str, Any]]) -> Iterator[dict[str, Any]]:
         from google.cloud import datastore

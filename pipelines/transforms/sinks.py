@@ -158,10 +158,7 @@ class _DatastoreWriteDoFn(beam.DoFn):
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "event_to_prediction_ms")
 
     def setup(self) -> None:
-        self._client = process_shared(
-            ("datastore", self._project, self._namespace),
-            lambda: datastore_client(self._project, self._namespace),
-        )
+        self._client = shared_datastore_client(self._project, self._namespace)
 
     def _entity(self, record: PredictionRecord, kind: str | None = None) -> Any:
         """``record`` as a client Entity (for the transactional writes of corrections): the
@@ -329,6 +326,13 @@ def datastore_client(project: str, namespace: str | None) -> Any:
     from google.cloud import datastore
 
     return datastore.Client(project=project, namespace=namespace)
+
+
+def shared_datastore_client(project: str, namespace: str | None) -> Any:
+    """The process's Datastore client for (project, namespace), shared by every DoFn."""
+    return process_shared(
+        ("datastore", project, namespace), lambda: datastore_client(project, namespace)
+    )
 
 
 def _publisher_client() -> Any:
