@@ -34,7 +34,7 @@ from pipelines.core.quality import quality
 from pipelines.core.schema import Label
 from pipelines.stores.retry import datastore_call_options, with_backoff
 from pipelines.transforms.parse import METRICS_NAMESPACE
-from pipelines.transforms.sinks import shared_datastore_client
+from pipelines.transforms.sinks import lookup_raw, shared_datastore_client
 
 __all__ = [
     "EVALUATION_KIND",
@@ -44,6 +44,7 @@ __all__ = [
     "evaluation_properties",
     "label_day",
     "scored_from",
+    "served_scores",
 ]
 
 EVALUATION_KIND = "ModelEvaluation"
@@ -105,33 +106,54 @@ class _LookupServed(beam.DoFn):
     def setup(self) -> None:
         self._client = shared_datastore_client(self._project, self._namespace)
 
-    def process(self, labels: list[Label]) -> Iterator[Scored]:
-        keys = [self._client.key(self._kind, label.transaction_id) for label in labels]
-        found = with_backoff(
-            lambda: self._client.get_multi(keys, **datastore_call_options()), "Datastore lookup"
+    def process(self, labels: list[Label]) -> Iterator[tuple[tuple[str, str], list[Scored]]]:
+        stored = lookup_raw(
+            self._client,
+            self._project,
+            self._namespace,
+            self._kind,
+            [label.transaction_id for label in labels],
         )
-        stored = {entity.key.name: entity for entity in found}
+        # Grouped per key here: one element per (version, day) and lookup, not one per label,
+        # goes through the runner's trigger machinery (a sixth of the local job, per label).
+        groups: dict[tuple[str, str], list[Scored]] = {}
         for label in labels:
-            prediction = stored.get(label.transaction_id)
-            if prediction is None:
+            entity = stored.get(label.transaction_id)
+            if entity is None:
                 self._missing.inc()
                 continue
             self._matched.inc()
-            yield from scored_from(label, prediction)
+            for row in scored_from(label, served_scores(entity)):
+                groups.setdefault((row.version, row.day), []).append(row)
+        yield from groups.items()
+
+
+def served_scores(entity: Any) -> dict[str, Any]:
+    """The scores a stored Prediction entity (raw protobuf) holds."""
+    props = entity.properties
+    challenger = props.get("challenger_version")
+    shadowed = challenger is not None and challenger.WhichOneof("value_type") == "string_value"
+    return {
+        "model_version": props["model_version"].string_value,
+        "score": props["score"].double_value,
+        "challenger_version": challenger.string_value if shadowed else None,
+        "challenger_score": props["challenger_score"].double_value if shadowed else None,
+    }
 
 
 class DayQuality(beam.CombineFn):
-    """Exact AUC, AP and Card Precision@100 of one (version, day): the accumulator keeps each
-    labelled transaction once (transaction id -> card, label, score; the first label wins, as in
-    the id index)."""
+    """Exact AUC, AP and Card Precision@100 of one (version, day), from lists of its Scored
+    rows: the accumulator keeps each labelled transaction once (transaction id -> card, label,
+    score; the first label wins, as in the id index)."""
 
     def create_accumulator(self) -> dict[str, tuple[str, int, float]]:
         return {}
 
     def add_input(
-        self, acc: dict[str, tuple[str, int, float]], row: Scored
+        self, acc: dict[str, tuple[str, int, float]], rows: list[Scored]
     ) -> dict[str, tuple[str, int, float]]:
-        acc.setdefault(row.transaction_id, (row.card, row.label, row.score))
+        for row in rows:
+            acc.setdefault(row.transaction_id, (row.card, row.label, row.score))
         return acc
 
     def merge_accumulators(
@@ -211,7 +233,6 @@ class EvaluateOnline(beam.PTransform):
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=LOOKUP_BATCH)
             | "LookupServed"
             >> beam.ParDo(_LookupServed(self._project, self._kind, self._namespace))
-            | "ByVersionAndDay" >> beam.Map(lambda s: ((s.version, s.day), s))
             | "EveryFewSeconds"
             >> beam.WindowInto(
                 window.GlobalWindows(),

@@ -36,7 +36,7 @@ def test_day_quality_is_exact_and_counts_a_redelivered_label_once() -> None:
     with TestPipeline() as p:
         out = (
             p
-            | beam.Create([((r.version, r.day), r) for r in redelivered])
+            | beam.Create([((r.version, r.day), [r]) for r in redelivered])
             | beam.CombinePerKey(DayQuality())
         )
         assert_that(out, equal_to([(("v1", "d"), expected)]))
@@ -47,8 +47,35 @@ def test_day_quality_merges_partial_accumulators() -> None:
     rows = [Scored("v1", "d", f"t{i}", "C1", i % 2, i / 10) for i in range(10)]
     parts = [combine.create_accumulator() for _ in range(3)]
     for i, row in enumerate(rows):
-        combine.add_input(parts[i % 3], row)
+        combine.add_input(parts[i % 3], [row])
     merged = combine.merge_accumulators(parts)
     assert combine.extract_output(merged) == quality(
         ["C1"] * 10, [r.label for r in rows], [r.score for r in rows]
     )
+
+
+def test_the_scores_of_a_raw_stored_prediction() -> None:
+    """served_scores reads the raw entity the sink writes, with and without a challenger."""
+    import numpy as np
+    from google.cloud.datastore_v1.types import entity as entity_pb
+
+    from pipelines.core.batches import FeatureBatch
+    from pipelines.core.definitions import MODEL_INPUTS
+    from pipelines.core.schema import Transaction
+    from pipelines.transforms.inference import PredictionBatch
+    from pipelines.transforms.online_eval import served_scores
+    from pipelines.transforms.sinks import RiskBands, _DatastoreWriteDoFn, prediction_records
+
+    tx = Transaction("t1", DAY_US, "C1", "T1", 10.0)
+    batch = FeatureBatch([tx], np.zeros((1, len(MODEL_INPUTS))), revision=1)
+    sink = _DatastoreWriteDoFn("p", "Prediction", None, RiskBands())
+    for shadow, version in ((None, None), (np.array([0.75]), "v2")):
+        pb = PredictionBatch(batch, np.array([0.25]), "v1", 1, shadow, version)
+        raw = entity_pb.Entity.pb()()
+        sink._entity_pb(raw, prediction_records(pb, RiskBands())[0], "Prediction")
+        assert served_scores(raw) == {
+            "model_version": "v1",
+            "score": 0.25,
+            "challenger_version": version,
+            "challenger_score": None if shadow is None else 0.75,
+        }
