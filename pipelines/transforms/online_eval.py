@@ -16,19 +16,32 @@ event-time windows over replayed days would drop everything as late. On Dataflow
 state survives worker failures and ``--update``; on the local runner a restart starts the
 accumulation over, and each day's entity is rewritten from the labels that arrive after it.
 
-Labels of transactions this deployment never scored (backfilled history, another job) have no
-stored prediction: they are counted (``labels_without_prediction``) and left out.
+A label whose prediction is not stored yet (it raced its transaction in a burst or a backlog)
+waits in AwaitPredictions, keyed by a hash bucket of its transaction id, and is looked up again
+every ``retry_s`` seconds, ``attempts`` times (5 minutes by default); labels of transactions this
+deployment never scored (backfilled history, another job) are then counted
+(``labels_without_prediction``) and left out.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
+import zlib
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
+from apache_beam.coders import BooleanCoder, PickleCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (
+    BagStateSpec,
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    on_timer,
+)
 
 from pipelines.core.quality import quality
 from pipelines.core.schema import Label
@@ -49,6 +62,8 @@ __all__ = [
 
 EVALUATION_KIND = "ModelEvaluation"
 EVAL_NAMESPACE = "rillet_online_eval"
+WAITING = "waiting"
+WAIT_BUCKETS = 64
 LOOKUP_BATCH = 500
 
 
@@ -106,26 +121,102 @@ class _LookupServed(beam.DoFn):
     def setup(self) -> None:
         self._client = shared_datastore_client(self._project, self._namespace)
 
-    def process(self, labels: list[Label]) -> Iterator[tuple[tuple[str, str], list[Scored]]]:
-        stored = lookup_raw(
-            self._client,
-            self._project,
-            self._namespace,
-            self._kind,
-            [label.transaction_id for label in labels],
-        )
-        # Grouped per key here: one element per (version, day) and lookup, not one per label,
-        # goes through the runner's trigger machinery (a sixth of the local job, per label).
-        groups: dict[tuple[str, str], list[Scored]] = {}
-        for label in labels:
-            entity = stored.get(label.transaction_id)
-            if entity is None:
-                self._missing.inc()
-                continue
-            self._matched.inc()
-            for row in scored_from(label, served_scores(entity)):
-                groups.setdefault((row.version, row.day), []).append(row)
-        yield from groups.items()
+    def process(self, labels: list[Label]) -> Iterator[Any]:
+        yield from lookup_and_group(self, [(label, 0) for label in labels])
+
+
+def lookup_and_group(fn: Any, labels: list[tuple[Label, int]]) -> Iterator[Any]:
+    """Looks up the stored predictions of ``labels`` (each with the lookups it already had);
+    yields ((version, day), [Scored]) per key, and the labels without a stored prediction yet,
+    tagged ``WAITING`` with one more attempt (their prediction may not be written yet: a label
+    racing its transaction in a burst or a backlog)."""
+    stored = lookup_raw(
+        fn._client, fn._project, fn._namespace, fn._kind, [lb.transaction_id for lb, _ in labels]
+    )
+    # Grouped per key here: one element per (version, day) and lookup, not one per label, goes
+    # through the runner's trigger machinery (a sixth of the local job, per label, measured).
+    groups: dict[tuple[str, str], list[Scored]] = {}
+    for label, attempts in labels:
+        entity = stored.get(label.transaction_id)
+        if entity is None:
+            yield beam.pvalue.TaggedOutput(WAITING, (_bucket(label), (label, attempts + 1)))
+            continue
+        fn._matched.inc()
+        for row in scored_from(label, served_scores(entity)):
+            groups.setdefault((row.version, row.day), []).append(row)
+    yield from groups.items()
+
+
+def _bucket(label: Label) -> int:
+    return zlib.crc32(label.transaction_id.encode()) % WAIT_BUCKETS
+
+
+_WAITING_LABELS = BagStateSpec("waiting_labels", PickleCoder())
+_ARMED = ReadModifyWriteStateSpec("armed", BooleanCoder())
+_RETRY = TimerSpec("retry", TimeDomain.REAL_TIME)
+_WAITING_PARAM = beam.DoFn.StateParam(_WAITING_LABELS)
+_ARMED_PARAM = beam.DoFn.StateParam(_ARMED)
+_RETRY_PARAM = beam.DoFn.TimerParam(_RETRY)
+
+
+class _AwaitPredictions(beam.DoFn):
+    """Labels whose prediction was not stored yet, looked up again every ``retry_s`` until
+    ``attempts`` lookups found nothing: then they are counted (``labels_without_prediction``)
+    and dropped (a transaction this deployment never scored). Keyed by a hash bucket of the
+    transaction id; one processing-time timer per bucket."""
+
+    def __init__(
+        self, project: str, kind: str, namespace: str | None, retry_s: float, attempts: int
+    ) -> None:
+        self._project = project
+        self._kind = kind
+        self._namespace = namespace or None
+        self._retry_s = retry_s
+        self._attempts = attempts
+        self._client: Any = None
+        self._matched = Metrics.counter(METRICS_NAMESPACE, "labels_evaluated")
+        self._missing = Metrics.counter(METRICS_NAMESPACE, "labels_without_prediction")
+
+    def setup(self) -> None:
+        self._client = shared_datastore_client(self._project, self._namespace)
+
+    def process(
+        self,
+        element: tuple[int, tuple[Label, int]],
+        waiting: Any = _WAITING_PARAM,
+        armed: Any = _ARMED_PARAM,
+        retry: Any = _RETRY_PARAM,
+    ) -> None:
+        waiting.add(element[1])
+        if not armed.read():
+            retry.set(time.time() + self._retry_s)
+            armed.write(True)
+
+    @on_timer(_RETRY)
+    def on_retry(
+        self,
+        waiting: Any = _WAITING_PARAM,
+        armed: Any = _ARMED_PARAM,
+        retry: Any = _RETRY_PARAM,
+    ) -> Iterator[Any]:
+        labels = list(waiting.read())
+        waiting.clear()
+        again = []
+        for output in lookup_and_group(self, labels):
+            if isinstance(output, beam.pvalue.TaggedOutput):
+                label, attempts = output.value[1]
+                if attempts < self._attempts:
+                    again.append((label, attempts))
+                else:
+                    self._missing.inc()
+            else:
+                yield output
+        for item in again:
+            waiting.add(item)
+        if again:
+            retry.set(time.time() + self._retry_s)
+        else:
+            armed.write(False)
 
 
 def served_scores(entity: Any) -> dict[str, Any]:
@@ -219,8 +310,12 @@ class EvaluateOnline(beam.PTransform):
         namespace: str | None,
         every_s: float,
         evaluation_kind: str = EVALUATION_KIND,
+        retry_s: float = 10.0,
+        attempts: int = 30,
     ) -> None:
         super().__init__()
+        self._retry_s = retry_s
+        self._attempts = attempts
         self._evaluation_kind = evaluation_kind
         self._project = project
         self._kind = prediction_kind
@@ -228,11 +323,22 @@ class EvaluateOnline(beam.PTransform):
         self._every_s = every_s
 
     def expand(self, labels: beam.PCollection) -> beam.PCollection:
-        return (
+        looked_up = (
             labels
             | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=LOOKUP_BATCH)
             | "LookupServed"
-            >> beam.ParDo(_LookupServed(self._project, self._kind, self._namespace))
+            >> beam.ParDo(_LookupServed(self._project, self._kind, self._namespace)).with_outputs(
+                WAITING, main="found"
+            )
+        )
+        retried = looked_up[WAITING] | "AwaitPredictions" >> beam.ParDo(
+            _AwaitPredictions(
+                self._project, self._kind, self._namespace, self._retry_s, self._attempts
+            )
+        )
+        return (
+            (looked_up.found, retried)
+            | "Scored" >> beam.Flatten()
             | "EveryFewSeconds"
             >> beam.WindowInto(
                 window.GlobalWindows(),

@@ -79,7 +79,8 @@ def test_constructs_for_dataflow_offline(tmp_path) -> None:
 
 
 def test_stateful_steps_are_the_keyed_stages() -> None:
-    """The only stateful steps are the three keyed stages; none is keyed by a constant."""
+    """The only stateful steps are the three keyed stages and the online evaluation's waiting
+    labels (keyed by a hash of the transaction id); none is keyed by a constant."""
     from apache_beam.transforms.userstate import is_stateful_dofn
 
     options = PipelineOptions(["--project=rillet-local", "--streaming"])
@@ -98,6 +99,7 @@ def test_stateful_steps_are_the_keyed_stages() -> None:
         "ComputeFeatures/IndexIds",
         "ComputeFeatures/CustomerWindows",
         "ComputeFeatures/TerminalWindows",
+        "EvaluateOnline/AwaitPredictions",
     }
     assert key_buckets(options) == DIRECT_KEY_BUCKETS >= 16
 
