@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,22 @@ def serving_module(model: TrainedModel) -> Any:
     return FraudModel(model.model.to_tensorflow_function())
 
 
+@contextmanager
+def _native_logs_silenced() -> Iterator[None]:
+    """Sends the process's stderr to /dev/null meanwhile: YDF's C++ loader logs its engine
+    choice there (absl INFO lines, whatever the log level), noise in the user's terminal.
+    Python exceptions still propagate."""
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(null)
+        os.close(saved)
+
+
 def export_model(
     model: TrainedModel,
     model_dir: str | os.PathLike[str],
@@ -83,12 +101,13 @@ def export_model(
     version = version or new_version()
     target = Path(model_dir) / version
     target.mkdir(parents=True, exist_ok=False)
-    module = serving_module(model)
-    tf.saved_model.save(
-        module,
-        str(target / "saved_model"),
-        signatures={name: getattr(module, name) for name in SIGNATURES},
-    )
+    with _native_logs_silenced():
+        module = serving_module(model)
+        tf.saved_model.save(
+            module,
+            str(target / "saved_model"),
+            signatures={name: getattr(module, name) for name in SIGNATURES},
+        )
     validation = card.get("validation_metrics") or {}
     full_card = {
         "version": version,
