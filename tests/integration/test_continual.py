@@ -79,12 +79,14 @@ def test_promotion_is_hot_swapped_and_shadow_scores_are_evaluated_online(
         run.wait_for(
             lambda: all(k in online() and online()[k]["n"] == v["n"] for k, v in expected.items()),
             120,
-            lambda: "the online evaluation never covered every label: "
-            + json.dumps(
-                {
-                    f"{k[0]}|{k[1]}": [v["n"], online().get(k, {}).get("n")]
-                    for k, v in expected.items()
-                }
+            lambda: (
+                "the online evaluation never covered every label: "
+                + json.dumps(
+                    {
+                        f"{k[0]}|{k[1]}": [v["n"], online().get(k, {}).get("n")]
+                        for k, v in expected.items()
+                    }
+                )
             ),
         )
         evaluated = online()
