@@ -177,5 +177,7 @@ def _drain(taps, valid: set[bytes]) -> dict[str, list[str]]:  # type: ignore[no-
             time.sleep(1.5)
         monitor.stop.set()
         thread.join(timeout=10)
-        out[topic] = [json.loads(m.data)["transaction_id"] for m in monitor.raw if m.data in valid]
+        # One per stored message: the tap's own redeliveries (a late ack) share a message id.
+        unique = {m.message_id: m for m in monitor.raw if m.data in valid}
+        out[topic] = [json.loads(m.data)["transaction_id"] for m in unique.values()]
     return {"transactions" if t == taps[0][0] else "labels": ids for t, ids in out.items()}
