@@ -26,7 +26,7 @@ WEIGHTS = {
 
 
 def test_promotion_is_hot_swapped_and_shadow_scores_are_evaluated_online(
-    local_run, tiny_frame, tmp_path
+    tiny_frame, tmp_path
 ) -> None:  # type: ignore[no-untyped-def]
     from google.cloud import datastore
 
@@ -49,7 +49,9 @@ def test_promotion_is_hot_swapped_and_shadow_scores_are_evaluated_online(
     half = len(events) // 2
     first_tx = sum(e.topic == "transactions" for e in events[:half])
     evaluation_kind = f"Eval{int(time.time() * 1000)}"
-    with LocalRun(stack=local_run.stack, fresh="swap") as run:
+    # A private stack: the session's topics feed the default subscriptions of the other tests,
+    # which would find these transactions there (the same ids) as duplicates.
+    with LocalRun(tmp_path / "stack") as run:
         run.start_pipeline(
             [
                 f"--model_dir={model_dir}",
