@@ -105,13 +105,14 @@ def offline_day_quality(served: pd.DataFrame, labels: pd.DataFrame) -> dict[tupl
     return out
 
 
-def _read_evaluations(project: str) -> dict[tuple[str, str], dict]:
+def _read_evaluations(project: str, versions: list[str]) -> dict[tuple[str, str], dict]:
+    """The job's ModelEvaluation rows by (version, day)."""
     from google.cloud import datastore
 
-    from pipelines.transforms.online_eval import EVALUATION_KIND
+    from pipelines.stores.model_registry import daily_metrics
 
-    client = datastore.Client(project=project)
-    return {(e["version"], e["day"]): dict(e) for e in client.query(kind=EVALUATION_KIND).fetch()}
+    rows = daily_metrics(datastore.Client(project=project), versions)
+    return {(r["version"], r["day"]): r for r in rows}
 
 
 def streaming_part(
@@ -197,7 +198,7 @@ def streaming_part(
         deadline = time.monotonic() + config.timeout_s
 
         def covered() -> dict[tuple[str, str], dict]:
-            online = _read_evaluations(topo.project)
+            online = _read_evaluations(topo.project, versions)
             return (
                 online
                 if all(k in online and online[k]["n"] == v["n"] for k, v in expected.items())
@@ -210,7 +211,7 @@ def streaming_part(
             online = covered()
             if not online:
                 time.sleep(2)
-        online = online or _read_evaluations(topo.project)
+        online = online or _read_evaluations(topo.project, versions)
         run.stop(settle_s=1.0)
         messages = list(run.predictions.received)
     originals: dict[str, int] = {}

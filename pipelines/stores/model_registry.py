@@ -42,6 +42,7 @@ __all__ = [
     "ModelRegistry",
     "Pointer",
     "RegistryError",
+    "check_card",
     "daily_metrics",
     "decide_promotion",
     "validate_policy",
@@ -222,26 +223,7 @@ class ModelRegistry:
     def check(self, version: str, available_features: Sequence[str] = MODEL_INPUTS) -> None:
         """A RegistryError unless the job can serve ``version``: every feature of its card is
         among ``available_features`` and its feature declarations are this code's."""
-        card = self.card(version)
-        features = card.get("features")
-        if not isinstance(features, list) or not features:
-            raise RegistryError(
-                f"model version {version!r}: its {MODEL_CARD} lists no features; expected "
-                "'features': the model's inputs"
-            )
-        missing = [f for f in features if f not in set(available_features)]
-        if missing:
-            raise RegistryError(
-                f"model version {version!r} needs feature(s) {', '.join(missing)} that the job "
-                f"does not compute; it computes {', '.join(available_features)}"
-            )
-        recorded = card.get("feature_definitions_version")
-        if recorded is not None and recorded != definitions_version():
-            raise RegistryError(
-                f"model version {version!r} was trained on feature definitions {recorded}, the "
-                f"job computes definitions {definitions_version()}; retrain it with "
-                "'rillet train'"
-            )
+        check_card(version, self.card(version), available_features)
 
     # Changing the pointer.
 
@@ -423,6 +405,33 @@ class ModelRegistry:
         return self._write(before, after)
 
 
+def check_card(
+    version: str, card: dict[str, Any], available_features: Sequence[str] = MODEL_INPUTS
+) -> None:
+    """A RegistryError unless a job computing ``available_features`` can serve the version of
+    ``card``: every feature of the card among them, and the card's feature declarations (if it
+    records them) this code's."""
+    features = card.get("features")
+    if not isinstance(features, list) or not features:
+        raise RegistryError(
+            f"model version {version!r}: its {MODEL_CARD} lists no features; expected "
+            "'features': the model's inputs"
+        )
+    missing = [f for f in features if f not in set(available_features)]
+    if missing:
+        raise RegistryError(
+            f"model version {version!r} needs feature(s) {', '.join(missing)} that the job "
+            f"does not compute; it computes {', '.join(available_features)}"
+        )
+    recorded = card.get("feature_definitions_version")
+    if recorded is not None and recorded != definitions_version():
+        raise RegistryError(
+            f"model version {version!r} was trained on feature definitions {recorded}, the "
+            f"job computes definitions {definitions_version()}; retrain it with "
+            "'rillet train'"
+        )
+
+
 def decide_promotion(
     policy: Mapping[str, Any],
     daily_metrics: Sequence[Mapping[str, Any]],
@@ -487,15 +496,17 @@ def decide_promotion(
 _EVALUATION_FIELDS = ("day", "version", "n", "frauds", "auc", "ap", "cp100")
 
 
-def daily_metrics(client: Any, versions: Iterable[str]) -> list[dict[str, Any]]:
-    """The online evaluation rows of ``versions`` from Datastore (kind ``ModelEvaluation``, the
-    client's namespace), sorted by day then version: {day, version, n, frauds, auc, ap, cp100}.
+def daily_metrics(
+    client: Any, versions: Iterable[str], kind: str = EVALUATION_KIND
+) -> list[dict[str, Any]]:
+    """The online evaluation rows of ``versions`` from Datastore (``kind``, the client's
+    namespace), sorted by day then version: {day, version, n, frauds, auc, ap, cp100}.
 
     ``client`` is a ``google.cloud.datastore.Client`` (or anything with its ``query(kind=)``
     returning an object with ``fetch()``)."""
     wanted = set(versions)
     rows = []
-    for entity in client.query(kind=EVALUATION_KIND).fetch():
+    for entity in client.query(kind=kind).fetch():
         if entity.get("version") not in wanted:
             continue
         rows.append({name: entity.get(name) for name in _EVALUATION_FIELDS})

@@ -22,9 +22,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 
 from pipelines.core.batches import FeatureBatch
-from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
-from pipelines.stores.model_registry import ModelRegistry, RegistryError
+from pipelines.stores.model_registry import ModelRegistry, RegistryError, check_card
 from pipelines.stores.shared import process_shared
 from pipelines.transforms.model_serving import (
     Assignment,
@@ -69,9 +68,9 @@ def resolve_model(model_dir: str, version: str = "champion") -> ModelInfo:
 
     "champion" (or "challenger") is what the registry's pointer names (``registry.json``; without
     one the champion is the newest version, see pipelines/stores/model_registry.py); versions
-    sort chronologically by name and "latest" takes the last. The model card's features must be
-    among the pipeline's MODEL_INPUTS (its scorer picks them by name), or the job would lack an
-    input.
+    sort chronologically by name and "latest" takes the last. The card must pass the registry's
+    check_card: its features among the pipeline's MODEL_INPUTS (the scorer picks them by name)
+    and its feature declarations this code's.
     """
     if version in ("latest", "champion", "challenger"):
         versions = model_versions(model_dir)
@@ -93,13 +92,8 @@ def resolve_model(model_dir: str, version: str = "champion") -> ModelInfo:
         card_path = FileSystems.join(model_dir, version, MODEL_CARD)
     with FileSystems.open(card_path) as handle:
         card = json.loads(handle.read().decode())
+    check_card(card["version"], card)  # the registry's rule (a RegistryError is a ValueError)
     features = tuple(card["features"])
-    missing = [f for f in features if f not in MODEL_INPUTS]
-    if missing:
-        raise ValueError(
-            f"model {card_path} needs features the pipeline does not compute: {missing} "
-            f"(it computes {', '.join(MODEL_INPUTS)})"
-        )
     base = card_path[: -len(MODEL_CARD)].rstrip("/")
     return ModelInfo(card["version"], FileSystems.join(base, SAVED_MODEL_DIR), features)
 

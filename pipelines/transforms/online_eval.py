@@ -45,6 +45,7 @@ from apache_beam.transforms.userstate import (
 
 from pipelines.core.quality import quality
 from pipelines.core.schema import Label
+from pipelines.stores.model_registry import EVALUATION_KIND
 from pipelines.stores.retry import datastore_call_options, with_backoff
 from pipelines.transforms.parse import METRICS_NAMESPACE
 from pipelines.transforms.sinks import lookup_raw, shared_datastore_client
@@ -60,7 +61,6 @@ __all__ = [
     "served_scores",
 ]
 
-EVALUATION_KIND = "ModelEvaluation"
 EVAL_NAMESPACE = "rillet_online_eval"
 WAITING = "waiting"
 WAIT_BUCKETS = 64
@@ -107,8 +107,8 @@ def scored_from(label: Label, prediction: dict[str, Any]) -> list[Scored]:
     return out
 
 
-class _LookupServed(beam.DoFn):
-    """Labels (in lists) to Scored rows, from the prediction store."""
+class _ServedLookup(beam.DoFn):
+    """What both lookups of stored predictions share: the client, and lookup_and_group."""
 
     def __init__(self, project: str, kind: str, namespace: str | None) -> None:
         self._project = project
@@ -116,35 +116,42 @@ class _LookupServed(beam.DoFn):
         self._namespace = namespace or None
         self._client: Any = None
         self._matched = Metrics.counter(METRICS_NAMESPACE, "labels_evaluated")
-        self._missing = Metrics.counter(METRICS_NAMESPACE, "labels_without_prediction")
 
     def setup(self) -> None:
         self._client = shared_datastore_client(self._project, self._namespace)
 
+    def lookup_and_group(self, labels: list[tuple[Label, int]]) -> Iterator[Any]:
+        """Looks up the stored predictions of ``labels`` (each with the lookups it already
+        had); yields ((version, day), [Scored]) per key, and the labels without a stored
+        prediction yet, tagged ``WAITING`` with one more attempt (their prediction may not be
+        written yet: a label racing its transaction in a burst or a backlog)."""
+        stored = lookup_raw(
+            self._client,
+            self._project,
+            self._namespace,
+            self._kind,
+            [label.transaction_id for label, _ in labels],
+        )
+        # Grouped per key here: one element per (version, day) and lookup, not one per label,
+        # goes through the runner's trigger machinery (a sixth of the local job, per label,
+        # measured).
+        groups: dict[tuple[str, str], list[Scored]] = {}
+        for label, attempts in labels:
+            entity = stored.get(label.transaction_id)
+            if entity is None:
+                yield beam.pvalue.TaggedOutput(WAITING, (_bucket(label), (label, attempts + 1)))
+                continue
+            self._matched.inc()
+            for row in scored_from(label, served_scores(entity)):
+                groups.setdefault((row.version, row.day), []).append(row)
+        yield from groups.items()
+
+
+class _LookupServed(_ServedLookup):
+    """Labels (in lists) to Scored rows, from the prediction store."""
+
     def process(self, labels: list[Label]) -> Iterator[Any]:
-        yield from lookup_and_group(self, [(label, 0) for label in labels])
-
-
-def lookup_and_group(fn: Any, labels: list[tuple[Label, int]]) -> Iterator[Any]:
-    """Looks up the stored predictions of ``labels`` (each with the lookups it already had);
-    yields ((version, day), [Scored]) per key, and the labels without a stored prediction yet,
-    tagged ``WAITING`` with one more attempt (their prediction may not be written yet: a label
-    racing its transaction in a burst or a backlog)."""
-    stored = lookup_raw(
-        fn._client, fn._project, fn._namespace, fn._kind, [lb.transaction_id for lb, _ in labels]
-    )
-    # Grouped per key here: one element per (version, day) and lookup, not one per label, goes
-    # through the runner's trigger machinery (a sixth of the local job, per label, measured).
-    groups: dict[tuple[str, str], list[Scored]] = {}
-    for label, attempts in labels:
-        entity = stored.get(label.transaction_id)
-        if entity is None:
-            yield beam.pvalue.TaggedOutput(WAITING, (_bucket(label), (label, attempts + 1)))
-            continue
-        fn._matched.inc()
-        for row in scored_from(label, served_scores(entity)):
-            groups.setdefault((row.version, row.day), []).append(row)
-    yield from groups.items()
+        yield from self.lookup_and_group([(label, 0) for label in labels])
 
 
 def _bucket(label: Label) -> int:
@@ -159,7 +166,7 @@ _ARMED_PARAM = beam.DoFn.StateParam(_ARMED)
 _RETRY_PARAM = beam.DoFn.TimerParam(_RETRY)
 
 
-class _AwaitPredictions(beam.DoFn):
+class _AwaitPredictions(_ServedLookup):
     """Labels whose prediction was not stored yet, looked up again every ``retry_s`` until
     ``attempts`` lookups found nothing: then they are counted (``labels_without_prediction``)
     and dropped (a transaction this deployment never scored). Keyed by a hash bucket of the
@@ -168,17 +175,10 @@ class _AwaitPredictions(beam.DoFn):
     def __init__(
         self, project: str, kind: str, namespace: str | None, retry_s: float, attempts: int
     ) -> None:
-        self._project = project
-        self._kind = kind
-        self._namespace = namespace or None
+        super().__init__(project, kind, namespace)
         self._retry_s = retry_s
         self._attempts = attempts
-        self._client: Any = None
-        self._matched = Metrics.counter(METRICS_NAMESPACE, "labels_evaluated")
         self._missing = Metrics.counter(METRICS_NAMESPACE, "labels_without_prediction")
-
-    def setup(self) -> None:
-        self._client = shared_datastore_client(self._project, self._namespace)
 
     def process(
         self,
@@ -202,7 +202,7 @@ class _AwaitPredictions(beam.DoFn):
         labels = list(waiting.read())
         waiting.clear()
         again = []
-        for output in lookup_and_group(self, labels):
+        for output in self.lookup_and_group(labels):
             if isinstance(output, beam.pvalue.TaggedOutput):
                 label, attempts = output.value[1]
                 if attempts < self._attempts:

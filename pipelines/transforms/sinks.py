@@ -128,8 +128,8 @@ def _to_message(record: PredictionRecord) -> tuple[bytes, dict[str, str]]:
         "score": record["score"],
         "risk_band": record["risk_band"],
         "model_version": record["model_version"],
-        "challenger_score": record.get("challenger_score"),
-        "challenger_version": record.get("challenger_version"),
+        "challenger_score": record["challenger_score"],
+        "challenger_version": record["challenger_version"],
         "features": record["features"],
         "publish_time": format_rfc3339(record["publish_time_us"]),
         "processing_time": format_rfc3339(record["processing_time_us"]),
@@ -214,7 +214,7 @@ class _DatastoreWriteDoFn(beam.DoFn):
         props["risk_band"].string_value = record["risk_band"]
         props["model_version"].string_value = record["model_version"]
         # The shadow score is stored beside the champion's, never in the risk band.
-        if record.get("challenger_version") is None:
+        if record["challenger_version"] is None:
             props["challenger_score"].null_value = 0
             props["challenger_version"].null_value = 0
         else:

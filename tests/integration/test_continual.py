@@ -34,7 +34,7 @@ def test_promotion_is_hot_swapped_and_shadow_scores_are_evaluated_online(
     from pipelines.app.evaluate import read_served
     from pipelines.app.local_run import LocalRun
     from pipelines.app.publisher import replay_events
-    from pipelines.stores.model_registry import ModelRegistry
+    from pipelines.stores.model_registry import ModelRegistry, daily_metrics
     from tests.linear_models import linear_scores, write_linear_version
 
     model_dir = tmp_path / "models"
@@ -76,7 +76,8 @@ def test_promotion_is_hot_swapped_and_shadow_scores_are_evaluated_online(
         client = datastore.Client(project=run.topology.project)
 
         def online() -> dict:
-            return {(e["version"], e["day"]): e for e in client.query(kind=evaluation_kind).fetch()}
+            rows = daily_metrics(client, WEIGHTS, kind=evaluation_kind)
+            return {(r["version"], r["day"]): r for r in rows}
 
         run.wait_for(
             lambda: all(k in online() and online()[k]["n"] == v["n"] for k, v in expected.items()),
