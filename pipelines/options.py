@@ -136,6 +136,30 @@ class RilletOptions(PipelineOptions):
             "version and day of labelled transactions).",
         )
         parser.add_argument(
+            "--alerts_topic",
+            default="alerts",
+            help="Topic of the monitoring alerts (docs/specs/monitoring.md; short name or path).",
+        )
+        parser.add_argument(
+            "--alert_thresholds",
+            default="",
+            help="JSON file of the alert thresholds (empty: the packaged "
+            "pipelines/core/alert_thresholds.json, which Terraform's alert policies also read).",
+        )
+        parser.add_argument(
+            "--monitor_every_s",
+            type=float,
+            default=10.0,
+            help="Seconds between two monitoring figures (latency, throughput, data-quality "
+            "rates, drift updates) and, with --monitor_dir, two local snapshots.",
+        )
+        parser.add_argument(
+            "--monitor_dir",
+            default="",
+            help="DirectRunner only: directory of the local monitoring snapshot that 'rillet "
+            "monitor' and 'rillet report' read (docs/specs/monitoring.md). Empty: off.",
+        )
+        parser.add_argument(
             "--recovery_checkpoint",
             default="",
             help="DirectRunner only: checkpoint file for crash recovery; when it exists the job "
@@ -175,6 +199,8 @@ class RilletOptions(PipelineOptions):
             errors.append("--max_batch_size must be at least 1")
         if self.model_poll_s <= 0:
             errors.append("--model_poll_s must be above 0 (seconds between registry reads)")
+        if self.monitor_every_s <= 0:
+            errors.append("--monitor_every_s must be above 0 (seconds)")
         if self.eval_every_s <= 0:
             errors.append("--eval_every_s must be above 0 (seconds)")
         if self.inference_backend == "vertex" and not (self.vertex_project and self.vertex_model):

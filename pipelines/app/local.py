@@ -76,6 +76,8 @@ class Topology:
     labels_subscription: str = "labels-rillet"
     predictions_subscription: str = "predictions-monitor"
     dead_letter_subscription: str = "dead-letter-monitor"
+    alerts_topic: str = "alerts"
+    alerts_subscription: str = "alerts-monitor"
     bigtable_instance: str = "rillet"
     bigtable_table: str = "features"
 
@@ -93,6 +95,7 @@ class Topology:
             self.labels_subscription: self.labels_topic,
             self.predictions_subscription: self.predictions_topic,
             self.dead_letter_subscription: self.dead_letter_topic,
+            self.alerts_subscription: self.alerts_topic,
         }
 
 
@@ -456,6 +459,7 @@ def create_resources(topology: Topology = Topology()) -> None:
         topology.labels_topic,
         topology.predictions_topic,
         topology.dead_letter_topic,
+        topology.alerts_topic,
     ):
         with suppress(exceptions.AlreadyExists):
             publisher.create_topic(name=publisher.topic_path(topology.project, topic))
