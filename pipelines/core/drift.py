@@ -157,8 +157,20 @@ class DriftWindows:
         if self.next_start_s is None:
             return []
         judge = is_over or (lambda v: v >= self.threshold)
+        # Windows without any value are skipped, not closed one by one (a pause of days, or a
+        # replay of another year, would otherwise close thousands of empty windows).
+        first_held = (
+            min(self.buckets)
+            if self.buckets
+            else self.clock_s - self.clock_s % self.period_s + self.period_s
+        )
+        skip_to = first_held - self.window_s + self.period_s
+        if skip_to > self.next_start_s:
+            self.next_start_s = skip_to
+            self.closable_since = {s: t for s, t in self.closable_since.items() if s >= skip_to}
         start = self.next_start_s
-        while start + self.window_s + self.lateness_s <= self.clock_s:
+        last_held = max(self.buckets, default=start - 1)  # later windows hold nothing yet
+        while start <= last_held and start + self.window_s + self.lateness_s <= self.clock_s:
             self.closable_since.setdefault(start, now_s)
             start += self.period_s
         closed = []

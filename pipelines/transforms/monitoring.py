@@ -383,8 +383,11 @@ class _BinInputs(beam.DoFn):
         self._column = {name: i for i, name in enumerate(MODEL_INPUTS)}
 
     def process(self, pb: PredictionBatch) -> Iterator[tuple[tuple[str, str], Any]]:
-        if pb.batch.correction or not len(pb):
-            return  # a recomputation: its transactions were counted with their originals
+        # A recomputation (correction) is left out: its transactions counted with their originals.
+        if not pb.batch.correction and len(pb):
+            yield from self._bin(pb)
+
+    def _bin(self, pb: PredictionBatch) -> Iterator[tuple[tuple[str, str], Any]]:
         event_s = np.fromiter(
             (tx.event_time_us // 1_000_000 for tx in pb.batch.transactions), np.int64, len(pb)
         )
