@@ -43,9 +43,9 @@ resource "google_pubsub_subscription_iam_member" "dataflow_viewer" {
   member       = local.dataflow_member
 }
 
-# The job publishes predictions and application rejects (dead-letter) only.
+# The job publishes predictions, application rejects (dead-letter) and monitoring alerts only.
 resource "google_pubsub_topic_iam_member" "dataflow_publisher" {
-  for_each = toset(["predictions", "dead-letter"])
+  for_each = toset(["predictions", "dead-letter", "alerts"])
 
   topic  = google_pubsub_topic.main[each.key].name
   role   = "roles/pubsub.publisher"

@@ -62,3 +62,28 @@ output "retrain_command" {
   description = "The command line the retraining job runs."
   value       = local.retrain_script
 }
+
+output "alerts_topic" {
+  description = "Topic of the job's monitoring alerts (--alerts_topic); operators read it through the alerts-monitor subscription."
+  value       = google_pubsub_topic.main["alerts"].name
+}
+
+output "prediction_consumer_subscriptions" {
+  description = "Subscription of each downstream consumer on the predictions topic (consumer name -> subscription name)."
+  value       = { for k, s in google_pubsub_subscription.consumer : k => s.name }
+}
+
+output "prediction_consumer_dead_letter_topics" {
+  description = "Dead-letter topic of each consumer's subscription (consumer name -> topic name)."
+  value       = { for k, t in google_pubsub_topic.consumer_dead_letter : k => t.name }
+}
+
+output "monitoring_dashboard" {
+  description = "Cloud Monitoring dashboard of the job (its resource id: projects/<number>/dashboards/<id>)."
+  value       = google_monitoring_dashboard.rillet.id
+}
+
+output "alert_policies" {
+  description = "Cloud Monitoring alert policies (service health by key, and pipeline_alerts for the alerts topic) -> policy name."
+  value       = merge({ for k, p in google_monitoring_alert_policy.service_health : k => p.name }, { pipeline_alerts = google_monitoring_alert_policy.pipeline_alerts.name })
+}

@@ -1,4 +1,4 @@
-# Pipeline topics: transactions and labels in, predictions and application rejects out.
+# Pipeline topics: transactions and labels in; predictions, application rejects and alerts out.
 resource "google_pubsub_topic" "main" {
   for_each = local.topics
 

@@ -15,6 +15,7 @@ locals {
       "iam.googleapis.com",              # the worker service account
       "run.googleapis.com",              # the weekly retraining job
       "cloudscheduler.googleapis.com",   # its weekly trigger
+      "monitoring.googleapis.com",       # dashboard, alert policies, notification channels
     ],
     var.kms_key_name == null ? [] : ["cloudkms.googleapis.com"],
   ))

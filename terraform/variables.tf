@@ -227,3 +227,61 @@ variable "retrain_timeout" {
   type        = string
   default     = "3600s"
 }
+
+variable "dataflow_job_name" {
+  description = "Name of the streaming Dataflow job (`rillet deploy --job-name`, default rillet): the dashboard and alert policies select the job's metrics by it."
+  type        = string
+  default     = "rillet"
+}
+
+variable "notification_channels" {
+  description = "Existing Cloud Monitoring notification channel ids (projects/<project>/notificationChannels/<id>) every rillet alert policy notifies; [] creates incidents without notifying anyone."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.notification_channels : can(regex("^projects/[^/]+/notificationChannels/[^/]+$", c))])
+    error_message = "notification_channels must be channel ids: projects/<project>/notificationChannels/<id>."
+  }
+}
+
+variable "alert_emails" {
+  description = "Email addresses to notify: one email notification channel each (monitoring.tf), added to notification_channels."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for e in var.alert_emails : can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", e))])
+    error_message = "alert_emails must be email addresses."
+  }
+}
+
+variable "prediction_consumers" {
+  description = "Downstream consumers of the predictions topic. Each gets its own subscription <name>-predictions (with the optional Pub/Sub filter, e.g. attributes.risk_band = \"high\"), its own dead-letter topic <name>-predictions-undeliverable, and roles/pubsub.subscriber on that subscription only, for service_account (an email)."
+  type = list(object({
+    name            = string
+    service_account = string
+    filter          = optional(string)
+  }))
+  default = []
+
+  validation {
+    condition     = length(distinct([for c in var.prediction_consumers : c.name])) == length(var.prediction_consumers)
+    error_message = "prediction_consumers names must be unique."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.prediction_consumers : can(regex("^[a-z]([a-z0-9-]{0,48}[a-z0-9])?$", c.name))])
+    error_message = "prediction_consumers names must be lowercase letters, digits and dashes (at most 50), starting with a letter and not ending with a dash."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.prediction_consumers : can(regex("^[a-z0-9][a-z0-9._-]*@[a-z0-9-]+(\\.[a-z0-9-]+)+$", c.service_account))])
+    error_message = "prediction_consumers service_account must be a service account email (name@project.iam.gserviceaccount.com), without the serviceAccount: prefix."
+  }
+
+  validation {
+    condition     = alltrue([for c in var.prediction_consumers : c.filter == null || try(length(c.filter) > 0 && length(c.filter) <= 256, false)])
+    error_message = "prediction_consumers filter must be a non-empty Pub/Sub filter of at most 256 characters (or omitted)."
+  }
+}
