@@ -887,6 +887,45 @@ def publish(
 
 
 @app.command()
+def tail(
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            help="key=value or key!=value on an attribute (risk_band, model_version, "
+            "correction, schema_version, transaction_id); repeatable: different keys all hold, "
+            "one key's values are alternatives.",
+        ),
+    ] = None,
+    subscription: Annotated[
+        str | None,
+        typer.Option(help="Read this subscription (default: a new tail-<random>, deleted after)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=0, help="Stop after N predictions (0: no limit).")] = 0,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Stop after S seconds without one (0: until Ctrl-C).")
+    ] = 0,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the message data as JSON lines.")
+    ] = False,
+    project: Annotated[
+        str, typer.Option(help="Google Cloud project (rillet-local: the local emulator).")
+    ] = "rillet-local",
+    topic: Annotated[str, typer.Option(help="The prediction topic.")] = "predictions",
+    state_dir: StateDir = Path(".rillet"),
+) -> None:
+    """Follow the predictions as a downstream service does: subscribe (optionally filtered on
+    the attributes), keep the highest revision per transaction, print each new prediction or
+    update, then a summary (see docs/specs/messages.md)."""
+    from pipelines.app.tail import TailConfig, parse_filters, run_tail
+
+    conditions = parse_filters(filters or [])
+    if project == "rillet-local":
+        use_local_stack(state_dir)
+    run_tail(TailConfig(project, topic, conditions, subscription, limit, timeout, as_json))
+
+
+@app.command()
 def demo(
     preset: Annotated[str, typer.Option(help="Simulator preset to replay.")] = "small",
     rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 400,

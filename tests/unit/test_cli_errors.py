@@ -103,6 +103,16 @@ CASES = {
         1,
         ["the local emulators are not running", "rillet local up"],
     ),
+    "tail, unknown filter attribute": (
+        ["tail", "--filter", "band=high", "--state-dir", "state"],
+        2,
+        ["--filter 'band=high': unknown attribute 'band'", "risk_band, model_version, correction"],
+    ),
+    "tail, emulators down": (
+        ["tail", "--filter", "risk_band=high", "--state-dir", "state"],
+        1,
+        ["the local emulators are not running", "rillet local up"],
+    ),
     "train, missing features": (
         ["train", "--features", "/nonexistent"],
         2,
