@@ -34,6 +34,7 @@ TITLE = "rillet monitor"
 STALE_INTERVALS = 3  # a snapshot older than this many intervals: the job is probably gone
 DRIFT_ROWS = 12  # drift rows shown (over-threshold and highest PSI first)
 DAYS_SHOWN = 3  # online-quality days shown per version (the latest)
+WIDE = 150  # columns from which the panels sit side by side
 NONE = "-"
 
 
@@ -347,8 +348,10 @@ def render(
     thresholds: Thresholds | None = None,
     now_s: float | None = None,
     alerts_n: int = 10,
+    width: int = 200,
 ) -> RenderableType:
-    """One frame of the dashboard for ``snapshot`` (None: the waiting message)."""
+    """One frame of the dashboard for ``snapshot`` (None: the waiting message), laid out for a
+    terminal ``width`` columns wide (narrower than WIDE: the panels two by two, then stacked)."""
     now_s = time.time() if now_s is None else now_s
     if snapshot is None:
         return Group(
@@ -361,24 +364,35 @@ def render(
         )
     thresholds = thresholds or load_thresholds()
     header, _ = _header(snapshot, directory, now_s)
-    top = Table.grid(expand=True, padding=(0, 1))
-    for _ in range(4):
-        top.add_column(ratio=1)
-    top.add_row(
+    figures = [
         _throughput(snapshot),
         _latency(snapshot, thresholds),
         _lag(snapshot, thresholds),
         _process(snapshot),
-    )
-    middle = Table.grid(expand=True, padding=(0, 1))
-    middle.add_column(ratio=3)
-    middle.add_column(ratio=2)
-    middle.add_row(_backlog(snapshot, thresholds), _quality(snapshot, thresholds))
-    lower = Table.grid(expand=True, padding=(0, 1))
-    lower.add_column(ratio=3)
-    lower.add_column(ratio=2)
-    lower.add_row(_drift(snapshot, thresholds), _online(snapshot))
-    return Group(header, top, middle, lower, _alerts(alerts, alerts_n))
+    ]
+    pairs = [
+        (_backlog(snapshot, thresholds), _quality(snapshot, thresholds)),
+        (_drift(snapshot, thresholds), _online(snapshot)),
+    ]
+    wide = width >= WIDE
+    rows: list[RenderableType] = [header]
+    for chunk in [figures] if wide else [figures[:2], figures[2:]]:
+        grid = Table.grid(expand=True, padding=(0, 1))
+        for _ in chunk:
+            grid.add_column(ratio=1)
+        grid.add_row(*chunk)
+        rows.append(grid)
+    for left, right in pairs:
+        if wide:
+            grid = Table.grid(expand=True, padding=(0, 1))
+            grid.add_column(ratio=3)
+            grid.add_column(ratio=2)
+            grid.add_row(left, right)
+            rows.append(grid)
+        else:
+            rows += [left, right]
+    rows.append(_alerts(alerts, alerts_n))
+    return Group(*rows)
 
 
 def frame(
@@ -387,6 +401,7 @@ def frame(
     alerts_n: int = 10,
     thresholds: Thresholds | None = None,
     now_s: float | None = None,
+    width: int = 200,
 ) -> RenderableType:
     """The frame for what ``directory`` holds now."""
     return render(
@@ -396,6 +411,7 @@ def frame(
         thresholds=thresholds,
         now_s=now_s,
         alerts_n=alerts_n,
+        width=width,
     )
 
 
@@ -410,20 +426,18 @@ def watch(
 ) -> None:
     """Prints one frame (``once``) or redraws it in place every ``refresh_s`` until Ctrl-C."""
     console = console or Console()
-    thresholds = thresholds or load_thresholds()
+    limits = thresholds or load_thresholds()
+
+    def current() -> RenderableType:  # the terminal may have been resized
+        return frame(directory, alerts_n=alerts_n, thresholds=limits, width=console.width)
+
     if once:
-        console.print(frame(directory, alerts_n=alerts_n, thresholds=thresholds))
+        console.print(current())
         return
     try:
-        with Live(
-            frame(directory, alerts_n=alerts_n, thresholds=thresholds),
-            console=console,
-            auto_refresh=False,
-            vertical_overflow="crop",
-        ) as live:
+        with Live(current(), console=console, auto_refresh=False, vertical_overflow="crop") as live:
             while True:
                 time.sleep(refresh_s)
-                live.update(frame(directory, alerts_n=alerts_n, thresholds=thresholds))
-                live.refresh()
+                live.update(current(), refresh=True)
     except KeyboardInterrupt:
         pass

@@ -223,7 +223,7 @@ def write_run_report(
         {(v, f) for s in history for v, fs in (s.get("drift") or {}).items() for f in fs}
     )
     drift_features: list[str] = []
-    for version in sorted({v for v, _ in drift_keys}):
+    for number, version in enumerate(sorted({v for v, _ in drift_keys}), start=1):
         lines = {
             f: _series(history, "drift", version, f, "psi") for v, f in drift_keys if v == version
         }
@@ -231,7 +231,7 @@ def write_run_report(
         figures.append(
             (
                 _plot(
-                    f"drift_{len(figures)}.png",
+                    f"drift_{number}.png",
                     f"Drift of model {version}'s inputs (PSI of the last closed window)",
                     "PSI",
                     lines,

@@ -172,8 +172,10 @@ def build_snapshot(
     if elapsed > 0:
         throughput["events_per_s"] = _round((events - previous.events) / elapsed, 2)
         throughput["predictions_per_s"] = _round((predictions - previous.predictions) / elapsed, 2)
-    for name in ("events_per_s", "predictions_per_s"):  # the Monitor stage's figure, when set
-        if name in monitor:
+    # The counters' deltas are this interval's; the Monitor stage's gauges are those of its
+    # last processing-time window (kept while no window fires): used only without counters.
+    for name in ("events_per_s", "predictions_per_s"):
+        if name in monitor and not counters:
             throughput[name] = float(monitor[name])
 
     latency = {key: monitor.get(f"latency_{key}_ms") for key in ("p50", "p99", "max")}

@@ -153,7 +153,7 @@ def test_the_report_plots_the_history_and_lists_the_alerts(tmp_path: Path) -> No
     write_history(tmp_path / "mon")
     page = write_run_report(tmp_path / "mon", tmp_path / "out")
     text = page.read_text()
-    for name in ("throughput", "latency", "lag", "drift_3", "quality", "process"):
+    for name in ("throughput", "latency", "lag", "drift_1", "quality", "process"):
         assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000, name
         assert f'src="{name}.png"' in text
     assert "TX_AMOUNT" in text and "TERMINAL_ID_RISK_7DAY_WINDOW" in text

@@ -179,7 +179,7 @@ def test_snapshot_without_the_monitor_stage_has_nulls_and_counter_rates() -> Non
     assert snapshot["process"] == {"cpu_percent": None, "rss_mb": None}
 
 
-def test_monitor_rate_gauges_win_over_counter_deltas() -> None:
+def test_monitor_rate_gauges_stand_in_only_without_counters() -> None:
     m = snap.MONITOR_NAMESPACE
     values = snap.metric_values(
         FakeResult(gauges=[gauge(m, "events_per_s", 410), gauge(m, "predictions_per_s", 205)])
@@ -191,6 +191,12 @@ def test_monitor_rate_gauges_win_over_counter_deltas() -> None:
         pulls={},
     )  # fmt: skip
     assert snapshot["throughput"] == {"events_per_s": 410.0, "predictions_per_s": 205.0}
+    values.counters[("rillet", "transactions_valid")] = 50  # counters: this interval's deltas
+    snapshot, _ = snap.build_snapshot(
+        values, now_s=10.0, started_s=0.0, interval_s=5.0, previous=snap.Sample(5.0, 0, 0),
+        pulls={},
+    )  # fmt: skip
+    assert snapshot["throughput"] == {"events_per_s": 10.0, "predictions_per_s": 0.0}
 
 
 def test_pull_stats_keep_the_oldest_age_of_the_last_pull() -> None:
