@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from pipelines.options import RilletOptions, unknown_arguments
 from pipelines.streaming import DIRECT_RUNNERS, build_pipeline, input_subscriptions
 
-__all__ = ["pipeline_options", "run"]
+__all__ = ["pipeline_options", "run", "start_snapshot"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -90,7 +90,8 @@ def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:
     """Builds and runs the streaming pipeline. On the DirectRunner, Pub/Sub pulls are tuned
     (see pipelines/local_runner) and, with --recovery_checkpoint, the job first recovers what
     a killed predecessor had in flight and then keeps the checkpoint (see
-    pipelines.local_runner.recovery)."""
+    pipelines.local_runner.recovery); with --monitor_dir, the local monitoring snapshot is
+    written (pipelines.local_runner.snapshot)."""
     options = pipeline_options(sys.argv[1:] if argv is None else argv)
     opts = options.view_as(RilletOptions)
     runner = options.view_as(StandardOptions).runner or "DirectRunner"
@@ -105,9 +106,31 @@ def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:
     p = beam.Pipeline(options=options)
     build_pipeline(p, options)
     result = p.run()
+    writer = start_snapshot(result, options)
     if wait:
-        result.wait_until_finish()
+        try:
+            result.wait_until_finish()
+        finally:
+            if writer is not None:
+                writer.stop()
     return result
+
+
+def start_snapshot(result: Any, options: PipelineOptions) -> Any:
+    """With --monitor_dir on a Direct runner: starts and returns the local monitoring snapshot
+    writer of ``result`` (pipelines.local_runner.snapshot); else None."""
+    opts = options.view_as(RilletOptions)
+    if not opts.monitor_dir:
+        return None
+    runner = options.view_as(StandardOptions).runner or "DirectRunner"
+    if runner not in DIRECT_RUNNERS:
+        _LOGGER.warning("--monitor_dir is for the DirectRunner; %s ignores it", runner)
+        return None
+    from pipelines.local_runner.snapshot import SnapshotWriter
+
+    writer = SnapshotWriter(result, options)
+    writer.start()
+    return writer
 
 
 def _start_recovery(options: PipelineOptions) -> None:

@@ -704,7 +704,8 @@ def run(
     """Run the streaming pipeline. Extra arguments are Beam pipeline options, e.g.
     --runner=DirectRunner --project=rillet-local --model_dir=artifacts/models (see
     pipelines/options.py for the rillet options). On the DirectRunner the job keeps a recovery
-    checkpoint in <state-dir>/recovery/ unless --recovery_checkpoint says otherwise."""
+    checkpoint in <state-dir>/recovery/ unless --recovery_checkpoint says otherwise, and a
+    monitoring snapshot in <state-dir>/monitor/ ('rillet monitor') unless --monitor_dir does."""
     from apache_beam.options.pipeline_options import StandardOptions
 
     _quiet_tensorflow()
@@ -726,6 +727,11 @@ def run(
     ):
         checkpoint = str(state_dir / "recovery" / "checkpoint.json")
         argv.append(f"--recovery_checkpoint={checkpoint}")
+    if (
+        not options.view_as(RilletOptions).monitor_dir
+        and (options.view_as(StandardOptions).runner or "DirectRunner") in DIRECT_RUNNERS
+    ):
+        argv.append(f"--monitor_dir={state_dir / 'monitor'}")  # what 'rillet monitor' reads
     if not resume and checkpoint:
         Path(checkpoint).unlink(missing_ok=True)
     project = next((a.split("=", 1)[1] for a in argv if a.startswith("--project=")), "")
@@ -824,6 +830,80 @@ def _model_errors(opts: Any) -> list[str]:
     except (ValueError, KeyError, OSError) as exc:
         return [f"--model_dir {model_dir}: {exc}"]
     return []
+
+
+MonitorDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="The job's --monitor_dir. Default: <state-dir>/monitor ('rillet run' writes it)."
+    ),
+]
+AlertThresholds = Annotated[
+    Path | None,
+    typer.Option(help="The job's --alert_thresholds file. Default: the packaged thresholds."),
+]
+
+
+def _monitor_thresholds(path: Path | None) -> Any:
+    from pipelines.core.thresholds import load_thresholds
+
+    try:
+        return load_thresholds(path)
+    except ValueError as exc:
+        raise UserError(str(exc), "pass a valid --alert-thresholds file (or none)") from exc
+
+
+@app.command()
+def monitor(
+    monitor_dir: MonitorDir = None,
+    state_dir: StateDir = Path(".rillet"),
+    refresh: Annotated[float, typer.Option(min=0.2, help="Seconds between two redraws.")] = 2.0,
+    alerts: Annotated[int, typer.Option(min=0, help="Recent alerts shown.")] = 10,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    alert_thresholds: AlertThresholds = None,
+) -> None:
+    """A live dashboard of a local job (DirectRunner): throughput, latency, backlog, lag, drift,
+    online quality, data quality and the recent alerts, from the snapshot the job writes into
+    its --monitor_dir (docs/specs/monitoring.md). Ctrl-C exits."""
+    from pipelines.app.monitor_view import watch
+
+    directory = monitor_dir or state_dir / "monitor"
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"--monitor-dir {directory} is a file; expected the job's --monitor_dir")
+    watch(
+        directory,
+        refresh_s=refresh,
+        alerts_n=alerts,
+        thresholds=_monitor_thresholds(alert_thresholds),
+        once=once,
+    )
+
+
+@app.command()
+def report(
+    monitor_dir: MonitorDir = None,
+    state_dir: StateDir = Path(".rillet"),
+    out: Annotated[
+        Path | None, typer.Option(help="Report directory. Default: <monitor-dir>/report.")
+    ] = None,
+    alert_thresholds: AlertThresholds = None,
+) -> None:
+    """An HTML report of a run from its monitoring history (<monitor-dir>/history.jsonl and
+    alerts.jsonl): throughput, latency, drift, data quality over time, and the alerts."""
+    from pipelines.app.run_report import NoHistory, write_run_report
+
+    directory = monitor_dir or state_dir / "monitor"
+    try:
+        page = write_run_report(
+            directory, out or directory / "report", _monitor_thresholds(alert_thresholds)
+        )
+    except NoHistory as exc:
+        raise UserError(
+            f"--monitor-dir {directory}: no monitoring history (history.jsonl) there",
+            "run a job with --monitor_dir=DIR ('rillet run' writes <state-dir>/monitor) and pass "
+            "that DIR",
+        ) from exc
+    typer.echo(f"report: {page}")
 
 
 @app.command()

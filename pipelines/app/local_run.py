@@ -214,6 +214,7 @@ class LocalRun:
         self.stopped: dict[str, str] = {}  # LocalStack.down's answer
         self.job: StreamingJob | None = None
         self.result: Any = None  # the in-process pipeline's PipelineResult
+        self._snapshot: Any = None  # its SnapshotWriter (with --monitor_dir)
         # Made on entering (their subscriptions may be fresh); pulling once a job starts.
         self.predictions: Monitor
         self.dead_letters: Monitor
@@ -272,8 +273,9 @@ class LocalRun:
     # -- the job ----------------------------------------------------------------------------
 
     def job_args(self) -> list[str]:
-        """The job's options that point it at this run's resources."""
-        args = [f"--project={self.topology.project}"]
+        """The job's options that point it at this run's resources (and its monitoring
+        snapshot at ``<state dir>/monitor``: ``rillet monitor --monitor-dir`` shows it)."""
+        args = [f"--project={self.topology.project}", f"--monitor_dir={self.monitor_dir}"]
         if self.fresh:
             t = self.topology
             args += [
@@ -283,6 +285,11 @@ class LocalRun:
                 f"--datastore_kind={self.datastore_kind}",
             ]
         return args
+
+    @property
+    def monitor_dir(self) -> Path:
+        """Where the job writes its monitoring snapshot (docs/specs/monitoring.md)."""
+        return self.stack.state_dir / "monitor"
 
     def start_job(self, args: Sequence[str] = ()) -> StreamingJob:
         """Starts ``python -m pipelines.main`` (DirectRunner) as a child process logging to
@@ -301,7 +308,8 @@ class LocalRun:
         import apache_beam as beam
 
         from pipelines.local_runner import tune_direct_runner
-        from pipelines.main import pipeline_options
+        from pipelines.local_runner.pubsub_pull import pull_stats
+        from pipelines.main import pipeline_options, start_snapshot
         from pipelines.options import RilletOptions
         from pipelines.streaming import build_pipeline
 
@@ -310,7 +318,9 @@ class LocalRun:
         p = beam.Pipeline(options=options)
         (build or build_pipeline)(p, options)
         self.watch()
+        pull_stats().reset()  # an earlier in-process pipeline's pulls are not this one's
         self.result = p.run()
+        self._snapshot = start_snapshot(self.result, options)
         return self.result
 
     def restart_job(self) -> None:
@@ -340,6 +350,9 @@ class LocalRun:
         if self.result is not None:
             self.result.cancel()
             self.result = None
+        if self._snapshot is not None:
+            self._snapshot.stop()
+            self._snapshot = None
         self.stop_monitors()
 
     def watch(self) -> None:

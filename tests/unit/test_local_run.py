@@ -71,12 +71,12 @@ def test_latency_is_processing_minus_publish_time_and_percentiles() -> None:
 
 def test_job_args_point_a_fresh_run_at_its_own_resources() -> None:
     run = LocalRun(Path("unused"), private=False)
-    assert run.job_args() == ["--project=rillet-local"]
+    assert run.job_args() == ["--project=rillet-local", "--monitor_dir=unused/monitor"]
     run.fresh, run.datastore_kind = "x", "Run_x_1"
     run.topology = dataclasses.replace(
         run.topology, transactions_subscription="x-tx-1", labels_subscription="x-lb-1"
     )
-    assert run.job_args()[1:] == [
+    assert run.job_args()[2:] == [
         "--transactions_subscription=x-tx-1",
         "--labels_subscription=x-lb-1",
         "--bigtable_table=features",

@@ -1,0 +1,214 @@
+"""``rillet monitor`` (pipelines/app/monitor_view.py) rendering given snapshots, ``rillet report``
+(pipelines/app/run_report.py) from a small synthetic history, and both commands' errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from pipelines.app.monitor_view import render
+from pipelines.core.schema import format_rfc3339
+
+ROOT = Path(__file__).resolve().parents[2]
+TX = "projects/rillet-local/subscriptions/transactions-rillet"
+NOW = 1_700_000_000.0
+END = "2018-09-01T10:00:00Z"
+
+
+def snapshot(at_s: float = NOW, **over: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "schema_version": 1,
+        "time": format_rfc3339(int(at_s * 1_000_000)),
+        "uptime_s": 42.0,
+        "interval_s": 5.0,
+        "job": {"pid": 4242, "runner": "DirectRunner", "project": "rillet-local"},
+        "counters": {"transactions_valid": 1000, "labels_valid": 200, "predictions_written": 990},
+        "throughput": {"events_per_s": 410.2, "predictions_per_s": 205.0},
+        "latency_ms": {"p50": 250, "p99": 7800, "max": 9000},
+        "backlog": {TX: {"oldest_unacked_age_s": 0.4, "pulled": 1000, "undelivered": None}},
+        "system_lag_s": 0.8,
+        "data_freshness_s": 0.5,
+        "process": {"cpu_percent": 150.0, "rss_mb": 1400.0},
+        "drift": {
+            "v1": {
+                "TX_AMOUNT": {"psi": 0.31, "n": 400, "window_end": END, "streak": 3},
+                "TERMINAL_ID_RISK_7DAY_WINDOW": {"psi": 0.01, "n": 400, "window_end": None,
+                                                 "streak": 0},
+            }
+        },
+        "online_quality": {"v1": {"2018-09-01": {"auc": 0.9, "ap": 0.7, "cp100": 0.3, "n": 9000}}},
+        "quality_rates": {"dead_letter_rate": 0.02, "duplicate_rate": 0.0},
+        "alerts_raised": 1,
+    }  # fmt: skip
+    return {**base, **over}
+
+
+ALERT = {
+    "schema_version": 1,
+    "alert_id": "a1",
+    "kind": "drift",
+    "metric": "psi",
+    "value": 0.31,
+    "threshold": 0.25,
+    "comparison": ">=",
+    "window_start": "2018-09-01T09:00:00Z",
+    "window_end": "2018-09-01T10:00:00Z",
+    "window_basis": "event_time",
+    "consecutive": 3,
+    "severity": "warning",
+    "model_version": "v1",
+    "feature": "TX_AMOUNT",
+    "message": "TX_AMOUNT drifted",
+    "raised_at": format_rfc3339(int((NOW - 3) * 1_000_000)),
+}
+
+
+def text_of(renderable: Any, width: int = 200) -> str:
+    console = Console(record=True, width=width, force_terminal=True, color_system="truecolor")
+    console.print(renderable)
+    return console.export_text()
+
+
+def test_a_snapshot_renders_every_panel(tmp_path: Path) -> None:
+    out = text_of(render(snapshot(), [ALERT], directory=tmp_path, now_s=NOW + 1))
+    for expected in (
+        "rillet monitor",
+        "job pid 4242",
+        "410.2",  # events/s
+        "205.0",
+        "990",  # predictions
+        "7,800 ms",  # p99
+        "transactions-rillet",
+        "n/a locally",
+        "0.8 s",  # system lag
+        "1,400 MB",
+        "TX_AMOUNT",
+        "0.310",
+        "3/3",  # streak / consecutive
+        "2018-09-01",
+        "0.700",  # AP
+        "dead_letter_rate",
+        "2.00%",
+        "psi",
+        "0.31 >= 0.25",
+        "warning",
+    ):
+        assert expected in out, (expected, out)
+    assert "STALE" not in out
+    assert out.index("TX_AMOUNT") < out.index("TERMINAL_ID_RISK_7DAY_WINDOW")  # over first
+
+
+def test_over_threshold_figures_are_highlighted(tmp_path: Path) -> None:
+    console = Console(record=True, width=200, force_terminal=True, color_system="truecolor")
+    console.print(render(snapshot(), [], directory=tmp_path, now_s=NOW))
+    styled = console.export_text(styles=True)
+    # bold red (ANSI 1;31) around the drifting feature's row and the p99 over 5000 ms
+    assert "\x1b[1;31mv1" in styled or "\x1b[1;31m v1" in styled
+    assert "\x1b[1;31m7,800 ms" in styled
+
+
+def test_waiting_and_stale(tmp_path: Path) -> None:
+    out = text_of(render(None, directory=tmp_path))
+    assert "waiting for a job writing" in out and "rillet run" in out and "make demo" in out
+    stale = text_of(render(snapshot(at_s=NOW - 60), directory=tmp_path, now_s=NOW))
+    assert "STALE" in stale and "job not running?" in stale
+
+
+def test_a_bare_snapshot_renders(tmp_path: Path) -> None:
+    bare = snapshot(
+        latency_ms={"p50": None, "p99": None, "max": None},
+        drift={},
+        online_quality={},
+        quality_rates={},
+        alerts_raised=None,
+        backlog={},
+        system_lag_s=None,
+        data_freshness_s=None,
+    )
+    out = text_of(render(bare, [], directory=tmp_path, now_s=NOW))
+    assert "no drift window closed yet" in out and "(no alert)" in out
+
+
+def write_history(directory: Path, n: int = 6) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / "history.jsonl", "w") as fh:
+        for i in range(n):
+            s = snapshot(at_s=NOW - (n - i) * 5)
+            s["job"] = {**s["job"], "pid": 1 if i < 3 else 2}  # a restart
+            s["drift"]["v1"]["TX_AMOUNT"]["psi"] = 0.05 * i
+            fh.write(json.dumps(s) + "\n")
+        fh.write('{"cut by a kill\n')
+    (directory / "alerts.jsonl").write_text(json.dumps(ALERT) + "\n")
+
+
+def test_the_report_plots_the_history_and_lists_the_alerts(tmp_path: Path) -> None:
+    from pipelines.app.run_report import write_run_report
+
+    write_history(tmp_path / "mon")
+    page = write_run_report(tmp_path / "mon", tmp_path / "out")
+    text = page.read_text()
+    for name in ("throughput", "latency", "lag", "drift_1", "quality", "process"):
+        assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000, name
+        assert f'src="{name}.png"' in text
+    assert "TX_AMOUNT" in text and "TERMINAL_ID_RISK_7DAY_WINDOW" in text
+    assert "Alerts (1)" in text and "TX_AMOUNT drifted" in text and 'class="warning"' in text
+    assert "<td>job processes</td><td>2</td>" in text
+
+
+def rillet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.app.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "COLUMNS": "160"},
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "expected"),
+    [
+        (
+            ["report", "--monitor-dir", "nothing"],
+            2,
+            ["rillet report: --monitor-dir nothing: no monitoring history", "--monitor_dir=DIR"],
+        ),
+        (["report"], 2, [".rillet/monitor: no monitoring history"]),
+        (
+            ["monitor", "--monitor-dir", "afile", "--once"],
+            2,
+            ["rillet monitor: --monitor-dir afile is a file"],
+        ),
+        (
+            ["monitor", "--once", "--alert-thresholds", "afile"],
+            2,
+            ["rillet monitor: alert thresholds afile", "--alert-thresholds"],
+        ),
+    ],
+)
+def test_command_errors(tmp_path: Path, args: list[str], code: int, expected: list[str]) -> None:
+    (tmp_path / "afile").write_text("not json")
+    done = rillet(*args, cwd=tmp_path)
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr
+    for text in expected:
+        assert text in done.stderr, done.stderr
+
+
+def test_monitor_once_and_report_from_the_command_line(tmp_path: Path) -> None:
+    waiting = rillet("monitor", "--once", cwd=tmp_path)
+    assert waiting.returncode == 0 and "waiting for a job writing" in waiting.stdout
+    write_history(tmp_path / ".rillet" / "monitor")
+    (tmp_path / ".rillet" / "monitor" / "snapshot.json").write_text(json.dumps(snapshot()))
+    once = rillet("monitor", "--once", cwd=tmp_path)
+    assert once.returncode == 0 and "TX_AMOUNT" in once.stdout and "STALE" in once.stdout
+    done = rillet("report", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / ".rillet" / "monitor" / "report" / "index.html").exists()
