@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from pipelines.core.drift import bin_counts, psi
+
 __all__ = ["bin_counts", "histogram", "psi", "reference_histograms"]
 
 
@@ -34,29 +36,6 @@ def histogram(values: npt.ArrayLike, bins: int = 10) -> dict[str, Any]:
     hist = {"kind": "quantile", "edges": edges.tolist(), "counts": []}
     hist["counts"] = bin_counts(x, hist).tolist()
     return hist
-
-
-def bin_counts(values: npt.ArrayLike, hist: Mapping[str, Any]) -> npt.NDArray[np.int64]:
-    """Counts of ``values`` in the bins of a :func:`histogram` (NaNs ignored)."""
-    x = np.asarray(values, dtype=np.float64).ravel()
-    x = x[~np.isnan(x)]
-    edges = np.asarray(hist["edges"], dtype=np.float64)
-    if hist["kind"] == "categorical":
-        # Each value counts for the nearest reference value.
-        nearest = np.abs(x[:, None] - edges[None, :]).argmin(axis=1) if len(x) else x
-        return np.bincount(nearest.astype(np.int64), minlength=len(edges)).astype(np.int64)
-    n_bins = max(len(edges) - 1, 1)
-    index = np.clip(np.searchsorted(edges, x, side="right") - 1, 0, n_bins - 1)
-    return np.bincount(index, minlength=n_bins).astype(np.int64)
-
-
-def psi(reference: npt.ArrayLike, actual: npt.ArrayLike, eps: float = 1e-4) -> float:
-    """Population stability index between two count vectors over the same bins."""
-    ref = np.asarray(reference, dtype=np.float64)
-    act = np.asarray(actual, dtype=np.float64)
-    p = np.maximum(ref / max(ref.sum(), 1.0), eps)
-    q = np.maximum(act / max(act.sum(), 1.0), eps)
-    return float(np.sum((q - p) * np.log(q / p)))
 
 
 def reference_histograms(

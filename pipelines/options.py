@@ -201,6 +201,12 @@ class RilletOptions(PipelineOptions):
             errors.append("--model_poll_s must be above 0 (seconds between registry reads)")
         if self.monitor_every_s <= 0:
             errors.append("--monitor_every_s must be above 0 (seconds)")
+        from pipelines.core.thresholds import load_thresholds
+
+        try:
+            load_thresholds(self.alert_thresholds or None)
+        except ValueError as exc:
+            errors.append(f"--alert_thresholds: {exc}")
         if self.eval_every_s <= 0:
             errors.append("--eval_every_s must be above 0 (seconds)")
         if self.inference_backend == "vertex" and not (self.vertex_project and self.vertex_model):

@@ -6,6 +6,8 @@ pipelines/main.py runs it (options, runner hooks, wait).
     labels ─────── ReadLabels ─────── ParseLabels ──────┘                             │
                                    WritePredictions (Datastore + topic) ──────────────┘
     labels ─ EvaluateOnline (per model version and day: AUC, AP, CP@100 -> ModelEvaluation)
+    predictions, labels, dead letters, evaluation ─ Monitor (drift, data quality, online quality,
+        service health -> gauges and the alerts topic)
     every reject ─ CollectDeadLetters ─ WriteDeadLetters
 
 Top-level labels are constants: Dataflow ``--update`` matches steps by name, so a rename needs
@@ -23,10 +25,12 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
+from pipelines.core.thresholds import load_thresholds
 from pipelines.options import DIRECT_KEY_BUCKETS, RilletOptions, resource_path
 from pipelines.stores.bigtable import StoreConfig
 from pipelines.transforms.features import ComputeFeatures
 from pipelines.transforms.inference import Predict, ServingConfig, resolve_model
+from pipelines.transforms.monitoring import Monitor
 from pipelines.transforms.online_eval import EvaluateOnline
 from pipelines.transforms.parse import ParseEvents
 from pipelines.transforms.sinks import RiskBands, WriteDeadLetters, WritePredictions
@@ -51,6 +55,7 @@ COMPUTE_FEATURES = "ComputeFeatures"
 PREDICT = "Predict"
 WRITE_PREDICTIONS = "WritePredictions"
 EVALUATE_ONLINE = "EvaluateOnline"
+MONITOR = "Monitor"
 COLLECT_DEAD_LETTERS = "CollectDeadLetters"
 WRITE_DEAD_LETTERS = "WriteDeadLetters"
 
@@ -63,6 +68,7 @@ STEP_LABELS: tuple[str, ...] = (
     PREDICT,
     WRITE_PREDICTIONS,
     EVALUATE_ONLINE,
+    MONITOR,
     COLLECT_DEAD_LETTERS,
     WRITE_DEAD_LETTERS,
 )
@@ -147,6 +153,18 @@ def build_pipeline(
     _ = dead_letters | WRITE_DEAD_LETTERS >> WriteDeadLetters(
         resource_path(project, "topics", opts.dead_letter_topic)
     )
+    monitor = Monitor(
+        serving.model_dir,
+        load_thresholds(opts.alert_thresholds or None),
+        resource_path(project, "topics", opts.alerts_topic),
+        opts.monitor_every_s,
+    )
+    alerts = {
+        "predictions": predictions.results,
+        "labels": labels.valid,
+        "dead_letters": dead_letters,
+        "evaluation": evaluation,
+    } | MONITOR >> monitor
     return {
         "transactions": transactions.valid,
         "labels": labels.valid,
@@ -155,4 +173,6 @@ def build_pipeline(
         "published": written,
         "dead_letters": dead_letters,
         "evaluation": evaluation,
+        "alerts": alerts,
+        "drift_windows": monitor.drift_windows,
     }

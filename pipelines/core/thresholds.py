@@ -97,7 +97,7 @@ def packaged_thresholds_path() -> Path:
     return Path(str(resources.files("pipelines.core").joinpath("alert_thresholds.json")))
 
 
-def _section(cls: type, raw: dict[str, Any], name: str) -> Any:
+def _section(cls: Any, raw: dict[str, Any], name: str) -> Any:
     known = set(cls.__dataclass_fields__)
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -127,7 +127,9 @@ def load_thresholds(path: str | Path | None = None) -> Thresholds:
     for feature, override in drift.features.items():
         bad = sorted(set(override) - set(DriftThresholds.__dataclass_fields__) - {"why"})
         if bad:
-            raise ValueError(f"alert thresholds: unknown key(s) {bad} in 'drift.features.{feature}'")
+            raise ValueError(
+                f"alert thresholds: unknown key(s) {bad} in 'drift.features.{feature}'"
+            )
         d = drift.for_feature(feature)
         if d.enabled and (d.window_s <= 0 or d.period_s <= 0 or d.window_s % d.period_s):
             raise ValueError(
@@ -147,6 +149,8 @@ def load_thresholds(path: str | Path | None = None) -> Thresholds:
     online = _section(OnlineQualityThresholds, raw["online_quality"], "online_quality")
     bad_metrics = sorted(set(online.min_fraction_of_validation) - {"ap", "cp100", "auc"})
     if bad_metrics:
-        raise ValueError(f"alert thresholds: online_quality metrics {bad_metrics}: use ap, cp100, auc")
+        raise ValueError(
+            f"alert thresholds: online_quality metrics {bad_metrics}: use ap, cp100, auc"
+        )
     health = _section(HealthThresholds, raw["service_health"], "service_health")
     return Thresholds(drift, quality, online, health)

@@ -367,6 +367,11 @@ def _publisher_client() -> Any:
     )
 
 
+def shared_publisher() -> Any:
+    """The process's Pub/Sub publisher client, shared by every DoFn."""
+    return process_shared(("publisher",), _publisher_client)
+
+
 class _PublishingDoFn(beam.DoFn):
     """Publishes to one topic, waits for Pub/Sub's acks (at-least-once), then releases the
     recovery tokens of what was published: the messages behind it are finished
@@ -378,7 +383,7 @@ class _PublishingDoFn(beam.DoFn):
         self._published = Metrics.counter(METRICS_NAMESPACE, metric)
 
     def setup(self) -> None:
-        self._publisher = process_shared(("publisher",), _publisher_client)
+        self._publisher = shared_publisher()
 
     def _publish(self, futures: list[Any], tokens: Iterable[int]) -> int:
         for future in futures:

@@ -22,6 +22,7 @@ PINNED = (
     "Predict",
     "WritePredictions",
     "EvaluateOnline",
+    "Monitor",
     "CollectDeadLetters",
     "WriteDeadLetters",
 )
@@ -79,8 +80,10 @@ def test_constructs_for_dataflow_offline(tmp_path) -> None:
 
 
 def test_stateful_steps_are_the_keyed_stages() -> None:
-    """The only stateful steps are the three keyed stages and the online evaluation's waiting
-    labels (keyed by a hash of the transaction id); none is keyed by a constant."""
+    """The only stateful steps are the three keyed stages, the online evaluation's waiting
+    labels (keyed by a hash of the transaction id) and the monitor's judges: drift per (model
+    version, feature); health, data quality and online quality after a lifted combine, so their
+    keys get one merged element per window, never the event stream."""
     from apache_beam.transforms.userstate import is_stateful_dofn
 
     options = PipelineOptions(["--project=rillet-local", "--streaming"])
@@ -100,6 +103,10 @@ def test_stateful_steps_are_the_keyed_stages() -> None:
         "ComputeFeatures/CustomerWindows",
         "ComputeFeatures/TerminalWindows",
         "EvaluateOnline/AwaitPredictions",
+        "Monitor/JudgeDrift",
+        "Monitor/JudgeHealth",
+        "Monitor/JudgeQuality",
+        "Monitor/JudgeOnlineQuality",
     }
     assert key_buckets(options) == DIRECT_KEY_BUCKETS >= 16
 

@@ -1,0 +1,743 @@
+"""Monitor: drift, data quality, online quality and service health in the stream; alerts as data.
+
+    predictions ─ BinInputs ─ DriftDeltas (every few s) ─ SumBuckets ─ JudgeDrift ─────────┐
+    predictions, labels, dead letters ─ BundleStats ─┬─ HealthWindows ─ JudgeHealth ───────┤
+                                                     └─ QualityWindows ─ JudgeQuality ─────┤
+    online evaluation rows ─ JudgeOnlineQuality ───────────────────────────────────────────┤
+                                                                       PublishAlerts ◄─────┘
+
+- **Drift** (docs/specs/monitoring.md): every model input and the score of every served version
+  (the champion and its shadowing challenger) is binned against the reference histogram of that
+  version's model card, per ``period_s`` bucket of event time. The per-batch bucket counts are
+  summed by a Beam combine (lifted: partial sums on every worker) and flushed every
+  ``--monitor_every_s``; one stateful key per (version, feature) — a few dozen keys, each getting
+  one small element per flush, whatever the event rate — holds its sliding windows
+  (pipelines/core/drift.py), computes the PSI of each closed window and raises an alert when it
+  stays at or above the threshold for K consecutive windows. The threshold test is Beam's
+  ``apache_beam.ml.anomaly`` ``FixedThreshold`` (the module's detectors score a stream against
+  its own recent past; drift compares it with the training reference, so the score is PSI).
+- **Data quality** and **service health**: every bundle's counts (predictions, corrections,
+  labels, dead letters per reason) and its event-to-prediction latencies (a log-spaced histogram,
+  2% wide bins) are pre-aggregated on the worker and merged per processing-time window.
+- **Online quality**: the online evaluation's (version, day) rows against the model card's
+  validation figures, for the registry's champion.
+
+Every alert is published on the alerts topic (``Alert.message``) and counted; the latest figures
+are Beam gauges (namespace ``rillet_monitor``), which Dataflow exports to Cloud Monitoring.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.coders import PickleCoder
+from apache_beam.metrics import Metrics
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    on_timer,
+)
+from apache_beam.utils.windowed_value import WindowedValue
+
+from pipelines.core.alerts import Alert, Streaks
+from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.drift import DriftWindows, bin_index, n_bins
+from pipelines.core.messages import DeadLetter
+from pipelines.core.schema import Label
+from pipelines.core.thresholds import Thresholds
+from pipelines.stores.model_registry import ModelRegistry
+from pipelines.stores.shared import process_shared
+from pipelines.transforms.inference import PredictionBatch
+from pipelines.transforms.parse import METRICS_NAMESPACE
+
+__all__ = [
+    "MONITOR_NAMESPACE",
+    "SCORE",
+    "Monitor",
+    "Stats",
+    "latency_percentile",
+]
+
+_LOGGER = logging.getLogger(__name__)
+
+MONITOR_NAMESPACE = "rillet_monitor"
+SCORE = "score"  # the drift key of a version's score (beside its inputs)
+_LOG_BASE = math.log(1.02)  # latency histogram: bins 2% wide
+
+
+def _latency_bin(ms: float) -> int:
+    return int(math.log(max(ms, 1.0)) / _LOG_BASE)
+
+
+def latency_percentile(histogram: Mapping[int, int], q: float) -> float | None:
+    """The ``q`` quantile (0..1) of a latency histogram, as its bin's upper edge in ms."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = q * total
+    seen = 0
+    for b in sorted(histogram):
+        seen += histogram[b]
+        if seen >= rank:
+            return round(math.exp((b + 1) * _LOG_BASE), 1)
+    return None  # pragma: no cover - the loop always reaches the rank
+
+
+@dataclass
+class Stats:
+    """Counts and latencies of a bundle, or of a window once merged."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    latency: Counter[int] = field(default_factory=Counter)
+    max_latency_ms: float = 0.0
+
+    def merge(self, other: Stats) -> Stats:
+        self.counts.update(other.counts)
+        self.latency.update(other.latency)
+        self.max_latency_ms = max(self.max_latency_ms, other.max_latency_ms)
+        return self
+
+
+# Count names (Stats.counts): predictions (originals), corrections, labels, dead letters.
+PREDICTIONS, CORRECTIONS, LABELS = "predictions", "corrections", "labels"
+DEAD_LETTER_PREFIX = "dead_letter/"
+DUPLICATE_REASONS = ("duplicate_transaction_id", "duplicate_label")
+UNKNOWN_LABEL_REASONS = ("unknown_transaction",)
+
+
+def quality_rates(stats: Stats) -> dict[str, float | None]:
+    """The data-quality rates of a window (None without a denominator).
+
+    - dead_letter_rate: dead letters (every stage, every reason) / events in (predicted
+      transactions + labels + dead letters);
+    - unknown_label_rate: labels whose transaction never arrived / labels (+ those);
+    - duplicate_rate: duplicate ids with a different payload / events in (redelivered copies of
+      a message are dropped as such, counted as ``duplicate_redeliveries``, and are no error);
+    - late_event_rate: predictions corrected because an earlier event of the same card or
+      terminal arrived after them (out of order) / predictions.
+    """
+    c = stats.counts
+    dead = sum(n for k, n in c.items() if k.startswith(DEAD_LETTER_PREFIX))
+    events = c[PREDICTIONS] + c[LABELS] + dead
+    unknown = sum(c[DEAD_LETTER_PREFIX + r] for r in UNKNOWN_LABEL_REASONS)
+    duplicates = sum(c[DEAD_LETTER_PREFIX + r] for r in DUPLICATE_REASONS)
+
+    def rate(n: int, d: int) -> float | None:
+        return n / d if d else None
+
+    return {
+        "dead_letter_rate": rate(dead, events),
+        "unknown_label_rate": rate(unknown, c[LABELS] + unknown),
+        "duplicate_rate": rate(duplicates, events),
+        "late_event_rate": rate(c[CORRECTIONS], c[PREDICTIONS] + c[CORRECTIONS]),
+    }
+
+
+class _BundleStats(beam.DoFn):
+    """Counts and latencies of each bundle, emitted once at its end (the hot path's elements
+    never reach a shuffle one by one)."""
+
+    def start_bundle(self) -> None:
+        self._stats = Stats()
+
+    def process(self, element: Any) -> None:
+        s = self._stats
+        if isinstance(element, PredictionBatch):
+            n = len(element)
+            if element.batch.correction:
+                s.counts[CORRECTIONS] += n
+                return
+            s.counts[PREDICTIONS] += n
+            for tx in element.batch.transactions:
+                if tx.publish_time_us:
+                    ms = (element.predicted_at_us - tx.publish_time_us) / 1000
+                    s.latency[_latency_bin(ms)] += 1
+                    s.max_latency_ms = max(s.max_latency_ms, ms)
+        elif isinstance(element, Label):
+            s.counts[LABELS] += 1
+        elif isinstance(element, DeadLetter):
+            s.counts[DEAD_LETTER_PREFIX + element.reason] += 1
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._stats.counts or self._stats.latency:
+            yield WindowedValue(self._stats, time.time(), (window.GlobalWindow(),))
+
+
+class _MergeStats(beam.CombineFn):
+    def create_accumulator(self) -> Stats:
+        return Stats()
+
+    def add_input(self, acc: Stats, stats: Stats) -> Stats:
+        return acc.merge(stats)
+
+    def merge_accumulators(self, accs: Iterable[Stats]) -> Stats:
+        out = Stats()
+        for acc in accs:
+            out.merge(acc)
+        return out
+
+    def extract_output(self, acc: Stats) -> Stats:
+        return acc
+
+
+def _every(seconds: float) -> beam.WindowInto:
+    """The global window, fired every ``seconds`` of processing time with what arrived since."""
+    return beam.WindowInto(
+        window.GlobalWindows(),
+        trigger=trigger.Repeatedly(trigger.AfterProcessingTime(max(1, round(seconds)))),
+        accumulation_mode=trigger.AccumulationMode.DISCARDING,
+    )
+
+
+def _gauge(name: str, value: float | None) -> None:
+    if value is not None and math.isfinite(value):
+        Metrics.gauge(MONITOR_NAMESPACE, name).set(round(value))
+
+
+class _AlertCounter:
+    def __init__(self) -> None:
+        self._all = Metrics.counter(METRICS_NAMESPACE, "alerts_raised")
+
+    def count(self, alert: Alert) -> Alert:
+        self._all.inc()
+        Metrics.counter(METRICS_NAMESPACE, f"alerts_raised/{alert.kind}").inc()
+        Metrics.counter(MONITOR_NAMESPACE, "alerts_raised").inc()
+        return alert
+
+
+_STREAKS = ReadModifyWriteStateSpec("streaks", PickleCoder())
+_LAST = ReadModifyWriteStateSpec("last_fired", PickleCoder())
+_STREAKS_PARAM = beam.DoFn.StateParam(_STREAKS)
+_LAST_PARAM = beam.DoFn.StateParam(_LAST)
+
+
+class _JudgeHealth(beam.DoFn):
+    """One element per processing-time window (keyed by a constant: one small element every
+    few seconds): latency percentiles and throughput gauges; alerts when p99 latency or the
+    dead-letter rate per second stays over its threshold for ``consecutive`` windows."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self._t = thresholds.service_health
+        self._alerts = _AlertCounter()
+
+    def process(
+        self,
+        element: tuple[str, Stats],
+        streaks_state: Any = _STREAKS_PARAM,
+        last_state: Any = _LAST_PARAM,
+    ) -> Iterator[Alert]:
+        _, stats = element
+        now = time.time()
+        last = last_state.read()
+        seconds = max(now - last, 1e-3) if last else float(self._t.window_s)
+        last_state.write(now)
+        streaks = streaks_state.read() or Streaks(self._t.consecutive)
+        c = stats.counts
+        dead = sum(n for k, n in c.items() if k.startswith(DEAD_LETTER_PREFIX))
+        p50 = latency_percentile(stats.latency, 0.50)
+        p99 = latency_percentile(stats.latency, 0.99)
+        _gauge("latency_p50_ms", p50)
+        _gauge("latency_p99_ms", p99)
+        _gauge("latency_max_ms", stats.max_latency_ms if stats.latency else None)
+        _gauge("predictions_per_s", c[PREDICTIONS] / seconds)
+        _gauge("events_per_s", (c[PREDICTIONS] + c[LABELS] + dead) / seconds)
+        _gauge("dead_letters_per_s_milli", 1000 * dead / seconds)
+        checks = (
+            ("latency_p99_ms", p99, self._t.latency_p99_ms, "ms"),
+            ("dead_letter_per_s", dead / seconds, self._t.dead_letter_per_s, "/s"),
+        )
+        for metric, value, threshold, unit in checks:
+            streak, alert = streaks.judge(metric, None if value is None else value >= threshold)
+            if alert and value is not None:
+                yield self._alerts.count(
+                    Alert(
+                        kind="service_health",
+                        metric=metric,
+                        value=round(value, 3),
+                        threshold=threshold,
+                        comparison=">=",
+                        window_start_s=round(now - seconds, 3),
+                        window_end_s=round(now, 3),
+                        window_basis="processing_time",
+                        severity=self._t.severity,
+                        message_text=f"{metric} {value:,.1f}{unit} >= {threshold:g}{unit} for "
+                        f"{streak} windows in a row",
+                        consecutive=streak,
+                        raised_at_s=now,
+                    )
+                )
+        streaks_state.write(streaks)
+
+
+class _JudgeQuality(beam.DoFn):
+    """Data-quality rates of each processing-time window: gauges, and an alert for each rate at
+    or above its threshold (once per episode) when the window holds ``min_events`` events."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self._t = thresholds.data_quality
+        self._alerts = _AlertCounter()
+
+    def process(
+        self,
+        element: tuple[str, Stats],
+        streaks_state: Any = _STREAKS_PARAM,
+        last_state: Any = _LAST_PARAM,
+    ) -> Iterator[Alert]:
+        _, stats = element
+        now = time.time()
+        last = last_state.read()
+        start = last if last else now - self._t.window_s
+        last_state.write(now)
+        streaks = streaks_state.read() or Streaks(1)
+        rates = quality_rates(stats)
+        c = stats.counts
+        events = (
+            c[PREDICTIONS]
+            + c[LABELS]
+            + sum(n for k, n in c.items() if k.startswith(DEAD_LETTER_PREFIX))
+        )
+        for reason in (k for k in c if k.startswith(DEAD_LETTER_PREFIX)):
+            Metrics.counter(MONITOR_NAMESPACE, reason).inc(c[reason])
+        for name, value in rates.items():
+            _gauge(f"quality_rate_ppm/{name}", None if value is None else value * 1e6)
+            threshold = self._t.rates.get(name)
+            if threshold is None:
+                continue
+            judged = None if value is None or events < self._t.min_events else value >= threshold
+            _, alert = streaks.judge(name, judged)
+            if alert and value is not None:
+                reasons = ", ".join(
+                    f"{k.removeprefix(DEAD_LETTER_PREFIX)} {n}"
+                    for k, n in sorted(c.items())
+                    if k.startswith(DEAD_LETTER_PREFIX)
+                )
+                yield self._alerts.count(
+                    Alert(
+                        kind="data_quality",
+                        metric=name,
+                        value=round(value, 6),
+                        threshold=threshold,
+                        comparison=">=",
+                        window_start_s=round(start, 3),
+                        window_end_s=round(now, 3),
+                        window_basis="processing_time",
+                        severity=self._t.severity,
+                        message_text=f"{name} {value:.2%} >= {threshold:.2%} over {events:,} "
+                        f"events" + (f" (dead letters: {reasons})" if reasons else ""),
+                        raised_at_s=now,
+                    )
+                )
+        streaks_state.write(streaks)
+
+
+class _References:
+    """Model cards' reference histograms per version, read once per worker."""
+
+    def __init__(self, model_dir: str) -> None:
+        self._registry = ModelRegistry(model_dir)
+        self._cache: dict[str, dict[str, Any] | None] = {}
+
+    def card(self, version: str) -> dict[str, Any] | None:
+        if version not in self._cache:
+            try:
+                self._cache[version] = self._registry.card(version)
+            except Exception as exc:  # a card that cannot be read: no drift for that version
+                _LOGGER.warning("no model card for %s (%s): no drift monitoring", version, exc)
+                self._cache[version] = None
+        return self._cache[version]
+
+    def histograms(self, version: str) -> dict[str, dict[str, Any]]:
+        """feature (or SCORE) -> reference histogram; empty for a card without references."""
+        card = self.card(version) or {}
+        reference = card.get("reference") or {}
+        hists = {name: h for name, h in (reference.get("inputs") or {}).items() if h.get("edges")}
+        if (reference.get("score") or {}).get("edges"):
+            hists[SCORE] = reference["score"]
+        return hists
+
+
+def _references(model_dir: str) -> _References:
+    return process_shared(("monitor-references", model_dir), lambda: _References(model_dir))
+
+
+class _BinInputs(beam.DoFn):
+    """PredictionBatch -> ((version, feature), ({bucket start: counts}, latest event s))."""
+
+    def __init__(self, model_dir: str, thresholds: Thresholds) -> None:
+        self._model_dir = model_dir
+        self._drift = thresholds.drift
+        self._no_reference = Metrics.counter(MONITOR_NAMESPACE, "drift_unmonitored_rows")
+
+    def setup(self) -> None:
+        self._refs = _references(self._model_dir)
+        self._column = {name: i for i, name in enumerate(MODEL_INPUTS)}
+
+    def process(self, pb: PredictionBatch) -> Iterator[tuple[tuple[str, str], Any]]:
+        if pb.batch.correction or not len(pb):
+            return  # a recomputation: its transactions were counted with their originals
+        event_s = np.fromiter(
+            (tx.event_time_us // 1_000_000 for tx in pb.batch.transactions), np.int64, len(pb)
+        )
+        served = [(pb.model_version, pb.scores)]
+        if pb.challenger_version and pb.challenger_scores is not None:
+            served.append((pb.challenger_version, pb.challenger_scores))
+        for version, scores in served:
+            hists = self._refs.histograms(version)
+            if not hists:
+                self._no_reference.inc(len(pb))
+                continue
+            for name, hist in hists.items():
+                cfg = self._drift.for_feature(name)
+                if not cfg.enabled:
+                    continue
+                if name == SCORE:
+                    values = np.asarray(scores, dtype=np.float64)
+                elif name in self._column:
+                    values = pb.batch.features[:, self._column[name]]
+                else:
+                    continue
+                keep = ~np.isnan(values)
+                bins = bin_index(values[keep], hist)
+                buckets = (event_s[keep] // cfg.period_s) * cfg.period_s
+                width = n_bins(hist)
+                out = {}
+                for b in np.unique(buckets):
+                    sel = buckets == b
+                    out[int(b)] = np.bincount(bins[sel], minlength=width)
+                if out:
+                    yield (version, name), (out, int(event_s[keep].max()))
+
+
+class _SumBuckets(beam.CombineFn):
+    """Sums bucket counts (and keeps the latest event time) of one (version, feature)."""
+
+    def create_accumulator(self) -> tuple[dict[int, np.ndarray], int]:
+        return {}, -(2**62)
+
+    def add_input(self, acc: Any, element: Any) -> Any:
+        buckets, latest = acc
+        more, their_latest = element
+        for b, counts in more.items():
+            held = buckets.get(b)
+            buckets[b] = counts if held is None else held + counts
+        return buckets, max(latest, their_latest)
+
+    def merge_accumulators(self, accs: Iterable[Any]) -> Any:
+        out = self.create_accumulator()
+        for acc in accs:
+            out = self.add_input(out, acc)
+        return out
+
+    def extract_output(self, acc: Any) -> Any:
+        return acc
+
+
+_WINDOWS = ReadModifyWriteStateSpec("windows", PickleCoder())
+_FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
+_WINDOWS_PARAM = beam.DoFn.StateParam(_WINDOWS)
+_FLUSH_PARAM = beam.DoFn.TimerParam(_FLUSH)
+
+
+class _JudgeDrift(beam.DoFn):
+    """Per (version, feature): the sliding windows (pipelines.core.drift.DriftWindows), their
+    PSI as gauges, an alert when the K-th consecutive window is over the threshold. A
+    processing-time timer closes the last windows when the stream pauses."""
+
+    WINDOWS_TAG = "windows"
+
+    def __init__(self, model_dir: str, thresholds: Thresholds, grace_s: float) -> None:
+        from apache_beam.ml.anomaly.thresholds import FixedThreshold
+
+        self._model_dir = model_dir
+        self._drift = thresholds.drift
+        self._grace_s = grace_s
+        self._threshold = FixedThreshold
+        self._alerts = _AlertCounter()
+        self._late = Metrics.counter(MONITOR_NAMESPACE, "drift_late_values")
+
+    def setup(self) -> None:
+        self._refs = _references(self._model_dir)
+
+    def _new(self, version: str, feature: str) -> DriftWindows | None:
+        hist = self._refs.histograms(version).get(feature)
+        if hist is None:
+            return None
+        cfg = self._drift.for_feature(feature)
+        return DriftWindows(
+            reference=list(map(int, hist["counts"])),
+            window_s=cfg.window_s,
+            period_s=cfg.period_s,
+            lateness_s=cfg.lateness_s,
+            threshold=cfg.threshold,
+            consecutive=cfg.consecutive,
+            min_count=cfg.min_count,
+            grace_s=self._grace_s,
+        )
+
+    def process(
+        self,
+        element: tuple[tuple[str, str], Any],
+        windows_state: Any = _WINDOWS_PARAM,
+        flush: Any = _FLUSH_PARAM,
+    ) -> Iterator[Any]:
+        (version, feature), (buckets, latest) = element
+        windows = windows_state.read() or self._new(version, feature)
+        if windows is None:
+            return
+        late = windows.late
+        closed = windows.add(buckets, latest, time.time(), self._is_over(feature))
+        self._late.inc(windows.late - late)
+        yield from self._report(version, feature, windows, closed)
+        windows_state.write(windows)
+        if windows.pending:
+            flush.set(time.time() + self._grace_s + 1)
+
+    @on_timer(_FLUSH)
+    def on_flush(
+        self,
+        key: Any = beam.DoFn.KeyParam,
+        windows_state: Any = _WINDOWS_PARAM,
+        flush: Any = _FLUSH_PARAM,
+    ) -> Iterator[Any]:
+        windows = windows_state.read()
+        if windows is None:
+            return
+        version, feature = key
+        closed = windows.flush(time.time(), self._is_over(feature))
+        yield from self._report(version, feature, windows, closed)
+        windows_state.write(windows)
+        if windows.pending:
+            flush.set(time.time() + self._grace_s + 1)
+
+    def _is_over(self, feature: str) -> Any:
+        # Beam's anomaly threshold: 1 (outlier) at or above the cutoff.
+        fixed = self._threshold(cutoff=self._drift.for_feature(feature).threshold)
+        return lambda value: fixed.apply(value) == 1
+
+    def _report(
+        self, version: str, feature: str, windows: DriftWindows, closed: list[Any]
+    ) -> Iterator[Any]:
+        cfg = self._drift.for_feature(feature)
+        for w in closed:
+            yield beam.pvalue.TaggedOutput(
+                self.WINDOWS_TAG,
+                {
+                    "model_version": version,
+                    "feature": feature,
+                    "window_start_s": w.start_s,
+                    "window_end_s": w.end_s,
+                    "n": w.n,
+                    "psi": w.psi,
+                    "js": w.js,
+                    "over": w.over,
+                    "streak": w.streak,
+                },
+            )
+            if w.psi is not None:
+                suffix = f"{version}/{feature}"
+                _gauge(f"drift_psi_milli/{suffix}", w.psi * 1000)
+                _gauge(f"drift_n/{suffix}", w.n)
+                _gauge(f"drift_window_end_s/{suffix}", w.end_s)
+                _gauge(f"drift_streak/{suffix}", w.streak)
+            if w.alert and w.psi is not None:
+                now = time.time()
+                yield self._alerts.count(
+                    Alert(
+                        kind="drift",
+                        metric=cfg.metric,
+                        value=round(w.psi, 4),
+                        threshold=cfg.threshold,
+                        comparison=">=",
+                        window_start_s=w.start_s,
+                        window_end_s=w.end_s,
+                        window_basis="event_time",
+                        severity=cfg.severity,
+                        message_text=f"{feature} of model {version}: PSI {w.psi:.3f} >= "
+                        f"{cfg.threshold:g} in {w.streak} consecutive windows of "
+                        f"{cfg.window_s // 60} min (n={w.n:,}, JS {w.js:.3f})",
+                        model_version=version,
+                        feature=feature,
+                        consecutive=w.streak,
+                        raised_at_s=now,
+                    )
+                )
+
+
+_ALERTED = ReadModifyWriteStateSpec("alerted", PickleCoder())
+_ALERTED_PARAM = beam.DoFn.StateParam(_ALERTED)
+
+
+class _JudgeOnlineQuality(beam.DoFn):
+    """The online evaluation's (version, day) rows, keyed by version: when the version is the
+    registry's champion and the day holds enough labels, its AP / CP@100 against the fractions
+    of its model card's validation figures. One alert per (version, day, metric)."""
+
+    def __init__(self, model_dir: str, thresholds: Thresholds, poll_s: float = 30.0) -> None:
+        self._model_dir = model_dir
+        self._t = thresholds.online_quality
+        self._poll_s = poll_s
+        self._alerts = _AlertCounter()
+
+    def setup(self) -> None:
+        self._refs = _references(self._model_dir)
+        self._champion: str | None = None
+        self._read_at = 0.0
+
+    def _current_champion(self) -> str | None:
+        if time.time() - self._read_at > self._poll_s:
+            try:
+                self._champion = ModelRegistry(self._model_dir).pointer().champion
+            except Exception as exc:  # no registry (a pinned model dir): judge every version
+                _LOGGER.debug("no registry pointer: %s", exc)
+                self._champion = None
+            self._read_at = time.time()
+        return self._champion
+
+    def process(
+        self,
+        element: tuple[str, dict[str, Any]],
+        alerted_state: Any = _ALERTED_PARAM,
+    ) -> Iterator[Alert]:
+        version, row = element
+        champion = self._current_champion()
+        if champion is not None and version != champion:
+            return
+        if (row.get("n") or 0) < self._t.min_labelled or (row.get("frauds") or 0) < (
+            self._t.min_frauds
+        ):
+            return
+        validation = (self._refs.card(version) or {}).get("offline_metrics") or {}
+        alerted = alerted_state.read() or set()
+        day = str(row["day"])
+        for metric, fraction in self._t.min_fraction_of_validation.items():
+            online, offline = row.get(metric), validation.get(metric)
+            if online is None or offline is None or (day, metric) in alerted:
+                continue
+            threshold = fraction * float(offline)
+            if online < threshold:
+                alerted.add((day, metric))
+                start = _day_start_s(day)
+                yield self._alerts.count(
+                    Alert(
+                        kind="online_quality",
+                        metric=f"online_{metric}",
+                        value=round(float(online), 6),
+                        threshold=round(threshold, 6),
+                        comparison="<",
+                        window_start_s=start,
+                        window_end_s=start + 86400,
+                        window_basis="event_time",
+                        severity=self._t.severity,
+                        message_text=f"model {version} on {day}: online {metric} {online:.3f} < "
+                        f"{fraction:.0%} of its validation {metric} {offline:.3f} "
+                        f"({row['n']:,} labels, {row['frauds']:,} frauds)",
+                        model_version=version,
+                        raised_at_s=time.time(),
+                    )
+                )
+        alerted_state.write(alerted)
+
+
+def _day_start_s(day: str) -> float:
+    import datetime as dt
+
+    return dt.datetime.strptime(day, "%Y-%m-%d").replace(tzinfo=dt.UTC).timestamp()
+
+
+class _PublishAlerts(beam.DoFn):
+    """Publishes every alert on the alerts topic and waits for Pub/Sub's ack."""
+
+    def __init__(self, topic: str) -> None:
+        self._topic = topic
+        self._published = Metrics.counter(METRICS_NAMESPACE, "alerts_published")
+
+    def setup(self) -> None:
+        from pipelines.transforms.sinks import shared_publisher
+
+        self._publisher = shared_publisher()
+
+    def process(self, alert: Alert) -> Iterator[dict[str, Any]]:
+        data, attributes = alert.message()
+        self._publisher.publish(self._topic, data, **attributes).result(timeout=300)
+        self._published.inc()
+        _LOGGER.warning("alert: %s", alert.message_text)
+        yield alert.to_json()
+
+
+class Monitor(beam.PTransform):
+    """The monitoring stage (module docstring). Input: a dict with ``predictions``
+    (PredictionBatch), ``labels`` (valid Labels), ``dead_letters`` (DeadLetter) and
+    ``evaluation`` (the online evaluation's rows); output: the alerts published (JSON dicts).
+    ``windows`` (closed drift windows, for tests and benches) is ``self.drift_windows`` after
+    expansion.
+
+    Args:
+      model_dir: the registry (model cards: reference histograms, validation figures).
+      thresholds: pipelines.core.thresholds.load_thresholds().
+      alerts_topic: full path of the alerts topic.
+      every_s: seconds between two drift flushes (and the grace before a window closes: two of
+        them).
+    """
+
+    def __init__(
+        self, model_dir: str, thresholds: Thresholds, alerts_topic: str, every_s: float = 10.0
+    ) -> None:
+        super().__init__()
+        self._model_dir = model_dir
+        self._t = thresholds
+        self._topic = alerts_topic
+        self._every_s = every_s
+        self.drift_windows: beam.PCollection | None = None
+
+    def expand(self, inputs: Mapping[str, beam.PCollection]) -> beam.PCollection:
+        predictions = inputs["predictions"]
+        judged = (
+            predictions
+            | "BinInputs" >> beam.ParDo(_BinInputs(self._model_dir, self._t))
+            | "DriftDeltas" >> _every(self._every_s)
+            | "SumBuckets" >> beam.CombinePerKey(_SumBuckets())
+            | "JudgeDrift"
+            >> beam.ParDo(
+                _JudgeDrift(self._model_dir, self._t, grace_s=2 * self._every_s)
+            ).with_outputs(_JudgeDrift.WINDOWS_TAG, main="alerts")
+        )
+        self.drift_windows = judged[_JudgeDrift.WINDOWS_TAG]
+        stats = (
+            (predictions, inputs["labels"], inputs["dead_letters"])
+            | "Observed" >> beam.Flatten()
+            | "BundleStats" >> beam.ParDo(_BundleStats())
+        )
+        health = (
+            stats
+            | "HealthWindows" >> _every(self._t.service_health.window_s)
+            | "MergeHealth" >> beam.CombineGlobally(_MergeStats()).without_defaults()
+            | "KeyHealth" >> beam.WithKeys(lambda _: "health")
+            | "JudgeHealth" >> beam.ParDo(_JudgeHealth(self._t))
+        )
+        quality = (
+            stats
+            | "QualityWindows" >> _every(self._t.data_quality.window_s)
+            | "MergeQuality" >> beam.CombineGlobally(_MergeStats()).without_defaults()
+            | "KeyQuality" >> beam.WithKeys(lambda _: "quality")
+            | "JudgeQuality" >> beam.ParDo(_JudgeQuality(self._t))
+        )
+        online = (
+            inputs["evaluation"]
+            | "KeyByVersion" >> beam.Map(lambda row: (row["version"], row))
+            | "JudgeOnlineQuality" >> beam.ParDo(_JudgeOnlineQuality(self._model_dir, self._t))
+        )
+        return (
+            (judged.alerts, health, quality, online)
+            | "Alerts" >> beam.Flatten()
+            | "PublishAlerts" >> beam.ParDo(_PublishAlerts(self._topic))
+        )
