@@ -64,6 +64,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import shutil
 import sys
@@ -77,18 +78,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from models.reference import bin_counts, psi
+from pipelines.core.drift import ClosedWindow, DriftWindows, bin_counts, psi
 from pipelines.core.schema import format_rfc3339, parse_rfc3339
 from pipelines.core.thresholds import DriftThresholds, Thresholds, load_thresholds
 
 __all__ = [
     "DriftConfig",
     "RunResult",
-    "first_streak",
     "main",
+    "replay_windows",
     "run_bench",
     "shift_amounts",
-    "sliding_windows",
     "stream_run",
     "summarize",
     "touched_features",
@@ -152,51 +152,42 @@ def shift_amounts(
     return out, [int(c) for c in group]
 
 
-# -- sliding windows, as the Monitor judges them (an offline replica for the report) ----------
+# -- the Monitor's windows, replayed offline for the report ----------------------------------
 
 
-def sliding_windows(
+def replay_windows(
     times_us: np.ndarray, values: np.ndarray, hist: Mapping[str, Any], d: DriftThresholds
-) -> list[tuple[int, int, int, float]]:
-    """(start_us, end_us, n, psi against ``hist``) of every sliding event-time window
-    (``d.window_s`` long, one starting every ``d.period_s``, aligned on the epoch) holding at
-    least ``d.min_count`` of the values, in window order."""
-    if len(times_us) == 0:
-        return []
-    window_us, period_us = d.window_s * S_US, d.period_s * S_US
-    ref = np.asarray(hist["counts"], dtype=np.float64)
+) -> list[ClosedWindow]:
+    """The windows the Monitor's drift judge closes over these values: the same
+    pipelines.core.drift.DriftWindows, fed one ``period_s`` bucket at a time in event-time
+    order (no grace: nothing is in flight here)."""
+    windows = DriftWindows(
+        reference=[int(c) for c in hist["counts"]],
+        window_s=d.window_s,
+        period_s=d.period_s,
+        lateness_s=d.lateness_s,
+        threshold=d.threshold,
+        consecutive=d.consecutive,
+        min_count=d.min_count,
+    )
     order = np.argsort(times_us, kind="stable")
-    t, x = np.asarray(times_us)[order], np.asarray(values, dtype=np.float64)[order]
-    first = (int(t[0]) // period_us) * period_us - window_us + period_us
-    out = []
-    for start in range(first, int(t[-1]) + 1, period_us):
-        lo, hi = np.searchsorted(t, [start, start + window_us], side="left")
-        if hi - lo >= d.min_count:
-            out.append(
-                (start, start + window_us, int(hi - lo), psi(ref, bin_counts(x[lo:hi], hist)))
-            )
-    return out
+    t_s = np.asarray(times_us, dtype=np.int64)[order] // S_US
+    x = np.asarray(values, dtype=np.float64)[order]
+    buckets = t_s // d.period_s * d.period_s
+    closed: list[ClosedWindow] = []
+    for lo, hi in _runs(buckets):
+        counts = bin_counts(x[lo:hi], hist)
+        closed += windows.add({int(buckets[lo]): counts}, int(t_s[hi - 1]), 0.0)
+    return closed
 
 
-def first_streak(
-    windows: Sequence[tuple[int, int, int, float]],
-    d: DriftThresholds,
-    after_us: int,
-) -> tuple[int, float] | None:
-    """(end_us, psi) of the window completing the first run of ``d.consecutive`` windows in a
-    row (each one period after the previous: a window not judged breaks the run) at or above
-    ``d.threshold`` among those ending after ``after_us``; None if none."""
-    streak, previous_end = 0, None
-    for _, end, _, value in windows:
-        if end <= after_us:
-            continue
-        over = value >= d.threshold
-        in_row = previous_end is not None and end - previous_end == d.period_s * S_US
-        streak = streak + 1 if over and in_row else int(over)
-        previous_end = end
-        if streak >= d.consecutive:
-            return end, value
-    return None
+def _runs(sorted_keys: np.ndarray) -> list[tuple[int, int]]:
+    """[lo, hi) of each run of equal values in a sorted array."""
+    if not len(sorted_keys):
+        return []
+    cuts = np.flatnonzero(np.diff(sorted_keys)) + 1
+    bounds = [0, *cuts.tolist(), len(sorted_keys)]
+    return list(itertools.pairwise(bounds))
 
 
 # -- what the shift touches -------------------------------------------------------------------
@@ -241,8 +232,10 @@ def offline_windows(
     drift_at_us: int,
     thresholds: DriftThresholds,
 ) -> dict[str, dict[str, Any]]:
-    """Per feature: the highest window PSI before drift_at per run, and per run the first
-    streak of ``consecutive`` windows at or above the threshold after it (window end, PSI)."""
+    """Per feature and run, from the served values through :func:`replay_windows`: the highest
+    window PSI ending at or before drift_at and after it, and the end of the first window that
+    raises an alert after it (what the Monitor should have done)."""
+    drift_at_s = drift_at_us // S_US
     out: dict[str, dict[str, Any]] = {}
     for name, hist in _reference(card).items():
         d = thresholds.for_feature(name)
@@ -253,13 +246,17 @@ def offline_windows(
             ps = list(predictions)
             times = np.array([parse_rfc3339(p["event_time"]) for p in ps], dtype=np.int64)
             values = np.fromiter(_served_values(ps, name).values(), np.float64, len(ps))
-            windows = sliding_windows(times, values, hist, d)
-            before = [w[3] for w in windows if w[1] <= drift_at_us]
+            closed = [w for w in replay_windows(times, values, hist, d) if w.psi is not None]
+            before = [w.psi for w in closed if w.end_s <= drift_at_s and w.psi is not None]
+            after = [w.psi for w in closed if w.end_s > drift_at_s and w.psi is not None]
+            alerts = [w.end_s for w in closed if w.alert]
             row[f"{run}_max_psi_before"] = round(max(before), 4) if before else None
-            after = [w[3] for w in windows if w[1] > drift_at_us]
             row[f"{run}_max_psi_after"] = round(max(after), 4) if after else None
-            streak = first_streak(windows, d, drift_at_us)
-            row[f"{run}_streak_end"] = format_rfc3339(streak[0]) if streak else None
+            row[f"{run}_alerts_before"] = sum(1 for e in alerts if e <= drift_at_s)
+            first = next((e for e in alerts if e > drift_at_s), None)
+            row[f"{run}_first_alert_window_end"] = (
+                None if first is None else format_rfc3339(first * S_US)
+            )
         out[name] = row
     return out
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from bench import drift as bd
 from models.reference import histogram
@@ -127,32 +126,27 @@ def test_summarize_without_alerts() -> None:
     assert r["goal"]["no_alert_in_quiet_run"] is True
 
 
-def test_sliding_windows_and_first_streak() -> None:
+def test_replay_windows_judges_as_the_monitor() -> None:
     rng = np.random.default_rng(1)
     hist = histogram(rng.uniform(0, 1, 5000))
-    d = DriftThresholds(window_s=3600, period_s=900, min_count=300, consecutive=3)
+    d = DriftThresholds(window_s=3600, period_s=900, lateness_s=300, min_count=300)
     # 4 hours, 400 values an hour, from DRIFT_AT - 2 h; the values move up at DRIFT_AT.
     times = DRIFT_AT_US - 2 * HOUR_US + np.sort(rng.integers(0, 4 * HOUR_US, 1600))
     values = np.where(times >= DRIFT_AT_US, rng.uniform(0.8, 1.0, 1600), rng.uniform(0, 1, 1600))
-    windows = bd.sliding_windows(times, values, hist, d)
-    ends = [w[1] for w in windows]
-    assert ends == sorted(ends) and all(e % (900 * bd.S_US) == 0 for e in ends)
-    assert all(w[1] - w[0] == HOUR_US and w[2] >= 300 for w in windows)
-    assert max(w[3] for w in windows if w[1] <= DRIFT_AT_US) < 0.1
-    end, value = bd.first_streak(windows, d, DRIFT_AT_US)
-    assert value >= d.threshold
-    assert DRIFT_AT_US < end <= DRIFT_AT_US + HOUR_US
-    assert bd.first_streak(windows, d, windows[-1][1]) is None
-
-
-@pytest.mark.parametrize("gap", [False, True])
-def test_first_streak_needs_windows_in_a_row(gap: bool) -> None:
-    d = DriftThresholds(period_s=900, consecutive=3)
-    p = 900 * bd.S_US
-    ends = [DRIFT_AT_US + i * p for i in (1, 2, 4 if gap else 3, 5)]
-    windows = [(e - HOUR_US, e, 500, 0.5) for e in ends]
-    # in a row: the third completes it; with a gap after two: 1, 2, then 1, 2 again
-    assert bd.first_streak(windows, d, DRIFT_AT_US) == (None if gap else (ends[2], 0.5))
+    windows = bd.replay_windows(times, values, hist, d)
+    drift_at_s = DRIFT_AT_US // bd.S_US
+    starts = [w.start_s for w in windows]
+    assert starts == list(range(starts[0], starts[-1] + 1, 900))
+    assert all(w.end_s - w.start_s == 3600 for w in windows)
+    # only windows wholly inside the stream, closed once the clock is lateness_s past their end
+    assert starts[0] >= drift_at_s - 7200
+    assert windows[-1].end_s + 300 <= int(times.max() // bd.S_US)
+    judged = [w for w in windows if w.psi is not None]
+    assert all(w.n >= 300 for w in judged)
+    assert max(w.psi for w in judged if w.end_s <= drift_at_s) < 0.25
+    alerts = [w for w in windows if w.alert]
+    assert len(alerts) == 1  # once per episode
+    assert alerts[0].streak == 3 and drift_at_s < alerts[0].end_s <= drift_at_s + 3600
 
 
 def test_touched_features_from_served_values() -> None:
