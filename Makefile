@@ -63,6 +63,9 @@ bench-windows: $(STAMP) ## Feature engine vs Beam SlidingWindows per-event cost,
 bench-continual: $(STAMP) ## Static vs weekly retrained (8 handbook weeks) + a streaming run with swaps and shadow scoring (last line JSON)
 	$(BIN)/python -m bench.continual --work-dir .rillet/continual
 
+bench-drift: $(STAMP) ## Drift alerts: a handbook stretch replayed unchanged, then with a shift at a known time (last line JSON)
+	$(BIN)/python -m bench.drift --work-dir .rillet/drift
+
 chaos: $(STAMP) ## 20k+ transactions through SIGKILLs, bad input, Bigtable/Datastore outages; checks every store (last line JSON)
 	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos
 
@@ -74,4 +77,4 @@ clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
 .PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
-	bench-scaleout bench-backfill bench-windows bench-continual chaos chaos-overload clean
+	bench-scaleout bench-backfill bench-windows bench-continual bench-drift chaos chaos-overload clean

@@ -131,7 +131,6 @@ def streaming_part(
     from pipelines.app.evaluate import read_served
     from pipelines.app.local_run import LocalRun
     from pipelines.app.publisher import replay_events
-    from pipelines.backfill.backfill import run_backfill
     from pipelines.stores.model_registry import ModelRegistry
 
     assert len(versions) >= 4, "needs four versions: two promotions and a rollback"
@@ -144,17 +143,7 @@ def streaming_part(
     with LocalRun(work / "stack", log_path=work / "logs" / "pipeline.log") as run:
         topo = run.topology
         t0 = time.monotonic()
-        run_backfill(
-            str(data_dir),
-            str(work / "backfill-warm"),
-            [
-                f"--until={first.isoformat()}",
-                "--to_bigtable",
-                f"--project={topo.project}",
-                f"--bigtable_instance={topo.bigtable_instance}",
-                f"--bigtable_table={topo.bigtable_table}",
-            ],
-        )
+        run.warm_store(data_dir, work / "backfill-warm", first.isoformat())
         log(f"  warm store until {first}: {time.monotonic() - t0:.1f} s")
         run.start_job(
             [

@@ -373,6 +373,29 @@ class LocalRun:
             thread.join(timeout=10)
         self._monitor_threads = []
 
+    def warm_store(
+        self, data_dir: str | Path, output_dir: str | Path, until: str, args: Sequence[str] = ()
+    ) -> Path:
+        """Backfills the dataset in ``data_dir`` up to ``until`` (a date or an RFC 3339 time)
+        into this run's feature table (``--to_bigtable``): the store as a job that had streamed
+        everything before ``until`` would have left it. ``output_dir`` gets the backfill's
+        manifest; ``args`` are more backfill options. Returns what run_backfill returns."""
+        from pipelines.backfill.backfill import run_backfill
+
+        topo = self.topology
+        return run_backfill(
+            str(data_dir),
+            str(output_dir),
+            [
+                f"--until={until}",
+                "--to_bigtable",
+                f"--project={topo.project}",
+                f"--bigtable_instance={topo.bigtable_instance}",
+                f"--bigtable_table={topo.bigtable_table}",
+                *args,
+            ],
+        )
+
     # -- input ------------------------------------------------------------------------------
 
     def publish(self, events: Sequence[Any], rate: Rate = 0, **kwargs: Any) -> int:

@@ -88,17 +88,8 @@ def run_replay_eval(config: ReplayEvalConfig) -> dict[str, Any]:
         topo = run.topology
         t = time.monotonic()
         console.print(f"   Warming the store: backfill --until {protocol.test_range[0]}")
-        run_backfill(
-            str(data_dir),
-            str(work / "backfill-warm"),
-            [
-                f"--until={protocol.test_range[0]}",
-                "--to_bigtable",
-                f"--project={topo.project}",
-                f"--bigtable_instance={topo.bigtable_instance}",
-                f"--bigtable_table={topo.bigtable_table}",
-                f"--shards={config.shards}",
-            ],
+        run.warm_store(
+            data_dir, work / "backfill-warm", protocol.test_range[0], [f"--shards={config.shards}"]
         )
         _step(timings, "warm_store_s", t)
 
