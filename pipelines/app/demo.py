@@ -119,8 +119,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             console.print(f"  exported {version_dir} (the registry's champion)")
 
             console.print("Starting the streaming pipeline on the DirectRunner ...")
+            for stale in ("snapshot.json", "history.jsonl", "alerts.jsonl"):
+                (run.monitor_dir / stale).unlink(missing_ok=True)  # this run's history only
             job_started = time.monotonic()
-            run.start_job([f"--model_dir={work / 'models'}"])
+            run.start_job([f"--model_dir={work / 'models'}", "--monitor_every_s=5"])
+            console.print(f"  watch it live in another terminal: rillet monitor --state-dir {work}")
 
             events = replay_events(frame)
             bad = [ReplayEvent("transactions", b, 0) for b in malformed_examples()]
@@ -162,8 +165,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                         progress=lambda n: progress.update(pred_task, completed=n),
                     )
             elapsed = time.monotonic() - t0
-            time.sleep(1.0)
+            time.sleep(6.0)  # the job's last snapshot and alerts
             run.stop_monitors()
+            alerts = _read_alerts(run.monitor_dir / "alerts.jsonl")
+            report = _write_report(run.monitor_dir)
             predictions, dead = run.predictions, run.dead_letters
             stored = count_datastore(run.topology.project, "Prediction")
             first_id = json.loads(events[0].data)["transaction_id"]  # it waited for the start-up
@@ -188,6 +193,11 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 "latency_ms_p95": round(p95, 1),
                 "latency_ms_p99": round(p99, 1),
                 "model_version": version_dir.name,
+                "alerts": len(alerts),
+                "alerts_by_kind": sorted(
+                    {f"{a['kind']}: {a.get('feature') or a['metric']}" for a in alerts}
+                ),
+                "monitoring_report": str(report) if report else None,
                 "complete": unique_predictions >= n_tx and stored >= n_tx,
             }
             summary["exact"] = summary["complete"] and summary["feature_mismatches"] == 0
@@ -196,6 +206,24 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     finally:
         if run.stopped:
             console.print("Stopped what the demo started: " + ", ".join(run.stopped))
+
+
+def _read_alerts(path: Path) -> list[dict[str, Any]]:
+    """The alerts the job's snapshot writer recorded from the alerts topic."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_report(monitor_dir: Path) -> Path | None:
+    """The run's monitoring report (rillet report), or None when the job left no history."""
+    from pipelines.app.run_report import write_run_report
+
+    try:
+        return write_run_report(monitor_dir, monitor_dir / "report")
+    except Exception as exc:  # the summary still matters more than the report
+        console.print(f"[yellow]no monitoring report: {exc}[/yellow]")
+        return None
 
 
 def _print_summary(summary: dict[str, Any], work: Path, log_path: Path) -> None:
@@ -214,6 +242,8 @@ def _print_summary(summary: dict[str, Any], work: Path, log_path: Path) -> None:
         "latency_ms_p95": "event-to-prediction latency p95 (ms)",
         "latency_ms_p99": "event-to-prediction latency p99 (ms)",
         "model_version": "model version",
+        "alerts": "alerts on the alerts topic",
+        "alerts_by_kind": "alerts (kind: feature or metric)",
     }
     for key, label in labels.items():
         value = summary[key]
@@ -241,4 +271,9 @@ def _print_summary(summary: dict[str, Any], work: Path, log_path: Path) -> None:
         "README sections 'Feature store schema' and 'Prediction messages'; "
         "'rillet local up' keeps the emulators running for your own subscribers."
     )
+    if summary.get("monitoring_report"):
+        console.print(
+            f"Monitoring report (throughput, latency, drift, alerts): "
+            f"{summary['monitoring_report']}"
+        )
     (work / "demo-summary.json").write_text(json.dumps(summary, indent=2))

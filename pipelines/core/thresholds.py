@@ -31,7 +31,7 @@ QUALITY_RATES = ("dead_letter_rate", "unknown_label_rate", "duplicate_rate", "la
 class DriftThresholds:
     """Drift of one input (or of the score): PSI of sliding event-time windows."""
 
-    threshold: float = 0.25
+    threshold: float = 0.2
     consecutive: int = 3
     severity: str = "warning"
     window_s: int = 3600

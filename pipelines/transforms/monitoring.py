@@ -221,13 +221,14 @@ _STREAKS_PARAM = beam.DoFn.StateParam(_STREAKS)
 _LAST_PARAM = beam.DoFn.StateParam(_LAST)
 
 
-class _JudgeHealth(beam.DoFn):
-    """One element per processing-time window (keyed by a constant: one small element every
-    few seconds): latency percentiles and throughput gauges; alerts when p99 latency or the
-    dead-letter rate per second stays over its threshold for ``consecutive`` windows."""
+class _WindowJudge(beam.DoFn):
+    """The judge of one merged Stats per processing-time window (keyed by a constant after a
+    lifted global combine: one small element per window): it keeps the streaks over the
+    windows and the time of the previous one (the window is what came since)."""
 
-    def __init__(self, thresholds: Thresholds) -> None:
-        self._t = thresholds.service_health
+    def __init__(self, window_s: float, consecutive: int) -> None:
+        self._window_s = window_s
+        self._consecutive = consecutive
         self._alerts = _AlertCounter()
 
     def process(
@@ -239,9 +240,27 @@ class _JudgeHealth(beam.DoFn):
         _, stats = element
         now = time.time()
         last = last_state.read()
-        seconds = max(now - last, 1e-3) if last else float(self._t.window_s)
+        start = last if last else now - self._window_s
         last_state.write(now)
-        streaks = streaks_state.read() or Streaks(self._t.consecutive)
+        streaks = streaks_state.read() or Streaks(self._consecutive)
+        yield from self.judge(stats, start, now, streaks)
+        streaks_state.write(streaks)
+
+    def judge(self, stats: Stats, start: float, now: float, streaks: Streaks) -> Iterator[Alert]:
+        raise NotImplementedError
+
+
+class _JudgeHealth(_WindowJudge):
+    """One element per processing-time window (keyed by a constant: one small element every
+    few seconds): latency percentiles and throughput gauges; alerts when p99 latency or the
+    dead-letter rate per second stays over its threshold for ``consecutive`` windows."""
+
+    def __init__(self, thresholds: Thresholds) -> None:
+        self._t = thresholds.service_health
+        super().__init__(self._t.window_s, self._t.consecutive)
+
+    def judge(self, stats: Stats, start: float, now: float, streaks: Streaks) -> Iterator[Alert]:
+        seconds = max(now - start, 1e-3)
         c = stats.counts
         dead = sum(n for k, n in c.items() if k.startswith(DEAD_LETTER_PREFIX))
         p50 = latency_percentile(stats.latency, 0.50)
@@ -276,29 +295,17 @@ class _JudgeHealth(beam.DoFn):
                         raised_at_s=now,
                     )
                 )
-        streaks_state.write(streaks)
 
 
-class _JudgeQuality(beam.DoFn):
+class _JudgeQuality(_WindowJudge):
     """Data-quality rates of each processing-time window: gauges, and an alert for each rate at
     or above its threshold (once per episode) when the window holds ``min_events`` events."""
 
     def __init__(self, thresholds: Thresholds) -> None:
         self._t = thresholds.data_quality
-        self._alerts = _AlertCounter()
+        super().__init__(self._t.window_s, 1)
 
-    def process(
-        self,
-        element: tuple[str, Stats],
-        streaks_state: Any = _STREAKS_PARAM,
-        last_state: Any = _LAST_PARAM,
-    ) -> Iterator[Alert]:
-        _, stats = element
-        now = time.time()
-        last = last_state.read()
-        start = last if last else now - self._t.window_s
-        last_state.write(now)
-        streaks = streaks_state.read() or Streaks(1)
+    def judge(self, stats: Stats, start: float, now: float, streaks: Streaks) -> Iterator[Alert]:
         rates = quality_rates(stats)
         c = stats.counts
         events = (
@@ -337,7 +344,6 @@ class _JudgeQuality(beam.DoFn):
                         raised_at_s=now,
                     )
                 )
-        streaks_state.write(streaks)
 
 
 class _References:
