@@ -9,6 +9,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pipelines.core.drift import episode
+
 __all__ = ["ALERT_KINDS", "ALERT_SCHEMA_VERSION", "Alert", "Streaks", "rfc3339"]
 
 ALERT_SCHEMA_VERSION = 1
@@ -92,15 +94,17 @@ class Alert:
 @dataclass
 class Streaks:
     """Consecutive over-threshold windows per metric; ``judge`` says when to alert: when a
-    metric's streak reaches ``consecutive`` (once: the next alert needs a window under it)."""
+    metric's streak reaches ``consecutive``, once per episode (pipelines.core.drift.episode: the
+    next alert needs ``consecutive`` windows in a row under the threshold first)."""
 
     consecutive: int
-    counts: dict[str, int] = field(default_factory=dict)
+    state: dict[str, tuple[int, int, bool]] = field(default_factory=dict)
 
     def judge(self, metric: str, over: bool | None) -> tuple[int, bool]:
         """(streak, alert now). ``over=None`` (not judged: too little data) keeps the streak."""
+        streak, under, armed = self.state.get(metric, (0, 0, True))
         if over is None:
-            return self.counts.get(metric, 0), False
-        streak = self.counts.get(metric, 0) + 1 if over else 0
-        self.counts[metric] = streak
-        return streak, streak == self.consecutive
+            return streak, False
+        streak, under, armed, alert = episode(over, streak, under, armed, self.consecutive)
+        self.state[metric] = (streak, under, armed)
+        return streak, alert

@@ -15,7 +15,6 @@ out.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +27,7 @@ __all__ = [
     "DriftWindows",
     "bin_counts",
     "bin_index",
+    "episode",
     "jensen_shannon",
     "n_bins",
     "psi",
@@ -83,6 +83,22 @@ def jensen_shannon(reference: npt.ArrayLike, actual: npt.ArrayLike) -> float:
     return (kl(p) + kl(q)) / 2
 
 
+def episode(
+    over: bool, streak: int, under: int, armed: bool, consecutive: int
+) -> tuple[int, int, bool, bool]:
+    """One judged window of an alerting episode: (streak, under, armed, alert). An alert is
+    raised when ``consecutive`` windows in a row are over the threshold; the next one only after
+    ``consecutive`` windows in a row under it (a value flickering around the threshold during
+    one shift raises one alert, not one per flicker)."""
+    if over:
+        streak, under = streak + 1, 0
+        if armed and streak >= consecutive:
+            return streak, under, False, True
+        return streak, under, armed, False
+    under = under + 1
+    return 0, under, armed or under >= consecutive, False
+
+
 @dataclass(frozen=True)
 class ClosedWindow:
     """One judged (or too small to judge) window of one key."""
@@ -123,6 +139,8 @@ class DriftWindows:
     next_start_s: int | None = None  # the next window to close
     closable_since: dict[int, float] = field(default_factory=dict)  # window start -> wall time
     streak: int = 0
+    under: int = 0  # windows in a row under the threshold (K of them end an episode)
+    armed: bool = True  # False from an alert until the episode ends
     late: int = 0
 
     def add(
@@ -136,9 +154,10 @@ class DriftWindows:
         event time among them; returns the windows that close now, oldest first. ``is_over(psi)``
         judges a window (default: psi >= threshold)."""
         if self.next_start_s is None and buckets:
-            # Only windows wholly inside the observed stream are judged.
+            # Only windows wholly inside the observed stream are judged: the first bucket may
+            # hold its period's end only (a job started, or restarted, in the middle of it).
             first = min(buckets)
-            self.next_start_s = math.ceil(first / self.period_s) * self.period_s
+            self.next_start_s = (first // self.period_s + 1) * self.period_s
         for bucket_s, counts in buckets.items():
             c = np.asarray(counts, dtype=np.int64)
             if self.next_start_s is not None and bucket_s < self.next_start_s:
@@ -203,7 +222,8 @@ class DriftWindows:
             return ClosedWindow(start, end, n, None, None, False, self.streak, False)
         value = psi(self.reference, counts)
         over = is_over(value)
-        self.streak = self.streak + 1 if over else 0
-        alert = self.streak == self.consecutive  # once per episode
+        self.streak, self.under, self.armed, alert = episode(
+            over, self.streak, self.under, self.armed, self.consecutive
+        )
         js = jensen_shannon(self.reference, counts)
         return ClosedWindow(start, end, n, value, js, over, self.streak, alert)

@@ -16,7 +16,12 @@ from pipelines.options import RilletOptions
 
 ROOT = Path(__file__).resolve().parents[2]
 # Options that only mean something on the DirectRunner, so the template does not offer them.
-DIRECT_RUNNER_ONLY = {"direct_pull_max_messages", "recovery_checkpoint", "max_in_flight"}
+DIRECT_RUNNER_ONLY = {
+    "direct_pull_max_messages",
+    "recovery_checkpoint",
+    "max_in_flight",
+    "monitor_dir",
+}
 
 
 def _options() -> dict[str, str]:

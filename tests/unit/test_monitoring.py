@@ -51,16 +51,19 @@ def test_bin_counts_match_the_reference_bins() -> None:
 def test_a_window_closes_after_the_lateness_and_the_grace() -> None:
     w = windows()
     counts = np.full(10, 30)
-    # Buckets of 0..3600 s: the window [0, 3600) may close once an event at >= 3900 s is seen.
-    assert w.add({0: counts, 900: counts, 1800: counts, 2700: counts}, 3899, now_s=0) == []
+    # The first bucket seen may hold only its end (a job started in its middle): windows start
+    # after it. Buckets of 0..3600 s: [0, 3600) may close once an event at >= 3900 s is seen.
+    first = {-900: counts, 0: counts, 900: counts, 1800: counts, 2700: counts}
+    assert w.add(first, 3899, now_s=0) == []
     assert w.add({3600: counts}, 3900, now_s=1) == []  # closable, but within its grace
     assert w.pending
     closed = w.add({}, 3900, now_s=6.5)
     assert [(c.start_s, c.end_s, c.n) for c in closed] == [(0, 3600, 1200)]
     assert closed[0].psi == pytest.approx(0.0)
-    # A bucket of a closed window is late: counted, left out.
-    w.add({0: counts}, 3900, now_s=7)
+    # A bucket of a closed window is late: counted, left out (as the partial first one was).
     assert w.late == 300
+    w.add({0: counts}, 3900, now_s=7)
+    assert w.late == 600
 
 
 def test_k_consecutive_windows_alert_once_per_episode() -> None:
@@ -111,8 +114,26 @@ def test_streaks_judge_once_per_episode_and_skip_unjudged() -> None:
     assert s.judge("m", None) == (1, False)
     assert s.judge("m", True) == (2, True)
     assert s.judge("m", True) == (3, False)
+    # A flicker under the threshold does not end the episode ...
     assert s.judge("m", False) == (0, False)
     assert s.judge("m", True) == (1, False)
+    assert s.judge("m", True) == (2, False)
+    # ... two windows in a row under it do: the next streak of two alerts again.
+    assert s.judge("m", False) == (0, False)
+    assert s.judge("m", False) == (0, False)
+    assert s.judge("m", True) == (1, False)
+    assert s.judge("m", True) == (2, True)
+    assert s.judge("other", True) == (1, False)
+
+
+def test_a_flickering_drift_raises_one_alert() -> None:
+    w = windows(consecutive=2, grace_s=0, period_s=3600)
+    quiet, shifted = np.full(10, 30), np.array([300] + [3] * 9)
+    pattern = [quiet] * 3 + [shifted, shifted, quiet, shifted, shifted, quiet, shifted] + [quiet]
+    closed = []
+    for i, counts in enumerate(pattern):
+        closed += w.add({i * 3600: counts}, i * 3600 + 3599, float(i))
+    assert [c.alert for c in closed].count(True) == 1
 
 
 def test_alert_message_follows_the_contract() -> None:
