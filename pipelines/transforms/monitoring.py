@@ -1,6 +1,6 @@
 """Monitor: drift, data quality, online quality and service health in the stream; alerts as data.
 
-    predictions ─ BinInputs ─ DriftDeltas (every few s) ─ SumBuckets ─ JudgeDrift ─────────┐
+    predictions ─ BinInputs ─ DriftDeltas (every few s) ─ SumBuckets ─ PerFeature ─ JudgeDrift ┐
     predictions, labels, dead letters ─ BundleStats ─┬─ HealthWindows ─ JudgeHealth ───────┤
                                                      └─ QualityWindows ─ JudgeQuality ─────┤
     online evaluation rows ─ JudgeOnlineQuality ───────────────────────────────────────────┤
@@ -9,9 +9,10 @@
 - **Drift** (docs/specs/monitoring.md): every model input and the score of every served version
   (the champion and its shadowing challenger) is binned against the reference histogram of that
   version's model card, per ``period_s`` bucket of event time. The per-batch bucket counts are
-  summed by a Beam combine (lifted: partial sums on every worker) and flushed every
-  ``--monitor_every_s``; one stateful key per (version, feature) — a few dozen keys, each getting
-  one small element per flush, whatever the event rate — holds its sliding windows
+  summed per bundle, then per version by a Beam combine (lifted: partial sums on every worker),
+  and flushed every ``--monitor_every_s``; one stateful key per (version, feature) — a few
+  dozen keys, each getting one small element per flush, whatever the event rate — holds its
+  sliding windows
   (pipelines/core/drift.py), computes the PSI of each closed window and raises an alert when it
   stays at or above the threshold for K consecutive windows. The threshold test is Beam's
   ``apache_beam.ml.anomaly`` ``FixedThreshold`` (the module's detectors score a stream against
@@ -376,8 +377,23 @@ def _references(model_dir: str) -> _References:
     return process_shared(("monitor-references", model_dir), lambda: _References(model_dir))
 
 
+_Binned = dict[str, tuple[dict[int, np.ndarray], int]]  # feature -> ({bucket: counts}, latest)
+
+
+def _add_binned(into: _Binned, more: _Binned) -> _Binned:
+    """Sums bucket counts per feature (and keeps the latest event time)."""
+    for feature, (buckets, latest) in more.items():
+        held, held_latest = into.get(feature, ({}, -(2**62)))
+        merged = dict(held)
+        for b, counts in buckets.items():
+            merged[b] = counts if b not in merged else merged[b] + counts
+        into[feature] = (merged, max(held_latest, latest))
+    return into
+
+
 class _BinInputs(beam.DoFn):
-    """PredictionBatch -> ((version, feature), ({bucket start: counts}, latest event s))."""
+    """PredictionBatch -> per bundle, (version, {feature: ({bucket start: counts}, latest event
+    s)}): one element per served version and bundle, whatever the number of inputs."""
 
     def __init__(self, model_dir: str, thresholds: Thresholds) -> None:
         self._model_dir = model_dir
@@ -388,12 +404,21 @@ class _BinInputs(beam.DoFn):
         self._refs = _references(self._model_dir)
         self._column = {name: i for i, name in enumerate(MODEL_INPUTS)}
 
-    def process(self, pb: PredictionBatch) -> Iterator[tuple[tuple[str, str], Any]]:
+    def start_bundle(self) -> None:
+        self._binned: dict[str, _Binned] = {}
+
+    def process(self, pb: PredictionBatch) -> None:
         # A recomputation (correction) is left out: its transactions counted with their originals.
         if not pb.batch.correction and len(pb):
-            yield from self._bin(pb)
+            for version, binned in self.bin(pb):
+                _add_binned(self._binned.setdefault(version, {}), binned)
 
-    def _bin(self, pb: PredictionBatch) -> Iterator[tuple[tuple[str, str], Any]]:
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for version, binned in self._binned.items():
+            yield WindowedValue((version, binned), time.time(), (window.GlobalWindow(),))
+
+    def bin(self, pb: PredictionBatch) -> Iterator[tuple[str, _Binned]]:
+        """(version, binned) of each version that scored the batch and has references."""
         event_s = np.fromiter(
             (tx.event_time_us // 1_000_000 for tx in pb.batch.transactions), np.int64, len(pb)
         )
@@ -405,6 +430,7 @@ class _BinInputs(beam.DoFn):
             if not hists:
                 self._no_reference.inc(len(pb))
                 continue
+            binned: _Binned = {}
             for name, hist in hists.items():
                 cfg = self._drift.for_feature(name)
                 if not cfg.enabled:
@@ -416,39 +442,44 @@ class _BinInputs(beam.DoFn):
                 else:
                     continue
                 keep = ~np.isnan(values)
+                if not keep.any():
+                    continue
                 bins = bin_index(values[keep], hist)
                 buckets = (event_s[keep] // cfg.period_s) * cfg.period_s
                 width = n_bins(hist)
-                out = {}
-                for b in np.unique(buckets):
-                    sel = buckets == b
-                    out[int(b)] = np.bincount(bins[sel], minlength=width)
-                if out:
-                    yield (version, name), (out, int(event_s[keep].max()))
+                binned[name] = (
+                    {
+                        int(b): np.bincount(bins[buckets == b], minlength=width)
+                        for b in np.unique(buckets)
+                    },
+                    int(event_s[keep].max()),
+                )
+            yield version, binned
 
 
 class _SumBuckets(beam.CombineFn):
-    """Sums bucket counts (and keeps the latest event time) of one (version, feature)."""
+    """Sums the binned counts of one version (per feature and bucket)."""
 
-    def create_accumulator(self) -> tuple[dict[int, np.ndarray], int]:
-        return {}, -(2**62)
+    def create_accumulator(self) -> _Binned:
+        return {}
 
-    def add_input(self, acc: Any, element: Any) -> Any:
-        buckets, latest = acc
-        more, their_latest = element
-        for b, counts in more.items():
-            held = buckets.get(b)
-            buckets[b] = counts if held is None else held + counts
-        return buckets, max(latest, their_latest)
+    def add_input(self, acc: _Binned, element: _Binned) -> _Binned:
+        return _add_binned(acc, element)
 
-    def merge_accumulators(self, accs: Iterable[Any]) -> Any:
-        out = self.create_accumulator()
+    def merge_accumulators(self, accs: Iterable[_Binned]) -> _Binned:
+        out: _Binned = {}
         for acc in accs:
-            out = self.add_input(out, acc)
+            _add_binned(out, acc)
         return out
 
-    def extract_output(self, acc: Any) -> Any:
+    def extract_output(self, acc: _Binned) -> _Binned:
         return acc
+
+
+def _per_feature(element: tuple[str, _Binned]) -> Iterator[tuple[tuple[str, str], Any]]:
+    version, binned = element
+    for feature, value in binned.items():
+        yield (version, feature), value
 
 
 _WINDOWS = ReadModifyWriteStateSpec("windows", PickleCoder())
@@ -715,6 +746,7 @@ class Monitor(beam.PTransform):
             | "BinInputs" >> beam.ParDo(_BinInputs(self._model_dir, self._t))
             | "DriftDeltas" >> _every(self._every_s)
             | "SumBuckets" >> beam.CombinePerKey(_SumBuckets())
+            | "PerFeature" >> beam.FlatMap(_per_feature)
             | "JudgeDrift"
             >> beam.ParDo(
                 _JudgeDrift(self._model_dir, self._t, grace_s=2 * self._every_s)

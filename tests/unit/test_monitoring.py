@@ -257,8 +257,8 @@ def test_prediction_batches_are_binned_per_version_feature_and_bucket(tmp_path) 
         challenger_scores=np.array([0.6, 0.6, 0.6]),
         challenger_version="v2",
     )
-    out = dict(fn.process(pb))
-    amount, latest = out[("v1", "TX_AMOUNT")]
+    out = dict(fn.bin(pb))
+    amount, latest = out["v1"]["TX_AMOUNT"]
     # Event times 36000, 37000, 38000 s: buckets of 900 s starting 36000, 36900, 37800.
     assert {b: c.tolist() for b, c in amount.items()} == {
         36000: [1, 0],
@@ -266,8 +266,15 @@ def test_prediction_batches_are_binned_per_version_feature_and_bucket(tmp_path) 
         37800: [0, 1],
     }
     assert latest == 38000
-    assert sum(c.tolist()[1] for c in out[("v2", SCORE)][0].values()) == 3
+    assert sum(c.tolist()[1] for c in out["v2"][SCORE][0].values()) == 3
     correction = PredictionBatch(
         FeatureBatch(txs, features, revision=2, correction=True), pb.scores, "v1", 0
     )
-    assert list(fn.process(correction)) == []
+    fn.start_bundle()
+    fn.process(correction)
+    assert list(fn.finish_bundle()) == []
+    fn.process(pb)
+    fn.process(pb)
+    (bundle,) = [w.value for w in fn.finish_bundle() if w.value[0] == "v1"]
+    # One element per version and bundle: the two batches' counts summed.
+    assert {b: c.tolist() for b, c in bundle[1]["TX_AMOUNT"][0].items()}[36000] == [2, 0]
