@@ -114,7 +114,9 @@ class Tail:
         raise AssertionError("no subscription line: " + "".join(self.stderr)[-3000:])
 
     def finish(self, timeout_s: float = 60) -> tuple[int, str, str]:
-        stdout, _ = self.proc.communicate(timeout=timeout_s)
+        # Not communicate(): it would read stderr too, racing the reader thread for its lines.
+        stdout = self.proc.stdout.read()  # type: ignore[union-attr]  # until tail exits
+        self.proc.wait(timeout=timeout_s)
         self._reader.join(timeout=10)
         return self.proc.returncode, stdout, "".join(self.stderr)
 
