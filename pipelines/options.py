@@ -192,6 +192,23 @@ class RilletOptions(PipelineOptions):
         """The flags rillet's options declare."""
         return [o for action in cls.argument_parser()._actions for o in action.option_strings]
 
+    def thresholds(self) -> Any:
+        """The alert thresholds (pipelines.core.thresholds.Thresholds) of --alert_thresholds,
+        read with Beam's FileSystems (a local path or gs://), or the packaged ones."""
+        from pipelines.core.thresholds import load_thresholds, parse_thresholds
+
+        path = self.alert_thresholds
+        if not path:
+            return load_thresholds()
+        from apache_beam.io.filesystems import FileSystems
+
+        try:
+            with FileSystems.open(path) as f:
+                text = f.read().decode()
+        except Exception as exc:  # any filesystem's "cannot read": one message
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+        return parse_thresholds(text, path)
+
     def validate_local(self) -> list[str]:
         """Problems a user can fix before the job starts, as messages."""
         errors = []
@@ -201,10 +218,8 @@ class RilletOptions(PipelineOptions):
             errors.append("--model_poll_s must be above 0 (seconds between registry reads)")
         if self.monitor_every_s <= 0:
             errors.append("--monitor_every_s must be above 0 (seconds)")
-        from pipelines.core.thresholds import load_thresholds
-
         try:
-            load_thresholds(self.alert_thresholds or None)
+            self.thresholds()
         except ValueError as exc:
             errors.append(f"--alert_thresholds: {exc}")
         if self.eval_every_s <= 0:

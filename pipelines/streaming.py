@@ -25,7 +25,6 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipelines.core.thresholds import load_thresholds
 from pipelines.options import DIRECT_KEY_BUCKETS, RilletOptions, resource_path
 from pipelines.stores.bigtable import StoreConfig
 from pipelines.transforms.features import ComputeFeatures
@@ -155,7 +154,7 @@ def build_pipeline(
     )
     monitor = Monitor(
         serving.model_dir,
-        load_thresholds(opts.alert_thresholds or None),
+        opts.thresholds(),
         resource_path(project, "topics", opts.alerts_topic),
         opts.monitor_every_s,
     )

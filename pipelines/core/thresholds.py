@@ -21,6 +21,7 @@ __all__ = [
     "Thresholds",
     "load_thresholds",
     "packaged_thresholds_path",
+    "parse_thresholds",
 ]
 
 SEVERITIES = ("warning", "critical")
@@ -113,11 +114,21 @@ def _section(cls: Any, raw: dict[str, Any], name: str) -> Any:
 
 
 def load_thresholds(path: str | Path | None = None) -> Thresholds:
-    """The thresholds in ``path`` (default: the packaged file); ValueError if malformed."""
+    """The thresholds in the local file ``path`` (default: the packaged file); ValueError if
+    malformed. (RilletOptions.thresholds() also reads gs:// paths.)"""
     source = Path(path) if path else packaged_thresholds_path()
     try:
-        raw = json.loads(source.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        text = source.read_text()
+    except OSError as exc:
+        raise ValueError(f"alert thresholds {source}: {exc}") from exc
+    return parse_thresholds(text, str(source))
+
+
+def parse_thresholds(text: str, source: str = "alert thresholds") -> Thresholds:
+    """The thresholds of a thresholds file's text; ValueError naming what is wrong."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise ValueError(f"alert thresholds {source}: {exc}") from exc
     raw.pop("schema_version", None)
     missing = {"drift", "data_quality", "online_quality", "service_health"} - set(raw)

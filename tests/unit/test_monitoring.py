@@ -278,3 +278,19 @@ def test_prediction_batches_are_binned_per_version_feature_and_bucket(tmp_path) 
     (bundle,) = [w.value for w in fn.finish_bundle() if w.value[0] == "v1"]
     # One element per version and bundle: the two batches' counts summed.
     assert {b: c.tolist() for b, c in bundle[1]["TX_AMOUNT"][0].items()}[36000] == [2, 0]
+
+
+def test_alert_thresholds_option_is_read_through_beam_filesystems(tmp_path, capsys) -> None:
+    from pipelines.main import pipeline_options
+    from pipelines.options import RilletOptions
+
+    raw = json.loads(packaged_thresholds_path().read_text())
+    raw["drift"]["threshold"] = 0.33
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(raw))
+    options = pipeline_options(["--project=x", f"--alert_thresholds={path}"])
+    assert options.view_as(RilletOptions).thresholds().drift.threshold == 0.33
+    with pytest.raises(SystemExit) as info:
+        pipeline_options(["--project=x", f"--alert_thresholds={tmp_path / 'missing.json'}"])
+    assert info.value.code == 2
+    assert "--alert_thresholds: cannot read" in capsys.readouterr().err
