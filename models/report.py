@@ -479,9 +479,15 @@ def write_report(out_dir: Path, data: ReportData) -> Path:
         sections.append(f"<ul>{items}</ul>")
     else:
         sections.append("<p>No notes.</p>")
+    return write_page(out_dir, data.title, _CSS, sections)
+
+
+def write_page(out_dir: Path, title: str, css: str, sections: Sequence[str]) -> Path:
+    """Writes ``out_dir/index.html``: a page of ``sections`` (HTML) under ``title``; returns it.
+    Shared by the reports (this one, pipelines/app/run_report.py)."""
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{_esc(data.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"<title>{_esc(title)}</title>\n<style>{css}</style>\n</head>\n<body>\n"
         + "\n".join(sections)
         + "\n</body>\n</html>\n"
     )

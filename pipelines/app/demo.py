@@ -69,6 +69,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from models.selection import QUICK_GRID
     from models.train import train_model
     from pipelines.app.publisher import ReplayEvent, malformed_examples, replay_events
+    from pipelines.app.run_report import read_alerts
     from pipelines.app.simulator import PRESETS, simulate, write_dataset
     from pipelines.core.training_data import training_features
 
@@ -167,7 +168,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             elapsed = time.monotonic() - t0
             time.sleep(6.0)  # the job's last snapshot and alerts
             run.stop_monitors()
-            alerts = _read_alerts(run.monitor_dir / "alerts.jsonl")
+            alerts = read_alerts(run.monitor_dir)
             report = _write_report(run.monitor_dir)
             predictions, dead = run.predictions, run.dead_letters
             stored = count_datastore(run.topology.project, "Prediction")
@@ -206,13 +207,6 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     finally:
         if run.stopped:
             console.print("Stopped what the demo started: " + ", ".join(run.stopped))
-
-
-def _read_alerts(path: Path) -> list[dict[str, Any]]:
-    """The alerts the job's snapshot writer recorded from the alerts topic."""
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _write_report(monitor_dir: Path) -> Path | None:

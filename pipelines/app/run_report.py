@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from models.report import write_page
 from pipelines.core.schema import parse_rfc3339
 from pipelines.core.thresholds import Thresholds, load_thresholds
 
@@ -56,6 +57,11 @@ def _when(value: Any) -> datetime | None:
         return datetime.fromtimestamp(parse_rfc3339(str(value)) / 1e6, tz=UTC)
     except Exception:  # a malformed time is skipped
         return None
+
+
+def read_alerts(directory: Path) -> list[dict[str, Any]]:
+    """The alerts the job's snapshot writer recorded from the alerts topic (alerts.jsonl)."""
+    return _read_jsonl(directory / "alerts.jsonl")
 
 
 def read_history(directory: Path) -> list[dict[str, Any]]:
@@ -171,7 +177,7 @@ def write_run_report(
     """Writes ``out_dir/index.html`` (and its PNGs) for the history in ``monitor_dir``; returns
     the page's path. NoHistory when there is no snapshot."""
     history = read_history(monitor_dir)
-    alerts = _read_jsonl(monitor_dir / "alerts.jsonl")
+    alerts = read_alerts(monitor_dir)
     alerts.sort(key=lambda a: str(a.get("raised_at") or ""))
     thresholds = thresholds or load_thresholds()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -337,12 +343,4 @@ def write_run_report(
         if alerts
         else '<p class="absent">No alert was raised.</p>',
     ]
-    page = (
-        '<!doctype html>\n<html>\n<head>\n<meta charset="utf-8">\n'
-        f"<title>rillet run report</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-        + "\n".join(sections)
-        + "\n</body>\n</html>\n"
-    )
-    path = out_dir / "index.html"
-    path.write_text(page, encoding="utf-8")
-    return path
+    return write_page(out_dir, "rillet run report", _CSS, sections)

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.core.schema import format_rfc3339
+from pipelines.core.alerts import rfc3339
 from pipelines.local_runner.pubsub_pull import SubscriptionPulls, pull_stats
 
 __all__ = [
@@ -137,10 +137,6 @@ def _split(name: str, prefix: str, parts: int) -> list[str] | None:
     return rest if len(rest) == parts and all(rest) else None
 
 
-def _rfc3339(seconds: float) -> str:
-    return format_rfc3339(round(seconds * 1000) * 1000)
-
-
 def _round(value: float | None, digits: int = 3) -> float | None:
     return None if value is None else round(float(value), digits)
 
@@ -216,7 +212,7 @@ def build_snapshot(
             elif key == "drift_n":
                 row["n"] = value
             elif key == "drift_window_end_s":
-                row["window_end"] = _rfc3339(value) if value > 0 else None
+                row["window_end"] = rfc3339(value) if value > 0 else None
             else:
                 row["streak"] = value
 
@@ -243,7 +239,7 @@ def build_snapshot(
 
     snapshot = {
         "schema_version": SCHEMA_VERSION,
-        "time": _rfc3339(now_s),
+        "time": rfc3339(now_s),
         "uptime_s": _round(now_s - started_s, 1),
         "interval_s": interval_s,
         "job": dict(job or {}),

@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +55,7 @@ from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.drift import DriftWindows, bin_index, n_bins
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import Label
-from pipelines.core.thresholds import Thresholds
+from pipelines.core.thresholds import DriftThresholds, Thresholds
 from pipelines.stores.model_registry import ModelRegistry
 from pipelines.stores.shared import process_shared
 from pipelines.transforms.inference import PredictionBatch
@@ -144,6 +144,12 @@ def quality_rates(stats: Stats) -> dict[str, float | None]:
     }
 
 
+def _in_global_window(value: Any) -> WindowedValue:
+    """A finish_bundle output: the global window, stamped now (what the monitor's processing-time
+    windows go by)."""
+    return WindowedValue(value, time.time(), (window.GlobalWindow(),))
+
+
 class _BundleStats(beam.DoFn):
     """Counts and latencies of each bundle, emitted once at its end (the hot path's elements
     never reach a shuffle one by one)."""
@@ -171,7 +177,7 @@ class _BundleStats(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._stats.counts or self._stats.latency:
-            yield WindowedValue(self._stats, time.time(), (window.GlobalWindow(),))
+            yield _in_global_window(self._stats)
 
 
 class _MergeStats(beam.CombineFn):
@@ -206,13 +212,15 @@ def _gauge(name: str, value: float | None) -> None:
 
 
 class _AlertCounter:
+    """Counts alerts in the monitor's namespace (docs/specs/monitoring.md): once, since Dataflow
+    labels user counters by name only and the dashboard sums them."""
+
     def __init__(self) -> None:
-        self._all = Metrics.counter(METRICS_NAMESPACE, "alerts_raised")
+        self._all = Metrics.counter(MONITOR_NAMESPACE, "alerts_raised")
 
     def count(self, alert: Alert) -> Alert:
         self._all.inc()
-        Metrics.counter(METRICS_NAMESPACE, f"alerts_raised/{alert.kind}").inc()
-        Metrics.counter(MONITOR_NAMESPACE, "alerts_raised").inc()
+        Metrics.counter(MONITOR_NAMESPACE, f"alerts_raised/{alert.kind}").inc()
         return alert
 
 
@@ -228,7 +236,7 @@ class _WindowJudge(beam.DoFn):
     windows and the time of the previous one (the window is what came since)."""
 
     def __init__(self, window_s: float, consecutive: int) -> None:
-        self._window_s = window_s
+        self.window_s = window_s
         self._consecutive = consecutive
         self._alerts = _AlertCounter()
 
@@ -241,7 +249,7 @@ class _WindowJudge(beam.DoFn):
         _, stats = element
         now = time.time()
         last = last_state.read()
-        start = last if last else now - self._window_s
+        start = last if last else now - self.window_s
         last_state.write(now)
         streaks = streaks_state.read() or Streaks(self._consecutive)
         yield from self.judge(stats, start, now, streaks)
@@ -347,12 +355,26 @@ class _JudgeQuality(_WindowJudge):
                 )
 
 
+def _judged_windows(stats: beam.PCollection, name: str, judge: _WindowJudge) -> beam.PCollection:
+    """The bundles' Stats merged per processing-time window of the judge and judged (steps
+    <name>Windows, Merge<name>, Key<name>, Judge<name>)."""
+    key = name.lower()
+    return (
+        stats
+        | f"{name}Windows" >> _every(judge.window_s)
+        | f"Merge{name}" >> beam.CombineGlobally(_MergeStats()).without_defaults()
+        | f"Key{name}" >> beam.WithKeys(lambda _: key)
+        | f"Judge{name}" >> beam.ParDo(judge)
+    )
+
+
 class _References:
     """Model cards' reference histograms per version, read once per worker."""
 
     def __init__(self, model_dir: str) -> None:
         self._registry = ModelRegistry(model_dir)
         self._cache: dict[str, dict[str, Any] | None] = {}
+        self._hists: dict[str, dict[str, dict[str, Any]]] = {}
 
     def card(self, version: str) -> dict[str, Any] | None:
         if version not in self._cache:
@@ -365,12 +387,37 @@ class _References:
 
     def histograms(self, version: str) -> dict[str, dict[str, Any]]:
         """feature (or SCORE) -> reference histogram; empty for a card without references."""
-        card = self.card(version) or {}
-        reference = card.get("reference") or {}
-        hists = {name: h for name, h in (reference.get("inputs") or {}).items() if h.get("edges")}
-        if (reference.get("score") or {}).get("edges"):
-            hists[SCORE] = reference["score"]
-        return hists
+        if version not in self._hists:
+            reference = (self.card(version) or {}).get("reference") or {}
+            hists = {n: h for n, h in (reference.get("inputs") or {}).items() if h.get("edges")}
+            if (reference.get("score") or {}).get("edges"):
+                hists[SCORE] = reference["score"]
+            self._hists[version] = hists
+        return self._hists[version]
+
+
+class _FeatureConfigs:
+    """Each feature's drift thresholds (its overrides applied) and threshold test, resolved once
+    per worker instead of once per batch or element."""
+
+    def __init__(self, drift: DriftThresholds) -> None:
+        self._drift = drift
+        self._configs: dict[str, DriftThresholds] = {}
+        self._tests: dict[str, Callable[[float], bool]] = {}
+
+    def __getitem__(self, feature: str) -> DriftThresholds:
+        if feature not in self._configs:
+            self._configs[feature] = self._drift.for_feature(feature)
+        return self._configs[feature]
+
+    def is_over(self, feature: str) -> Callable[[float], bool]:
+        """Beam's anomaly threshold: 1 (outlier) at or above the cutoff."""
+        if feature not in self._tests:
+            from apache_beam.ml.anomaly.thresholds import FixedThreshold
+
+            fixed = FixedThreshold(cutoff=self[feature].threshold)
+            self._tests[feature] = lambda value: fixed.apply(value) == 1
+        return self._tests[feature]
 
 
 def _references(model_dir: str) -> _References:
@@ -402,6 +449,7 @@ class _BinInputs(beam.DoFn):
 
     def setup(self) -> None:
         self._refs = _references(self._model_dir)
+        self._configs = _FeatureConfigs(self._drift)
         self._column = {name: i for i, name in enumerate(MODEL_INPUTS)}
 
     def start_bundle(self) -> None:
@@ -415,7 +463,7 @@ class _BinInputs(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for version, binned in self._binned.items():
-            yield WindowedValue((version, binned), time.time(), (window.GlobalWindow(),))
+            yield _in_global_window((version, binned))
 
     def bin(self, pb: PredictionBatch) -> Iterator[tuple[str, _Binned]]:
         """(version, binned) of each version that scored the batch and has references."""
@@ -432,7 +480,7 @@ class _BinInputs(beam.DoFn):
                 continue
             binned: _Binned = {}
             for name, hist in hists.items():
-                cfg = self._drift.for_feature(name)
+                cfg = self._configs[name]
                 if not cfg.enabled:
                     continue
                 if name == SCORE:
@@ -496,23 +544,21 @@ class _JudgeDrift(beam.DoFn):
     WINDOWS_TAG = "windows"
 
     def __init__(self, model_dir: str, thresholds: Thresholds, grace_s: float) -> None:
-        from apache_beam.ml.anomaly.thresholds import FixedThreshold
-
         self._model_dir = model_dir
         self._drift = thresholds.drift
         self._grace_s = grace_s
-        self._threshold = FixedThreshold
         self._alerts = _AlertCounter()
         self._late = Metrics.counter(MONITOR_NAMESPACE, "drift_late_values")
 
     def setup(self) -> None:
         self._refs = _references(self._model_dir)
+        self._configs = _FeatureConfigs(self._drift)
 
     def _new(self, version: str, feature: str) -> DriftWindows | None:
         hist = self._refs.histograms(version).get(feature)
         if hist is None:
             return None
-        cfg = self._drift.for_feature(feature)
+        cfg = self._configs[feature]
         return DriftWindows(
             reference=list(map(int, hist["counts"])),
             window_s=cfg.window_s,
@@ -535,12 +581,9 @@ class _JudgeDrift(beam.DoFn):
         if windows is None:
             return
         late = windows.late
-        closed = windows.add(buckets, latest, time.time(), self._is_over(feature))
+        closed = windows.add(buckets, latest, time.time(), self._configs.is_over(feature))
         self._late.inc(windows.late - late)
-        yield from self._report(version, feature, windows, closed)
-        windows_state.write(windows)
-        if windows.pending:
-            flush.set(time.time() + self._grace_s + 1)
+        yield from self._closed(version, feature, windows, closed, windows_state, flush)
 
     @on_timer(_FLUSH)
     def on_flush(
@@ -553,21 +596,27 @@ class _JudgeDrift(beam.DoFn):
         if windows is None:
             return
         version, feature = key
-        closed = windows.flush(time.time(), self._is_over(feature))
-        yield from self._report(version, feature, windows, closed)
+        closed = windows.flush(time.time(), self._configs.is_over(feature))
+        yield from self._closed(version, feature, windows, closed, windows_state, flush)
+
+    def _closed(
+        self,
+        version: str,
+        feature: str,
+        windows: DriftWindows,
+        closed: list[Any],
+        windows_state: Any,
+        flush: Any,
+    ) -> Iterator[Any]:
+        """Reports the windows that closed, keeps the state, re-arms the timer while a window
+        waits for its grace."""
+        yield from self._report(version, feature, closed)
         windows_state.write(windows)
         if windows.pending:
             flush.set(time.time() + self._grace_s + 1)
 
-    def _is_over(self, feature: str) -> Any:
-        # Beam's anomaly threshold: 1 (outlier) at or above the cutoff.
-        fixed = self._threshold(cutoff=self._drift.for_feature(feature).threshold)
-        return lambda value: fixed.apply(value) == 1
-
-    def _report(
-        self, version: str, feature: str, windows: DriftWindows, closed: list[Any]
-    ) -> Iterator[Any]:
-        cfg = self._drift.for_feature(feature)
+    def _report(self, version: str, feature: str, closed: list[Any]) -> Iterator[Any]:
+        cfg = self._configs[feature]
         for w in closed:
             yield beam.pvalue.TaggedOutput(
                 self.WINDOWS_TAG,
@@ -758,20 +807,8 @@ class Monitor(beam.PTransform):
             | "Observed" >> beam.Flatten()
             | "BundleStats" >> beam.ParDo(_BundleStats())
         )
-        health = (
-            stats
-            | "HealthWindows" >> _every(self._t.service_health.window_s)
-            | "MergeHealth" >> beam.CombineGlobally(_MergeStats()).without_defaults()
-            | "KeyHealth" >> beam.WithKeys(lambda _: "health")
-            | "JudgeHealth" >> beam.ParDo(_JudgeHealth(self._t))
-        )
-        quality = (
-            stats
-            | "QualityWindows" >> _every(self._t.data_quality.window_s)
-            | "MergeQuality" >> beam.CombineGlobally(_MergeStats()).without_defaults()
-            | "KeyQuality" >> beam.WithKeys(lambda _: "quality")
-            | "JudgeQuality" >> beam.ParDo(_JudgeQuality(self._t))
-        )
+        health = _judged_windows(stats, "Health", _JudgeHealth(self._t))
+        quality = _judged_windows(stats, "Quality", _JudgeQuality(self._t))
         online = (
             inputs["evaluation"]
             | "KeyByVersion" >> beam.Map(lambda row: (row["version"], row))
