@@ -47,6 +47,7 @@ from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipelines.backfill.event_tables import EventKind, InvalidTable, canonical, read_tables
+from pipelines.core.cells import bucket_of, summarize
 from pipelines.core.definitions import (
     CUSTOMER,
     ENTITIES,
@@ -59,13 +60,9 @@ from pipelines.core.definitions import (
 )
 from pipelines.core.engine import EventColumns, features_for, row_features
 from pipelines.options import RilletOptions, unknown_arguments
-from pipelines.stores.bigtable import (
-    FAMILY_TX,
-    StoreConfig,
-    shared_store,
-    transaction_record,
-)
-from pipelines.stores.window_store import EntityCells, LabelCell, TxCell, Writes
+from pipelines.stores.bigtable import FAMILY_TX, FeatureStore, StoreConfig, transaction_record
+from pipelines.stores.shared import SharedResource
+from pipelines.stores.window_store import BucketCells, BucketWrite, LabelCell, TxCell, Writes
 
 __all__ = [
     "BACKFILL_LABELS",
@@ -300,6 +297,12 @@ class _EntityFeaturesFn(beam.DoFn):
         self.store = store
         self.final = final
         self.features = window_features(entity)
+        self._shared: SharedResource[FeatureStore] = SharedResource()
+
+    def _store(self) -> FeatureStore:
+        assert self.store is not None
+        config = self.store
+        return self._shared.acquire(lambda: FeatureStore(config), tag=config)
 
     def process(self, element: tuple[int, dict[str, list[pa.Table]]], end_us: int | None) -> Any:
         shard, grouped = element
@@ -335,9 +338,9 @@ class _EntityFeaturesFn(beam.DoFn):
         tx_ids = np.asarray(tx.transaction_id)[keep].astype(str)
         times = np.asarray(tx.time_us)[keep]
         amounts = np.asarray(tx.value)[keep]
-        # One snapshot per entity (Writes.snapshots): a cold stage reads an entity's history
-        # as one value instead of a cell per transaction.
-        snapshots: dict[str, EntityCells] = {}
+        # The entity's bucket rows (cells and summary, written with event-time versions: the
+        # stream's fences are above them), as the streaming stage would have left them.
+        buckets: dict[tuple[str, int], BucketCells] = {}
         for entity_id, tx_id, t_us, amount, other_id in zip(
             entity_ids.tolist(),
             tx_ids.tolist(),
@@ -346,7 +349,7 @@ class _EntityFeaturesFn(beam.DoFn):
             other_ids.tolist(),
             strict=True,
         ):
-            cells = snapshots.get(entity_id) or snapshots.setdefault(entity_id, EntityCells())
+            cells = buckets.setdefault((entity_id, bucket_of(int(t_us))), BucketCells())
             cells.tx[tx_id] = TxCell(int(t_us), float(amount), other_id)
             if self.entity == CUSTOMER:  # the id index, once per transaction (no message: "")
                 record = transaction_record("", int(t_us), entity_id, other_id, float(amount))
@@ -360,9 +363,14 @@ class _EntityFeaturesFn(beam.DoFn):
                 np.asarray(labels.value)[keep].tolist(),
                 strict=True,
             ):
-                cells = snapshots.get(entity_id) or snapshots.setdefault(entity_id, EntityCells())
+                cells = buckets.setdefault((entity_id, bucket_of(int(t_us))), BucketCells())
                 cells.labels[tx_id] = LabelCell(int(t_us), int(flag))
-        writes.snapshots += [(self.entity, i, cells) for i, cells in snapshots.items()]
+        writes.buckets += [
+            BucketWrite(
+                self.entity, i, b, cells.tx, cells.labels, summarize(cells.tx, cells.labels), None
+            )
+            for (i, b), cells in buckets.items()
+        ]
         # The features of each entity's latest transaction (the stream's ``features`` family).
         frame = pd.DataFrame(
             {"entity": np.asarray(getattr(tx, key)), "time": np.asarray(tx.time_us)}
@@ -374,7 +382,7 @@ class _EntityFeaturesFn(beam.DoFn):
         ):
             values = dict(zip(names, map(float, matrix[i]), strict=True))
             writes.features.append((self.entity, str(entity_id), int(t), values))
-        shared_store(self.store).apply(writes)  # type: ignore[arg-type]
+        self._store().apply(writes)
 
 
 def _feature_table(tx: pa.Table, labels: pa.Table | None) -> pa.Table:

@@ -42,7 +42,7 @@ from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import SCHEMA_VERSION, format_rfc3339
 from pipelines.stores.retry import datastore_call_options, with_backoff
-from pipelines.stores.shared import process_shared
+from pipelines.stores.shared import SharedResource, process_shared
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.parse import METRICS_NAMESPACE
 
@@ -91,7 +91,7 @@ def prediction_records(pb: PredictionBatch, bands: RiskBands) -> list[Prediction
                 "event_time_us": tx.event_time_us,
                 "publish_time_us": tx.publish_time_us,
                 "processing_time_us": pb.predicted_at_us,
-                "revision": pb.batch.revision,
+                "revision": pb.batch.row_revision(i),
                 "correction": pb.batch.correction,
                 "score": score,
                 "risk_band": bands.band(score),
@@ -154,11 +154,15 @@ class _DatastoreWriteDoFn(beam.DoFn):
         self._namespace = namespace or None
         self._bands = bands
         self._client: Any = None
+        self._shared: SharedResource[Any] = SharedResource()
         self._written = Metrics.counter(METRICS_NAMESPACE, "predictions_written")
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "event_to_prediction_ms")
 
     def setup(self) -> None:
-        self._client = shared_datastore_client(self._project, self._namespace)
+        project, namespace = self._project, self._namespace
+        self._client = self._shared.acquire(
+            lambda: datastore_client(project, namespace), tag=(project, namespace)
+        )
 
     def _entity(self, record: PredictionRecord, kind: str | None = None) -> Any:
         """``record`` as a client Entity (for the transactional writes of corrections): the
@@ -381,9 +385,10 @@ class _PublishingDoFn(beam.DoFn):
         self._topic = topic
         self._publisher: Any = None
         self._published = Metrics.counter(METRICS_NAMESPACE, metric)
+        self._shared: SharedResource[Any] = SharedResource()
 
     def setup(self) -> None:
-        self._publisher = shared_publisher()
+        self._publisher = self._shared.acquire(_publisher_client)
 
     def _publish(self, futures: list[Any], tokens: Iterable[int]) -> int:
         for future in futures:

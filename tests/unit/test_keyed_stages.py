@@ -25,6 +25,7 @@ from pipelines.core.schema import Label, Transaction
 from pipelines.core.training_data import to_epoch_us, training_features
 from pipelines.stores.window_store import InMemoryStore
 from pipelines.transforms.features import ComputeFeatures
+from pipelines.transforms.id_index import ACCEPTED_LABELS, IndexIdsFn
 
 _RESULTS: dict[str, list[Any]] = {}
 
@@ -63,6 +64,7 @@ def run_stages(
     key_buckets: int = 0,
     store: Any = None,
     idle_s: float = 0.0,
+    horizon_s: float = 100 * 86_400.0,
 ) -> StageRun:
     """Runs ComputeFeatures over ``rounds`` of events (each round one TestStream step, so one
     or more bundles)."""
@@ -82,7 +84,11 @@ def run_stages(
         txs = events | "Txs" >> beam.Filter(lambda e: isinstance(e, Transaction))
         lbs = events | "Labels" >> beam.Filter(lambda e: isinstance(e, Label))
         out = (txs, lbs) | ComputeFeatures(
-            store, max_batch_size=64, label_wait_s=label_wait_s, key_buckets=key_buckets
+            store,
+            max_batch_size=64,
+            label_wait_s=label_wait_s,
+            key_buckets=key_buckets,
+            correction_horizon_s=horizon_s,
         )
         _ = out.batches | "B" >> beam.ParDo(_Collect(run, "batches"))
         _ = out.dead_letters | "D" >> beam.ParDo(_Collect(run, "dead"))
@@ -93,9 +99,10 @@ def run_stages(
         corrections += len(batch) if batch.correction else 0
         for i, tx in enumerate(batch.transactions):
             seen = latest.get(tx.transaction_id)
-            assert seen is None or batch.revision != seen[0], "two computations, one revision"
-            if seen is None or batch.revision > seen[0]:
-                latest[tx.transaction_id] = (batch.revision, batch.features[i])
+            revision = batch.row_revision(i)
+            assert seen is None or revision != seen[0], "two computations, one revision"
+            if seen is None or revision > seen[0]:
+                latest[tx.transaction_id] = (revision, batch.features[i])
     return StageRun(latest, _RESULTS.pop(f"{run}/dead", []), store, corrections)
 
 
@@ -228,3 +235,50 @@ def test_waiting_labels_survive_a_restart() -> None:
     assert_exact(latest, frame)  # label 1, recorded after the restart, counts for transaction 3
     risk = MODEL_INPUTS.index("TERMINAL_ID_RISK_1DAY_WINDOW")
     assert latest["3"][1][risk] == 1.0
+
+
+def test_a_label_recorded_by_a_failed_attempt_is_emitted_again_by_the_retry() -> None:
+    """The id index's attempt wrote its rows (the waiting label recorded, its wait deleted) and
+    failed before the runner committed its outputs. The retry sees the transaction as a
+    redelivery: it must still send the recorded label on, or the terminal's risk windows never
+    count it (issue 21, item 1)."""
+    rows = [(1, T0, "1", "1", 10.0, 1), (9, T0 + 9 * DAY_US, "1", "1", 99.0, 0)]
+    frame = _frame(rows)
+    txs, labels = events_of(frame)
+    store = InMemoryStore(uuid.uuid4().hex)
+    run_stages([labels[:1]], store=store)  # label 1 waits for its transaction
+    # The failed attempt: the id index alone, its outputs dropped.
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as p:
+        _ = (
+            p
+            | beam.Create([(t.transaction_id, t) for t in txs])
+            | beam.ParDo(IndexIdsFn(store, 64)).with_outputs(ACCEPTED_LABELS, main="txs")
+        )
+    assert store.ids["1"].label["s"] == "recorded" and store.waiting == {}
+    latest, dead, _, _ = run_stages([txs], store=store)  # the retry
+    assert dead == []
+    risk = MODEL_INPUTS.index("TERMINAL_ID_RISK_7DAY_WINDOW")
+    assert latest["9"][1][risk] == 1.0
+    assert_exact(latest, frame)
+
+
+def test_an_event_beyond_the_lateness_horizon_updates_the_store_without_corrections() -> None:
+    """A transaction arriving two days after later ones of its customer: with a one-day horizon it
+    is stored (the next transaction counts it) but the ones before it are not corrected."""
+    rows = [
+        (1, T0 + 3 * DAY_US, "1", "1", 10.0, 0),
+        (2, T0, "1", "2", 20.0, 0),  # late by three days
+        (3, T0 + 3 * DAY_US + 60_000_000, "1", "3", 30.0, 0),
+    ]
+    frame = _frame(rows)
+    txs, _ = events_of(frame)
+    latest, dead, _, corrections = run_stages([[t] for t in txs], horizon_s=86_400.0)
+    assert dead == [] and corrections == 0
+    count_7d = MODEL_INPUTS.index("CUSTOMER_ID_NB_TX_7DAY_WINDOW")
+    assert latest["1"][1][count_7d] == 1.0  # not corrected: 2 came beyond the horizon
+    assert latest["3"][1][count_7d] == 3.0  # computed after 2 was stored: counts it
+    # Within the horizon the same stream is corrected.
+    latest, _, _, corrections = run_stages([[t] for t in txs], horizon_s=4 * 86_400.0)
+    assert corrections == 1 and latest["1"][1][count_7d] == 2.0

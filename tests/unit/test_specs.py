@@ -15,8 +15,9 @@ from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import _ID_RE, Transaction
 from pipelines.stores import bigtable
-from pipelines.stores.window_store import EntityCells, LabelCell, TxCell
-from pipelines.transforms import id_index
+from pipelines.core.cells import BUCKET_US, Summary, TxCell
+from pipelines.core.definitions import TERMINAL
+from pipelines.transforms import entity_windows, id_index
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.sinks import (
     RiskBands,
@@ -44,14 +45,18 @@ def test_bigtable_spec_names_the_codes_rows_families_and_formats() -> None:
         assert family in names
     assert bigtable.FAMILY_FEATURES in names
     assert f"{bigtable.ID_ROW_PREFIX}<transaction_id>" in names
-    assert f"{bigtable.WAIT_ROW_PREFIX}<stage key>#<transaction_id>" in names
+    assert f"{bigtable.WAIT_ROW_PREFIX}<transaction_id>" in names
+    assert "terminal#<terminal_id>#<bucket>" in names and "terminal#<terminal_id>" in names
     assert bigtable._TX_HEAD.format in names
-    assert bigtable.SNAPSHOT_QUALIFIER.decode() in names
-    assert bigtable._SNAPSHOT_HEAD.format in names
+    assert bigtable.SUMMARY_QUALIFIER.decode() in names
+    assert bigtable._SUMMARY.format in names
     assert bigtable._LABEL_VALUE.format in text
     assert bigtable._FLOAT.format in text
-    # The row keys the code builds have the prefixes the spec gives.
-    assert bigtable._wait_row_key("~3", "42") == b"wait#~3#42"
+    assert f"{BUCKET_US:,}" in text
+    # The row keys the code builds have the shapes the spec gives.
+    assert bigtable._wait_row_key("42") == b"wait#42"
+    assert bigtable.head_row_key(TERMINAL, "T1") == b"terminal#T1"
+    assert bigtable.bucket_row_key(TERMINAL, "T1", 1_690_000) == b"terminal#T1#000001690000"
 
 
 def test_tx_cell_round_trips_in_the_specified_layout() -> None:
@@ -61,22 +66,13 @@ def test_tx_cell_round_trips_in_the_specified_layout() -> None:
     assert bigtable.decode_tx_cell(raw) == cell
 
 
-def test_snapshot_round_trips_in_the_specified_layout() -> None:
-    cells = EntityCells(
-        {
-            "1": TxCell(1_522_540_800_123_456, 57.16, "T9", 7, (1.0, 2.5), 5),
-            "22": TxCell(1_522_540_900_000_000, 0.5, "T10"),
-        },
-        {"1": LabelCell(1_522_540_800_123_456, 1)},
-    )
-    raw = bigtable.encode_snapshot(cells)
-    n, m = 2, 1
-    ids = len("1\n22") + len("T9\nT10") + len("1") + 3 * 4
-    assert len(raw) == bigtable._SNAPSHOT_HEAD.size + n * (8 + 8 + 8 + 8 + 2) + 2 * 8 + m * 9 + ids
-    assert bigtable.decode_snapshot(raw) == cells
-    assert bigtable.decode_snapshot(bigtable.encode_snapshot(EntityCells())) == EntityCells()
-    # "#" is not allowed in an id, so the snapshot's qualifier is never a transaction id.
-    assert not _ID_RE.match(bigtable.SNAPSHOT_QUALIFIER.decode())
+def test_summary_round_trips_in_the_specified_layout() -> None:
+    summary = Summary(3, 171_480_000, 1_522_540_800_123_456, 1_522_541_000_000_000, 2, 1)
+    raw = bigtable.encode_summary(summary)
+    assert len(raw) == 1 + 6 * 8 and raw[0] == 1
+    assert bigtable.decode_summary(raw) == summary
+    # "#" is not allowed in an id, so the summary's qualifier is never a transaction id.
+    assert not _ID_RE.match(bigtable.SUMMARY_QUALIFIER.decode())
 
 
 def _record() -> dict[str, Any]:
@@ -102,9 +98,12 @@ def test_messages_spec_lists_the_dead_letter_attributes_and_reasons() -> None:
     )
     assert set(message.attributes) <= backticked(text)
     source = Path(id_index.__file__).read_text() + Path(label_slots.__file__).read_text()
+    source += Path(entity_windows.__file__).read_text()
     reasons = set(
         re.findall(
-            r'"(duplicate_(?:transaction_id|label)|unknown_transaction|label_mismatch)"', source
+            r'"(duplicate_(?:transaction_id|label)|unknown_transaction|label_mismatch'
+            r'|store_rejected)"',
+            source,
         )
     )
     assert reasons == {
@@ -112,6 +111,7 @@ def test_messages_spec_lists_the_dead_letter_attributes_and_reasons() -> None:
         "duplicate_label",
         "unknown_transaction",
         "label_mismatch",
+        "store_rejected",
     }
     assert reasons <= backticked(text)
 
