@@ -16,15 +16,15 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from pipelines.core.schema import Label, Transaction
+from pipelines.core.schema import Label, StageRecord, Transaction
 
-__all__ = ["CustomerPart", "FeatureBatch", "Routed"]
+__all__ = ["CustomerPart", "FeatureBatch", "Routed", "StageRecord"]
 
 E = TypeVar("E", Transaction, Label)
 
 
 @dataclass
-class Routed(Generic[E]):
+class Routed(StageRecord, Generic[E]):
     """An event the id index accepted, on its way to an entity stage."""
 
     event: E
@@ -32,7 +32,7 @@ class Routed(Generic[E]):
 
 
 @dataclass
-class CustomerPart:
+class CustomerPart(StageRecord):
     """A transaction with the features its customer's stage computed (``values``, in the order
     of ``window_features(CUSTOMER)``). ``revision`` orders the computations of this part for one
     transaction (a correction has a higher one); ``correction`` marks a recomputation after an

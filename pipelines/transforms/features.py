@@ -16,15 +16,16 @@ stored features stay exact whatever the arrival order, and docs/specs/ for the c
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import apache_beam as beam
 
 from pipelines.core.batches import CustomerPart, FeatureBatch, Routed
 from pipelines.core.routing import route
-from pipelines.core.schema import Label, Transaction
+from pipelines.core.schema import Label, StageRecord, Transaction
 from pipelines.stores.bigtable import StoreConfig
 from pipelines.stores.window_store import WindowStore
+from pipelines.transforms.coders import StageRecordCoder
 from pipelines.transforms.entity_windows import CustomerWindowsFn, TerminalWindowsFn
 from pipelines.transforms.id_index import ACCEPTED_LABELS, IndexIdsFn, RestoreWaits
 from pipelines.transforms.parse import DEAD_LETTER_TAG
@@ -37,8 +38,10 @@ CUSTOMER_WINDOWS = "CustomerWindows"
 TERMINAL_WINDOWS = "TerminalWindows"
 STAGE_LABELS = (INDEX_IDS, CUSTOMER_WINDOWS, TERMINAL_WINDOWS)
 
-# A deterministic key coder (str) for the stateful steps; the values are pickled.
-_KEYED = tuple[str, Any]
+# What every stateful step's input is: a str key (deterministic) and a stage record, encoded by
+# its own deterministic coder (pipelines/transforms/coders.py), never pickled.
+_KEYED = tuple[str, StageRecord]
+beam.coders.registry.register_coder(StageRecord, StageRecordCoder)
 
 
 class ComputedFeatures(NamedTuple):

@@ -37,7 +37,6 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
@@ -60,10 +59,11 @@ from pipelines.core.label_slots import (
 )
 from pipelines.core.messages import DeadLetter
 from pipelines.core.routing import route
-from pipelines.core.schema import Label, Transaction
+from pipelines.core.schema import Label, StageRecord, Transaction
 from pipelines.stores.bigtable import FAMILY_LABEL, FAMILY_TX, StoreConfig, transaction_record
 from pipelines.stores.shared import SharedResource
 from pipelines.stores.window_store import IdRecord, WindowStore, Writes
+from pipelines.transforms.coders import WakeUp
 from pipelines.transforms.keyed_stage import KeyedStageFn
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE
 
@@ -80,13 +80,6 @@ _LABEL_TIMER_PARAM = beam.DoFn.TimerParam(_LABEL_TIMER)
 _ROUND = ReadModifyWriteStateSpec("label_timer_round", VarIntCoder())
 _ROUND_PARAM = beam.DoFn.StateParam(_ROUND)
 _EXPIRED_ROUND = "expired_round"  # on a waiting label's record: the round that expired it
-
-
-@dataclass(frozen=True)
-class WakeUp:
-    """Arms a stage key's timer: labels wait under it (read from the store at start)."""
-
-    key: str
 
 
 class IndexIdsFn(KeyedStageFn):
@@ -409,7 +402,8 @@ class RestoreWaits(beam.PTransform):
 
     def expand(self, p: beam.pvalue.PBegin) -> beam.PCollection:
         scan = _ScanWaitsFn(self._store, self._buckets)
-        return p | "Start" >> beam.Impulse() | "Scan" >> beam.ParDo(scan)
+        keyed = tuple[str, StageRecord]
+        return p | "Start" >> beam.Impulse() | "Scan" >> beam.ParDo(scan).with_output_types(keyed)
 
 
 def open_store(config: StoreConfig | WindowStore) -> WindowStore:

@@ -1,6 +1,6 @@
 """Dependency outages: the Bigtable or the Datastore emulator stops answering for 15 s mid-stream
 (paused with SIGSTOP, so it keeps its data) and comes back, under the product's own writers and
-readers: ``FeatureStore.apply`` / ``read_entities`` and the Datastore sink
+readers: ``FeatureStore.apply`` / ``read_buckets`` and the Datastore sink
 (``_DatastoreWriteDoFn``'s ``_put_all``, ``_put_if_newer`` and its correction lookup).
 
 README "Guarantees", store outage: every Bigtable/Datastore call has a deadline and is retried
@@ -230,8 +230,9 @@ def assert_deadline_retries(retries: list[tuple[str, float]], what: str) -> None
 def test_bigtable_outage_loses_nothing(
     stack: LocalStack, retry_log: RetryLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pipelines.core.cells import bucket_of, summarize
     from pipelines.stores.bigtable import FeatureStore, StoreConfig
-    from pipelines.stores.window_store import TxCell, Writes
+    from pipelines.stores.window_store import BucketWrite, TxCell, Writes
 
     store = FeatureStore(StoreConfig(LOCAL_PROJECT, "rillet", "features"))
     table = store.table
@@ -270,15 +271,20 @@ def test_bigtable_outage_loses_nothing(
     def rows(prefix: str) -> tuple[list[str], Writes]:
         ids = [f"{prefix}-{j}" for j in range(BATCH)]
         writes = Writes()
+        cells: dict[tuple[Any, str], dict[str, TxCell]] = {}
         for j, tx_id in enumerate(ids):
             customer, terminal = CUSTOMERS[j % len(CUSTOMERS)], TERMINALS[j % len(TERMINALS)]
             t_us = BASE_US + j * 1000
-            writes.tx_cells.append((CUSTOMER, customer, tx_id, TxCell(t_us, float(j), terminal)))
-            writes.tx_cells.append((TERMINAL, terminal, tx_id, TxCell(t_us, float(j), customer)))
+            cells.setdefault((CUSTOMER, customer), {})[tx_id] = TxCell(t_us, float(j), terminal)
+            cells.setdefault((TERMINAL, terminal), {})[tx_id] = TxCell(t_us, float(j), customer)
+        for (entity, entity_id), tx in cells.items():
+            writes.buckets.append(
+                BucketWrite(entity, entity_id, bucket_of(BASE_US), tx, {}, summarize(tx, {}), None)
+            )
         return ids, writes
 
     def stored(entity: Any, ids: list[str]) -> set[str]:
-        found = store.read_entities(entity, ids, 0, BASE_US + 10**12, labels=False)
+        found = store.read_buckets(entity, [(i, bucket_of(BASE_US)) for i in ids], labels=False)
         return {tx_id for cells in found.values() for tx_id in cells.tx}
 
     before, before_rows = rows("before")

@@ -11,12 +11,11 @@ import numpy as np
 
 from pipelines.core import label_slots
 from pipelines.core.batches import FeatureBatch
-from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.cells import BUCKET_US, Summary, TxCell
+from pipelines.core.definitions import MODEL_INPUTS, TERMINAL
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import _ID_RE, Transaction
 from pipelines.stores import bigtable
-from pipelines.core.cells import BUCKET_US, Summary, TxCell
-from pipelines.core.definitions import TERMINAL
 from pipelines.transforms import entity_windows, id_index
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.sinks import (
