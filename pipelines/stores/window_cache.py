@@ -36,6 +36,7 @@ __all__ = ["WindowCache"]
 @dataclass
 class _Entry:
     state: EntityWindows
+    key: str  # the stage key the entity is routed to
     fence: int
     attempt: Hashable | None  # the attempt working on it (None: complete)
     nbytes: int
@@ -50,6 +51,7 @@ class WindowCache:
         self.budget_bytes = budget_bytes
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._by_key: dict[str, set[str]] = {}  # stage key -> its cached entity ids
         self._bytes = 0
         self.hits = 0
         self.misses = 0
@@ -80,20 +82,27 @@ class WindowCache:
             self.hits += 1
             return entry.state
 
-    def checkin(self, entity_id: str, state: EntityWindows, fence: int, attempt: Hashable) -> None:
-        """Records ``state`` as what ``attempt`` (at ``fence``) made of the entity so far."""
+    def checkin(
+        self, entity_id: str, key: str, state: EntityWindows, fence: int, attempt: Hashable
+    ) -> None:
+        """Records ``state`` as what ``attempt`` (at ``fence`` of stage key ``key``) made of the
+        entity so far."""
         with self._lock:
-            old = self._entries.pop(entity_id, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            entry = _Entry(state, fence, attempt, state.nbytes())
+            self._drop(entity_id)
+            entry = _Entry(state, key, fence, attempt, state.nbytes())
             self._entries[entity_id] = entry
+            self._by_key.setdefault(key, set()).add(entity_id)
             self._bytes += entry.nbytes
             self._evict()
 
-    def release(self, attempt: Hashable, entity_ids: set[str]) -> None:
-        """``attempt`` finished its bundle: its entries are complete (trusted by the key's next
-        work item if the runner commits this attempt's fence)."""
+    def release(
+        self, attempt: Hashable, entity_ids: set[str], fences: dict[str, tuple[int, int]]
+    ) -> None:
+        """``attempt`` finished its bundle, which moved each of its stage keys from one fence to
+        the next (``fences``: key -> (committed, its own)): its entries are complete, and the
+        complete entries of the keys' other entities, which it did not change, are tagged with
+        its fence too (several entities share a key on the DirectRunner). Either is trusted by
+        the key's next work item if the runner commits this attempt's fence."""
         with self._lock:
             for entity_id in entity_ids:
                 entry = self._entries.get(entity_id)
@@ -101,19 +110,30 @@ class WindowCache:
                     entry.attempt = None
                     self._bytes += entry.state.nbytes() - entry.nbytes
                     entry.nbytes = entry.state.nbytes()
+            for key, (committed, mine) in fences.items():
+                for entity_id in self._by_key.get(key, ()):
+                    entry = self._entries[entity_id]
+                    if entry.attempt is None and entry.fence == committed:
+                        entry.fence = mine
             self._evict()
 
     def discard(self, entity_id: str) -> None:
         """Forgets an entity (its state no longer matches the store)."""
         with self._lock:
-            entry = self._entries.pop(entity_id, None)
-            if entry is not None:
-                self._bytes -= entry.nbytes
+            self._drop(entity_id)
+
+    def _drop(self, entity_id: str) -> None:
+        entry = self._entries.pop(entity_id, None)
+        if entry is not None:
+            self._bytes -= entry.nbytes
+            self._by_key[entry.key].discard(entity_id)
+            if not self._by_key[entry.key]:
+                del self._by_key[entry.key]
 
     def _evict(self) -> None:
         # Any entry may go, even one an attempt works on: that attempt holds its state and
         # checks it in again.
         while self._bytes > self.budget_bytes and len(self._entries) > 1:
-            _, entry = self._entries.popitem(last=False)
-            self._bytes -= entry.nbytes
+            entity_id = next(iter(self._entries))
+            self._drop(entity_id)
             self.evictions += 1

@@ -175,7 +175,7 @@ class _EntityStageFn(KeyedStageFn):
         self._touched = set()
 
     def settle(self) -> None:
-        self.resources().cache.release(self.attempt, self._touched)
+        self.resources().cache.release(self.attempt, self._touched, self.fences())
 
     # -- the batch's entity states ---------------------------------------------------------------
 
@@ -327,7 +327,7 @@ class _EntityStageFn(KeyedStageFn):
                 continue
             _, fence = self.fence_of(work[entity_id].key)
             self._trim(state)
-            res.cache.checkin(entity_id, state, fence, self.attempt)
+            res.cache.checkin(entity_id, work[entity_id].key, state, fence, self.attempt)
             self._touched.add(entity_id)
         self._rejected.inc(len(rejected))
         return rejected

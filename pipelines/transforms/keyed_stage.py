@@ -93,6 +93,10 @@ class KeyedStageFn(beam.DoFn):
         """(the fence the key's last committed work item left, this attempt's fence)."""
         return self._fences[key]
 
+    def fences(self) -> dict[str, tuple[int, int]]:
+        """Every key of this bundle: (committed fence, this attempt's fence)."""
+        return dict(self._fences)
+
     def revision_of(self, key: str) -> int:
         """The revision of what the current batch computes for ``key``'s entities."""
         return self._fences[key][1] + min(self._batch_index, FENCE_STEP_US - 1)

@@ -24,11 +24,11 @@ def test_an_entry_is_trusted_only_for_the_committed_fence_after_its_attempt_fini
     cache = WindowCache(10**9)
     assert cache.checkout("c1", 0, "a1") is None  # cold
     state = _state()
-    cache.checkin("c1", state, 1000, "a1")
+    cache.checkin("c1", "k", state, 1000, "a1")
     assert cache.checkout("c1", 1000, "a1") is state  # a later batch of the same attempt
     # Not before the attempt finished its bundle: it might still fail halfway.
     assert cache.checkout("c1", 1000, "a2") is None
-    cache.release("a1", {"c1"})
+    cache.release("a1", {"c1"}, {})
     # The runner did not commit a1 (its key's state is still at fence 0): read again.
     assert cache.checkout("c1", 0, "a2") is None
     # It did: the next work item takes it over, and while it works nobody else does.
@@ -38,29 +38,44 @@ def test_an_entry_is_trusted_only_for_the_committed_fence_after_its_attempt_fini
 
 def test_an_attempt_that_never_finishes_leaves_nothing_trusted() -> None:
     cache = WindowCache(10**9)
-    cache.checkin("c1", _state(), 2000, "failed")
+    cache.checkin("c1", "k", _state(), 2000, "failed")
     assert cache.checkout("c1", 2000, "retry") is None  # never released: incomplete
-    cache.checkin("c1", _state(2), 2000, "retry")
-    cache.release("retry", {"c1"})
+    cache.checkin("c1", "k", _state(2), 2000, "retry")
+    cache.release("retry", {"c1"}, {})
     assert len(cache.checkout("c1", 2000, "next").buckets[bucket_of(T0)].tx) == 2
 
 
 def test_a_zombie_release_does_not_complete_the_entry_another_attempt_replaced() -> None:
     cache = WindowCache(10**9)
-    cache.checkin("c1", _state(1), 3000, "zombie")
-    cache.checkin("c1", _state(2), 4000, "new-owner")
-    cache.release("zombie", {"c1"})
+    cache.checkin("c1", "k", _state(1), 3000, "zombie")
+    cache.checkin("c1", "k", _state(2), 4000, "new-owner")
+    cache.release("zombie", {"c1"}, {})
     assert cache.checkout("c1", 3000, "x") is None
-    cache.release("new-owner", {"c1"})
+    cache.release("new-owner", {"c1"}, {})
     assert cache.checkout("c1", 4000, "y") is not None
+
+
+def test_a_bundle_that_advanced_a_shared_key_keeps_its_other_entities_trusted() -> None:
+    """On the DirectRunner several entities share a stage key: a bundle that changed one of them
+    moved the key's fence; the others, unchanged, stay valid at the new fence (and only if the
+    runner commits it)."""
+    cache = WindowCache(10**9)
+    cache.checkin("a", "~1", _state(), 1000, "x")
+    cache.checkin("b", "~1", _state(), 1000, "x")
+    cache.release("x", {"a", "b"}, {"~1": (0, 1000)})
+    assert cache.checkout("a", 1000, "y") is not None  # y changes a only
+    cache.checkin("a", "~1", _state(2), 2000, "y")
+    cache.release("y", {"a"}, {"~1": (1000, 2000)})
+    assert cache.checkout("b", 1000, "z") is None  # the key is at 2000 once y committed
+    assert cache.checkout("b", 2000, "z") is not None
 
 
 def test_the_byte_budget_evicts_least_recently_used_entities() -> None:
     one = _state(10).nbytes()
     cache = WindowCache(3 * one + 1)
     for i in range(5):
-        cache.checkin(f"c{i}", _state(10), 1000, "a")
-    cache.release("a", {f"c{i}" for i in range(5)})
+        cache.checkin(f"c{i}", "k", _state(10), 1000, "a")
+    cache.release("a", {f"c{i}" for i in range(5)}, {})
     assert len(cache) == 3 and cache.nbytes <= cache.budget_bytes
     assert cache.evictions == 2
     assert cache.checkout("c0", 1000, "b") is None  # evicted
@@ -90,8 +105,8 @@ def test_concurrent_attempts_in_one_process_never_share_a_state() -> None:
             state.put_tx(f"{attempt}", TxCell(T0 + BUCKET_US // 2, 2.0, "y"))
             with lock:
                 holders.pop(id(state), None)
-            cache.checkin(entity, state, 1000, attempt)
-            cache.release(attempt, {entity})
+            cache.checkin(entity, "k", state, 1000, attempt)
+            cache.release(attempt, {entity}, {})
 
     threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
     interval = sys.getswitchinterval()
