@@ -9,7 +9,7 @@ that had streamed them would have left, as LocalRun.warm_store does), and the st
 transactions that follow, and their labels. The terminal windows lie 7 days (the label delay)
 behind each transaction, so without that history every terminal feature of a short stretch
 would be 0 and the comparison could not see the terminal stage: every test checks that at least
-2% of the compared rows have a non-zero terminal risk feature (~35% here)."""
+2% of the compared rows have a non-zero terminal risk feature (33-39% here)."""
 
 from __future__ import annotations
 
