@@ -380,7 +380,7 @@ def split_dataset(config: ChaosConfig) -> tuple[pd.DataFrame, pd.DataFrame, str]
     if len(replay) < config.min_transactions:
         raise ValueError(
             f"the {config.preset} preset has only {len(replay):,} transactions after its first "
-            f"{config.warm_days} days; fewer --warm-days or --min-transactions"
+            f"{config.warm_days} days; use fewer --warm-days or --min-transactions"
         )
     return frame[~after].copy(), replay, start.strftime("%Y-%m-%dT%H:%M:%SZ")
 
