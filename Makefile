@@ -66,6 +66,9 @@ bench-continual: $(STAMP) ## Static vs weekly retrained (8 handbook weeks) + a s
 bench-drift: $(STAMP) ## Drift alerts: a handbook stretch replayed unchanged, then with a shift at a known time (last line JSON)
 	$(BIN)/python -m bench.drift --work-dir .rillet/drift
 
+bench-swaps: $(STAMP) ## Model swaps in a scoring process: refresh time, scoring stalls, gc pauses, memory (last line JSON)
+	$(BIN)/python -m bench.serving_swaps --work-dir .rillet/bench-swaps
+
 chaos: $(STAMP) ## 20k+ transactions through SIGKILLs, bad input, Bigtable/Datastore outages; checks every store (last line JSON)
 	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos
 
@@ -77,4 +80,4 @@ clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
 .PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
-	bench-scaleout bench-backfill bench-windows bench-continual bench-drift chaos chaos-overload clean
+	bench-scaleout bench-backfill bench-windows bench-continual bench-drift bench-swaps chaos chaos-overload clean
