@@ -1,7 +1,8 @@
 """The model registry: which version of a model directory is served (champion), which is on trial
 (challenger), and the history of every change, in one pointer file.
 
-Layout (local path or ``gs://``, all IO through Beam's FileSystems; docs/specs/registry.md)::
+Layout (local path or ``gs://``; versions and cards read through Beam's FileSystems, the pointer
+as below; docs/specs/registry.md)::
 
     <model_dir>/<version>/saved_model/        the TF2 SavedModel (written once, never modified)
     <model_dir>/<version>/model_card.json     its card: version, features, training range, ...
@@ -239,8 +240,9 @@ class _GcsPointerObject:
             )
         except PreconditionFailed:
             # The client retries a conditional upload after a transient error: the 412 may
-            # answer the retry of an upload that was written. The pointer's bytes are unique
-            # (updated_at, the history), so it was ours if the object holds them.
+            # answer the retry of an upload that was written. If the object holds these very
+            # bytes (updated_at, the history entry), the change is stored: ours, or one
+            # identical to it in the same second.
             return self.read()[0] == data
         return True
 
