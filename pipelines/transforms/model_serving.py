@@ -245,7 +245,7 @@ def _version(loaded: LoadedVersion | None) -> str | None:
     return loaded.version if loaded else None
 
 
-_FROZEN = threading.Lock()
+_FREEZE_LOCK = threading.Lock()
 _frozen = False
 
 
@@ -254,7 +254,7 @@ def freeze_runtime() -> None:
     alive moves to the collector's permanent generation (see the module docstring). Later calls
     do nothing."""
     global _frozen
-    with _FROZEN:
+    with _FREEZE_LOCK:
         if _frozen:
             return
         gc.collect()  # what is garbage now must not be frozen with the rest
