@@ -95,11 +95,18 @@ class RilletOptions(PipelineOptions):
         parser.add_argument(
             "--correction_horizon_s",
             type=float,
-            default=86_400.0,
-            help="Lateness horizon, in seconds of event time: an event whose affected "
-            "transactions start further behind its entity's newest one (or that would correct "
-            "more than 10,000 of them) updates the feature store but emits no corrections "
-            "(counted: corrections_beyond_horizon).",
+            default=None,
+            help="Lateness horizon, in seconds of event time (default: none): an event whose "
+            "affected transactions start further behind its entity's newest one updates the "
+            "feature store but emits no corrections (counted: corrections_beyond_horizon).",
+        )
+        parser.add_argument(
+            "--max_corrections_per_event",
+            type=int,
+            default=10_000,
+            help="An event that would correct more of its entity's later transactions than this "
+            "updates the feature store but emits no corrections (counted: "
+            "corrections_beyond_horizon): one late event on a hot entity costs bounded work.",
         )
         parser.add_argument(
             "--window_cache_mb",
@@ -246,8 +253,10 @@ class RilletOptions(PipelineOptions):
             errors.append("need 0 <= --risk_medium_threshold <= --risk_high_threshold <= 1")
         if self.label_wait_s < 0:
             errors.append("--label_wait_s must be >= 0")
-        if self.correction_horizon_s < 0:
+        if self.correction_horizon_s is not None and self.correction_horizon_s < 0:
             errors.append("--correction_horizon_s must be >= 0")
+        if self.max_corrections_per_event < 0:
+            errors.append("--max_corrections_per_event must be >= 0")
         if self.window_cache_mb <= 0:
             errors.append("--window_cache_mb must be > 0")
         if self.key_buckets is not None and self.key_buckets < 0:

@@ -133,6 +133,7 @@ def build_pipeline(
         key_buckets(options),
         opts.correction_horizon_s,
         opts.window_cache_mb,
+        opts.max_corrections_per_event,
     )
     predictions = computed.batches | PREDICT >> Predict(serving)
     written = predictions.results | WRITE_PREDICTIONS >> WritePredictions(

@@ -21,11 +21,13 @@ Everything a batch emits is a function of the store *after* the batch, never of 
 event was new to it: a retried work item, whose failed attempt already wrote its events, emits
 the same transactions, corrections and features as the first attempt would have.
 
-Lateness horizon: an event whose affected transactions start more than ``correction_horizon_s``
-of event time before the entity's newest transaction, or that would correct more than
-``MAX_CORRECTIONS_PER_EVENT`` of them, updates the store (later transactions see it) but emits no
-corrections; it is counted (``corrections_beyond_horizon``). So one late event on a hot entity
-costs a bounded amount of work.
+Lateness horizon: an event that would correct more than ``max_corrections`` of its entity's
+transactions (10,000 by default), or, if ``correction_horizon_s`` is set, whose affected
+transactions start more than that much event time behind the entity's newest transaction, updates
+the store (later transactions see it) but emits no corrections; it is counted
+(``corrections_beyond_horizon``). So one late event on a hot entity costs a bounded amount of
+work. (No time limit by default: a replay of history compresses days of event time into seconds,
+and its stages race each other by days of event time.)
 
 The terminal stage keeps on each transaction's cell the customer features it received (and their
 revision), so a correction of either stage reaches the stored prediction with a complete vector.
@@ -79,7 +81,6 @@ from pipelines.transforms.keyed_stage import FENCE_PARAM, KeyedStageFn
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE
 
 __all__ = [
-    "MAX_CORRECTIONS_PER_EVENT",
     "CustomerWindowsFn",
     "TerminalWindowsFn",
     "assemble",
@@ -87,7 +88,6 @@ __all__ = [
 
 CUSTOMER_FEATURES = window_features(CUSTOMER)
 TERMINAL_FEATURES = window_features(TERMINAL)
-MAX_CORRECTIONS_PER_EVENT = 10_000
 # An entity with at most this many cells in its lookback is read whole when cold (one read of
 # small rows); a denser one reads its bucket summaries and only the buckets its windows need.
 SPARSE_CELLS = 2_000
@@ -133,15 +133,19 @@ class _EntityStageFn(KeyedStageFn):
         store: StoreConfig | WindowStore,
         max_batch_size: int,
         key_buckets: int = 0,
-        correction_horizon_s: float = 86_400.0,
+        correction_horizon_s: float | None = None,
         cache_mb: float = 512.0,
+        max_corrections: int = 10_000,
     ) -> None:
         super().__init__(max_batch_size)
-        if correction_horizon_s < 0 or cache_mb <= 0:
-            raise ValueError("correction_horizon_s must be >= 0 and cache_mb > 0")
+        if (correction_horizon_s or 0) < 0 or cache_mb <= 0 or max_corrections < 0:
+            raise ValueError("need correction_horizon_s >= 0, cache_mb > 0, max_corrections >= 0")
         self._config = store
         self._buckets = key_buckets
-        self._horizon_us = int(correction_horizon_s * 1_000_000)
+        self._horizon_us = (
+            None if correction_horizon_s is None else int(correction_horizon_s * 1_000_000)
+        )
+        self._max_corrections = max_corrections
         self._budget = int(cache_mb * 1024 * 1024)
         self._shared: SharedResource[_Resources] = SharedResource()
         self._resources: _Resources | None = None
@@ -248,9 +252,9 @@ class _EntityStageFn(KeyedStageFn):
         end = min(event.time_us + hi, newest_us + 1)
         if end <= start:
             return None
-        if newest_us - start > self._horizon_us:
+        if self._horizon_us is not None and newest_us - start > self._horizon_us:
             return None
-        if state.count_from(start) > MAX_CORRECTIONS_PER_EVENT:
+        if state.count_from(start) > self._max_corrections:
             return None
         return start, end
 
@@ -339,7 +343,7 @@ class _EntityStageFn(KeyedStageFn):
         newest = state.newest_us()
         if not newest:
             return
-        margin = max_lookback_us(self.entity) + max_delay_us(self.entity) + self._horizon_us
+        margin = max_lookback_us(self.entity) + max_delay_us(self.entity)
         keep: set[int] = set()
         if _cells(state) > SPARSE_CELLS:
             keep = set(range(bucket_of(newest) - _RECENT_BUCKETS, bucket_of(newest) + 1))

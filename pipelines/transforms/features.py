@@ -75,7 +75,9 @@ class ComputeFeatures(beam.PTransform):
       label_wait_s: how long a label waits for its transaction before it is dead-lettered.
       key_buckets: 0: each stage has one key per entity; N: entities hashed into N keys
         (pipelines/core/routing.py).
-      correction_horizon_s: the lateness horizon of corrections (entity_windows.py).
+      correction_horizon_s: the lateness horizon of corrections in event time (None: none).
+      max_corrections_per_event: the most transactions one late event corrects
+        (entity_windows.py).
       window_cache_mb: the memory budget of each entity stage's window cache, per process.
 
     Returns:
@@ -93,8 +95,9 @@ class ComputeFeatures(beam.PTransform):
         sources: tuple[str, str] = ("transactions", "labels"),
         label_wait_s: float = 300.0,
         key_buckets: int = 0,
-        correction_horizon_s: float = 86_400.0,
+        correction_horizon_s: float | None = None,
         window_cache_mb: float = 512.0,
+        max_corrections_per_event: int = 10_000,
     ) -> None:
         super().__init__()
         if max_batch_size < 1:
@@ -106,7 +109,12 @@ class ComputeFeatures(beam.PTransform):
         self._sources = sources
         self._label_wait_s = label_wait_s
         self._buckets = key_buckets
-        self._entity_args = (key_buckets, correction_horizon_s, window_cache_mb)
+        self._entity_args = (
+            key_buckets,
+            correction_horizon_s,
+            window_cache_mb,
+            max_corrections_per_event,
+        )
 
     def expand(self, events: tuple[beam.PCollection, beam.PCollection]) -> ComputedFeatures:
         transactions, labels = events

@@ -76,7 +76,7 @@ def run_stages(
     key_buckets: int = 0,
     store: Any = None,
     idle_s: float = 0.0,
-    horizon_s: float = 100 * 86_400.0,
+    horizon_s: float | None = None,
 ) -> StageRun:
     """Runs ComputeFeatures over ``rounds`` of events (each round one TestStream step, so one
     or more bundles)."""
