@@ -148,7 +148,7 @@ class DayFigures(NamedTuple):
     complete: bool
 
 
-for _row in (Scored, PendingLabel, DayRow, DayRows, DayFigures):
+for _row in (PendingLabel, DayRow, DayRows, DayFigures):
     row_coder(_row)
 
 _KEYED_PENDING = beam.typehints.Tuple[str, PendingLabel]

@@ -29,11 +29,9 @@ from pipelines.transforms.online_eval import (
     DayRow,
     DayRows,
     PendingLabel,
-    Scored,
 )
 
 SAMPLES: list[Any] = [
-    Scored("v1", "2018-08-08", "t1", "C1", 1, 0.25, "champion"),
     PendingLabel("t1", 1_533_686_400_000_005, "C1", 0, 3),
     DayRow("t1", "C1", 1, 0.75, False),
     DayRows([DayRow("t1", "C1", 1, 0.75, True), DayRow("t2", "C2", 0, 0.5, False)], 10**18),
