@@ -128,7 +128,7 @@ class DayRow(NamedTuple):
 
 class DayRows(NamedTuple):
     """What a ``<version>|<day>`` key receives: labelled scores (none: a tick), and the label
-    clock of the sender (the latest due time it saw, event time + label delay, in µs)."""
+    clock of the sender (the latest due time it had seen, event time + label delay, in µs)."""
 
     rows: Sequence[DayRow]
     clock_us: int
@@ -235,6 +235,9 @@ class _ServedLookup(beam.DoFn):
             self._kind,
             [label.transaction_id for label in labels],
         )
+        # The rows carry the clock as it was when they came: a batch that spans days (a
+        # backlog) must not make its own earliest rows look late. The ticks carry it after.
+        clock_us = self._clock_us
         for label in labels:
             self._clock_us = max(self._clock_us, label.event_time_us + LABEL_DELAY_US)
         # Grouped per key here: one element per (version, day) and lookup, not one per label,
@@ -258,7 +261,7 @@ class _ServedLookup(beam.DoFn):
                 )
                 self.saw(row.version, row.day)
         for key, rows in groups.items():
-            yield key, DayRows(rows, self._clock_us)
+            yield key, DayRows(rows, clock_us)
 
     def saw(self, version: str, day: str) -> None:
         """A hook for the versions and days that got rows (the ticks of _LookupServed)."""

@@ -214,17 +214,35 @@ def test_lookups_tick_each_complete_day_once_for_the_versions_they_saw(monkeypat
     fn = online_eval._LookupServed("p", "Prediction", None, 0, MARGIN_S)
     out = list(fn.process([label(1, DAY_US_0 + 10), label(2, DAY_US_0 + DAY_US + 10)]))
     assert [k for k, _ in out] == [KEY, "v1|2018-08-09"]  # rows only: nothing complete yet
-    assert out[0][1].clock_us == DAY_US_0 + DAY_US + 10 + LABEL_DELAY_US
+    assert out[0][1].clock_us == 0  # the clock before them: nothing seen yet
     # Labels of two days later: the clock passes 2018-08-08's last due time + 1 day.
     out = list(fn.process([label(3, DAY_US_0 + 2 * DAY_US + 5)]))
     ticks = [(k, v) for k, v in out if not v.rows]
     assert [k for k, _ in ticks] == [KEY]
     assert list(fn.process([label(4, DAY_US_0 + 2 * DAY_US + 6)])) == [
-        (
-            "v1|2018-08-10",
-            DayRows([DayRow("t4", "C4", 0, 0.5, True)], DAY_US_0 + 2 * DAY_US + 6 + LABEL_DELAY_US),
-        )
+        ("v1|2018-08-10", DayRows([DayRow("t4", "C4", 0, 0.5, True)], due(2 * DAY_US + 5)))
     ]  # ticked once per instance
+
+
+def test_a_backlog_batch_spanning_days_keeps_its_earliest_day(clock, monkeypatch) -> None:
+    """The first labels of a day and labels of days later in one lookup batch (a backlog):
+    the day's rows are kept (they carry the clock from before the batch), and the tick that
+    follows them completes the day."""
+    fake = FakeLookup()
+    monkeypatch.setattr(online_eval, "lookup_raw", fake.lookup_raw)
+    monkeypatch.setattr(online_eval, "served_scores", fake.served_scores)
+    lookup = online_eval._LookupServed("p", "Prediction", None, 0, MARGIN_S)
+    batch = [label(i, DAY_US_0 + i * 3_600_000_000) for i in range(5)]
+    batch += [label(100 + i, DAY_US_0 + 3 * DAY_US + i) for i in range(3)]
+    h = day_quality()
+    for key, value in lookup.process(batch):
+        if key == KEY:
+            h.process(key, value)
+    assert len(h.cells["rows"].read()) == 5
+    assert h.cells["phase"].read() == online_eval._CLOSING  # the tick after the rows
+    clock[0] += GRACE_S
+    (final,) = h.fire_due(clock[0], KEY)
+    assert (final.n, final.complete) == (5, True)
 
 
 @pytest.mark.parametrize("buckets", [0, 64])
