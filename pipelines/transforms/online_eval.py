@@ -20,10 +20,12 @@ flight (AwaitPredictions' retries). The data's clock, not Beam's watermark: a re
 of event time in minutes, and the local runner's Pub/Sub watermark is the wall clock. A key that
 gets no label for ``idle_s`` of processing time (a stalled label stream) is released too. The
 release writes the day's final figures (``complete``) first, in the same work item (state and
-outputs are committed together), then keeps a marker for ``idle_s`` so that a label of the
-released day is counted (``labels_after_day_complete``) and left out rather than starting the
-day over. A day's key learns the clock from the labels of later days: LookupServed sends each
-day it sees complete a tick (no rows, the clock) for the versions it saw.
+outputs are committed together), then keeps a marker (one integer) for ``KEEP_RELEASED_S`` (30
+days) so that a label of the released day is counted (``labels_after_day_complete``) and left
+out rather than starting the day over with its late labels only. A day's key learns the clock
+from its own labels (each element carries the clock its sender had before it) and from the
+labels of later days: LookupServed sends each day it sees complete a tick (no rows, the clock)
+for the versions it saw.
 
 A label whose prediction is not stored yet (it raced its transaction in a burst or a backlog)
 waits in AwaitPredictions, keyed like the keyed stages (its transaction id on Dataflow, a hash
@@ -92,6 +94,7 @@ WAITING = "waiting"
 LOOKUP_BATCH = 500
 CHAMPION, CHALLENGER = "champion", "challenger"
 LABEL_DELAY_US = LABEL_DELAY_DAYS * DAY_US
+KEEP_RELEASED_S = 30 * 86_400.0  # how long a released day's marker stays (DayQuality)
 
 
 class Scored(NamedTuple):
@@ -253,6 +256,7 @@ class _ServedLookup(beam.DoFn):
                         label._replace(attempts=label.attempts + 1),
                     ),
                 )
+                self.saw(None, label_day(label.event_time_us))
                 continue
             self._matched.inc()
             for row in scored_from(label, served_scores(entity)):
@@ -263,14 +267,16 @@ class _ServedLookup(beam.DoFn):
         for key, rows in groups.items():
             yield key, DayRows(rows, clock_us)
 
-    def saw(self, version: str, day: str) -> None:
-        """A hook for the versions and days that got rows (the ticks of _LookupServed)."""
+    def saw(self, version: str | None, day: str) -> None:
+        """A hook for the days of the labels looked up, and the versions that had rows of them
+        (``None``: a label whose prediction is not stored yet); _LookupServed's ticks."""
 
 
 class _LookupServed(_ServedLookup):
     """Labels (in lists) to DayRows per key, from the prediction store; and a tick (DayRows
     without rows) to every ``<version>|<day>`` key whose day the label clock shows complete,
-    once per instance, for the versions this instance saw rows of (module docstring)."""
+    once per instance, for the days of the labels this instance looked up (those waiting for
+    their prediction included) and the versions it saw rows of (module docstring)."""
 
     def __init__(
         self, project: str, kind: str, namespace: str | None, key_buckets: int, margin_s: float
@@ -281,8 +287,8 @@ class _LookupServed(_ServedLookup):
         self._first_day: str | None = None
         self._ticked: str | None = None  # the latest day ticked complete
 
-    def saw(self, version: str, day: str) -> None:
-        if day > self._latest_day.get(version, ""):
+    def saw(self, version: str | None, day: str) -> None:
+        if version is not None and day > self._latest_day.get(version, ""):
             self._latest_day[version] = day
         if self._first_day is None or day < self._first_day:
             self._first_day = day
@@ -300,7 +306,7 @@ class _LookupServed(_ServedLookup):
         day = start
         while day <= complete:
             for version, latest in self._latest_day.items():
-                if latest >= day:
+                if latest >= day:  # a version first served later holds nothing of the day
                     yield _key(version, day), DayRows([], self._clock_us)
             day = _next_day(day)
         if complete >= start:
@@ -426,28 +432,29 @@ _ROWS = BagStateSpec("rows", row_coder(DayRow))
 _CLOCK = ReadModifyWriteStateSpec("clock_us", VarIntCoder())
 _PHASE = ReadModifyWriteStateSpec("phase", VarIntCoder())
 _DIRTY = ReadModifyWriteStateSpec("dirty", BooleanCoder())  # rows since the last figures
-_EMIT = TimerSpec("emit", TimeDomain.REAL_TIME)
-_IDLE = TimerSpec("idle", TimeDomain.REAL_TIME)
+_EMIT = TimerSpec("emit", TimeDomain.REAL_TIME)  # the next figures (rows came)
+_CLOSE = TimerSpec("close", TimeDomain.REAL_TIME)  # the end of the grace: final, released
+_IDLE = TimerSpec("idle", TimeDomain.REAL_TIME)  # no rows for idle_s; a marker's end
 _ROWS_PARAM = beam.DoFn.StateParam(_ROWS)
 _CLOCK_PARAM = beam.DoFn.StateParam(_CLOCK)
 _PHASE_PARAM = beam.DoFn.StateParam(_PHASE)
 _DIRTY_PARAM = beam.DoFn.StateParam(_DIRTY)
 _EMIT_PARAM = beam.DoFn.TimerParam(_EMIT)
+_CLOSE_PARAM = beam.DoFn.TimerParam(_CLOSE)
 _IDLE_PARAM = beam.DoFn.TimerParam(_IDLE)
 
 
 class DayQuality(beam.DoFn):
     """The figures of one ``<version>|<day>`` key, from its labelled scores in state: written
-    every ``every_s`` while rows come in; once the day is complete (the label clock past
-    :func:`complete_at_us`, then ``grace_s``; or no row for ``idle_s``), its final figures, and
-    its rows are released (module docstring).
+    at most every ``every_s`` while rows come in; once the day is complete (the label clock
+    past :func:`complete_at_us`, then ``grace_s``; or no row for ``idle_s``), its final figures,
+    and its rows are released; a marker stays ``KEEP_RELEASED_S`` (module docstring).
 
     Args:
       every_s: seconds of processing time between two figures of a day that got rows.
       margin_s: event time past a day's last label due time before it is complete.
       grace_s: processing time after that, for labels still in flight.
-      idle_s: processing time without a row after which a day is released anyway, and how long
-        a released day's marker stays.
+      idle_s: processing time without a row after which a day is released anyway.
     """
 
     def __init__(self, every_s: float, margin_s: float, grace_s: float, idle_s: float) -> None:
@@ -469,6 +476,7 @@ class DayQuality(beam.DoFn):
         phase_state: Any = _PHASE_PARAM,
         dirty_state: Any = _DIRTY_PARAM,
         emit: Any = _EMIT_PARAM,
+        close: Any = _CLOSE_PARAM,
         idle: Any = _IDLE_PARAM,
     ) -> None:
         key, value = element
@@ -481,26 +489,35 @@ class DayQuality(beam.DoFn):
         if held is None and not rows:
             return  # a tick for a day this key holds nothing of: no state is created
         clock = max(held or 0, value.clock_us)
-        complete_at = complete_at_us(key.rsplit("|", 1)[1], self._margin_us)
         now = time.time()
         if rows:
-            if held is None and clock >= complete_at:
-                self._late.inc(len(rows))  # the first rows of a day already complete
-                return
+            # The first rows of a day the clock shows complete already (its labels all waited
+            # for their predictions, or came in one backlog) start it all the same: the grace
+            # below gathers the rest before its figures are final.
             for row in rows:
                 rows_state.add(row)
             idle.set(now + self._idle_s)
             if not dirty_state.read():
                 dirty_state.write(True)
-                if phase is None:
-                    emit.set(now + self._every_s)
+                emit.set(now + self._every_s)
         clock_state.write(clock)
-        if phase is None and clock >= complete_at:
+        if phase is None and clock >= complete_at_us(key.rsplit("|", 1)[1], self._margin_us):
             phase_state.write(_CLOSING)
-            emit.set(now + self._grace_s)
+            close.set(now + self._grace_s)
 
     @on_timer(_EMIT)
     def on_emit(
+        self,
+        key: Any = beam.DoFn.KeyParam,
+        rows_state: Any = _ROWS_PARAM,
+        dirty_state: Any = _DIRTY_PARAM,
+    ) -> Iterator[DayFigures]:
+        if dirty_state.read():  # cleared by a release in between
+            dirty_state.clear()
+            yield self._figures(key, rows_state, complete=False)
+
+    @on_timer(_CLOSE)
+    def on_close(
         self,
         key: Any = beam.DoFn.KeyParam,
         rows_state: Any = _ROWS_PARAM,
@@ -509,12 +526,8 @@ class DayQuality(beam.DoFn):
         dirty_state: Any = _DIRTY_PARAM,
         idle: Any = _IDLE_PARAM,
     ) -> Iterator[DayFigures]:
-        phase = phase_state.read()
-        if phase == _CLOSING:
+        if phase_state.read() == _CLOSING:
             yield from self._release(key, rows_state, clock_state, phase_state, dirty_state, idle)
-        elif phase is None and dirty_state.read():
-            dirty_state.clear()
-            yield self._figures(key, rows_state, complete=False)
 
     @on_timer(_IDLE)
     def on_idle(
@@ -544,14 +557,14 @@ class DayQuality(beam.DoFn):
         dirty_state: Any,
         idle: Any,
     ) -> Iterator[DayFigures]:
-        """The final figures, then the rows released; a marker stays for ``idle_s``."""
+        """The final figures, then the rows released; a marker stays ``KEEP_RELEASED_S``."""
         yield self._figures(key, rows_state, complete=True)
         self._released.inc()
         rows_state.clear()
         clock_state.clear()
         dirty_state.clear()
         phase_state.write(_RELEASED)
-        idle.set(time.time() + self._idle_s)
+        idle.set(time.time() + KEEP_RELEASED_S)
 
 
 def evaluation_properties(figures: DayFigures) -> dict[str, Any]:

@@ -116,10 +116,10 @@ def test_a_day_is_released_once_its_labels_are_complete(clock: list[float]) -> N
     # A tick from a later day's labels: the clock passes the day's completion (+ the margin).
     h.process(KEY, DayRows([], complete_at_us(DAY, int(MARGIN_S * 1e6))))
     assert h.cells["phase"].read() == online_eval._CLOSING
-    # Labels still in flight during the grace count.
+    # Labels still in flight during the grace count, and the figures go on meanwhile.
     h.process(KEY, DayRows(rows(5, start=50), due(23 * 3_600_000_000)))
     clock[0] += GRACE_S - 1
-    assert h.fire_due(clock[0], KEY) == []
+    assert [(f.n, f.complete) for f in h.fire_due(clock[0], KEY)] == [(55, False)]
     clock[0] += 1
     (final,) = h.fire_due(clock[0], KEY)
     assert final == day_figures("v1", DAY, rows(55), complete=True)
@@ -129,7 +129,7 @@ def test_a_day_is_released_once_its_labels_are_complete(clock: list[float]) -> N
     # A label of the released day is left out (counted), not the start of a new day.
     h.process(KEY, DayRows(rows(3, start=100), due(DAY_US - 1)))
     assert h.cells["rows"].empty
-    clock[0] += IDLE_S
+    clock[0] += online_eval.KEEP_RELEASED_S
     assert h.fire_due(clock[0], KEY) == []
     assert h.empty  # the marker's time is over too
 
@@ -143,20 +143,27 @@ def test_a_stalled_label_stream_releases_a_day_after_idle_s(clock: list[float]) 
     (final,) = h.fire_due(clock[0], KEY)
     assert (final.n, final.complete) == (10, True)
     assert h.cells["rows"].empty
-    clock[0] += IDLE_S
+    clock[0] += online_eval.KEEP_RELEASED_S
     h.fire_due(clock[0], KEY)
     assert h.empty
 
 
-def test_a_tick_creates_no_state_and_late_first_rows_are_left_out(clock: list[float]) -> None:
+def test_a_tick_creates_no_state_and_a_day_complete_at_its_first_rows_gets_the_grace(
+    clock: list[float],
+) -> None:
     h = day_quality()
     past = complete_at_us(DAY, int(MARGIN_S * 1e6))
     assert h.process(KEY, DayRows([], past)) == []
     assert h.empty and all(t.at is None for t in h.timers.values())
-    # The first rows of a day the clock already shows complete (a day released, its marker
-    # gone): not the start of a new, partial evaluation of it.
+    # The first rows of a day the clock already shows complete (its labels all waited for
+    # their predictions): the day is evaluated, its other labels gathered during the grace.
     h.process(KEY, DayRows(rows(3), past))
-    assert h.empty
+    clock[0] += GRACE_S / 2
+    h.process(KEY, DayRows(rows(4, start=3), past))
+    clock[0] += GRACE_S / 2
+    *interim, final = h.fire_due(clock[0], KEY)
+    assert [f.complete for f in interim] == [False] and (final.n, final.complete) == (7, True)
+    assert h.cells["rows"].empty
 
 
 def test_day_quality_in_a_stream_writes_figures_then_the_final_ones(monkeypatch) -> None:
@@ -208,17 +215,29 @@ def label(i: int, event_us: int) -> Label:
 
 
 def test_lookups_tick_each_complete_day_once_for_the_versions_they_saw(monkeypatch) -> None:
-    fake = FakeLookup()
+    fake = FakeLookup(missing={"t0"})
     monkeypatch.setattr(online_eval, "lookup_raw", fake.lookup_raw)
     monkeypatch.setattr(online_eval, "served_scores", fake.served_scores)
     fn = online_eval._LookupServed("p", "Prediction", None, 0, MARGIN_S)
-    out = list(fn.process([label(1, DAY_US_0 + 10), label(2, DAY_US_0 + DAY_US + 10)]))
-    assert [k for k, _ in out] == [KEY, "v1|2018-08-09"]  # rows only: nothing complete yet
-    assert out[0][1].clock_us == 0  # the clock before them: nothing seen yet
-    # Labels of two days later: the clock passes 2018-08-08's last due time + 1 day.
+    out = list(
+        fn.process(
+            [
+                label(0, DAY_US_0 - 10),  # 2018-08-07, its prediction not stored yet: waits
+                label(1, DAY_US_0 + 10),
+                label(2, DAY_US_0 + DAY_US // 2),
+            ]
+        )
+    )
+    assert isinstance(out[0], beam.pvalue.TaggedOutput)
+    # Rows only (one element for the day's two): nothing complete yet.
+    assert [(k, len(v.rows)) for k, v in out[1:]] == [(KEY, 2)]
+    assert out[1][1].clock_us == 0  # the clock before them: nothing seen yet
+    # Labels of two days later: the clock passes 2018-08-08's last due time + 1 day. The day
+    # of the waiting label is ticked too (its rows may come from AwaitPredictions).
     out = list(fn.process([label(3, DAY_US_0 + 2 * DAY_US + 5)]))
     ticks = [(k, v) for k, v in out if not v.rows]
-    assert [k for k, _ in ticks] == [KEY]
+    assert [k for k, _ in ticks] == ["v1|2018-08-07", KEY]
+    assert {v.clock_us for _, v in ticks} == {due(2 * DAY_US + 5)}
     assert list(fn.process([label(4, DAY_US_0 + 2 * DAY_US + 6)])) == [
         ("v1|2018-08-10", DayRows([DayRow("t4", "C4", 0, 0.5, True)], due(2 * DAY_US + 5)))
     ]  # ticked once per instance
@@ -241,7 +260,7 @@ def test_a_backlog_batch_spanning_days_keeps_its_earliest_day(clock, monkeypatch
     assert len(h.cells["rows"].read()) == 5
     assert h.cells["phase"].read() == online_eval._CLOSING  # the tick after the rows
     clock[0] += GRACE_S
-    (final,) = h.fire_due(clock[0], KEY)
+    *_, final = h.fire_due(clock[0], KEY)
     assert (final.n, final.complete) == (5, True)
 
 
