@@ -306,7 +306,7 @@ class _LookupServed(_ServedLookup):
         day = start
         while day <= complete:
             for version, latest in self._latest_day.items():
-                if latest >= day:  # a version first served later holds nothing of the day
+                if latest >= day:  # else it had no rows of this day or later here
                     yield _key(version, day), DayRows([], self._clock_us)
             day = _next_day(day)
         if complete >= start:

@@ -402,3 +402,30 @@ def test_window_judges_keep_their_streaks_as_rows(monkeypatch) -> None:
         tuple(StreakRow("dead_letter_per_s", 0, thresholds.service_health.consecutive, True)),
         tuple(StreakRow("latency_p99_ms", thresholds.service_health.consecutive, 0, False)),
     ]
+
+
+def test_online_quality_alerts_once_per_day_and_remembers_a_bounded_number_of_days(
+    tmp_path,
+) -> None:
+    from pipelines.transforms.monitoring import ALERTED_DAYS, _JudgeOnlineQuality
+    from pipelines.transforms.online_eval import DayFigures
+    from tests.unit.dofn_state import Harness
+
+    class Card(FakeRefs):
+        def card(self, version: str) -> dict:
+            return {"offline_metrics": {"ap": 0.8, "cp100": 0.3}}
+
+    fn = _JudgeOnlineQuality(str(tmp_path), load_thresholds())
+    fn._refs = Card()  # type: ignore[assignment]
+    fn._champion, fn._read_at = None, float("inf")  # no registry: every version is judged
+    h = Harness(fn)
+    alerts = []
+    days = [f"2018-05-{d:02d}" for d in range(1, 32)] + [f"2018-06-{d:02d}" for d in range(1, 10)]
+    for day in days:
+        for _ in range(2):  # a day's figures come again (every --eval_every_s): one alert
+            figures = DayFigures("v1", day, "champion", 5000, 60, 0.9, 0.1, 0.3, False)
+            alerts += h.process("v1", figures)
+    assert len(alerts) == 40 and {a.metric for a in alerts} == {"online_ap"}
+    kept = list(h.cells["alerted"].read())
+    assert kept == sorted(kept) and len(kept) == ALERTED_DAYS + 1
+    assert kept[-1] == "2018-06-09|ap"
