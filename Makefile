@@ -66,6 +66,9 @@ bench-continual: $(STAMP) ## Static vs weekly retrained (8 handbook weeks) + a s
 bench-drift: $(STAMP) ## Drift alerts: a handbook stretch replayed unchanged, then with a shift at a known time (last line JSON)
 	$(BIN)/python -m bench.drift --work-dir .rillet/drift
 
+bench-memory: $(STAMP) ## Keyed stages' memory under a small --window_cache_mb vs a large one, warm store, backlog (last line JSON)
+	$(BIN)/python -m bench.memory
+
 chaos: $(STAMP) ## 20k+ transactions through SIGKILLs, bad input, Bigtable/Datastore outages; checks every store (last line JSON)
 	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos
 
@@ -77,4 +80,4 @@ clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
 .PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
-	bench-scaleout bench-backfill bench-windows bench-continual bench-drift chaos chaos-overload clean
+	bench-scaleout bench-backfill bench-windows bench-continual bench-drift bench-memory chaos chaos-overload clean

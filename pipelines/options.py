@@ -93,6 +93,22 @@ class RilletOptions(PipelineOptions):
             help="Seconds a label waits for its transaction before it is dead-lettered.",
         )
         parser.add_argument(
+            "--correction_horizon_s",
+            type=float,
+            default=86_400.0,
+            help="Lateness horizon, in seconds of event time: an event whose affected "
+            "transactions start further behind its entity's newest one (or that would correct "
+            "more than 10,000 of them) updates the feature store but emits no corrections "
+            "(counted: corrections_beyond_horizon).",
+        )
+        parser.add_argument(
+            "--window_cache_mb",
+            type=float,
+            default=512.0,
+            help="Memory budget of each keyed entity stage's window cache, per worker process "
+            "(least recently used entities are evicted beyond it and read again when needed).",
+        )
+        parser.add_argument(
             "--key_buckets",
             type=int,
             default=None,
@@ -230,6 +246,10 @@ class RilletOptions(PipelineOptions):
             errors.append("need 0 <= --risk_medium_threshold <= --risk_high_threshold <= 1")
         if self.label_wait_s < 0:
             errors.append("--label_wait_s must be >= 0")
+        if self.correction_horizon_s < 0:
+            errors.append("--correction_horizon_s must be >= 0")
+        if self.window_cache_mb <= 0:
+            errors.append("--window_cache_mb must be > 0")
         if self.key_buckets is not None and self.key_buckets < 0:
             errors.append("--key_buckets must be >= 0 (0: one key per entity)")
         if self.max_in_flight < 0:

@@ -127,7 +127,13 @@ def build_pipeline(
     transactions = tx_messages | PARSE_TRANSACTIONS >> ParseEvents("transaction", tx_sub)
     labels = label_messages | PARSE_LABELS >> ParseEvents("label", label_sub)
     computed = (transactions.valid, labels.valid) | COMPUTE_FEATURES >> ComputeFeatures(
-        store, opts.max_batch_size, (tx_sub, label_sub), opts.label_wait_s, key_buckets(options)
+        store,
+        opts.max_batch_size,
+        (tx_sub, label_sub),
+        opts.label_wait_s,
+        key_buckets(options),
+        opts.correction_horizon_s,
+        opts.window_cache_mb,
     )
     predictions = computed.batches | PREDICT >> Predict(serving)
     written = predictions.results | WRITE_PREDICTIONS >> WritePredictions(

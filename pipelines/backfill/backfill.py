@@ -47,6 +47,7 @@ from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipelines.backfill.event_tables import EventKind, InvalidTable, canonical, read_tables
+from pipelines.core.cells import bucket_of, summarize
 from pipelines.core.definitions import (
     CUSTOMER,
     ENTITIES,
@@ -54,18 +55,15 @@ from pipelines.core.definitions import (
     MODEL_INPUTS,
     Entity,
     RowFeature,
+    WindowFeature,
     max_lookback_us,
     window_features,
 )
 from pipelines.core.engine import EventColumns, features_for, row_features
 from pipelines.options import RilletOptions, unknown_arguments
-from pipelines.stores.bigtable import (
-    FAMILY_TX,
-    StoreConfig,
-    shared_store,
-    transaction_record,
-)
-from pipelines.stores.window_store import EntityCells, LabelCell, TxCell, Writes
+from pipelines.stores.bigtable import FAMILY_TX, FeatureStore, StoreConfig, transaction_record
+from pipelines.stores.shared import SharedResource
+from pipelines.stores.window_store import BucketCells, BucketWrite, LabelCell, TxCell, Writes
 
 __all__ = [
     "BACKFILL_LABELS",
@@ -74,6 +72,7 @@ __all__ = [
     "read_feature_table",
     "run",
     "run_backfill",
+    "state_writes",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -300,6 +299,12 @@ class _EntityFeaturesFn(beam.DoFn):
         self.store = store
         self.final = final
         self.features = window_features(entity)
+        self._shared: SharedResource[FeatureStore] = SharedResource()
+
+    def _store(self) -> FeatureStore:
+        assert self.store is not None
+        config = self.store
+        return self._shared.acquire(lambda: FeatureStore(config), tag=config)
 
     def process(self, element: tuple[int, dict[str, list[pa.Table]]], end_us: int | None) -> Any:
         shard, grouped = element
@@ -311,7 +316,9 @@ class _EntityFeaturesFn(beam.DoFn):
         label_columns = _columns(labels, "is_fraud")
         matrix = features_for(query, labels=label_columns, features=self.features)
         if self.store is not None and end_us is not None:
-            self._write_state(query, label_columns, matrix, end_us)
+            self._store().apply(
+                state_writes(self.entity, query, label_columns, matrix, end_us, self.features)
+            )
         for col, feature in enumerate(self.features):
             tx = tx.append_column(feature.name, pa.array(matrix[:, col]))
         if self.final:
@@ -319,62 +326,69 @@ class _EntityFeaturesFn(beam.DoFn):
         else:
             yield tx
 
-    def _write_state(
-        self, tx: EventColumns, labels: EventColumns, matrix: np.ndarray, end_us: int
-    ) -> None:
-        """Writes the entity's window state as the streaming stage would have left it: its cells
-        within the lookback of ``end_us``, its labels, the features of each entity's latest
-        transaction and, for customers, the transactions' id-index entries."""
-        key = self.entity.key_field
-        (other,) = (e.key_field for e in ENTITIES if e != self.entity)
-        since = end_us - max_lookback_us(self.entity)
-        writes = Writes()
-        keep = np.flatnonzero(np.asarray(tx.time_us) >= since)
-        entity_ids = np.asarray(getattr(tx, key))[keep].astype(str)
-        other_ids = np.asarray(getattr(tx, other))[keep].astype(str)
-        tx_ids = np.asarray(tx.transaction_id)[keep].astype(str)
-        times = np.asarray(tx.time_us)[keep]
-        amounts = np.asarray(tx.value)[keep]
-        # One snapshot per entity (Writes.snapshots): a cold stage reads an entity's history
-        # as one value instead of a cell per transaction.
-        snapshots: dict[str, EntityCells] = {}
-        for entity_id, tx_id, t_us, amount, other_id in zip(
-            entity_ids.tolist(),
-            tx_ids.tolist(),
-            times.tolist(),
-            amounts.tolist(),
-            other_ids.tolist(),
+
+def state_writes(
+    entity: Entity,
+    tx: EventColumns,
+    labels: EventColumns,
+    matrix: np.ndarray,
+    end_us: int,
+    features: Sequence[WindowFeature],
+) -> Writes:
+    """The entity's window state as the streaming stage would have left it at ``end_us``: its
+    cells within the lookback, its labels, the features (``matrix``, ``features`` order) of
+    each entity's latest transaction and, for customers, the transactions' id-index entries."""
+    key = entity.key_field
+    (other,) = (e.key_field for e in ENTITIES if e != entity)
+    since = end_us - max_lookback_us(entity)
+    writes = Writes()
+    keep = np.flatnonzero(np.asarray(tx.time_us) >= since)
+    entity_ids = np.asarray(getattr(tx, key))[keep].astype(str)
+    other_ids = np.asarray(getattr(tx, other))[keep].astype(str)
+    tx_ids = np.asarray(tx.transaction_id)[keep].astype(str)
+    times = np.asarray(tx.time_us)[keep]
+    amounts = np.asarray(tx.value)[keep]
+    # The entity's bucket rows (cells and summary, written with event-time versions: the
+    # stream's fences are above them), as the streaming stage would have left them.
+    buckets: dict[tuple[str, int], BucketCells] = {}
+    for entity_id, tx_id, t_us, amount, other_id in zip(
+        entity_ids.tolist(),
+        tx_ids.tolist(),
+        times.tolist(),
+        amounts.tolist(),
+        other_ids.tolist(),
+        strict=True,
+    ):
+        cells = buckets.setdefault((entity_id, bucket_of(int(t_us))), BucketCells())
+        cells.tx[tx_id] = TxCell(int(t_us), float(amount), other_id)
+        if entity == CUSTOMER:  # the id index, once per transaction (no message: "")
+            record = transaction_record("", int(t_us), entity_id, other_id, float(amount))
+            writes.ids.append((tx_id, FAMILY_TX, record, int(t_us)))
+    if len(labels) and any(f.needs_labels for f in features):
+        keep = np.flatnonzero(np.asarray(labels.time_us) >= since)
+        for entity_id, tx_id, t_us, flag in zip(
+            np.asarray(getattr(labels, key))[keep].astype(str).tolist(),
+            np.asarray(labels.transaction_id)[keep].astype(str).tolist(),
+            np.asarray(labels.time_us)[keep].tolist(),
+            np.asarray(labels.value)[keep].tolist(),
             strict=True,
         ):
-            cells = snapshots.get(entity_id) or snapshots.setdefault(entity_id, EntityCells())
-            cells.tx[tx_id] = TxCell(int(t_us), float(amount), other_id)
-            if self.entity == CUSTOMER:  # the id index, once per transaction (no message: "")
-                record = transaction_record("", int(t_us), entity_id, other_id, float(amount))
-                writes.ids.append((tx_id, FAMILY_TX, record, int(t_us)))
-        if len(labels) and any(f.needs_labels for f in self.features):
-            keep = np.flatnonzero(np.asarray(labels.time_us) >= since)
-            for entity_id, tx_id, t_us, flag in zip(
-                np.asarray(getattr(labels, key))[keep].astype(str).tolist(),
-                np.asarray(labels.transaction_id)[keep].astype(str).tolist(),
-                np.asarray(labels.time_us)[keep].tolist(),
-                np.asarray(labels.value)[keep].tolist(),
-                strict=True,
-            ):
-                cells = snapshots.get(entity_id) or snapshots.setdefault(entity_id, EntityCells())
-                cells.labels[tx_id] = LabelCell(int(t_us), int(flag))
-        writes.snapshots += [(self.entity, i, cells) for i, cells in snapshots.items()]
-        # The features of each entity's latest transaction (the stream's ``features`` family).
-        frame = pd.DataFrame(
-            {"entity": np.asarray(getattr(tx, key)), "time": np.asarray(tx.time_us)}
-        )
-        latest_rows = frame.reset_index().sort_values(["time", "index"]).groupby("entity").tail(1)
-        names = [f.name for f in self.features]
-        for entity_id, t, i in zip(
-            latest_rows["entity"], latest_rows["time"], latest_rows["index"], strict=True
-        ):
-            values = dict(zip(names, map(float, matrix[i]), strict=True))
-            writes.features.append((self.entity, str(entity_id), int(t), values))
-        shared_store(self.store).apply(writes)  # type: ignore[arg-type]
+            cells = buckets.setdefault((entity_id, bucket_of(int(t_us))), BucketCells())
+            cells.labels[tx_id] = LabelCell(int(t_us), int(flag))
+    writes.buckets += [
+        BucketWrite(entity, i, b, cells.tx, cells.labels, summarize(cells.tx, cells.labels), None)
+        for (i, b), cells in buckets.items()
+    ]
+    # The features of each entity's latest transaction (the stream's ``features`` family).
+    frame = pd.DataFrame({"entity": np.asarray(getattr(tx, key)), "time": np.asarray(tx.time_us)})
+    latest_rows = frame.reset_index().sort_values(["time", "index"]).groupby("entity").tail(1)
+    names = [f.name for f in features]
+    for entity_id, t, i in zip(
+        latest_rows["entity"], latest_rows["time"], latest_rows["index"], strict=True
+    ):
+        values = dict(zip(names, map(float, matrix[i]), strict=True))
+        writes.features.append((entity, str(entity_id), int(t), values))
+    return writes
 
 
 def _feature_table(tx: pa.Table, labels: pa.Table | None) -> pa.Table:

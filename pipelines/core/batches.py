@@ -16,15 +16,15 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
-from pipelines.core.schema import Label, Transaction
+from pipelines.core.schema import Label, StageRecord, Transaction
 
-__all__ = ["CustomerPart", "FeatureBatch", "Routed"]
+__all__ = ["CustomerPart", "FeatureBatch", "Routed", "StageRecord"]
 
 E = TypeVar("E", Transaction, Label)
 
 
 @dataclass
-class Routed(Generic[E]):
+class Routed(StageRecord, Generic[E]):
     """An event the id index accepted, on its way to an entity stage."""
 
     event: E
@@ -32,7 +32,7 @@ class Routed(Generic[E]):
 
 
 @dataclass
-class CustomerPart:
+class CustomerPart(StageRecord):
     """A transaction with the features its customer's stage computed (``values``, in the order
     of ``window_features(CUSTOMER)``). ``revision`` orders the computations of this part for one
     transaction (a correction has a higher one); ``correction`` marks a recomputation after an
@@ -49,9 +49,10 @@ class CustomerPart:
 class FeatureBatch:
     """A batch of transactions with their feature rows (MODEL_INPUTS order).
 
-    ``revision`` orders computations of the same transaction: it is above every earlier revision
-    of each of the batch's transactions; ``correction`` marks a batch recomputed after an
-    out-of-order event.
+    A row's revision orders computations of the same transaction: it is above every earlier
+    revision of that transaction. ``revisions`` gives one per row (the rows of one batch may come
+    from several stage keys, each with its own fence); without it every row has ``revision``.
+    ``correction`` marks a batch recomputed after an out-of-order event.
     """
 
     transactions: list[Transaction]
@@ -59,6 +60,11 @@ class FeatureBatch:
     revision: int
     correction: bool = False
     token: int = 0  # the recovery group it finishes (pipelines.local_runner.recovery)
+    revisions: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.transactions)
+
+    def row_revision(self, i: int) -> int:
+        """The revision of row ``i``."""
+        return self.revision if self.revisions is None else int(self.revisions[i])

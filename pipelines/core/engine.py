@@ -34,6 +34,7 @@ __all__ = [
     "AMOUNT_SCALE",
     "EventColumns",
     "Events",
+    "aggregate",
     "amount_units",
     "compute_feature_matrix",
     "entity_codes",
@@ -275,11 +276,8 @@ def compute_feature_matrix(
         count, total = _window(
             sorted_tx[entity], q, feature.window_us, feature.delay_us, tx_bounds[entity]
         )
-        if feature.aggregation == "count":
-            value = count.astype(np.float64)
-        elif feature.aggregation == "mean_amount":
-            value = _mean(total, count)
-        else:
+        frauds = None
+        if feature.needs_labels:
             lab = labels.get(entity)
             if lab is None or len(lab) == 0:
                 continue
@@ -290,13 +288,27 @@ def compute_feature_matrix(
             _, frauds = _window(
                 sorted_labels[entity], q, feature.window_us, feature.delay_us, label_bounds[entity]
             )
-            value = np.where(count > 0, frauds / np.maximum(count, 1), 0.0)
-        out[q.order, col] = value
+        out[q.order, col] = aggregate(feature.aggregation, count, total, frauds)
     return out
 
 
-def _mean(total_units: np.ndarray, count: np.ndarray) -> np.ndarray:
-    return np.where(count > 0, (total_units / AMOUNT_SCALE) / np.maximum(count, 1), 0.0)
+def aggregate(
+    aggregation: str, count: np.ndarray, total_units: np.ndarray, frauds: np.ndarray | None
+) -> np.ndarray:
+    """A window feature's values from its window's exact integer aggregates: the one place the
+    integers become floats, so every path that sums the same integers (the engine over events,
+    pipelines.core.entity_index over bucket summaries and edge cells) gives the same bits."""
+    count = np.asarray(count, dtype=np.int64)
+    if aggregation == "count":
+        return count.astype(np.float64)
+    if aggregation == "mean_amount":
+        total = np.asarray(total_units, dtype=np.int64)
+        return np.where(count > 0, (total / AMOUNT_SCALE) / np.maximum(count, 1), 0.0)
+    if aggregation == "fraud_rate":
+        assert frauds is not None, "fraud_rate needs the window's frauds"
+        flags = np.asarray(frauds, dtype=np.int64)
+        return np.where(count > 0, flags / np.maximum(count, 1), 0.0)
+    raise ValueError(f"unknown aggregation {aggregation!r}")
 
 
 def entity_codes(*id_arrays: np.ndarray) -> list[np.ndarray]:

@@ -85,8 +85,16 @@ class InvalidEvent(ValueError):
         self.detail = detail
 
 
+class StageRecord:
+    """What the keyed feature stages shuffle between them (transactions, labels and the records
+    of pipelines/core/batches.py): the marker their deterministic coder is registered for
+    (pipelines/transforms/coders.py), so no value is pickled across a shuffle."""
+
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
-class Transaction:
+class Transaction(StageRecord):
     """A validated card transaction. Times are microseconds since the epoch (UTC)."""
 
     transaction_id: str
@@ -114,7 +122,7 @@ class Transaction:
 
 
 @dataclass(frozen=True, slots=True)
-class Label:
+class Label(StageRecord):
     """A validated fraud label for an earlier transaction (event time = the transaction's)."""
 
     transaction_id: str

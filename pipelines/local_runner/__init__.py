@@ -10,11 +10,14 @@ __all__ = ["tune_direct_runner"]
 
 def tune_direct_runner(pull_max_messages: int = 500) -> None:
     """Pub/Sub pulls of up to ``pull_max_messages`` that return at once, DoFn introspection
-    done once per DoFn class instead of once per bundle, and every bundle's metrics kept."""
+    done once per DoFn class instead of once per bundle, every bundle's metrics kept, and the
+    steps' shared objects (caches, clients, models) kept between bundles."""
     from pipelines.local_runner.dofn_specs import memoize_dofn_specs
     from pipelines.local_runner.pubsub_pull import tune_direct_runner_pubsub
+    from pipelines.local_runner.shared_pins import pin_shared_objects
     from pipelines.local_runner.step_metrics import keep_every_bundles_metrics
 
     tune_direct_runner_pubsub(pull_max_messages)
     memoize_dofn_specs()
     keep_every_bundles_metrics()
+    pin_shared_objects()

@@ -1,21 +1,23 @@
 """Bigtable online feature store: schema, table creation, batched reads and writes.
 
-Schema (one table, see README "Feature store schema"):
+Schema (one table; the contract, field by field, is docs/specs/bigtable.md):
 
-  row key            ``customer#<customer_id>`` or ``terminal#<terminal_id>``
-  family ``tx``      one cell per transaction of the entity: qualifier = transaction_id,
-                     value = >q8 event time (µs) + >d8 amount + the other entity's id (UTF-8:
-                     the terminal on a customer row, the customer on a terminal row), cell
-                     timestamp = event time. The window state: the engine recomputes every
-                     window from these cells, and the other id lets a transaction that an
-                     out-of-order event affected be recomputed from the store alone.
-                     Qualifier ``#snapshot`` (never a transaction id): many cells in one,
-                     columnar (the backfill's bulk load; a cold read costs per cell, measured:
-                     ~10 µs a cell on the emulator, ~1 µs an entry in a snapshot). Single cells
-                     win over its entries.
+  row key            ``<entity>#<entity_id>#<bucket>``: one row per entity and time bucket of
+                     15 minutes (pipelines/core/cells.py; ``<bucket>`` = event time // bucket,
+                     12 digits), so a row stays bounded whatever the entity's rate.
+  family ``tx``      one cell per transaction of the entity in the bucket: qualifier =
+                     transaction_id, value = the tx cell (``encode_tx_cell``); and qualifier
+                     ``#summary``: the bucket's summary (count, amount units, first and last
+                     time, labels, frauds; ``encode_summary``), written in the same row
+                     mutation as the cells (atomic), so a long window reads summaries.
   family ``label``   terminal rows only: one cell per labelled transaction: qualifier =
-                     transaction_id, value = >q8 event time + 1 byte is_fraud, cell timestamp =
-                     the transaction's event time (the window is over transaction time).
+                     transaction_id, value = >q8 event time + 1 byte is_fraud.
+                     Cell versions: the stream writes with its fence (a per-key counter in Beam
+                     state, pipelines/transforms/keyed_stage.py), the backfill with event times;
+                     a read takes each cell's newest version, so an attempt that lost its key
+                     (a zombie) cannot hide what a later work item wrote.
+
+  row key            ``<entity>#<entity_id>``: the entity's head
   family ``features`` the latest computed features of the entity: qualifier = feature name,
                      value = >d8 float, cell timestamp = event time of the transaction.
 
@@ -35,13 +37,12 @@ Schema (one table, see README "Feature store schema"):
                      deadline. Deleted when the label is decided; read at start-up, so a new
                      worker (a restart, Dataflow moving the key) keeps every wait and deadline.
 
-Cells are keyed by transaction id, so writing an event twice (a redelivery, a resumed job, a
-backfill over a range the stream already saw) changes nothing: the store is idempotent.
+Cells are keyed by transaction id, so writing an event twice (a redelivery, a retried work item,
+a backfill over a range the stream already saw) changes nothing: the store is idempotent.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import struct
@@ -51,32 +52,40 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NamedTuple
 
-from pipelines.core.definitions import TERMINAL, Entity
+from pipelines.core.cells import Summary
+from pipelines.core.definitions import Entity
 from pipelines.core.label_slots import content_digest
 from pipelines.stores.retry import (
     CALL_TIMEOUT_S,
     raise_for_statuses,
     with_backoff,
 )
-from pipelines.stores.shared import process_shared
-from pipelines.stores.window_store import EntityCells, IdRecord, LabelCell, TxCell, Writes
+from pipelines.stores.window_store import (
+    BucketCells,
+    IdRecord,
+    LabelCell,
+    TxCell,
+    Writes,
+    summary_timestamp,
+)
 
 __all__ = [
     "FAMILY_FEATURES",
     "FAMILY_LABEL",
     "FAMILY_TX",
     "ID_ROW_PREFIX",
-    "SNAPSHOT_QUALIFIER",
+    "SUMMARY_QUALIFIER",
     "WAIT_ROW_PREFIX",
     "FeatureStore",
     "IdRecord",
     "StoreConfig",
+    "bucket_row_key",
     "create_table",
-    "decode_snapshot",
+    "decode_summary",
     "decode_tx_cell",
-    "encode_snapshot",
+    "encode_summary",
     "encode_tx_cell",
-    "shared_store",
+    "head_row_key",
     "transaction_record",
 ]
 
@@ -93,9 +102,35 @@ _MS = 1000
 ID_ROW_PREFIX = "txid#"
 WAIT_ROW_PREFIX = "wait#"  # labels waiting for their transaction, with their deadlines
 _ID_QUALIFIER = b"m"
-SNAPSHOT_QUALIFIER = b"#snapshot"  # "#" is not allowed in ids (pipelines.core.schema)
-_SNAPSHOT_HEAD = struct.Struct(">BII")  # format version, transactions, labels
-_SNAPSHOT_VERSION = 1
+SUMMARY_QUALIFIER = b"#summary"  # "#" is not allowed in ids (pipelines.core.schema)
+_SUMMARY = struct.Struct(">Bqqqqqq")  # format version, count, units, first, last, labels, frauds
+_SUMMARY_VERSION = 1
+_BUCKET_DIGITS = 12
+
+
+def head_row_key(entity: Entity, entity_id: str) -> bytes:
+    """The entity's head row (its latest features)."""
+    return f"{entity.name}#{entity_id}".encode()
+
+
+def bucket_row_key(entity: Entity, entity_id: str, bucket: int) -> bytes:
+    """The row of one entity's time bucket (zero-padded: rows sort by time)."""
+    if bucket < 0:
+        raise ValueError(f"event times before 1970 have no bucket row: {bucket}")
+    return f"{entity.name}#{entity_id}#{bucket:0{_BUCKET_DIGITS}d}".encode()
+
+
+def encode_summary(summary: Summary) -> bytes:
+    """``>Bqqqqqq``: format version (1), count, amount units, first and last transaction time
+    (µs), labels, frauds. Later versions append fields (pipelines.core.cells.Summary)."""
+    return _SUMMARY.pack(_SUMMARY_VERSION, *summary)
+
+
+def decode_summary(raw: bytes) -> Summary:
+    version, *fields = _SUMMARY.unpack_from(raw)
+    if version != _SUMMARY_VERSION:
+        raise ValueError(f"unknown bucket summary format {version}")
+    return Summary(*fields)
 
 
 @dataclass(frozen=True)
@@ -167,11 +202,6 @@ def _ts(micros: int) -> datetime:
     return datetime.fromtimestamp((micros // _MS * _MS) / 1e6, tz=UTC)
 
 
-def shared_store(config: StoreConfig) -> FeatureStore:
-    """One FeatureStore (and gRPC channel) per process and table (see pipelines.stores.shared)."""
-    return process_shared(("feature_store", config), lambda: FeatureStore(config))
-
-
 def encode_tx_cell(cell: TxCell) -> bytes:
     """>q time µs, >d amount, >q revision, >q carried revision, >H n, n x >d carried, other id."""
     return (
@@ -188,89 +218,6 @@ def decode_tx_cell(raw: bytes) -> TxCell:
     end = _TX_HEAD.size + 8 * n
     carried = struct.unpack_from(f">{n}d", raw, _TX_HEAD.size)
     return TxCell(time_us, amount, raw[end:].decode(), revision, carried, carried_revision)
-
-
-def _blob(values: Sequence[str]) -> bytes:
-    joined = "\n".join(values).encode()
-    return struct.pack(">I", len(joined)) + joined
-
-
-def encode_snapshot(cells: EntityCells) -> bytes:
-    """An entity's cells as one value, columnar: the head ``>BII`` (version, n transactions, m
-    labels), then n x ``>q`` time, n x ``>d`` amount, n x ``>q`` revision, n x ``>q`` carried
-    revision, n x ``>H`` carried count, the carried values (``>d``), the transaction ids and
-    the other ids (each list ``>I`` length + UTF-8 joined by newlines), then m x ``>q`` time,
-    m x ``>b`` is_fraud and the labels' transaction ids (same as the ids)."""
-    import numpy as np
-
-    tx_ids = list(cells.tx)
-    txs = [cells.tx[i] for i in tx_ids]
-    label_ids = list(cells.labels)
-    labels = [cells.labels[i] for i in label_ids]
-    carried = [v for c in txs for v in c.carried]
-    return b"".join(
-        [
-            _SNAPSHOT_HEAD.pack(_SNAPSHOT_VERSION, len(txs), len(labels)),
-            np.array([c.time_us for c in txs], ">i8").tobytes(),
-            np.array([c.amount for c in txs], ">f8").tobytes(),
-            np.array([c.revision for c in txs], ">i8").tobytes(),
-            np.array([c.carried_revision for c in txs], ">i8").tobytes(),
-            np.array([len(c.carried) for c in txs], ">u2").tobytes(),
-            np.array(carried, ">f8").tobytes(),
-            _blob(tx_ids),
-            _blob([c.other_id for c in txs]),
-            np.array([lb.time_us for lb in labels], ">i8").tobytes(),
-            np.array([lb.is_fraud for lb in labels], ">i1").tobytes(),
-            _blob(label_ids),
-        ]
-    )
-
-
-def decode_snapshot(raw: bytes) -> EntityCells:
-    """The cells of ``encode_snapshot``."""
-    import numpy as np
-
-    version, n, m = _SNAPSHOT_HEAD.unpack_from(raw)
-    if version != _SNAPSHOT_VERSION:
-        raise ValueError(f"unknown snapshot format {version}")
-    offset = _SNAPSHOT_HEAD.size
-
-    def array(dtype: str, count: int) -> list[Any]:
-        nonlocal offset
-        values = np.frombuffer(raw, dtype, count, offset)
-        offset += values.nbytes
-        return values.tolist()
-
-    def blob(count: int) -> list[str]:
-        nonlocal offset
-        (size,) = struct.unpack_from(">I", raw, offset)
-        offset += 4 + size
-        return raw[offset - size : offset].decode().split("\n") if count else []
-
-    times, amounts = array(">i8", n), array(">f8", n)
-    revisions, carried_revisions = array(">i8", n), array(">i8", n)
-    counts = array(">u2", n)
-    flat = array(">f8", sum(counts))
-    tx_ids, others = blob(n), blob(n)
-    label_times, flags, label_ids = array(">i8", m), array(">i1", m), blob(m)
-    carried: Any
-    if flat:
-        carried, at = [], 0
-        for k in counts:
-            carried.append(tuple(flat[at : at + k]))
-            at += k
-    else:  # the backfill's cells carry nothing
-        carried = itertools.repeat(())
-    return EntityCells(
-        dict(
-            zip(
-                tx_ids,
-                map(TxCell, times, amounts, others, revisions, carried, carried_revisions),
-                strict=True,
-            )
-        ),
-        dict(zip(label_ids, map(LabelCell, label_times, flags), strict=True)),
-    )
 
 
 class FeatureStore:
@@ -320,56 +267,73 @@ class FeatureStore:
 
     # -- reads ---------------------------------------------------------------------------------
 
-    def read_entities(
-        self, entity: Entity, ids: Sequence[str], start_us: int, end_us: int, labels: bool
-    ) -> dict[str, EntityCells]:
-        """The cells of these entities with event time in [start_us, end_us), in one ReadRows
-        call with a time-range filter."""
+    def read_summaries(
+        self, entity: Entity, ids: Sequence[str], first_bucket: int
+    ) -> dict[str, dict[int, Summary]]:
+        """The bucket summaries of these entities from ``first_bucket`` on: one ReadRows call,
+        a row range per entity, the summary cells only."""
         from google.cloud.bigtable import row_filters
         from google.cloud.bigtable.row_set import RowSet
 
-        if end_us <= start_us or not ids:
+        if not ids:
             return {}
         row_set = RowSet()
         for entity_id in sorted(set(ids)):
-            row_set.add_row_key(entity.row_key(entity_id))
-        # Bigtable's range is [start, end) in ms granularity: widen to whole ms, filter exactly
-        # on the value's microsecond time afterwards. No upper bound in the filter: a snapshot
-        # is timestamped with its newest entry and may hold older ones inside the range.
-        start_ms = max(0, start_us // _MS * _MS)
+            start = bucket_row_key(entity, entity_id, max(first_bucket, 0))
+            row_set.add_row_range_from_keys(
+                start_key=start, end_key=head_row_key(entity, entity_id) + b"#~"
+            )
+        filt = row_filters.RowFilterChain(
+            [
+                row_filters.FamilyNameRegexFilter(FAMILY_TX),
+                row_filters.ColumnQualifierRegexFilter(SUMMARY_QUALIFIER),
+                row_filters.CellsColumnLimitFilter(1),
+            ]
+        )
+        out: dict[str, dict[int, Summary]] = {}
+        for row in self._read(row_set, filt, "Bigtable read summaries"):
+            entity_id, bucket = _split_bucket_key(entity, row.row_key)
+            cells = row.cells.get(FAMILY_TX, {}).get(SUMMARY_QUALIFIER)
+            if cells:
+                out.setdefault(entity_id, {})[bucket] = decode_summary(cells[0].value)
+        return out
+
+    def read_buckets(
+        self, entity: Entity, buckets: Sequence[tuple[str, int]], labels: bool
+    ) -> dict[tuple[str, int], BucketCells]:
+        """The cells of these (entity id, bucket)s, newest version of each: one ReadRows call
+        (the summaries are not read: they are derived from the cells)."""
+        from google.cloud.bigtable import row_filters
+        from google.cloud.bigtable.row_set import RowSet
+
+        if not buckets:
+            return {}
+        row_set = RowSet()
+        for entity_id, bucket in sorted(set(buckets)):
+            row_set.add_row_key(bucket_row_key(entity, entity_id, bucket))
         families = f"{FAMILY_TX}|{FAMILY_LABEL}" if labels else FAMILY_TX
         filt = row_filters.RowFilterChain(
             [
                 row_filters.FamilyNameRegexFilter(families),
-                row_filters.TimestampRangeFilter(row_filters.TimestampRange(start=_ts(start_ms))),
+                # Every qualifier but "#summary" ("#" never starts a transaction id).
+                row_filters.ColumnQualifierRegexFilter(rb"[^#]\C*"),
                 row_filters.CellsColumnLimitFilter(1),
             ]
         )
-        prefix = len(entity.name) + 1
-        out: dict[str, EntityCells] = {}
-        for row in self._read(row_set, filt, "Bigtable read"):
-            cells = EntityCells()
-            tx_cells = row.cells.get(FAMILY_TX, {})
-            snapshot = tx_cells.pop(SNAPSHOT_QUALIFIER, None)
-            if snapshot is not None:  # first: the single cells override its entries
-                bulk = decode_snapshot(snapshot[0].value)
-                for tx_id, tx in bulk.tx.items():
-                    if start_us <= tx.time_us < end_us:
-                        cells.tx[tx_id] = tx
-                if labels:
-                    for tx_id, label in bulk.labels.items():
-                        if start_us <= label.time_us < end_us:
-                            cells.labels[tx_id] = label
-            for qualifier, versions in tx_cells.items():
-                tx = decode_tx_cell(versions[0].value)
-                if start_us <= tx.time_us < end_us:
-                    cells.tx[qualifier.decode()] = tx
-            for qualifier, versions in row.cells.get(FAMILY_LABEL, {}).items():
-                t_us, flag = _LABEL_VALUE.unpack(versions[0].value)
-                if start_us <= t_us < end_us:
-                    cells.labels[qualifier.decode()] = LabelCell(t_us, flag)
+        out: dict[tuple[str, int], BucketCells] = {}
+        for row in self._read(row_set, filt, "Bigtable read buckets"):
+            cells = BucketCells(
+                {
+                    q.decode(): decode_tx_cell(v[0].value)
+                    for q, v in row.cells.get(FAMILY_TX, {}).items()
+                },
+                {
+                    q.decode(): LabelCell(*_LABEL_VALUE.unpack(v[0].value))
+                    for q, v in row.cells.get(FAMILY_LABEL, {}).items()
+                },
+            )
             if cells.tx or cells.labels:
-                out[row.row_key.decode()[prefix:]] = cells
+                out[_split_bucket_key(entity, row.row_key)] = cells
         return out
 
     def read_features(self, entity: Entity, ids: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -379,7 +343,7 @@ class FeatureStore:
 
         row_set = RowSet()
         for entity_id in ids:
-            row_set.add_row_key(entity.row_key(entity_id))
+            row_set.add_row_key(head_row_key(entity, entity_id))
         filt = row_filters.RowFilterChain(
             [
                 row_filters.FamilyNameRegexFilter(FAMILY_FEATURES),
@@ -418,32 +382,35 @@ class FeatureStore:
         return out
 
     def read_waiting(
-        self, keys: Sequence[str] | None = None
-    ) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
-        """Labels waiting under these stage keys (None: all; one prefix scan per key, in one
-        ReadRows call): (stage key, transaction id) -> message key -> record."""
+        self, transaction_ids: Sequence[str] | None = None
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """Labels waiting for these transaction ids (None: all, one prefix scan; in one
+        ReadRows call): transaction id -> message key -> record."""
         from google.cloud.bigtable import row_filters
         from google.cloud.bigtable.row_set import RowSet
 
         row_set = RowSet()
-        for prefix in [""] if keys is None else sorted(set(keys)):
-            start = f"{WAIT_ROW_PREFIX}{prefix}#".encode() if prefix else WAIT_ROW_PREFIX.encode()
+        if transaction_ids is None:
+            start = WAIT_ROW_PREFIX.encode()
             row_set.add_row_range_from_keys(start_key=start, end_key=start[:-1] + b"$")
-        if keys is not None and not keys:
+        elif not transaction_ids:
             return {}
+        else:
+            for tx_id in sorted(set(transaction_ids)):
+                row_set.add_row_key(_wait_row_key(tx_id))
         rows = self._read(
             row_set, row_filters.CellsColumnLimitFilter(1), "Bigtable read waiting labels"
         )
-        out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        out: dict[str, dict[str, dict[str, Any]]] = {}
         for row in rows:
-            stage_key, _, tx_id = row.row_key.decode()[len(WAIT_ROW_PREFIX) :].rpartition("#")
+            tx_id = row.row_key.decode()[len(WAIT_ROW_PREFIX) :]
             entries = {
                 q.decode(): json.loads(cells[0].value)
                 for q, cells in row.cells.get(FAMILY_LABEL, {}).items()
                 if cells
             }
             if entries:
-                out[(stage_key, tx_id)] = entries
+                out[tx_id] = entries
         return out
 
     # -- writes --------------------------------------------------------------------------------
@@ -474,24 +441,19 @@ class FeatureStore:
             column.family_name = family
             column.column_qualifier = qualifier
 
-        for entity, entity_id, snapshot in writes.snapshots:
-            newest = max(
-                [c.time_us for c in snapshot.tx.values()]
-                + [c.time_us for c in snapshot.labels.values()],
-                default=0,
-            )
-            value = encode_snapshot(snapshot)
-            set_cell(entity.row_key(entity_id), FAMILY_TX, SNAPSHOT_QUALIFIER, value, newest)
-        for entity, entity_id, tx_id, tx in writes.tx_cells:
-            key = entity.row_key(entity_id)
-            set_cell(key, FAMILY_TX, tx_id.encode(), encode_tx_cell(tx), tx.time_us)
-        for terminal_id, tx_id, label in writes.label_cells:
-            value = _LABEL_VALUE.pack(label.time_us, label.is_fraud)
-            set_cell(
-                TERMINAL.row_key(terminal_id), FAMILY_LABEL, tx_id.encode(), value, label.time_us
-            )
+        for w in writes.buckets:
+            key = bucket_row_key(w.entity, w.entity_id, w.bucket)
+            for tx_id, tx in w.tx.items():
+                ts = tx.time_us if w.timestamp_us is None else w.timestamp_us
+                set_cell(key, FAMILY_TX, tx_id.encode(), encode_tx_cell(tx), ts)
+            for tx_id, label in w.labels.items():
+                ts = label.time_us if w.timestamp_us is None else w.timestamp_us
+                value = _LABEL_VALUE.pack(label.time_us, label.is_fraud)
+                set_cell(key, FAMILY_LABEL, tx_id.encode(), value, ts)
+            summary = encode_summary(w.summary)
+            set_cell(key, FAMILY_TX, SUMMARY_QUALIFIER, summary, summary_timestamp(w))
         for entity, entity_id, time_us, values in writes.features:
-            key = entity.row_key(entity_id)
+            key = head_row_key(entity, entity_id)
             for name, feature in values.items():
                 set_cell(key, FAMILY_FEATURES, name.encode(), _FLOAT.pack(feature), time_us)
         for tx_id, family, record, time_us in writes.ids:
@@ -502,15 +464,15 @@ class FeatureStore:
                 # newest cell). A transaction's record always has its event time: it overwrites.
                 delete_cell(key, family, _ID_QUALIFIER)
             set_cell(key, family, _ID_QUALIFIER, _json(record), int(time_us))
-        for stage_key, tx_id, keys in writes.waits_remove:
-            key = _wait_row_key(stage_key, tx_id)
+        for tx_id, keys in writes.waits_remove:
+            key = _wait_row_key(tx_id)
             if keys is None:
                 entry(key).mutations.add().delete_from_row.SetInParent()
             else:
                 for message_key in keys:
                     delete_cell(key, FAMILY_LABEL, message_key.encode())
-        for stage_key, tx_id, message_key, record, time_us in writes.waits_add:
-            key = _wait_row_key(stage_key, tx_id)
+        for tx_id, message_key, record, time_us in writes.waits_add:
+            key = _wait_row_key(tx_id)
             set_cell(key, FAMILY_LABEL, message_key.encode(), _json(record), int(time_us))
         return list(entries.values())
 
@@ -602,8 +564,14 @@ def _parse_rows(responses: Iterable[Any]) -> list[_Row]:
     return rows
 
 
-def _wait_row_key(stage_key: str, transaction_id: str) -> bytes:
-    return f"{WAIT_ROW_PREFIX}{stage_key}#{transaction_id}".encode()
+def _wait_row_key(transaction_id: str) -> bytes:
+    return f"{WAIT_ROW_PREFIX}{transaction_id}".encode()
+
+
+def _split_bucket_key(entity: Entity, row_key: bytes) -> tuple[str, int]:
+    """(entity id, bucket) of a bucket row key."""
+    entity_id, _, bucket = row_key.decode()[len(entity.name) + 1 :].rpartition("#")
+    return entity_id, int(bucket)
 
 
 def _json(record: dict[str, Any]) -> bytes:

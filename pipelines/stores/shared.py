@@ -1,8 +1,17 @@
-"""One object per process and key: clients and caches that outlive a DoFn instance.
+"""Process-wide objects of a DoFn (clients, caches) through Beam's ``Shared``.
 
-Runners may deserialize a fresh DoFn, and call its setup, for every bundle (the DirectRunner
-does): a client created in setup would open a channel per bundle, and a cache held by the DoFn
-would start empty every bundle.
+Beam runs one DoFn instance per thread, and many threads of one SDK process run the same step
+at once (Dataflow); a runner may also make a fresh instance, and call its setup, for every
+bundle (the DirectRunner does). A client made in setup would open a channel per instance, and a
+cache held by the instance would start empty. ``SharedResource`` is a DoFn's handle on one
+object per process: Beam's ``apache_beam.utils.shared.Shared`` (what RunInference uses for its
+models) builds it once, under its lock, and every instance that acquires it gets the same object,
+which must be safe to use from several threads (WindowCache locks, the Google Cloud clients are
+thread-safe).
+
+Beam's Shared keeps an object alive while an instance holds it, plus the last one acquired in the
+process. Dataflow keeps its DoFn instances across bundles; the DirectRunner does not, so its
+tuning pins every shared object for the process (pipelines/local_runner/shared_pins.py).
 """
 
 from __future__ import annotations
@@ -10,24 +19,77 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Hashable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
-__all__ = ["process_shared"]
+from apache_beam.utils.shared import Shared
+
+__all__ = ["SharedResource", "endpoints", "process_shared"]
 
 T = TypeVar("T")
 
-_OBJECTS: dict[Hashable, Any] = {}
 # A client is bound to the endpoint it was created for: with the emulators, the *_EMULATOR_HOST
 # variables at that moment. One process may talk to several stacks in turn (the test suite, the
-# replay-eval chain run in-process), so the endpoints are part of every key.
+# replay-eval chain run in-process), so the endpoints tag every shared object: another endpoint
+# builds another object.
 _ENDPOINT_VARIABLES = ("PUBSUB_EMULATOR_HOST", "BIGTABLE_EMULATOR_HOST", "DATASTORE_EMULATOR_HOST")
-_LOCK = threading.RLock()  # a factory may itself ask for a shared object
+
+
+def endpoints() -> tuple[str | None, ...]:
+    """The emulator endpoints of this process now (None: Google Cloud)."""
+    return tuple(os.environ.get(name) for name in _ENDPOINT_VARIABLES)
+
+
+class _Held(Generic[T]):
+    """A weakly referenceable holder (Shared keeps weak references; a client or a dict may not
+    support them)."""
+
+    __slots__ = ("__weakref__", "value")
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+
+class SharedResource(Generic[T]):
+    """A DoFn's handle on one object per process (see the module docstring).
+
+    Create it in the DoFn's ``__init__`` (it is pickled with the DoFn, so every copy of the DoFn
+    names the same object) and call ``acquire`` in ``setup``; keep what it returns on the
+    instance.
+
+    Example Usage::
+
+        class WriteFn(beam.DoFn):
+            def __init__(self, project):
+                self._project = project
+                self._client_handle = SharedResource()
+
+            def setup(self):
+                self._client = self._client_handle.acquire(lambda: make_client(self._project))
+    """
+
+    def __init__(self) -> None:
+        self._handle = Shared()
+        self._held: _Held[T] | None = None  # what this copy acquired (keeps it alive)
+
+    def acquire(self, factory: Callable[[], T], tag: object = None) -> T:
+        """The process's object (made by ``factory`` the first time, and again when ``tag`` or
+        the emulator endpoints change)."""
+        held = self._handle.acquire(lambda: _Held(factory()), tag=(tag, endpoints()))
+        self._held = held
+        return held.value
+
+    def __getstate__(self) -> dict[str, object]:
+        return {"_handle": self._handle, "_held": None}
+
+
+# Modules that have not moved to a SharedResource of their own yet share one handle per key.
+_HANDLES: dict[Hashable, SharedResource[Any]] = {}
+_HANDLES_LOCK = threading.Lock()
 
 
 def process_shared(key: Hashable, factory: Callable[[], T]) -> T:
-    """The object stored under ``key`` in this process, made by ``factory`` the first time."""
-    full_key = (key, tuple(os.environ.get(name) for name in _ENDPOINT_VARIABLES))
-    with _LOCK:
-        if full_key not in _OBJECTS:
-            _OBJECTS[full_key] = factory()
-        return _OBJECTS[full_key]
+    """The object under ``key`` in this process, made by ``factory`` the first time (through a
+    ``SharedResource`` per key; prefer a DoFn's own ``SharedResource``)."""
+    with _HANDLES_LOCK:
+        handle = _HANDLES.setdefault(key, SharedResource())
+    return handle.acquire(factory, tag=key)

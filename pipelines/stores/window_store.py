@@ -2,16 +2,25 @@
 
 A keyed stage reads and writes only its own keys' records (README "Ordering"):
 
-  entity cells   per (entity type, entity id): one ``TxCell`` per transaction of the entity and,
-                 on terminals, one label cell per labelled transaction; plus the entity's latest
-                 feature values (for online lookups).
-  id index       per transaction id: the first transaction message seen (``IdRecord.tx``) and
-                 the label slot (``IdRecord.label``, pipelines/core/label_slots.py).
-  waiting labels per (stage key, transaction id): label messages waiting for their transaction,
-                 with their wall-clock deadlines; read per stage key when its timer fires.
+  entity buckets  per (entity type, entity id, time bucket): one ``TxCell`` per transaction of
+                  the entity in the bucket and, on terminals, one label cell per labelled
+                  transaction, plus the bucket's ``Summary`` (pipelines/core/cells.py); rows stay
+                  bounded whatever the entity's rate, and a long window reads summaries.
+  entity head     per (entity type, entity id): the entity's latest feature values (for online
+                  lookups).
+  id index        per transaction id: the first transaction message seen (``IdRecord.tx``) and
+                  the label slot (``IdRecord.label``, pipelines/core/label_slots.py).
+  waiting labels  per transaction id: label messages waiting for their transaction, with their
+                  wall-clock deadlines.
 
 Everything is keyed by transaction id, so writing a record twice changes nothing: a redelivered
-event, a resumed job or a backfill over a range the stream already saw is idempotent.
+event, a retried work item or a backfill over a range the stream already saw is idempotent.
+
+Versions: a bucket write carries a timestamp, its writer's fence (pipelines/transforms/
+keyed_stage.py): a bucket's cells and summary are written in one row mutation (atomic), and a
+read sees, per cell, the version with the highest timestamp. A work item whose key moved to
+another worker and that goes on writing (a zombie) writes with an older fence than every work
+item committed after it, so it cannot hide their writes.
 """
 
 from __future__ import annotations
@@ -21,51 +30,44 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from pipelines.core.cells import LabelCell, Summary, TxCell
 from pipelines.core.definitions import Entity
 
 __all__ = [
-    "EntityCells",
+    "BucketCells",
+    "BucketWrite",
     "IdRecord",
     "InMemoryStore",
     "LabelCell",
+    "Summary",
     "TxCell",
     "WindowStore",
     "Writes",
+    "summary_timestamp",
 ]
 
 
-class TxCell(NamedTuple):
-    """One transaction in an entity's window state (a named tuple: a cold read builds one per
-    stored transaction, 3x faster than a frozen dataclass).
-
-    ``other_id`` is the other entity's id (the terminal on a customer cell, the customer on a
-    terminal cell), so a transaction can be rebuilt from one cell. ``revision`` is the revision
-    of the last output this entity's stage computed for the transaction (0: never scored by the
-    stream, e.g. written by the backfill). ``carried`` are features an upstream stage computed
-    for it (on terminal cells: the customer features), with their revision.
-    """
-
-    time_us: int
-    amount: float
-    other_id: str
-    revision: int = 0
-    carried: tuple[float, ...] = ()
-    carried_revision: int = 0
-
-
-class LabelCell(NamedTuple):
-    """A fraud label on the terminal whose risk windows it feeds (time = the transaction's)."""
-
-    time_us: int
-    is_fraud: int
-
-
 @dataclass
-class EntityCells:
-    """What the store holds for one entity with event time in the range that was read."""
+class BucketCells:
+    """The cells of one entity bucket as read (label cells on terminals only)."""
 
     tx: dict[str, TxCell] = field(default_factory=dict)
     labels: dict[str, LabelCell] = field(default_factory=dict)
+
+
+class BucketWrite(NamedTuple):
+    """Changed cells of one entity bucket and its new summary, written as one row mutation.
+
+    ``timestamp_us``: the version the cells and the summary are written with (the writer's
+    fence; None: each cell's event time and the summary's newest, the backfill's)."""
+
+    entity: Entity
+    entity_id: str
+    bucket: int
+    tx: dict[str, TxCell]
+    labels: dict[str, LabelCell]
+    summary: Summary
+    timestamp_us: int | None
 
 
 @dataclass
@@ -80,45 +82,35 @@ class IdRecord:
 class Writes:
     """The mutations of one stage's batch, applied together (one MutateRows on Bigtable)."""
 
-    # (entity, entity id, transaction id, cell)
-    tx_cells: list[tuple[Entity, str, str, TxCell]] = field(default_factory=list)
-    # (terminal id, transaction id, cell)
-    label_cells: list[tuple[str, str, LabelCell]] = field(default_factory=list)
+    buckets: list[BucketWrite] = field(default_factory=list)
     # (entity, entity id, event time µs, feature name -> value): the latest features
     features: list[tuple[Entity, str, int, dict[str, float]]] = field(default_factory=list)
     # (transaction id, family "tx" or "label", record, event time µs)
     ids: list[tuple[str, str, dict[str, Any], int]] = field(default_factory=list)
-    # (stage key, transaction id, message key, record with its "deadline", event time µs)
-    waits_add: list[tuple[str, str, str, dict[str, Any], int]] = field(default_factory=list)
-    # (stage key, transaction id, message keys, or None for all of the id's)
-    waits_remove: list[tuple[str, str, Sequence[str] | None]] = field(default_factory=list)
-    # (entity, entity id, cells): a bulk load of many cells as one record (the backfill's).
-    # Reads merge it under the entity's single cells: a single cell with the same transaction
-    # id wins, whichever was written first.
-    snapshots: list[tuple[Entity, str, EntityCells]] = field(default_factory=list)
+    # (transaction id, message key, record with its "deadline", event time µs)
+    waits_add: list[tuple[str, str, dict[str, Any], int]] = field(default_factory=list)
+    # (transaction id, message keys, or None for all of the id's)
+    waits_remove: list[tuple[str, Sequence[str] | None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return any(
-            (
-                self.snapshots,
-                self.tx_cells,
-                self.label_cells,
-                self.features,
-                self.ids,
-                self.waits_add,
-                self.waits_remove,
-            )
-        )
+        return any((self.buckets, self.features, self.ids, self.waits_add, self.waits_remove))
 
 
 class WindowStore(Protocol):
     """What the keyed stages need from a store. Every call is batched over many keys."""
 
-    def read_entities(
-        self, entity: Entity, ids: Sequence[str], start_us: int, end_us: int, labels: bool
-    ) -> dict[str, EntityCells]:
-        """The cells of these entities with event time in [start_us, end_us) (label cells too
-        when ``labels``). Entities with no cell there are absent."""
+    def read_summaries(
+        self, entity: Entity, ids: Sequence[str], first_bucket: int
+    ) -> dict[str, dict[int, Summary]]:
+        """The summaries of these entities' buckets from ``first_bucket`` on (entities without
+        any are absent)."""
+        ...
+
+    def read_buckets(
+        self, entity: Entity, buckets: Sequence[tuple[str, int]], labels: bool
+    ) -> dict[tuple[str, int], BucketCells]:
+        """The cells of these (entity id, bucket)s (label cells too when ``labels``); empty
+        buckets are absent."""
         ...
 
     def read_ids(self, transaction_ids: Sequence[str]) -> dict[str, IdRecord]:
@@ -126,10 +118,10 @@ class WindowStore(Protocol):
         ...
 
     def read_waiting(
-        self, keys: Sequence[str] | None = None
-    ) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
-        """Labels waiting under these stage keys (None: all): (stage key, transaction id) ->
-        message key -> record."""
+        self, transaction_ids: Sequence[str] | None = None
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        """Labels waiting for these transaction ids (None: all): transaction id -> message key
+        -> record."""
         ...
 
     def apply(self, writes: Writes) -> None:
@@ -137,11 +129,28 @@ class WindowStore(Protocol):
         ...
 
 
+def summary_timestamp(write: BucketWrite) -> int:
+    """The version a bucket's summary is written with: the writer's fence, or (the backfill's
+    writes) the newest event time among the cells written."""
+    if write.timestamp_us is not None:
+        return write.timestamp_us
+    times = [c.time_us for c in write.tx.values()] + [c.time_us for c in write.labels.values()]
+    return max(times, default=write.summary.last_us)
+
+
 _IN_MEMORY: dict[str, InMemoryStore] = {}
+
+# A versioned value: (timestamp µs, value). The newest timestamp wins; on a tie the later write.
+_Versioned = tuple[int, Any]
+
+
+def _newer(stored: _Versioned | None, timestamp: int) -> bool:
+    return stored is None or timestamp >= stored[0]
 
 
 class InMemoryStore:
-    """A WindowStore in a dict, for unit tests of the stages' logic (no emulator).
+    """A WindowStore in a dict, for unit tests of the stages' logic (no emulator). It keeps
+    Bigtable's rule that a cell's newest version wins, whatever the order of the writes.
 
     Stores are registered by name in the process: a pipeline's DoFns are pickled, and each
     unpickled copy must reach the same store (``__reduce__``)."""
@@ -149,10 +158,11 @@ class InMemoryStore:
     def __init__(self, name: str = "default") -> None:
         self.name = name
         _IN_MEMORY[name] = self
-        self.entities: dict[tuple[str, str], EntityCells] = {}
+        # (entity name, entity id, bucket) -> {"tx": {id: versioned}, "label": ..., "summary": v}
+        self.rows: dict[tuple[str, str, int], dict[str, Any]] = {}
         self.features: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}
         self.ids: dict[str, IdRecord] = {}
-        self.waiting: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+        self.waiting: dict[str, dict[str, dict[str, Any]]] = {}
 
     @staticmethod
     def named(name: str) -> InMemoryStore:
@@ -161,64 +171,78 @@ class InMemoryStore:
     def __reduce__(self) -> tuple[Any, tuple[str]]:
         return (InMemoryStore.named, (self.name,))
 
-    def read_entities(
-        self, entity: Entity, ids: Sequence[str], start_us: int, end_us: int, labels: bool
-    ) -> dict[str, EntityCells]:
-        out: dict[str, EntityCells] = {}
-        for entity_id in ids:
-            cells = self.entities.get((entity.name, entity_id))
-            if cells is None:
+    def read_summaries(
+        self, entity: Entity, ids: Sequence[str], first_bucket: int
+    ) -> dict[str, dict[int, Summary]]:
+        wanted = set(ids)
+        out: dict[str, dict[int, Summary]] = {}
+        for (name, entity_id, bucket), row in self.rows.items():
+            wanted_row = name == entity.name and entity_id in wanted and bucket >= first_bucket
+            if wanted_row and row.get("summary") is not None:
+                out.setdefault(entity_id, {})[bucket] = row["summary"][1]
+        return out
+
+    def read_buckets(
+        self, entity: Entity, buckets: Sequence[tuple[str, int]], labels: bool
+    ) -> dict[tuple[str, int], BucketCells]:
+        out: dict[tuple[str, int], BucketCells] = {}
+        for entity_id, bucket in set(buckets):
+            row = self.rows.get((entity.name, entity_id, bucket))
+            if row is None:
                 continue
-            found = EntityCells(
-                {k: c for k, c in cells.tx.items() if start_us <= c.time_us < end_us},
-                (
-                    {k: c for k, c in cells.labels.items() if start_us <= c.time_us < end_us}
-                    if labels
-                    else {}
-                ),
+            cells = BucketCells(
+                {k: v[1] for k, v in row["tx"].items()},
+                {k: v[1] for k, v in row["label"].items()} if labels else {},
             )
-            if found.tx or found.labels:
-                out[entity_id] = found
+            if cells.tx or cells.labels:
+                out[(entity_id, bucket)] = cells
         return out
 
     def read_ids(self, transaction_ids: Sequence[str]) -> dict[str, IdRecord]:
         return {i: copy.deepcopy(self.ids[i]) for i in set(transaction_ids) if i in self.ids}
 
     def read_waiting(
-        self, keys: Sequence[str] | None = None
-    ) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
-        wanted = None if keys is None else set(keys)
+        self, transaction_ids: Sequence[str] | None = None
+    ) -> dict[str, dict[str, dict[str, Any]]]:
+        wanted = None if transaction_ids is None else set(transaction_ids)
         return {
             k: copy.deepcopy(v)
             for k, v in self.waiting.items()
-            if v and (wanted is None or k[0] in wanted)
+            if v and (wanted is None or k in wanted)
         }
 
     def apply(self, writes: Writes) -> None:
         if not writes:
             return
-        for entity, entity_id, snapshot in writes.snapshots:
-            cells = self.entities.setdefault((entity.name, entity_id), EntityCells())
-            for tx_id, cell in snapshot.tx.items():
-                cells.tx.setdefault(tx_id, cell)
-            for tx_id, label in snapshot.labels.items():
-                cells.labels.setdefault(tx_id, label)
-        for entity, entity_id, tx_id, cell in writes.tx_cells:
-            self.entities.setdefault((entity.name, entity_id), EntityCells()).tx[tx_id] = cell
-        for terminal_id, tx_id, label in writes.label_cells:
-            self.entities.setdefault(("terminal", terminal_id), EntityCells()).labels[tx_id] = label
+        for w in writes.buckets:
+            row = self.rows.setdefault(
+                (w.entity.name, w.entity_id, w.bucket), {"tx": {}, "label": {}, "summary": None}
+            )
+            for tx_id, cell in w.tx.items():
+                ts = cell.time_us if w.timestamp_us is None else w.timestamp_us
+                if _newer(row["tx"].get(tx_id), ts):
+                    row["tx"][tx_id] = (ts, cell)
+            for tx_id, label in w.labels.items():
+                ts = label.time_us if w.timestamp_us is None else w.timestamp_us
+                if _newer(row["label"].get(tx_id), ts):
+                    row["label"][tx_id] = (ts, label)
+            ts = summary_timestamp(w)
+            if _newer(row["summary"], ts):
+                row["summary"] = (ts, w.summary)
         for entity, entity_id, time_us, values in writes.features:
-            self.features[(entity.name, entity_id)] = (time_us, dict(values))
+            stored = self.features.get((entity.name, entity_id))
+            if stored is None or time_us >= stored[0]:
+                self.features[(entity.name, entity_id)] = (time_us, dict(values))
         for tx_id, family, record, _ in writes.ids:
             setattr(self.ids.setdefault(tx_id, IdRecord()), family, copy.deepcopy(record))
-        for stage_key, tx_id, keys in writes.waits_remove:
+        for tx_id, keys in writes.waits_remove:
             if keys is None:
-                self.waiting.pop((stage_key, tx_id), None)
+                self.waiting.pop(tx_id, None)
                 continue
-            entries = self.waiting.get((stage_key, tx_id), {})
+            entries = self.waiting.get(tx_id, {})
             for key in keys:
                 entries.pop(key, None)
             if not entries:
-                self.waiting.pop((stage_key, tx_id), None)
-        for stage_key, tx_id, key, record, _ in writes.waits_add:
-            self.waiting.setdefault((stage_key, tx_id), {})[key] = copy.deepcopy(record)
+                self.waiting.pop(tx_id, None)
+        for tx_id, key, record, _ in writes.waits_add:
+            self.waiting.setdefault(tx_id, {})[key] = copy.deepcopy(record)

@@ -1,20 +1,28 @@
-"""Schema'd coders for what the job keeps in Beam state and shuffles (Dataflow ``--update``).
+"""Deterministic coders for what the job shuffles and keeps in state: safe across ``--update``.
 
-Dataflow ``--update`` carries a running job's state and in-flight shuffled data over to the new
-graph, decoded with the new job's coders. A ``PickleCoder`` (or the ``FastPrimitivesCoder`` Beam
-falls back to for an untyped PCollection) pickles a project class by module and name, so moving
-or renaming the class, or changing its fields, breaks the update or garbles what was in flight.
-Rows here are ``typing.NamedTuple`` types encoded by Beam's ``RowCoder`` (``beam:coder:row:v1``,
-portable): fields by position with typed coders, sequences instead of mappings so that the
-encoding is deterministic. ``tests/unit/test_update_compat.py`` pins every state and shuffle
-coder of the graph against a committed fingerprint.
+Dataflow encodes every value that crosses a shuffle (the input of a stateful step) and every
+state cell with the coder the graph names. Beam's fallback for a project class is a pickle of it:
+a class renamed or moved between two versions of the job, or a field added, garbles what is in
+flight when ``--update`` swaps the code. These coders write an explicit, versioned layout of the
+stage records instead, built from Beam's own stream primitives (varints, UTF-8 strings, doubles):
 
-The row types of pipelines/core stay plain ``typing.NamedTuple`` (core imports no Beam): their
-``RowCoder`` is registered here, in the transforms layer.
+    byte  kind      T transaction, L label, W wake-up, R routed event, P customer part
+    byte  version   1
+    then the record's fields in the order below, strings length-prefixed, ints as varints,
+    floats as big-endian doubles
 
-A value read back from state or a shuffle may be a NamedTuple that Beam rebuilt from the schema
-(a Dataflow worker does not know the launcher's schema ids): same fields, another class. Code
-reads such values by field name, never by ``isinstance``.
+Adding a field means a new version number that the decoder still reads the old way.
+tests/unit/test_coders.py round-trips every record; tests/unit/test_update_compat.py pins the
+coders of every stateful step's input.
+
+The online evaluation and the Monitor keep and shuffle rows instead: ``typing.NamedTuple`` types
+encoded by Beam's ``RowCoder`` (``beam:coder:row:v1``, portable: fields by position with typed
+coders, sequences instead of mappings so that the encoding is deterministic), made by
+:func:`row_coder`, which refuses a field Beam would pickle. The row types of pipelines/core stay
+plain NamedTuples (core imports no Beam): their ``RowCoder`` is registered here. A row read back
+from state or a shuffle may be a NamedTuple that Beam rebuilt from the schema (a Dataflow worker
+does not know the launcher's schema ids): same fields, another class, so code reads rows by
+field name, never by ``isinstance``.
 """
 
 from __future__ import annotations
@@ -24,11 +32,166 @@ import typing
 from typing import Any
 
 from apache_beam import coders
+from apache_beam.coders import Coder
+from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
 
 from pipelines.core.alerts import StreakRow
+from pipelines.core.batches import CustomerPart, Routed, StageRecord
 from pipelines.core.drift import BucketCounts, Closable, DriftProgress
+from pipelines.core.schema import Label, Transaction
 
-__all__ = ["row_coder"]
+__all__ = ["StageRecordCoder", "WakeUp", "row_coder"]
+
+_VERSION = 1
+
+
+class WakeUp(StageRecord):
+    """Arms a stage key's label timer: labels wait under it (read from the store at start)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, WakeUp) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(("WakeUp", self.key))
+
+    def __repr__(self) -> str:
+        return f"WakeUp({self.key!r})"
+
+
+def _put_str(out: Any, value: str) -> None:
+    out.write(value.encode(), True)
+
+
+def _get_str(stream: Any) -> str:
+    return bytes(stream.read_all(True)).decode()
+
+
+def _put_tx(out: Any, tx: Transaction) -> None:
+    _put_str(out, tx.transaction_id)
+    out.write_var_int64(tx.event_time_us)
+    _put_str(out, tx.customer_id)
+    _put_str(out, tx.terminal_id)
+    out.write_bigendian_double(tx.amount)
+    out.write_var_int64(tx.publish_time_us)
+    _put_str(out, tx.message_id)
+
+
+def _get_tx(stream: Any) -> Transaction:
+    return Transaction(
+        _get_str(stream),
+        stream.read_var_int64(),
+        _get_str(stream),
+        _get_str(stream),
+        stream.read_bigendian_double(),
+        stream.read_var_int64(),
+        _get_str(stream),
+    )
+
+
+def _put_label(out: Any, lb: Label) -> None:
+    _put_str(out, lb.transaction_id)
+    out.write_var_int64(lb.event_time_us)
+    _put_str(out, lb.customer_id)
+    _put_str(out, lb.terminal_id)
+    out.write_var_int64(int(lb.is_fraud))
+    out.write_var_int64(lb.publish_time_us)
+    _put_str(out, lb.message_id)
+
+
+def _get_label(stream: Any) -> Label:
+    return Label(
+        _get_str(stream),
+        stream.read_var_int64(),
+        _get_str(stream),
+        _get_str(stream),
+        stream.read_var_int64(),
+        stream.read_var_int64(),
+        _get_str(stream),
+    )
+
+
+def _put(out: Any, record: Any) -> None:
+    if isinstance(record, Transaction):
+        out.write_byte(ord("T"))
+        out.write_byte(_VERSION)
+        _put_tx(out, record)
+    elif isinstance(record, Label):
+        out.write_byte(ord("L"))
+        out.write_byte(_VERSION)
+        _put_label(out, record)
+    elif isinstance(record, WakeUp):
+        out.write_byte(ord("W"))
+        out.write_byte(_VERSION)
+        _put_str(out, record.key)
+    elif isinstance(record, Routed):
+        out.write_byte(ord("R"))
+        out.write_byte(_VERSION)
+        out.write_var_int64(record.token)
+        _put(out, record.event)
+    elif isinstance(record, CustomerPart):
+        out.write_byte(ord("P"))
+        out.write_byte(_VERSION)
+        _put_tx(out, record.tx)
+        out.write_var_int64(len(record.values))
+        for value in record.values:
+            out.write_bigendian_double(value)
+        out.write_var_int64(record.revision)
+        out.write_byte(int(record.correction))
+        out.write_var_int64(record.token)
+    else:
+        raise TypeError(f"no stage record coder for {type(record).__name__}")
+
+
+def _get(stream: Any) -> Any:
+    kind = chr(stream.read_byte())
+    version = stream.read_byte()
+    if version != _VERSION:
+        raise ValueError(f"unknown version {version} of stage record {kind!r}")
+    if kind == "T":
+        return _get_tx(stream)
+    if kind == "L":
+        return _get_label(stream)
+    if kind == "W":
+        return WakeUp(_get_str(stream))
+    if kind == "R":
+        token = stream.read_var_int64()
+        return Routed(_get(stream), token)
+    if kind == "P":
+        tx = _get_tx(stream)
+        values = tuple(stream.read_bigendian_double() for _ in range(stream.read_var_int64()))
+        revision = stream.read_var_int64()
+        correction = bool(stream.read_byte())
+        return CustomerPart(tx, values, revision, correction, stream.read_var_int64())
+    raise ValueError(f"unknown stage record kind {kind!r}")
+
+
+class StageRecordCoder(Coder):
+    """The coder of ``StageRecord``s (see the module docstring): deterministic, versioned."""
+
+    def encode(self, value: Any) -> bytes:
+        out = create_OutputStream()
+        _put(out, value)
+        return out.get()
+
+    def decode(self, encoded: bytes) -> Any:
+        return _get(create_InputStream(encoded))
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self) -> type:
+        return StageRecord
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other)
+
+    def __hash__(self) -> int:
+        return hash(type(self))
 
 
 def _resolve_annotations(row_type: type[Any]) -> None:

@@ -3,29 +3,42 @@
     CustomerWindows (key: customer id)  Routed[Transaction] -> CustomerPart
     TerminalWindows (key: terminal id)  CustomerPart, Routed[Label] -> FeatureBatch
 
-Each stage reads and writes only its own entities' cells (pipelines/stores/window_store.py),
-through an in-memory mirror (pipelines/stores/window_cache.py). Per batch it:
+Each stage reads and writes only its own entities' bucket rows (pipelines/stores/window_store.py)
+and keeps their state in a process-wide cache (pipelines/stores/window_cache.py). Per batch:
 
-  1. loads (one batched read) the entities of the batch not cached back to the earliest window
-     the batch can need;
-  2. finds the stored transactions that the batch's *new* events fall into the windows of
-     (``influence_span_us``, from the feature definitions): they were computed before this event
-     reached the stage (out-of-order delivery, a label racing its consumers);
-  3. computes the features of the batch's transactions and of those, with the shared engine
-     (pipelines.core.engine.features_for), and writes their cells in one write;
-  4. emits the batch's transactions and, marked as corrections, the recomputed ones.
+  1. gets each entity's state (``EntityWindows``, pipelines/core/entity_index.py): from the cache
+     if it holds exactly what the key's last committed work item left, else from the store (its
+     bucket summaries, then the cells of the buckets the batch needs: one read each);
+  2. writes the batch's events into the state (a transaction's cell, a label's cell), whether
+     or not an earlier attempt already wrote them;
+  3. finds the stored transactions that the batch's events fall into the windows of
+     (``influence_span_us``, from the feature definitions) and recomputes them: corrections;
+  4. computes the features of the batch's transactions and of those, writes their cells and the
+     changed buckets' summaries (one write, versioned by the key's fence,
+     pipelines/transforms/keyed_stage.py), and emits them.
+
+Everything a batch emits is a function of the store *after* the batch, never of whether an
+event was new to it: a retried work item, whose failed attempt already wrote its events, emits
+the same transactions, corrections and features as the first attempt would have.
+
+Lateness horizon: an event whose affected transactions start more than ``correction_horizon_s``
+of event time before the entity's newest transaction, or that would correct more than
+``MAX_CORRECTIONS_PER_EVENT`` of them, updates the store (later transactions see it) but emits no
+corrections; it is counted (``corrections_beyond_horizon``). So one late event on a hot entity
+costs a bounded amount of work.
 
 The terminal stage keeps on each transaction's cell the customer features it received (and their
-revision), so a correction of either stage reaches the stored prediction with a complete
-vector: a customer correction flows through the terminal stage, a terminal correction reuses the
-carried customer features. Revisions: a stage gives a transaction a revision above every one it
-gave it before (stored on its cell), so per transaction the revision order is total.
+revision), so a correction of either stage reaches the stored prediction with a complete vector.
+Revisions are the stage key's fence: they grow per key, so per transaction.
+
+A store write rejected for good (not an outage: those are retried) dead-letters the events of the
+entities it was for (``store_rejected``) instead of failing the work item forever.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -33,6 +46,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipelines.core.batches import CustomerPart, FeatureBatch
+from pipelines.core.cells import bucket_of
 from pipelines.core.definitions import (
     CUSTOMER,
     FEATURES,
@@ -41,195 +55,342 @@ from pipelines.core.definitions import (
     RowFeature,
     WindowFeature,
     influence_span_us,
+    max_delay_us,
     max_lookback_us,
     window_features,
 )
-from pipelines.core.engine import EventColumns, features_for, row_features
-from pipelines.core.routing import route
+from pipelines.core.engine import row_features
+from pipelines.core.entity_index import Bucket, EntityWindows, Query, tie_key
+from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import Label, Transaction
 from pipelines.stores.bigtable import StoreConfig
-from pipelines.stores.shared import process_shared
+from pipelines.stores.retry import is_transient
+from pipelines.stores.shared import SharedResource
 from pipelines.stores.window_cache import WindowCache
-from pipelines.stores.window_store import LabelCell, TxCell, WindowStore, Writes
+from pipelines.stores.window_store import (
+    BucketWrite,
+    LabelCell,
+    TxCell,
+    WindowStore,
+    Writes,
+)
 from pipelines.transforms.id_index import open_store
-from pipelines.transforms.keyed_stage import GENERATION_PARAM, KeyedStageFn, monotonic_us
-from pipelines.transforms.parse import METRICS_NAMESPACE
+from pipelines.transforms.keyed_stage import FENCE_PARAM, KeyedStageFn
+from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE
 
-__all__ = ["CustomerWindowsFn", "TerminalWindowsFn", "assemble"]
+__all__ = [
+    "MAX_CORRECTIONS_PER_EVENT",
+    "CustomerWindowsFn",
+    "TerminalWindowsFn",
+    "assemble",
+]
 
 CUSTOMER_FEATURES = window_features(CUSTOMER)
 TERMINAL_FEATURES = window_features(TERMINAL)
+MAX_CORRECTIONS_PER_EVENT = 10_000
+# An entity with at most this many cells in its lookback is read whole when cold (one read of
+# small rows); a denser one reads its bucket summaries and only the buckets its windows need.
+SPARSE_CELLS = 2_000
+# Loaded buckets kept behind the entity's newest event (late events land there).
+_RECENT_BUCKETS = 8
+
+
+@dataclass
+class _Event:
+    """A transaction or label of the batch for one entity."""
+
+    tx_id: str
+    time_us: int
+    span: tuple[int, int]  # which later transactions it counts for (influence_span_us)
+    label: bool = False
+
+
+@dataclass
+class _Work:
+    """One entity's part of a batch."""
+
+    key: str  # the stage key (the entity itself, or its bucket on the DirectRunner)
+    events: list[_Event] = field(default_factory=list)
+    elements: list[Any] = field(default_factory=list)  # what it came from (dead letters)
+
+
+class _Resources:
+    """A stage's process-wide objects: its store client and its window cache."""
+
+    def __init__(self, store: WindowStore, cache: WindowCache) -> None:
+        self.store = store
+        self.cache = cache
 
 
 class _EntityStageFn(KeyedStageFn):
-    """A keyed stage over one entity type, with its window cache."""
+    """A keyed stage over one entity type, with its window cache (see the module docstring)."""
 
     entity: Entity = CUSTOMER
     labels = False
 
     def __init__(
-        self, store: StoreConfig | WindowStore, max_batch_size: int, key_buckets: int = 0
+        self,
+        store: StoreConfig | WindowStore,
+        max_batch_size: int,
+        key_buckets: int = 0,
+        correction_horizon_s: float = 86_400.0,
+        cache_mb: float = 512.0,
     ) -> None:
         super().__init__(max_batch_size)
+        if correction_horizon_s < 0 or cache_mb <= 0:
+            raise ValueError("correction_horizon_s must be >= 0 and cache_mb > 0")
         self._config = store
         self._buckets = key_buckets
-        self._cache: WindowCache | None = None
+        self._horizon_us = int(correction_horizon_s * 1_000_000)
+        self._budget = int(cache_mb * 1024 * 1024)
+        self._shared: SharedResource[_Resources] = SharedResource()
+        self._resources: _Resources | None = None
+        self._touched: set[str] = set()
+        self._features = window_features(self.entity)
+        self._beyond_horizon = Metrics.counter(METRICS_NAMESPACE, "corrections_beyond_horizon")
+        self._rejected = Metrics.counter(METRICS_NAMESPACE, "store_rejected")
+        self._cold = Metrics.counter(METRICS_NAMESPACE, f"{self.entity.name}_cache_misses")
 
     def setup(self) -> None:
-        store = open_store(self._config)
-        # One cache per process, run and entity type: the runner may give every bundle a fresh
-        # DoFn instance (the DirectRunner does).
-        self._cache = process_shared(
-            ("window_cache", self.entity.name, self._run_token, id(store)),
-            lambda: WindowCache(
-                store, self.entity, self.labels, functools.partial(route, buckets=self._buckets)
-            ),
+        self._resources = self._shared.acquire(
+            lambda: _Resources(open_store(self._config), WindowCache(self._budget)),
+            tag=(self._run_token, self.entity.name),
         )
 
-    def cache(self) -> WindowCache:
+    def resources(self) -> _Resources:
         # A method, not a property: Beam reads every attribute of a DoFn when it validates it.
-        assert self._cache is not None, "setup() not called"
-        return self._cache
+        assert self._resources is not None, "setup() not called"
+        return self._resources
 
     def process(
         self,
         element: tuple[str, Any],
         timestamp: Any = beam.DoFn.TimestampParam,
-        generation: Any = GENERATION_PARAM,
-    ) -> Iterator[Any]:
-        yield from self.accept(element[0], element[1], generation, timestamp)
+        fence: Any = FENCE_PARAM,
+    ) -> Any:
+        yield from self.accept(element[0], element[1], fence, timestamp)
 
-    def claim(self, key: str, generation: int) -> None:
-        self.cache().claim(key, self._run_token, generation)
+    def start_bundle(self) -> None:
+        super().start_bundle()
+        self._touched = set()
 
-    def settle(self, generations: dict[str, int]) -> None:
-        self.cache().settle(self._run_token, generations)
+    def settle(self) -> None:
+        self.resources().cache.release(self.attempt, self._touched, self.fences())
 
-    def _load(
-        self, ids: Iterable[str], times: Sequence[int], label_times: Sequence[int] = ()
-    ) -> None:
-        """Caches the entities back to the earliest window of any of ``times`` (transactions)
-        or of the transactions ``label_times`` count for (one read). A label at t changes only
-        transactions from t + the label span's start on, so it needs less history than a
-        transaction at t."""
+    # -- the batch's entity states ---------------------------------------------------------------
+
+    def _states(self, work: dict[str, _Work]) -> dict[str, EntityWindows]:
+        """Each entity's state, read from the store when the cache does not hold exactly what its
+        key's last committed work item left, extended back as far as the batch's windows reach,
+        with the cells of every bucket the batch needs loaded."""
+        res = self.resources()
         lookback = max_lookback_us(self.entity)
-        starts = [min(times) - lookback] if times else []
-        if label_times:
-            lo, _ = influence_span_us(self.entity, labels=True)
-            starts.append(min(label_times) + lo - lookback)
-        if starts:
-            self.cache().ensure(ids, min(starts))
+        states: dict[str, EntityWindows] = {}
+        first: dict[str, int] = {}
+        for entity_id, w in work.items():
+            first[entity_id] = bucket_of(
+                min(e.time_us + min(e.span[0], 0) for e in w.events) - lookback
+            )
+            committed, _ = self.fence_of(w.key)
+            state = res.cache.checkout(entity_id, committed, self.attempt)
+            if state is not None:
+                states[entity_id] = state
+        short = [i for i in work if i not in states or states[i].covered_from > first[i]]
+        if short:
+            self._cold.inc(sum(1 for i in short if i not in states))
+            found = res.store.read_summaries(self.entity, short, min(first[i] for i in short))
+            for entity_id in short:
+                summaries = found.get(entity_id, {})
+                if entity_id in states:
+                    states[entity_id].cover(first[entity_id], summaries)
+                else:
+                    states[entity_id] = EntityWindows(first[entity_id], summaries)
+        wanted: set[tuple[str, int]] = set()
+        for entity_id, w in work.items():
+            state = states[entity_id]
+            if entity_id in short and _cells(state) <= SPARSE_CELLS:
+                needed: Iterable[int] = state.nonempty(state.covered_from, bucket_of(2**62))
+            else:
+                needed = self._needed(state, w.events)
+            wanted |= {(entity_id, b) for b in state.missing(needed)}
+        if wanted:
+            cells = res.store.read_buckets(self.entity, sorted(wanted), self.labels)
+            for entity_id, b in wanted:
+                found_cells = cells.get((entity_id, b))
+                bucket = Bucket(found_cells.tx, found_cells.labels) if found_cells else Bucket()
+                states[entity_id].load(b, bucket)
+        return states
+
+    def _needed(self, state: EntityWindows, events: Sequence[_Event]) -> set[int]:
+        """The buckets whose cells the batch needs: its events' own, those of the transactions
+        they may correct, and the edge buckets of every window those transactions ask for."""
+        newest = max([state.newest_us(), *(e.time_us for e in events if not e.label)])
+        out = {bucket_of(e.time_us) for e in events}
+        spans: list[tuple[int, int]] = [(e.time_us, e.time_us) for e in events if not e.label]
+        for e in events:
+            reach = self._reach(state, e, newest)
+            if reach is not None:
+                out.update(state.nonempty(bucket_of(reach[0]), bucket_of(reach[1] - 1)))
+                spans.append((reach[0], reach[1] - 1))
+        for f in self._features:
+            for shift in (f.delay_us + f.window_us, f.delay_us):
+                for lo, hi in spans:
+                    out.update(state.nonempty(bucket_of(lo - shift), bucket_of(hi - shift)))
+                    out.add(bucket_of(lo - shift))
+                    out.add(bucket_of(hi - shift))
+        return out
+
+    def _reach(self, state: EntityWindows, event: _Event, newest_us: int) -> tuple[int, int] | None:
+        """The time range [start, end) of stored transactions the event corrects, or None past
+        the lateness horizon (decided from summaries, the same on every attempt)."""
+        lo, hi = event.span
+        start = event.time_us + lo
+        end = min(event.time_us + hi, newest_us + 1)
+        if end <= start:
+            return None
+        if newest_us - start > self._horizon_us:
+            return None
+        if state.count_from(start) > MAX_CORRECTIONS_PER_EVENT:
+            return None
+        return start, end
+
+    def _affected(
+        self, state: EntityWindows, events: Sequence[_Event], exclude: set[str]
+    ) -> dict[str, TxCell]:
+        """The stored transactions the events change (in the store after the batch), already
+        scored by the stream (a backfilled one has no prediction to correct)."""
+        newest = state.newest_us()
+        out: dict[str, TxCell] = {}
+        for e in events:
+            reach = self._reach(state, e, newest)
+            if reach is None:
+                if newest >= e.time_us + e.span[0]:
+                    self._beyond_horizon.inc()
+                continue
+            for tx_id, cell in state.cells_between(*reach):
+                if tx_id not in exclude and cell.revision:
+                    out.setdefault(tx_id, cell)
+        return out
+
+    # -- writing -----------------------------------------------------------------------------------
 
     def _commit(
         self,
-        writes: Writes,
-        query: Sequence[Transaction],
-        cells: Sequence[TxCell],
-        matrix: np.ndarray,
-        features: Sequence[WindowFeature],
-    ) -> None:
-        """Writes the batch's cells and each entity's latest ``features`` (rows of ``matrix``)
-        with ``writes`` in one store write, then mirrors the cells in the cache."""
-        key = self.entity.key_field
-        names = [f.name for f in features]
-        writes.tx_cells += [
-            (self.entity, getattr(t, key), t.transaction_id, c)
-            for t, c in zip(query, cells, strict=True)
-        ]
-        writes.features += [
-            (
-                self.entity,
-                entity_id,
-                query[i].event_time_us,
-                dict(zip(names, map(float, matrix[i]), strict=True)),
-            )
-            for entity_id, i in _latest(query, key).items()
-        ]
-        cache = self.cache()
-        cache.store.apply(writes)
-        for t, c in zip(query, cells, strict=True):
-            cache.put_tx(getattr(t, key), t.transaction_id, c)
-        cache.evict()
+        work: dict[str, _Work],
+        states: dict[str, EntityWindows],
+        latest: dict[str, tuple[int, dict[str, float]]],
+    ) -> set[str]:
+        """Writes every entity's changed buckets (cells and summary, versioned by its key's fence)
+        and its latest features in one store write; returns the entities whose writes the store
+        rejected for good (their events are dead-lettered)."""
+        res = self.resources()
+        per_entity: dict[str, Writes] = {}
+        for entity_id, state in states.items():
+            _, fence = self.fence_of(work[entity_id].key)
+            writes = per_entity[entity_id] = Writes()
+            for b, bucket, tx_ids, label_ids in state.take_changes():
+                writes.buckets.append(
+                    BucketWrite(
+                        self.entity,
+                        entity_id,
+                        b,
+                        {i: bucket.tx[i] for i in tx_ids},
+                        {i: bucket.labels[i] for i in label_ids},
+                        bucket.summary(),
+                        fence,
+                    )
+                )
+            if entity_id in latest:
+                time_us, values = latest[entity_id]
+                writes.features.append((self.entity, entity_id, time_us, values))
+        everything = Writes()
+        for writes in per_entity.values():
+            everything.buckets += writes.buckets
+            everything.features += writes.features
+        rejected: set[str] = set()
+        try:
+            res.store.apply(everything)
+        except Exception as error:
+            if is_transient(error):
+                raise
+            # Find the entities whose rows the store refuses: one write each.
+            for entity_id, writes in per_entity.items():
+                try:
+                    res.store.apply(writes)
+                except Exception as again:
+                    if is_transient(again):
+                        raise
+                    rejected.add(entity_id)
+        for entity_id, state in states.items():
+            if entity_id in rejected:
+                res.cache.discard(entity_id)
+                continue
+            _, fence = self.fence_of(work[entity_id].key)
+            self._trim(state)
+            res.cache.checkin(entity_id, work[entity_id].key, state, fence, self.attempt)
+            self._touched.add(entity_id)
+        self._rejected.inc(len(rejected))
+        return rejected
 
-    def _influenced(
-        self,
-        events: dict[str, list[int]],
-        span: tuple[int, int],
-        exclude: Iterable[str],
-        into: dict[str, tuple[str, TxCell]],
-    ) -> None:
-        """Adds to ``into`` (tx id -> (entity id, cell)) the stored transactions whose windows
-        contain one of ``events`` (entity id -> event times): those at [t + lo, t + hi)."""
-        lo, hi = span
-        skip = set(exclude)
-        for entity_id, times in events.items():
-            first = min(times) + lo
-            for tx_id, cell in self.cache().cells(entity_id).tx.items():
-                if cell.time_us < first or tx_id in skip:
-                    continue
-                if any(t + lo <= cell.time_us < t + hi for t in times):
-                    into.setdefault(tx_id, (entity_id, cell))
+    def _trim(self, state: EntityWindows) -> None:
+        """Drops what no window can need any more (older than the lookback plus the delays and
+        the horizon behind the newest event), and the cells of buckets that are neither recent
+        nor at the edge of a current window (their summaries stay)."""
+        newest = state.newest_us()
+        if not newest:
+            return
+        margin = max_lookback_us(self.entity) + max_delay_us(self.entity) + self._horizon_us
+        keep: set[int] = set()
+        if _cells(state) > SPARSE_CELLS:
+            keep = set(range(bucket_of(newest) - _RECENT_BUCKETS, bucket_of(newest) + 1))
+            keep |= state.edge_buckets([newest], self._features)
+            keep |= {b - 1 for b in keep} | {b + 1 for b in keep}
+        else:
+            keep = set(state.buckets)
+        state.trim(newest - margin, keep)
 
-
-def _columns(txs: Sequence[Transaction]) -> EventColumns:
-    return EventColumns(
-        np.array([t.transaction_id for t in txs], dtype=object).astype(str),
-        np.array([t.customer_id for t in txs], dtype=object).astype(str),
-        np.array([t.terminal_id for t in txs], dtype=object).astype(str),
-        np.array([t.event_time_us for t in txs], dtype=np.int64),
-        np.array([t.amount for t in txs], dtype=np.float64),
-    )
-
-
-def _cell_columns(
-    entity: Entity,
-    cells_by_entity: Iterable[tuple[str, Mapping[str, TxCell] | Mapping[str, LabelCell]]],
-    exclude: set[str],
-) -> EventColumns:
-    """The cells of each (entity id, transaction id -> cell) as engine columns: time and the
-    cell's value (a transaction's amount, a label's is_fraud), the entity's id column filled and
-    the other empty, without the ``exclude`` transaction ids. Column-wise (``zip(*cells)``): it
-    runs over every cached cell of a batch's entities, per batch."""
-    tx_ids: list[str] = []
-    times: list[int] = []
-    values: list[float] = []
-    owners: list[str] = []
-    counts: list[int] = []
-    for entity_id, cells in cells_by_entity:
-        if not cells:
-            continue
-        tx_ids.extend(cells)
-        columns = list(zip(*cells.values(), strict=True))
-        times.extend(columns[0])
-        values.extend(columns[1])
-        owners.append(entity_id)
-        counts.append(len(cells))
-    tx = np.array(tx_ids, dtype=str)
-    ids = np.repeat(np.array(owners, dtype=str), counts)
-    t = np.array(times, dtype=np.int64)
-    v = np.array(values, dtype=np.float64)
-    if exclude and len(tx):
-        keep = ~np.isin(tx, np.array(sorted(exclude), dtype=str))
-        tx, ids, t, v = tx[keep], ids[keep], t[keep], v[keep]
-    none = np.full(len(tx), "", dtype=str)
-    return EventColumns(
-        tx,
-        ids if entity == CUSTOMER else none,
-        ids if entity == TERMINAL else none,
-        t,
-        v,
-    )
+    def _dead_letters(
+        self, work: dict[str, _Work], rejected: set[str], detail: str
+    ) -> list[beam.pvalue.TaggedOutput]:
+        out = []
+        for entity_id in sorted(rejected):
+            for element in work[entity_id].elements:
+                event = element.tx if isinstance(element, CustomerPart) else element.event
+                source = "transactions" if isinstance(event, Transaction) else "labels"
+                out.append(
+                    beam.pvalue.TaggedOutput(
+                        DEAD_LETTER_TAG,
+                        DeadLetter(
+                            event.to_json(),
+                            "store_rejected",
+                            detail[:500],
+                            source,
+                            self.step,
+                            message_id=event.message_id,
+                        ),
+                    )
+                )
+        return out
 
 
-def _latest(txs: Sequence[Transaction], key: str) -> dict[str, int]:
-    """Per entity id, the index of its latest transaction in ``txs``."""
+def _cells(state: EntityWindows) -> int:
+    keys = state.nonempty(state.covered_from, bucket_of(2**62))
+    total = 0
+    for b in keys:
+        s = state.summary(b)
+        if s is not None:
+            total += s.transactions + s.labels
+    return total
+
+
+def _latest(queries: Sequence[tuple[str, Transaction]]) -> dict[str, int]:
+    """Per entity id, the index of its latest transaction among ``queries``."""
     latest: dict[str, int] = {}
-    for i, t in enumerate(txs):
-        entity_id = getattr(t, key)
+    for i, (entity_id, t) in enumerate(queries):
         j = latest.get(entity_id)
-        if j is None or (t.event_time_us, t.transaction_id) >= (
-            txs[j].event_time_us,
-            txs[j].transaction_id,
+        if j is None or (t.event_time_us, tie_key(t.transaction_id)) >= (
+            queries[j][1].event_time_us,
+            tie_key(queries[j][1].transaction_id),
         ):
             latest[entity_id] = i
     return latest
@@ -241,53 +402,63 @@ class CustomerWindowsFn(_EntityStageFn):
     step = "CustomerWindows"
     entity = CUSTOMER
 
-    def __init__(
-        self, store: StoreConfig | WindowStore, max_batch_size: int, key_buckets: int = 0
-    ) -> None:
-        super().__init__(store, max_batch_size, key_buckets)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._corrections = Metrics.counter(METRICS_NAMESPACE, "customer_corrections")
 
     def entity_of(self, element: Any) -> str:
         return str(element.event.customer_id)
 
     def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
-        cache = self.cache()
+        span = influence_span_us(CUSTOMER)
         txs: dict[str, Transaction] = {}
-        for _, routed in batch:
-            txs.setdefault(routed.event.transaction_id, routed.event)
-        self._load((t.customer_id for t in txs.values()), [t.event_time_us for t in txs.values()])
-        events: dict[str, list[int]] = {}
-        for t in txs.values():
-            if t.transaction_id not in cache.cells(t.customer_id).tx:
-                events.setdefault(t.customer_id, []).append(t.event_time_us)
-        affected: dict[str, tuple[str, TxCell]] = {}
-        self._influenced(events, influence_span_us(CUSTOMER), txs, affected)
-        query = list(txs.values()) + [
-            Transaction(tx_id, c.time_us, customer, c.other_id, c.amount)
-            for tx_id, (customer, c) in affected.items()
-        ]
-        customers = {t.customer_id for t in query}
-        history = _cell_columns(
-            CUSTOMER,
-            ((cid, cache.cells(cid).tx) for cid in customers),
-            {t.transaction_id for t in query},
-        )
-        matrix = features_for(
-            _columns(query),
-            labels=EventColumns.empty(),
-            customer_history=history,
-            features=CUSTOMER_FEATURES,
-        )
-        stored = [cache.cells(t.customer_id).tx.get(t.transaction_id) for t in query]
-        revision = max([monotonic_us(), *((c.revision + 1) for c in stored if c)])
-        cells = [TxCell(t.event_time_us, t.amount, t.terminal_id, revision) for t in query]
-        self._commit(Writes(), query, cells, matrix, CUSTOMER_FEATURES)
-        n = len(txs)
-        self._corrections.inc(len(query) - n)
-        return [
-            CustomerPart(t, tuple(map(float, matrix[i])), revision, correction=i >= n)
-            for i, t in enumerate(query)
-        ]
+        work: dict[str, _Work] = {}
+        for key, routed in batch:
+            tx = routed.event
+            w = work.setdefault(tx.customer_id, _Work(key))
+            w.elements.append(routed)
+            if txs.setdefault(tx.transaction_id, tx) is tx:
+                w.events.append(_Event(tx.transaction_id, tx.event_time_us, span))
+        states = self._states(work)
+        queries: list[tuple[str, Transaction]] = []
+        for tx in txs.values():
+            revision = self.revision_of(work[tx.customer_id].key)
+            states[tx.customer_id].put_tx(
+                tx.transaction_id, TxCell(tx.event_time_us, tx.amount, tx.terminal_id, revision)
+            )
+            queries.append((tx.customer_id, tx))
+        n = len(queries)
+        for customer, w in work.items():
+            for tx_id, cell in self._affected(states[customer], w.events, set(txs)).items():
+                queries.append(
+                    (
+                        customer,
+                        Transaction(tx_id, cell.time_us, customer, cell.other_id, cell.amount),
+                    )
+                )
+        matrix = _features_of(states, queries, CUSTOMER_FEATURES)
+        for customer, tx in queries[n:]:
+            revision = self.revision_of(work[customer].key)
+            states[customer].put_tx(
+                tx.transaction_id, TxCell(tx.event_time_us, tx.amount, tx.terminal_id, revision)
+            )
+        names = [f.name for f in CUSTOMER_FEATURES]
+        latest = {
+            customer: (
+                queries[i][1].event_time_us,
+                dict(zip(names, map(float, matrix[i]), strict=True)),
+            )
+            for customer, i in _latest(queries).items()
+        }
+        rejected = self._commit(work, states, latest)
+        self._corrections.inc(len(queries) - n)
+        out: list[Any] = self._dead_letters(work, rejected, "the feature store refused the write")
+        for i, (customer, tx) in enumerate(queries):
+            if customer in rejected:
+                continue
+            revision = self.revision_of(work[customer].key)
+            out.append(CustomerPart(tx, tuple(map(float, matrix[i])), revision, correction=i >= n))
+        return out
 
 
 class TerminalWindowsFn(_EntityStageFn):
@@ -297,10 +468,8 @@ class TerminalWindowsFn(_EntityStageFn):
     entity = TERMINAL
     labels = True
 
-    def __init__(
-        self, store: StoreConfig | WindowStore, max_batch_size: int, key_buckets: int = 0
-    ) -> None:
-        super().__init__(store, max_batch_size, key_buckets)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._batches = Metrics.counter(METRICS_NAMESPACE, "feature_batches")
         self._batch_size = Metrics.distribution(METRICS_NAMESPACE, "feature_batch_size")
         self._corrections = Metrics.counter(METRICS_NAMESPACE, "feature_corrections")
@@ -312,96 +481,143 @@ class TerminalWindowsFn(_EntityStageFn):
         return str(element.event.terminal_id)
 
     def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
-        cache = self.cache()
+        tx_span = influence_span_us(TERMINAL)
+        label_span = influence_span_us(TERMINAL, labels=True)
         parts: dict[str, CustomerPart] = {}
         labels: dict[str, Label] = {}
-        for _, element in batch:
+        work: dict[str, _Work] = {}
+        for key, element in batch:
+            terminal = self.entity_of(element)
+            w = work.setdefault(terminal, _Work(key))
+            w.elements.append(element)
             if isinstance(element, CustomerPart):
                 seen = parts.get(element.tx.transaction_id)
                 if seen is None or element.revision > seen.revision:
                     parts[element.tx.transaction_id] = element
             else:
                 labels[element.event.transaction_id] = element.event  # the later one wins
-        terminals = {p.tx.terminal_id for p in parts.values()}
-        terminals |= {lb.terminal_id for lb in labels.values()}
-        self._load(
-            terminals,
-            [p.tx.event_time_us for p in parts.values()],
-            [lb.event_time_us for lb in labels.values()],
-        )
-        writes = Writes()
-        for lb in labels.values():
-            label = LabelCell(lb.event_time_us, int(lb.is_fraud))
-            writes.label_cells.append((lb.terminal_id, lb.transaction_id, label))
-            cache.put_label(lb.terminal_id, lb.transaction_id, label)
-        affected: dict[str, tuple[str, TxCell]] = {}
-        label_events: dict[str, list[int]] = {}
-        for lb in labels.values():
-            label_events.setdefault(lb.terminal_id, []).append(lb.event_time_us)
-        self._influenced(label_events, influence_span_us(TERMINAL, labels=True), parts, affected)
-        new_events: dict[str, list[int]] = {}
         for p in parts.values():
-            if p.tx.transaction_id not in cache.cells(p.tx.terminal_id).tx:
-                new_events.setdefault(p.tx.terminal_id, []).append(p.tx.event_time_us)
-        self._influenced(new_events, influence_span_us(TERMINAL), parts, affected)
+            work[p.tx.terminal_id].events.append(
+                _Event(p.tx.transaction_id, p.tx.event_time_us, tx_span)
+            )
+        for lb in labels.values():
+            work[lb.terminal_id].events.append(
+                _Event(lb.transaction_id, lb.event_time_us, label_span, label=True)
+            )
+        states = self._states(work)
+        for lb in labels.values():
+            states[lb.terminal_id].put_label(
+                lb.transaction_id, LabelCell(lb.event_time_us, int(lb.is_fraud))
+            )
         # The query: the batch's transactions, with the newest customer features known...
-        query: list[Transaction] = []
-        carried: list[tuple[float, ...]] = []
-        carried_rev: list[int] = []
+        queries: list[tuple[str, Transaction]] = []
+        carried: list[tuple[tuple[float, ...], int]] = []
         corrections: list[bool] = []
-        stored: list[TxCell | None] = []
         for p in parts.values():
-            cell = cache.cells(p.tx.terminal_id).tx.get(p.tx.transaction_id)
+            state = states[p.tx.terminal_id]
+            cell = state.tx(p.tx.transaction_id, p.tx.event_time_us)
             newer = cell is None or p.revision > cell.carried_revision
-            query.append(p.tx)
-            carried.append(p.values if newer or cell is None else cell.carried)
-            carried_rev.append(p.revision if newer or cell is None else cell.carried_revision)
+            carried.append((p.values, p.revision) if newer or cell is None else _carried(cell))
+            queries.append((p.tx.terminal_id, p.tx))
             corrections.append(p.correction)
-            stored.append(cell)
+            values, carried_revision = carried[-1]
+            state.put_tx(
+                p.tx.transaction_id,
+                TxCell(
+                    p.tx.event_time_us,
+                    p.tx.amount,
+                    p.tx.customer_id,
+                    self.revision_of(work[p.tx.terminal_id].key),
+                    values,
+                    carried_revision,
+                ),
+            )
         # ... and the stored ones an event changed (not those only the backfill wrote: they were
         # never predicted, so there is nothing to correct).
-        for tx_id, (terminal, cell) in affected.items():
-            if not cell.carried_revision:
-                continue
-            query.append(Transaction(tx_id, cell.time_us, cell.other_id, terminal, cell.amount))
-            carried.append(cell.carried)
-            carried_rev.append(cell.carried_revision)
-            corrections.append(True)
-            stored.append(cell)
-        if not query:
-            cache.store.apply(writes)
-            self._labels.inc(len(labels))
-            return []
-        own = {t.transaction_id for t in query}
-        cells_of = [(tid, cache.cells(tid)) for tid in {t.terminal_id for t in query} | terminals]
-        history = _cell_columns(TERMINAL, ((tid, cs.tx) for tid, cs in cells_of), own)
-        label_columns = _cell_columns(TERMINAL, ((tid, cs.labels) for tid, cs in cells_of), set())
-        terminal_matrix = features_for(
-            _columns(query),
-            labels=label_columns,
-            terminal_history=history,
-            features=TERMINAL_FEATURES,
-        )
-        revision = max([monotonic_us(), *((c.revision + 1) for c in stored if c)])
-        new_cells = [
-            TxCell(t.event_time_us, t.amount, t.customer_id, revision, carried[i], carried_rev[i])
-            for i, t in enumerate(query)
-        ]
-        self._commit(writes, query, new_cells, terminal_matrix, TERMINAL_FEATURES)
+        for terminal, w in work.items():
+            state = states[terminal]
+            for tx_id, cell in self._affected(state, w.events, set(parts)).items():
+                if not cell.carried_revision:
+                    continue
+                queries.append(
+                    (
+                        terminal,
+                        Transaction(tx_id, cell.time_us, cell.other_id, terminal, cell.amount),
+                    )
+                )
+                carried.append(_carried(cell))
+                corrections.append(True)
         self._labels.inc(len(labels))
-        matrix = assemble(query, carried, terminal_matrix)
-        out: list[Any] = []
+        terminal_matrix = _features_of(states, queries, TERMINAL_FEATURES)
+        revisions = np.empty(len(queries), dtype=np.int64)
+        for i, (terminal, tx) in enumerate(queries):
+            revisions[i] = self.revision_of(work[terminal].key)
+            values, carried_revision = carried[i]
+            states[terminal].put_tx(
+                tx.transaction_id,
+                TxCell(
+                    tx.event_time_us,
+                    tx.amount,
+                    tx.customer_id,
+                    int(revisions[i]),
+                    values,
+                    carried_revision,
+                ),
+            )
+        names = [f.name for f in TERMINAL_FEATURES]
+        latest = {
+            terminal: (
+                queries[i][1].event_time_us,
+                dict(zip(names, map(float, terminal_matrix[i]), strict=True)),
+            )
+            for terminal, i in _latest(queries).items()
+        }
+        rejected = self._commit(work, states, latest)
+        out: list[Any] = self._dead_letters(work, rejected, "the feature store refused the write")
+        keep = np.array([t not in rejected for t, _ in queries], dtype=bool)
+        if not keep.any():
+            return out
+        txs = [tx for _, tx in queries]
+        matrix = assemble(txs, [c[0] for c in carried], terminal_matrix)
         flags = np.array(corrections, dtype=bool)
         for correction in (False, True):
-            rows = np.flatnonzero(flags == correction)
+            rows = np.flatnonzero((flags == correction) & keep)
             if len(rows):
                 out.append(
-                    FeatureBatch([query[i] for i in rows], matrix[rows], revision, correction)
+                    FeatureBatch(
+                        [txs[i] for i in rows],
+                        matrix[rows],
+                        int(revisions[rows].max()),
+                        correction,
+                        revisions=revisions[rows],
+                    )
                 )
         self._batches.inc()
-        self._batch_size.update(len(query))
-        self._corrections.inc(int(flags.sum()))
+        self._batch_size.update(int(keep.sum()))
+        self._corrections.inc(int((flags & keep).sum()))
         return out
+
+
+def _carried(cell: TxCell) -> tuple[tuple[float, ...], int]:
+    return cell.carried, cell.carried_revision
+
+
+def _features_of(
+    states: dict[str, EntityWindows],
+    queries: Sequence[tuple[str, Transaction]],
+    features: Sequence[WindowFeature],
+) -> np.ndarray:
+    """The window features of each (entity id, transaction), from its entity's state."""
+    out = np.zeros((len(queries), len(features)), dtype=np.float64)
+    rows: dict[str, list[int]] = {}
+    for i, (entity_id, _) in enumerate(queries):
+        rows.setdefault(entity_id, []).append(i)
+    for entity_id, idx in rows.items():
+        qs = [
+            Query(queries[i][1].event_time_us, tie_key(queries[i][1].transaction_id)) for i in idx
+        ]
+        out[idx] = states[entity_id].features(qs, features)
+    return out
 
 
 def assemble(

@@ -16,15 +16,16 @@ stored features stay exact whatever the arrival order, and docs/specs/ for the c
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import apache_beam as beam
 
 from pipelines.core.batches import CustomerPart, FeatureBatch, Routed
 from pipelines.core.routing import route
-from pipelines.core.schema import Label, Transaction
+from pipelines.core.schema import Label, StageRecord, Transaction
 from pipelines.stores.bigtable import StoreConfig
 from pipelines.stores.window_store import WindowStore
+from pipelines.transforms.coders import StageRecordCoder
 from pipelines.transforms.entity_windows import CustomerWindowsFn, TerminalWindowsFn
 from pipelines.transforms.id_index import ACCEPTED_LABELS, IndexIdsFn, RestoreWaits
 from pipelines.transforms.parse import DEAD_LETTER_TAG
@@ -37,8 +38,10 @@ CUSTOMER_WINDOWS = "CustomerWindows"
 TERMINAL_WINDOWS = "TerminalWindows"
 STAGE_LABELS = (INDEX_IDS, CUSTOMER_WINDOWS, TERMINAL_WINDOWS)
 
-# A deterministic key coder (str) for the stateful steps; the values are pickled.
-_KEYED = tuple[str, Any]
+# What every stateful step's input is: a str key (deterministic) and a stage record, encoded by
+# its own deterministic coder (pipelines/transforms/coders.py), never pickled.
+_KEYED = tuple[str, StageRecord]
+beam.coders.registry.register_coder(StageRecord, StageRecordCoder)
 
 
 class ComputedFeatures(NamedTuple):
@@ -72,6 +75,8 @@ class ComputeFeatures(beam.PTransform):
       label_wait_s: how long a label waits for its transaction before it is dead-lettered.
       key_buckets: 0: each stage has one key per entity; N: entities hashed into N keys
         (pipelines/core/routing.py).
+      correction_horizon_s: the lateness horizon of corrections (entity_windows.py).
+      window_cache_mb: the memory budget of each entity stage's window cache, per process.
 
     Returns:
       ComputedFeatures(batches, dead_letters).
@@ -88,6 +93,8 @@ class ComputeFeatures(beam.PTransform):
         sources: tuple[str, str] = ("transactions", "labels"),
         label_wait_s: float = 300.0,
         key_buckets: int = 0,
+        correction_horizon_s: float = 86_400.0,
+        window_cache_mb: float = 512.0,
     ) -> None:
         super().__init__()
         if max_batch_size < 1:
@@ -99,6 +106,7 @@ class ComputeFeatures(beam.PTransform):
         self._sources = sources
         self._label_wait_s = label_wait_s
         self._buckets = key_buckets
+        self._entity_args = (key_buckets, correction_horizon_s, window_cache_mb)
 
     def expand(self, events: tuple[beam.PCollection, beam.PCollection]) -> ComputedFeatures:
         transactions, labels = events
@@ -106,23 +114,31 @@ class ComputeFeatures(beam.PTransform):
         by_id = (
             transactions | "KeyTransactions" >> beam.Map(_by_id, b).with_output_types(_KEYED),
             labels | "KeyLabels" >> beam.Map(_by_id, b).with_output_types(_KEYED),
-            transactions.pipeline | "RestoreWaits" >> RestoreWaits(self._store),
+            transactions.pipeline | "RestoreWaits" >> RestoreWaits(self._store, b),
         ) | "MergeById" >> beam.Flatten()
         ids = by_id | INDEX_IDS >> beam.ParDo(
             IndexIdsFn(self._store, self._max, self._sources, self._label_wait_s, b)
         ).with_outputs(ACCEPTED_LABELS, DEAD_LETTER_TAG, main="transactions")
-        parts = (
+        customers = (
             ids.transactions
             | "KeyByCustomer" >> beam.Map(_by_customer, b).with_output_types(_KEYED)
-            | CUSTOMER_WINDOWS >> beam.ParDo(CustomerWindowsFn(self._store, self._max, b))
+            | CUSTOMER_WINDOWS
+            >> beam.ParDo(
+                CustomerWindowsFn(self._store, self._max, *self._entity_args)
+            ).with_outputs(DEAD_LETTER_TAG, main="parts")
         )
         by_terminal = (
-            parts
+            customers.parts
             | "KeyPartsByTerminal" >> beam.Map(_part_by_terminal, b).with_output_types(_KEYED),
             ids[ACCEPTED_LABELS]
             | "KeyLabelsByTerminal" >> beam.Map(_label_by_terminal, b).with_output_types(_KEYED),
         ) | "MergeByTerminal" >> beam.Flatten()
-        batches = by_terminal | TERMINAL_WINDOWS >> beam.ParDo(
-            TerminalWindowsFn(self._store, self._max, b)
-        )
-        return ComputedFeatures(batches, ids[DEAD_LETTER_TAG])
+        terminals = by_terminal | TERMINAL_WINDOWS >> beam.ParDo(
+            TerminalWindowsFn(self._store, self._max, *self._entity_args)
+        ).with_outputs(DEAD_LETTER_TAG, main="batches")
+        dead_letters = (
+            ids[DEAD_LETTER_TAG],
+            customers[DEAD_LETTER_TAG],
+            terminals[DEAD_LETTER_TAG],
+        ) | "StageDeadLetters" >> beam.Flatten()
+        return ComputedFeatures(terminals.batches, dead_letters)

@@ -13,12 +13,22 @@ Per batch of transactions and labels (many transaction ids), it:
   3. writes the id-index rows of the batch (one write) and emits the accepted transactions (to
      the customer stage) and labels (to the terminal stage).
 
-Waiting labels are kept under their stage key (``wait#<key>#<transaction id>``). The first label
-a key receives arms the key's processing-time timer ``label_wait_s`` ahead (a state flag says it
-is armed). When it fires, the key's waiting labels are read (one prefix scan): those past their
-deadline are dead-lettered as ``unknown_transaction``, and the timer is re-armed for the earliest
-deadline left, if any. At start the job reads every ``wait#`` row once (``RestoreWaits``) and
-arms those keys, so a restarted local job keeps every wait (Dataflow keeps its timers).
+What it emits is a function of the store *after* the batch, never of whether a message was new
+to it: a transaction of the batch goes on (a redelivery is computed again from the same state by
+the idempotent entity stages), and so does the label recorded in its slot. So a retried work item
+whose failed attempt already recorded a waiting label (and deleted its wait) emits that label
+again instead of losing it.
+
+Waiting labels are kept per transaction id (``wait#<transaction id>``; no runner setting in the
+row key). The first label a stage key receives arms the key's processing-time timer
+``label_wait_s`` ahead (a state counter, the timer's round, says it is armed). When it fires,
+the key's waiting labels are read: a label whose transaction has arrived meanwhile is settled by
+the label rule (a stale wait left by an attempt that lost its key); one past its deadline is
+marked expired with the round and dead-lettered as ``unknown_transaction``; marked ones are
+deleted by a later round (the round that marked them committed) or dead-lettered again by the
+same round (a retry of the firing: its dead letters were not committed). The timer is re-armed
+while anything waits. At start the job reads every ``wait#`` row once (``RestoreWaits``) and arms
+their keys, so a restarted local job keeps every wait (Dataflow keeps its timers).
 """
 
 from __future__ import annotations
@@ -27,11 +37,10 @@ import dataclasses
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import BooleanCoder
+from apache_beam.coders import VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
@@ -43,15 +52,18 @@ from pipelines.core.label_slots import (
     LabelSlot,
     duplicate_detail,
     expire,
+    label_of,
     label_record,
     message_key,
     resolve,
 )
 from pipelines.core.messages import DeadLetter
 from pipelines.core.routing import route
-from pipelines.core.schema import Label, Transaction
+from pipelines.core.schema import Label, StageRecord, Transaction
 from pipelines.stores.bigtable import FAMILY_LABEL, FAMILY_TX, StoreConfig, transaction_record
+from pipelines.stores.shared import SharedResource
 from pipelines.stores.window_store import IdRecord, WindowStore, Writes
+from pipelines.transforms.coders import WakeUp
 from pipelines.transforms.keyed_stage import KeyedStageFn
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE
 
@@ -63,16 +75,11 @@ ACCEPTED_LABELS = "labels"  # the output of labels to record (the main output: t
 
 _LABEL_TIMER = TimerSpec("waiting_labels", TimeDomain.REAL_TIME)
 _LABEL_TIMER_PARAM = beam.DoFn.TimerParam(_LABEL_TIMER)
-# Whether the key's timer is set: only the first label of a quiet key arms it.
-_ARMED = ReadModifyWriteStateSpec("timer_armed", BooleanCoder())
-_ARMED_PARAM = beam.DoFn.StateParam(_ARMED)
-
-
-@dataclass(frozen=True)
-class WakeUp:
-    """Arms a stage key's timer: labels wait under it (read from the store at start)."""
-
-    key: str
+# The round of the key's label timer (absent: not armed): only the first label of a quiet key
+# arms it; expired waits are marked with the round that expired them.
+_ROUND = ReadModifyWriteStateSpec("label_timer_round", VarIntCoder())
+_ROUND_PARAM = beam.DoFn.StateParam(_ROUND)
+_EXPIRED_ROUND = "expired_round"  # on a waiting label's record: the round that expired it
 
 
 class IndexIdsFn(KeyedStageFn):
@@ -97,6 +104,7 @@ class IndexIdsFn(KeyedStageFn):
         self._sources = sources
         self._label_wait_s = label_wait_s
         self._buckets = key_buckets
+        self._shared: SharedResource[WindowStore] = SharedResource()
         self._store: WindowStore | None = None
         self._armed: set[str] = set()  # keys whose timer this bundle knows to be set
         self._duplicates = Metrics.counter(METRICS_NAMESPACE, "duplicate_redeliveries")
@@ -104,7 +112,7 @@ class IndexIdsFn(KeyedStageFn):
         self._early_labels = Metrics.counter(METRICS_NAMESPACE, "labels_before_transaction")
 
     def setup(self) -> None:
-        self._store = open_store(self._config)
+        self._store = self._shared.acquire(lambda: open_store(self._config), tag=self._run_token)
 
     def start_bundle(self) -> None:
         super().start_bundle()
@@ -117,15 +125,15 @@ class IndexIdsFn(KeyedStageFn):
         self,
         element: tuple[str, Transaction | Label | WakeUp],
         timestamp: Any = beam.DoFn.TimestampParam,
-        armed: Any = _ARMED_PARAM,
+        round_: Any = _ROUND_PARAM,
         timer: Any = _LABEL_TIMER_PARAM,
     ) -> Iterator[Any]:
         key, event = element
         if not isinstance(event, Transaction) and key not in self._armed:
             # A label may have to wait for its transaction: make sure the key's timer is set.
             self._armed.add(key)
-            if not armed.read():
-                armed.write(True)
+            if not round_.read():
+                round_.write(1)
                 timer.set(Timestamp.now() + self._label_wait_s + 1)
         if isinstance(event, WakeUp):
             return
@@ -135,15 +143,20 @@ class IndexIdsFn(KeyedStageFn):
     def on_label_timer(
         self,
         key: Any = beam.DoFn.KeyParam,
-        armed: Any = _ARMED_PARAM,
+        round_: Any = _ROUND_PARAM,
         timer: Any = _LABEL_TIMER_PARAM,
     ) -> Iterator[Any]:
-        """Dead-letters the key's labels whose wait is over; re-arms for the others."""
-        outputs, next_deadline = self._expire(key, time.time())
-        if next_deadline is None:
-            armed.clear()
+        """Settles or dead-letters the key's labels whose wait is over; re-arms while any
+        waits (or was marked expired by this round, to delete it in the next one)."""
+        current = round_.read() or 1
+        now = time.time()
+        outputs, next_deadline, marked = self._expire(key, current, now)
+        if next_deadline is None and not marked:
+            round_.clear()
         else:
-            timer.set(Timestamp.of(next_deadline + 1))
+            round_.write(current + 1)
+            wake = now + 1.0 if marked else float(next_deadline or now)
+            timer.set(Timestamp.of(min(wake, float(next_deadline or wake)) + 1))
         yield from outputs
 
     # -- one batch -----------------------------------------------------------------------------
@@ -201,7 +214,7 @@ class IndexIdsFn(KeyedStageFn):
                 outputs.append(_duplicate(copy, tx.message_id, True))
             else:
                 outputs.append(_duplicate(tx, known["m"], known["d"] == digest))
-        recorded = self._settle_labels(labels, index, new_txs, outputs, writes)
+        recorded = self._settle_labels(labels, index, new_txs, accepted, outputs, writes)
         self._store.apply(writes)
         outputs = [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dl) for dl in outputs]
         outputs += [Routed(tx) for tx in accepted]
@@ -213,24 +226,25 @@ class IndexIdsFn(KeyedStageFn):
         labels: dict[str, list[Label]],
         index: dict[str, IdRecord],
         new_txs: dict[str, Transaction],
+        accepted: list[Transaction],
         outputs: list[Any],
         writes: Writes,
     ) -> list[Label]:
-        """Applies the label rule to every transaction id with label messages in this batch or
-        waiting for a transaction in it. Returns the labels to record; rejections go to
-        ``outputs``, the id-index rows (label slots, waiting labels) to ``writes``.
+        """Applies the label rule to every transaction id with label messages in this batch and
+        to every transaction of the batch with a label slot (waiting labels, or one recorded).
+        Returns the labels to record: those the rule records now, and the label recorded for
+        each transaction of the batch (emitted again: the outputs are a function of the store
+        after the batch, so a retry whose failed attempt recorded it emits it too). Rejections go
+        to ``outputs``, the id-index rows (label slots, waiting labels) to ``writes``.
 
         A label that starts waiting is durable once these rows are written (the slot, and a
         ``wait#`` row with its deadline), so its message finishes with this batch."""
-        ready: list[Label] = []
-        waiting_ids = [
-            i
-            for i in new_txs
-            if i not in labels and LabelSlot.from_record(i, index.get(i, IdRecord()).label).waiting
-        ]
+        ready: dict[str, Label] = {}
+        in_batch = {tx.transaction_id for tx in accepted}
+        slotted = [i for i in in_batch if i not in labels and index.get(i, IdRecord()).label]
         wait_detail = f"no transaction with this id within {self._label_wait_s:g} s"
         deadline = time.time() + self._label_wait_s
-        for tx_id in [*labels, *waiting_ids]:
+        for tx_id in [*labels, *slotted]:
             record = index.get(tx_id, IdRecord())
             known_tx = record.tx or (record_of(new_txs[tx_id]) if tx_id in new_txs else None)
             slot = LabelSlot.from_record(tx_id, record.label)
@@ -240,83 +254,138 @@ class IndexIdsFn(KeyedStageFn):
             for lb, reason, detail in verdict.rejected:
                 outputs.append(_dead_letter(lb, detail, reason))
             if verdict.record is not None:
-                ready.append(verdict.record)
+                ready[tx_id] = verdict.record
+            elif tx_id in in_batch and verdict.slot.recorded is not None:
+                ready[tx_id] = verdict.slot.recorded
             if verdict.changed:
                 time_us = known_tx["t"] if known_tx else labels[tx_id][0].event_time_us
                 writes.ids.append((tx_id, FAMILY_LABEL, verdict.slot.to_record(), time_us))
             if known_tx is not None:
                 # Decided now (every waiting label is in the verdict): nothing waits any more.
                 if slot.waiting:
-                    writes.waits_remove.append((route(tx_id, self._buckets), tx_id, None))
+                    writes.waits_remove.append((tx_id, None))
                 continue
             for lb in verdict.wait:
                 self._early_labels.inc()
                 writes.waits_add.append(
                     (
-                        route(tx_id, self._buckets),
                         tx_id,
                         message_key(lb),
                         {**label_record(lb), "deadline": deadline},
                         lb.event_time_us,
                     )
                 )
-        return ready
+        return list(ready.values())
 
-    def _expire(self, key: str, now: float) -> tuple[list[Any], float | None]:
-        """Dead-letters the labels waiting under ``key`` whose deadline has passed; returns the
-        outputs and the earliest deadline still ahead (None: nothing waits any more).
-
-        Their messages finished when they started waiting; each is reopened until its dead
-        letter is published, so a crash before that replays it (and the slot, which lists it
-        as expired, dead-letters it again)."""
+    def _waiting_under(self, key: str) -> dict[str, dict[str, dict[str, Any]]]:
+        """The labels waiting under stage key ``key``: its own row on Dataflow (the key is the
+        transaction id), those of its bucket on the DirectRunner (a scan of the few waits)."""
         assert self._store is not None, "setup() not called"
-        waiting = self._store.read_waiting([key])
-        due: dict[str, set[str]] = {}
+        if self._buckets <= 0:
+            return self._store.read_waiting([key])
+        return {
+            tx_id: entries
+            for tx_id, entries in self._store.read_waiting().items()
+            if route(tx_id, self._buckets) == key
+        }
+
+    def _expire(self, key: str, round_: int, now: float) -> tuple[list[Any], float | None, bool]:
+        """One round of the key's label timer (see the module docstring). Returns the outputs,
+        the earliest deadline still ahead (None: none) and whether it marked labels expired.
+
+        An expired label's message finished when it started waiting; it is reopened until its
+        dead letter is published, so a crash before that replays it (and the slot, which lists
+        it as expired, dead-letters it again)."""
+        assert self._store is not None, "setup() not called"
+        waiting = self._waiting_under(key)
+        due: dict[str, list[str]] = {}  # tx id -> message keys to settle or expire
+        again: dict[str, list[str]] = {}  # marked by this round in an attempt not committed
+        gone: dict[str, list[str]] = {}  # marked by a committed round: deleted
         ahead: list[float] = []
-        for (_, tx_id), entries in waiting.items():
+        for tx_id, entries in waiting.items():
             for message, record in entries.items():
-                if float(record.get("deadline", 0.0)) <= now:
-                    due.setdefault(tx_id, set()).add(message)
+                mark = record.get(_EXPIRED_ROUND)
+                if mark is not None:
+                    (gone if int(mark) < round_ else again).setdefault(tx_id, []).append(message)
+                elif float(record.get("deadline", 0.0)) <= now:
+                    due.setdefault(tx_id, []).append(message)
                 else:
                     ahead.append(float(record["deadline"]))
         next_deadline = min(ahead) if ahead else None
-        if not due:
-            return [], next_deadline
-        index = self._store.read_ids(list(due))
         writes = Writes()
+        for tx_id, keys in gone.items():
+            writes.waits_remove.append((tx_id, sorted(keys)))
+        if not due and not again:
+            self._store.apply(writes)
+            return [], next_deadline, False
+        index = self._store.read_ids([*due, *again])
         outputs: list[Any] = []
         receipts: list[Receipt] = []
-        for tx_id, keys in due.items():
-            slot = LabelSlot.from_record(tx_id, index.get(tx_id, IdRecord()).label)
-            expired = [w for w in slot.waiting if message_key(w) in keys]
-            time_us = min(int(waiting[(key, tx_id)][k].get("t", 0)) for k in keys)
-            writes.ids.append((tx_id, FAMILY_LABEL, expire(slot, keys).to_record(), time_us))
-            writes.waits_remove.append((key, tx_id, sorted(keys)))
-            for lb in expired:
-                outputs.append(_unknown_transaction(lb, self._label_wait_s))
-                receipt = self._receipt(lb)
-                if receipt is not None:
-                    completion().reopen(receipt, lb.publish_time_us)
-                    receipts.append(receipt)
+        expired_now: list[Label] = []
+        for tx_id in sorted({*due, *again}):
+            found = index.get(tx_id, IdRecord())
+            slot = LabelSlot.from_record(tx_id, found.label)
+            settled = {*due.get(tx_id, ()), *again.get(tx_id, ())}
+            if found.tx is not None:
+                # The transaction came after all (a wait an earlier attempt left behind): the
+                # rule settles its labels.
+                verdict = resolve(found.tx, slot, ())
+                for lb, reason, detail in verdict.rejected:
+                    outputs.append(
+                        beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, _dead_letter(lb, detail, reason))
+                    )
+                recorded = verdict.record or verdict.slot.recorded
+                if recorded is not None:
+                    outputs.append(beam.pvalue.TaggedOutput(ACCEPTED_LABELS, Routed(recorded)))
+                if verdict.changed:
+                    writes.ids.append(
+                        (tx_id, FAMILY_LABEL, verdict.slot.to_record(), found.tx["t"])
+                    )
+                writes.waits_remove.append((tx_id, None))
+                continue
+            entries = waiting[tx_id]
+            labels = {message_key(w): w for w in slot.waiting}
+            for k in sorted(settled):
+                lb = labels.get(k) or label_of(tx_id, entries[k])
+                expired_now.append(lb)
+                writes.waits_add.append(
+                    (tx_id, k, {**entries[k], _EXPIRED_ROUND: round_}, lb.event_time_us)
+                )
+            time_us = min(int(entries[k].get("t", 0)) for k in settled)
+            writes.ids.append((tx_id, FAMILY_LABEL, expire(slot, settled).to_record(), time_us))
         self._store.apply(writes)
-        if outputs:
-            _LOGGER.info("dead-lettered %d labels whose transaction never came", len(outputs))
+        for lb in expired_now:
+            outputs.append(_unknown_transaction(lb, self._label_wait_s))
+            receipt = self._receipt(lb)
+            if receipt is not None:
+                completion().reopen(receipt, lb.publish_time_us)
+                receipts.append(receipt)
+        if expired_now:
+            _LOGGER.info("dead-lettered %d labels whose transaction never came", len(expired_now))
         token = completion().hold(receipts, len(outputs))
-        tagged = [
-            beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dataclasses.replace(o, token=token))
-            for o in outputs
-        ]
-        return tagged, next_deadline
+        tagged = []
+        for o in outputs:
+            if isinstance(o, beam.pvalue.TaggedOutput):
+                tagged.append(
+                    beam.pvalue.TaggedOutput(o.tag, dataclasses.replace(o.value, token=token))
+                )
+            else:
+                tagged.append(
+                    beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dataclasses.replace(o, token=token))
+                )
+        return tagged, next_deadline, bool(expired_now)
 
 
 class _ScanWaitsFn(beam.DoFn):
     """Reads every ``wait#`` row once (at start) and wakes each transaction id's key."""
 
-    def __init__(self, store: StoreConfig | WindowStore) -> None:
+    def __init__(self, store: StoreConfig | WindowStore, key_buckets: int) -> None:
         self._config = store
+        self._buckets = key_buckets
 
     def process(self, _: Any) -> Iterator[tuple[str, WakeUp]]:
-        keys = sorted({key for key, _ in open_store(self._config).read_waiting()})
+        waiting = open_store(self._config).read_waiting()
+        keys = sorted({route(tx_id, self._buckets) for tx_id in waiting})
         if keys:
             _LOGGER.info("labels wait under %d stage keys: their timers are armed", len(keys))
         for key in keys:
@@ -326,21 +395,25 @@ class _ScanWaitsFn(beam.DoFn):
 class RestoreWaits(beam.PTransform):
     """(stage key, WakeUp) for every key with labels waiting in the store, once at start."""
 
-    def __init__(self, store: StoreConfig | WindowStore) -> None:
+    def __init__(self, store: StoreConfig | WindowStore, key_buckets: int = 0) -> None:
         super().__init__()
         self._store = store
+        self._buckets = key_buckets
 
     def expand(self, p: beam.pvalue.PBegin) -> beam.PCollection:
-        return p | "Start" >> beam.Impulse() | "Scan" >> beam.ParDo(_ScanWaitsFn(self._store))
+        scan = _ScanWaitsFn(self._store, self._buckets)
+        keyed = tuple[str, StageRecord]
+        return p | "Start" >> beam.Impulse() | "Scan" >> beam.ParDo(scan).with_output_types(keyed)
 
 
 def open_store(config: StoreConfig | WindowStore) -> WindowStore:
-    """The store a stage was given: a Bigtable table (one client per process), or a store
-    object itself (the in-memory store of the unit tests)."""
+    """The store a stage was given: a Bigtable table (a new client: a stage holds it through
+    its SharedResource, one per process), or a store object itself (the in-memory store of the
+    unit tests)."""
     if isinstance(config, StoreConfig):
-        from pipelines.stores.bigtable import shared_store
+        from pipelines.stores.bigtable import FeatureStore
 
-        return shared_store(config)
+        return FeatureStore(config)
     return config
 
 

@@ -17,11 +17,14 @@ key fails; this writer upserts by key (idempotent), dedupes keys per commit and 
 backoff.
 
 Keeping the highest revision in Datastore: a correction can reach the sink before the original
-it replaces (the two travel in different bundles). Corrections are written in small
-transactions that only replace a lower revision, and also recorded under the kind
-``<kind>Correction``; an original is upserted in one commit and then looks up those records for
-its keys, re-applying any correction that landed before it. Either order ends with the highest
-revision stored.
+it replaces (the two travel in different bundles), and on Dataflow an attempt of a work item
+that lost its key (a zombie) may write after a later work item did. Every write is conditional:
+one lookup reads the stored revision and entity version of the batch's keys, and one
+non-transactional commit writes the records whose revision is higher, each mutation with the
+version it saw as its precondition (``base_version``; 0: the entity must not exist). A mutation
+that meets a concurrent write conflicts and is decided again from a fresh lookup. Whatever the
+order and whoever writes, the highest revision stays; two round trips per batch, no
+transactions.
 """
 
 from __future__ import annotations
@@ -29,7 +32,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable, Iterator
-from contextlib import suppress
 from functools import partial
 from typing import Any
 
@@ -42,7 +44,7 @@ from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import SCHEMA_VERSION, format_rfc3339
 from pipelines.stores.retry import datastore_call_options, with_backoff
-from pipelines.stores.shared import process_shared
+from pipelines.stores.shared import SharedResource, process_shared
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.parse import METRICS_NAMESPACE
 
@@ -57,7 +59,6 @@ __all__ = [
 
 _LOGGER = logging.getLogger(__name__)
 DATASTORE_COMMIT_LIMIT = 500  # mutations per Datastore commit
-DATASTORE_TRANSACTION_LIMIT = 25  # entity groups per transaction (enforced by the emulator)
 
 PredictionRecord = dict[str, Any]
 
@@ -91,7 +92,7 @@ def prediction_records(pb: PredictionBatch, bands: RiskBands) -> list[Prediction
                 "event_time_us": tx.event_time_us,
                 "publish_time_us": tx.publish_time_us,
                 "processing_time_us": pb.predicted_at_us,
-                "revision": pb.batch.revision,
+                "revision": pb.batch.row_revision(i),
                 "correction": pb.batch.correction,
                 "score": score,
                 "risk_band": bands.band(score),
@@ -154,42 +155,33 @@ class _DatastoreWriteDoFn(beam.DoFn):
         self._namespace = namespace or None
         self._bands = bands
         self._client: Any = None
+        self._shared: SharedResource[Any] = SharedResource()
         self._written = Metrics.counter(METRICS_NAMESPACE, "predictions_written")
         self._latency = Metrics.distribution(METRICS_NAMESPACE, "event_to_prediction_ms")
 
     def setup(self) -> None:
-        self._client = shared_datastore_client(self._project, self._namespace)
-
-    def _entity(self, record: PredictionRecord, kind: str | None = None) -> Any:
-        """``record`` as a client Entity (for the transactional writes of corrections): the
-        protobuf of ``_entity_pb``, so the property mapping exists once."""
-        from google.cloud.datastore import helpers
-        from google.cloud.datastore_v1.types import entity as entity_pb
-
-        raw = entity_pb.Entity.pb()()
-        self._entity_pb(raw, record, kind or self._kind)
-        return helpers.entity_from_protobuf(raw)
+        project, namespace = self._project, self._namespace
+        self._client = self._shared.acquire(
+            lambda: datastore_client(project, namespace), tag=(project, namespace)
+        )
 
     def process(self, pb: PredictionBatch) -> Iterator[tuple[int, list[PredictionRecord]]]:
         records = prediction_records(pb, self._bands)
-        # One mutation per key per commit: a later record of the same key wins.
-        latest = list({r["transaction_id"]: r for r in records}.values())
-        if pb.batch.correction:
-            # The correction record too keeps only the highest revision: corrections may reach
-            # the sink in any order, and an original arriving last re-applies the record.
-            self._put_if_newer([self._entity(r, self._correction_kind) for r in latest])
-            self._put_if_newer([self._entity(r) for r in latest])
-        else:
-            self._put_all(latest)
-            self._reapply_corrections(latest)
+        # One mutation per key per commit: the highest revision of a key in the batch wins.
+        latest: dict[str, PredictionRecord] = {}
+        for r in records:
+            seen = latest.get(r["transaction_id"])
+            if seen is None or r["revision"] > seen["revision"]:
+                latest[r["transaction_id"]] = r
+        self._put_newest(list(latest.values()))
         self._written.inc(len(latest))
         for r in records:
             if r["publish_time_us"]:
                 self._latency.update(int((r["processing_time_us"] - r["publish_time_us"]) / 1000))
         yield pb.batch.token, records
 
-    # The hot path (every original prediction) builds the Datastore protobufs itself: the
-    # client's Entity -> protobuf conversion was a sixth of the whole job's time (py-spy).
+    # The hot path builds the Datastore protobufs itself: the client's Entity -> protobuf
+    # conversion was a sixth of the whole job's time (py-spy).
 
     def _key_pb(self, key: Any, kind: str, name: str) -> None:
         key.partition_id.project_id = self._project
@@ -226,88 +218,55 @@ class _DatastoreWriteDoFn(beam.DoFn):
         features.string_value = json.dumps(record["features"], separators=(",", ":"))
         features.exclude_from_indexes = True
 
-    def _put_all(self, records: list[PredictionRecord], kind: str | None = None) -> None:
-        """Upserts the records (no transaction: the original of a prediction always replaces
-        what is stored, see the module docstring), ``DATASTORE_COMMIT_LIMIT`` per commit."""
+    def _put_newest(self, records: list[PredictionRecord]) -> None:
+        """Writes each record unless Datastore holds the same or a higher revision of its key
+        (see the module docstring): a lookup, then one conditional commit per
+        ``DATASTORE_COMMIT_LIMIT`` records; conflicting ones are decided again."""
+        pending = records
+        for _ in range(_MAX_CONFLICT_ROUNDS):
+            if not pending:
+                return
+            pending = with_backoff(partial(self._put_round, pending), "Datastore commit")
+        raise RuntimeError(
+            f"Datastore: {len(pending)} predictions conflicted {_MAX_CONFLICT_ROUNDS} times in a "
+            "row with concurrent writers"
+        )
+
+    def _put_round(self, records: list[PredictionRecord]) -> list[PredictionRecord]:
+        """One lookup and conditional commit round; returns the records that conflicted."""
         from google.cloud.datastore_v1.types import datastore as ds
 
-        api = self._client._datastore_api
-        for start in range(0, len(records), DATASTORE_COMMIT_LIMIT):
-            request = ds.CommitRequest.pb()(
-                project_id=self._project, mode=ds.CommitRequest.Mode.NON_TRANSACTIONAL
-            )
-            for record in records[start : start + DATASTORE_COMMIT_LIMIT]:
-                self._entity_pb(request.mutations.add().upsert, record, kind or self._kind)
-            with_backoff(
-                partial(
-                    api.commit, request=ds.CommitRequest.wrap(request), **datastore_call_options()
-                ),
-                "Datastore commit",
-            )
-
-    @property
-    def _correction_kind(self) -> str:
-        return f"{self._kind}Correction"
-
-    def _reapply_corrections(self, originals: list[PredictionRecord]) -> None:
-        """Re-applies corrections that were stored before these originals overwrote them."""
-        from google.cloud.datastore import helpers
-
-        # Looked up after the originals were committed: a correction written before them is
-        # found here, one written after them replaced them already (_put_if_newer).
-        raw = lookup_raw(
+        stored = lookup_versions(
             self._client,
             self._project,
             self._namespace,
-            self._correction_kind,
-            [r["transaction_id"] for r in originals],
+            self._kind,
+            [r["transaction_id"] for r in records],
         )
-        found = [helpers.entity_from_protobuf(entity) for entity in raw.values()]
-        revision = {r["transaction_id"]: r["revision"] for r in originals}
-        newer = [
-            self._entity_from(marker)
-            for marker in found
-            if marker.get("revision", 0) > revision.get(marker.key.name, 0)
-        ]
-        if newer:
-            self._put_if_newer(newer)
+        newer = [r for r in records if r["revision"] > stored.get(r["transaction_id"], (-1, 0))[0]]
+        conflicted: list[PredictionRecord] = []
+        api = self._client._datastore_api
+        for start in range(0, len(newer), DATASTORE_COMMIT_LIMIT):
+            chunk = newer[start : start + DATASTORE_COMMIT_LIMIT]
+            request = ds.CommitRequest.pb()(
+                project_id=self._project, mode=ds.CommitRequest.Mode.NON_TRANSACTIONAL
+            )
+            for record in chunk:
+                mutation = request.mutations.add()
+                self._entity_pb(mutation.upsert, record, self._kind)
+                mutation.base_version = stored.get(record["transaction_id"], (-1, 0))[1]
+            response = api.commit(
+                request=ds.CommitRequest.wrap(request), **datastore_call_options()
+            )
+            conflicted += [
+                record
+                for record, result in zip(chunk, response.mutation_results, strict=True)
+                if result.conflict_detected
+            ]
+        return conflicted
 
-    def _entity_from(self, marker: Any) -> Any:
-        from google.cloud import datastore
 
-        entity = datastore.Entity(
-            key=self._client.key(self._kind, marker.key.name), exclude_from_indexes=("features",)
-        )
-        entity.update(marker)
-        return entity
-
-    def _put_if_newer(self, entities: list[Any]) -> None:
-        """Writes each entity unless Datastore holds the same or a higher revision (in
-        transactions, so a concurrent writer cannot interleave)."""
-        for start in range(0, len(entities), DATASTORE_TRANSACTION_LIMIT):
-            chunk = entities[start : start + DATASTORE_TRANSACTION_LIMIT]
-
-            def attempt(chunk: list[Any] = chunk) -> None:
-                # An explicit transaction: `with client.transaction()` cannot bound begin/commit
-                # (60 s each), and a store outage must fail fast into with_backoff.
-                opts = datastore_call_options()
-                txn = self._client.transaction()
-                txn.begin(**opts)
-                try:
-                    current = self._client.get_multi(
-                        [e.key for e in chunk], transaction=txn, **opts
-                    )
-                    stored = {e.key.name: e.get("revision", -1) for e in current}
-                    for e in chunk:
-                        if e["revision"] > stored.get(e.key.name, -1):
-                            txn.put(e)
-                except Exception:
-                    with suppress(Exception):
-                        txn.rollback(**opts)
-                    raise
-                txn.commit(**opts)  # a failed commit leaves nothing to roll back
-
-            with_backoff(attempt, "Datastore transaction")
+_MAX_CONFLICT_ROUNDS = 20
 
 
 def datastore_client(project: str, namespace: str | None) -> Any:
@@ -323,10 +282,30 @@ def lookup_raw(
     ``DATASTORE_COMMIT_LIMIT`` keys per call, deferred keys asked again, each call with a
     deadline and retried with backoff. Raw, because the client's protobuf -> Entity conversion
     is most of a lookup's cost (py-spy)."""
+    return {
+        name: entity
+        for name, (entity, _) in _lookup(client, project, namespace, kind, names).items()
+    }
+
+
+def lookup_versions(
+    client: Any, project: str, namespace: str | None, kind: str, names: list[str]
+) -> dict[str, tuple[int, int]]:
+    """(stored revision, entity version) of these key names (missing ones absent: a write's
+    precondition is then version 0, "must not exist")."""
+    return {
+        name: (entity.properties["revision"].integer_value, version)
+        for name, (entity, version) in _lookup(client, project, namespace, kind, names).items()
+    }
+
+
+def _lookup(
+    client: Any, project: str, namespace: str | None, kind: str, names: list[str]
+) -> dict[str, tuple[Any, int]]:
     from google.cloud.datastore_v1.types import datastore as ds
 
     api = client._datastore_api
-    found: dict[str, Any] = {}
+    found: dict[str, tuple[Any, int]] = {}
     for start in range(0, len(names), DATASTORE_COMMIT_LIMIT):
         request = ds.LookupRequest.pb()(project_id=project)
         for name in names[start : start + DATASTORE_COMMIT_LIMIT]:
@@ -346,7 +325,7 @@ def lookup_raw(
             )
             raw = ds.LookupResponse.pb(response)
             for result in raw.found:
-                found[result.entity.key.path[-1].name] = result.entity
+                found[result.entity.key.path[-1].name] = (result.entity, result.version)
             del request.keys[:]
             request.keys.extend(raw.deferred)
     return found
@@ -381,9 +360,10 @@ class _PublishingDoFn(beam.DoFn):
         self._topic = topic
         self._publisher: Any = None
         self._published = Metrics.counter(METRICS_NAMESPACE, metric)
+        self._shared: SharedResource[Any] = SharedResource()
 
     def setup(self) -> None:
-        self._publisher = shared_publisher()
+        self._publisher = self._shared.acquire(_publisher_client)
 
     def _publish(self, futures: list[Any], tokens: Iterable[int]) -> int:
         for future in futures:

@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from pipelines.core.cells import bucket_of, summarize
 from pipelines.core.definitions import CUSTOMER, TERMINAL, max_lookback_us
 from pipelines.core.training_data import to_epoch_us
 
@@ -51,9 +52,16 @@ def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
             since = end - max_lookback_us(entity)
             window = frame[(frame.t_us >= since) & (frame.t_us < end)]
             ids = sorted(window[key].astype(str).unique())
-            found = store.read_entities(
-                entity, ids, 0, 4_102_444_800_000_000, labels=entity == TERMINAL
+            summaries = store.read_summaries(entity, ids, 0)
+            found = store.read_buckets(
+                entity,
+                [(i, b) for i, buckets in summaries.items() for b in buckets],
+                labels=entity == TERMINAL,
             )
+            # Each bucket's summary is what its cells add up to.
+            for (i, b), cells in found.items():
+                assert summaries[i][b] == summarize(cells.tx, cells.labels)
+            assert len(found) == sum(len(v) for v in summaries.values())
             got = sorted(
                 (tx_id, c.time_us, c.amount, c.other_id)
                 for cells in found.values()
@@ -96,13 +104,16 @@ def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
 
 
 @pytest.mark.parametrize("store_kind", ["bigtable", "in_memory"])
-def test_single_cells_win_over_a_snapshot_whichever_was_written_first(
+def test_a_cells_newest_version_wins_whatever_order_the_writes_come_in(
     emulators: dict[str, str], store_kind: str
 ) -> None:
+    """A work item whose key moved on (a zombie) writes with an older fence after the key's new
+    owner wrote: the store keeps the new owner's cells and summary. The backfill's versions
+    (event times) are below every fence."""
     from pipelines.app.local import environment
     from pipelines.stores.bigtable import FeatureStore, StoreConfig, create_table
     from pipelines.stores.window_store import (
-        EntityCells,
+        BucketWrite,
         InMemoryStore,
         LabelCell,
         TxCell,
@@ -110,39 +121,31 @@ def test_single_cells_win_over_a_snapshot_whichever_was_written_first(
         Writes,
     )
 
-    day = 86_400_000_000
     t0 = 1_530_000_000_000_000
-    snapshot = EntityCells(
-        {
-            "1": TxCell(t0, 10.0, "C1"),
-            "2": TxCell(t0 + day, 20.0, "C2"),
-            "3": TxCell(t0 + 2 * day, 30.0, "C3"),
-        },
-        {"1": LabelCell(t0, 0), "2": LabelCell(t0 + day, 1)},
-    )
-    before = TxCell(t0 + day, 20.0, "C2", revision=4, carried=(1.5,), carried_revision=3)
-    after = TxCell(t0 + 2 * day, 30.0, "C3", revision=9)
+    b = bucket_of(t0)
+    backfill = {"1": TxCell(t0, 10.0, "C1"), "2": TxCell(t0 + 1, 20.0, "C2")}
+    newer = {"2": TxCell(t0 + 1, 20.0, "C2", revision=2_000_000_000_000_002, carried=(1.5,))}
+    stale = {"2": TxCell(t0 + 1, 20.0, "C2", revision=1_000_000_000_000_001)}
+    labels = {"1": LabelCell(t0, 1)}
+
+    def write(cells: dict[str, TxCell], fence: int | None, with_labels: bool = False) -> Writes:
+        lab = labels if with_labels else {}
+        summary = summarize({**backfill, **cells}, lab)
+        return Writes([BucketWrite(TERMINAL, "T1", b, cells, lab, summary, fence)])
+
     with environment(emulators):
         store: WindowStore
         if store_kind == "bigtable":
-            config = StoreConfig("rillet-local", "rillet", "snapshot-merge")
+            config = StoreConfig("rillet-local", "rillet", "version-order")
             create_table(config)
             store = FeatureStore(config)
         else:
-            store = InMemoryStore("snapshot-merge")
-        store.apply(Writes(tx_cells=[(TERMINAL, "T1", "2", before)]))
-        store.apply(Writes(snapshots=[(TERMINAL, "T1", snapshot)]))
-        store.apply(
-            Writes(
-                tx_cells=[(TERMINAL, "T1", "3", after)],
-                label_cells=[("T1", "1", LabelCell(t0, 1))],
-            )
-        )
-        found = store.read_entities(TERMINAL, ["T1"], t0 + day, t0 + 3 * day, labels=True)
-    cells = found["T1"]
-    assert cells.tx == {"2": before, "3": after}  # "1" is before the range
-    assert cells.labels == {"2": LabelCell(t0 + day, 1)}
-    with environment(emulators):
-        everything = store.read_entities(TERMINAL, ["T1"], 0, t0 + 3 * day, labels=True)["T1"]
-    assert everything.tx["1"] == snapshot.tx["1"]
-    assert everything.labels["1"] == LabelCell(t0, 1)  # the single label cell won
+            store = InMemoryStore("version-order")
+        store.apply(write(backfill, None))
+        store.apply(write(newer, 2_000_000_000_000_000, with_labels=True))
+        store.apply(write(stale, 1_000_000_000_000_000))  # the zombie, after the new owner
+        found = store.read_buckets(TERMINAL, [("T1", b)], labels=True)[("T1", b)]
+        summaries = store.read_summaries(TERMINAL, ["T1"], b)["T1"]
+    assert found.tx == {**backfill, **newer}
+    assert found.labels == labels
+    assert summaries == {b: summarize({**backfill, **newer}, labels)}

@@ -1,7 +1,7 @@
 """Dependency outages: the Bigtable or the Datastore emulator stops answering for 15 s mid-stream
 (paused with SIGSTOP, so it keeps its data) and comes back, under the product's own writers and
-readers: ``FeatureStore.apply`` / ``read_entities`` and the Datastore sink
-(``_DatastoreWriteDoFn``'s ``_put_all``, ``_put_if_newer`` and its correction lookup).
+readers: ``FeatureStore.apply`` / ``read_buckets`` and the Datastore sink
+(``_DatastoreWriteDoFn``'s conditional writes: a lookup and a commit with preconditions).
 
 README "Guarantees", store outage: every Bigtable/Datastore call has a deadline and is retried
 with backoff (pipelines.stores.retry); the job stalls and does not die. So, for each store:
@@ -230,8 +230,9 @@ def assert_deadline_retries(retries: list[tuple[str, float]], what: str) -> None
 def test_bigtable_outage_loses_nothing(
     stack: LocalStack, retry_log: RetryLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pipelines.core.cells import bucket_of, summarize
     from pipelines.stores.bigtable import FeatureStore, StoreConfig
-    from pipelines.stores.window_store import TxCell, Writes
+    from pipelines.stores.window_store import BucketWrite, TxCell, Writes
 
     store = FeatureStore(StoreConfig(LOCAL_PROJECT, "rillet", "features"))
     table = store.table
@@ -270,15 +271,20 @@ def test_bigtable_outage_loses_nothing(
     def rows(prefix: str) -> tuple[list[str], Writes]:
         ids = [f"{prefix}-{j}" for j in range(BATCH)]
         writes = Writes()
+        cells: dict[tuple[Any, str], dict[str, TxCell]] = {}
         for j, tx_id in enumerate(ids):
             customer, terminal = CUSTOMERS[j % len(CUSTOMERS)], TERMINALS[j % len(TERMINALS)]
             t_us = BASE_US + j * 1000
-            writes.tx_cells.append((CUSTOMER, customer, tx_id, TxCell(t_us, float(j), terminal)))
-            writes.tx_cells.append((TERMINAL, terminal, tx_id, TxCell(t_us, float(j), customer)))
+            cells.setdefault((CUSTOMER, customer), {})[tx_id] = TxCell(t_us, float(j), terminal)
+            cells.setdefault((TERMINAL, terminal), {})[tx_id] = TxCell(t_us, float(j), customer)
+        for (entity, entity_id), tx in cells.items():
+            writes.buckets.append(
+                BucketWrite(entity, entity_id, bucket_of(BASE_US), tx, {}, summarize(tx, {}), None)
+            )
         return ids, writes
 
     def stored(entity: Any, ids: list[str]) -> set[str]:
-        found = store.read_entities(entity, ids, 0, BASE_US + 10**12, labels=False)
+        found = store.read_buckets(entity, [(i, bucket_of(BASE_US)) for i in ids], labels=False)
         return {tx_id for cells in found.values() for tx_id in cells.tx}
 
     before, before_rows = rows("before")
@@ -374,47 +380,40 @@ def test_datastore_outage_loses_nothing(
     def records(ids: list[str], revision: int) -> list[dict[str, Any]]:
         return [prediction(i, revision, revision > 1) for i in ids]
 
-    def entities(ids: list[str], revision: int) -> list[Any]:
-        return [sink._entity(r) for r in records(ids, revision)]
-
-    # Before the outage: originals (revision 1) and, as if a correction had landed first, the
-    # correction records (revision 3) that the sink's lookup re-applies.
+    # Before the outage: as if a correction (revision 3) had landed before its originals.
     before = [f"before-{j}" for j in range(BATCH)]
-    sink._put_all(records(before, 1))
-    sink._put_all(records(before, 3), sink._correction_kind)
+    sink._put_newest(records(before, 3))
 
     def originals(batch: int) -> list[str]:
         ids = [f"orig-{batch}-{j}" for j in range(BATCH)]
-        sink._put_all(records(ids, 1))
+        sink._put_newest(records(ids, 1))
         return ids
 
     def corrections(batch: int) -> list[str]:
         ids = [f"corr-{batch}-{j}" for j in range(BATCH // 2)]
-        sink._put_if_newer(entities(ids, 2))
-        sink._put_if_newer(entities(ids, 1))  # an older revision arriving late: not written
+        sink._put_newest(records(ids, 2))
+        sink._put_newest(records(ids, 1))  # an older revision arriving late: not written
         return ids
 
     writers = [
         Writer("datastore-originals", originals),
         Writer("datastore-corrections", corrections),
     ]
-    # During the outage: the lookup of correction records for the `before` originals.
-    reader = Reader(lambda: sink._reapply_corrections(records(before, 1)))
+    # During the outage: the originals of `before` arrive late (lower revision: not written).
+    reader = Reader(lambda: sink._put_newest(records(before, 1)))
     outage = ride_out(stack, "datastore", writers, reader)
 
     for writer in writers:
         assert_stalled_and_resumed(writer, outage)
-    # Every path failed on its deadline and was retried: the plain commit, the conditional
-    # transaction and the lookup.
-    for what in ("Datastore commit", "Datastore transaction", "Datastore lookup"):
+    # Every path failed on its deadline and was retried: the conditional commit and the lookup.
+    for what in ("Datastore commit", "Datastore lookup"):
         assert_deadline_retries(retry_log.retries(what), what)
     assert retry_log.gave_up() == []
     timed_out = [c for c in commits if c.outcome == "DeadlineExceeded"]
     assert timed_out, f"no commit failed on its deadline: {commits[-5:]}"
     assert max(c.took for c in commits) <= CALL_TIMEOUT_S + DEADLINE_SLACK_S, commits
 
-    # The lookup issued during the outage returned once Datastore was back, and re-applied the
-    # corrections it found.
+    # The late originals issued during the outage were decided once Datastore was back.
     assert reader.error is None, reader.error
     assert outage.resuming_at <= reader.ended_at <= outage.resumed_at + CALL_TIMEOUT_S
 

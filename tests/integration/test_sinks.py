@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -126,3 +127,80 @@ def test_write_predictions_stores_and_publishes(local_run) -> None:
         assert body["event_time"] == "2018-04-02T10:00:00Z"
     client = datastore.Client(project=LOCAL_PROJECT)
     assert len(client.get_multi([client.key("SinkPublish", i) for i in ids])) == 5
+
+
+def test_a_stale_writer_that_looked_up_before_a_newer_write_does_not_overwrite_it(
+    emulators, monkeypatch
+) -> None:
+    """The race a zombie runs on Dataflow: a writer of revision 2 looks up the keys (nothing
+    newer stored yet), then, before its commit, another writer stores revision 4. The commit's
+    preconditions make it conflict; decided again, revision 4 stays. (An unconditional upsert
+    after a check would store revision 2.)"""
+    import threading
+
+    from google.cloud import datastore
+
+    ids = [f"stale-{i}" for i in range(30)]
+    stale, fresh = (
+        _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkStale", None, RiskBands()) for _ in "ab"
+    )
+    stale.setup()
+    fresh.setup()
+    api = stale._client._datastore_api
+    real_commit = api.commit
+    fresh_done = threading.Event()
+    stale_thread: list[int] = []
+
+    def commit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.get_ident() in stale_thread and not fresh_done.is_set():
+            fresh_done.wait(30)  # the stale writer looked up already; the fresh one writes now
+        return real_commit(*args, **kwargs)
+
+    monkeypatch.setattr(api, "commit", commit)
+
+    def write_stale() -> None:
+        stale_thread.append(threading.get_ident())
+        list(stale.process(batch(ids, revision=2, score=0.2)))
+
+    thread = threading.Thread(target=write_stale)
+    thread.start()
+    time.sleep(1.0)  # its lookup is done, its commit waits
+    list(fresh.process(batch(ids, revision=4, score=0.4, correction=True)))
+    fresh_done.set()
+    thread.join()
+    client = datastore.Client(project=LOCAL_PROJECT)
+    stored = client.get_multi([client.key("SinkStale", i) for i in ids])
+    assert {e["revision"] for e in stored} == {4} and {e["score"] for e in stored} == {0.4}
+
+
+def test_concurrent_writers_of_one_key_end_with_the_highest_revision(emulators) -> None:
+    """Attempts of different work items writing the same predictions at the same moment (on
+    Dataflow: a zombie and the key's new owner, or two sinks of reordered batches): the
+    conditional commits conflict, are decided again, and the highest revision stays."""
+    import threading
+
+    from google.cloud import datastore
+
+    ids = [f"race-{i}" for i in range(50)]
+    sinks = [_DatastoreWriteDoFn(LOCAL_PROJECT, "SinkRace", None, RiskBands()) for _ in range(4)]
+    for sink in sinks:
+        sink.setup()
+    start = threading.Barrier(len(sinks))
+
+    def write(sink: _DatastoreWriteDoFn, revision: int) -> None:
+        start.wait()
+        for _ in range(3):
+            list(sink.process(batch(ids, revision=revision, score=revision / 10)))
+
+    threads = [
+        threading.Thread(target=write, args=(sink, revision))
+        for sink, revision in zip(sinks, (3, 1, 4, 2), strict=True)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client = datastore.Client(project=LOCAL_PROJECT)
+    stored = client.get_multi([client.key("SinkRace", i) for i in ids])
+    assert sorted({e["revision"] for e in stored}) == [4]
+    assert {e["score"] for e in stored} == {0.4}

@@ -1,129 +1,78 @@
-"""The rows the online evaluation and the Monitor keep in state and shuffle: each one's RowCoder
-round-trips it, is deterministic (equal values, equal bytes, whatever order they were built in)
-and pickles nothing (pipelines/transforms/coders.py)."""
+"""The keyed stages' records cross every shuffle through their own deterministic coder, never a
+pickle (pipelines/transforms/coders.py)."""
 
 from __future__ import annotations
 
-from collections import Counter
-from typing import Any, NamedTuple
-
-import numpy as np
+import apache_beam as beam
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.core.alerts import StreakRow, Streaks
-from pipelines.core.drift import BucketCounts, Closable, DriftProgress, DriftWindows
-from pipelines.transforms.coders import row_coder
-from pipelines.transforms.monitoring import (
-    Count,
-    DriftDelta,
-    FeatureCounts,
-    LatencyCount,
-    Stats,
-    StatsRow,
-    VersionCounts,
-)
-from pipelines.transforms.online_eval import (
-    DayFigures,
-    DayRow,
-    DayRows,
-    PendingLabel,
-)
+from pipelines.core.batches import CustomerPart, Routed
+from pipelines.core.schema import Label, StageRecord, Transaction
+from pipelines.transforms.coders import StageRecordCoder, WakeUp
 
-SAMPLES: list[Any] = [
-    PendingLabel("t1", 1_533_686_400_000_005, "C1", 0, 3),
-    DayRow("t1", "C1", 1, 0.75, False),
-    DayRows([DayRow("t1", "C1", 1, 0.75, True), DayRow("t2", "C2", 0, 0.5, False)], 10**18),
-    DayRows([], 0),
-    DayFigures("v1", "2018-08-08", "challenger", 3, 1, 0.5, None, 0.01, True),
-    DayFigures("v1", "2018-08-08", "champion", 0, 0, None, None, None, False),
-    StatsRow([Count("labels", 3), Count("predictions", 9)], [LatencyCount(300, 9)], 812.5),
-    VersionCounts(True, [FeatureCounts("TX_AMOUNT", 38_000, [BucketCounts(36_000, [1, 0])])]),
-    DriftDelta(False, 38_000, [BucketCounts(36_000, [0, 4, 1])]),
-    DriftProgress(
-        [BucketCounts(-900, [1, 2]), BucketCounts(0, [3, 4])],
-        -(2**62),
-        None,
-        [Closable(0, 1_700_000_000.25)],
-        2,
-        0,
-        False,
-        17,
-    ),
-    StreakRow("latency_p99_ms", 3, 0, False),
+TX = Transaction("42", 1_522_540_800_123_456, "C1", "T9", 57.16, 1_522_540_801_000_000, "m-1")
+LB = Label("42", 1_522_540_800_123_456, "C1", "T9", 1, 1_522_545_000_000_000, "m-2")
+RECORDS = [
+    TX,
+    LB,
+    WakeUp("~3"),
+    Routed(TX, token=7),
+    Routed(LB),
+    CustomerPart(TX, (1.0, 57.16, 2.0, 0.1 + 0.2, 3.0, 1e300), 1_700_000_000_001_003, True, 9),
+    CustomerPart(Transaction("é", 0, "", "", -0.0), (), 0),
 ]
 
 
-@pytest.mark.parametrize("value", SAMPLES, ids=lambda v: type(v).__name__)
-def test_rows_round_trip_through_a_deterministic_row_coder(value: Any) -> None:
-    coder = row_coder(type(value))
-    assert type(coder).__name__ == "RowCoder" and coder.is_deterministic()
-    encoded = coder.encode(value)
-    decoded = coder.decode(encoded)
-    assert decoded == value and decoded._fields == value._fields
-    assert coder.encode(decoded) == encoded
-    # The class itself is not in the bytes (a pickle would name its module and class).
-    assert type(value).__name__.encode() not in encoded and b"pipelines" not in encoded
+@pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
+def test_every_record_round_trips_bit_for_bit(record: StageRecord) -> None:
+    coder = StageRecordCoder()
+    encoded = coder.encode(record)
+    assert coder.decode(encoded) == record
+    assert coder.encode(coder.decode(encoded)) == encoded  # deterministic
+    assert coder.is_deterministic()
 
 
-def test_a_row_with_an_untyped_field_is_refused() -> None:
-    class Loose(NamedTuple):
-        name: str
-        payload: Any
+def test_the_registry_gives_the_stage_coder_for_keyed_stage_inputs() -> None:
+    import pipelines.transforms.features  # noqa: F401  (registers the coder)
 
-    with pytest.raises(TypeError, match="Loose"):
-        row_coder(Loose)
-
-
-@settings(max_examples=50, deadline=None)
-@given(
-    st.dictionaries(
-        st.sampled_from(["predictions", "labels", "dead_letter/x"]), st.integers(0, 99)
-    ),
-    st.dictionaries(st.integers(0, 500), st.integers(1, 99)),
-)
-def test_equal_stats_encode_to_equal_bytes_whatever_their_order(counts, latency) -> None:
-    coder = row_coder(StatsRow)
-    forward = Stats(Counter(counts), Counter(latency), 1.5).row()
-    backward = Stats(
-        Counter(dict(reversed(list(counts.items())))),
-        Counter(dict(reversed(list(latency.items())))),
-        1.5,
-    ).row()
-    assert coder.encode(forward) == coder.encode(backward)
-    assert Stats.from_row(coder.decode(coder.encode(forward))) == Stats(
-        Counter(counts), Counter(latency), 1.5
-    )
+    coder = beam.coders.registry.get_coder(beam.typehints.Tuple[str, StageRecord])
+    assert coder.is_deterministic()
+    assert isinstance(coder.value_coder(), StageRecordCoder)
+    assert "Pickle" not in repr(coder) and "FastPrimitives" not in repr(coder)
 
 
-def test_drift_windows_resume_from_their_decoded_progress() -> None:
-    def windows() -> DriftWindows:
-        return DriftWindows([100] * 4, 3600, 900, 300, 0.2, 2, 10, grace_s=5.0)
-
-    live = windows()
-    coder = row_coder(DriftProgress)
-    stored = coder.encode(live.progress())
-    quiet, shifted = np.array([30, 30, 30, 30]), np.array([100, 5, 5, 10])
-    closed_live, closed_resumed = [], []
-    for i in range(24):
-        counts = shifted if i >= 8 else quiet
-        start = i * 900
-        closed_live += live.add({start: counts}, start + 899, float(i) * 10)
-        # The same windows, taken up from state at every flush as a runner would.
-        resumed = windows().resume(coder.decode(stored))
-        closed_resumed += resumed.add({start: counts}, start + 899, float(i) * 10)
-        stored = coder.encode(resumed.progress())
-    assert closed_resumed == closed_live and any(c.alert for c in closed_live)
-    assert coder.decode(stored) == live.progress()
+def test_an_unknown_version_is_refused() -> None:
+    raw = bytearray(StageRecordCoder().encode(TX))
+    raw[1] = 9
+    with pytest.raises(ValueError, match="unknown version 9"):
+        StageRecordCoder().decode(bytes(raw))
 
 
-def test_streaks_resume_from_their_rows() -> None:
-    s = Streaks(consecutive=2)
-    s.judge("b", True)
-    s.judge("a", False)
-    coder = row_coder(StreakRow)
-    rows = [coder.decode(coder.encode(r)) for r in s.rows()]
-    assert [r.metric for r in rows] == ["a", "b"]
-    again = Streaks.from_rows(2, rows)
-    assert again == s and again.judge("b", True) == (2, True)
+def test_the_stateful_steps_key_and_value_coders_are_deterministic() -> None:
+    """Every stateful step of the streaming graph (and the shuffle in front of it) encodes its
+    input with a deterministic coder; the stages' values with StageRecordCoder."""
+    from pipelines.streaming import build_pipeline
+    from pipelines.transforms.inference import ServingConfig
+
+    options = PipelineOptions(["--streaming", "--project=rillet-test", "--runner=DirectRunner"])
+    p = beam.Pipeline(options=options)
+    build_pipeline(p, options, ServingConfig("unused"))
+    proto = p.to_runner_api()
+    coders = proto.components.coders
+    seen = 0
+    for transform in proto.components.transforms.values():
+        if transform.unique_name.split("/")[-1] not in {
+            "IndexIds",
+            "CustomerWindows",
+            "TerminalWindows",
+        }:
+            continue
+        (pcoll,) = (proto.components.pcollections[i] for i in transform.inputs.values())
+        kv = coders[pcoll.coder_id]
+        assert kv.spec.urn == "beam:coder:kv:v1", kv
+        key, value = (coders[c] for c in kv.component_coder_ids)
+        assert key.spec.urn == "beam:coder:string_utf8:v1"
+        assert b"StageRecordCoder" in value.spec.payload or "StageRecordCoder" in str(value)
+        seen += 1
+    assert seen == 3

@@ -18,13 +18,16 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.testing.test_stream import TestStream
 
+from pipelines.backfill.backfill import state_writes
 from pipelines.core.batches import FeatureBatch
-from pipelines.core.definitions import DAY_US, MODEL_INPUTS
+from pipelines.core.definitions import DAY_US, ENTITIES, MODEL_INPUTS, window_features
+from pipelines.core.engine import EventColumns, features_for
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import Label, Transaction
 from pipelines.core.training_data import to_epoch_us, training_features
 from pipelines.stores.window_store import InMemoryStore
 from pipelines.transforms.features import ComputeFeatures
+from pipelines.transforms.id_index import ACCEPTED_LABELS, IndexIdsFn
 
 _RESULTS: dict[str, list[Any]] = {}
 
@@ -63,6 +66,7 @@ def run_stages(
     key_buckets: int = 0,
     store: Any = None,
     idle_s: float = 0.0,
+    horizon_s: float = 100 * 86_400.0,
 ) -> StageRun:
     """Runs ComputeFeatures over ``rounds`` of events (each round one TestStream step, so one
     or more bundles)."""
@@ -82,7 +86,11 @@ def run_stages(
         txs = events | "Txs" >> beam.Filter(lambda e: isinstance(e, Transaction))
         lbs = events | "Labels" >> beam.Filter(lambda e: isinstance(e, Label))
         out = (txs, lbs) | ComputeFeatures(
-            store, max_batch_size=64, label_wait_s=label_wait_s, key_buckets=key_buckets
+            store,
+            max_batch_size=64,
+            label_wait_s=label_wait_s,
+            key_buckets=key_buckets,
+            correction_horizon_s=horizon_s,
         )
         _ = out.batches | "B" >> beam.ParDo(_Collect(run, "batches"))
         _ = out.dead_letters | "D" >> beam.ParDo(_Collect(run, "dead"))
@@ -93,30 +101,76 @@ def run_stages(
         corrections += len(batch) if batch.correction else 0
         for i, tx in enumerate(batch.transactions):
             seen = latest.get(tx.transaction_id)
-            assert seen is None or batch.revision != seen[0], "two computations, one revision"
-            if seen is None or batch.revision > seen[0]:
-                latest[tx.transaction_id] = (batch.revision, batch.features[i])
+            revision = batch.row_revision(i)
+            assert seen is None or revision != seen[0], "two computations, one revision"
+            if seen is None or revision > seen[0]:
+                latest[tx.transaction_id] = (revision, batch.features[i])
     return StageRun(latest, _RESULTS.pop(f"{run}/dead", []), store, corrections)
 
 
+class Warm(NamedTuple):
+    """A stretch of the tiny preset streamed over a store warmed with the days before it."""
+
+    frame: pd.DataFrame  # everything up to the stretch's end (the batch oracle's input)
+    stretch: pd.DataFrame  # the transactions streamed
+    until_us: int
+
+
 @pytest.fixture(scope="module")
-def small(tiny_frame: pd.DataFrame) -> pd.DataFrame:
-    """The first 400 transactions of the tiny preset: every kind of window, quick to run."""
-    return tiny_frame.sort_values("TX_DATETIME").head(400).reset_index(drop=True)
+def warm(tiny_frame: pd.DataFrame) -> Warm:
+    """Days 14-17 of the tiny preset (~240 transactions) over the backfilled state of days 0-14:
+    the terminal risk windows (7 days late) and the labels matter (about a third of the
+    stretch has a non-zero risk feature), without a long replay."""
+    frame = tiny_frame.sort_values("TX_DATETIME").reset_index(drop=True)
+    start = frame.TX_DATETIME.min().normalize()
+    until = start + pd.Timedelta(days=14)
+    frame = frame[frame.TX_DATETIME < start + pd.Timedelta(days=17)].reset_index(drop=True)
+    stretch = frame[frame.TX_DATETIME >= until].reset_index(drop=True)
+    return Warm(frame, stretch, int(to_epoch_us(pd.Series([until]))[0]))
 
 
-def assert_exact(latest: dict[str, tuple[int, np.ndarray]], frame: pd.DataFrame) -> None:
+def warmed_store(warm: Warm) -> InMemoryStore:
+    """An in-memory store holding what the backfill writes up to the stretch's start."""
+    store = InMemoryStore(uuid.uuid4().hex)
+    history = warm.frame[warm.frame.TX_DATETIME < warm.stretch.TX_DATETIME.min()]
+    t = to_epoch_us(history.TX_DATETIME)
+    ids = history.TRANSACTION_ID.astype(str).to_numpy()
+    customers = history.CUSTOMER_ID.astype(str).to_numpy()
+    terminals = history.TERMINAL_ID.astype(str).to_numpy()
+    tx = EventColumns(ids, customers, terminals, t, history.TX_AMOUNT.to_numpy(np.float64))
+    labels = EventColumns(ids, customers, terminals, t, history.TX_FRAUD.to_numpy(np.float64))
+    for entity in ENTITIES:
+        features = window_features(entity)
+        matrix = features_for(tx, labels=labels, features=features)
+        store.apply(state_writes(entity, tx, labels, matrix, warm.until_us, features))
+    return store
+
+
+def assert_exact(
+    latest: dict[str, tuple[int, np.ndarray]],
+    frame: pd.DataFrame,
+    compared: pd.DataFrame | None = None,
+    min_risk_share: float = 0.0,
+) -> None:
+    """The latest features of every transaction of ``compared`` (default: all of ``frame``)
+    equal the batch computation over ``frame``; at least ``min_risk_share`` of them have a
+    non-zero terminal risk feature (so the comparison sees the terminal stage)."""
+    compared = frame if compared is None else compared
     expected = training_features(frame).set_index("TRANSACTION_ID")
+    expected = expected.loc[compared.TRANSACTION_ID]
     assert sorted(latest) == sorted(str(i) for i in expected.index)
     got = np.array([latest[str(i)][1] for i in expected.index])
     want = expected[list(MODEL_INPUTS)].to_numpy()
     bad = np.argwhere(got != want)
     assert len(bad) == 0, f"{len(bad)} feature values differ, first {bad[:5]}"
+    risk = [i for i, name in enumerate(MODEL_INPUTS) if name.startswith("TERMINAL_ID_RISK")]
+    share = float((got[:, risk] > 0).any(axis=1).mean())
+    assert share >= min_risk_share, f"only {share:.1%} of the rows have a terminal risk feature"
 
 
 @pytest.mark.parametrize("buckets", [0, 3])
-def test_in_order_stream_is_exact(small: pd.DataFrame, buckets: int) -> None:
-    txs, labels = events_of(small)
+def test_in_order_stream_is_exact(warm: Warm, buckets: int) -> None:
+    txs, labels = events_of(warm.stretch)
     stream = sorted(
         [(t.event_time_us, 1, t) for t in txs]
         + [(lb.event_time_us + 7 * DAY_US, 0, lb) for lb in labels],
@@ -124,22 +178,22 @@ def test_in_order_stream_is_exact(small: pd.DataFrame, buckets: int) -> None:
     )
     ordered = [e[2] for e in stream]
     rounds = [ordered[i : i + 50] for i in range(0, len(ordered), 50)]
-    latest, dead, _, _ = run_stages(rounds, key_buckets=buckets)
+    latest, dead, _, _ = run_stages(rounds, key_buckets=buckets, store=warmed_store(warm))
     assert dead == []
-    assert_exact(latest, small)
+    assert_exact(latest, warm.frame, warm.stretch, min_risk_share=0.02)
 
 
 @pytest.mark.parametrize("buckets", [0, 5])
-def test_shuffled_stream_with_redeliveries_is_exact(small: pd.DataFrame, buckets: int) -> None:
-    txs, labels = events_of(small)
+def test_shuffled_stream_with_redeliveries_is_exact(warm: Warm, buckets: int) -> None:
+    txs, labels = events_of(warm.stretch)
     rng = random.Random(7)
     events: list[Transaction | Label] = [*txs, *labels]
     events += rng.sample(txs, 40) + rng.sample(labels, 40)  # redeliveries of the same messages
     rng.shuffle(events)
     rounds = [events[i : i + 37] for i in range(0, len(events), 37)]
-    latest, dead, _, _ = run_stages(rounds, key_buckets=buckets)
+    latest, dead, _, _ = run_stages(rounds, key_buckets=buckets, store=warmed_store(warm))
     assert dead == []
-    assert_exact(latest, small)
+    assert_exact(latest, warm.frame, warm.stretch, min_risk_share=0.02)
 
 
 def _frame(rows: list[tuple[int, str, str, str, float, int]]) -> pd.DataFrame:
@@ -228,3 +282,50 @@ def test_waiting_labels_survive_a_restart() -> None:
     assert_exact(latest, frame)  # label 1, recorded after the restart, counts for transaction 3
     risk = MODEL_INPUTS.index("TERMINAL_ID_RISK_1DAY_WINDOW")
     assert latest["3"][1][risk] == 1.0
+
+
+def test_a_label_recorded_by_a_failed_attempt_is_emitted_again_by_the_retry() -> None:
+    """The id index's attempt wrote its rows (the waiting label recorded, its wait deleted) and
+    failed before the runner committed its outputs. The retry sees the transaction as a
+    redelivery: it must still send the recorded label on, or the terminal's risk windows never
+    count it (issue 21, item 1)."""
+    rows = [(1, T0, "1", "1", 10.0, 1), (9, T0 + 9 * DAY_US, "1", "1", 99.0, 0)]
+    frame = _frame(rows)
+    txs, labels = events_of(frame)
+    store = InMemoryStore(uuid.uuid4().hex)
+    run_stages([labels[:1]], store=store)  # label 1 waits for its transaction
+    # The failed attempt: the id index alone, its outputs dropped.
+    options = PipelineOptions()
+    options.view_as(StandardOptions).streaming = True
+    with beam.Pipeline(options=options) as p:
+        _ = (
+            p
+            | beam.Create([(t.transaction_id, t) for t in txs])
+            | beam.ParDo(IndexIdsFn(store, 64)).with_outputs(ACCEPTED_LABELS, main="txs")
+        )
+    assert store.ids["1"].label["s"] == "recorded" and store.waiting == {}
+    latest, dead, _, _ = run_stages([txs], store=store)  # the retry
+    assert dead == []
+    risk = MODEL_INPUTS.index("TERMINAL_ID_RISK_7DAY_WINDOW")
+    assert latest["9"][1][risk] == 1.0
+    assert_exact(latest, frame)
+
+
+def test_an_event_beyond_the_lateness_horizon_updates_the_store_without_corrections() -> None:
+    """A transaction arriving two days after later ones of its customer: with a one-day horizon it
+    is stored (the next transaction counts it) but the ones before it are not corrected."""
+    rows = [
+        (1, T0 + 3 * DAY_US, "1", "1", 10.0, 0),
+        (2, T0, "1", "2", 20.0, 0),  # late by three days
+        (3, T0 + 3 * DAY_US + 60_000_000, "1", "3", 30.0, 0),
+    ]
+    frame = _frame(rows)
+    txs, _ = events_of(frame)
+    latest, dead, _, corrections = run_stages([[t] for t in txs], horizon_s=86_400.0)
+    assert dead == [] and corrections == 0
+    count_7d = MODEL_INPUTS.index("CUSTOMER_ID_NB_TX_7DAY_WINDOW")
+    assert latest["1"][1][count_7d] == 1.0  # not corrected: 2 came beyond the horizon
+    assert latest["3"][1][count_7d] == 3.0  # computed after 2 was stored: counts it
+    # Within the horizon the same stream is corrected.
+    latest, _, _, corrections = run_stages([[t] for t in txs], horizon_s=4 * 86_400.0)
+    assert corrections == 1 and latest["1"][1][count_7d] == 2.0

@@ -11,12 +11,12 @@ import numpy as np
 
 from pipelines.core import label_slots
 from pipelines.core.batches import FeatureBatch
-from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.cells import BUCKET_US, Summary, TxCell
+from pipelines.core.definitions import MODEL_INPUTS, TERMINAL
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import _ID_RE, Transaction
 from pipelines.stores import bigtable
-from pipelines.stores.window_store import EntityCells, LabelCell, TxCell
-from pipelines.transforms import id_index
+from pipelines.transforms import entity_windows, id_index
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.sinks import (
     RiskBands,
@@ -44,14 +44,18 @@ def test_bigtable_spec_names_the_codes_rows_families_and_formats() -> None:
         assert family in names
     assert bigtable.FAMILY_FEATURES in names
     assert f"{bigtable.ID_ROW_PREFIX}<transaction_id>" in names
-    assert f"{bigtable.WAIT_ROW_PREFIX}<stage key>#<transaction_id>" in names
+    assert f"{bigtable.WAIT_ROW_PREFIX}<transaction_id>" in names
+    assert "terminal#<terminal_id>#<bucket>" in names and "terminal#<terminal_id>" in names
     assert bigtable._TX_HEAD.format in names
-    assert bigtable.SNAPSHOT_QUALIFIER.decode() in names
-    assert bigtable._SNAPSHOT_HEAD.format in names
+    assert bigtable.SUMMARY_QUALIFIER.decode() in names
+    assert bigtable._SUMMARY.format in names
     assert bigtable._LABEL_VALUE.format in text
     assert bigtable._FLOAT.format in text
-    # The row keys the code builds have the prefixes the spec gives.
-    assert bigtable._wait_row_key("~3", "42") == b"wait#~3#42"
+    assert f"{BUCKET_US:,}" in text
+    # The row keys the code builds have the shapes the spec gives.
+    assert bigtable._wait_row_key("42") == b"wait#42"
+    assert bigtable.head_row_key(TERMINAL, "T1") == b"terminal#T1"
+    assert bigtable.bucket_row_key(TERMINAL, "T1", 1_690_000) == b"terminal#T1#000001690000"
 
 
 def test_tx_cell_round_trips_in_the_specified_layout() -> None:
@@ -61,22 +65,13 @@ def test_tx_cell_round_trips_in_the_specified_layout() -> None:
     assert bigtable.decode_tx_cell(raw) == cell
 
 
-def test_snapshot_round_trips_in_the_specified_layout() -> None:
-    cells = EntityCells(
-        {
-            "1": TxCell(1_522_540_800_123_456, 57.16, "T9", 7, (1.0, 2.5), 5),
-            "22": TxCell(1_522_540_900_000_000, 0.5, "T10"),
-        },
-        {"1": LabelCell(1_522_540_800_123_456, 1)},
-    )
-    raw = bigtable.encode_snapshot(cells)
-    n, m = 2, 1
-    ids = len("1\n22") + len("T9\nT10") + len("1") + 3 * 4
-    assert len(raw) == bigtable._SNAPSHOT_HEAD.size + n * (8 + 8 + 8 + 8 + 2) + 2 * 8 + m * 9 + ids
-    assert bigtable.decode_snapshot(raw) == cells
-    assert bigtable.decode_snapshot(bigtable.encode_snapshot(EntityCells())) == EntityCells()
-    # "#" is not allowed in an id, so the snapshot's qualifier is never a transaction id.
-    assert not _ID_RE.match(bigtable.SNAPSHOT_QUALIFIER.decode())
+def test_summary_round_trips_in_the_specified_layout() -> None:
+    summary = Summary(3, 171_480_000, 1_522_540_800_123_456, 1_522_541_000_000_000, 2, 1)
+    raw = bigtable.encode_summary(summary)
+    assert len(raw) == 1 + 6 * 8 and raw[0] == 1
+    assert bigtable.decode_summary(raw) == summary
+    # "#" is not allowed in an id, so the summary's qualifier is never a transaction id.
+    assert not _ID_RE.match(bigtable.SUMMARY_QUALIFIER.decode())
 
 
 def _record() -> dict[str, Any]:
@@ -102,9 +97,12 @@ def test_messages_spec_lists_the_dead_letter_attributes_and_reasons() -> None:
     )
     assert set(message.attributes) <= backticked(text)
     source = Path(id_index.__file__).read_text() + Path(label_slots.__file__).read_text()
+    source += Path(entity_windows.__file__).read_text()
     reasons = set(
         re.findall(
-            r'"(duplicate_(?:transaction_id|label)|unknown_transaction|label_mismatch)"', source
+            r'"(duplicate_(?:transaction_id|label)|unknown_transaction|label_mismatch'
+            r'|store_rejected)"',
+            source,
         )
     )
     assert reasons == {
@@ -112,31 +110,31 @@ def test_messages_spec_lists_the_dead_letter_attributes_and_reasons() -> None:
         "duplicate_label",
         "unknown_transaction",
         "label_mismatch",
+        "store_rejected",
     }
     assert reasons <= backticked(text)
 
 
-class _Keys:
-    """The one client method ``_entity`` uses."""
+def _entity(record: dict[str, Any], namespace: str | None = None) -> Any:
+    """The Prediction entity the sink writes for ``record``, as the client library reads it."""
+    from google.cloud.datastore import helpers
+    from google.cloud.datastore_v1.types import entity as entity_pb
 
-    def __init__(self, namespace: str | None = None) -> None:
-        self.namespace = namespace
-
-    def key(self, kind: str, name: str) -> Any:
-        from google.cloud import datastore
-
-        return datastore.Key(kind, name, project="spec", namespace=self.namespace)
+    sink = _DatastoreWriteDoFn("spec", "Prediction", namespace, RiskBands())
+    raw = entity_pb.Entity.pb()()
+    sink._entity_pb(raw, record, "Prediction")
+    return helpers.entity_from_protobuf(raw)
 
 
 def test_datastore_spec_lists_the_entity_properties() -> None:
-    sink = _DatastoreWriteDoFn("spec", "Prediction", None, RiskBands())
-    sink._client = _Keys()
-    entity = sink._entity(_record())
+    entity = _entity(_record())
     text = spec("datastore.md").split("## Online evaluation")[0]
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     listed = {n for line in rows for n in backticked(line.split("|")[1])}
     assert listed == set(entity)
     assert set(entity.exclude_from_indexes) == {"features"}
+    assert entity.key.kind == "Prediction" and entity.key.name == "42"
+    assert _entity(_record(), "ns").key.namespace == "ns"
 
 
 def test_datastore_spec_lists_the_evaluation_properties() -> None:
@@ -158,21 +156,6 @@ def test_datastore_spec_lists_the_evaluation_properties() -> None:
         False,
     )
     assert listed == set(evaluation_properties(figures))
-
-
-def test_the_sinks_raw_protobuf_is_the_documented_entity() -> None:
-    """The hot path writes protobufs it builds itself: they must be what the client library
-    makes of the documented entity (``_entity``), namespace and exclusions included."""
-    from google.cloud.datastore import helpers
-    from google.cloud.datastore_v1.types import entity as entity_pb
-
-    for namespace in (None, "ns"):
-        sink = _DatastoreWriteDoFn("spec", "Prediction", namespace, RiskBands())
-        sink._client = _Keys(namespace)
-        record = _record()
-        raw = entity_pb.Entity.pb()()
-        sink._entity_pb(raw, record, "Prediction")
-        assert raw == helpers.entity_to_protobuf(sink._entity(record))._pb
 
 
 def test_read_rows_stream_parsing() -> None:

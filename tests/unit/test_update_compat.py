@@ -55,12 +55,6 @@ PICKLING = {
     "DeterministicFastPrimitivesCoderV2",
 }
 PYTHON_ANY = "beam:logical:pythonsdk_any:v1"  # a row field typed Any: pickled
-KEYED_STAGES_PICKLE = (
-    "ComputeFeatures/IndexIds, ComputeFeatures/CustomerWindows and "
-    "ComputeFeatures/TerminalWindows shuffle values pickled through "
-    "_KEYED = tuple[str, Any] (pipelines/transforms/features.py): the keyed stages' rewrite "
-    "gives them schema'd coders (issue 21, item 7); flip this xfail then"
-)
 
 
 def dataflow_graph(definitions: str) -> beam_runner_api_pb2.Pipeline:
@@ -257,18 +251,7 @@ def pickling(fp: dict[str, Any], top_level: str) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize(
-    "top_level",
-    [
-        pytest.param(
-            label,
-            marks=pytest.mark.xfail(strict=True, reason=KEYED_STAGES_PICKLE)
-            if label == "ComputeFeatures"
-            else (),
-        )
-        for label in STEP_LABELS
-    ],
-)
+@pytest.mark.parametrize("top_level", STEP_LABELS)
 def test_no_state_or_shuffle_pickles_a_project_class(
     top_level: str, fingerprints: dict[str, dict[str, Any]]
 ) -> None:
@@ -303,4 +286,8 @@ def test_the_fingerprint_sees_every_stateful_step_and_shuffle(
         fp["combines"]
     )
     assert "Monitor/SumBuckets/GroupByKey" in fp["shuffles"]
-    assert len(pickling(fp, "ComputeFeatures")) >= 3  # what the xfail above waits for
+    assert sum(step.startswith("ComputeFeatures/") for step in fp["stateful"]) == 3
+    # What the pickle check finds, where a coder pickles (reported, by step and place).
+    step = {"input": "kv(pickled:FastPrimitivesCoder)", "state": {}, "timers": {}}
+    broken = {**fp, "stateful": {"Monitor/X": step}}
+    assert pickling(broken, "Monitor") == ["Monitor/X input: kv(pickled:FastPrimitivesCoder)"]

@@ -1,0 +1,376 @@
+"""EntityWindows: one entity's window state in memory, answering exact windows per event.
+
+The state is split into time buckets (pipelines/core/cells.py ``BUCKET_US``). Every non-empty
+bucket from ``covered_from`` on has a ``Summary``; some buckets also have their cells loaded
+(``Bucket``). A window (t - d - w, t - d] is answered as
+
+    the cells of its first bucket after t - d - w
+  + the summaries of the buckets it covers whole
+  + the cells of its last bucket up to t - d (with d = 0: up to the transaction itself in tie
+    order, pipelines/core/definitions.py)
+
+with two binary searches in the edge buckets and a prefix-sum difference over the summaries: the
+cost per event does not grow with the window or the entity's rate, and only the edge buckets'
+cells need to be in memory. The integer aggregates go through ``pipelines.core.engine.aggregate``,
+so the values have the bits the batch engine gives (tests/unit/test_entity_index.py checks it
+against the engine on random streams, with every edge case the engine's tests have).
+
+Who may change what: the keyed stage that owns the entity (one key at a time) mutates it; the
+process-wide cache (pipelines/stores/window_cache.py) hands it to one attempt at a time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipelines.core.cells import BUCKET_US, LabelCell, Summary, TxCell, bucket_of, summarize
+from pipelines.core.definitions import WindowFeature
+from pipelines.core.engine import aggregate, amount_units
+
+__all__ = ["BUCKET_US", "Bucket", "EntityWindows", "Query", "span_buckets", "tie_key"]
+
+# Rough bytes per loaded cell and per summary in CPython (a named tuple, its dict entry, the
+# sorted views): what the cache's byte budget counts (pipelines/stores/window_cache.py).
+CELL_BYTES = 400
+SUMMARY_BYTES = 150
+
+
+def tie_key(transaction_id: str) -> tuple[int, str]:
+    """The tie order of transactions at the same instant: shorter id first, then by text
+    (pipelines.core.engine.order_rank: numeric order for decimal ids)."""
+    return (len(transaction_id), transaction_id)
+
+
+@dataclass(frozen=True)
+class Query:
+    """A transaction whose windows are asked for: its time and its tie key."""
+
+    time_us: int
+    tie: tuple[int, str]
+
+
+class Bucket:
+    """The cells of one bucket, with sorted views built when a window needs them."""
+
+    __slots__ = ("_labels_sorted", "_summary", "_tx_sorted", "labels", "tx")
+
+    def __init__(
+        self, tx: dict[str, TxCell] | None = None, labels: dict[str, LabelCell] | None = None
+    ) -> None:
+        self.tx: dict[str, TxCell] = tx if tx is not None else {}
+        self.labels: dict[str, LabelCell] = labels if labels is not None else {}
+        self._tx_sorted: tuple[list[tuple[int, int, str]], list[int], list[int]] | None = None
+        self._labels_sorted: tuple[list[int], list[int]] | None = None
+        self._summary: Summary | None = None
+
+    def put_tx(self, tx_id: str, cell: TxCell) -> None:
+        old = self.tx.get(tx_id)
+        self.tx[tx_id] = cell
+        if old is None or old.time_us != cell.time_us or old.amount != cell.amount:
+            self._tx_sorted = None
+            self._summary = None
+
+    def put_label(self, tx_id: str, cell: LabelCell) -> None:
+        if self.labels.get(tx_id) != cell:
+            self.labels[tx_id] = cell
+            self._labels_sorted = None
+            self._summary = None
+
+    def summary(self) -> Summary:
+        if self._summary is None:
+            self._summary = summarize(self.tx, self.labels)
+        return self._summary
+
+    def __len__(self) -> int:
+        return len(self.tx) + len(self.labels)
+
+    def _tx_views(self) -> tuple[list[tuple[int, int, str]], list[int], list[int]]:
+        if self._tx_sorted is None:
+            order = sorted(self.tx, key=lambda i: (self.tx[i].time_us, len(i), i))
+            keys = [(self.tx[i].time_us, len(i), i) for i in order]
+            units = amount_units(np.fromiter((self.tx[i].amount for i in order), np.float64))
+            cum = [0, *np.cumsum(units, dtype=np.int64).tolist()]
+            self._tx_sorted = (keys, [k[0] for k in keys], cum)
+        return self._tx_sorted
+
+    def _label_views(self) -> tuple[list[int], list[int]]:
+        if self._labels_sorted is None:
+            cells = sorted(self.labels.values())
+            cum = [0, *np.cumsum([c.is_fraud for c in cells], dtype=np.int64).tolist()]
+            self._labels_sorted = ([c.time_us for c in cells], cum)
+        return self._labels_sorted
+
+    def tx_upto(self, hi_us: int, tie: tuple[int, str] | None) -> tuple[int, int]:
+        """Count and amount units of the transactions at or before ``hi_us`` (at ``hi_us`` itself
+        only those up to ``tie`` in tie order, when given)."""
+        keys, times, cum = self._tx_views()
+        if tie is None:
+            n = bisect.bisect_right(times, hi_us)
+        else:
+            n = bisect.bisect_right(keys, (hi_us, tie[0], tie[1]))
+        return n, cum[n]
+
+    def tx_after(self, lo_us: int) -> tuple[int, int]:
+        """Count and amount units of the transactions after ``lo_us``."""
+        _, times, cum = self._tx_views()
+        n = bisect.bisect_right(times, lo_us)
+        return len(times) - n, cum[-1] - cum[n]
+
+    def frauds_upto(self, hi_us: int) -> int:
+        times, cum = self._label_views()
+        return cum[bisect.bisect_right(times, hi_us)]
+
+    def frauds_after(self, lo_us: int) -> int:
+        times, cum = self._label_views()
+        return cum[-1] - cum[bisect.bisect_right(times, lo_us)]
+
+
+class EntityWindows:
+    """One entity's window state (see the module docstring).
+
+    Args:
+      covered_from: the first bucket whose summary is known (every bucket from there on either
+        has one in ``summaries`` or is empty).
+      summaries: the stored summaries of non-empty buckets (from ``covered_from`` on).
+    """
+
+    def __init__(self, covered_from: int, summaries: dict[int, Summary] | None = None) -> None:
+        self.covered_from = covered_from
+        self._stored: dict[int, Summary] = {
+            b: s
+            for b, s in (summaries or {}).items()
+            if b >= covered_from and s.transactions + s.labels
+        }
+        self.buckets: dict[int, Bucket] = {}
+        # Per bucket, the transaction and label cells changed since the last take_changes().
+        self.changes: dict[int, tuple[set[str], set[str]]] = {}
+        self._prefix: tuple[list[int], list[int], list[int], list[int]] | None = None
+
+    # -- what is known -------------------------------------------------------------------------
+
+    def summary(self, b: int) -> Summary | None:
+        """The summary of bucket ``b`` (None: empty, or before ``covered_from``)."""
+        loaded = self.buckets.get(b)
+        if loaded is not None:
+            return loaded.summary() if len(loaded) else None
+        return self._stored.get(b)
+
+    def nonempty(self, first: int, last: int) -> list[int]:
+        """The non-empty buckets in [first, last] (from ``covered_from`` on)."""
+        keys, _, _, _ = self._prefix_sums()
+        return keys[bisect.bisect_left(keys, first) : bisect.bisect_right(keys, last)]
+
+    def missing(self, buckets: Iterable[int]) -> set[int]:
+        """Which of ``buckets`` must be read before their cells can be used: non-empty ones not
+        loaded (an empty bucket from ``covered_from`` on is known to have no cells)."""
+        return {
+            b
+            for b in buckets
+            if b not in self.buckets and (b < self.covered_from or b in self._stored)
+        }
+
+    def newest_us(self) -> int:
+        """The latest transaction time (0 without any)."""
+        keys, _, _, _ = self._prefix_sums()
+        for b in reversed(keys):
+            s = self.summary(b)
+            if s is not None and s.transactions:
+                return s.last_us
+        return 0
+
+    def count_from(self, start_us: int) -> int:
+        """How many transactions are in ``start_us``'s bucket and after it: from summaries alone,
+        so the answer does not depend on which buckets happen to be loaded."""
+        keys, counts, _, _ = self._prefix_sums()
+        return counts[-1] - counts[bisect.bisect_left(keys, bucket_of(start_us))]
+
+    def nbytes(self) -> int:
+        cells = sum(len(b) for b in self.buckets.values())
+        return cells * CELL_BYTES + (len(self._stored) + len(self.buckets)) * SUMMARY_BYTES
+
+    # -- loading and changing ------------------------------------------------------------------
+
+    def load(self, b: int, bucket: Bucket) -> None:
+        """Installs the cells read for bucket ``b`` (its summary is then derived from them)."""
+        self.buckets[b] = bucket
+        self._prefix = None
+
+    def cover(self, covered_from: int, summaries: dict[int, Summary]) -> None:
+        """Extends the known summaries back to ``covered_from`` (a read of older summaries)."""
+        for b, s in summaries.items():
+            if covered_from <= b < self.covered_from and s.transactions + s.labels:
+                self._stored[b] = s
+        self.covered_from = min(self.covered_from, covered_from)
+        self._prefix = None
+
+    def bucket(self, b: int) -> Bucket:
+        """The loaded bucket ``b``, made empty if it is known to be empty."""
+        found = self.buckets.get(b)
+        if found is None:
+            if self.missing([b]):
+                raise KeyError(f"bucket {b} is not loaded")
+            found = self.buckets[b] = Bucket()
+        return found
+
+    def tx(self, tx_id: str, time_us: int) -> TxCell | None:
+        """The stored cell of a transaction (its bucket must be loaded)."""
+        return self.bucket(bucket_of(time_us)).tx.get(tx_id)
+
+    def put_tx(self, tx_id: str, cell: TxCell) -> None:
+        b = bucket_of(cell.time_us)
+        self.bucket(b).put_tx(tx_id, cell)
+        self.changes.setdefault(b, (set(), set()))[0].add(tx_id)
+        self._prefix = None
+
+    def put_label(self, tx_id: str, cell: LabelCell) -> None:
+        b = bucket_of(cell.time_us)
+        self.bucket(b).put_label(tx_id, cell)
+        self.changes.setdefault(b, (set(), set()))[1].add(tx_id)
+        self._prefix = None
+
+    def take_changes(self) -> list[tuple[int, Bucket, set[str], set[str]]]:
+        """The buckets changed since the last call, with the ids of their changed transaction and
+        label cells (what to write: those cells and the bucket's summary)."""
+        out = [(b, self.buckets[b], tx, labels) for b, (tx, labels) in sorted(self.changes.items())]
+        self.changes = {}
+        return out
+
+    def cells_between(self, start_us: int, end_us: int) -> Iterator[tuple[str, TxCell]]:
+        """The transaction cells with time in [start_us, end_us) (their buckets loaded)."""
+        for b in range(bucket_of(start_us), bucket_of(end_us - 1) + 1):
+            found = self.buckets.get(b)
+            if found is None:
+                if self.missing([b]):
+                    raise KeyError(f"bucket {b} is not loaded")
+                continue
+            for tx_id, cell in found.tx.items():
+                if start_us <= cell.time_us < end_us:
+                    yield tx_id, cell
+
+    def trim(self, keep_from_us: int, keep: Iterable[int] = ()) -> None:
+        """Forgets what no window can need any more: buckets before ``keep_from_us``'s
+        (summaries and cells), and the cells of loaded buckets not in ``keep`` that are older
+        than the last few buckets (their summaries stay)."""
+        first = bucket_of(keep_from_us)
+        if first > self.covered_from:
+            self._stored = {b: s for b, s in self._stored.items() if b >= first}
+            self.buckets = {b: c for b, c in self.buckets.items() if b >= first}
+            self.covered_from = first
+            self._prefix = None
+        kept = set(keep)
+        for b in [b for b in self.buckets if b not in kept and b not in self.changes]:
+            bucket = self.buckets.pop(b)
+            if len(bucket):
+                self._stored[b] = bucket.summary()
+            self._prefix = None
+
+    # -- windows -------------------------------------------------------------------------------
+
+    def _prefix_sums(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Non-empty buckets (sorted) and the prefix sums of their counts, units and frauds."""
+        if self._prefix is None:
+            summaries = dict(self._stored)
+            for b, bucket in self.buckets.items():
+                if len(bucket):
+                    summaries[b] = bucket.summary()
+                else:
+                    summaries.pop(b, None)
+            keys = sorted(summaries)
+            counts, units, frauds = [0], [0], [0]
+            for b in keys:
+                s = summaries[b]
+                counts.append(counts[-1] + s.transactions)
+                units.append(units[-1] + s.units)
+                frauds.append(frauds[-1] + s.frauds)
+            self._prefix = (keys, counts, units, frauds)
+        return self._prefix
+
+    def edge_buckets(self, times: Iterable[int], windows: Sequence[WindowFeature]) -> set[int]:
+        """The buckets whose cells the windows of transactions at ``times`` need."""
+        out: set[int] = set()
+        spans = {(f.window_us, f.delay_us) for f in windows}
+        for t in times:
+            for w, d in spans:
+                out.add(bucket_of(t - d - w))
+                out.add(bucket_of(t - d))
+        return out
+
+    def window(
+        self, lo_us: int, hi_us: int, tie: tuple[int, str] | None, labels: bool
+    ) -> tuple[int, int, int]:
+        """Count, amount units and frauds of the window (lo_us, hi_us] (at ``hi_us`` only up to
+        ``tie`` when given). Needs summaries from lo_us's bucket on and its two edge buckets'
+        cells."""
+        b_lo, b_hi = bucket_of(lo_us), bucket_of(hi_us)
+        if b_lo < self.covered_from:
+            raise KeyError(f"summaries cover buckets from {self.covered_from}, not {b_lo}")
+        if b_lo == b_hi:
+            edge = self._edge(b_lo)
+            if edge is None:
+                return 0, 0, 0
+            n_hi, u_hi = edge.tx_upto(hi_us, tie)
+            n_lo, u_lo = edge.tx_upto(lo_us, None)
+            frauds = edge.frauds_upto(hi_us) - edge.frauds_upto(lo_us) if labels else 0
+            return max(n_hi - n_lo, 0), u_hi - u_lo if n_hi > n_lo else 0, frauds
+        keys, counts, units, frauds_cum = self._prefix_sums()
+        i0 = bisect.bisect_right(keys, b_lo)
+        i1 = bisect.bisect_left(keys, b_hi)
+        count = counts[i1] - counts[i0] if i1 > i0 else 0
+        total = units[i1] - units[i0] if i1 > i0 else 0
+        frauds = frauds_cum[i1] - frauds_cum[i0] if i1 > i0 else 0
+        first, last = self._edge(b_lo), self._edge(b_hi)
+        if first is not None:
+            n, u = first.tx_after(lo_us)
+            count, total = count + n, total + u
+            if labels:
+                frauds += first.frauds_after(lo_us)
+        if last is not None:
+            n, u = last.tx_upto(hi_us, tie)
+            count, total = count + n, total + u
+            if labels:
+                frauds += last.frauds_upto(hi_us)
+        return count, total, frauds
+
+    def _edge(self, b: int) -> Bucket | None:
+        found = self.buckets.get(b)
+        if found is not None:
+            return found
+        if b in self._stored:
+            raise KeyError(f"edge bucket {b} is not loaded")
+        return None  # empty
+
+    def features(self, queries: Sequence[Query], features: Sequence[WindowFeature]) -> np.ndarray:
+        """The window features of transactions (each already in the state: with no delay, a
+        window includes the transaction itself), as a float64 matrix in ``features`` order."""
+        out = np.zeros((len(queries), len(features)), dtype=np.float64)
+        if not queries:
+            return out
+        cache: dict[tuple[int, int, bool], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        for col, f in enumerate(features):
+            key = (f.window_us, f.delay_us, f.needs_labels)
+            if key not in cache:
+                rows = [
+                    self.window(
+                        q.time_us - f.delay_us - f.window_us,
+                        q.time_us - f.delay_us,
+                        q.tie if f.delay_us == 0 else None,
+                        f.needs_labels,
+                    )
+                    for q in queries
+                ]
+                count, units, frauds = (
+                    np.array(c, dtype=np.int64) for c in zip(*rows, strict=True)
+                )
+                cache[key] = (count, units, frauds)
+            count, units, frauds = cache[key]
+            out[:, col] = aggregate(f.aggregation, count, units, frauds)
+        return out
+
+
+def span_buckets(start_us: int, end_us: int) -> range:
+    """The buckets of the time range [start_us, end_us)."""
+    return range(bucket_of(start_us), bucket_of(end_us - 1) + 1)
