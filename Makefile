@@ -69,6 +69,9 @@ bench-drift: $(STAMP) ## Drift alerts: a handbook stretch replayed unchanged, th
 bench-memory: $(STAMP) ## Keyed stages' memory under a small --window_cache_mb vs a large one, warm store, backlog (last line JSON)
 	$(BIN)/python -m bench.memory
 
+bench-swaps: $(STAMP) ## Model swaps in a scoring process: refresh time, scoring stalls, gc pauses, memory (last line JSON)
+	$(BIN)/python -m bench.serving_swaps --work-dir .rillet/bench-swaps
+
 chaos: $(STAMP) ## 20k+ transactions through SIGKILLs, bad input, Bigtable/Datastore outages; checks every store (last line JSON)
 	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos
 
@@ -80,4 +83,5 @@ clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
 .PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
-	bench-scaleout bench-backfill bench-windows bench-continual bench-drift bench-memory chaos chaos-overload clean
+	bench-scaleout bench-backfill bench-windows bench-continual bench-drift bench-memory bench-swaps chaos \
+	chaos-overload clean

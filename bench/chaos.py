@@ -2,8 +2,14 @@
 
 One run:
   1. a private emulator stack on free ports; input subscriptions retain acknowledged messages;
-  2. a simulated dataset cut to at least ``min_transactions`` transactions, with their labels, and a
-     model trained on it (any model serves: this run checks delivery, not accuracy);
+  2. a simulated dataset: its first ``warm_days`` days are backfilled into the feature store
+     (LocalRun.warm_store: the store a job that had streamed them would have left), and the replay
+     is the ``min_transactions`` transactions that follow, with their labels. The terminal
+     features read windows ending 7 days (the label delay) before each transaction, and their
+     risk counts labels: without the warm store a replay shorter than that delay would leave them
+     all 0, and the comparison with the batch computation could not see the terminal stage. A
+     model is trained on the warm-up days (any model serves: this run checks delivery, not
+     accuracy);
   3. the streaming job (DirectRunner, ``--recovery_checkpoint``) fed the replay in event-time order
      at ``rate`` messages/s, mixed with malformed messages of every kind the parser rejects,
      duplicate transactions and labels (exact copies and conflicting ones, published as new
@@ -23,8 +29,10 @@ One run:
      one.
 
 Last line of output: JSON with sent, valid, malformed, predictions_stored, lost, duplicated,
-dead_lettered, kills, outages, feature_mismatches (and details). Exit status 1 unless lost = 0,
-duplicated = 0, dead_lettered = malformed (the same messages) and feature_mismatches = 0.
+dead_lettered, kills, outages, feature_mismatches, risk_features_nonzero_share (the stored
+predictions with a non-zero terminal risk feature, of those compared) and details. Exit status 1
+unless lost = 0, duplicated = 0, dead_lettered = malformed (the same messages),
+feature_mismatches = 0 and risk_features_nonzero_share >= ``min_risk_share`` (2%).
 """
 
 from __future__ import annotations
@@ -35,17 +43,20 @@ import functools
 import json
 import random
 import re
+import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
+from pipelines.core.definitions import FEATURES, WindowFeature
 from pipelines.stores import retry
 
 
@@ -55,7 +66,12 @@ class ChaosConfig:
 
     work_dir: Path = Path(".rillet/chaos")
     preset: str = "small"
+    # Days of the dataset backfilled into the store before the replay, which starts right after
+    # them (0: no warm store, the replay starts with the dataset). 30 days: the small preset's
+    # terminal risk features are non-zero for ~40% of the transactions that follow.
+    warm_days: int = 30
     min_transactions: int = 20_000
+    min_risk_share: float = 0.02  # of the compared predictions, with a non-zero risk feature
     malformed: int = 1_000  # rejected by the parser
     duplicates: int = 300  # second messages reusing a transaction or label id
     unknown_labels: int = 100  # labels of transactions that never come
@@ -125,6 +141,7 @@ class Chaos:
     first_prediction_s: float | None = None
     faults: list[Fault] = field(default_factory=list)
     burst: tuple[float, float, float] | None = None  # overload: start s, end s, rate msg/s
+    warm_store_s: float = 0.0  # the backfill of the warm-up days into the store
     # (seconds, transactions published, transactions predicted, job RSS MB), every ~2 s
     timeline: list[tuple[float, int, int, float]] = field(default_factory=list)
 
@@ -349,24 +366,57 @@ def _published_ids(messages: list[Message]) -> set[str]:
     return ids
 
 
+def split_dataset(config: ChaosConfig) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    """The preset's dataset in event-time order, split at ``warm_days`` after its start: (the
+    history before it, the replay: the first ``min_transactions`` transactions from it, the
+    split as an RFC 3339 time)."""
+    from pipelines.app.simulator import PRESETS, simulate
+
+    sim = PRESETS[config.preset]
+    frame = simulate(sim).sort_values(["TX_DATETIME", "TRANSACTION_ID"]).reset_index(drop=True)
+    start = pd.Timestamp(sim.start_date, tz="UTC") + pd.Timedelta(days=config.warm_days)
+    after = frame.TX_DATETIME >= start
+    replay = frame[after].iloc[: config.min_transactions].copy()
+    if len(replay) < config.min_transactions:
+        raise ValueError(
+            f"the {config.preset} preset has only {len(replay):,} transactions after its first "
+            f"{config.warm_days} days; use fewer --warm-days or --min-transactions"
+        )
+    return frame[~after].copy(), replay, start.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def risk_nonzero_share(features: Iterable[Mapping[str, float]]) -> float:
+    """The share of feature rows with a non-zero label-based feature (the terminal risk
+    windows): what a comparison of these rows with the batch computation can see of labels."""
+    names = [f.name for f in FEATURES if isinstance(f, WindowFeature) and f.needs_labels]
+    rows = list(features)
+    nonzero = sum(1 for row in rows if any(row[name] != 0 for name in names))
+    return round(nonzero / len(rows), 4) if rows else 0.0
+
+
 def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     from models.export import export_model
     from models.train import TrainConfig, train_model
     from pipelines.app.local_run import LocalRun
-    from pipelines.app.simulator import PRESETS, simulate
+    from pipelines.app.simulator import write_dataset
     from pipelines.core.training_data import training_features
     from pipelines.stores.bigtable import FeatureStore, StoreConfig
 
     rng = random.Random(config.seed)
     work = config.work_dir
     work.mkdir(parents=True, exist_ok=True)
-    frame = simulate(PRESETS[config.preset])
-    frame = frame.sort_values(["TX_DATETIME", "TRANSACTION_ID"]).reset_index(drop=True)
-    frame = frame.iloc[: config.min_transactions].copy()
-    expected = training_features(frame)
-    model, _ = train_model(expected, None, TrainConfig(num_trees=20))
+    history, frame, start = split_dataset(config)
+    # The batch computation over everything up to the replay's end, kept for the replayed rows.
+    expected = training_features(pd.concat([history, frame]))
+    expected = expected[expected.TRANSACTION_ID.isin(frame.TRANSACTION_ID)]
     model_dir = work / "models"
+    train_on = training_features(history) if len(history) else expected
+    model, _ = train_model(train_on, None, TrainConfig(num_trees=20))
     export_model(model, model_dir, {"preset": config.preset, "purpose": "chaos"})
+    data_dir = work / "history"
+    if len(history):
+        shutil.rmtree(data_dir, ignore_errors=True)
+        write_dataset(history, data_dir)
 
     messages = build_messages(frame, config)
     # A label contradicted before its genuine label arrives: the genuine label is still the
@@ -379,6 +429,11 @@ def run_chaos(config: ChaosConfig) -> dict[str, Any]:
     checkpoint.unlink(missing_ok=True)
     with LocalRun(work / "stack", log_path=log) as run:
         topo = run.topology
+        if len(history):
+            t_warm = time.monotonic()
+            run.warm_store(data_dir, work / "backfill-warm", start)
+            chaos.warm_store_s = round(time.monotonic() - t_warm, 1)
+            print(f"[chaos] store warmed until {start} in {chaos.warm_store_s} s", flush=True)
         job = run.start_job(
             [
                 f"--model_dir={model_dir}",
@@ -557,13 +612,11 @@ def _report(
         )
     ]
     tx_missing = [tx for tx in valid_tx if index.get(tx) is None or index[tx].tx is None]
-    mismatches = feature_mismatches(
-        [
-            {"transaction_id": t, "features": json.loads(stored[t]["features"])}
-            for t in sorted(valid_tx & set(stored))
-        ],
-        expected,
-    )
+    compared = [
+        {"transaction_id": t, "features": json.loads(stored[t]["features"])}
+        for t in sorted(valid_tx & set(stored))
+    ]
+    mismatches = feature_mismatches(compared, expected)
     steady = _steady_rate(chaos.timeline)
     lost = len(missing_predictions) + len(set(labels_missing) | set(tx_missing))
     result: dict[str, Any] = {
@@ -587,6 +640,9 @@ def _report(
         "kills": len(chaos.kills),
         "outages": len(chaos.outages),
         "feature_mismatches": mismatches,
+        "risk_features_nonzero_share": risk_nonzero_share(c["features"] for c in compared),
+        "warm_days": config.warm_days,
+        "warm_store_s": chaos.warm_store_s,
         "dead_letter_reasons": dict(sorted(reasons.items())),
         "kill_times_s": chaos.kills,
         "outage_windows": chaos.outages,
@@ -608,6 +664,7 @@ def _report(
         and result["dead_lettered"] == result["malformed"]
         and result["valid_dead_lettered"] == 0
         and result["feature_mismatches"] == 0
+        and result["risk_features_nonzero_share"] >= config.min_risk_share
         and result["kills"] >= config.kills
         and result["outages"] == len(config.outages)
         and result["faults_hit"]

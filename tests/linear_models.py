@@ -14,8 +14,14 @@ from pipelines.core.definitions import MODEL_INPUTS, definitions_version
 
 
 def write_linear_version(
-    model_dir: Path, version: str, weights: np.ndarray, bias: float = 0.0
+    model_dir: Path,
+    version: str,
+    weights: np.ndarray,
+    bias: float = 0.0,
+    check_finite: bool = False,
 ) -> Path:
+    """``check_finite``: the model refuses a NaN or infinite input (TensorFlow raises
+    InvalidArgumentError), so a test can make one batch's inference fail."""
     import tensorflow as tf
 
     w = tf.constant(np.asarray(weights, dtype=np.float32).reshape(-1, 1))
@@ -25,6 +31,8 @@ def write_linear_version(
     class Linear(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None, len(MODEL_INPUTS)], tf.float32)])
         def predict_features(self, features):  # type: ignore[no-untyped-def]
+            if check_finite:
+                features = tf.debugging.assert_all_finite(features, "non-finite model input")
             return {"score": tf.reshape(tf.sigmoid(tf.matmul(features, w) + b), [-1])}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])

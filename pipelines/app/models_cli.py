@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pipelines.app.errors import UserError
+from pipelines.app.errors import RUNTIME, UserError
 
 models_app = typer.Typer(
     help="The model registry: versions, champion, challenger, promotion.", no_args_is_help=True
@@ -31,10 +31,12 @@ _FIX = "train one with 'rillet train --features OUT/features --model-dir {}'"
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    from pipelines.stores.model_registry import RegistryError
+    from pipelines.stores.model_registry import RegistryConflict, RegistryError
 
     try:
         yield
+    except RegistryConflict as exc:  # a lost race, not a wrong argument: exit 1
+        raise UserError(str(exc), exit_code=RUNTIME) from exc
     except RegistryError as exc:
         raise UserError(str(exc)) from exc
 

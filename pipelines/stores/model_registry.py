@@ -1,7 +1,8 @@
 """The model registry: which version of a model directory is served (champion), which is on trial
 (challenger), and the history of every change, in one pointer file.
 
-Layout (local path or ``gs://``, all IO through Beam's FileSystems; docs/specs/registry.md)::
+Layout (local path or ``gs://``; versions and cards read through Beam's FileSystems, the pointer
+as below; docs/specs/registry.md)::
 
     <model_dir>/<version>/saved_model/        the TF2 SavedModel (written once, never modified)
     <model_dir>/<version>/model_card.json     its card: version, features, training range, ...
@@ -10,21 +11,27 @@ Layout (local path or ``gs://``, all IO through Beam's FileSystems; docs/specs/r
 
 Versions sort chronologically by name. Without ``registry.json`` the champion is the newest
 version and there is no challenger (model directories from before the registry). The pointer is
-replaced whole at every change (locally a temporary file then ``os.replace``; on GCS one object
-write, atomic), its ``generation`` bumped; a change whose pointer moved meanwhile is refused.
+replaced whole at every change, its ``generation`` bumped, by a compare-and-swap: written only if
+the stored pointer is still the one the change was computed from (on GCS an upload with
+``ifGenerationMatch`` of the object generation read; locally under an exclusive ``flock`` of the
+model directory, a temporary file then ``os.replace``). Of two changes computed from the
+same pointer, one is written and the other refused with RegistryConflict ("run the command
+again").
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import itertools
 import json
 import math
 import os
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
@@ -41,6 +48,7 @@ __all__ = [
     "SAVED_MODEL_DIR",
     "ModelRegistry",
     "Pointer",
+    "RegistryConflict",
     "RegistryError",
     "check_card",
     "daily_metrics",
@@ -61,6 +69,12 @@ _LIST_FIX = "list them with 'rillet models list'"
 
 class RegistryError(ValueError):
     """A registry operation that cannot be done, as one line naming what was expected."""
+
+
+class RegistryConflict(RegistryError):
+    """A change that lost a race: the pointer was changed by another writer between the read
+    this change was computed from and its write. Nothing was written; running it again applies
+    it to the new pointer (or says why it no longer applies)."""
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,123 @@ def validate_policy(policy: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+class _PointerObject(Protocol):
+    """Where ``registry.json`` is stored: read with a token naming what was read, and written
+    only if the stored object is still that one (a compare-and-swap)."""
+
+    def read(self) -> tuple[bytes | None, Any]:
+        """The stored bytes (None: no pointer yet) and their token."""
+        ...
+
+    def write_if(self, data: bytes, token: Any) -> bool:
+        """Writes ``data`` if the stored object is still the one read with ``token``; False if
+        another writer changed it meanwhile."""
+        ...
+
+
+class _LocalPointerFile:
+    """``registry.json`` on a local disk. Every writer takes an exclusive ``flock`` of the model
+    directory (released by the kernel if the process dies; the directory, unlike the file, is
+    never replaced), re-reads the pointer, compares it with what it read before, then writes a
+    temporary file and ``os.replace``s it (readers, who take no lock, see the old or the new file
+    whole)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def read(self) -> tuple[bytes | None, Any]:
+        try:
+            with open(self.path, "rb") as handle:
+                data = handle.read()
+        except FileNotFoundError:
+            return None, None
+        return data, data  # the token is the content: the file is small, and inodes are reused
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        directory = os.path.dirname(self.path) or "."
+        os.makedirs(directory, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def write_if(self, data: bytes, token: Any) -> bool:
+        with self._locked():
+            if self.read()[0] != token:
+                return False
+            tmp = f"{self.path}.{uuid.uuid4().hex}.tmp"
+            try:
+                with open(tmp, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, self.path)
+            finally:
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+        return True
+
+
+class _GcsPointerObject:
+    """``registry.json`` as a Cloud Storage object, through the storage client's blob API: read
+    with its object generation, written with ``if_generation_match`` of it (0 when there was no
+    object: it must still not exist). One object write: readers see the old or the new object.
+
+    Args:
+      path: ``gs://bucket/.../registry.json``.
+      client: a ``google.cloud.storage.Client``; None: Beam's (the credentials Beam's
+        FileSystems use), made at the first use.
+    """
+
+    def __init__(self, path: str, client: Any = None) -> None:
+        self.bucket, _, self.name = path[len("gs://") :].partition("/")
+        self._client = client
+
+    def _blob(self) -> Any:
+        if self._client is None:
+            from apache_beam.io.gcp.gcsio import create_storage_client
+            from apache_beam.options.pipeline_options import PipelineOptions
+
+            self._client = create_storage_client(PipelineOptions())
+        return self._client.bucket(self.bucket).blob(self.name)
+
+    def read(self) -> tuple[bytes | None, Any]:
+        from google.api_core.exceptions import NotFound
+
+        blob = self._blob()
+        try:
+            data = blob.download_as_bytes()  # sets blob.generation from the response
+        except NotFound:
+            return None, 0
+        return data, int(blob.generation)
+
+    def write_if(self, data: bytes, token: Any) -> bool:
+        from google.api_core.exceptions import PreconditionFailed
+
+        try:
+            self._blob().upload_from_string(
+                data, content_type="application/json", if_generation_match=token
+            )
+        except PreconditionFailed:
+            # The client retries a conditional upload after a transient error: the 412 may
+            # answer the retry of an upload that was written. If the object holds these very
+            # bytes (updated_at, the history entry), the change is stored: ours, or one
+            # identical to it in the same second.
+            return self.read()[0] == data
+        return True
+
+
+def _pointer_object(path: str, storage_client: Any) -> _PointerObject:
+    if path.startswith("gs://"):
+        return _GcsPointerObject(path, storage_client)
+    if isinstance(FileSystems.get_filesystem(path), LocalFileSystem):
+        return _LocalPointerFile(path)
+    raise RegistryError(f"{path}: the model registry is kept on a local disk or in gs://")
+
+
 class ModelRegistry:
     """The versions of a model directory and its pointer (see the module docstring).
 
@@ -133,10 +264,17 @@ class ModelRegistry:
         registry.register("20240501T000000000000Z", as_="challenger")
         registry.promote()  # the challenger becomes the champion
         registry.rollback()  # and back
+
+    Args:
+      model_dir: the model directory (local path or ``gs://``).
+      storage_client: on ``gs://``, the ``google.cloud.storage.Client`` the pointer is read and
+        written with (default: Beam's, made at the first use).
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, model_dir: str | os.PathLike[str], storage_client: Any = None) -> None:
         self.model_dir = str(model_dir).rstrip("/") or "/"
+        self._storage_client = storage_client
+        self._pointer_file: _PointerObject | None = None
 
     def _path(self, *parts: str) -> str:
         return FileSystems.join(self.model_dir, *parts)
@@ -144,6 +282,12 @@ class ModelRegistry:
     @property
     def pointer_path(self) -> str:
         return self._path(POINTER_FILE)
+
+    @property
+    def _pointer_object(self) -> _PointerObject:
+        if self._pointer_file is None:
+            self._pointer_file = _pointer_object(self.pointer_path, self._storage_client)
+        return self._pointer_file
 
     # Reading.
 
@@ -198,11 +342,15 @@ class ModelRegistry:
         return card
 
     def _stored_pointer(self) -> Pointer | None:
-        if not FileSystems.exists(self.pointer_path):
-            return None
+        return self._read_pointer()[0]
+
+    def _read_pointer(self) -> tuple[Pointer | None, Any]:
+        """The stored pointer (None: no registry.json) and the token to write it back with."""
+        data, token = self._pointer_object.read()
+        if data is None:
+            return None, token
         try:
-            with FileSystems.open(self.pointer_path) as handle:
-                return Pointer.from_json(json.loads(handle.read().decode()))
+            return Pointer.from_json(json.loads(data.decode())), token
         except (ValueError, TypeError, AttributeError) as exc:
             raise RegistryError(
                 f"{self.pointer_path}: not a registry pointer ({exc}); restore it from its "
@@ -228,15 +376,11 @@ class ModelRegistry:
     # Changing the pointer.
 
     def _write(self, before: Pointer, after: Pointer) -> Pointer:
-        """Writes ``after`` (generation bumped) unless the stored pointer moved since ``before``
-        was read."""
-        stored = self._stored_pointer()
+        """Writes ``after`` (generation bumped) if the stored pointer is still ``before``'s
+        generation, by a compare-and-swap (see the module docstring); RegistryConflict if
+        another writer went first."""
+        stored, token = self._read_pointer()
         generation = stored.generation if stored else 0
-        if generation != before.generation:
-            raise RegistryError(
-                f"{self.pointer_path} changed meanwhile (generation {before.generation} -> "
-                f"{generation}); run the command again"
-            )
         new = Pointer(
             after.champion,
             after.challenger,
@@ -246,22 +390,13 @@ class ModelRegistry:
             after.policy,
         )
         data = (json.dumps(new.to_json(), indent=2) + "\n").encode()
-        if isinstance(FileSystems.get_filesystem(self.pointer_path), LocalFileSystem):
-            os.makedirs(self.model_dir, exist_ok=True)
-            tmp = f"{self.pointer_path}.{uuid.uuid4().hex}.tmp"
-            try:
-                with open(tmp, "wb") as handle:
-                    handle.write(data)
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                os.replace(tmp, self.pointer_path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        else:  # one object write: a reader sees the old or the new object, never a part
-            out = FileSystems.create(self.pointer_path, mime_type="application/json")
-            out.write(data)
-            out.close()
+        if generation != before.generation or not self._pointer_object.write_if(data, token):
+            now = self._stored_pointer()
+            raise RegistryConflict(
+                f"{self.pointer_path} changed meanwhile (generation {before.generation} -> "
+                f"{now.generation if now else 0}): another change was written first and this one "
+                "was not; run the command again"
+            )
         return new
 
     def _change(

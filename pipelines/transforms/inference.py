@@ -5,12 +5,17 @@ and challenger, swapped by a watcher without a restart, through one of three bac
 SavedModel signature, tfx-bsl's model handler, a remote Vertex AI / AI Platform model). One call
 scores one FeatureBatch (batches are formed by ComputeFeatures, so RunInference's own batching
 is skipped).
+
+One ServingModels per SDK process, shared by every RunInference DoFn instance (one per thread on
+Dataflow, one per bundle on the DirectRunner) through Beam's ``apache_beam.utils.shared.Shared``,
+as RunInference shares its own models: see ``serving_models_of``.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -20,11 +25,11 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.ml.inference.base import ModelHandler, RunInference
+from apache_beam.utils.shared import Shared
 
 from pipelines.core.batches import FeatureBatch
 from pipelines.core.messages import DeadLetter
 from pipelines.stores.model_registry import ModelRegistry, RegistryError, check_card
-from pipelines.stores.shared import process_shared
 from pipelines.transforms.model_serving import (
     Assignment,
     LoadedVersion,
@@ -41,6 +46,7 @@ __all__ = [
     "ServingConfig",
     "load_model_version",
     "resolve_model",
+    "serving_models_of",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -137,18 +143,18 @@ class ServingConfig:
         return self.version == "champion"
 
 
-def registry_assignment(model_dir: str) -> Assignment:
+def registry_assignment(registry: ModelRegistry) -> Assignment:
     """The registry pointer's champion and challenger."""
-    from pipelines.stores.model_registry import ModelRegistry
-
-    pointer = ModelRegistry(model_dir).pointer()
+    pointer = registry.pointer()
     if not pointer.champion:
-        raise FileNotFoundError(f"no champion in {model_dir!r}: train one with 'rillet train'")
+        raise FileNotFoundError(
+            f"no champion in {registry.model_dir!r}: train one with 'rillet train'"
+        )
     return Assignment(pointer.champion, pointer.challenger, pointer.generation)
 
 
 def serving_models(config: ServingConfig) -> ServingModels:
-    """The worker's ServingModels for ``config`` (model_serving.py)."""
+    """A new ServingModels for ``config`` (model_serving.py); the job's is serving_models_of's."""
 
     def load(version: str) -> LoadedVersion:
         info = resolve_model(config.model_dir, version)
@@ -157,16 +163,54 @@ def serving_models(config: ServingConfig) -> ServingModels:
         return loaded
 
     if config.follows_registry:
-        return ServingModels(partial(registry_assignment, config.model_dir), load, config.poll_s)
+        # One registry (on gs://, one storage client) for every read of the pointer.
+        source = partial(registry_assignment, ModelRegistry(config.model_dir))
+        return ServingModels(source, load, config.poll_s)
     pinned = resolve_model(config.model_dir, config.version).version
     return ServingModels(lambda: Assignment(pinned, None, 0), load, 0)
+
+
+class _ProcessServing:
+    """The SDK process's ServingModels, through a Beam ``Shared`` handle whose tag is the
+    ServingConfig: made once under Shared's lock by whichever thread asks first (the others wait
+    for it and get the same object), made anew when another config is asked for.
+
+    Shared holds an object weakly, plus one strong reference to the last object acquired through
+    any handle of the process. The DirectRunner makes a DoFn per bundle and drops it after the
+    bundle, and RunInference's setup acquires its model status through another handle before it
+    asks for the model: nothing would hold the models between two bundles, and each bundle would
+    load them again (tests/unit/test_model_serving.py shows it).
+    Hence ``_held``: the models served last, held for the life of the SDK process (which runs
+    one job), released when another config is served.
+    """
+
+    def __init__(self) -> None:
+        self._shared = Shared()
+        self._lock = threading.Lock()
+        self._held: ServingModels | None = None
+
+    def acquire(self, config: ServingConfig) -> ServingModels:
+        models: ServingModels = self._shared.acquire(partial(serving_models, config), tag=config)
+        with self._lock:
+            self._held = models
+        return models
+
+
+_PROCESS_SERVING = _ProcessServing()
+
+
+def serving_models_of(config: ServingConfig) -> ServingModels:
+    """The SDK process's ServingModels for ``config``, loaded once and shared by every thread
+    and DoFn instance (see _ProcessServing). The one held for another config before is released:
+    its watcher thread stops once no DoFn uses it any more."""
+    return _PROCESS_SERVING.acquire(config)
 
 
 class RegistryModelHandler(ModelHandler[FeatureBatch, PredictionBatch, ServingModels]):
     """ModelHandler serving the registry's champion, shadowed by its challenger (model_serving.py).
 
-    The "model" RunInference holds is the worker's ServingModels: it swaps versions itself, so
-    RunInference's own model updates are not used.
+    The "model" RunInference holds is the SDK process's ServingModels (serving_models_of): it
+    swaps versions itself, so RunInference's own model updates are not used.
     """
 
     def __init__(self, config: ServingConfig) -> None:
@@ -174,11 +218,7 @@ class RegistryModelHandler(ModelHandler[FeatureBatch, PredictionBatch, ServingMo
         self._config = config
 
     def load_model(self) -> ServingModels:
-        # RunInference loads in setup, and the DirectRunner sets up a fresh DoFn for every
-        # bundle: one ServingModels per process, or every bundle would pay a load.
-        return process_shared(
-            ("serving_models", self._config), partial(serving_models, self._config)
-        )
+        return serving_models_of(self._config)
 
     def run_inference(
         self,

@@ -5,6 +5,18 @@ TensorFlow Serving's way, in one process: a watcher thread reads the registry po
 switches the pair in one assignment (the scoring thread reads it once per batch, so a batch is
 scored by one pair, never half and half), and unloads what no longer serves. A version that fails
 to load, or whose inputs the job does not compute, is refused and the serving pair stays.
+One ServingModels per SDK process (pipelines/transforms/inference.py holds it through Beam's
+``Shared``), one watcher thread per ServingModels: it holds the models weakly and stops when they
+are closed or collected.
+
+Memory and the garbage collector: the first load of a process freezes what exists then (``gc``'s
+permanent generation: TensorFlow, Beam and the job's modules, half a million objects that live as
+long as the process), after one full collection, so that the collector never scans them again (a
+full collection over them took ~275 ms, a stall of every step on the local runner's one thread).
+The versions are loaded after that freeze and are never frozen: an unloaded version is ordinary
+cyclic garbage (~3,000 objects: TensorFlow's trackables and function graphs refer to each other)
+that the collector frees in its next full collection, which scans only what was allocated since
+the freeze. No swap collects or unfreezes anything itself (docs/specs/registry.md, "Serving").
 
 Why not Beam's own model updates: RunInference's ``model_metadata_pcoll`` side input stays
 blocked on the local runner (Beam's own streaming test of it is skipped on the DirectRunner),
@@ -24,9 +36,11 @@ Backends (``--inference_backend``), one scorer per loaded version:
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -44,6 +58,7 @@ __all__ = [
     "Serving",
     "ServingModels",
     "TfxBslScorer",
+    "freeze_runtime",
     "load_version",
     "to_examples",
     "vertex_model_handler",
@@ -102,6 +117,10 @@ class Serving(NamedTuple):
 class ServingModels:
     """The serving pair of one worker process, following ``source`` (see the module docstring).
 
+    Thread-safe: the scoring threads read ``current()`` (one attribute), the watcher and
+    ``refresh()`` change it under a lock. The watcher thread holds this object weakly, so it stops
+    when ``close()`` is called or when nothing else holds the object.
+
     Args:
       source: reads the registry pointer (raises on an unreadable registry: the pair stays).
       load: loads one version.
@@ -116,7 +135,6 @@ class ServingModels:
     ) -> None:
         self._source = source
         self._load = load
-        self._poll_s = poll_s
         self._loaded: dict[str, LoadedVersion] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -125,14 +143,30 @@ class ServingModels:
         assignment = source()
         self._serving = self._pair(assignment)
         self._assigned = assignment
+        self._watcher: threading.Thread | None = None
         if poll_s > 0:
-            threading.Thread(target=self._watch, name="rillet-model-watcher", daemon=True).start()
+            self._watcher = threading.Thread(
+                target=_watch,
+                args=(weakref.ref(self), self._stop, poll_s),
+                name="rillet-model-watcher",
+                daemon=True,
+            )
+            self._watcher.start()
+            weakref.finalize(self, self._stop.set)  # collected without close(): the thread ends
 
     def current(self) -> Serving:
         return self._serving
 
-    def close(self) -> None:
+    @property
+    def watching(self) -> bool:
+        """Whether the watcher thread runs."""
+        return self._watcher is not None and self._watcher.is_alive()
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stops the watcher (waits for a refresh under way); the pair keeps serving."""
         self._stop.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join(timeout_s)
 
     def refresh(self) -> bool:
         """Reads the pointer once; loads and switches if it changed. True when it switched."""
@@ -175,13 +209,6 @@ class ServingModels:
             )
             return True
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self._poll_s):
-            try:
-                self.refresh()
-            except Exception as error:  # an unreadable pointer: keep serving, read it again
-                _LOGGER.warning("model registry unreadable, still serving: %r", error)
-
     def _pair(self, assignment: Assignment) -> Serving:
         champion = self._get(assignment.champion)
         challenger = self._get(assignment.challenger) if assignment.challenger else None
@@ -194,26 +221,50 @@ class ServingModels:
         return loaded
 
     def _unload(self, keep: Serving) -> None:
+        # Dropping the references is all: the version was loaded after the runtime was frozen,
+        # so the collector's next full collection frees it (see the module docstring).
         keep_versions = {keep.champion.version, _version(keep.challenger)}
-        dropped = [v for v in self._loaded if v not in keep_versions]
-        for version in dropped:
+        for version in [v for v in self._loaded if v not in keep_versions]:
             del self._loaded[version]
-        if dropped:
-            _collect_frozen()
+
+
+def _watch(models_ref: weakref.ref[ServingModels], stop: threading.Event, poll_s: float) -> None:
+    """The watcher thread: refreshes the models every ``poll_s`` while they exist."""
+    while not stop.wait(poll_s):
+        models = models_ref()
+        if models is None:
+            return
+        try:
+            models.refresh()
+        except Exception as error:  # an unreadable pointer: keep serving, read it again
+            _LOGGER.warning("model registry unreadable, still serving: %r", error)
+        del models  # between polls the thread holds no reference
 
 
 def _version(loaded: LoadedVersion | None) -> str | None:
     return loaded.version if loaded else None
 
 
-def _collect_frozen() -> None:
-    """Lets the collector free an unloaded model: loads move everything to the permanent
-    generation (load_saved_model), where cycles are never collected."""
-    import gc
+_FREEZE_LOCK = threading.Lock()
+_frozen = False
 
-    gc.unfreeze()
-    gc.collect()
-    gc.freeze()
+
+def freeze_runtime() -> None:
+    """Once per process, before its first model load: one full collection, then everything
+    alive moves to the collector's permanent generation (see the module docstring). Later calls
+    do nothing."""
+    global _frozen
+    with _FREEZE_LOCK:
+        if _frozen:
+            return
+        gc.collect()  # what is garbage now must not be frozen with the rest
+        gc.freeze()
+        # A full collection sets the size that the next automatic one waits for (a quarter of it
+        # promoted to the oldest generation); left at the half million just frozen, no automatic
+        # full collection would come before ~125,000 new long-lived objects (~30 unloaded
+        # versions, ~110 MB). Over what is not frozen (nothing yet) this one takes a millisecond.
+        gc.collect()
+        _frozen = True
 
 
 # -- backends --------------------------------------------------------------------------------
@@ -232,16 +283,10 @@ class SavedModelScorer:
     """TF2 loader, ``predict_features`` signature (float32 [n, k] -> score)."""
 
     def __init__(self, path: str) -> None:
-        import gc
-
         self._tf = _import_tensorflow()
+        freeze_runtime()
         self._loaded = self._tf.saved_model.load(path)
         self._signature = self._loaded.signatures[FEATURES_SIGNATURE]
-        # Everything allocated until then (TensorFlow, Beam, the model: half a million objects)
-        # lives as long as the worker, so it is moved out of the garbage collector's reach: a
-        # full collection over it took ~275 ms, a stall of every step on the local runner's one
-        # thread (measured). _collect_frozen undoes it when a version is unloaded.
-        gc.freeze()
 
     def __call__(self, x: np.ndarray, chunk: int = 8192) -> np.ndarray:
         out = np.empty(len(x), dtype=np.float64)
@@ -277,6 +322,7 @@ class TfxBslScorer:
 
     def __init__(self, handler: Any, features: Sequence[str]) -> None:
         _import_tensorflow()
+        freeze_runtime()
         self._handler = handler
         self._features = tuple(features)
         self._model = handler.load_model()

@@ -1,6 +1,12 @@
 """A small `make chaos` in CI: a SIGKILL mid-stream with resume, an outage of each store, bad
 input of every kind, then every store checked (bench/chaos.py; the full run is `make chaos`).
 
+The store is warmed with the 30 days before the replay (the backfill), so the replayed
+transactions' terminal windows (7 days behind them: the label delay) hold transactions and
+labels, and the comparison with the batch computation sees the terminal stage: at least 2% of
+the compared predictions must have a non-zero terminal risk feature (~38% here; 0 without the
+warm store, since the replay is shorter than the label delay).
+
 The faults are timed from the job's first prediction; the test checks that each one hit the job
 at work: it had predicted before, predicted nothing while a store was stopped, retried the calls
 that ran into their deadline, and predicted again afterwards."""
@@ -20,6 +26,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def test_nothing_lost_nothing_doubled_through_a_kill_and_outages(tmp_path: Path) -> None:
     config = ChaosConfig(
         work_dir=tmp_path,
+        warm_days=30,  # the store holds the 30 days before the replay (backfilled)
         min_transactions=2_500,
         malformed=120,
         duplicates=40,
@@ -54,12 +61,17 @@ def test_nothing_lost_nothing_doubled_through_a_kill_and_outages(tmp_path: Path)
         r.startswith("Datastore") and r.endswith(": DeadlineExceeded")
         for r in faults["datastore"]["retries"]
     ), faults["datastore"]
+    # The Bigtable calls in flight ran into their deadline and were retried, and only those.
+    assert faults["bigtable"]["retries"], faults["bigtable"]
     assert all(r.startswith("Bigtable") for r in faults["bigtable"]["retries"]), faults["bigtable"]
     assert result["faults_hit"]
     assert len(logged_retries(tmp_path / "pipeline.log")) >= 1
 
     assert result["duplicated"] == 0
     assert result["feature_mismatches"] == 0
+    # ... and the comparison saw the terminal stage: labels and terminal windows matter.
+    assert result["risk_features_nonzero_share"] >= 0.02, result["risk_features_nonzero_share"]
+    assert result["ok"], {k: v for k, v in result.items() if k != "timeline"}
     assert result["predictions_stored"] == result["valid_transactions"] == 2_500
     assert result["lost"] == 0, result["valid_dead_lettered_details"]
     assert result["valid_dead_lettered"] == 0, result["valid_dead_lettered_details"]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.schema import parse_rfc3339
 
 pytestmark = pytest.mark.integration
 
@@ -98,12 +99,28 @@ def test_promotion_is_hot_swapped_and_shadow_scores_are_evaluated_online(
     # The swap: within the poll interval plus a load, no restart (the same in-process job).
     swap_s = swap_seconds(changed_at, "v2", messages)
     assert swap_s is not None and swap_s < 60
-    # Every stored prediction: scored by the version it names, shadowed by the challenger.
+    # The swap is one moment for every prediction: each message (originals and corrections) is
+    # stamped when it was scored; none names v2 before the promotion was written; from the first
+    # that does (the job served v2 from then on), every one is scored by v2 and shadowed by v3,
+    # every one before by v1 shadowed by v2, and the first half was published before the swap.
+    scored = [
+        (parse_rfc3339(m["processing_time"]), m["model_version"], m["challenger_version"])
+        for m in messages
+    ]
+    swap_us = min(t for t, version, _ in scored if version == "v2")
+    assert swap_us >= changed_at * 1e6
+    assert {(v, c) for t, v, c in scored if t < swap_us} == {("v1", "v2")}
+    assert {(v, c) for t, v, c in scored if t >= swap_us} == {("v2", "v3")}
+    # The same for the stored predictions (the final state): each names the pair of the moment it
+    # was scored, and every transaction published after the swap was scored by v2.
     assert len(served) == len(ids)
-    assert set(served.model_version) == {"v1", "v2"}
     assert served.challenger_version.notna().all()
-    pairs = set(zip(served.model_version, served.challenger_version, strict=True))
-    assert pairs == {("v1", "v2"), ("v2", "v3")}
+    after = served.processing_time_us >= swap_us
+    pairs = list(zip(served.model_version, served.challenger_version, strict=True))
+    assert {p for p, late in zip(pairs, after, strict=True) if not late} == {("v1", "v2")}
+    assert {p for p, late in zip(pairs, after, strict=True) if late} == {("v2", "v3")}
+    assert (served.model_version[served.publish_time_us >= swap_us] == "v2").all()
+    assert (served.publish_time_us >= swap_us).sum() > 0
     rows = served[list(MODEL_INPUTS)].to_numpy()
     for version, (w, b) in WEIGHTS.items():
         champion = served.model_version == version

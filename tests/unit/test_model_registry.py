@@ -7,7 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import itertools
 import json
+import multiprocessing
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from pipelines.stores.model_registry import (
     POINTER_FILE,
     ModelRegistry,
     Pointer,
+    RegistryConflict,
     RegistryError,
     daily_metrics,
     decide_promotion,
@@ -270,6 +273,201 @@ def test_a_broken_pointer_is_a_clear_error(models: Path) -> None:
     (models / POINTER_FILE).write_text("[1, 2")
     with pytest.raises(RegistryError, match="not a registry pointer"):
         ModelRegistry(str(models)).pointer()
+
+
+# Changes at the same time: a compare-and-swap of the pointer.
+
+
+class Racing:
+    """A registry's pointer object whose writers wait at the compare-and-swap until every one of
+    them has read the pointer: the changes are computed from the same pointer."""
+
+    def __init__(self, registry: ModelRegistry, barrier: threading.Barrier) -> None:
+        self.inner = registry._pointer_object
+        self.barrier = barrier
+        registry._pointer_file = self
+
+    def read(self) -> tuple[bytes | None, Any]:
+        return self.inner.read()
+
+    def write_if(self, data: bytes, token: Any) -> bool:
+        self.barrier.wait(timeout=10)
+        return bool(self.inner.write_if(data, token))
+
+
+def race(*changes: Any) -> list[Any]:
+    """Runs the changes in threads at once; each result is a Pointer or the exception."""
+    results: list[Any] = [None] * len(changes)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = changes[i]()
+        except RegistryError as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(changes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def test_two_promotions_at_once_one_wins_the_other_is_refused(models: Path) -> None:
+    ModelRegistry(str(models)).challenge("v2")
+    first, second = ModelRegistry(str(models)), ModelRegistry(str(models))
+    barrier = threading.Barrier(2)
+    Racing(first, barrier), Racing(second, barrier)
+    results = race(first.promote, lambda: second.promote("v1"))
+    won = [r for r in results if isinstance(r, Pointer)]
+    lost = [r for r in results if isinstance(r, Exception)]
+    assert len(won) == 1 and len(lost) == 1, results
+    assert isinstance(lost[0], RegistryConflict)
+    assert str(lost[0]).endswith(
+        "changed meanwhile (generation 1 -> 2): another change was written first and this one "
+        "was not; run the command again"
+    )
+    raw = stored(models)
+    assert raw["generation"] == 2 and raw["champion"] == won[0].champion
+    assert [h["action"] for h in raw["history"]] == ["challenge", "promote"]
+    # Run again, the loser applies to the new pointer: both are in the history, in sequence.
+    again = ModelRegistry(str(models)).promote("v1" if won[0].champion == "v2" else "v2")
+    raw = stored(models)
+    assert raw["generation"] == 3 == again.generation
+    assert [h["action"] for h in raw["history"]] == ["challenge", "promote", "promote"]
+    assert raw["history"][2]["previous"]["champion"] == won[0].champion
+
+
+def _change_policy_repeatedly(model_dir: str, worker: int, start: Any, out: Any) -> None:
+    """One process of the test below: 25 policy changes, each recorded as won or lost."""
+    registry = ModelRegistry(model_dir)
+    start.wait()
+    for i in range(25):
+        try:
+            pointer = registry.set_policy(min_days=1 + (worker * 25 + i) % 9)
+            out.put((worker, pointer.generation))
+        except RegistryConflict:
+            out.put((worker, None))
+
+
+def test_processes_changing_the_pointer_at_once_lose_no_change(models: Path) -> None:
+    """4 processes write 100 changes at once: every change is either written, under its own
+    generation and in the history, or refused with RegistryConflict; none is lost."""
+    context = multiprocessing.get_context("spawn")
+    start, out = context.Barrier(4), context.Queue()
+    workers = [
+        context.Process(target=_change_policy_repeatedly, args=(str(models), w, start, out))
+        for w in range(4)
+    ]
+    for w in workers:
+        w.start()
+    results = [out.get(timeout=120) for _ in range(100)]
+    for w in workers:
+        w.join(timeout=60)
+    won = sorted(g for _, g in results if g is not None)
+    assert won == list(range(1, len(won) + 1))  # one writer per generation
+    raw = stored(models)
+    assert raw["generation"] == len(won) == len(raw["history"])
+    assert len(won) < 100, "no change was refused: the processes did not overlap"
+
+
+class FakeStorage:
+    """The blob API of ``google.cloud.storage.Client`` that the registry uses, over a dict;
+    uploads checked against ``if_generation_match`` as Cloud Storage does (0: must not exist).
+    The real Cloud Storage cannot be reached from the tests."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str], tuple[bytes, int]] = {}
+        self.preconditions: list[int | None] = []
+        self.lock = threading.Lock()
+        self.generations = itertools.count(1_700_000_000_000_001)
+        self.answer_412_after_writing = False
+
+    def bucket(self, name: str) -> Any:
+        storage = self
+
+        class Bucket:
+            def blob(self, blob_name: str) -> FakeBlob:
+                return FakeBlob(storage, (name, blob_name))
+
+        return Bucket()
+
+
+class FakeBlob:
+    def __init__(self, storage: FakeStorage, key: tuple[str, str]) -> None:
+        self.storage, self.key = storage, key
+        self.generation: int | None = None
+
+    def download_as_bytes(self) -> bytes:
+        from google.api_core.exceptions import NotFound
+
+        with self.storage.lock:
+            if self.key not in self.storage.objects:
+                raise NotFound(f"gs://{'/'.join(self.key)}")
+            data, self.generation = self.storage.objects[self.key]
+            return data
+
+    def upload_from_string(
+        self, data: bytes, content_type: str, if_generation_match: int | None = None
+    ) -> None:
+        from google.api_core.exceptions import PreconditionFailed
+
+        assert content_type == "application/json"
+        with self.storage.lock:
+            self.storage.preconditions.append(if_generation_match)
+            current = self.storage.objects.get(self.key, (b"", 0))[1]
+            if if_generation_match is not None and if_generation_match != current:
+                raise PreconditionFailed("conditionNotMet")
+            self.storage.objects[self.key] = (data, next(self.storage.generations))
+            if self.storage.answer_412_after_writing:  # a retry answered after the write
+                raise PreconditionFailed("conditionNotMet")
+
+
+@pytest.fixture
+def no_versions_listed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The versions are listed through Beam's FileSystems (the fake covers only the pointer)."""
+    monkeypatch.setattr(ModelRegistry, "versions", lambda self: ["v1"])
+
+
+@pytest.mark.usefixtures("no_versions_listed")
+def test_on_gcs_the_pointer_is_written_with_if_generation_match() -> None:
+    storage = FakeStorage()
+    registry = ModelRegistry("gs://bucket/models", storage_client=storage)
+    assert registry.pointer().generation == 0
+    registry.set_policy(min_days=2)
+    first_object = storage.objects[("bucket", "models/registry.json")][1]
+    registry.set_policy(metric="auc")
+    assert storage.preconditions == [0, first_object]  # 0: the object must not exist yet
+    pointer = ModelRegistry("gs://bucket/models/", storage_client=storage).pointer()
+    assert pointer.generation == 2
+    assert dict(pointer.policy)["metric"] == "auc" and dict(pointer.policy)["min_days"] == 2
+
+
+@pytest.mark.usefixtures("no_versions_listed")
+def test_on_gcs_two_changes_at_once_one_wins_the_other_is_refused() -> None:
+    storage = FakeStorage()
+    ModelRegistry("gs://bucket/models", storage_client=storage).set_policy(min_days=2)
+    first = ModelRegistry("gs://bucket/models", storage_client=storage)
+    second = ModelRegistry("gs://bucket/models", storage_client=storage)
+    barrier = threading.Barrier(2)
+    Racing(first, barrier), Racing(second, barrier)
+    results = race(lambda: first.set_policy(mode="auto"), lambda: second.set_policy(metric="cp100"))
+    assert sorted(type(r).__name__ for r in results) == ["Pointer", "RegistryConflict"]
+    assert "gs://bucket/models/registry.json changed meanwhile (generation 1 -> 2)" in str(
+        next(r for r in results if isinstance(r, RegistryConflict))
+    )
+    pointer = first.pointer()
+    assert pointer.generation == 2 and len(pointer.history) == 2
+    assert len(storage.preconditions) == 3  # the loser's upload was tried and refused by GCS
+
+
+@pytest.mark.usefixtures("no_versions_listed")
+def test_on_gcs_a_retried_upload_that_was_written_is_not_a_conflict() -> None:
+    storage = FakeStorage()
+    registry = ModelRegistry("gs://bucket/models", storage_client=storage)
+    storage.answer_412_after_writing = True
+    assert registry.set_policy(min_days=4).generation == 1
+    assert registry.pointer().policy["min_days"] == 4
 
 
 # The policy.

@@ -1,19 +1,29 @@
 """ServingModels: hot swap of the registry's champion/challenger pair, with fakes for the
-registry pointer and the loader (the SavedModel backends are tested in test_model_export)."""
+registry pointer and the loader (the SavedModel backends are tested in test_model_export); one
+ServingModels per process through Beam's Shared; swaps that collect nothing."""
 
 from __future__ import annotations
 
+import gc
+import pickle
 import threading
 import time
+import weakref
+from pathlib import Path
+from typing import Any
 
+import apache_beam as beam
 import numpy as np
 import pytest
 
 from pipelines.core.batches import FeatureBatch
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.schema import Transaction
+from pipelines.stores.model_registry import ModelRegistry
+from pipelines.transforms import inference
 from pipelines.transforms.inference import RegistryModelHandler, ServingConfig
 from pipelines.transforms.model_serving import Assignment, LoadedVersion, ServingModels
+from tests.unit.test_model_registry import make_version
 
 VALUES = {"v1": 0.1, "v2": 0.2, "v3": 0.3}
 
@@ -183,3 +193,156 @@ def test_prediction_logs_of_the_tfx_bsl_handler_are_written_and_match(tmp_path) 
         log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
         scores.append(log.predict_log.response.outputs["score"].float_val[0])
     np.testing.assert_allclose(scores, linear_scores(rows, weights, -0.5), atol=1e-6)
+
+
+# One ServingModels per process, through Beam's Shared.
+
+
+def fake_version(version: str) -> LoadedVersion:
+    return LoadedVersion(version, MODEL_INPUTS, lambda x: np.full(len(x), VALUES[version]))
+
+
+@pytest.fixture
+def fake_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The job's loader with the SavedModel replaced by a constant score per version."""
+    loads: list[str] = []
+
+    def load_version(version: str, *args: Any) -> LoadedVersion:
+        loads.append(version)
+        return fake_version(version)
+
+    monkeypatch.setattr(inference, "load_version", load_version)
+    return loads
+
+
+def registry_dir(root: Path) -> Path:
+    for version in VALUES:
+        make_version(root, version)
+    ModelRegistry(str(root)).promote("v1", challenger="v2")
+    return root
+
+
+def watchers() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "rillet-model-watcher" and t.is_alive()]
+
+
+def test_one_serving_models_per_process_for_every_dofn_and_thread(
+    tmp_path: Path, fake_loads: list[str]
+) -> None:
+    """Handlers deserialized per thread (as a runner does with DoFns) all get one ServingModels
+    with one watcher; a promotion is seen through every one of them; serving another config
+    releases the first, whose watcher stops."""
+    config = ServingConfig(str(registry_dir(tmp_path / "a")), poll_s=0.02)
+    pickled = pickle.dumps(RegistryModelHandler(config))
+    before = len(watchers())
+    start = threading.Barrier(16)
+    got: list[tuple[RegistryModelHandler, ServingModels]] = []
+
+    def setup() -> None:
+        handler = pickle.loads(pickled)
+        start.wait()
+        got.append((handler, handler.load_model()))
+
+    threads = [threading.Thread(target=setup) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len({id(models) for _, models in got}) == 1
+    assert fake_loads == ["v1", "v2"]
+    assert len(watchers()) == before + 1
+
+    def served() -> set[str]:
+        return {h.run_inference(_batch(2), m)[0].model_version for h, m in got}
+
+    ModelRegistry(config.model_dir).promote("v3")
+    wait_for(lambda: served() == {"v3"})
+    assert fake_loads == ["v1", "v2", "v3"]
+
+    watcher = got[0][1]._watcher
+    models_ref = weakref.ref(got[0][1])
+    got.clear()
+    other = ServingConfig(str(registry_dir(tmp_path / "b")), poll_s=0.02)
+    assert RegistryModelHandler(other).load_model() is not models_ref()
+    wait_for(lambda: models_ref() is None and not watcher.is_alive())
+
+
+def test_close_stops_the_watcher() -> None:
+    registry = Registry("v1")
+    models = ServingModels(lambda: registry.assignment, registry.load, poll_s=0.01)
+    assert models.watching
+    models.close()
+    assert not models.watching
+    registry.set("v2")
+    time.sleep(0.05)
+    assert models.current().champion.version == "v1"
+
+
+def test_a_runner_that_drops_its_dofn_after_every_bundle_loads_the_models_once(
+    tmp_path: Path, fake_loads: list[str]
+) -> None:
+    """The DirectRunner in streaming mode deserializes and sets up RunInference for every
+    bundle and drops it afterwards; the process keeps its one ServingModels across bundles
+    (with Shared's weak reference alone, they were loaded again between bundles)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.testing.util import assert_that, equal_to
+
+    config = ServingConfig(str(registry_dir(tmp_path)), poll_s=0)
+    stream = TestStream()
+    for i in range(12):
+        stream = stream.add_elements([i]).advance_processing_time(1)
+    with beam.Pipeline(options=PipelineOptions(streaming=True)) as p:
+        predictions = p | stream | beam.Map(lambda i: _batch(1)) | inference.Predict(config)
+        assert_that(
+            predictions.results | beam.Map(lambda pb: pb.model_version),
+            equal_to(["v1"] * 12),
+        )
+    assert fake_loads == ["v1", "v2"]
+
+
+# Swaps without a stop-the-world collection.
+
+
+def test_a_swap_collects_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    for name in ("collect", "freeze", "unfreeze"):
+        monkeypatch.setattr(gc, name, lambda *a, name=name: calls.append(name) or 0)
+    registry = Registry("v1", "v2")
+    models = ServingModels(lambda: registry.assignment, registry.load, poll_s=0)
+    for pair in [("v2", "v3"), ("v3", None), ("v1", "v2"), ("v3", "v1")]:
+        registry.set(*pair)
+        assert models.refresh()
+    assert calls == []
+
+
+def test_an_unloaded_version_is_ordinary_garbage_not_frozen(tmp_path: Path) -> None:
+    """Real SavedModels: the runtime is frozen once, the versions never are, so a swap changes
+    nothing in the permanent generation and an ordinary collection frees the version it
+    unloaded (its TensorFlow objects refer to each other: reference counting alone cannot)."""
+    from pipelines.transforms.model_serving import SavedModelScorer, load_version
+    from tests.linear_models import write_linear_version
+
+    for i, version in enumerate(VALUES):
+        write_linear_version(tmp_path, version, np.full(len(MODEL_INPUTS), 0.01 * i))
+    loaded: dict[str, weakref.ref[Any]] = {}
+
+    def load(version: str) -> LoadedVersion:
+        path = str(tmp_path / version / "saved_model")
+        version_ = load_version(version, path, MODEL_INPUTS, "saved_model", None)
+        assert isinstance(version_.scorer, SavedModelScorer)
+        loaded[version] = weakref.ref(version_.scorer._loaded)
+        return version_
+
+    registry = Registry("v1")
+    models = ServingModels(lambda: registry.assignment, load, poll_s=0)
+    frozen = gc.get_freeze_count()
+    rows = np.ones((3, len(MODEL_INPUTS)))
+    for champion in ("v2", "v3", "v1", "v2"):
+        registry.set(champion)
+        assert models.refresh()
+        models.current().champion.score(rows)
+        assert gc.get_freeze_count() == frozen
+    gc.collect()
+    alive = sorted(v for v, ref in loaded.items() if ref() is not None)
+    assert alive == ["v2"]

@@ -103,3 +103,43 @@ def test_compare_and_auto_promote(models: Path, monkeypatch: pytest.MonkeyPatch)
     assert pointer.champion == "v2" and pointer.history[-1]["by"].startswith("auto-promote")
     out = rillet("models", "auto-promote", *common).output
     assert out.startswith("kept: champion v2, challenger (none): no challenger")
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["promote", "v1"], ["challenge", "v1"], ["rollback"], ["policy", "--mode", "auto"]],
+)
+def test_a_change_that_loses_a_race_is_one_line_and_exit_1(
+    models: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+) -> None:
+    """Another operator's change lands between the command's read of the pointer and its
+    write: nothing is written, one line says so and what to do, exit 1, no traceback."""
+    from pipelines.app.cli import main
+    from pipelines.stores import model_registry
+
+    d = str(models)
+    ModelRegistry(d).challenge("v2")
+    ModelRegistry(d).promote()
+    write_if = model_registry._LocalPointerFile.write_if
+
+    def another_writer_first(self: Any, data: bytes, token: Any) -> bool:
+        monkeypatch.setattr(model_registry._LocalPointerFile, "write_if", write_if)
+        ModelRegistry(d).set_policy(margin=0.05, by="someone else")
+        return bool(write_if(self, data, token))
+
+    monkeypatch.setattr(model_registry._LocalPointerFile, "write_if", another_writer_first)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["models", *command, "--model-dir", d])
+    assert exited.value.code == 1
+    out = capsys.readouterr()
+    assert out.err.splitlines() == [
+        f"rillet models {command[0]}: {d}/registry.json changed meanwhile (generation 2 -> 3): "
+        "another change was written first and this one was not; run the command again"
+    ]
+    assert out.out == ""
+    pointer = ModelRegistry(d).pointer()
+    assert pointer.generation == 3 and pointer.history[-1]["by"] == "someone else"

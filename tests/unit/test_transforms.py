@@ -90,6 +90,76 @@ def test_predict_scores_each_batch_with_the_saved_model(model_dir) -> None:
         assert_that(predictions.dead_letters, equal_to([]), label="no failures")
 
 
+def test_a_batch_whose_inference_raises_becomes_one_dead_letter_per_transaction(
+    tmp_path,
+) -> None:  # type: ignore[no-untyped-def]
+    """RunInference's failed batches (its DLQ) become ``inference_error`` dead letters, one per
+    transaction with its original message, and the batch's recovery token rides on the last one
+    only (its sink releases the token once: local_runner.recovery); the other batches score."""
+    from tests.linear_models import write_linear_version
+
+    write_linear_version(tmp_path, "v1", np.full(len(MODEL_INPUTS), 0.01), check_finite=True)
+    txs = [
+        Transaction(f"t-{i}", GOOD.event_time_us + i, "7", "9", 10.0 + i, message_id=f"m-{i}")
+        for i in range(3)
+    ]
+    rows = np.ones((3, len(MODEL_INPUTS)))
+    broken = rows.copy()
+    broken[1, 0] = np.nan  # one bad row fails its whole batch
+    batches = [
+        FeatureBatch(txs[:1], rows[:1], revision=1, token=5),
+        FeatureBatch(txs, broken, revision=2, token=41),
+        FeatureBatch(txs[1:], rows[1:], revision=3, correction=True, token=42),
+    ]
+    with TestPipeline(options=OPTIONS) as p:
+        predictions = p | beam.Create(batches) | Predict(ServingConfig(str(tmp_path)))
+        assert_that(
+            predictions.results | beam.Map(lambda pb: (pb.batch.revision, len(pb))),
+            equal_to([(1, 1), (3, 2)]),
+            label="the other batches",
+        )
+        assert_that(
+            predictions.dead_letters
+            | beam.Map(
+                lambda d: (
+                    d.payload,
+                    d.reason,
+                    d.source,
+                    d.stage,
+                    d.message_id,
+                    d.token,
+                    "InvalidArgumentError" in d.detail,
+                )
+            ),
+            equal_to(
+                [
+                    (
+                        tx.to_json(),
+                        "inference_error",
+                        "transactions",
+                        "predict",
+                        tx.message_id,
+                        0,
+                        True,
+                    )
+                    for tx in txs[:2]
+                ]
+                + [
+                    (
+                        txs[2].to_json(),
+                        "inference_error",
+                        "transactions",
+                        "predict",
+                        "m-2",
+                        41,
+                        True,
+                    )
+                ]
+            ),
+            label="dead letters",
+        )
+
+
 def test_the_saved_model_is_loaded_once_per_process(model_dir, caplog) -> None:  # type: ignore[no-untyped-def]
     # The DirectRunner sets up a fresh RunInference DoFn for every bundle; each must not reload.
     config = ServingConfig(str(model_dir))
