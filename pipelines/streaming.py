@@ -5,7 +5,8 @@ pipelines/main.py runs it (options, runner hooks, wait).
                                                         ├─ ComputeFeatures ─ Predict ─┐
     labels ─────── ReadLabels ─────── ParseLabels ──────┘                             │
                                    WritePredictions (Datastore + topic) ──────────────┘
-    labels ─ EvaluateOnline (per model version and day: AUC, AP, CP@100 -> ModelEvaluation)
+    labels ─ EvaluateOnline (per model version and day: AUC, AP, CP@100 -> ModelEvaluation; a
+        day's state released once its labels are complete)
     predictions, labels, dead letters, evaluation ─ Monitor (drift, data quality, online quality,
         service health -> gauges and the alerts topic)
     every reject ─ CollectDeadLetters ─ WriteDeadLetters
@@ -149,6 +150,7 @@ def build_pipeline(
         opts.datastore_namespace or None,
         opts.eval_every_s,
         opts.evaluation_kind,
+        key_buckets=key_buckets(options),
     )
     dead_letters = (
         transactions.dead_letters,

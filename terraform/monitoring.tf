@@ -301,7 +301,7 @@ locals {
       thresholds = []
     },
     {
-      title = "Drift: PSI x 1000 per model version and feature"
+      title = "Drift: PSI x 1000 per role (champion, challenger) and feature"
       label = "PSI x 1000"
       sets = [
         { name = "$${metric.labels.metric_name}", filter = "${local.user_metric} AND metric.label.metric_name = monitoring.regex.full_match(\"drift_psi_milli/.*\")", aligner = "ALIGN_MAX", reducer = "REDUCE_MAX", group_by = ["metric.label.metric_name"] },
@@ -309,7 +309,7 @@ locals {
       thresholds = [{ value = local.drift_psi_milli_threshold, label = "drift.threshold x 1000" }]
     },
     {
-      title = "Online quality (ppm, per version and day)"
+      title = "Online quality (ppm, per role: its latest complete day)"
       label = "ppm"
       sets = [
         { name = "$${metric.labels.metric_name}", filter = "${local.user_metric} AND metric.label.metric_name = monitoring.regex.full_match(\"(auc|ap|cp100)_ppm/.*\")", aligner = "ALIGN_MAX", reducer = "REDUCE_MAX", group_by = ["metric.label.metric_name"] },

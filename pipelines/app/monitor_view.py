@@ -33,7 +33,6 @@ __all__ = ["TITLE", "frame", "read_alerts", "read_snapshot", "render", "watch"]
 TITLE = "rillet monitor"
 STALE_INTERVALS = 3  # a snapshot older than this many intervals: the job is probably gone
 DRIFT_ROWS = 12  # drift rows shown (over-threshold and highest PSI first)
-DAYS_SHOWN = 3  # online-quality days shown per version (the latest)
 WIDE = 150  # columns from which the panels sit side by side
 NONE = "-"
 
@@ -225,16 +224,18 @@ def _backlog(snapshot: dict[str, Any], thresholds: Thresholds) -> Panel:
 
 def _drift(snapshot: dict[str, Any], thresholds: Thresholds) -> Panel:
     rows = []
-    for version, features in (snapshot.get("drift") or {}).items():
+    # By role (champion, challenger: the role the version served in); the version is in the
+    # alerts (docs/specs/monitoring.md).
+    for role, features in (snapshot.get("drift") or {}).items():
         for feature, d in features.items():
             t = thresholds.drift.for_feature(feature)
             psi = d.get("psi")
             over = psi is not None and t.enabled and psi >= t.threshold
-            rows.append((not over, -(psi or 0.0), version, feature, d, t, over))
+            rows.append((not over, -(psi or 0.0), role, feature, d, t, over))
     rows.sort(key=lambda r: (r[0], r[1], r[2], r[3]))
     table = Table(expand=True, box=None, header_style="bold")
     for name, justify in (
-        ("version", "left"),
+        ("model", "left"),
         ("feature", "left"),
         ("PSI", "right"),
         ("threshold", "right"),
@@ -243,10 +244,10 @@ def _drift(snapshot: dict[str, Any], thresholds: Thresholds) -> Panel:
         ("streak", "right"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
-    for _, _, version, feature, d, t, over in rows[:DRIFT_ROWS]:
+    for _, _, role, feature, d, t, over in rows[:DRIFT_ROWS]:
         style = "bold red" if over else ("dim" if not t.enabled else "")
         table.add_row(
-            version,
+            role,
             feature,
             _num(d.get("psi"), ".3f"),
             f"{t.threshold:g}" + ("" if t.enabled else " (off)"),
@@ -273,7 +274,7 @@ def _drift(snapshot: dict[str, Any], thresholds: Thresholds) -> Panel:
 def _online(snapshot: dict[str, Any]) -> Panel:
     table = Table(expand=True, box=None, header_style="bold")
     for name, justify in (
-        ("version", "left"),
+        ("model", "left"),
         ("day", "left"),
         ("AUC", "right"),
         ("AP", "right"),
@@ -282,20 +283,18 @@ def _online(snapshot: dict[str, Any]) -> Panel:
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     online = snapshot.get("online_quality") or {}
-    for version, days in sorted(online.items()):
-        for day in sorted(days)[-DAYS_SHOWN:]:
-            q = days[day]
-            table.add_row(
-                version,
-                day,
-                _num(q.get("auc"), ".3f"),
-                _num(q.get("ap"), ".3f"),
-                _num(q.get("cp100"), ".3f"),
-                _num(q.get("n")),
-            )
+    for role, q in sorted(online.items()):
+        table.add_row(
+            role,
+            str(q.get("day") or NONE),
+            _num(q.get("auc"), ".3f"),
+            _num(q.get("ap"), ".3f"),
+            _num(q.get("cp100"), ".3f"),
+            _num(q.get("n")),
+        )
     if not online:
-        table.add_row("(no labelled day evaluated yet)", "", "", "", "", "", style="dim")
-    return Panel(table, title="online quality (latest days)", border_style="cyan")
+        table.add_row("(no labelled day complete yet)", "", "", "", "", "", style="dim")
+    return Panel(table, title="online quality (latest complete day)", border_style="cyan")
 
 
 def _quality(snapshot: dict[str, Any], thresholds: Thresholds) -> Panel:

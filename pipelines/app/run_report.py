@@ -225,27 +225,26 @@ def write_run_report(
     if any(_has(s) for s in lag.values()):
         figures.append((_plot("lag.png", "Lag and freshness", "s", lag, out_dir, marks), ""))
 
+    # By role (champion, challenger), as the gauges are named (docs/specs/monitoring.md).
     drift_keys = sorted(
-        {(v, f) for s in history for v, fs in (s.get("drift") or {}).items() for f in fs}
+        {(r, f) for s in history for r, fs in (s.get("drift") or {}).items() for f in fs}
     )
     drift_features: list[str] = []
-    for number, version in enumerate(sorted({v for v, _ in drift_keys}), start=1):
-        lines = {
-            f: _series(history, "drift", version, f, "psi") for v, f in drift_keys if v == version
-        }
+    for number, role in enumerate(sorted({r for r, _ in drift_keys}), start=1):
+        lines = {f: _series(history, "drift", role, f, "psi") for r, f in drift_keys if r == role}
         drift_features += list(lines)
         figures.append(
             (
                 _plot(
                     f"drift_{number}.png",
-                    f"Drift of model {version}'s inputs (PSI of the last closed window)",
+                    f"Drift of the {role}'s inputs (PSI of the last closed window)",
                     "PSI",
                     lines,
                     out_dir,
                     marks,
                     {"threshold": thresholds.drift.threshold},
                 ),
-                f"version {version}: " + ", ".join(lines),
+                f"{role}: " + ", ".join(lines),
             )
         )
     if not drift_keys:

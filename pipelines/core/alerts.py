@@ -1,17 +1,19 @@
 """Alerts as data: the record published on the ``alerts`` topic (docs/specs/monitoring.md), and
-the over-threshold streaks that raise one alert per episode."""
+the over-threshold streaks that raise one alert per episode (kept in Beam state as
+:class:`StreakRow` rows, a schema'd type: pipelines/transforms/coders.py)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from pipelines.core.drift import episode
 
-__all__ = ["ALERT_KINDS", "ALERT_SCHEMA_VERSION", "Alert", "Streaks", "rfc3339"]
+__all__ = ["ALERT_KINDS", "ALERT_SCHEMA_VERSION", "Alert", "StreakRow", "Streaks", "rfc3339"]
 
 ALERT_SCHEMA_VERSION = 1
 ALERT_KINDS = ("drift", "data_quality", "online_quality", "service_health")
@@ -91,6 +93,16 @@ class Alert:
         return asdict(self)
 
 
+class StreakRow(NamedTuple):
+    """One metric's episode: windows in a row over the threshold, windows in a row under it,
+    and whether the next streak of ``consecutive`` may alert."""
+
+    metric: str
+    streak: int
+    under: int
+    armed: bool
+
+
 @dataclass
 class Streaks:
     """Consecutive over-threshold windows per metric; ``judge`` says when to alert: when a
@@ -108,3 +120,14 @@ class Streaks:
         streak, under, armed, alert = episode(over, streak, under, armed, self.consecutive)
         self.state[metric] = (streak, under, armed)
         return streak, alert
+
+    def rows(self) -> list[StreakRow]:
+        """The episodes by metric, sorted (what a state cell keeps)."""
+        return [StreakRow(m, *self.state[m]) for m in sorted(self.state)]
+
+    @classmethod
+    def from_rows(cls, consecutive: int, rows: Iterable[StreakRow]) -> Streaks:
+        """The streaks of ``rows`` (read from state)."""
+        return cls(
+            consecutive, {r.metric: (int(r.streak), int(r.under), bool(r.armed)) for r in rows}
+        )

@@ -11,19 +11,27 @@ lateness_s``. Beam's watermark is not used: a replay runs days of event time in 
 local runner's Pub/Sub watermark is the wall clock, so the data's own clock is the one that means
 the same thing everywhere. Values older than the oldest open window are counted as late and left
 out.
+
+A key's progress (its buckets, clock, pending windows and streak) is :class:`DriftProgress`, a
+typed row: the Monitor keeps it in Beam state with a schema'd coder
+(pipelines/transforms/coders.py) and rebuilds the windows from it and from the configuration
+(:meth:`DriftWindows.resume`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
 __all__ = [
+    "BucketCounts",
+    "Closable",
     "ClosedWindow",
+    "DriftProgress",
     "DriftWindows",
     "bin_counts",
     "bin_index",
@@ -113,6 +121,35 @@ class ClosedWindow:
     alert: bool  # the streak reached ``consecutive`` with this window
 
 
+class BucketCounts(NamedTuple):
+    """The counts per reference bin of one ``period_s`` bucket of event time."""
+
+    start_s: int
+    counts: Sequence[int]
+
+
+class Closable(NamedTuple):
+    """A window that may close, and since when (processing time, s)."""
+
+    start_s: int
+    since_s: float
+
+
+class DriftProgress(NamedTuple):
+    """What a key's :class:`DriftWindows` has seen and judged (its configuration aside): the
+    state a stream keeps per key. Sequences are sorted by start, so equal progress encodes to
+    equal bytes."""
+
+    buckets: Sequence[BucketCounts]
+    clock_s: int
+    next_start_s: int | None
+    closable_since: Sequence[Closable]
+    streak: int
+    under: int
+    armed: bool
+    late: int
+
+
 @dataclass
 class DriftWindows:
     """The sliding windows of one key (a model version's input or score): bucket counts per
@@ -124,7 +161,8 @@ class DriftWindows:
     other keys' batches) still make it. In real time both waits are short; in a replay of days
     in minutes, the event-time lateness alone would be swept past in milliseconds.
 
-    A plain object (pickled into a Beam state cell by the Monitor stage)."""
+    Its configuration comes from the thresholds and the model card; :meth:`progress` and
+    :meth:`resume` carry the rest (a Beam state cell holds the progress, not this object)."""
 
     reference: list[int]
     window_s: int
@@ -207,6 +245,35 @@ class DriftWindows:
             for b in [b for b in self.buckets if b < self.next_start_s]:
                 del self.buckets[b]
         return closed
+
+    def progress(self) -> DriftProgress:
+        """What this key has seen and judged (see :class:`DriftProgress`)."""
+        return DriftProgress(
+            buckets=[
+                BucketCounts(int(s), [int(n) for n in c]) for s, c in sorted(self.buckets.items())
+            ],
+            clock_s=int(self.clock_s),
+            next_start_s=None if self.next_start_s is None else int(self.next_start_s),
+            closable_since=[
+                Closable(int(s), float(t)) for s, t in sorted(self.closable_since.items())
+            ],
+            streak=self.streak,
+            under=self.under,
+            armed=self.armed,
+            late=self.late,
+        )
+
+    def resume(self, progress: DriftProgress) -> DriftWindows:
+        """Takes up ``progress`` (read from state); returns self."""
+        self.buckets = {int(b.start_s): [int(n) for n in b.counts] for b in progress.buckets}
+        self.clock_s = int(progress.clock_s)
+        self.next_start_s = None if progress.next_start_s is None else int(progress.next_start_s)
+        self.closable_since = {int(c.start_s): float(c.since_s) for c in progress.closable_since}
+        self.streak = int(progress.streak)
+        self.under = int(progress.under)
+        self.armed = bool(progress.armed)
+        self.late = int(progress.late)
+        return self
 
     @property
     def pending(self) -> bool:

@@ -216,20 +216,23 @@ def build_snapshot(
             else:
                 row["streak"] = value
 
-    online: dict[str, dict[str, dict[str, Any]]] = {}
+    # The online evaluation's gauges: the latest complete day of each role.
+    online: dict[str, dict[str, Any]] = {}
     for name, value in evaluation.items():
-        for key in ("auc_ppm", "ap_ppm", "cp100_ppm", "n"):
-            parts = _split(name, key, 2)
+        for key in ("auc_ppm", "ap_ppm", "cp100_ppm", "n", "day_start_s"):
+            parts = _split(name, key, 1)
             if parts is None:
                 continue
-            row = online.setdefault(parts[0], {}).setdefault(
-                parts[1], {"auc": None, "ap": None, "cp100": None, "n": None}
+            row = online.setdefault(
+                parts[0], {"day": None, "auc": None, "ap": None, "cp100": None, "n": None}
             )
             if key == "n":
                 row["n"] = value
+            elif key == "day_start_s":
+                row["day"] = rfc3339(value)[:10]
             else:
                 row[key.removesuffix("_ppm")] = value / 1_000_000
-    online = {v: dict(sorted(days.items())) for v, days in sorted(online.items())}
+    online = dict(sorted(online.items()))
 
     rates = {}
     for name, value in monitor.items():

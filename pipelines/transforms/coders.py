@@ -1,4 +1,4 @@
-"""Deterministic coders for what the keyed stages shuffle and keep: safe across ``--update``.
+"""Deterministic coders for what the job shuffles and keeps in state: safe across ``--update``.
 
 Dataflow encodes every value that crosses a shuffle (the input of a stateful step) and every
 state cell with the coder the graph names. Beam's fallback for a project class is a pickle of it:
@@ -14,19 +14,33 @@ stage records instead, built from Beam's own stream primitives (varints, UTF-8 s
 Adding a field means a new version number that the decoder still reads the old way.
 tests/unit/test_coders.py round-trips every record; tests/unit/test_update_compat.py pins the
 coders of every stateful step's input.
+
+The online evaluation and the Monitor keep and shuffle rows instead: ``typing.NamedTuple`` types
+encoded by Beam's ``RowCoder`` (``beam:coder:row:v1``, portable: fields by position with typed
+coders, sequences instead of mappings so that the encoding is deterministic), made by
+:func:`row_coder`, which refuses a field Beam would pickle. The row types of pipelines/core stay
+plain NamedTuples (core imports no Beam): their ``RowCoder`` is registered here. A row read back
+from state or a shuffle may be a NamedTuple that Beam rebuilt from the schema (a Dataflow worker
+does not know the launcher's schema ids): same fields, another class, so code reads rows by
+field name, never by ``isinstance``.
 """
 
 from __future__ import annotations
 
+import types
+import typing
 from typing import Any
 
+from apache_beam import coders
 from apache_beam.coders import Coder
 from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
 
+from pipelines.core.alerts import StreakRow
 from pipelines.core.batches import CustomerPart, Routed, StageRecord
+from pipelines.core.drift import BucketCounts, Closable, DriftProgress
 from pipelines.core.schema import Label, Transaction
 
-__all__ = ["StageRecordCoder", "WakeUp"]
+__all__ = ["StageRecordCoder", "WakeUp", "row_coder"]
 
 _VERSION = 1
 
@@ -178,3 +192,34 @@ class StageRecordCoder(Coder):
 
     def __hash__(self) -> int:
         return hash(type(self))
+
+
+def _resolve_annotations(row_type: type[Any]) -> None:
+    """Beam reads a NamedTuple's raw ``__annotations__``: under ``from __future__ import
+    annotations`` those are strings, which it would take for ``Any`` (a pickled field), and it
+    knows ``Optional[X]`` but not ``X | None``. Resolves them in place, nested rows first."""
+    hints = typing.get_type_hints(row_type)
+    resolved = {}
+    for name, hint in hints.items():
+        if isinstance(hint, types.UnionType):
+            hint = typing.Union[hint.__args__]  # noqa: UP007 - the form Beam understands
+        resolved[name] = hint
+        for arg in (hint, *typing.get_args(hint)):
+            if isinstance(arg, type) and issubclass(arg, tuple) and hasattr(arg, "_fields"):
+                _resolve_annotations(arg)
+    row_type.__annotations__ = resolved
+
+
+def row_coder(row_type: type[Any]) -> coders.Coder:
+    """The RowCoder of a NamedTuple type (registered, so that type hints naming it infer it);
+    fails unless every field has a type Beam encodes without pickling."""
+    _resolve_annotations(row_type)
+    coders.registry.register_coder(row_type, coders.RowCoder)
+    coder = coders.registry.get_coder(row_type)
+    if not coder.is_deterministic():
+        raise TypeError(f"{row_type.__qualname__}: a field Beam cannot encode deterministically")
+    return coder
+
+
+for _core_row in (BucketCounts, Closable, DriftProgress, StreakRow):
+    row_coder(_core_row)

@@ -1,10 +1,11 @@
 """Monitor: drift, data quality, online quality and service health in the stream; alerts as data.
 
     predictions ─ BinInputs ─ DriftDeltas (every few s) ─ SumBuckets ─ PerFeature ─ JudgeDrift ┐
-    predictions, labels, dead letters ─ BundleStats ─┬─ HealthWindows ─ JudgeHealth ───────┤
-                                                     └─ QualityWindows ─ JudgeQuality ─────┤
-    online evaluation rows ─ JudgeOnlineQuality ───────────────────────────────────────────┤
-                                                                       PublishAlerts ◄─────┘
+    predictions, labels, dead letters ─ BundleStats ─┬─ HealthWindows ─ MergeHealthShards ─┐   │
+                                                     │  ─ KeyHealth ─ MergeHealth ─ JudgeHealth ┤
+                                                     └─ QualityWindows ─ … ─ JudgeQuality ────┤
+    online evaluation figures ─ KeyByVersion ─ JudgeOnlineQuality ─────────────────────────────┤
+                                                                       PublishAlerts ◄─────────┘
 
 - **Drift** (docs/specs/monitoring.md): every model input and the score of every served version
   (the champion and its shadowing challenger) is binned against the reference histogram of that
@@ -14,32 +15,38 @@
   dozen keys, each getting one small element per flush, whatever the event rate — holds its
   sliding windows
   (pipelines/core/drift.py), computes the PSI of each closed window and raises an alert when it
-  stays at or above the threshold for K consecutive windows. The threshold test is Beam's
+  stays at or above the threshold for K consecutive windows. A key that gets nothing for a day
+  (a version no longer served) lets its state go. The threshold test is Beam's
   ``apache_beam.ml.anomaly`` ``FixedThreshold`` (the module's detectors score a stream against
   its own recent past; drift compares it with the training reference, so the score is PSI).
 - **Data quality** and **service health**: every bundle's counts (predictions, corrections,
   labels, dead letters per reason) and its event-to-prediction latencies (a log-spaced histogram,
-  2% wide bins) are pre-aggregated on the worker and merged per processing-time window.
-- **Online quality**: the online evaluation's (version, day) rows against the model card's
+  2% wide bins) are pre-aggregated on the worker and merged per processing-time window, in two
+  keyed levels (``_judged_windows``: no global combine).
+- **Online quality**: the online evaluation's (version, day) figures against the model card's
   validation figures, for the registry's champion.
 
 Every alert is published on the alerts topic (``Alert.message``) and counted; the latest figures
-are Beam gauges (namespace ``rillet_monitor``), which Dataflow exports to Cloud Monitoring.
+are Beam gauges (namespace ``rillet_monitor``), which Dataflow exports to Cloud Monitoring. Their
+names are bounded: by role (``champion``, ``challenger``: the role the version served in) and
+declared feature, never by version; the version is in the alerts and the drift windows.
+Everything kept in state or shuffled is a schema'd row (pipelines/transforms/coders.py).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 import numpy as np
-from apache_beam.coders import PickleCoder
+from apache_beam.coders import BooleanCoder, FloatCoder, IterableCoder, StrUtf8Coder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms import trigger, window
 from apache_beam.transforms.timeutil import TimeDomain
@@ -50,22 +57,31 @@ from apache_beam.transforms.userstate import (
 )
 from apache_beam.utils.windowed_value import WindowedValue
 
-from pipelines.core.alerts import Alert, Streaks
+from pipelines.core.alerts import Alert, StreakRow, Streaks
 from pipelines.core.definitions import MODEL_INPUTS
-from pipelines.core.drift import DriftWindows, bin_index, n_bins
+from pipelines.core.drift import BucketCounts, DriftProgress, DriftWindows, bin_index, n_bins
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import Label
 from pipelines.core.thresholds import DriftThresholds, Thresholds
 from pipelines.stores.model_registry import ModelRegistry
 from pipelines.stores.shared import process_shared
+from pipelines.transforms.coders import row_coder
 from pipelines.transforms.inference import PredictionBatch
+from pipelines.transforms.online_eval import CHALLENGER, CHAMPION, DayFigures
 from pipelines.transforms.parse import METRICS_NAMESPACE
 
 __all__ = [
+    "DRIFT_FEATURES",
     "MONITOR_NAMESPACE",
     "SCORE",
+    "Count",
+    "DriftDelta",
+    "FeatureCounts",
+    "LatencyCount",
     "Monitor",
     "Stats",
+    "StatsRow",
+    "VersionCounts",
     "latency_percentile",
 ]
 
@@ -73,6 +89,11 @@ _LOGGER = logging.getLogger(__name__)
 
 MONITOR_NAMESPACE = "rillet_monitor"
 SCORE = "score"  # the drift key of a version's score (beside its inputs)
+# The features drift is judged on: the declared model inputs and the score (bounded gauge names).
+DRIFT_FEATURES = frozenset((*MODEL_INPUTS, SCORE))
+STATS_SHARDS = 16  # keys of the first merge of the bundles' Stats (see _judged_windows)
+DRIFT_IDLE_S = 86_400.0  # a drift key that gets nothing for this long lets its state go
+ALERTED_DAYS = 16  # days of online-quality alerts remembered per version (older days are done)
 _LOG_BASE = math.log(1.02)  # latency histogram: bins 2% wide
 
 
@@ -94,6 +115,28 @@ def latency_percentile(histogram: Mapping[int, int], q: float) -> float | None:
     return None  # pragma: no cover - the loop always reaches the rank
 
 
+class Count(NamedTuple):
+    """One count of a StatsRow."""
+
+    name: str
+    n: int
+
+
+class LatencyCount(NamedTuple):
+    """One latency bin of a StatsRow (bins 2% wide: _latency_bin)."""
+
+    bin: int
+    n: int
+
+
+class StatsRow(NamedTuple):
+    """Stats as they are shuffled: sorted sequences (deterministic bytes), not mappings."""
+
+    counts: Sequence[Count]
+    latency: Sequence[LatencyCount]
+    max_latency_ms: float
+
+
 @dataclass
 class Stats:
     """Counts and latencies of a bundle, or of a window once merged."""
@@ -107,6 +150,23 @@ class Stats:
         self.latency.update(other.latency)
         self.max_latency_ms = max(self.max_latency_ms, other.max_latency_ms)
         return self
+
+    def row(self) -> StatsRow:
+        """These stats as a row (what is shuffled)."""
+        return StatsRow(
+            [Count(k, int(n)) for k, n in sorted(self.counts.items())],
+            [LatencyCount(int(b), int(n)) for b, n in sorted(self.latency.items())],
+            float(self.max_latency_ms),
+        )
+
+    @classmethod
+    def from_row(cls, row: StatsRow) -> Stats:
+        """The stats of a row (read from a shuffle)."""
+        return cls(
+            Counter({c.name: c.n for c in row.counts}),
+            Counter({b.bin: b.n for b in row.latency}),
+            row.max_latency_ms,
+        )
 
 
 # Count names (Stats.counts): predictions (originals), corrections, labels, dead letters.
@@ -144,6 +204,9 @@ def quality_rates(stats: Stats) -> dict[str, float | None]:
     }
 
 
+row_coder(StatsRow)
+
+
 def _in_global_window(value: Any) -> WindowedValue:
     """A finish_bundle output: the global window, stamped now (what the monitor's processing-time
     windows go by)."""
@@ -152,7 +215,10 @@ def _in_global_window(value: Any) -> WindowedValue:
 
 class _BundleStats(beam.DoFn):
     """Counts and latencies of each bundle, emitted once at its end (the hot path's elements
-    never reach a shuffle one by one)."""
+    never reach a shuffle one by one), keyed by a shard the bundle draws (_judged_windows)."""
+
+    def default_label(self) -> str:
+        return "BundleStats"
 
     def start_bundle(self) -> None:
         self._stats = Stats()
@@ -177,24 +243,34 @@ class _BundleStats(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._stats.counts or self._stats.latency:
-            yield _in_global_window(self._stats)
+            # One shard per bundle, as Beam's hot-key fanout draws it: a bundle's stats go
+            # whole to one of the first merge's keys.
+            yield _in_global_window((random.randrange(STATS_SHARDS), self._stats.row()))
 
 
+@beam.typehints.with_input_types(StatsRow)
+@beam.typehints.with_output_types(StatsRow)
 class _MergeStats(beam.CombineFn):
-    def create_accumulator(self) -> Stats:
-        return Stats()
+    """Merges StatsRows (accumulator: a StatsRow, so that the lifted combine's partial results
+    are shuffled with the row's coder, not pickled)."""
 
-    def add_input(self, acc: Stats, stats: Stats) -> Stats:
-        return acc.merge(stats)
+    def create_accumulator(self) -> StatsRow:
+        return Stats().row()
 
-    def merge_accumulators(self, accs: Iterable[Stats]) -> Stats:
+    def add_input(self, acc: StatsRow, row: StatsRow) -> StatsRow:
+        return Stats.from_row(acc).merge(Stats.from_row(row)).row()
+
+    def merge_accumulators(self, accs: Iterable[StatsRow]) -> StatsRow:
         out = Stats()
         for acc in accs:
-            out.merge(acc)
-        return out
+            out.merge(Stats.from_row(acc))
+        return out.row()
 
-    def extract_output(self, acc: Stats) -> Stats:
+    def extract_output(self, acc: StatsRow) -> StatsRow:
         return acc
+
+    def get_accumulator_coder(self) -> beam.coders.Coder:
+        return row_coder(StatsRow)
 
 
 def _every(seconds: float) -> beam.WindowInto:
@@ -224,36 +300,40 @@ class _AlertCounter:
         return alert
 
 
-_STREAKS = ReadModifyWriteStateSpec("streaks", PickleCoder())
-_LAST = ReadModifyWriteStateSpec("last_fired", PickleCoder())
+_STREAKS = ReadModifyWriteStateSpec("streaks", IterableCoder(row_coder(StreakRow)))
+_LAST = ReadModifyWriteStateSpec("last_fired", FloatCoder())
 _STREAKS_PARAM = beam.DoFn.StateParam(_STREAKS)
 _LAST_PARAM = beam.DoFn.StateParam(_LAST)
 
 
 class _WindowJudge(beam.DoFn):
-    """The judge of one merged Stats per processing-time window (keyed by a constant after a
-    lifted global combine: one small element per window): it keeps the streaks over the
-    windows and the time of the previous one (the window is what came since)."""
+    """The judge of one merged Stats per processing-time window (keyed by a constant after two
+    keyed merges: one small element per window): it keeps the streaks over the windows and the
+    time of the previous one (the window is what came since)."""
 
-    def __init__(self, window_s: float, consecutive: int) -> None:
+    def __init__(self, name: str, window_s: float, consecutive: int) -> None:
+        self.name = name
         self.window_s = window_s
         self._consecutive = consecutive
         self._alerts = _AlertCounter()
 
+    def default_label(self) -> str:
+        return f"Judge{self.name}"
+
     def process(
         self,
-        element: tuple[str, Stats],
+        element: tuple[str, StatsRow],
         streaks_state: Any = _STREAKS_PARAM,
         last_state: Any = _LAST_PARAM,
     ) -> Iterator[Alert]:
-        _, stats = element
+        _, row = element
         now = time.time()
         last = last_state.read()
         start = last if last else now - self.window_s
         last_state.write(now)
-        streaks = streaks_state.read() or Streaks(self._consecutive)
-        yield from self.judge(stats, start, now, streaks)
-        streaks_state.write(streaks)
+        streaks = Streaks.from_rows(self._consecutive, streaks_state.read() or ())
+        yield from self.judge(Stats.from_row(row), start, now, streaks)
+        streaks_state.write(streaks.rows())
 
     def judge(self, stats: Stats, start: float, now: float, streaks: Streaks) -> Iterator[Alert]:
         raise NotImplementedError
@@ -266,7 +346,7 @@ class _JudgeHealth(_WindowJudge):
 
     def __init__(self, thresholds: Thresholds) -> None:
         self._t = thresholds.service_health
-        super().__init__(self._t.window_s, self._t.consecutive)
+        super().__init__("Health", self._t.window_s, self._t.consecutive)
 
     def judge(self, stats: Stats, start: float, now: float, streaks: Streaks) -> Iterator[Alert]:
         seconds = max(now - start, 1e-3)
@@ -312,7 +392,7 @@ class _JudgeQuality(_WindowJudge):
 
     def __init__(self, thresholds: Thresholds) -> None:
         self._t = thresholds.data_quality
-        super().__init__(self._t.window_s, 1)
+        super().__init__("Quality", self._t.window_s, 1)
 
     def judge(self, stats: Stats, start: float, now: float, streaks: Streaks) -> Iterator[Alert]:
         rates = quality_rates(stats)
@@ -355,15 +435,28 @@ class _JudgeQuality(_WindowJudge):
                 )
 
 
-def _judged_windows(stats: beam.PCollection, name: str, judge: _WindowJudge) -> beam.PCollection:
+def _judged_windows(stats: beam.PCollection, judge: _WindowJudge) -> beam.PCollection:
     """The bundles' Stats merged per processing-time window of the judge and judged (steps
-    <name>Windows, Merge<name>, Key<name>, Judge<name>)."""
-    key = name.lower()
+    <name>Windows, Merge<name>Shards, Key<name>, Merge<name>, Judge<name>).
+
+    Why it scales: no global combine, so no single hot key. Each bundle's stats are already
+    one element (pre-aggregated on the worker) and go whole to one of ``STATS_SHARDS`` keys, the
+    one the bundle drew; those keys merge in parallel (and Beam lifts each merge: partial sums
+    on every worker before the shuffle). The judge's constant key then merges at most
+    ``STATS_SHARDS`` partial results per window, whatever the event rate or the number of
+    workers. This is Beam's hot-key fanout (``CombineGlobally(...).with_fanout``) written out
+    with typed keys and values: Beam's own carries untyped ``(nonce, key)`` keys and ``(bool,
+    accumulator)`` values, which would be pickled (tests/unit/test_update_compat.py)."""
+    name = judge.name
     return (
         stats
         | f"{name}Windows" >> _every(judge.window_s)
-        | f"Merge{name}" >> beam.CombineGlobally(_MergeStats()).without_defaults()
-        | f"Key{name}" >> beam.WithKeys(lambda _: key)
+        | f"Merge{name}Shards" >> beam.CombinePerKey(_MergeStats())
+        | f"Key{name}"
+        >> beam.Map(lambda shard_row, key: (key, shard_row[1]), name.lower()).with_output_types(
+            tuple[str, StatsRow]
+        )
+        | f"Merge{name}" >> beam.CombinePerKey(_MergeStats())
         | f"Judge{name}" >> beam.ParDo(judge)
     )
 
@@ -427,6 +520,34 @@ def _references(model_dir: str) -> _References:
 _Binned = dict[str, tuple[dict[int, np.ndarray], int]]  # feature -> ({bucket: counts}, latest)
 
 
+class FeatureCounts(NamedTuple):
+    """One feature's bucket counts and the latest event time (s) among them."""
+
+    feature: str
+    latest_s: int
+    buckets: Sequence[BucketCounts]
+
+
+class VersionCounts(NamedTuple):
+    """A served version's binned counts per feature, as they are shuffled; ``champion``:
+    it served as champion (else as the challenger shadowing it)."""
+
+    champion: bool
+    features: Sequence[FeatureCounts]
+
+
+class DriftDelta(NamedTuple):
+    """What the drift key of one (version, feature) gets per flush."""
+
+    champion: bool
+    latest_s: int
+    buckets: Sequence[BucketCounts]
+
+
+for _row in (VersionCounts, DriftDelta):
+    row_coder(_row)
+
+
 def _add_binned(into: _Binned, more: _Binned) -> _Binned:
     """Sums bucket counts per feature (and keeps the latest event time)."""
     for feature, (buckets, latest) in more.items():
@@ -436,6 +557,30 @@ def _add_binned(into: _Binned, more: _Binned) -> _Binned:
             merged[b] = counts if b not in merged else merged[b] + counts
         into[feature] = (merged, max(held_latest, latest))
     return into
+
+
+def _counts_row(champion: bool, binned: _Binned) -> VersionCounts:
+    return VersionCounts(
+        champion,
+        [
+            FeatureCounts(
+                feature,
+                int(latest),
+                [BucketCounts(int(b), [int(n) for n in c]) for b, c in sorted(buckets.items())],
+            )
+            for feature, (buckets, latest) in sorted(binned.items())
+        ],
+    )
+
+
+def _binned(row: VersionCounts) -> _Binned:
+    return {
+        f.feature: (
+            {b.start_s: np.asarray(b.counts, dtype=np.int64) for b in f.buckets},
+            f.latest_s,
+        )
+        for f in row.features
+    }
 
 
 class _BinInputs(beam.DoFn):
@@ -452,18 +597,23 @@ class _BinInputs(beam.DoFn):
         self._configs = _FeatureConfigs(self._drift)
         self._column = {name: i for i, name in enumerate(MODEL_INPUTS)}
 
+    def default_label(self) -> str:
+        return "BinInputs"
+
     def start_bundle(self) -> None:
         self._binned: dict[str, _Binned] = {}
+        self._champions: set[str] = set()
 
     def process(self, pb: PredictionBatch) -> None:
         # A recomputation (correction) is left out: its transactions counted with their originals.
         if not pb.batch.correction and len(pb):
+            self._champions.add(pb.model_version)
             for version, binned in self.bin(pb):
                 _add_binned(self._binned.setdefault(version, {}), binned)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for version, binned in self._binned.items():
-            yield _in_global_window((version, binned))
+            yield _in_global_window((version, _counts_row(version in self._champions, binned)))
 
     def bin(self, pb: PredictionBatch) -> Iterator[tuple[str, _Binned]]:
         """(version, binned) of each version that scored the batch and has references."""
@@ -505,41 +655,60 @@ class _BinInputs(beam.DoFn):
             yield version, binned
 
 
+@beam.typehints.with_input_types(VersionCounts)
+@beam.typehints.with_output_types(VersionCounts)
 class _SumBuckets(beam.CombineFn):
-    """Sums the binned counts of one version (per feature and bucket)."""
+    """Sums the binned counts of one version (per feature and bucket); the accumulator is a
+    VersionCounts row, so that the lifted combine's partial sums are shuffled with its coder."""
 
-    def create_accumulator(self) -> _Binned:
-        return {}
+    def create_accumulator(self) -> VersionCounts:
+        return VersionCounts(False, [])
 
-    def add_input(self, acc: _Binned, element: _Binned) -> _Binned:
-        return _add_binned(acc, element)
+    def add_input(self, acc: VersionCounts, element: VersionCounts) -> VersionCounts:
+        return self.merge_accumulators([acc, element])
 
-    def merge_accumulators(self, accs: Iterable[_Binned]) -> _Binned:
+    def merge_accumulators(self, accs: Iterable[VersionCounts]) -> VersionCounts:
         out: _Binned = {}
+        champion = False
         for acc in accs:
-            _add_binned(out, acc)
-        return out
+            champion = champion or acc.champion
+            _add_binned(out, _binned(acc))
+        return _counts_row(champion, out)
 
-    def extract_output(self, acc: _Binned) -> _Binned:
+    def extract_output(self, acc: VersionCounts) -> VersionCounts:
         return acc
 
-
-def _per_feature(element: tuple[str, _Binned]) -> Iterator[tuple[tuple[str, str], Any]]:
-    version, binned = element
-    for feature, value in binned.items():
-        yield (version, feature), value
+    def get_accumulator_coder(self) -> beam.coders.Coder:
+        return row_coder(VersionCounts)
 
 
-_WINDOWS = ReadModifyWriteStateSpec("windows", PickleCoder())
+def _per_feature(
+    element: tuple[str, VersionCounts],
+) -> Iterator[tuple[tuple[str, str], DriftDelta]]:
+    version, row = element
+    for f in row.features:
+        yield (version, f.feature), DriftDelta(row.champion, f.latest_s, f.buckets)
+
+
+_WINDOWS = ReadModifyWriteStateSpec("windows", row_coder(DriftProgress))
+_CHAMPION = ReadModifyWriteStateSpec("champion", BooleanCoder())
 _FLUSH = TimerSpec("flush", TimeDomain.REAL_TIME)
+_EXPIRE = TimerSpec("expire", TimeDomain.REAL_TIME)
 _WINDOWS_PARAM = beam.DoFn.StateParam(_WINDOWS)
+_CHAMPION_PARAM = beam.DoFn.StateParam(_CHAMPION)
 _FLUSH_PARAM = beam.DoFn.TimerParam(_FLUSH)
+_EXPIRE_PARAM = beam.DoFn.TimerParam(_EXPIRE)
+
+
+def _role(champion: bool) -> str:
+    return CHAMPION if champion else CHALLENGER
 
 
 class _JudgeDrift(beam.DoFn):
-    """Per (version, feature): the sliding windows (pipelines.core.drift.DriftWindows), their
-    PSI as gauges, an alert when the K-th consecutive window is over the threshold. A
-    processing-time timer closes the last windows when the stream pauses."""
+    """Per (version, feature): the sliding windows (pipelines.core.drift.DriftWindows, whose
+    progress is the state), their PSI as gauges by role, an alert when the K-th consecutive
+    window is over the threshold. A processing-time timer closes the last windows when the
+    stream pauses; another lets the state go after ``DRIFT_IDLE_S`` without input."""
 
     WINDOWS_TAG = "windows"
 
@@ -550,16 +719,23 @@ class _JudgeDrift(beam.DoFn):
         self._alerts = _AlertCounter()
         self._late = Metrics.counter(MONITOR_NAMESPACE, "drift_late_values")
 
+    def default_label(self) -> str:
+        return "JudgeDrift"
+
     def setup(self) -> None:
         self._refs = _references(self._model_dir)
         self._configs = _FeatureConfigs(self._drift)
 
-    def _new(self, version: str, feature: str) -> DriftWindows | None:
+    def _windows(
+        self, version: str, feature: str, progress: DriftProgress | None
+    ) -> DriftWindows | None:
+        """The key's windows: its configuration (thresholds, the card's reference) and the
+        progress held in state, if any."""
         hist = self._refs.histograms(version).get(feature)
         if hist is None:
             return None
         cfg = self._configs[feature]
-        return DriftWindows(
+        windows = DriftWindows(
             reference=list(map(int, hist["counts"])),
             window_s=cfg.window_s,
             period_s=cfg.period_s,
@@ -569,59 +745,84 @@ class _JudgeDrift(beam.DoFn):
             min_count=cfg.min_count,
             grace_s=self._grace_s,
         )
+        return windows if progress is None else windows.resume(progress)
 
     def process(
         self,
-        element: tuple[tuple[str, str], Any],
+        element: tuple[tuple[str, str], DriftDelta],
         windows_state: Any = _WINDOWS_PARAM,
+        champion_state: Any = _CHAMPION_PARAM,
         flush: Any = _FLUSH_PARAM,
+        expire: Any = _EXPIRE_PARAM,
     ) -> Iterator[Any]:
-        (version, feature), (buckets, latest) = element
-        windows = windows_state.read() or self._new(version, feature)
+        (version, feature), delta = element
+        windows = self._windows(version, feature, windows_state.read())
         if windows is None:
             return
+        now = time.time()
         late = windows.late
-        closed = windows.add(buckets, latest, time.time(), self._configs.is_over(feature))
+        buckets = {b.start_s: b.counts for b in delta.buckets}
+        closed = windows.add(buckets, delta.latest_s, now, self._configs.is_over(feature))
         self._late.inc(windows.late - late)
-        yield from self._closed(version, feature, windows, closed, windows_state, flush)
+        champion_state.write(delta.champion)
+        expire.set(now + DRIFT_IDLE_S)
+        yield from self._closed(
+            version, feature, delta.champion, windows, closed, windows_state, flush
+        )
 
     @on_timer(_FLUSH)
     def on_flush(
         self,
         key: Any = beam.DoFn.KeyParam,
         windows_state: Any = _WINDOWS_PARAM,
+        champion_state: Any = _CHAMPION_PARAM,
         flush: Any = _FLUSH_PARAM,
     ) -> Iterator[Any]:
-        windows = windows_state.read()
-        if windows is None:
+        progress = windows_state.read()
+        if progress is None:
             return
         version, feature = key
+        windows = self._windows(version, feature, progress)
+        if windows is None:
+            return
         closed = windows.flush(time.time(), self._configs.is_over(feature))
-        yield from self._closed(version, feature, windows, closed, windows_state, flush)
+        champion = bool(champion_state.read())
+        yield from self._closed(version, feature, champion, windows, closed, windows_state, flush)
+
+    @on_timer(_EXPIRE)
+    def on_expire(
+        self, windows_state: Any = _WINDOWS_PARAM, champion_state: Any = _CHAMPION_PARAM
+    ) -> None:
+        # Nothing came for a day (a version no longer served): its windows would close on no
+        # data, and its streak means nothing any more.
+        windows_state.clear()
+        champion_state.clear()
 
     def _closed(
         self,
         version: str,
         feature: str,
+        champion: bool,
         windows: DriftWindows,
         closed: list[Any],
         windows_state: Any,
         flush: Any,
     ) -> Iterator[Any]:
-        """Reports the windows that closed, keeps the state, re-arms the timer while a window
-        waits for its grace."""
-        yield from self._report(version, feature, closed)
-        windows_state.write(windows)
+        """Reports the windows that closed, keeps the progress, re-arms the timer while a
+        window waits for its grace."""
+        yield from self._report(version, feature, _role(champion), closed)
+        windows_state.write(windows.progress())
         if windows.pending:
             flush.set(time.time() + self._grace_s + 1)
 
-    def _report(self, version: str, feature: str, closed: list[Any]) -> Iterator[Any]:
+    def _report(self, version: str, feature: str, role: str, closed: list[Any]) -> Iterator[Any]:
         cfg = self._configs[feature]
         for w in closed:
             yield beam.pvalue.TaggedOutput(
                 self.WINDOWS_TAG,
                 {
                     "model_version": version,
+                    "role": role,
                     "feature": feature,
                     "window_start_s": w.start_s,
                     "window_end_s": w.end_s,
@@ -632,8 +833,8 @@ class _JudgeDrift(beam.DoFn):
                     "streak": w.streak,
                 },
             )
-            if w.psi is not None:
-                suffix = f"{version}/{feature}"
+            if w.psi is not None and feature in DRIFT_FEATURES:
+                suffix = f"{role}/{feature}"
                 _gauge(f"drift_psi_milli/{suffix}", w.psi * 1000)
                 _gauge(f"drift_n/{suffix}", w.n)
                 _gauge(f"drift_window_end_s/{suffix}", w.end_s)
@@ -662,20 +863,26 @@ class _JudgeDrift(beam.DoFn):
                 )
 
 
-_ALERTED = ReadModifyWriteStateSpec("alerted", PickleCoder())
+# "<day>|<metric>" of the alerts raised, sorted: one alert per (version, day, metric).
+_ALERTED = ReadModifyWriteStateSpec("alerted", IterableCoder(StrUtf8Coder()))
 _ALERTED_PARAM = beam.DoFn.StateParam(_ALERTED)
 
 
 class _JudgeOnlineQuality(beam.DoFn):
-    """The online evaluation's (version, day) rows, keyed by version: when the version is the
-    registry's champion and the day holds enough labels, its AP / CP@100 against the fractions
-    of its model card's validation figures. One alert per (version, day, metric)."""
+    """The online evaluation's (version, day) figures, keyed by version: when the version is
+    the registry's champion and the day holds enough labels, its AP / CP@100 against the
+    fractions of its model card's validation figures. One alert per (version, day, metric);
+    the days alerted are remembered for ``ALERTED_DAYS`` (a day's figures stop once its labels
+    are complete: online_eval)."""
 
     def __init__(self, model_dir: str, thresholds: Thresholds, poll_s: float = 30.0) -> None:
         self._model_dir = model_dir
         self._t = thresholds.online_quality
         self._poll_s = poll_s
         self._alerts = _AlertCounter()
+
+    def default_label(self) -> str:
+        return "JudgeOnlineQuality"
 
     def setup(self) -> None:
         self._refs = _references(self._model_dir)
@@ -694,27 +901,26 @@ class _JudgeOnlineQuality(beam.DoFn):
 
     def process(
         self,
-        element: tuple[str, dict[str, Any]],
+        element: tuple[str, DayFigures],
         alerted_state: Any = _ALERTED_PARAM,
     ) -> Iterator[Alert]:
         version, row = element
         champion = self._current_champion()
         if champion is not None and version != champion:
             return
-        if (row.get("n") or 0) < self._t.min_labelled or (row.get("frauds") or 0) < (
-            self._t.min_frauds
-        ):
+        if row.n < self._t.min_labelled or row.frauds < self._t.min_frauds:
             return
         validation = (self._refs.card(version) or {}).get("offline_metrics") or {}
-        alerted = alerted_state.read() or set()
-        day = str(row["day"])
+        alerted = set(alerted_state.read() or ())
+        before = len(alerted)
+        day = str(row.day)
         for metric, fraction in self._t.min_fraction_of_validation.items():
-            online, offline = row.get(metric), validation.get(metric)
-            if online is None or offline is None or (day, metric) in alerted:
+            online, offline = getattr(row, metric), validation.get(metric)
+            if online is None or offline is None or f"{day}|{metric}" in alerted:
                 continue
             threshold = fraction * float(offline)
             if online < threshold:
-                alerted.add((day, metric))
+                alerted.add(f"{day}|{metric}")
                 start = _day_start_s(day)
                 yield self._alerts.count(
                     Alert(
@@ -729,12 +935,22 @@ class _JudgeOnlineQuality(beam.DoFn):
                         severity=self._t.severity,
                         message_text=f"model {version} on {day}: online {metric} {online:.3f} < "
                         f"{fraction:.0%} of its validation {metric} {offline:.3f} "
-                        f"({row['n']:,} labels, {row['frauds']:,} frauds)",
+                        f"({row.n:,} labels, {row.frauds:,} frauds)",
                         model_version=version,
                         raised_at_s=time.time(),
                     )
                 )
-        alerted_state.write(alerted)
+        if len(alerted) != before:
+            oldest = max(alerted).split("|")[0]
+            oldest = _days_before(oldest, ALERTED_DAYS)
+            alerted_state.write(sorted(a for a in alerted if a.split("|")[0] >= oldest))
+
+
+def _days_before(day: str, days: int) -> str:
+    import datetime as dt
+
+    start = dt.datetime.strptime(day, "%Y-%m-%d") - dt.timedelta(days=days)
+    return start.strftime("%Y-%m-%d")
 
 
 def _day_start_s(day: str) -> float:
@@ -792,10 +1008,14 @@ class Monitor(beam.PTransform):
         predictions = inputs["predictions"]
         judged = (
             predictions
-            | "BinInputs" >> beam.ParDo(_BinInputs(self._model_dir, self._t))
+            | "BinInputs"
+            >> beam.ParDo(_BinInputs(self._model_dir, self._t)).with_output_types(
+                tuple[str, VersionCounts]
+            )
             | "DriftDeltas" >> _every(self._every_s)
             | "SumBuckets" >> beam.CombinePerKey(_SumBuckets())
-            | "PerFeature" >> beam.FlatMap(_per_feature)
+            | "PerFeature"
+            >> beam.FlatMap(_per_feature).with_output_types(tuple[tuple[str, str], DriftDelta])
             | "JudgeDrift"
             >> beam.ParDo(
                 _JudgeDrift(self._model_dir, self._t, grace_s=2 * self._every_s)
@@ -805,13 +1025,16 @@ class Monitor(beam.PTransform):
         stats = (
             (predictions, inputs["labels"], inputs["dead_letters"])
             | "Observed" >> beam.Flatten()
-            | "BundleStats" >> beam.ParDo(_BundleStats())
+            | "BundleStats" >> beam.ParDo(_BundleStats()).with_output_types(tuple[int, StatsRow])
         )
-        health = _judged_windows(stats, "Health", _JudgeHealth(self._t))
-        quality = _judged_windows(stats, "Quality", _JudgeQuality(self._t))
+        health = _judged_windows(stats, _JudgeHealth(self._t))
+        quality = _judged_windows(stats, _JudgeQuality(self._t))
         online = (
             inputs["evaluation"]
-            | "KeyByVersion" >> beam.Map(lambda row: (row["version"], row))
+            | "KeyByVersion"
+            >> beam.Map(lambda figures: (figures.version, figures)).with_output_types(
+                tuple[str, DayFigures]
+            )
             | "JudgeOnlineQuality" >> beam.ParDo(_JudgeOnlineQuality(self._model_dir, self._t))
         )
         return (

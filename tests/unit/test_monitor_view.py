@@ -36,13 +36,15 @@ def snapshot(at_s: float = NOW, **over: Any) -> dict[str, Any]:
         "data_freshness_s": 0.5,
         "process": {"cpu_percent": 150.0, "rss_mb": 1400.0},
         "drift": {
-            "v1": {
+            "champion": {
                 "TX_AMOUNT": {"psi": 0.31, "n": 400, "window_end": END, "streak": 3},
                 "TERMINAL_ID_RISK_7DAY_WINDOW": {"psi": 0.01, "n": 400, "window_end": None,
                                                  "streak": 0},
             }
         },
-        "online_quality": {"v1": {"2018-09-01": {"auc": 0.9, "ap": 0.7, "cp100": 0.3, "n": 9000}}},
+        "online_quality": {
+            "champion": {"day": "2018-09-01", "auc": 0.9, "ap": 0.7, "cp100": 0.3, "n": 9000}
+        },
         "quality_rates": {"dead_letter_rate": 0.02, "duplicate_rate": 0.0},
         "alerts_raised": 1,
     }  # fmt: skip
@@ -109,7 +111,7 @@ def test_over_threshold_figures_are_highlighted(tmp_path: Path) -> None:
     console.print(render(snapshot(), [], directory=tmp_path, now_s=NOW))
     styled = console.export_text(styles=True)
     # bold red (ANSI 1;31) around the drifting feature's row and the p99 over 5000 ms
-    assert "\x1b[1;31mv1" in styled or "\x1b[1;31m v1" in styled
+    assert "\x1b[1;31mchampion" in styled or "\x1b[1;31m champion" in styled
     assert "\x1b[1;31m7,800 ms" in styled
 
 
@@ -133,6 +135,7 @@ def test_a_bare_snapshot_renders(tmp_path: Path) -> None:
     )
     out = text_of(render(bare, [], directory=tmp_path, now_s=NOW))
     assert "no drift window closed yet" in out and "(no alert)" in out
+    assert "no labelled day complete yet" in out
 
 
 def write_history(directory: Path, n: int = 6) -> None:
@@ -141,7 +144,7 @@ def write_history(directory: Path, n: int = 6) -> None:
         for i in range(n):
             s = snapshot(at_s=NOW - (n - i) * 5)
             s["job"] = {**s["job"], "pid": 1 if i < 3 else 2}  # a restart
-            s["drift"]["v1"]["TX_AMOUNT"]["psi"] = 0.05 * i
+            s["drift"]["champion"]["TX_AMOUNT"]["psi"] = 0.05 * i
             fh.write(json.dumps(s) + "\n")
         fh.write('{"cut by a kill\n')
     (directory / "alerts.jsonl").write_text(json.dumps(ALERT) + "\n")

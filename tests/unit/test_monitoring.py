@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import apache_beam as beam
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -275,9 +276,12 @@ def test_prediction_batches_are_binned_per_version_feature_and_bucket(tmp_path) 
     assert list(fn.finish_bundle()) == []
     fn.process(pb)
     fn.process(pb)
-    (bundle,) = [w.value for w in fn.finish_bundle() if w.value[0] == "v1"]
-    # One element per version and bundle: the two batches' counts summed.
-    assert {b: c.tolist() for b, c in bundle[1]["TX_AMOUNT"][0].items()}[36000] == [2, 0]
+    rows = dict(w.value for w in fn.finish_bundle())
+    # One element per version and bundle: the two batches' counts summed, as a row; the
+    # version's role is the one it served in.
+    (amount_row,) = [f for f in rows["v1"].features if f.feature == "TX_AMOUNT"]
+    assert (amount_row.latest_s, amount_row.buckets[0]) == (38000, (36000, [2, 0]))
+    assert rows["v1"].champion and not rows["v2"].champion
 
 
 def test_alert_thresholds_option_is_read_through_beam_filesystems(tmp_path, capsys) -> None:
@@ -294,3 +298,134 @@ def test_alert_thresholds_option_is_read_through_beam_filesystems(tmp_path, caps
         pipeline_options(["--project=x", f"--alert_thresholds={tmp_path / 'missing.json'}"])
     assert info.value.code == 2
     assert "--alert_thresholds: cannot read" in capsys.readouterr().err
+
+
+class FakeRefs:
+    """Every version has a reference histogram for TX_AMOUNT, the score and an undeclared
+    feature (a card from other definitions)."""
+
+    hist = {"kind": "quantile", "edges": [0.0, 0.5, 1.0], "counts": [50, 50]}
+
+    def histograms(self, version: str) -> dict:
+        return {"TX_AMOUNT": self.hist, "score": self.hist, "NOT_DECLARED": self.hist}
+
+    def card(self, version: str) -> dict:
+        return {}
+
+
+def judge_drift(tmp_path):  # type: ignore[no-untyped-def]
+    from pipelines.transforms.monitoring import _FeatureConfigs, _JudgeDrift
+    from tests.unit.dofn_state import Harness
+
+    fn = _JudgeDrift(str(tmp_path), load_thresholds(), grace_s=0)
+    fn._refs = FakeRefs()  # type: ignore[assignment]
+    fn._configs = _FeatureConfigs(load_thresholds().drift)
+    return Harness(fn)
+
+
+def delta(champion: bool, hour: int, counts: list[int]):  # type: ignore[no-untyped-def]
+    """One flush: a quarter-hour bucket of 400 values, the clock at its end."""
+    from pipelines.core.drift import BucketCounts
+    from pipelines.transforms.monitoring import DriftDelta
+
+    start = 1_533_686_400 + hour * 900
+    return DriftDelta(champion, start + 899, [BucketCounts(start, counts)])
+
+
+def test_drift_gauges_are_named_by_role_and_declared_feature(tmp_path, monkeypatch) -> None:
+    """However many versions come and go, the gauge names are the roles times the declared
+    features: the versions are in the alerts and the drift windows."""
+    from pipelines.transforms import monitoring
+
+    names: set[str] = set()
+    monkeypatch.setattr(monitoring, "_gauge", lambda name, value: names.add(name))
+    windows = []
+    for v in range(6):  # six versions, each the champion, then shadowed by the next
+        for feature in ("TX_AMOUNT", "score", "NOT_DECLARED"):
+            h = judge_drift(tmp_path)
+            for hour in range(12):
+                champion = hour < 6
+                out = h.process((f"v{v}", feature), delta(champion, hour, [200, 200]))
+                windows += [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput)]
+    assert windows and {w["model_version"] for w in windows} == {f"v{v}" for v in range(6)}
+    assert names == {
+        f"{gauge}/{role}/{feature}"
+        for gauge in ("drift_psi_milli", "drift_n", "drift_window_end_s", "drift_streak")
+        for role in ("champion", "challenger")
+        for feature in ("TX_AMOUNT", "score")
+    }
+
+
+def test_drift_state_is_a_row_that_resumes_and_is_let_go_after_a_day(tmp_path) -> None:
+    from pipelines.core.drift import DriftProgress
+
+    h = judge_drift(tmp_path)
+    key = ("v1", "TX_AMOUNT")
+    for hour in range(8):
+        h.process(key, delta(True, hour, [380, 20] if hour >= 4 else [200, 200]))
+    progress = h.cells["windows"].read()  # decoded with the cell's RowCoder
+    assert isinstance(progress, tuple) and progress._fields == DriftProgress._fields
+    assert progress.next_start_s is not None and progress.buckets
+    # Resumed from the row, the windows go on exactly as one object kept in memory would.
+    kept = judge_drift(tmp_path).fn._windows("v1", "TX_AMOUNT", None)
+    assert kept is not None
+    for hour in range(8):
+        kept.add(
+            {1_533_686_400 + hour * 900: [380, 20] if hour >= 4 else [200, 200]},
+            1_533_686_400 + hour * 900 + 899,
+            0.0,
+        )
+    assert kept.progress()._replace(closable_since=[]) == progress._replace(closable_since=[])
+    assert h.timers["expire"].at is not None
+    h.fire("expire", key)
+    assert h.empty
+
+
+def test_window_judges_keep_their_streaks_as_rows(monkeypatch) -> None:
+    from pipelines.core.alerts import StreakRow
+    from pipelines.transforms import monitoring
+    from pipelines.transforms.monitoring import Stats, _JudgeHealth
+    from tests.unit.dofn_state import Harness
+
+    monkeypatch.setattr(monitoring, "_gauge", lambda name, value: None)
+    thresholds = load_thresholds()
+    h = Harness(_JudgeHealth(thresholds))
+    slow = Stats()
+    slow.counts["predictions"] = 100
+    slow.latency[monitoring._latency_bin(thresholds.service_health.latency_p99_ms * 2)] = 100
+    alerts = []
+    for _ in range(thresholds.service_health.consecutive):
+        alerts += h.process("health", slow.row())
+    assert [a.metric for a in alerts] == ["latency_p99_ms"]
+    streaks = h.cells["streaks"].read()
+    assert [tuple(r) for r in streaks] == [
+        tuple(StreakRow("dead_letter_per_s", 0, thresholds.service_health.consecutive, True)),
+        tuple(StreakRow("latency_p99_ms", thresholds.service_health.consecutive, 0, False)),
+    ]
+
+
+def test_online_quality_alerts_once_per_day_and_remembers_a_bounded_number_of_days(
+    tmp_path,
+) -> None:
+    from pipelines.transforms.monitoring import ALERTED_DAYS, _JudgeOnlineQuality
+    from pipelines.transforms.online_eval import DayFigures
+    from tests.unit.dofn_state import Harness
+
+    class Card(FakeRefs):
+        def card(self, version: str) -> dict:
+            return {"offline_metrics": {"ap": 0.8, "cp100": 0.3}}
+
+    fn = _JudgeOnlineQuality(str(tmp_path), load_thresholds())
+    fn._refs = Card()  # type: ignore[assignment]
+    fn._champion, fn._read_at = None, float("inf")  # no registry: every version is judged
+    h = Harness(fn)
+    alerts = []
+    days = [f"2018-05-{d:02d}" for d in range(1, 32)] + [f"2018-06-{d:02d}" for d in range(1, 10)]
+    for day in days:
+        for _ in range(2):  # a day's figures come again (every --eval_every_s): one alert
+            figures = DayFigures("v1", day, "champion", 5000, 60, 0.9, 0.1, 0.3, False)
+            alerts += h.process("v1", figures)
+    assert len(alerts) == 40 and {a.metric for a in alerts} == {"online_ap"}
+    kept = list(h.cells["alerted"].read())
+    assert kept == sorted(kept) and len(kept) == ALERTED_DAYS + 1
+    assert kept[-1] == "2018-06-09|ap"

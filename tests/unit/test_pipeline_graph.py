@@ -81,9 +81,11 @@ def test_constructs_for_dataflow_offline(tmp_path) -> None:
 
 def test_stateful_steps_are_the_keyed_stages() -> None:
     """The only stateful steps are the three keyed stages, the online evaluation's waiting
-    labels (keyed by a hash of the transaction id) and the monitor's judges: drift per (model
-    version, feature); health, data quality and online quality after a lifted combine, so their
-    keys get one merged element per window, never the event stream."""
+    labels (keyed like the keyed stages) and its days (per model version and day), and the
+    monitor's judges: drift per (model version, feature); online quality per version; health
+    and data quality keyed by a constant after two keyed merges (bundles' stats on 16 shard
+    keys, then the shards' partial results), so the constant key gets one merged element per
+    window, never the event stream, and no step is a global combine."""
     from apache_beam.transforms.userstate import is_stateful_dofn
 
     options = PipelineOptions(["--project=rillet-local", "--streaming"])
@@ -103,12 +105,23 @@ def test_stateful_steps_are_the_keyed_stages() -> None:
         "ComputeFeatures/CustomerWindows",
         "ComputeFeatures/TerminalWindows",
         "EvaluateOnline/AwaitPredictions",
+        "EvaluateOnline/DayQuality",
         "Monitor/JudgeDrift",
         "Monitor/JudgeHealth",
         "Monitor/JudgeQuality",
         "Monitor/JudgeOnlineQuality",
     }
     assert key_buckets(options) == DIRECT_KEY_BUCKETS >= 16
+    proto = p.to_runner_api()
+    names = {t.unique_name for t in proto.components.transforms.values()}
+    for judge in ("Health", "Quality"):
+        assert {
+            f"Monitor/Merge{judge}Shards",  # keyed by the bundle's shard
+            f"Monitor/Key{judge}",
+            f"Monitor/Merge{judge}",  # the constant key: at most 16 partial results a window
+            f"Monitor/Judge{judge}",
+        } <= names
+    assert not any("CombineGlobally" in name for name in names)
 
 
 def test_unknown_argument_is_reported() -> None:

@@ -63,16 +63,19 @@ def full_metrics() -> dict[str, list[MetricResult]]:
             gauge(m, "latency_p99_ms", 780, ts=1.0, step="a"),
             gauge(m, "latency_p99_ms", 790, ts=2.0, step="b"),  # the latest wins
             gauge(m, "latency_max_ms", 900),
-            gauge(m, "drift_psi_milli/v1/TX_AMOUNT", 312),
-            gauge(m, "drift_n/v1/TX_AMOUNT", 400),
-            gauge(m, "drift_window_end_s/v1/TX_AMOUNT", 1_800_000_000),
-            gauge(m, "drift_streak/v1/TX_AMOUNT", 3),
-            gauge(m, "drift_psi_milli/v1/score", 20),
+            gauge(m, "drift_psi_milli/champion/TX_AMOUNT", 312),
+            gauge(m, "drift_n/champion/TX_AMOUNT", 400),
+            gauge(m, "drift_window_end_s/champion/TX_AMOUNT", 1_800_000_000),
+            gauge(m, "drift_streak/champion/TX_AMOUNT", 3),
+            gauge(m, "drift_psi_milli/champion/score", 20),
+            gauge(m, "drift_psi_milli/challenger/score", 40),
             gauge(m, "quality_rate_ppm/dead_letter_rate", 1000),
-            gauge(ev, "auc_ppm/v1/2018-09-01", 900_000),
-            gauge(ev, "ap_ppm/v1/2018-09-01", 700_000),
-            gauge(ev, "cp100_ppm/v1/2018-09-01", 300_000),
-            gauge(ev, "n/v1/2018-09-01", 9000),
+            gauge(ev, "auc_ppm/champion", 900_000),
+            gauge(ev, "ap_ppm/champion", 700_000),
+            gauge(ev, "cp100_ppm/champion", 300_000),
+            gauge(ev, "n/champion", 9000),
+            gauge(ev, "day_start_s/champion", 1_535_760_000),  # 2018-09-01
+            gauge(ev, "ap_ppm/challenger", 750_000),
         ],
         "distributions": [distribution("rillet", "event_to_prediction_ms", [100, 300])],
     }
@@ -144,16 +147,19 @@ def test_snapshot_has_the_contract_shape() -> None:
     assert snapshot["system_lag_s"] == 0.4
     assert snapshot["data_freshness_s"] == 0.5
     assert snapshot["process"] == {"cpu_percent": 150.0, "rss_mb": 1400.0}
-    assert snapshot["drift"]["v1"]["TX_AMOUNT"] == {
+    # By role (the gauge names are bounded: docs/specs/monitoring.md), not by version.
+    assert snapshot["drift"]["champion"]["TX_AMOUNT"] == {
         "psi": 0.312,
         "n": 400,
         "window_end": "2027-01-15T08:00:00Z",
         "streak": 3,
     }
-    assert snapshot["drift"]["v1"]["score"]["psi"] == 0.02
-    assert snapshot["drift"]["v1"]["score"]["n"] is None
+    assert snapshot["drift"]["champion"]["score"]["psi"] == 0.02
+    assert snapshot["drift"]["champion"]["score"]["n"] is None
+    assert snapshot["drift"]["challenger"]["score"]["psi"] == 0.04
     assert snapshot["online_quality"] == {
-        "v1": {"2018-09-01": {"auc": 0.9, "ap": 0.7, "cp100": 0.3, "n": 9000}}
+        "challenger": {"day": None, "auc": None, "ap": 0.75, "cp100": None, "n": None},
+        "champion": {"day": "2018-09-01", "auc": 0.9, "ap": 0.7, "cp100": 0.3, "n": 9000},
     }
     assert snapshot["quality_rates"] == {"dead_letter_rate": 0.001}
     assert snapshot["alerts_raised"] == 2

@@ -138,15 +138,24 @@ def test_datastore_spec_lists_the_entity_properties() -> None:
 
 
 def test_datastore_spec_lists_the_evaluation_properties() -> None:
-    from pipelines.core.quality import quality
-    from pipelines.transforms.online_eval import EVALUATION_KIND, evaluation_properties
+    from pipelines.transforms.online_eval import (
+        EVALUATION_KIND,
+        DayRow,
+        day_figures,
+        evaluation_properties,
+    )
 
     text = spec("datastore.md").split("## Online evaluation")[1]
     assert f"kind `{EVALUATION_KIND}`" in text
     rows = [line for line in text.splitlines() if line.startswith("| `")]
     listed = {n for line in rows for n in backticked(line.split("|")[1])}
-    figures = quality(["c1", "c2"], [0, 1], [0.1, 0.9])
-    assert listed == set(evaluation_properties("v1", "2018-08-08", figures))
+    figures = day_figures(
+        "v1",
+        "2018-08-08",
+        [DayRow("t1", "c1", 0, 0.1, True), DayRow("t2", "c2", 1, 0.9, True)],
+        False,
+    )
+    assert listed == set(evaluation_properties(figures))
 
 
 def test_read_rows_stream_parsing() -> None:

@@ -61,9 +61,10 @@ USER_METRIC_NAMES = [
     "events_per_s",
     "predictions_per_s",
     "quality_rate_ppm/dead_letter_rate",
-    "drift_psi_milli/v1/TX_AMOUNT",
-    "ap_ppm/v1/2026-12-01",
-    "cp100_ppm/v1/2026-12-01",
+    "drift_psi_milli/champion/TX_AMOUNT",
+    "drift_psi_milli/challenger/score",
+    "ap_ppm/champion",
+    "cp100_ppm/challenger",
 ]
 
 
