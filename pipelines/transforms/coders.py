@@ -43,6 +43,7 @@ from pipelines.core.schema import Label, Transaction
 __all__ = ["StageRecordCoder", "WakeUp", "row_coder"]
 
 _VERSION = 1
+STAGE_RECORD_URN = "rillet:coder:stage_record:v1"
 
 
 class WakeUp(StageRecord):
@@ -192,6 +193,11 @@ class StageRecordCoder(Coder):
 
     def __hash__(self) -> int:
         return hash(type(self))
+
+
+# A named coder in the graph (not a pickled Python object): its spec is this URN, the same in
+# every build of the job, so Dataflow's --update check and the fingerprint test see a stable name.
+Coder.register_structured_urn(STAGE_RECORD_URN, StageRecordCoder)
 
 
 def _resolve_annotations(row_type: type[Any]) -> None:

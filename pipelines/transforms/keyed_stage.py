@@ -73,6 +73,11 @@ class KeyedStageFn(beam.DoFn):
         self._last_timestamp: Any = None
         self.attempt = ""
 
+    def default_label(self) -> str:
+        # The step's name in the graph: stable when the class is renamed (--update matches steps
+        # by name).
+        return self.step
+
     # -- hooks ---------------------------------------------------------------------------------
 
     def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:

@@ -38,6 +38,7 @@ from pipelines.core.thresholds import load_thresholds
 from pipelines.stores.model_registry import ModelRegistry
 from pipelines.transforms import monitoring
 from pipelines.transforms.inference import PredictionBatch
+from pipelines.transforms.online_eval import DayFigures
 
 THRESHOLDS = load_thresholds()
 WINDOW_S = THRESHOLDS.service_health.window_s
@@ -96,10 +97,9 @@ def registry(tmp_path: Path) -> Path:
 
 def row(
     version: str, day: str, n: int, frauds: int, ap: float | None, cp100: float | None
-) -> tuple[str, dict[str, Any]]:
+) -> tuple[str, DayFigures]:
     """An online-evaluation row of (version, day), keyed by version as the Monitor keys them."""
-    figures = {"n": n, "frauds": frauds, "auc": 0.8, "ap": ap, "cp100": cp100}
-    return version, {"version": version, "day": day, **figures}
+    return version, DayFigures(version, day, "champion", n, frauds, 0.8, ap, cp100, False)
 
 
 def online_alerts(registry: Path, rows: Sequence[Any]) -> list[tuple[str, str, str, float]]:
@@ -179,7 +179,7 @@ def window(latencies_ms: Sequence[float] = (), dead_letters: int = 0) -> tuple[s
         fn.process(PredictionBatch(batch, np.zeros(len(txs)), "v1", predicted_at))
     for i in range(dead_letters):
         fn.process(DeadLetter(b"x%d" % i, "not_json", "", "transactions", "parse"))
-    (stats,) = [w.value for w in fn.finish_bundle()]
+    ((_, stats),) = [w.value for w in fn.finish_bundle()]  # (shard, the bundle's StatsRow)
     return "health", stats
 
 
