@@ -17,13 +17,12 @@ tuning pins every shared object for the process (pipelines/local_runner/shared_p
 from __future__ import annotations
 
 import os
-import threading
-from collections.abc import Callable, Hashable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable
+from typing import Generic, TypeVar
 
 from apache_beam.utils.shared import Shared
 
-__all__ = ["SharedResource", "endpoints", "process_shared"]
+__all__ = ["SharedResource", "endpoints"]
 
 T = TypeVar("T")
 
@@ -80,16 +79,3 @@ class SharedResource(Generic[T]):
 
     def __getstate__(self) -> dict[str, object]:
         return {"_handle": self._handle, "_held": None}
-
-
-# Modules that have not moved to a SharedResource of their own yet share one handle per key.
-_HANDLES: dict[Hashable, SharedResource[Any]] = {}
-_HANDLES_LOCK = threading.Lock()
-
-
-def process_shared(key: Hashable, factory: Callable[[], T]) -> T:
-    """The object under ``key`` in this process, made by ``factory`` the first time (through a
-    ``SharedResource`` per key; prefer a DoFn's own ``SharedResource``)."""
-    with _HANDLES_LOCK:
-        handle = _HANDLES.setdefault(key, SharedResource())
-    return handle.acquire(factory, tag=key)

@@ -64,7 +64,7 @@ from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import Label
 from pipelines.core.thresholds import DriftThresholds, Thresholds
 from pipelines.stores.model_registry import ModelRegistry
-from pipelines.stores.shared import process_shared
+from pipelines.stores.shared import SharedResource
 from pipelines.transforms.coders import row_coder
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.online_eval import CHALLENGER, CHAMPION, DayFigures
@@ -513,10 +513,6 @@ class _FeatureConfigs:
         return self._tests[feature]
 
 
-def _references(model_dir: str) -> _References:
-    return process_shared(("monitor-references", model_dir), lambda: _References(model_dir))
-
-
 _Binned = dict[str, tuple[dict[int, np.ndarray], int]]  # feature -> ({bucket: counts}, latest)
 
 
@@ -589,11 +585,13 @@ class _BinInputs(beam.DoFn):
 
     def __init__(self, model_dir: str, thresholds: Thresholds) -> None:
         self._model_dir = model_dir
+        self._refs_handle: SharedResource[_References] = SharedResource()
         self._drift = thresholds.drift
         self._no_reference = Metrics.counter(MONITOR_NAMESPACE, "drift_unmonitored_rows")
 
     def setup(self) -> None:
-        self._refs = _references(self._model_dir)
+        model_dir = self._model_dir
+        self._refs = self._refs_handle.acquire(lambda: _References(model_dir), tag=model_dir)
         self._configs = _FeatureConfigs(self._drift)
         self._column = {name: i for i, name in enumerate(MODEL_INPUTS)}
 
@@ -714,6 +712,7 @@ class _JudgeDrift(beam.DoFn):
 
     def __init__(self, model_dir: str, thresholds: Thresholds, grace_s: float) -> None:
         self._model_dir = model_dir
+        self._refs_handle: SharedResource[_References] = SharedResource()
         self._drift = thresholds.drift
         self._grace_s = grace_s
         self._alerts = _AlertCounter()
@@ -723,7 +722,8 @@ class _JudgeDrift(beam.DoFn):
         return "JudgeDrift"
 
     def setup(self) -> None:
-        self._refs = _references(self._model_dir)
+        model_dir = self._model_dir
+        self._refs = self._refs_handle.acquire(lambda: _References(model_dir), tag=model_dir)
         self._configs = _FeatureConfigs(self._drift)
 
     def _windows(
@@ -877,6 +877,7 @@ class _JudgeOnlineQuality(beam.DoFn):
 
     def __init__(self, model_dir: str, thresholds: Thresholds, poll_s: float = 30.0) -> None:
         self._model_dir = model_dir
+        self._refs_handle: SharedResource[_References] = SharedResource()
         self._t = thresholds.online_quality
         self._poll_s = poll_s
         self._alerts = _AlertCounter()
@@ -885,7 +886,8 @@ class _JudgeOnlineQuality(beam.DoFn):
         return "JudgeOnlineQuality"
 
     def setup(self) -> None:
-        self._refs = _references(self._model_dir)
+        model_dir = self._model_dir
+        self._refs = self._refs_handle.acquire(lambda: _References(model_dir), tag=model_dir)
         self._champion: str | None = None
         self._read_at = 0.0
 
@@ -965,11 +967,12 @@ class _PublishAlerts(beam.DoFn):
     def __init__(self, topic: str) -> None:
         self._topic = topic
         self._published = Metrics.counter(METRICS_NAMESPACE, "alerts_published")
+        self._shared: SharedResource[Any] = SharedResource()
 
     def setup(self) -> None:
-        from pipelines.transforms.sinks import shared_publisher
+        from pipelines.transforms.sinks import publisher_client
 
-        self._publisher = shared_publisher()
+        self._publisher = self._shared.acquire(publisher_client)
 
     def process(self, alert: Alert) -> Iterator[dict[str, Any]]:
         data, attributes = alert.message()
@@ -999,6 +1002,7 @@ class Monitor(beam.PTransform):
     ) -> None:
         super().__init__()
         self._model_dir = model_dir
+        self._refs_handle: SharedResource[_References] = SharedResource()
         self._t = thresholds
         self._topic = alerts_topic
         self._every_s = every_s

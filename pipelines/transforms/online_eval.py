@@ -65,9 +65,10 @@ from pipelines.core.routing import route
 from pipelines.core.schema import Label
 from pipelines.stores.model_registry import EVALUATION_KIND
 from pipelines.stores.retry import datastore_call_options, with_backoff
+from pipelines.stores.shared import SharedResource
 from pipelines.transforms.coders import row_coder
 from pipelines.transforms.parse import METRICS_NAMESPACE
-from pipelines.transforms.sinks import lookup_raw, shared_datastore_client
+from pipelines.transforms.sinks import datastore_client, lookup_raw
 
 __all__ = [
     "CHALLENGER",
@@ -220,11 +221,15 @@ class _ServedLookup(beam.DoFn):
         self._namespace = namespace or None
         self._buckets = key_buckets
         self._client: Any = None
+        self._shared: SharedResource[Any] = SharedResource()
         self._clock_us = 0
         self._matched = Metrics.counter(METRICS_NAMESPACE, "labels_evaluated")
 
     def setup(self) -> None:
-        self._client = shared_datastore_client(self._project, self._namespace)
+        project, namespace = self._project, self._namespace
+        self._client = self._shared.acquire(
+            lambda: datastore_client(project, namespace), tag=(project, namespace)
+        )
 
     def lookup_and_group(self, labels: list[PendingLabel]) -> Iterator[Any]:
         """Looks up the stored predictions of ``labels``; yields ("<version>|<day>", DayRows)
@@ -581,9 +586,13 @@ class _WriteEvaluation(beam.DoFn):
         self._namespace = namespace or None
         self._kind = kind
         self._client: Any = None
+        self._shared: SharedResource[Any] = SharedResource()
 
     def setup(self) -> None:
-        self._client = shared_datastore_client(self._project, self._namespace)
+        project, namespace = self._project, self._namespace
+        self._client = self._shared.acquire(
+            lambda: datastore_client(project, namespace), tag=(project, namespace)
+        )
 
     def process(self, figures: DayFigures) -> Iterator[DayFigures]:
         from google.cloud import datastore

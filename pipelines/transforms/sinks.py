@@ -44,7 +44,7 @@ from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import SCHEMA_VERSION, format_rfc3339
 from pipelines.stores.retry import datastore_call_options, with_backoff
-from pipelines.stores.shared import SharedResource, process_shared
+from pipelines.stores.shared import SharedResource
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.parse import METRICS_NAMESPACE
 
@@ -55,6 +55,7 @@ __all__ = [
     "WritePredictions",
     "latest_per_transaction",
     "prediction_records",
+    "publisher_client",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -331,24 +332,13 @@ def _lookup(
     return found
 
 
-def shared_datastore_client(project: str, namespace: str | None) -> Any:
-    """The process's Datastore client for (project, namespace), shared by every DoFn."""
-    return process_shared(
-        ("datastore", project, namespace), lambda: datastore_client(project, namespace)
-    )
-
-
-def _publisher_client() -> Any:
+def publisher_client() -> Any:
+    """A Pub/Sub publisher client (hold one per process: a DoFn's SharedResource)."""
     from google.cloud import pubsub_v1
 
     return pubsub_v1.PublisherClient(
         batch_settings=pubsub_v1.types.BatchSettings(max_messages=500, max_latency=0.01)
     )
-
-
-def shared_publisher() -> Any:
-    """The process's Pub/Sub publisher client, shared by every DoFn."""
-    return process_shared(("publisher",), _publisher_client)
 
 
 class _PublishingDoFn(beam.DoFn):
@@ -363,7 +353,7 @@ class _PublishingDoFn(beam.DoFn):
         self._shared: SharedResource[Any] = SharedResource()
 
     def setup(self) -> None:
-        self._publisher = self._shared.acquire(_publisher_client)
+        self._publisher = self._shared.acquire(publisher_client)
 
     def _publish(self, futures: list[Any], tokens: Iterable[int]) -> int:
         for future in futures:

@@ -170,12 +170,21 @@ def test_the_saved_model_is_loaded_once_per_process(model_dir, caplog) -> None: 
     assert sum("loaded model" in r.getMessage() for r in caplog.records) <= 1
 
 
-def test_process_shared_objects_are_per_emulator_endpoint(monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """A client made for one emulator stack must not be handed out once another is in use."""
-    from pipelines.stores.shared import process_shared
+def test_shared_objects_are_one_per_process_and_emulator_endpoint(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Every copy of a DoFn (Beam unpickles one per thread, the DirectRunner one per bundle) gets
+    the same object through its SharedResource; a client made for one emulator stack is not
+    handed out once another is in use."""
+    import pickle
 
+    from pipelines.stores.shared import SharedResource
+
+    class Client:
+        pass
+
+    handle: SharedResource[Client] = SharedResource()
+    copy = pickle.loads(pickle.dumps(handle))
     monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", "127.0.0.1:1")
-    first = process_shared(("endpoint-test",), object)
-    assert process_shared(("endpoint-test",), object) is first
+    first = handle.acquire(Client)
+    assert copy.acquire(Client) is first
     monkeypatch.setenv("BIGTABLE_EMULATOR_HOST", "127.0.0.1:2")
-    assert process_shared(("endpoint-test",), object) is not first
+    assert copy.acquire(Client) is not first
