@@ -227,23 +227,26 @@ class _DatastoreWriteDoFn(beam.DoFn):
         for _ in range(_MAX_CONFLICT_ROUNDS):
             if not pending:
                 return
-            pending = with_backoff(partial(self._put_round, pending), "Datastore commit")
+            pending = self._commit_newer(pending, self._stored(pending))
         raise RuntimeError(
             f"Datastore: {len(pending)} predictions conflicted {_MAX_CONFLICT_ROUNDS} times in a "
             "row with concurrent writers"
         )
 
-    def _put_round(self, records: list[PredictionRecord]) -> list[PredictionRecord]:
-        """One lookup and conditional commit round; returns the records that conflicted."""
+    def _stored(self, records: list[PredictionRecord]) -> dict[str, tuple[int, int]]:
+        """(revision, entity version) stored for each record's key (absent: no entity)."""
+        names = [r["transaction_id"] for r in records]
+        return lookup_versions(self._client, self._project, self._namespace, self._kind, names)
+
+    def _commit_newer(
+        self, records: list[PredictionRecord], stored: dict[str, tuple[int, int]]
+    ) -> list[PredictionRecord]:
+        """Commits the records newer than ``stored``, each conditional on the entity version it
+        saw there; returns those that conflicted (a write came in between). Retrying a commit
+        whose answer was lost is safe: what it applied has moved the versions, so its mutations
+        conflict and are decided again."""
         from google.cloud.datastore_v1.types import datastore as ds
 
-        stored = lookup_versions(
-            self._client,
-            self._project,
-            self._namespace,
-            self._kind,
-            [r["transaction_id"] for r in records],
-        )
         newer = [r for r in records if r["revision"] > stored.get(r["transaction_id"], (-1, 0))[0]]
         conflicted: list[PredictionRecord] = []
         api = self._client._datastore_api
@@ -256,8 +259,11 @@ class _DatastoreWriteDoFn(beam.DoFn):
                 mutation = request.mutations.add()
                 self._entity_pb(mutation.upsert, record, self._kind)
                 mutation.base_version = stored.get(record["transaction_id"], (-1, 0))[1]
-            response = api.commit(
-                request=ds.CommitRequest.wrap(request), **datastore_call_options()
+            response = with_backoff(
+                partial(
+                    api.commit, request=ds.CommitRequest.wrap(request), **datastore_call_options()
+                ),
+                "Datastore commit",
             )
             conflicted += [
                 record

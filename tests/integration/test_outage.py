@@ -395,9 +395,21 @@ def test_datastore_outage_loses_nothing(
         sink._put_newest(records(ids, 1))  # an older revision arriving late: not written
         return ids
 
+    # A writer that looked its keys up before the outage and commits during it (the conditional
+    # commit itself must fail on its deadline and be retried, not only the lookups).
+    stale_ids = [[f"stale-{batch}-{j}" for j in range(BATCH)] for batch in range(100)]
+    looked_up = sink._stored([r for ids in stale_ids for r in records(ids, 1)])
+    assert looked_up == {}  # none of them exists yet
+
+    def commits_only(batch: int) -> list[str]:
+        ids = stale_ids[batch]
+        sink._commit_newer(records(ids, 1), looked_up)
+        return ids
+
     writers = [
         Writer("datastore-originals", originals),
         Writer("datastore-corrections", corrections),
+        Writer("datastore-commits", commits_only),
     ]
     # During the outage: the originals of `before` arrive late (lower revision: not written).
     reader = Reader(lambda: sink._put_newest(records(before, 1)))
@@ -421,6 +433,7 @@ def test_datastore_outage_loses_nothing(
     expected = {n: 3 for n in before}
     expected.update({n: 1 for n in writers[0].acked})
     expected.update({n: 2 for n in writers[1].acked})
+    expected.update({n: 1 for n in writers[2].acked})
     assert len(writers[0].acked) >= BATCH * 6 and len(writers[1].acked) >= BATCH // 2 * 6
     names = sorted(expected)
     found: dict[str, int] = {}
