@@ -79,6 +79,7 @@ __all__ = [
     "FeatureStore",
     "IdRecord",
     "StoreConfig",
+    "bucket_row_bytes",
     "bucket_row_key",
     "create_table",
     "decode_summary",
@@ -118,6 +119,31 @@ def bucket_row_key(entity: Entity, entity_id: str, bucket: int) -> bytes:
     if bucket < 0:
         raise ValueError(f"event times before 1970 have no bucket row: {bucket}")
     return f"{entity.name}#{entity_id}#{bucket:0{_BUCKET_DIGITS}d}".encode()
+
+
+def bucket_row_bytes(
+    entity: Entity,
+    transactions_per_s: float,
+    labels_per_s: float,
+    carried_features: int = 0,
+    id_chars: int = 8,
+) -> int:
+    """The size of the largest bucket row an entity makes when it gets ``transactions_per_s``
+    and ``labels_per_s`` (each label lands in its transaction's bucket), from the encoded size
+    of its cells: per cell the qualifier, family, timestamp and value, as Bigtable counts a row
+    (plus the row key and the summary once). ``carried_features``: the customer features a
+    terminal's cells carry; ``id_chars``: the length of transaction and entity ids."""
+    from pipelines.core.cells import BUCKET_US, TxCell
+
+    ident = "9" * id_chars
+    key = bucket_row_key(entity, ident, 10**9)
+    cell = TxCell(0, 0.0, ident, 1, (0.0,) * carried_features, 1)
+    tx = id_chars + len(FAMILY_TX) + 8 + len(encode_tx_cell(cell))
+    label = id_chars + len(FAMILY_LABEL) + 8 + _LABEL_VALUE.size
+    summary = len(SUMMARY_QUALIFIER) + len(FAMILY_TX) + 8 + _SUMMARY.size
+    seconds = BUCKET_US / 1_000_000
+    cells = transactions_per_s * seconds * tx + labels_per_s * seconds * label
+    return int(len(key) + summary + cells)
 
 
 def encode_summary(summary: Summary) -> bytes:
