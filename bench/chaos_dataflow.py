@@ -19,16 +19,18 @@ rillet side: the data, the run, the oracle, the JSON.
    after their transaction), published in due order (publish time = due time), delivered out
    of order: every message moved by up to ``jitter`` positions, ``late`` of them by up to
    ``late_days`` days of traffic, ``very_late`` of the transactions by 7.5 to 11 days of traffic
-   (past the label delay: they change terminal windows already computed; their label comes
-   after them), ``early_labels`` of the stretch's transactions with their label delivered just
-   before them (it waits in the id index), ``redeliveries`` of the messages delivered again
-   (same message id) later. The delivery order is written to ``<work dir>/deliveries.jsonl``.
+   (past the label delay: they change terminal windows already computed; their label is never
+   published, so that nothing but them redoes those corrections), ``early_labels`` of the
+   stretch's transactions with their label delivered just before them (it waits in the id
+   index), ``redeliveries`` of the messages delivered again (same message id) later. The
+   delivery order is written to ``<work dir>/deliveries.jsonl``.
 5. The run (bench.dataflow_model.Coordinator): W worker processes x T threads, one key per work
    item (or ``--multi-key``), failures after every kind of side effect and before commits,
    retries, key moves, zombies.
 6. The oracle: the product's backfill of the same data (every transaction up to the stretch's
-   end and every label; a label counts from its transaction's time + 7 days, as the stream sees
-   it) and the label rule (one valid label message per transaction here, each delivered).
+   end and every label delivered or in the warm store; a label counts from its transaction's
+   time + 7 days, as the stream sees it) and the label rule (one valid label message per
+   transaction here, each delivered).
 
 Definitions (counts):
   lost                valid transactions with no stored prediction (Datastore)
@@ -64,6 +66,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from bench.dataflow_model.coordinator import INJECTION_POINTS, ModelConfig
 
@@ -100,14 +104,14 @@ class DataflowChaosConfig:
     jitter: int = 60  # positions every message may move
     late: float = 0.05  # messages delivered up to late_days of traffic after their turn
     late_days: float = 2.0
-    very_late: float = 0.03  # transactions delivered 7.5-11 days of traffic late (with their label)
+    very_late: float = 0.05  # transactions delivered 7.5-11 days of traffic late (no label)
     early_labels: float = 0.1  # transactions whose label comes just before them
     redeliveries: float = 0.03  # messages delivered a second time (same message id)
     label_wait_s: float = 60.0  # the job's --label_wait_s (wall clock)
     # faults (per attempt)
     fail_after_bigtable: float = 0.03
-    fail_after_datastore: float = 0.015
-    fail_after_publish: float = 0.015
+    fail_after_datastore: float = 0.02
+    fail_after_publish: float = 0.02
     fail_before_commit: float = 0.008
     zombie_rate: float = 0.003
     move_rate: float = 0.01
@@ -164,21 +168,23 @@ class Message:
 
 def stream_messages(
     frame: pd.DataFrame, start_us: int, end_us: int, config: DataflowChaosConfig
-) -> tuple[list[Message], list[Message], dict[str, int]]:
-    """(the valid messages in publish order, the delivery order, counts)."""
+) -> tuple[list[Message], list[Message], set[str], dict[str, int]]:
+    """(the valid messages in publish order, the delivery order, the transactions whose label is
+    never published, counts)."""
     rng = random.Random(config.seed)
     times = _epoch_us(frame["TX_DATETIME"])
+    stretch_tx = [int(i) for i in np.flatnonzero((times >= start_us) & (times < end_us))]
+    # Very late transactions: their label is never published (had it been due before them, it
+    # would wait longer than --label_wait_s; after them, it would redo their corrections).
+    very_late = set(rng.sample(stretch_tx, int(len(stretch_tx) * config.very_late)))
+    early = set(rng.sample(stretch_tx, int(len(stretch_tx) * config.early_labels))) - very_late
     rows: list[tuple[int, int, int, str]] = []  # (due µs, kind order, row index, input)
-    for i in map(int, np.flatnonzero((times >= start_us) & (times < end_us))):
+    for i in stretch_tx:
         rows.append((int(times[i]), 1, i, "transactions"))
     due = times + LABEL_DELAY_US
-    for i in map(int, np.flatnonzero((due >= start_us) & (due < end_us))):
-        rows.append((int(times[i]) + LABEL_DELAY_US, 0, int(i), "labels"))
-    stretch_tx = [r[2] for r in rows if r[3] == "transactions"]
-    early = set(rng.sample(stretch_tx, int(len(stretch_tx) * config.early_labels)))
-    labelled = {r[2] for r in rows if r[3] == "labels"}
-    for i in sorted(early - labelled):  # their label is not due in the stretch: it comes early
-        rows.append((int(times[i]) + LABEL_DELAY_US, 0, int(i), "labels"))
+    labelled = {int(i) for i in np.flatnonzero((due >= start_us) & (due < end_us))} | early
+    for i in sorted(labelled - very_late):  # early ones not due in the stretch come anyway
+        rows.append((int(due[i]), 0, i, "labels"))
     rows.sort()
     published: list[Message] = []
     for n, (due_us, _, i, kind) in enumerate(rows):
@@ -196,19 +202,18 @@ def stream_messages(
         data = json.dumps(body, separators=(",", ":")).encode()
         # Publish time: the due time (+ the rank, so that it is unique and in publish order).
         published.append(Message(kind, data, f"m{n}", due_us + n, body["transaction_id"]))
+    very_late_ids = {str(frame.TRANSACTION_ID.iat[i]) for i in very_late}
+    early_ids = {str(frame.TRANSACTION_ID.iat[i]) for i in early}
     per_day = len(published) / max(config.days, 1)
     position: dict[int, float] = {}
     late_tx: set[str] = set()
-    very_late_tx: set[str] = set()
     late_messages = 0
     for n, m in enumerate(published):
         pos = n + rng.uniform(0, config.jitter)
-        draw = rng.random()
-        if m.input == "transactions" and draw < config.very_late:
+        if m.input == "transactions" and m.transaction_id in very_late_ids:
             # Later than the label delay: it changes terminal windows already computed.
             pos += rng.uniform(7.5, 11.0) * per_day
-            very_late_tx.add(m.transaction_id)
-        elif draw < config.very_late + config.late:
+        elif rng.random() < config.late:
             pos += rng.uniform(0.1, config.late_days) * per_day
             late_messages += 1
             if m.input == "transactions":
@@ -217,15 +222,13 @@ def stream_messages(
     tx_position = {
         m.transaction_id: position[n] for n, m in enumerate(published) if m.input == "transactions"
     }
-    early_ids = {str(frame.TRANSACTION_ID.iat[i]) for i in early}
     moved = 0
     for n, m in enumerate(published):
-        if m.input != "labels" or m.transaction_id not in tx_position:
-            continue
-        if m.transaction_id in very_late_tx:
-            # Its label is delayed with it (a label waits --label_wait_s of wall time at most).
-            position[n] = max(position[n], tx_position[m.transaction_id] + rng.uniform(1, 40))
-        elif m.transaction_id in early_ids and m.transaction_id not in late_tx:
+        if (
+            m.input == "labels"
+            and m.transaction_id in early_ids
+            and m.transaction_id not in late_tx
+        ):
             position[n] = tx_position[m.transaction_id] - rng.uniform(1, 40)
             moved += 1
     order = sorted(range(len(published)), key=position.__getitem__)
@@ -240,10 +243,10 @@ def stream_messages(
         "labels": sum(1 for m in published if m.input == "labels"),
         "labels_before_transactions": moved,
         "late_messages": late_messages,
-        "very_late_transactions": len(very_late_tx),
+        "very_late_transactions": len(very_late_ids),
         "redeliveries": redelivered,
     }
-    return published, deliveries, counts
+    return published, deliveries, very_late_ids, counts
 
 
 def _rfc3339(us: int) -> str:
@@ -350,14 +353,22 @@ def run(config: DataflowChaosConfig) -> dict[str, Any]:
     subset = frame[frame.CUSTOMER_ID.isin(customers) & (times < end_us)].reset_index(drop=True)
     data_dir = work / "data"
     write_dataset(subset, data_dir)
-    published, deliveries, counts = stream_messages(subset, start_us, end_us, config)
+    published, deliveries, unlabelled, counts = stream_messages(subset, start_us, end_us, config)
+    # The oracle's input: every transaction, and every label the stream delivers or the warm
+    # store holds (all but those never published).
+    oracle_dir = work / "oracle-data"
+    write_dataset(subset, oracle_dir)
+    labels = pq.read_table(oracle_dir / "labels.parquet")
+    ids = labels.column("TRANSACTION_ID").to_numpy().astype(str)
+    keep = ~np.isin(ids, np.array(sorted(unlabelled), dtype=str))
+    pq.write_table(labels.filter(pa.array(keep)), oracle_dir / "labels.parquet")
     with (work / "deliveries.jsonl").open("w") as out:
         for m in deliveries:
             out.write(json.dumps({"input": m.input, "id": m.message_id, "tx": m.transaction_id}))
             out.write("\n")
     step("data_s")
 
-    oracle_table = read_feature_table(run_backfill(str(data_dir), str(work / "oracle")))
+    oracle_table = read_feature_table(run_backfill(str(oracle_dir), str(work / "oracle")))
     step("oracle_backfill_s")
 
     with LocalRun(work / "stack", fresh="dfm", log_path=work / "stack.log") as local:
@@ -722,8 +733,14 @@ def parse_args(argv: list[str] | None) -> DataflowChaosConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipelines.app.local import StackError
+
     config = parse_args(argv)
-    result = run(config)
+    try:
+        result = run(config)
+    except StackError as exc:  # the emulators cannot start: what to install or fix
+        print(f"chaos-dataflow: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}))
     losses = ("lost", "duplicated", "feature_mismatches", "labels_uncounted", "stale_predictions")
     return 1 if any(result[k] for k in losses) else 0

@@ -651,12 +651,15 @@ class Coordinator:
         self._mark_ready(self._keys[(item.stage, item.keys[0])])
 
     def _move(self, item: _Item, worker: int) -> None:
+        """The item's keys go to ``worker`` (their leases change; an input's work item has no
+        key to move, only a worker to run on)."""
         for key in item.keys:
             state = self._keys[(item.stage, key)]
             if state.worker != worker:
                 state.worker = worker
                 state.lease += 1
-                self.stats.key_moves += 1
+                if self.graph.stages[item.stage].keyed:
+                    self.stats.key_moves += 1
             self._mark_ready(state)
 
     def _commit(self, item: _Item, result: AttemptResult) -> None:
@@ -689,7 +692,7 @@ class Coordinator:
                 self._add_elements(target, key, [(encoded, ts_us)])
         for key in item.keys:
             state = self._keys[(item.stage, key)]
-            if key.startswith(b"src:") or key == b"impulse":
+            if not self.graph.stages[item.stage].keyed:  # an input's work item: done
                 del self._keys[(item.stage, key)]
                 continue
             if state.pending or state.timers:
@@ -703,7 +706,7 @@ class Coordinator:
                     self._release((item.stage, key), zombie)
         if (
             self.config.workers > 1
-            and not item.keys[0].startswith(b"src:")
+            and self.graph.stages[item.stage].keyed
             and self._rng.random() < self.config.move_rate
         ):
             current = self._keys[(item.stage, item.keys[0])].worker
