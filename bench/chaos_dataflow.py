@@ -21,9 +21,9 @@ rillet side: the data, the run, the oracle, the JSON.
    ``late_days`` days of traffic, ``very_late`` of the transactions by 7.5 to 11 days of traffic
    (past the label delay: they change terminal windows already computed; their label is never
    published, so that nothing but them redoes those corrections), ``early_labels`` of the
-   stretch's transactions with their label delivered just before them (it waits in the id
-   index), ``redeliveries`` of the messages delivered again (same message id) later. The
-   delivery order is written to ``<work dir>/deliveries.jsonl``.
+   stretch's transactions with their label delivered up to ``early_by`` positions before them
+   (it waits in the id index), ``redeliveries`` of the messages delivered again (same message
+   id) later. The delivery order is written to ``<work dir>/deliveries.jsonl``.
 5. The run (bench.dataflow_model.Coordinator): W worker processes x T threads, one key per work
    item (or ``--multi-key``), failures after every kind of side effect and before commits,
    retries, key moves, zombies.
@@ -42,13 +42,15 @@ Definitions (counts):
                       feature) of the stored predictions, and per (transaction, customer
                       feature) carried on the terminal's Bigtable cell the stream wrote
   stale_predictions   stored predictions (final Datastore state) whose features differ
+  valid_dead_lettered valid messages on the dead-letter topic (e.g. a label that waited
+                      again, as ``unknown_transaction``)
   risk_features_nonzero  at least 2% of the compared transactions have a non-zero
                       TERMINAL_ID_RISK_* feature (the oracle's)
 
 The last stdout line is one JSON object; it is also written to ``<work dir>/result.json``, the
 stored predictions to ``<work dir>/stored.parquet`` and every attempt to
-``<work dir>/attempts.jsonl``. Exit status 1 if anything is lost, doubled or mismatched, 2 on a
-wrong argument.
+``<work dir>/attempts.jsonl``. Exit status 1 if anything is lost, doubled, mismatched or
+wrongly dead-lettered, 2 on a wrong argument.
 """
 
 from __future__ import annotations
@@ -105,7 +107,8 @@ class DataflowChaosConfig:
     late: float = 0.05  # messages delivered up to late_days of traffic after their turn
     late_days: float = 2.0
     very_late: float = 0.05  # transactions delivered 7.5-11 days of traffic late (no label)
-    early_labels: float = 0.1  # transactions whose label comes just before them
+    early_labels: float = 0.1  # transactions whose label comes before them
+    early_by: int = 400  # by up to this many positions (a tenth of it at least)
     redeliveries: float = 0.03  # messages delivered a second time (same message id)
     label_wait_s: float = 60.0  # the job's --label_wait_s (wall clock)
     # faults (per attempt)
@@ -229,7 +232,9 @@ def stream_messages(
             and m.transaction_id in early_ids
             and m.transaction_id not in late_tx
         ):
-            position[n] = tx_position[m.transaction_id] - rng.uniform(1, 40)
+            position[n] = tx_position[m.transaction_id] - rng.uniform(
+                config.early_by / 10, config.early_by
+            )
             moved += 1
     order = sorted(range(len(published)), key=position.__getitem__)
     deliveries = [published[n] for n in order]
@@ -406,8 +411,16 @@ def run(config: DataflowChaosConfig) -> dict[str, Any]:
         step("read_back_s")
     result = check(config, subset, oracle_table, published, stored, cells, start_us, end_us)
     write_stored(stored, work / "stored.parquet")
-    valid_ids = {m.message_id for m in published}
+    valid = {m.message_id: m for m in published}
     reasons = Counter(d["attributes"].get("reason", "?") for d in dead_letters)
+    rejected = [
+        (valid[i], d["attributes"].get("reason", "?"))
+        for d in dead_letters
+        if (i := d["attributes"].get("original_message_id")) in valid
+    ]
+    result["examples"]["valid_dead_lettered"] = [
+        f"{m.input[:-1]} {m.transaction_id}: {reason}" for m, reason in rejected[:5]
+    ]
     result.update(
         {
             "workers": config.workers,
@@ -430,9 +443,7 @@ def run(config: DataflowChaosConfig) -> dict[str, Any]:
             "timers_fired": stats.timers_fired,
             "timers_pending": stats.timers_pending,
             "dead_letters": dict(reasons),
-            "valid_dead_lettered": sum(
-                1 for d in dead_letters if d["attributes"].get("original_message_id") in valid_ids
-            ),
+            "valid_dead_lettered": len(rejected),
             "timings_s": timings,
         }
     )
@@ -695,7 +706,7 @@ def parse_args(argv: list[str] | None) -> DataflowChaosConfig:
     defaults = DataflowChaosConfig()
     parser = _Parser(prog="python -m bench.chaos_dataflow", description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=defaults.work_dir)
-    for name in ("workers", "threads", "days", "customers", "source_batch", "jitter"):
+    for name in ("workers", "threads", "days", "customers", "source_batch", "jitter", "early_by"):
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=_positive(int), default=getattr(defaults, name)
         )
@@ -742,7 +753,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"chaos-dataflow: {exc}", file=sys.stderr)
         return 1
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}))
-    losses = ("lost", "duplicated", "feature_mismatches", "labels_uncounted", "stale_predictions")
+    losses = (
+        "lost",
+        "duplicated",
+        "feature_mismatches",
+        "labels_uncounted",
+        "stale_predictions",
+        "valid_dead_lettered",
+    )
     return 1 if any(result[k] for k in losses) else 0
 
 
