@@ -79,9 +79,12 @@ chaos-overload: $(STAMP) ## Input at twice the job's capacity for 60 s: backlog,
 	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos-overload --preset handbook \
 	  --min-transactions 130000 --kills 0 --outages "" --rate 550 --overload-s 60 --overload-rate 2200
 
+chaos-dataflow: $(STAMP) ## The keyed stages, inference and sinks run as Dataflow streaming would: 4 workers x 4 threads, retries, moved keys, zombies (last line JSON)
+	$(BIN)/python -m bench.chaos_dataflow --work-dir .rillet/chaos-dataflow
+
 clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
 .PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
 	bench-scaleout bench-backfill bench-windows bench-continual bench-drift bench-memory bench-swaps chaos \
-	chaos-overload clean
+	chaos-overload chaos-dataflow clean
