@@ -35,6 +35,7 @@ __all__ = [
     "EventColumns",
     "Events",
     "aggregate",
+    "amount_unit",
     "amount_units",
     "compute_feature_matrix",
     "entity_codes",
@@ -52,6 +53,11 @@ _INT64_MAX = np.iinfo(np.int64).max
 def amount_units(amount: np.ndarray) -> np.ndarray:
     """Amounts as exact int64 micro-units."""
     return np.rint(np.asarray(amount, dtype=np.float64) * AMOUNT_SCALE).astype(np.int64)
+
+
+def amount_unit(amount: float) -> int:
+    """One amount as exact micro-units (the same rounding as ``amount_units``)."""
+    return int(np.rint(np.float64(amount) * AMOUNT_SCALE))
 
 
 def order_rank(ids: Sequence[str] | np.ndarray) -> np.ndarray:

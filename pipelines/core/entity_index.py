@@ -29,7 +29,7 @@ import numpy as np
 
 from pipelines.core.cells import BUCKET_US, LabelCell, Summary, TxCell, bucket_of, summarize
 from pipelines.core.definitions import WindowFeature
-from pipelines.core.engine import aggregate, amount_units
+from pipelines.core.engine import aggregate, amount_unit, amount_units
 
 __all__ = ["BUCKET_US", "Bucket", "EntityWindows", "Query", "span_buckets", "tie_key"]
 
@@ -54,7 +54,8 @@ class Query:
 
 
 class Bucket:
-    """The cells of one bucket, with sorted views built when a window needs them."""
+    """The cells of one bucket, with its summary and the sorted views a window needs, kept
+    current as cells arrive (appended in time order, the common case, at O(1))."""
 
     __slots__ = ("_labels_sorted", "_summary", "_tx_sorted", "labels", "tx")
 
@@ -63,22 +64,57 @@ class Bucket:
     ) -> None:
         self.tx: dict[str, TxCell] = tx if tx is not None else {}
         self.labels: dict[str, LabelCell] = labels if labels is not None else {}
+        # (keys (time, len, id) ascending, their times, prefix sums of their amount units)
         self._tx_sorted: tuple[list[tuple[int, int, str]], list[int], list[int]] | None = None
-        self._labels_sorted: tuple[list[int], list[int]] | None = None
+        self._labels_sorted: tuple[list[int], list[int]] | None = None  # times, fraud prefix
         self._summary: Summary | None = None
 
     def put_tx(self, tx_id: str, cell: TxCell) -> None:
         old = self.tx.get(tx_id)
         self.tx[tx_id] = cell
-        if old is None or old.time_us != cell.time_us or old.amount != cell.amount:
-            self._tx_sorted = None
-            self._summary = None
+        if old is not None:
+            if old.time_us != cell.time_us or old.amount != cell.amount:
+                self._tx_sorted = self._summary = None  # never happens: recount
+            return  # the same transaction again (a new revision or carried features)
+        units = amount_unit(cell.amount)
+        t = cell.time_us
+        if self._summary is not None:
+            s = self._summary
+            first = min(s.first_us, t) if s.transactions else t
+            self._summary = s._replace(
+                transactions=s.transactions + 1,
+                units=s.units + units,
+                first_us=first,
+                last_us=max(s.last_us, t),
+            )
+        if self._tx_sorted is not None:
+            keys, times, cum = self._tx_sorted
+            key = (t, len(tx_id), tx_id)
+            if not keys or key > keys[-1]:
+                keys.append(key)
+                times.append(t)
+                cum.append(cum[-1] + units)
+            else:
+                self._tx_sorted = None  # out of order within the bucket: sorted again
 
     def put_label(self, tx_id: str, cell: LabelCell) -> None:
-        if self.labels.get(tx_id) != cell:
-            self.labels[tx_id] = cell
-            self._labels_sorted = None
-            self._summary = None
+        old = self.labels.get(tx_id)
+        if old == cell:
+            return
+        self.labels[tx_id] = cell
+        if self._summary is not None:
+            s = self._summary
+            self._summary = s._replace(
+                labels=s.labels + (old is None),
+                frauds=s.frauds + int(cell.is_fraud) - (int(old.is_fraud) if old else 0),
+            )
+        if self._labels_sorted is not None:
+            times, cum = self._labels_sorted
+            if old is None and (not times or cell.time_us >= times[-1]):
+                times.append(cell.time_us)
+                cum.append(cum[-1] + int(cell.is_fraud))
+            else:
+                self._labels_sorted = None
 
     def summary(self) -> Summary:
         if self._summary is None:
@@ -140,28 +176,70 @@ class EntityWindows:
 
     def __init__(self, covered_from: int, summaries: dict[int, Summary] | None = None) -> None:
         self.covered_from = covered_from
-        self._stored: dict[int, Summary] = {
-            b: s
-            for b, s in (summaries or {}).items()
-            if b >= covered_from and s.transactions + s.labels
+        # Every non-empty bucket's summary from covered_from on (a loaded bucket's is derived
+        # from its cells), its buckets sorted, and prefix sums over them (valid up to _stale).
+        self._sums: dict[int, Summary] = {
+            b: s for b, s in (summaries or {}).items() if b >= covered_from and _nonempty(s)
         }
+        self._keys: list[int] = sorted(self._sums)
+        self._cum: tuple[list[int], list[int], list[int], list[int]] = ([0], [0], [0], [0])
+        self._stale: int | None = 0  # the first key index whose prefix sums are out of date
+        self._newest = max((s.last_us for s in self._sums.values() if s.transactions), default=0)
         self.buckets: dict[int, Bucket] = {}
         # Per bucket, the transaction and label cells changed since the last take_changes().
         self.changes: dict[int, tuple[set[str], set[str]]] = {}
-        self._prefix: tuple[list[int], list[int], list[int], list[int]] | None = None
+
+    # -- summaries and prefix sums -------------------------------------------------------------
+
+    def _set(self, b: int, summary: Summary | None) -> None:
+        """Bucket ``b``'s summary is now ``summary`` (None or empty: the bucket is empty)."""
+        known = b in self._sums
+        if summary is None or not _nonempty(summary):
+            if known:
+                i = bisect.bisect_left(self._keys, b)
+                del self._keys[i]
+                del self._sums[b]
+                self._mark(i)
+            return
+        if known and self._sums[b] == summary:
+            return
+        self._sums[b] = summary
+        i = bisect.bisect_left(self._keys, b)
+        if not known:
+            self._keys.insert(i, b)
+        self._mark(i)
+        if summary.transactions:
+            self._newest = max(self._newest, summary.last_us)
+
+    def _mark(self, i: int) -> None:
+        self._stale = i if self._stale is None else min(self._stale, i)
+
+    def _prefix(self) -> tuple[list[int], list[int], list[int], list[int]]:
+        """Prefix sums (transactions, units, frauds, labels) over the sorted non-empty buckets,
+        recomputed only from the first bucket that changed (the newest, in an ordered stream)."""
+        if self._stale is not None:
+            i = self._stale
+            for cum in self._cum:
+                del cum[i + 1 :]
+            count, units, frauds, labels = self._cum
+            for b in self._keys[i:]:
+                s = self._sums[b]
+                count.append(count[-1] + s.transactions)
+                units.append(units[-1] + s.units)
+                frauds.append(frauds[-1] + s.frauds)
+                labels.append(labels[-1] + s.labels)
+            self._stale = None
+        return self._cum
 
     # -- what is known -------------------------------------------------------------------------
 
     def summary(self, b: int) -> Summary | None:
         """The summary of bucket ``b`` (None: empty, or before ``covered_from``)."""
-        loaded = self.buckets.get(b)
-        if loaded is not None:
-            return loaded.summary() if len(loaded) else None
-        return self._stored.get(b)
+        return self._sums.get(b)
 
     def nonempty(self, first: int, last: int) -> list[int]:
         """The non-empty buckets in [first, last] (from ``covered_from`` on)."""
-        keys, _, _, _ = self._prefix_sums()
+        keys = self._keys
         return keys[bisect.bisect_left(keys, first) : bisect.bisect_right(keys, last)]
 
     def missing(self, buckets: Iterable[int]) -> set[int]:
@@ -170,42 +248,41 @@ class EntityWindows:
         return {
             b
             for b in buckets
-            if b not in self.buckets and (b < self.covered_from or b in self._stored)
+            if b not in self.buckets and (b < self.covered_from or b in self._sums)
         }
 
     def newest_us(self) -> int:
         """The latest transaction time (0 without any)."""
-        keys, _, _, _ = self._prefix_sums()
-        for b in reversed(keys):
-            s = self.summary(b)
-            if s is not None and s.transactions:
-                return s.last_us
-        return 0
+        return self._newest
 
     def count_from(self, start_us: int) -> int:
         """How many transactions are in ``start_us``'s bucket and after it: from summaries alone,
         so the answer does not depend on which buckets happen to be loaded."""
-        keys, counts, _, _ = self._prefix_sums()
-        return counts[-1] - counts[bisect.bisect_left(keys, bucket_of(start_us))]
+        counts = self._prefix()[0]
+        return counts[-1] - counts[bisect.bisect_left(self._keys, bucket_of(start_us))]
+
+    def cells_total(self) -> int:
+        """Transaction and label cells in every bucket from ``covered_from`` on."""
+        counts, _, _, labels = self._prefix()
+        return counts[-1] + labels[-1]
 
     def nbytes(self) -> int:
         cells = sum(len(b) for b in self.buckets.values())
-        return cells * CELL_BYTES + (len(self._stored) + len(self.buckets)) * SUMMARY_BYTES
+        return cells * CELL_BYTES + (len(self._sums) + len(self.buckets)) * SUMMARY_BYTES
 
     # -- loading and changing ------------------------------------------------------------------
 
     def load(self, b: int, bucket: Bucket) -> None:
         """Installs the cells read for bucket ``b`` (its summary is then derived from them)."""
         self.buckets[b] = bucket
-        self._prefix = None
+        self._set(b, bucket.summary() if len(bucket) else None)
 
     def cover(self, covered_from: int, summaries: dict[int, Summary]) -> None:
         """Extends the known summaries back to ``covered_from`` (a read of older summaries)."""
         for b, s in summaries.items():
-            if covered_from <= b < self.covered_from and s.transactions + s.labels:
-                self._stored[b] = s
+            if covered_from <= b < self.covered_from and _nonempty(s):
+                self._set(b, s)
         self.covered_from = min(self.covered_from, covered_from)
-        self._prefix = None
 
     def bucket(self, b: int) -> Bucket:
         """The loaded bucket ``b``, made empty if it is known to be empty."""
@@ -222,15 +299,17 @@ class EntityWindows:
 
     def put_tx(self, tx_id: str, cell: TxCell) -> None:
         b = bucket_of(cell.time_us)
-        self.bucket(b).put_tx(tx_id, cell)
+        bucket = self.bucket(b)
+        bucket.put_tx(tx_id, cell)
+        self._set(b, bucket.summary())
         self.changes.setdefault(b, (set(), set()))[0].add(tx_id)
-        self._prefix = None
 
     def put_label(self, tx_id: str, cell: LabelCell) -> None:
         b = bucket_of(cell.time_us)
-        self.bucket(b).put_label(tx_id, cell)
+        bucket = self.bucket(b)
+        bucket.put_label(tx_id, cell)
+        self._set(b, bucket.summary())
         self.changes.setdefault(b, (set(), set()))[1].add(tx_id)
-        self._prefix = None
 
     def take_changes(self) -> list[tuple[int, Bucket, set[str], set[str]]]:
         """The buckets changed since the last call, with the ids of their changed transaction and
@@ -253,41 +332,22 @@ class EntityWindows:
 
     def trim(self, keep_from_us: int, keep: Iterable[int] = ()) -> None:
         """Forgets what no window can need any more: buckets before ``keep_from_us``'s
-        (summaries and cells), and the cells of loaded buckets not in ``keep`` that are older
-        than the last few buckets (their summaries stay)."""
+        (summaries and cells), and the cells of loaded buckets not in ``keep`` (their summaries
+        stay)."""
         first = bucket_of(keep_from_us)
         if first > self.covered_from:
-            self._stored = {b: s for b, s in self._stored.items() if b >= first}
+            drop = bisect.bisect_left(self._keys, first)
+            for b in self._keys[:drop]:
+                del self._sums[b]
+            del self._keys[:drop]
+            self._mark(0)
             self.buckets = {b: c for b, c in self.buckets.items() if b >= first}
             self.covered_from = first
-            self._prefix = None
         kept = set(keep)
         for b in [b for b in self.buckets if b not in kept and b not in self.changes]:
-            bucket = self.buckets.pop(b)
-            if len(bucket):
-                self._stored[b] = bucket.summary()
-            self._prefix = None
+            del self.buckets[b]
 
     # -- windows -------------------------------------------------------------------------------
-
-    def _prefix_sums(self) -> tuple[list[int], list[int], list[int], list[int]]:
-        """Non-empty buckets (sorted) and the prefix sums of their counts, units and frauds."""
-        if self._prefix is None:
-            summaries = dict(self._stored)
-            for b, bucket in self.buckets.items():
-                if len(bucket):
-                    summaries[b] = bucket.summary()
-                else:
-                    summaries.pop(b, None)
-            keys = sorted(summaries)
-            counts, units, frauds = [0], [0], [0]
-            for b in keys:
-                s = summaries[b]
-                counts.append(counts[-1] + s.transactions)
-                units.append(units[-1] + s.units)
-                frauds.append(frauds[-1] + s.frauds)
-            self._prefix = (keys, counts, units, frauds)
-        return self._prefix
 
     def edge_buckets(self, times: Iterable[int], windows: Sequence[WindowFeature]) -> set[int]:
         """The buckets whose cells the windows of transactions at ``times`` need."""
@@ -316,9 +376,9 @@ class EntityWindows:
             n_lo, u_lo = edge.tx_upto(lo_us, None)
             frauds = edge.frauds_upto(hi_us) - edge.frauds_upto(lo_us) if labels else 0
             return max(n_hi - n_lo, 0), u_hi - u_lo if n_hi > n_lo else 0, frauds
-        keys, counts, units, frauds_cum = self._prefix_sums()
-        i0 = bisect.bisect_right(keys, b_lo)
-        i1 = bisect.bisect_left(keys, b_hi)
+        counts, units, frauds_cum, _ = self._prefix()
+        i0 = bisect.bisect_right(self._keys, b_lo)
+        i1 = bisect.bisect_left(self._keys, b_hi)
         count = counts[i1] - counts[i0] if i1 > i0 else 0
         total = units[i1] - units[i0] if i1 > i0 else 0
         frauds = frauds_cum[i1] - frauds_cum[i0] if i1 > i0 else 0
@@ -339,7 +399,7 @@ class EntityWindows:
         found = self.buckets.get(b)
         if found is not None:
             return found
-        if b in self._stored:
+        if b in self._sums:
             raise KeyError(f"edge bucket {b} is not loaded")
         return None  # empty
 
@@ -369,6 +429,10 @@ class EntityWindows:
             count, units, frauds = cache[key]
             out[:, col] = aggregate(f.aggregation, count, units, frauds)
         return out
+
+
+def _nonempty(summary: Summary) -> bool:
+    return bool(summary.transactions + summary.labels)
 
 
 def span_buckets(start_us: int, end_us: int) -> range:

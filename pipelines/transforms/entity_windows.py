@@ -212,7 +212,7 @@ class _EntityStageFn(KeyedStageFn):
         wanted: set[tuple[str, int]] = set()
         for entity_id, w in work.items():
             state = states[entity_id]
-            if entity_id in short and _cells(state) <= SPARSE_CELLS:
+            if entity_id in short and state.cells_total() <= SPARSE_CELLS:
                 needed: Iterable[int] = state.nonempty(state.covered_from, bucket_of(2**62))
             else:
                 needed = self._needed(state, w.events)
@@ -345,7 +345,7 @@ class _EntityStageFn(KeyedStageFn):
             return
         margin = max_lookback_us(self.entity) + max_delay_us(self.entity)
         keep: set[int] = set()
-        if _cells(state) > SPARSE_CELLS:
+        if state.cells_total() > SPARSE_CELLS:
             keep = set(range(bucket_of(newest) - _RECENT_BUCKETS, bucket_of(newest) + 1))
             keep |= state.edge_buckets([newest], self._features)
             keep |= {b - 1 for b in keep} | {b + 1 for b in keep}
@@ -375,16 +375,6 @@ class _EntityStageFn(KeyedStageFn):
                     )
                 )
         return out
-
-
-def _cells(state: EntityWindows) -> int:
-    keys = state.nonempty(state.covered_from, bucket_of(2**62))
-    total = 0
-    for b in keys:
-        s = state.summary(b)
-        if s is not None:
-            total += s.transactions + s.labels
-    return total
 
 
 def _latest(queries: Sequence[tuple[str, Transaction]]) -> dict[str, int]:
