@@ -120,6 +120,12 @@ class DataflowChaosConfig:
     zombie_rate: float = 0.003
     move_rate: float = 0.01
     timeout_s: float = 3600.0
+    # A merchant terminal with this share of the stretch's transactions (make bench-scaleout's
+    # hot-key run): that many transactions, drawn at random, moved to HOT_TERMINAL.
+    hot_share: float = 0.0
+
+
+HOT_TERMINAL = 99_999_999
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -360,6 +366,10 @@ def run(config: DataflowChaosConfig) -> dict[str, Any]:
     customers = pick_customers(frame, config.customers, start_us - 30 * DAY_US, end_us, config.seed)
     times = _epoch_us(frame["TX_DATETIME"])
     subset = frame[frame.CUSTOMER_ID.isin(customers) & (times < end_us)].reset_index(drop=True)
+    if config.hot_share > 0:
+        in_stretch = _epoch_us(subset["TX_DATETIME"]) >= start_us
+        drawn = np.random.default_rng(config.seed).random(len(subset)) < config.hot_share
+        subset.loc[in_stretch & drawn, "TERMINAL_ID"] = HOT_TERMINAL
     data_dir = work / "data"
     write_dataset(subset, data_dir)
     published, deliveries, unlabelled, counts = stream_messages(subset, start_us, end_us, config)

@@ -1,12 +1,15 @@
 """``make bench-scaleout``: how far the keyed stages could scale out, from their measured per-key
 work, replayed on 1..256 simulated workers.
 
-A) Measurement. One run of the real streaming pipeline (DirectRunner, in this process) on its own
-   emulator stack, fed a backlog of ``--days`` (7) days of the handbook preset (transactions and
-   their labels, pipelines.app.publisher.replay_events), with pipelines.transforms.key_stats
-   enabled: every keyed stage records, per event, its key and its share of the step's time. Once
-   every transaction is predicted (and the recorded work has stopped growing), the registry is
-   read.
+A) Measurement, on Dataflow streaming's work-item model: the product's stages (taken from
+   ``build_pipeline``'s graph) run by bench/dataflow_model with one key per work item, one worker
+   and one thread, no faults, over a handbook stretch of ``--days`` (2) days of ``--customers``
+   (1,500) cards on a store warmed with the weeks before it, against the emulators. Each
+   committed work item's time in its worker is recorded with its stage and key: the per-item
+   costs Dataflow will give, store round trips included (a work item pays its own reads and
+   writes, and the terminal stage's work item also runs inference and the sinks, fused). A
+   second run moves ``--hot-share`` (5%) of the stretch's transactions to one terminal: its
+   work items give one key's ceiling (events/s once its work items are full).
 
 B) Simulation (``simulate_step``, ``simulate_pipeline``: pure functions). Beam runs one key on one
    thread at a time, so a key is the unit of parallelism. Per step, the recorded events (key,
@@ -23,8 +26,9 @@ B) Simulation (``simulate_step``, ``simulate_pipeline``: pure functions). Beam r
    ``hot_entity`` section re-keys 5% of the terminal step's events to one merchant: that key's
    worker bounds the step at about 1 / share (20x) whatever the number of workers.
 
-Only stateful work is simulated: stateless steps (parse, inference, sinks) parallelise per
-element and are assumed not to be the bottleneck. The last stdout line is one JSON object; it
+Only stateful work is simulated (the terminal stage's items include the inference and sinks
+fused into them); the parse steps parallelise per message and are assumed not to be the
+bottleneck. The last stdout line is one JSON object; it
 only holds recorded work (exit status 1 if nothing was recorded, unless ``--allow-empty``).
 """
 
@@ -35,7 +39,6 @@ import heapq
 import json
 import sys
 import time
-import uuid
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
@@ -264,95 +267,142 @@ def synthetic_work(frame: Any, cost_s: float = SYNTHETIC_COST_S) -> dict[str, li
 # --------------------------------------------------------------------------------------------
 
 
-def handbook_frame(days: float, limit: int | None) -> Any:
-    """The first ``days`` days of the handbook preset (at most ``limit`` transactions)."""
-    import pandas as pd
-
-    from pipelines.app.simulator import PRESETS, simulate
-
-    frame = simulate(PRESETS["handbook"]).sort_values("TX_DATETIME", kind="stable")
-    start = frame["TX_DATETIME"].iloc[0].normalize()
-    frame = frame[frame["TX_DATETIME"] < start + pd.Timedelta(days=days)]
-    if limit is not None:
-        frame = frame.head(limit)
-    return frame.reset_index(drop=True)
+STATEFUL_STEPS = ("IndexIds", "CustomerWindows", "TerminalWindows")
+# The busiest entity's rate the row size is reported at (README "Feature store schema").
+ROW_RATE_EVENTS_PER_S = 10_000
 
 
-def model_for(frame: Any, model_dir: Path) -> Path:
-    """Reuses the model in ``model_dir`` if the pipeline accepts it, else trains a small one on
-    ``frame`` (any model serves: this run measures work, not accuracy)."""
-    from pipelines.transforms.inference import resolve_model
-
-    try:
-        resolve_model(str(model_dir))
-        print(f"reusing the model in {model_dir}", file=sys.stderr)
-        return model_dir
-    except (FileNotFoundError, ValueError, KeyError):
-        pass
-    from models.export import export_model
-    from models.train import TrainConfig, train_model
-    from pipelines.core.training_data import training_features
-
-    model, _ = train_model(training_features(frame), None, TrainConfig(num_trees=20))
-    export_model(model, model_dir, {"purpose": "bench-scaleout"})
-    return model_dir
+def single_key_work(attempts: Path) -> dict[str, list[tuple[str, float, int]]]:
+    """(key, seconds, elements) of every committed work item of the stateful steps, from the
+    runner model's attempt log."""
+    steps: dict[str, list[tuple[str, float, int]]] = {name: [] for name in STATEFUL_STEPS}
+    with attempts.open() as log:
+        for line in log:
+            entry = json.loads(line)
+            step = entry["stage"].rsplit("/", 1)[-1]
+            if entry["outcome"] != "committed" or step not in steps or entry.get("timers"):
+                continue
+            for key in entry["keys"]:
+                steps[step].append((key, entry["seconds"] / len(entry["keys"]), entry["elements"]))
+    return steps
 
 
-def _recorded_events() -> int:
-    from pipelines.transforms.key_stats import key_stats
+def measure(work_dir: Path, days: int, customers: int, start: str, hot_share: float) -> dict:
+    """One run of the stages on the work-item model (see the module docstring)."""
+    from bench.chaos_dataflow import DataflowChaosConfig, run
 
-    stats = key_stats()
-    return sum(sum(stats.events(step).values()) for step in stats.steps())
-
-
-def measure(
-    run: Any, events: list, n_tx: int, model_dir: Path, timeout_s: float, settle_s: float
-) -> dict:
-    """Publishes ``events`` as a backlog, runs the pipeline (in this process: the registry is
-    read here) with key_stats on until every transaction is predicted and the recorded work
-    stops growing for ``settle_s``."""
-    from pipelines.transforms.key_stats import key_stats
-
-    key_stats().reset()
-    key_stats().enable()
-    t0 = time.monotonic()
-    published = run.publish(events)
-    print(f"published {published:,} events in {time.monotonic() - t0:.1f} s", file=sys.stderr)
-    run.start_pipeline([f"--model_dir={model_dir}"])
-    started = time.monotonic()
-    last_log = [started]
-
-    def progress(predicted: int) -> None:
-        if time.monotonic() - last_log[0] > 30:
-            last_log[0] = time.monotonic()
-            print(
-                f"  {predicted:,}/{n_tx:,} predicted, {last_log[0] - started:.0f} s",
-                file=sys.stderr,
-            )
-
-    try:
-        wall = run.wait_predicted(n_tx, timeout_s, progress=progress, poll_s=0.2)
-    except TimeoutError as exc:
-        raise SystemExit(f"timed out: {exc}") from None
-    predicted = run.predicted()
-    # Labels after the last transaction may still be in a stage: wait until nothing new is
-    # recorded for settle_s (at most 10 settle periods).
-    seen, quiet_since, stop = _recorded_events(), time.monotonic(), time.monotonic() + 10 * settle_s
-    while time.monotonic() - quiet_since < settle_s and time.monotonic() < stop:
-        time.sleep(0.2)
-        now_seen = _recorded_events()
-        if now_seen != seen:
-            seen, quiet_since = now_seen, time.monotonic()
-    run.stop()
-    stats = key_stats()
-    steps = {step: stats.work(step) for step in stats.steps()}
+    config = DataflowChaosConfig(
+        work_dir=work_dir,
+        workers=1,
+        threads=1,
+        days=days,
+        customers=customers,
+        start=start,
+        source_batch=1,  # Pub/Sub messages one by one: each reaches the stages on its own
+        jitter=0,
+        late=0.0,
+        very_late=0.0,
+        early_labels=0.0,
+        redeliveries=0.0,
+        fail_after_bigtable=0.0,
+        fail_after_datastore=0.0,
+        fail_after_publish=0.0,
+        fail_before_commit=0.0,
+        zombie_rate=0.0,
+        move_rate=0.0,
+        hot_share=hot_share,
+    )
+    result = run(config)
+    wrong = {
+        k: result[k] for k in ("lost", "duplicated", "feature_mismatches", "stale_predictions")
+    }
+    if any(wrong.values()):
+        raise SystemExit(f"the measured run was not exact: {wrong}")
     return {
-        "events_published": published,
-        "transactions": n_tx,
-        "transactions_predicted": predicted,
-        "wall_s": round(wall, 1),
-        "events_per_s": round(published / wall, 1),
-        "steps": steps,
+        "events_published": result["transactions"] + result["labels"],
+        "transactions": result["transactions"],
+        "work_items": result["work_items"],
+        "stream_s": result["timings_s"]["stream_s"],
+        "work": single_key_work(work_dir / "attempts.jsonl"),
+    }
+
+
+def key_ceiling(items: Sequence[tuple[float, int]], full: int = 100) -> dict[str, float]:
+    """One key's ceiling from its work items (seconds, elements): a least-squares fit of
+    seconds = a + b x elements; the events/s of one event per item, of full items (``full``
+    elements: the most a work item takes, ModelConfig.elements_per_item) and the asymptote."""
+    import numpy as np
+
+    if len(items) < 3:
+        raise ValueError("too few work items of the hot key to fit its cost")
+    t = np.array([s for s, _ in items], dtype=float)
+    n = np.array([e for _, e in items], dtype=float)
+    if np.ptp(n) == 0:
+        a, b = 0.0, float(t.mean() / n[0])
+    else:
+        b, a = (float(x) for x in np.polyfit(n, t, 1))
+        a, b = max(a, 0.0), max(b, 1e-9)
+    return {
+        "item_overhead_ms": round(1000 * a, 3),
+        "per_event_ms": round(1000 * b, 3),
+        "events_per_s_one_per_item": round(1 / (a + b), 1),
+        "events_per_s_full_items": round(full / (a + b * full), 1),
+        "events_per_s_limit": round(1 / b, 1),
+        "items": len(items),
+        "mean_elements": round(float(n.mean()), 2),
+    }
+
+
+def store_round_trip_ms(work_dir: Path) -> float:
+    """The median time of a one-row Bigtable read on a fresh emulator stack (what every
+    work item's store round trip costs here)."""
+    import statistics
+
+    from pipelines.app.local_run import LocalRun
+    from pipelines.core.definitions import TERMINAL
+    from pipelines.stores.bigtable import FeatureStore, StoreConfig
+
+    with LocalRun(work_dir / "rtt-stack", fresh="rtt") as local:
+        t = local.topology
+        store = FeatureStore(StoreConfig(t.project, t.bigtable_instance, t.bigtable_table))
+        store.read_buckets(TERMINAL, [("warm", 1)], labels=True)  # the channel's first call
+        times = []
+        for i in range(200):
+            started = time.perf_counter()
+            store.read_buckets(TERMINAL, [("x", i)], labels=True)
+            times.append(time.perf_counter() - started)
+    return round(1000 * statistics.median(times), 3)
+
+
+def hot_entity_section(hot_run: dict, share: float, rate: float, rtt_ms: float) -> dict[str, Any]:
+    """The hot entity: its largest row at ``rate`` events/s in total, and its key's ceiling
+    (measured on the emulator, and with Bigtable's documented single-row latency instead)."""
+    from bench.chaos_dataflow import HOT_TERMINAL
+    from pipelines.core.definitions import CUSTOMER, TERMINAL, window_features
+    from pipelines.stores.bigtable import bucket_row_bytes
+
+    items = [(s, e) for k, s, e in hot_run["work"]["TerminalWindows"] if k == str(HOT_TERMINAL)]
+    ceiling = key_ceiling(items)
+    # Half the reference workload's events are labels: the entity gets share x rate events, a
+    # transaction and, a week later, its label (in the transaction's bucket).
+    per_kind = rate * share / 2
+    row = bucket_row_bytes(TERMINAL, per_kind, per_kind, len(window_features(CUSTOMER)))
+    # A terminal work item makes about four store round trips (the bucket rows' write, the
+    # Datastore lookup and commit, the publish's ack); on Bigtable and Datastore each is a few
+    # milliseconds (Bigtable: "single-digit millisecond latency"), not the emulator's.
+    cloud_ms = 6.0
+    overhead = ceiling["item_overhead_ms"] + 4 * max(cloud_ms - rtt_ms, 0.0)
+    full = 100
+    return {
+        "share": share,
+        "largest_row_bytes": row,
+        "largest_row_at_events_per_s": rate,
+        "key_ceiling_events_per_s": ceiling["events_per_s_full_items"],
+        "key_ceiling": ceiling,
+        "store_latency_ms": {"emulator_measured": rtt_ms, "bigtable_assumed": cloud_ms},
+        "key_ceiling_events_per_s_bigtable_latency": round(
+            full / ((overhead + ceiling["per_event_ms"] * full) / 1000), 1
+        ),
     }
 
 
@@ -373,44 +423,35 @@ def load_work(path: Path) -> dict[str, list[tuple[str, float]]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--days", type=float, default=7, help="Days of the handbook replayed.")
-    parser.add_argument("--limit", type=int, default=None, help="At most N transactions.")
+    parser.add_argument("--days", type=int, default=2, help="Days of the stretch replayed.")
+    parser.add_argument("--customers", type=int, default=1500, help="Cards kept.")
+    parser.add_argument("--start", default="2018-05-16", help="The stretch's first day.")
+    parser.add_argument("--hot-share", type=float, default=HOT_SHARE, help="The hot terminal's.")
     parser.add_argument("--work-dir", type=Path, default=Path(".rillet/bench-scaleout"))
-    parser.add_argument("--timeout", type=float, default=3600, help="Seconds to wait at most.")
-    parser.add_argument("--settle", type=float, default=3.0, help="Quiet seconds at the end.")
     parser.add_argument(
         "--allow-empty", action="store_true", help="Report (exit 0) if no stage recorded work."
     )
     args = parser.parse_args(argv)
+    if args.days < 1 or args.customers < 1 or not 0 < args.hot_share < 1:
+        parser.error("need --days >= 1, --customers >= 1 and 0 < --hot-share < 1")
     command = " ".join(["python -m bench.scaleout", *(sys.argv[1:] if argv is None else argv)])
 
-    from pipelines.app.local_run import LocalRun
-    from pipelines.app.publisher import replay_events
-
-    frame = handbook_frame(args.days, args.limit)
-    events = replay_events(frame)
-    print(f"{len(events):,} events ({len(frame):,} transactions + labels)", file=sys.stderr)
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    model_dir = model_for(frame, args.work_dir / "models")
-
-    state = args.work_dir / f"state-{uuid.uuid4().hex[:6]}"
-    with LocalRun(state, fresh="scale") as local:
-        run = measure(local, events, len(frame), model_dir, args.timeout, args.settle)
-    steps = run.pop("steps")
-    run["command"] = command
+    measured = measure(args.work_dir / "run", args.days, args.customers, args.start, 0.0)
+    steps = {k: [(key, s) for key, s, _ in v] for k, v in measured.pop("work").items() if v}
+    hot = measure(args.work_dir / "hot", args.days, args.customers, args.start, args.hot_share)
+    rtt = store_round_trip_ms(args.work_dir)
+    run = {**measured, "command": command}
     if steps:
         save_work(steps, args.work_dir / "recorded-work.json.gz")
-        print(f"recorded work saved to {args.work_dir / 'recorded-work.json.gz'}", file=sys.stderr)
     print(f"measured: {run}", file=sys.stderr)
-    if not steps:
-        preview = report(synthetic_work(frame), len(events))
-        print(
-            "synthetic preview (1e-4 s per event on customer/terminal/transaction keys; NOT "
-            f"measured, not in the JSON): pipeline {preview['simulated_events_per_s']['pipeline']}"
-            f" events/s, hot entity {preview['hot_entity']['speedup']}",
-            file=sys.stderr,
-        )
-    print(json.dumps(final_result(steps, run, args.allow_empty)))
+    result = final_result(steps, run, args.allow_empty)
+    result["work_item_model"] = "single_key"
+    result["hot_entity"] = {
+        **hot_entity_section(hot, args.hot_share, ROW_RATE_EVENTS_PER_S, rtt),
+        "simulated": result["hot_entity"],
+    }
+    print(json.dumps(result))
 
 
 def final_result(steps: Mapping[str, Work], run: dict[str, Any], allow_empty: bool) -> dict:
@@ -418,8 +459,8 @@ def final_result(steps: Mapping[str, Work], run: dict[str, Any], allow_empty: bo
     exits 1 (printing the error as the JSON line) unless ``allow_empty``."""
     if not steps:
         message = (
-            "no keyed stage recorded any work (pipelines.transforms.key_stats): the stages of "
-            "this checkout are not keyed by entity; --allow-empty reports an empty stateful_steps"
+            "no keyed stage recorded any work item: the stages of this checkout are not "
+            "stateful steps of the graph; --allow-empty reports an empty stateful_steps"
         )
         print(message, file=sys.stderr)
         if not allow_empty:
@@ -427,15 +468,15 @@ def final_result(steps: Mapping[str, Work], run: dict[str, Any], allow_empty: bo
             raise SystemExit(1)
     result = report(steps, run["events_published"])
     recorded = sum(sum(s for _, s in work) for work in steps.values())
-    # How much of the run the keyed stages account for (the rest: runner, parse, model, sinks).
+    # How much of the run the stateful work items account for (the rest: the parse steps,
+    # the runner model's own bookkeeping).
     run = {**run, "recorded_seconds": round(recorded, 3)}
     result["measured"] = run
     return result
 
 
 if __name__ == "__main__":
-    # Through the importable module: the stages record into bench.scaleout's key_stats registry
-    # (Beam pickles __main__'s functions by value).
+    # Through the importable module (Beam pickles __main__'s functions by value).
     from bench.scaleout import main as _main
 
     _main()

@@ -755,6 +755,8 @@ class Coordinator:
         }
         if error:
             entry["error"] = error.splitlines()[0][:300]
+        if result is not None:
+            entry["seconds"] = round(result.seconds, 6)  # the attempt's time in its worker
         if result is not None and result.outputs:
             sent = [
                 f"{self.graph.stages[t].name.rsplit('/', 1)[-1]}:{self._show_key(t, k)}"

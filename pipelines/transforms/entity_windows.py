@@ -47,7 +47,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from pipelines.core.batches import CustomerPart, FeatureBatch
+from pipelines.core.batches import CustomerPart, FeatureBatch, Routed
 from pipelines.core.cells import bucket_of
 from pipelines.core.definitions import (
     CUSTOMER,
@@ -400,9 +400,6 @@ class CustomerWindowsFn(_EntityStageFn):
         super().__init__(*args, **kwargs)
         self._corrections = Metrics.counter(METRICS_NAMESPACE, "customer_corrections")
 
-    def entity_of(self, element: Any) -> str:
-        return str(element.event.customer_id)
-
     def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
         span = influence_span_us(CUSTOMER)
         txs: dict[str, Transaction] = {}
@@ -469,11 +466,6 @@ class TerminalWindowsFn(_EntityStageFn):
         self._corrections = Metrics.counter(METRICS_NAMESPACE, "feature_corrections")
         self._labels = Metrics.counter(METRICS_NAMESPACE, "labels_written")
 
-    def entity_of(self, element: Any) -> str:
-        if isinstance(element, CustomerPart):
-            return element.tx.terminal_id
-        return str(element.event.terminal_id)
-
     def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
         tx_span = influence_span_us(TERMINAL)
         label_span = influence_span_us(TERMINAL, labels=True)
@@ -481,7 +473,7 @@ class TerminalWindowsFn(_EntityStageFn):
         labels: dict[str, Label] = {}
         work: dict[str, _Work] = {}
         for key, element in batch:
-            terminal = self.entity_of(element)
+            terminal = _terminal_of(element)
             w = work.setdefault(terminal, _Work(key))
             w.elements.append(element)
             if isinstance(element, CustomerPart):
@@ -590,6 +582,12 @@ class TerminalWindowsFn(_EntityStageFn):
         self._batch_size.update(int(keep.sum()))
         self._corrections.inc(int((flags & keep).sum()))
         return out
+
+
+def _terminal_of(element: CustomerPart | Routed[Label]) -> str:
+    if isinstance(element, CustomerPart):
+        return element.tx.terminal_id
+    return str(element.event.terminal_id)
 
 
 def _carried(cell: TxCell) -> tuple[tuple[float, ...], int]:

@@ -118,9 +118,6 @@ class IndexIdsFn(KeyedStageFn):
         super().start_bundle()
         self._armed = set()
 
-    def entity_of(self, element: Any) -> str:
-        return str(element.transaction_id)
-
     def process(
         self,
         element: tuple[str, Transaction | Label | WakeUp],

@@ -38,7 +38,6 @@ from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.core.completion import completion
-from pipelines.transforms.key_stats import key_stats
 
 __all__ = ["FENCE", "FENCE_PARAM", "FENCE_STEP_US", "KeyedStageFn", "with_token"]
 
@@ -58,7 +57,7 @@ class KeyedStageFn(beam.DoFn):
     what it led to reached a sink.
     """
 
-    step = "keyed"  # the label key statistics are recorded under (pipelines.transforms.key_stats)
+    step = "keyed"  # the step's name in the graph (default_label) and in its dead letters
 
     def __init__(self, max_batch_size: int) -> None:
         if max_batch_size < 1:
@@ -85,10 +84,6 @@ class KeyedStageFn(beam.DoFn):
 
     def settle(self) -> None:
         """The bundle's batches all went through (its commit is the runner's business)."""
-
-    def entity_of(self, element: Any) -> str:
-        """The entity an element is for (what key statistics count: on Dataflow, the key)."""
-        raise NotImplementedError
 
     def token(self, batch: Sequence[tuple[str, Any]], outputs: int) -> int:
         """The recovery token the outputs of ``batch`` carry (default: chained to the inputs')."""
@@ -145,14 +140,8 @@ class KeyedStageFn(beam.DoFn):
         self.settle()
 
     def _run(self, batch: list[tuple[str, Any]]) -> Iterator[Any]:
-        started = time.perf_counter()
         outputs = self.flush(batch)
         self._batch_index += 1
-        stats = key_stats()
-        if stats.enabled:
-            stats.record(
-                self.step, (self.entity_of(e) for _, e in batch), time.perf_counter() - started
-            )
         yield from with_token(outputs, self.token(batch, len(outputs)))
 
 

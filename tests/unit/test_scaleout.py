@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from bench import scaleout as so
-from pipelines.transforms.key_stats import KeyStats
 
 
 def uniform(n_keys: int, per_key: int = 3, cost: float = 1e-3) -> list[tuple[str, float]]:
@@ -116,12 +115,10 @@ def test_pipeline_is_the_slowest_step_in_input_events() -> None:
 
 
 def test_report_from_recorded_work() -> None:
-    stats = KeyStats()
-    stats.enable()
+    steps: dict[str, list[tuple[str, float]]] = {"CustomerState": [], "TerminalState": []}
     for i in range(5000):
-        stats.record("CustomerState", [f"c{i % 500}"], 2e-4)
-        stats.record("TerminalState", [f"t{i % 1000}", f"t{(i + 1) % 1000}"], 2e-4)
-    steps = {step: stats.work(step) for step in stats.steps()}
+        steps["CustomerState"].append((f"c{i % 500}", 2e-4))
+        steps["TerminalState"] += [(f"t{i % 1000}", 1e-4), (f"t{(i + 1) % 1000}", 1e-4)]
     result = so.report(steps, input_events=5000)
     json.dumps(result)  # serialisable
     assert set(result["stateful_steps"]) == {"CustomerState", "TerminalState"}
@@ -170,3 +167,69 @@ def test_recorded_work_round_trips(tmp_path: Path) -> None:
     steps = {"TerminalWindows": [("t1", 0.25), ("t2", 1e-4)], "IndexIds": [("x", 0.5)]}
     so.save_work(steps, tmp_path / "work.json.gz")
     assert so.load_work(tmp_path / "work.json.gz") == steps
+
+
+def test_single_key_work_is_read_from_the_runner_models_attempt_log(tmp_path: Path) -> None:
+    log = tmp_path / "attempts.jsonl"
+    entries = [
+        {
+            "stage": "ComputeFeatures/IndexIds",
+            "keys": ["42"],
+            "outcome": "committed",
+            "seconds": 0.004,
+            "elements": 1,
+            "timers": 0,
+        },
+        {
+            "stage": "ComputeFeatures/IndexIds",
+            "keys": ["42"],
+            "outcome": "failed",
+            "seconds": 0.002,
+            "elements": 1,
+            "timers": 0,
+        },
+        {
+            "stage": "ComputeFeatures/IndexIds",
+            "keys": ["43"],
+            "outcome": "committed",
+            "seconds": 0.001,
+            "elements": 0,
+            "timers": 1,
+        },
+        {
+            "stage": "ComputeFeatures/TerminalWindows",
+            "keys": ["7"],
+            "outcome": "committed",
+            "seconds": 0.030,
+            "elements": 12,
+            "timers": 0,
+        },
+        {
+            "stage": "ParseTransactions",
+            "keys": ["t1"],
+            "outcome": "committed",
+            "seconds": 0.001,
+            "elements": 1,
+            "timers": 0,
+        },
+    ]
+    log.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    work = so.single_key_work(log)
+    # Committed work items of the stateful steps only; a timer firing is not an event's cost.
+    assert work == {
+        "IndexIds": [("42", 0.004, 1)],
+        "CustomerWindows": [],
+        "TerminalWindows": [("7", 0.030, 12)],
+    }
+
+
+def test_a_keys_ceiling_from_its_work_items() -> None:
+    # 2 ms per item plus 0.1 ms per event: 1 event per item ~476/s, full items (100) 8,333/s.
+    items = [(0.002 + 0.0001 * n, n) for n in (1, 5, 20, 50, 100)]
+    ceiling = so.key_ceiling(items)
+    assert ceiling["item_overhead_ms"] == pytest.approx(2.0, rel=1e-6)
+    assert ceiling["per_event_ms"] == pytest.approx(0.1, rel=1e-6)
+    assert ceiling["events_per_s_one_per_item"] == pytest.approx(476.2, rel=1e-3)
+    assert ceiling["events_per_s_full_items"] == pytest.approx(8333.3, rel=1e-3)
+    with pytest.raises(ValueError):
+        so.key_ceiling(items[:2])
