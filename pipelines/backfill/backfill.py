@@ -47,7 +47,7 @@ from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
 from pipelines.backfill.event_tables import EventKind, InvalidTable, canonical, read_tables
-from pipelines.core.cells import bucket_of, summarize
+from pipelines.core.cells import SPARSE_CELLS, bucket_of, summarize
 from pipelines.core.definitions import (
     CUSTOMER,
     ENTITIES,
@@ -63,7 +63,16 @@ from pipelines.core.engine import EventColumns, features_for, row_features
 from pipelines.options import RilletOptions, unknown_arguments
 from pipelines.stores.bigtable import FAMILY_TX, FeatureStore, StoreConfig, transaction_record
 from pipelines.stores.shared import SharedResource
-from pipelines.stores.window_store import BucketCells, BucketWrite, LabelCell, TxCell, Writes
+from pipelines.stores.window_store import (
+    NO_STREAM_WRITE,
+    Archive,
+    BucketCells,
+    BucketWrite,
+    EntityHead,
+    LabelCell,
+    TxCell,
+    Writes,
+)
 
 __all__ = [
     "BACKFILL_LABELS",
@@ -379,6 +388,23 @@ def state_writes(
         BucketWrite(entity, i, b, cells.tx, cells.labels, summarize(cells.tx, cells.labels), None)
         for (i, b), cells in buckets.items()
     ]
+    # Each entity's head (no stream write yet; its cells) and, for a sparse one, an archive of
+    # its whole buckets before the end: a cold stage reads it in one cell.
+    per_entity: dict[str, dict[int, BucketCells]] = {}
+    for (i, b), cells in buckets.items():
+        per_entity.setdefault(i, {})[b] = cells
+    first, last = bucket_of(since), bucket_of(end_us)
+    stamp = end_us // 1000 * 1000
+    for entity_id, cells_of in per_entity.items():
+        total = sum(len(c.tx) + len(c.labels) for c in cells_of.values())
+        writes.heads.append((entity, entity_id, EntityHead(NO_STREAM_WRITE, total), stamp))
+        if total <= SPARSE_CELLS:
+            archived = BucketCells()
+            for b, c in cells_of.items():
+                if b < last:
+                    archived.tx.update(c.tx)
+                    archived.labels.update(c.labels)
+            writes.archives.append((entity, entity_id, Archive(first, last, archived), stamp))
     # The features of each entity's latest transaction (the stream's ``features`` family).
     frame = pd.DataFrame({"entity": np.asarray(getattr(tx, key)), "time": np.asarray(tx.time_us)})
     latest_rows = frame.reset_index().sort_values(["time", "index"]).groupby("entity").tail(1)

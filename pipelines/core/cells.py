@@ -18,6 +18,8 @@ from pipelines.core.engine import amount_units
 
 __all__ = [
     "BUCKET_US",
+    "NO_STREAM_WRITE",
+    "SPARSE_CELLS",
     "LabelCell",
     "Summary",
     "TxCell",
@@ -30,6 +32,13 @@ __all__ = [
 # 65 MB, under Bigtable's advised 100 MB a row (256 MB is the hard limit). A sparse entity (a
 # card with two transactions a day) has one row per bucket it has events in.
 BUCKET_US = 15 * 60 * 1_000_000
+
+
+# An entity with at most this many cells in its lookback is sparse: a cold stage reads it whole
+# (its archive, or one range scan of its small rows); a denser one is read by its bucket
+# summaries and only the buckets its windows need.
+SPARSE_CELLS = 2_000
+NO_STREAM_WRITE = 2**62  # the earliest bucket the stream wrote, of an entity it never wrote
 
 
 def bucket_of(time_us: int) -> int:

@@ -27,7 +27,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipelines.core.cells import BUCKET_US, LabelCell, Summary, TxCell, bucket_of, summarize
+from pipelines.core.cells import (
+    BUCKET_US,
+    NO_STREAM_WRITE,
+    LabelCell,
+    Summary,
+    TxCell,
+    bucket_of,
+    summarize,
+)
 from pipelines.core.definitions import WindowFeature
 from pipelines.core.engine import aggregate, amount_unit, amount_units
 
@@ -188,6 +196,8 @@ class EntityWindows:
         self.buckets: dict[int, Bucket] = {}
         # Per bucket, the transaction and label cells changed since the last take_changes().
         self.changes: dict[int, tuple[set[str], set[str]]] = {}
+        # The earliest bucket the stream ever wrote (an archive is the truth only before it).
+        self.stream_from = NO_STREAM_WRITE
 
     # -- summaries and prefix sums -------------------------------------------------------------
 
@@ -276,6 +286,12 @@ class EntityWindows:
         """Installs the cells read for bucket ``b`` (its summary is then derived from them)."""
         self.buckets[b] = bucket
         self._set(b, bucket.summary() if len(bucket) else None)
+
+    def know(self, summaries: dict[int, Summary]) -> None:
+        """Takes the stored summaries of buckets from ``covered_from`` on that are not loaded."""
+        for b, s in summaries.items():
+            if b >= self.covered_from and b not in self.buckets and _nonempty(s):
+                self._set(b, s)
 
     def cover(self, covered_from: int, summaries: dict[int, Summary]) -> None:
         """Extends the known summaries back to ``covered_from`` (a read of older summaries)."""

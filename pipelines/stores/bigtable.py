@@ -43,6 +43,7 @@ a backfill over a range the stream already saw) changes nothing: the store is id
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import struct
@@ -61,7 +62,9 @@ from pipelines.stores.retry import (
     with_backoff,
 )
 from pipelines.stores.window_store import (
+    Archive,
     BucketCells,
+    EntityHead,
     IdRecord,
     LabelCell,
     TxCell,
@@ -70,9 +73,11 @@ from pipelines.stores.window_store import (
 )
 
 __all__ = [
+    "ARCHIVE_QUALIFIER",
     "FAMILY_FEATURES",
     "FAMILY_LABEL",
     "FAMILY_TX",
+    "HEAD_QUALIFIER",
     "ID_ROW_PREFIX",
     "SUMMARY_QUALIFIER",
     "WAIT_ROW_PREFIX",
@@ -82,8 +87,12 @@ __all__ = [
     "bucket_row_bytes",
     "bucket_row_key",
     "create_table",
+    "decode_archive",
+    "decode_head",
     "decode_summary",
     "decode_tx_cell",
+    "encode_archive",
+    "encode_head",
     "encode_summary",
     "encode_tx_cell",
     "head_row_key",
@@ -104,6 +113,10 @@ ID_ROW_PREFIX = "txid#"
 WAIT_ROW_PREFIX = "wait#"  # labels waiting for their transaction, with their deadlines
 _ID_QUALIFIER = b"m"
 SUMMARY_QUALIFIER = b"#summary"  # "#" is not allowed in ids (pipelines.core.schema)
+HEAD_QUALIFIER = b"#head"  # on the entity's head row
+ARCHIVE_QUALIFIER = b"#archive"  # on the entity's head row (the backfill's)
+_HEAD = struct.Struct(">Bqq")  # format version, stream_from bucket, cells
+_ARCHIVE_HEAD = struct.Struct(">BqqII")  # format version, from, to bucket, transactions, labels
 _SUMMARY = struct.Struct(">Bqqqqqq")  # format version, count, units, first, last, labels, frauds
 _SUMMARY_VERSION = 1
 _BUCKET_DIGITS = 12
@@ -144,6 +157,104 @@ def bucket_row_bytes(
     seconds = BUCKET_US / 1_000_000
     cells = transactions_per_s * seconds * tx + labels_per_s * seconds * label
     return int(len(key) + summary + cells)
+
+
+def encode_head(head: EntityHead) -> bytes:
+    """``>Bqq``: format version (1), the earliest bucket the stream wrote, the cells."""
+    return _HEAD.pack(1, head.stream_from, head.cells)
+
+
+def decode_head(raw: bytes) -> EntityHead:
+    version, stream_from, cells = _HEAD.unpack_from(raw)
+    if version != 1:
+        raise ValueError(f"unknown entity head format {version}")
+    return EntityHead(stream_from, cells)
+
+
+def _blob(values: Sequence[str]) -> bytes:
+    joined = "\n".join(values).encode()
+    return struct.pack(">I", len(joined)) + joined
+
+
+def encode_archive(archive: Archive) -> bytes:
+    """An archive as one value, columnar (docs/specs/bigtable.md): the head ``>BqqII``
+    (version, from and to bucket, n transactions, m labels), then n x ``>q`` time, n x ``>d``
+    amount, n x ``>q`` revision, n x ``>q`` carried revision, n x ``>H`` carried count, the
+    carried values (``>d``), the transaction ids and the other ids (each list ``>I`` length +
+    UTF-8 joined by newlines), then m x ``>q`` time, m x ``>b`` is_fraud and the labels'
+    transaction ids."""
+    import numpy as np
+
+    cells = archive.cells
+    tx_ids = list(cells.tx)
+    txs = [cells.tx[i] for i in tx_ids]
+    label_ids = list(cells.labels)
+    labels = [cells.labels[i] for i in label_ids]
+    carried = [v for c in txs for v in c.carried]
+    return b"".join(
+        [
+            _ARCHIVE_HEAD.pack(1, archive.from_bucket, archive.to_bucket, len(txs), len(labels)),
+            np.array([c.time_us for c in txs], ">i8").tobytes(),
+            np.array([c.amount for c in txs], ">f8").tobytes(),
+            np.array([c.revision for c in txs], ">i8").tobytes(),
+            np.array([c.carried_revision for c in txs], ">i8").tobytes(),
+            np.array([len(c.carried) for c in txs], ">u2").tobytes(),
+            np.array(carried, ">f8").tobytes(),
+            _blob(tx_ids),
+            _blob([c.other_id for c in txs]),
+            np.array([lb.time_us for lb in labels], ">i8").tobytes(),
+            np.array([lb.is_fraud for lb in labels], ">i1").tobytes(),
+            _blob(label_ids),
+        ]
+    )
+
+
+def decode_archive(raw: bytes) -> Archive:
+    """The archive of ``encode_archive``."""
+    import numpy as np
+
+    version, first, last, n, m = _ARCHIVE_HEAD.unpack_from(raw)
+    if version != 1:
+        raise ValueError(f"unknown archive format {version}")
+    offset = _ARCHIVE_HEAD.size
+
+    def array(dtype: str, count: int) -> list[Any]:
+        nonlocal offset
+        values = np.frombuffer(raw, dtype, count, offset)
+        offset += values.nbytes
+        return values.tolist()
+
+    def blob(count: int) -> list[str]:
+        nonlocal offset
+        (size,) = struct.unpack_from(">I", raw, offset)
+        offset += 4 + size
+        return raw[offset - size : offset].decode().split("\n") if count else []
+
+    times, amounts = array(">i8", n), array(">f8", n)
+    revisions, carried_revisions = array(">i8", n), array(">i8", n)
+    counts = array(">u2", n)
+    flat = array(">f8", sum(counts))
+    tx_ids, others = blob(n), blob(n)
+    label_times, flags, label_ids = array(">i8", m), array(">i1", m), blob(m)
+    carried: Any
+    if flat:
+        carried, at = [], 0
+        for k in counts:
+            carried.append(tuple(flat[at : at + k]))
+            at += k
+    else:  # the backfill's cells carry nothing
+        carried = itertools.repeat(())
+    cells = BucketCells(
+        dict(
+            zip(
+                tx_ids,
+                map(TxCell, times, amounts, others, revisions, carried, carried_revisions),
+                strict=True,
+            )
+        ),
+        dict(zip(label_ids, map(LabelCell, label_times, flags), strict=True)),
+    )
+    return Archive(first, last, cells)
 
 
 def encode_summary(summary: Summary) -> bytes:
@@ -324,12 +435,59 @@ class FeatureStore:
                 out.setdefault(entity_id, {})[bucket] = decode_summary(cells[0].value)
         return out
 
+    def read_heads(
+        self, entity: Entity, ids: Sequence[str]
+    ) -> dict[str, tuple[EntityHead | None, Archive | None]]:
+        """The heads and archives of these entities, in one ReadRows call of their head rows."""
+        from google.cloud.bigtable import row_filters
+        from google.cloud.bigtable.row_set import RowSet
+
+        if not ids:
+            return {}
+        row_set = RowSet()
+        for entity_id in sorted(set(ids)):
+            row_set.add_row_key(head_row_key(entity, entity_id))
+        filt = row_filters.RowFilterChain(
+            [
+                row_filters.FamilyNameRegexFilter(FAMILY_TX),
+                row_filters.ColumnQualifierRegexFilter(b"#head|#archive"),
+                row_filters.CellsColumnLimitFilter(1),
+            ]
+        )
+        prefix = len(entity.name) + 1
+        out: dict[str, tuple[EntityHead | None, Archive | None]] = {}
+        for row in self._read(row_set, filt, "Bigtable read heads"):
+            cells = row.cells.get(FAMILY_TX, {})
+            head = cells.get(HEAD_QUALIFIER)
+            archive = cells.get(ARCHIVE_QUALIFIER)
+            out[row.row_key.decode()[prefix:]] = (
+                decode_head(head[0].value) if head else None,
+                decode_archive(archive[0].value) if archive else None,
+            )
+        return out
+
+    def read_ranges(
+        self, entity: Entity, starts: Sequence[tuple[str, int]], labels: bool
+    ) -> dict[tuple[str, int], BucketCells]:
+        """The cells of every bucket of these entities from each one's start bucket on: one
+        ReadRows call, a row range each (the summaries are not read)."""
+        from google.cloud.bigtable.row_set import RowSet
+
+        if not starts:
+            return {}
+        row_set = RowSet()
+        for entity_id, first in sorted(set(starts)):
+            row_set.add_row_range_from_keys(
+                start_key=bucket_row_key(entity, entity_id, max(first, 0)),
+                end_key=head_row_key(entity, entity_id) + b"#~",
+            )
+        return self._read_cells(entity, row_set, labels, "Bigtable read ranges")
+
     def read_buckets(
         self, entity: Entity, buckets: Sequence[tuple[str, int]], labels: bool
     ) -> dict[tuple[str, int], BucketCells]:
         """The cells of these (entity id, bucket)s, newest version of each: one ReadRows call
         (the summaries are not read: they are derived from the cells)."""
-        from google.cloud.bigtable import row_filters
         from google.cloud.bigtable.row_set import RowSet
 
         if not buckets:
@@ -337,6 +495,13 @@ class FeatureStore:
         row_set = RowSet()
         for entity_id, bucket in sorted(set(buckets)):
             row_set.add_row_key(bucket_row_key(entity, entity_id, bucket))
+        return self._read_cells(entity, row_set, labels, "Bigtable read buckets")
+
+    def _read_cells(
+        self, entity: Entity, row_set: Any, labels: bool, what: str
+    ) -> dict[tuple[str, int], BucketCells]:
+        from google.cloud.bigtable import row_filters
+
         families = f"{FAMILY_TX}|{FAMILY_LABEL}" if labels else FAMILY_TX
         filt = row_filters.RowFilterChain(
             [
@@ -347,7 +512,7 @@ class FeatureStore:
             ]
         )
         out: dict[tuple[str, int], BucketCells] = {}
-        for row in self._read(row_set, filt, "Bigtable read buckets"):
+        for row in self._read(row_set, filt, what):
             cells = BucketCells(
                 {
                     q.decode(): decode_tx_cell(v[0].value)
@@ -478,6 +643,13 @@ class FeatureStore:
                 set_cell(key, FAMILY_LABEL, tx_id.encode(), value, ts)
             summary = encode_summary(w.summary)
             set_cell(key, FAMILY_TX, SUMMARY_QUALIFIER, summary, summary_timestamp(w))
+        for entity, entity_id, head, timestamp in writes.heads:
+            key = head_row_key(entity, entity_id)
+            set_cell(key, FAMILY_TX, HEAD_QUALIFIER, encode_head(head), timestamp)
+        for entity, entity_id, archive, timestamp in writes.archives:
+            value = encode_archive(archive)
+            key = head_row_key(entity, entity_id)
+            set_cell(key, FAMILY_TX, ARCHIVE_QUALIFIER, value, timestamp)
         for entity, entity_id, time_us, values in writes.features:
             key = head_row_key(entity, entity_id)
             for name, feature in values.items():

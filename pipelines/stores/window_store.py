@@ -30,12 +30,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from pipelines.core.cells import LabelCell, Summary, TxCell
+from pipelines.core.cells import NO_STREAM_WRITE, LabelCell, Summary, TxCell
 from pipelines.core.definitions import Entity
 
 __all__ = [
+    "NO_STREAM_WRITE",
+    "Archive",
     "BucketCells",
     "BucketWrite",
+    "EntityHead",
     "IdRecord",
     "InMemoryStore",
     "LabelCell",
@@ -53,6 +56,29 @@ class BucketCells:
 
     tx: dict[str, TxCell] = field(default_factory=dict)
     labels: dict[str, LabelCell] = field(default_factory=dict)
+
+
+class EntityHead(NamedTuple):
+    """What a cold read needs to know of an entity first (its head row, one small cell).
+
+    ``stream_from``: the earliest bucket the stream ever wrote for it (``NO_STREAM_WRITE``:
+    none): an archive is the truth only for buckets before it. ``cells``: its transaction and
+    label cells within the lookback at its last write (a hint: a sparse entity is read whole
+    in one range scan, a dense one by its summaries and the buckets its windows need)."""
+
+    stream_from: int
+    cells: int
+
+
+@dataclass
+class Archive:
+    """The backfill's copy of a sparse entity's cells of the buckets [from_bucket, to_bucket)
+    in one value (a cold read of it costs one cell, not one per transaction). The bucket rows
+    stay the truth; the archive stands in for them while the stream has not written there."""
+
+    from_bucket: int
+    to_bucket: int
+    cells: BucketCells
 
 
 class BucketWrite(NamedTuple):
@@ -85,6 +111,10 @@ class Writes:
     buckets: list[BucketWrite] = field(default_factory=list)
     # (entity, entity id, event time µs, feature name -> value): the latest features
     features: list[tuple[Entity, str, int, dict[str, float]]] = field(default_factory=list)
+    # (entity, entity id, head, timestamp µs: the writer's fence, or the backfill's end)
+    heads: list[tuple[Entity, str, EntityHead, int]] = field(default_factory=list)
+    # (entity, entity id, archive, timestamp µs: the backfill's end)
+    archives: list[tuple[Entity, str, Archive, int]] = field(default_factory=list)
     # (transaction id, family "tx" or "label", record, event time µs)
     ids: list[tuple[str, str, dict[str, Any], int]] = field(default_factory=list)
     # (transaction id, message key, record with its "deadline", event time µs)
@@ -93,7 +123,17 @@ class Writes:
     waits_remove: list[tuple[str, Sequence[str] | None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return any((self.buckets, self.features, self.ids, self.waits_add, self.waits_remove))
+        return any(
+            (
+                self.buckets,
+                self.features,
+                self.heads,
+                self.archives,
+                self.ids,
+                self.waits_add,
+                self.waits_remove,
+            )
+        )
 
 
 class WindowStore(Protocol):
@@ -111,6 +151,19 @@ class WindowStore(Protocol):
     ) -> dict[tuple[str, int], BucketCells]:
         """The cells of these (entity id, bucket)s (label cells too when ``labels``); empty
         buckets are absent."""
+        ...
+
+    def read_heads(
+        self, entity: Entity, ids: Sequence[str]
+    ) -> dict[str, tuple[EntityHead | None, Archive | None]]:
+        """The heads and archives of these entities (absent: neither was ever written)."""
+        ...
+
+    def read_ranges(
+        self, entity: Entity, starts: Sequence[tuple[str, int]], labels: bool
+    ) -> dict[tuple[str, int], BucketCells]:
+        """The cells of every bucket of these entities from each one's start bucket on (one
+        range scan each); empty buckets are absent."""
         ...
 
     def read_ids(self, transaction_ids: Sequence[str]) -> dict[str, IdRecord]:
@@ -161,6 +214,9 @@ class InMemoryStore:
         # (entity name, entity id, bucket) -> {"tx": {id: versioned}, "label": ..., "summary": v}
         self.rows: dict[tuple[str, str, int], dict[str, Any]] = {}
         self.features: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}
+        # (entity name, entity id) -> (timestamp, head), archive
+        self.heads: dict[tuple[str, str], tuple[int, EntityHead]] = {}
+        self.archives: dict[tuple[str, str], Archive] = {}
         self.ids: dict[str, IdRecord] = {}
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -198,6 +254,28 @@ class InMemoryStore:
                 out[(entity_id, bucket)] = cells
         return out
 
+    def read_heads(
+        self, entity: Entity, ids: Sequence[str]
+    ) -> dict[str, tuple[EntityHead | None, Archive | None]]:
+        out: dict[str, tuple[EntityHead | None, Archive | None]] = {}
+        for entity_id in set(ids):
+            head = self.heads.get((entity.name, entity_id))
+            archive = self.archives.get((entity.name, entity_id))
+            if head is not None or archive is not None:
+                out[entity_id] = (head[1] if head else None, copy.deepcopy(archive))
+        return out
+
+    def read_ranges(
+        self, entity: Entity, starts: Sequence[tuple[str, int]], labels: bool
+    ) -> dict[tuple[str, int], BucketCells]:
+        first = dict(starts)
+        wanted = [
+            (entity_id, bucket)
+            for (name, entity_id, bucket) in self.rows
+            if name == entity.name and entity_id in first and bucket >= first[entity_id]
+        ]
+        return self.read_buckets(entity, wanted, labels)
+
     def read_ids(self, transaction_ids: Sequence[str]) -> dict[str, IdRecord]:
         return {i: copy.deepcopy(self.ids[i]) for i in set(transaction_ids) if i in self.ids}
 
@@ -229,6 +307,12 @@ class InMemoryStore:
             ts = summary_timestamp(w)
             if _newer(row["summary"], ts):
                 row["summary"] = (ts, w.summary)
+        for entity, entity_id, head, timestamp in writes.heads:
+            held = self.heads.get((entity.name, entity_id))
+            if held is None or timestamp >= held[0]:
+                self.heads[(entity.name, entity_id)] = (timestamp, head)
+        for entity, entity_id, archive, _ in writes.archives:
+            self.archives[(entity.name, entity_id)] = copy.deepcopy(archive)
         for entity, entity_id, time_us, values in writes.features:
             stored = self.features.get((entity.name, entity_id))
             if stored is None or time_us >= stored[0]:

@@ -39,7 +39,7 @@ entities it was for (``store_rejected``) instead of failing the work item foreve
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipelines.core.batches import CustomerPart, FeatureBatch, Routed
-from pipelines.core.cells import bucket_of
+from pipelines.core.cells import NO_STREAM_WRITE, SPARSE_CELLS, bucket_of
 from pipelines.core.definitions import (
     CUSTOMER,
     FEATURES,
@@ -70,7 +70,9 @@ from pipelines.stores.retry import is_transient
 from pipelines.stores.shared import SharedResource
 from pipelines.stores.window_cache import WindowCache
 from pipelines.stores.window_store import (
+    Archive,
     BucketWrite,
+    EntityHead,
     LabelCell,
     TxCell,
     WindowStore,
@@ -88,9 +90,6 @@ __all__ = [
 
 CUSTOMER_FEATURES = window_features(CUSTOMER)
 TERMINAL_FEATURES = window_features(TERMINAL)
-# An entity with at most this many cells in its lookback is read whole when cold (one read of
-# small rows); a denser one reads its bucket summaries and only the buckets its windows need.
-SPARSE_CELLS = 2_000
 # Loaded buckets kept behind the entity's newest event (late events land there).
 _RECENT_BUCKETS = 8
 
@@ -186,37 +185,62 @@ class _EntityStageFn(KeyedStageFn):
     def _states(self, work: dict[str, _Work]) -> dict[str, EntityWindows]:
         """Each entity's state, read from the store when the cache does not hold exactly what its
         key's last committed work item left, extended back as far as the batch's windows reach,
-        with the cells of every bucket the batch needs loaded."""
+        with the cells of every bucket the batch needs loaded.
+
+        A cold entity costs at most a few batched reads: its head (does it exist, how dense is
+        it, is its archive still the truth); then a sparse one is read whole (its archive, and
+        one range scan of the bucket rows after it), a dense one by its bucket summaries and
+        then the buckets its windows need."""
         res = self.resources()
         lookback = max_lookback_us(self.entity)
         states: dict[str, EntityWindows] = {}
         first: dict[str, int] = {}
         for entity_id, w in work.items():
-            first[entity_id] = bucket_of(
-                min(e.time_us + min(e.span[0], 0) for e in w.events) - lookback
-            )
+            first[entity_id] = bucket_of(min(e.time_us for e in w.events) - lookback)
             committed, _ = self.fence_of(w.key)
             state = res.cache.checkout(entity_id, committed, self.attempt)
             if state is not None:
                 states[entity_id] = state
-        short = [i for i in work if i not in states or states[i].covered_from > first[i]]
-        if short:
-            self._cold.inc(sum(1 for i in short if i not in states))
-            found = res.store.read_summaries(self.entity, short, min(first[i] for i in short))
-            for entity_id in short:
-                summaries = found.get(entity_id, {})
-                if entity_id in states:
-                    states[entity_id].cover(first[entity_id], summaries)
+        sparse: list[tuple[str, int]] = []  # (entity, first bucket) read whole
+        dense: list[str] = []  # read by their summaries
+        cold = [i for i in work if i not in states]
+        if cold:
+            self._cold.inc(len(cold))
+            heads = res.store.read_heads(self.entity, cold)
+            for entity_id in cold:
+                f = first[entity_id]
+                state = states[entity_id] = EntityWindows(f)
+                head, archive = heads.get(entity_id, (None, None))
+                if head is None and archive is None:
+                    continue  # never written: every bucket is empty
+                state.stream_from = head.stream_from if head else NO_STREAM_WRITE
+                start = f
+                if archive is not None and archive.from_bucket <= f:
+                    usable = min(archive.to_bucket, state.stream_from)
+                    if usable > f:
+                        _load_archive(state, archive, f, usable)
+                        start = usable
+                if head is None or head.cells <= SPARSE_CELLS:
+                    sparse.append((entity_id, start))
                 else:
-                    states[entity_id] = EntityWindows(first[entity_id], summaries)
+                    dense.append(entity_id)
+        short = [i for i in work if i not in cold and states[i].covered_from > first[i]]
+        if dense or short:
+            found = res.store.read_summaries(
+                self.entity, dense + short, min(first[i] for i in dense + short)
+            )
+            for entity_id in dense:
+                states[entity_id].know(found.get(entity_id, {}))
+            for entity_id in short:
+                states[entity_id].cover(first[entity_id], found.get(entity_id, {}))
+        if sparse:
+            read = res.store.read_ranges(self.entity, sparse, self.labels)
+            for (entity_id, b), whole in read.items():
+                states[entity_id].load(b, Bucket(whole.tx, whole.labels))
         wanted: set[tuple[str, int]] = set()
         for entity_id, w in work.items():
             state = states[entity_id]
-            if entity_id in short and state.cells_total() <= SPARSE_CELLS:
-                needed: Iterable[int] = state.nonempty(state.covered_from, bucket_of(2**62))
-            else:
-                needed = self._needed(state, w.events)
-            wanted |= {(entity_id, b) for b in state.missing(needed)}
+            wanted |= {(entity_id, b) for b in state.missing(self._needed(state, w.events))}
         if wanted:
             cells = res.store.read_buckets(self.entity, sorted(wanted), self.labels)
             for entity_id, b in wanted:
@@ -304,12 +328,18 @@ class _EntityStageFn(KeyedStageFn):
                         fence,
                     )
                 )
+            changed = [w.bucket for w in writes.buckets]
+            if changed:
+                state.stream_from = min(state.stream_from, *changed)
+            head = EntityHead(state.stream_from, state.cells_total())
+            writes.heads.append((self.entity, entity_id, head, fence))
             if entity_id in latest:
                 time_us, values = latest[entity_id]
                 writes.features.append((self.entity, entity_id, time_us, values))
         everything = Writes()
         for writes in per_entity.values():
             everything.buckets += writes.buckets
+            everything.heads += writes.heads
             everything.features += writes.features
         rejected: set[str] = set()
         try:
@@ -582,6 +612,21 @@ class TerminalWindowsFn(_EntityStageFn):
         self._batch_size.update(int(keep.sum()))
         self._corrections.inc(int((flags & keep).sum()))
         return out
+
+
+def _load_archive(state: EntityWindows, archive: Archive, first: int, end: int) -> None:
+    """Loads the archive's buckets [first, end) into ``state`` (their cells, whole)."""
+    buckets: dict[int, Bucket] = {}
+    for tx_id, cell in archive.cells.tx.items():
+        b = bucket_of(cell.time_us)
+        if first <= b < end:
+            buckets.setdefault(b, Bucket()).tx[tx_id] = cell
+    for tx_id, label in archive.cells.labels.items():
+        b = bucket_of(label.time_us)
+        if first <= b < end:
+            buckets.setdefault(b, Bucket()).labels[tx_id] = label
+    for b, bucket in buckets.items():
+        state.load(b, bucket)
 
 
 def _terminal_of(element: CustomerPart | Routed[Label]) -> str:
