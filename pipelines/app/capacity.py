@@ -31,14 +31,16 @@ BIGTABLE_SSD_WRITES_PER_NODE_S = 14_000
 # no more than 500 writes/s and grow by at most 50% every 5 minutes ("500/50/5").
 DATASTORE_START_WRITES_S = 500
 # The feature stages are keyed by entity (README "Ordering"): Dataflow spreads the keys over its
-# workers, but one key runs on one thread, so the hottest key's events must fit in one thread.
-# make bench-scaleout (handbook preset, one week, keys counted by the stages themselves): the
-# slowest keyed stage (IndexIds) did the work of 7,251.8 input events/s per thread (its recorded
-# seconds over the events of the run, on the DirectRunner here) ...
-KEYED_STAGE_EVENTS_PER_THREAD_S = 7251.8
-# ... and the hottest key of any stage carried this share of its stage's events (a customer:
-# 0.0627%; the hottest terminal 0.0328%).
+# workers, but one key runs on one thread, one work item at a time, so the hottest entity's events
+# must fit in one key's ceiling. make bench-scaleout (Dataflow's single-key work-item model, the
+# product's own stages on the emulators, store round trips included): a terminal key's work
+# items, full (100 events), sustain this many events/s ...
+KEY_CEILING_EVENTS_PER_S = 0.0
+# ... and the hottest key of the reference workload's stages carries this share of its stage's
+# events (make bench-scaleout, handbook preset).
 HOTTEST_KEY_SHARE = 0.000627
+# Google's advice for a Bigtable row (256 MB is the hard limit).
+BIGTABLE_ROW_ADVISED_BYTES = 100_000_000
 
 
 @dataclass(frozen=True)
@@ -46,21 +48,24 @@ class Assumptions:
     """The inputs of the estimate (defaults: the reference workload)."""
 
     label_fraction: float = 0.5  # every transaction gets one label: half the events are labels
-    # Its id-index row, its customer row and its terminal row (one mutation each per batch).
-    bigtable_rows_written_per_transaction: float = 3.0
-    bigtable_rows_written_per_label: float = 2.0  # its id-index row (the slot), the terminal row
-    # WindowCache serves most reads from memory; a cold or moved key reads both entities' rows.
-    # The id index always; a cold or moved key's customer and terminal rows at worst.
-    bigtable_rows_read_per_transaction: float = 3.0
+    # Its id-index row, its customer's and its terminal's bucket rows and head rows (one mutation
+    # each per work item).
+    bigtable_rows_written_per_transaction: float = 5.0
+    # Its id-index row (the slot), its terminal's bucket row and head row.
+    bigtable_rows_written_per_label: float = 3.0
+    # WindowCache serves most reads from memory; a cold or moved key reads its entities' rows.
+    # The id index always; a cold or moved key's customer and terminal heads and rows at worst.
+    bigtable_rows_read_per_transaction: float = 5.0
     bigtable_rows_read_per_label: float = 1.0  # the id index
     datastore_writes_per_transaction: float = 1.0  # one Prediction entity (corrections add few)
     target_utilisation: float = 0.6  # leave headroom for bursts and catch-up after outages
     vcpus_per_worker: int = 4  # n2-standard-4
     events_per_core_s: float = MEASURED_EVENTS_PER_CORE_S
     # One key's events run on one thread: a big merchant's terminal may carry far more than the
-    # reference workload's hottest key (set it to your data's share).
+    # reference workload's hottest key (rillet plan --hot-share: your data's).
     hottest_key_share: float = HOTTEST_KEY_SHARE
-    keyed_stage_events_per_thread_s: float = KEYED_STAGE_EVENTS_PER_THREAD_S
+    key_ceiling_events_per_s: float = KEY_CEILING_EVENTS_PER_S
+    customer_features_carried: int = 6  # on each terminal cell (the row size)
 
 
 def plan(events_per_second: float, assumptions: Assumptions = Assumptions()) -> dict[str, Any]:
@@ -89,13 +94,30 @@ def plan(events_per_second: float, assumptions: Assumptions = Assumptions()) -> 
         ramp_minutes = 5 * math.ceil(math.log(datastore / DATASTORE_START_WRITES_S, 1.5))
     warnings = []
     hottest = events_per_second * a.hottest_key_share
-    key_limit = a.keyed_stage_events_per_thread_s * a.target_utilisation / a.hottest_key_share
-    if events_per_second > key_limit:
+    utilisation = hottest / a.key_ceiling_events_per_s
+    key_limit = a.key_ceiling_events_per_s * a.target_utilisation / a.hottest_key_share
+    if utilisation > a.target_utilisation:
         warnings.append(
-            f"the hottest key would carry {hottest:,.0f} events/s, more than one thread sustains "
-            f"at the target utilisation ({a.keyed_stage_events_per_thread_s:,.0f} x "
-            f"{a.target_utilisation:g}): above ~{key_limit:,.0f} events/s more workers do not "
-            "help that key (README 'Hot entities')"
+            f"the hottest key would carry {hottest:,.0f} events/s, {utilisation:.0%} of one key's "
+            f"ceiling ({a.key_ceiling_events_per_s:,.0f} events/s, make bench-scaleout), more "
+            f"than the {a.target_utilisation:.0%} target: above ~{key_limit:,.0f} events/s more "
+            "workers do not help that key (README 'Hot entities')"
+        )
+    # The hottest entity's events: half transactions, half their labels (a week later, in the
+    # transaction's bucket): its largest bucket row.
+    from pipelines.core.definitions import TERMINAL
+    from pipelines.stores.bigtable import bucket_row_bytes
+
+    row = bucket_row_bytes(
+        TERMINAL,
+        hottest * (1 - a.label_fraction),
+        hottest * a.label_fraction,
+        a.customer_features_carried,
+    )
+    if row > BIGTABLE_ROW_ADVISED_BYTES:
+        warnings.append(
+            f"the hottest entity's bucket rows would reach {row / 1e6:,.0f} MB, over Bigtable's "
+            f"advised {BIGTABLE_ROW_ADVISED_BYTES / 1e6:,.0f} MB (256 MB is the hard limit)"
         )
     return {
         "events_per_second": events_per_second,
@@ -105,6 +127,14 @@ def plan(events_per_second: float, assumptions: Assumptions = Assumptions()) -> 
         "keyed_stages": {
             "hottest_key_events_per_second": round(hottest, 2),
             "max_events_per_second": round(key_limit, 1),
+        },
+        "hot_entity": {
+            "share": a.hottest_key_share,
+            "events_per_second": round(hottest, 2),
+            "key_ceiling_events_per_s": a.key_ceiling_events_per_s,
+            "key_utilisation": round(utilisation, 4),
+            "largest_row_bytes": row,
+            "row_advised_bytes": BIGTABLE_ROW_ADVISED_BYTES,
         },
         "bigtable": {
             "rows_written_per_second": writes,
@@ -118,7 +148,9 @@ def plan(events_per_second: float, assumptions: Assumptions = Assumptions()) -> 
         "assumptions": asdict(a),
         "sources": {
             "events_per_core_s": "make bench-e2e on this machine (DirectRunner, one core)",
-            "hottest_key_share": "make bench-scaleout (handbook preset, one week)",
+            "hottest_key_share": "make bench-scaleout (handbook preset), or --hot-share",
+            "key_ceiling_events_per_s": "make bench-scaleout (single-key work items, emulators)",
+            "largest_row_bytes": "the encoded cells of a terminal bucket row (15 minutes)",
             "bigtable": "https://cloud.google.com/bigtable/docs/performance",
             "datastore": "https://cloud.google.com/datastore/docs/best-practices#ramping_up_traffic",
         },

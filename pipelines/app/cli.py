@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from pipelines.app.capacity import HOTTEST_KEY_SHARE
 from pipelines.app.errors import RUNTIME, UserError, existing_dir
 from pipelines.app.models_cli import models_app
 
@@ -622,9 +623,19 @@ def plan(
     target_utilisation: Annotated[
         float, typer.Option(min=0.05, max=1.0, help="Planned utilisation (headroom).")
     ] = 0.6,
+    hot_share: Annotated[
+        float,
+        typer.Option(
+            min=0.000001,
+            max=1.0,
+            help="The hottest entity's share of the input (a big merchant's terminal: 0.05). "
+            "Default: the reference workload's hottest key.",
+        ),
+    ] = HOTTEST_KEY_SHARE,
 ) -> None:
     """Estimate Dataflow workers, Bigtable nodes and the Datastore write rate for a given input
-    rate, from the per-event costs measured here and each service's published guidance."""
+    rate, and the hottest entity's key utilisation and largest row, from the per-event costs
+    measured here and each service's published guidance."""
     from pipelines.app.capacity import Assumptions
     from pipelines.app.capacity import plan as make_plan
 
@@ -633,7 +644,9 @@ def plan(
             make_plan(
                 events_per_second,
                 Assumptions(
-                    vcpus_per_worker=vcpus_per_worker, target_utilisation=target_utilisation
+                    vcpus_per_worker=vcpus_per_worker,
+                    target_utilisation=target_utilisation,
+                    hottest_key_share=hot_share,
                 ),
             ),
             indent=2,

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipelines.core.engine import amount_units
+from pipelines.core.engine import amount_unit, amount_units
 
 __all__ = [
     "BUCKET_US",
@@ -93,7 +93,10 @@ class Summary(NamedTuple):
 def summarize(tx: dict[str, TxCell], labels: dict[str, LabelCell]) -> Summary:
     """The summary of a bucket's cells."""
     times = [c.time_us for c in tx.values()]
-    units = int(amount_units(np.fromiter((c.amount for c in tx.values()), np.float64)).sum())
+    if len(tx) > 64:
+        units = int(amount_units(np.fromiter((c.amount for c in tx.values()), np.float64)).sum())
+    else:  # most buckets hold a few cells: NumPy's call costs more than the sum
+        units = sum(amount_unit(c.amount) for c in tx.values())
     return Summary(
         len(times),
         units if times else 0,

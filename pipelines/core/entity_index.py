@@ -37,7 +37,7 @@ from pipelines.core.cells import (
     summarize,
 )
 from pipelines.core.definitions import WindowFeature
-from pipelines.core.engine import aggregate, amount_unit, amount_units
+from pipelines.core.engine import aggregate, amount_unit
 
 __all__ = ["BUCKET_US", "Bucket", "EntityWindows", "Query", "span_buckets", "tie_key"]
 
@@ -77,13 +77,14 @@ class Bucket:
         self._labels_sorted: tuple[list[int], list[int]] | None = None  # times, fraud prefix
         self._summary: Summary | None = None
 
-    def put_tx(self, tx_id: str, cell: TxCell) -> None:
+    def put_tx(self, tx_id: str, cell: TxCell) -> bool:
+        """Stores a transaction's cell; True if it is a new one."""
         old = self.tx.get(tx_id)
         self.tx[tx_id] = cell
         if old is not None:
             if old.time_us != cell.time_us or old.amount != cell.amount:
                 self._tx_sorted = self._summary = None  # never happens: recount
-            return  # the same transaction again (a new revision or carried features)
+            return False  # the same transaction again (a new revision or carried features)
         units = amount_unit(cell.amount)
         t = cell.time_us
         if self._summary is not None:
@@ -104,11 +105,13 @@ class Bucket:
                 cum.append(cum[-1] + units)
             else:
                 self._tx_sorted = None  # out of order within the bucket: sorted again
+        return True
 
-    def put_label(self, tx_id: str, cell: LabelCell) -> None:
+    def put_label(self, tx_id: str, cell: LabelCell) -> bool:
+        """Stores a label's cell; True if it is a new one."""
         old = self.labels.get(tx_id)
         if old == cell:
-            return
+            return False
         self.labels[tx_id] = cell
         if self._summary is not None:
             s = self._summary
@@ -123,6 +126,7 @@ class Bucket:
                 cum.append(cum[-1] + int(cell.is_fraud))
             else:
                 self._labels_sorted = None
+        return old is None
 
     def summary(self) -> Summary:
         if self._summary is None:
@@ -136,15 +140,18 @@ class Bucket:
         if self._tx_sorted is None:
             order = sorted(self.tx, key=lambda i: (self.tx[i].time_us, len(i), i))
             keys = [(self.tx[i].time_us, len(i), i) for i in order]
-            units = amount_units(np.fromiter((self.tx[i].amount for i in order), np.float64))
-            cum = [0, *np.cumsum(units, dtype=np.int64).tolist()]
+            cum = [0]
+            for i in order:
+                cum.append(cum[-1] + amount_unit(self.tx[i].amount))
             self._tx_sorted = (keys, [k[0] for k in keys], cum)
         return self._tx_sorted
 
     def _label_views(self) -> tuple[list[int], list[int]]:
         if self._labels_sorted is None:
             cells = sorted(self.labels.values())
-            cum = [0, *np.cumsum([c.is_fraud for c in cells], dtype=np.int64).tolist()]
+            cum = [0]
+            for c in cells:
+                cum.append(cum[-1] + int(c.is_fraud))
             self._labels_sorted = ([c.time_us for c in cells], cum)
         return self._labels_sorted
 
@@ -198,6 +205,7 @@ class EntityWindows:
         self.changes: dict[int, tuple[set[str], set[str]]] = {}
         # The earliest bucket the stream ever wrote (an archive is the truth only before it).
         self.stream_from = NO_STREAM_WRITE
+        self._loaded_cells = 0  # cells of the loaded buckets (what the cache budget counts)
 
     # -- summaries and prefix sums -------------------------------------------------------------
 
@@ -277,13 +285,16 @@ class EntityWindows:
         return counts[-1] + labels[-1]
 
     def nbytes(self) -> int:
-        cells = sum(len(b) for b in self.buckets.values())
-        return cells * CELL_BYTES + (len(self._sums) + len(self.buckets)) * SUMMARY_BYTES
+        return (
+            self._loaded_cells * CELL_BYTES + (len(self._sums) + len(self.buckets)) * SUMMARY_BYTES
+        )
 
     # -- loading and changing ------------------------------------------------------------------
 
     def load(self, b: int, bucket: Bucket) -> None:
         """Installs the cells read for bucket ``b`` (its summary is then derived from them)."""
+        old = self.buckets.get(b)
+        self._loaded_cells += len(bucket) - (len(old) if old is not None else 0)
         self.buckets[b] = bucket
         self._set(b, bucket.summary() if len(bucket) else None)
 
@@ -316,14 +327,14 @@ class EntityWindows:
     def put_tx(self, tx_id: str, cell: TxCell) -> None:
         b = bucket_of(cell.time_us)
         bucket = self.bucket(b)
-        bucket.put_tx(tx_id, cell)
+        self._loaded_cells += bucket.put_tx(tx_id, cell)
         self._set(b, bucket.summary())
         self.changes.setdefault(b, (set(), set()))[0].add(tx_id)
 
     def put_label(self, tx_id: str, cell: LabelCell) -> None:
         b = bucket_of(cell.time_us)
         bucket = self.bucket(b)
-        bucket.put_label(tx_id, cell)
+        self._loaded_cells += bucket.put_label(tx_id, cell)
         self._set(b, bucket.summary())
         self.changes.setdefault(b, (set(), set()))[1].add(tx_id)
 
@@ -357,11 +368,12 @@ class EntityWindows:
                 del self._sums[b]
             del self._keys[:drop]
             self._mark(0)
-            self.buckets = {b: c for b, c in self.buckets.items() if b >= first}
+            for b in [b for b in self.buckets if b < first]:
+                self._loaded_cells -= len(self.buckets.pop(b))
             self.covered_from = first
         kept = set(keep)
         for b in [b for b in self.buckets if b not in kept and b not in self.changes]:
-            del self.buckets[b]
+            self._loaded_cells -= len(self.buckets.pop(b))
 
     # -- windows -------------------------------------------------------------------------------
 

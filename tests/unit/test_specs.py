@@ -49,6 +49,9 @@ def test_bigtable_spec_names_the_codes_rows_families_and_formats() -> None:
     assert bigtable._TX_HEAD.format in names
     assert bigtable.SUMMARY_QUALIFIER.decode() in names
     assert bigtable._SUMMARY.format in names
+    for qualifier in (bigtable.HEAD_QUALIFIER, bigtable.ARCHIVE_QUALIFIER):
+        assert qualifier.decode() in names
+    assert bigtable._HEAD.format in names and bigtable._ARCHIVE_HEAD.format in names
     assert bigtable._LABEL_VALUE.format in text
     assert bigtable._FLOAT.format in text
     assert f"{BUCKET_US:,}" in text
@@ -63,6 +66,32 @@ def test_tx_cell_round_trips_in_the_specified_layout() -> None:
     raw = bigtable.encode_tx_cell(cell)
     assert raw.endswith(b"T9") and len(raw) == bigtable._TX_HEAD.size + 2 * 8 + 2
     assert bigtable.decode_tx_cell(raw) == cell
+
+
+def test_head_and_archive_round_trip_in_the_specified_layout() -> None:
+    from pipelines.core.cells import LabelCell
+    from pipelines.stores.window_store import Archive, BucketCells, EntityHead
+
+    head = EntityHead(1_690_000, 37)
+    assert len(bigtable.encode_head(head)) == 1 + 2 * 8
+    assert bigtable.decode_head(bigtable.encode_head(head)) == head
+    cells = BucketCells(
+        {
+            "1": TxCell(1_522_540_800_123_456, 57.16, "T9", 7, (1.0, 2.5), 5),
+            "22": TxCell(1_522_540_900_000_000, 0.5, "T10"),
+        },
+        {"1": LabelCell(1_522_540_800_123_456, 1)},
+    )
+    archive = Archive(1_690_000, 1_690_100, cells)
+    raw = bigtable.encode_archive(archive)
+    ids = len("1\n22") + len("T9\nT10") + len("1") + 3 * 4
+    head_size = bigtable._ARCHIVE_HEAD.size
+    assert len(raw) == head_size + 2 * (8 + 8 + 8 + 8 + 2) + 2 * 8 + 1 * 9 + ids
+    assert bigtable.decode_archive(raw) == archive
+    empty = Archive(0, 1, BucketCells())
+    assert bigtable.decode_archive(bigtable.encode_archive(empty)) == empty
+    for qualifier in (bigtable.HEAD_QUALIFIER, bigtable.ARCHIVE_QUALIFIER):
+        assert not _ID_RE.match(qualifier.decode())
 
 
 def test_summary_round_trips_in_the_specified_layout() -> None:
