@@ -311,6 +311,10 @@ def _quality(snapshot: dict[str, Any], thresholds: Thresholds) -> Panel:
             _over(value, limits.get(name), _num(value, ".2%")),
             _num(limits.get(name), ".2%"),
         )
+    # Late events past the lateness horizon: stored, but what they changed was not corrected.
+    counters = snapshot.get("counters") or {}
+    beyond = counters.get("corrections_beyond_horizon")
+    table.add_row("late beyond the correction horizon (total)", _num(beyond, ",.0f"), "")
     return Panel(table, title="data quality (last window)", border_style="cyan")
 
 

@@ -28,7 +28,12 @@ def snapshot(at_s: float = NOW, **over: Any) -> dict[str, Any]:
         "uptime_s": 42.0,
         "interval_s": 5.0,
         "job": {"pid": 4242, "runner": "DirectRunner", "project": "rillet-local"},
-        "counters": {"transactions_valid": 1000, "labels_valid": 200, "predictions_written": 990},
+        "counters": {
+            "transactions_valid": 1000,
+            "labels_valid": 200,
+            "predictions_written": 990,
+            "corrections_beyond_horizon": 37,
+        },
         "throughput": {"events_per_s": 410.2, "predictions_per_s": 205.0},
         "latency_ms": {"p50": 250, "p99": 7800, "max": 9000},
         "backlog": {TX: {"oldest_unacked_age_s": 0.4, "pulled": 1000, "undelivered": None}},
@@ -100,6 +105,8 @@ def test_a_snapshot_renders_every_panel(tmp_path: Path) -> None:
         "psi",
         "0.31 >= 0.25",
         "warning",
+        "late beyond the correction horizon",
+        "37",
     ):
         assert expected in out, (expected, out)
     assert "STALE" not in out
