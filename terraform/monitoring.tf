@@ -272,7 +272,7 @@ locals {
       title = "Job counters (running totals)"
       label = "count"
       sets = [
-        { name = "$${metric.labels.metric_name}", filter = "${local.user_metric} AND metric.label.metric_name = monitoring.regex.full_match(\"transactions_valid|transactions_dead_lettered|labels_valid|labels_dead_lettered|predictions_written|alerts_raised(/.*)?\")", aligner = "ALIGN_MAX", reducer = "REDUCE_SUM", group_by = ["metric.label.metric_name"] },
+        { name = "$${metric.labels.metric_name}", filter = "${local.user_metric} AND metric.label.metric_name = monitoring.regex.full_match(\"transactions_valid|transactions_dead_lettered|labels_valid|labels_dead_lettered|predictions_written|feature_corrections|corrections_beyond_horizon|store_rejected|alerts_raised(/.*)?\")", aligner = "ALIGN_MAX", reducer = "REDUCE_SUM", group_by = ["metric.label.metric_name"] },
       ]
       thresholds = []
     },
