@@ -108,16 +108,22 @@ class _SortedEvents:
         return q_entity.astype(np.int64) * self.span + (q_time - self.base)
 
 
-def _sort(events: Events, span_extra: int, t_max: int | None = None) -> _SortedEvents:
+def _sort(
+    events: Events, span_extra: int, t_max: int | None = None, t_min: int | None = None
+) -> _SortedEvents:
     """Sorts events by (entity, time, rank) into one int64 key per event.
 
-    The key space of each entity spans from the oldest event minus ``span_extra`` (the longest
-    lookback) to ``t_max`` (the newest event or query time): a query beyond the newest event
-    must not land in the next entity's range.
+    The key space of each entity spans from the oldest event or query time (``t_min``) minus
+    ``span_extra`` (the longest lookback) to ``t_max`` (the newest event or query time): a
+    query's window must not reach into the previous entity's range, nor a query beyond the
+    newest event into the next one's.
     """
     time = events.time_us.astype(np.int64)
     newest = max(int(time.max()) if len(time) else 0, t_max if t_max is not None else 0)
-    base = int(time.min()) - span_extra - 1 if len(time) else 0
+    oldest = int(time.min()) if len(time) else 0
+    if t_min is not None:
+        oldest = min(oldest, t_min)
+    base = oldest - span_extra - 1 if len(time) else 0
     span = newest - base + 1 if len(time) else 1
     n_entities = int(events.entity.max()) + 1 if len(time) else 1
     if n_entities > _INT64_MAX // span:
@@ -219,7 +225,7 @@ def window_count_sum(
         zeros = np.zeros(len(q_time), dtype=np.int64)
         return zeros, zeros.copy()
     q_time = np.asarray(q_time, dtype=np.int64)
-    s = _sort(events, window_us + delay_us, int(q_time.max()))
+    s = _sort(events, window_us + delay_us, int(q_time.max()), int(q_time.min()))
     q = _Queries.of(s, np.asarray(q_entity, dtype=np.int64), q_time, q_index)
     count, total = _window(s, q, window_us, delay_us)
     return _unsort(count, q.order), _unsort(total, q.order)
@@ -266,6 +272,7 @@ def compute_feature_matrix(
     label_bounds: dict[Entity, dict[int, np.ndarray]] = {}
     q_time = np.asarray(time_us, dtype=np.int64)
     t_max = int(q_time.max()) if n else 0
+    t_min = int(q_time.min()) if n else 0
     for col, feature in enumerate(features):
         if isinstance(feature, RowFeature):
             out[:, col] = rows[feature.transform]
@@ -289,7 +296,9 @@ def compute_feature_matrix(
             if lab is None or len(lab) == 0:
                 continue
             if entity not in sorted_labels:
-                sorted_labels[entity] = _sort(lab, max_lookback_us(entity), t_max)
+                # Labels may all be later than a query: their keys must start before its
+                # window does (t_min), or the window's start lands in the previous entity.
+                sorted_labels[entity] = _sort(lab, max_lookback_us(entity), t_max, t_min)
             # Label events live on the same entity codes as the transactions, so the queries'
             # (entity, time) order holds on both sides.
             _, frauds = _window(

@@ -96,8 +96,10 @@ def test_shift_raises_drift_alert_and_quiet_part_none(tmp_path, tiny_frame, mode
         def seen() -> bool:
             alerts.extend(_pull_alerts(subscriber, alerts_sub))
             kinds = {(a["kind"], a["feature"]) for a in alerts}
+            # Publishing everything at once delivers some events out of order, so on a slow
+            # machine the late-event rate may alert too; the burst must raise the dead-letter one.
             return ("drift", "TX_AMOUNT") in kinds and any(
-                a["kind"] == "data_quality" for a in alerts
+                a["kind"] == "data_quality" and a["metric"] == "dead_letter_rate" for a in alerts
             )
 
         wait_until(seen, 120, "no drift alert on TX_AMOUNT and data-quality alert")
@@ -120,8 +122,9 @@ def test_shift_raises_drift_alert_and_quiet_part_none(tmp_path, tiny_frame, mode
     # The windows ending one and two days after the shift hold shifted data: the second is the
     # K-th (K = 2) in a row.
     assert end_s == shift_s + 2 * DAY
-    quality = [a for a in alerts if a["kind"] == "data_quality"]
-    assert quality[0]["metric"] == "dead_letter_rate"
+    quality = [
+        a for a in alerts if a["kind"] == "data_quality" and a["metric"] == "dead_letter_rate"
+    ]
     assert quality[0]["value"] >= quality[0]["threshold"]
     assert quality[0]["window_basis"] == "processing_time"
     gauges = {m.key.metric.name: m.committed.value for m in metrics["gauges"] if m.committed}

@@ -193,9 +193,9 @@ def test_the_product_graph_is_fused_as_dataflow_fuses_it() -> None:
     by_name = {s.name: s for s in graph.stages}
     assert [s.kind for s in graph.stages].count(SOURCE) == 2
     assert [s.kind for s in graph.stages].count(IMPULSE) == 1
-    index = by_name["ComputeFeatures/IndexIds/ParDo(IndexIdsFn)"]
-    customers = by_name["ComputeFeatures/CustomerWindows"]
-    terminals = by_name["ComputeFeatures/TerminalWindows"]
+    index = by_name["ComputeFeatures/IndexIds/ParDo(IndexIds)"]
+    customers = by_name["ComputeFeatures/CustomerWindows/ParDo(CustomerWindows)"]
+    terminals = by_name["ComputeFeatures/TerminalWindows/ParDo(TerminalWindows)"]
     assert {index.kind, customers.kind, terminals.kind} == {STATEFUL}
     # The shuffles: into the id index from both inputs and the restore, then by entity.
     for name in ("transactions", "labels", "ComputeFeatures/RestoreWaits/Start"):

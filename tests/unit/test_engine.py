@@ -143,3 +143,31 @@ def test_queries_long_after_the_newest_label_stay_within_their_entity() -> None:
         terminal_history=columns(tx[:3], 4),
     )
     np.testing.assert_array_equal(got, expected[3:])
+
+
+def test_queries_before_the_oldest_label_stay_within_their_entity() -> None:
+    """A query earlier than every label: its delayed window starts before the labels' oldest
+    time minus the lookback, so the labels' key space must start at the query's window too, or
+    the window's start lands in the previous entity's range and counts its frauds (found by
+    tests/unit/test_entity_index.py)."""
+    tx = [
+        ("0", T0, "c", "A", 0.0),
+        ("1", T0, "c", "B", 0.0),
+        ("2", T0 + 7 * DAY_US, "c", "B", 0.0),
+        ("3", T0 + 7 * DAY_US + DAY_US // 4, "c", "A", 0.0),
+        ("4", T0 + 7 * DAY_US + DAY_US // 4, "c", "B", 0.0),
+        ("5", T0 + 7 * DAY_US + DAY_US // 4, "c", "C", 0.0),
+    ]
+    labels = [(x[0], x[1], x[3], int(x[3] == "A")) for x in tx[3:]]
+    expected = np.array(brute_force(tx, labels))
+    label_cols = EventColumns(
+        np.array([x[0] for x in labels]),
+        np.array([""] * len(labels)),
+        np.array([x[2] for x in labels]),
+        np.array([x[1] for x in labels], dtype=np.int64),
+        np.array([float(x[3]) for x in labels]),
+    )
+    got = features_for(columns(tx, 4), labels=label_cols)
+    risk30 = MODEL_INPUTS.index("TERMINAL_ID_RISK_30DAY_WINDOW")
+    assert got[2, risk30] == 0.0  # B's window (t-37d, t-7d] holds transaction 1, no fraud
+    np.testing.assert_array_equal(got, expected)
