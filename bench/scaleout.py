@@ -279,17 +279,25 @@ def single_key_work(attempts: Path) -> dict[str, list[tuple[str, float, int]]]:
     with attempts.open() as log:
         for line in log:
             entry = json.loads(line)
-            step = entry["stage"].rsplit("/", 1)[-1]
-            if entry["outcome"] != "committed" or step not in steps or entry.get("timers"):
+            # "ComputeFeatures/IndexIds/ParDo(IndexIds)": the stage's own segment names it.
+            step = next((n for n in STATEFUL_STEPS if n in entry["stage"].split("/")), "")
+            if entry["outcome"] != "committed" or not step or entry.get("timers"):
                 continue
             for key in entry["keys"]:
                 steps[step].append((key, entry["seconds"] / len(entry["keys"]), entry["elements"]))
     return steps
 
 
-def measure(work_dir: Path, days: int, customers: int, start: str, hot_share: float) -> dict:
-    """One run of the stages on the work-item model (see the module docstring)."""
+def measure(
+    work_dir: Path, days: int, customers: int, start: str, hot_share: float, reuse: bool = False
+) -> dict:
+    """One run of the stages on the work-item model (see the module docstring); with ``reuse``,
+    the run already in ``work_dir`` (its result.json and attempt log) is analysed again."""
     from bench.chaos_dataflow import DataflowChaosConfig, run
+
+    if reuse and (work_dir / "result.json").exists():
+        result = json.loads((work_dir / "result.json").read_text())
+        return _measured(result, work_dir)
 
     config = DataflowChaosConfig(
         work_dir=work_dir,
@@ -312,7 +320,10 @@ def measure(work_dir: Path, days: int, customers: int, start: str, hot_share: fl
         move_rate=0.0,
         hot_share=hot_share,
     )
-    result = run(config)
+    return _measured(run(config), work_dir)
+
+
+def _measured(result: dict, work_dir: Path) -> dict:
     wrong = {
         k: result[k] for k in ("lost", "duplicated", "feature_mismatches", "stale_predictions")
     }
@@ -431,15 +442,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--allow-empty", action="store_true", help="Report (exit 0) if no stage recorded work."
     )
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="Analyse the runs already in --work-dir (run/, hot/) instead of running them again.",
+    )
     args = parser.parse_args(argv)
     if args.days < 1 or args.customers < 1 or not 0 < args.hot_share < 1:
         parser.error("need --days >= 1, --customers >= 1 and 0 < --hot-share < 1")
     command = " ".join(["python -m bench.scaleout", *(sys.argv[1:] if argv is None else argv)])
 
     args.work_dir.mkdir(parents=True, exist_ok=True)
-    measured = measure(args.work_dir / "run", args.days, args.customers, args.start, 0.0)
+    measured = measure(
+        args.work_dir / "run", args.days, args.customers, args.start, 0.0, args.reuse
+    )
     steps = {k: [(key, s) for key, s, _ in v] for k, v in measured.pop("work").items() if v}
-    hot = measure(args.work_dir / "hot", args.days, args.customers, args.start, args.hot_share)
+    hot = measure(
+        args.work_dir / "hot", args.days, args.customers, args.start, args.hot_share, args.reuse
+    )
     rtt = store_round_trip_ms(args.work_dir)
     run = {**measured, "command": command}
     if steps:

@@ -197,7 +197,7 @@ def test_single_key_work_is_read_from_the_runner_models_attempt_log(tmp_path: Pa
             "timers": 1,
         },
         {
-            "stage": "ComputeFeatures/TerminalWindows",
+            "stage": "ComputeFeatures/TerminalWindows/ParDo(TerminalWindows)",
             "keys": ["7"],
             "outcome": "committed",
             "seconds": 0.030,
