@@ -33,12 +33,20 @@ DATASTORE_START_WRITES_S = 500
 # The feature stages are keyed by entity (README "Ordering"): Dataflow spreads the keys over its
 # workers, but one key runs on one thread, one work item at a time, so the hottest entity's events
 # must fit in one key's ceiling. make bench-scaleout (Dataflow's single-key work-item model, the
-# product's own stages on the emulators, store round trips included): a terminal key's work
-# items, full (100 events), sustain this many events/s ...
-KEY_CEILING_EVENTS_PER_S = 0.0
+# product's own stages on the emulators, store round trips included): a hot terminal's work
+# items, fitted as 18.1 ms per item + 0.318 ms per event, sustain 2,000.5 events/s in full items
+# (100 events) at the emulator's 0.39 ms round trip; with Bigtable's and Datastore's few ms per
+# round trip (6 ms assumed, four per terminal work item) instead, this many:
+KEY_CEILING_EVENTS_PER_S = 1381.3
 # ... and the hottest key of the reference workload's stages carries this share of its stage's
-# events (make bench-scaleout, handbook preset).
+# events (make bench-scaleout on the whole handbook week, a customer; the default run keeps 1,500
+# cards of two days, where the hottest customer has 0.26%).
 HOTTEST_KEY_SHARE = 0.000627
+# make bench-scaleout: every stateful step's work of one input event, run as Dataflow's
+# single-key work items run it (one event per item, inference and sinks fused, the emulators'
+# round trips included): one thread does this many input events/s. Dataflow overlaps many work
+# items per SDK process, so this counts threads busy with work items, not vCPUs.
+SINGLE_KEY_EVENTS_PER_THREAD_S = 65.1
 # Google's advice for a Bigtable row (256 MB is the hard limit).
 BIGTABLE_ROW_ADVISED_BYTES = 100_000_000
 
@@ -61,6 +69,7 @@ class Assumptions:
     target_utilisation: float = 0.6  # leave headroom for bursts and catch-up after outages
     vcpus_per_worker: int = 4  # n2-standard-4
     events_per_core_s: float = MEASURED_EVENTS_PER_CORE_S
+    single_key_events_per_thread_s: float = SINGLE_KEY_EVENTS_PER_THREAD_S
     # One key's events run on one thread: a big merchant's terminal may carry far more than the
     # reference workload's hottest key (rillet plan --hot-share: your data's).
     hottest_key_share: float = HOTTEST_KEY_SHARE
@@ -123,7 +132,15 @@ def plan(events_per_second: float, assumptions: Assumptions = Assumptions()) -> 
         "events_per_second": events_per_second,
         "warnings": warnings,
         "transactions_per_second": transactions,
-        "dataflow": {"vcpus": round(cores, 2), "workers": workers},
+        "dataflow": {
+            "vcpus": round(cores, 2),
+            "workers": workers,
+            # Dataflow gives a stateful step one key per work item: the threads that must be
+            # busy with work items at once (wall time, store waits included).
+            "single_key_threads": math.ceil(
+                events_per_second / (a.single_key_events_per_thread_s * a.target_utilisation)
+            ),
+        },
         "keyed_stages": {
             "hottest_key_events_per_second": round(hottest, 2),
             "max_events_per_second": round(key_limit, 1),

@@ -32,12 +32,15 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import VarIntCoder
+from apache_beam.metrics import Metrics
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.core.completion import completion
+from pipelines.transforms import gc_policy
+from pipelines.transforms.parse import METRICS_NAMESPACE
 
 __all__ = ["FENCE", "FENCE_PARAM", "FENCE_STEP_US", "KeyedStageFn", "with_token"]
 
@@ -71,6 +74,7 @@ class KeyedStageFn(beam.DoFn):
         self._batch_index = 0
         self._last_timestamp: Any = None
         self.attempt = ""
+        self._gc_freezes = Metrics.counter(METRICS_NAMESPACE, "gc_freezes")
 
     def default_label(self) -> str:
         # The step's name in the graph: stable when the class is renamed (--update matches steps
@@ -108,6 +112,7 @@ class KeyedStageFn(beam.DoFn):
         self._fences = {}
         self._batch_index = 0
         self.attempt = uuid.uuid4().hex
+        gc_policy.install()  # the process's full collections kept short (gc_policy)
 
     def accept(self, key: str, element: Any, fence: Any, timestamp: Any) -> Iterator[Any]:
         """Buffers one element; ``fence`` is the key's fence state (None: the stage keeps no
@@ -138,6 +143,8 @@ class KeyedStageFn(beam.DoFn):
             else:
                 yield WindowedValue(out, ts, (GlobalWindow(),))
         self.settle()
+        if gc_policy.settle():
+            self._gc_freezes.inc()
 
     def _run(self, batch: list[tuple[str, Any]]) -> Iterator[Any]:
         outputs = self.flush(batch)

@@ -16,10 +16,11 @@ def test_plan_by_hand() -> None:
         target_utilisation=0.5,
         vcpus_per_worker=4,
         key_ceiling_events_per_s=2000.0,
+        single_key_events_per_thread_s=80.0,
     )
     out = plan(10_000, a)
-    # 10,000 / (1,000 x 0.5) = 20 vCPUs = 5 workers of 4.
-    assert out["dataflow"] == {"vcpus": 20.0, "workers": 5}
+    # 10,000 / (1,000 x 0.5) = 20 vCPUs = 5 workers of 4; 10,000 / (80 x 0.5) = 250 threads.
+    assert out["dataflow"] == {"vcpus": 20.0, "workers": 5, "single_key_threads": 250}
     # 5,000 transactions x 5 rows + 5,000 labels x 3 rows = 40,000 writes;
     # 5,000 x 5 + 5,000 x 1 = 30,000 reads.
     assert out["bigtable"]["rows_written_per_second"] == 40_000
@@ -32,9 +33,7 @@ def test_plan_by_hand() -> None:
 
 
 def test_a_hot_key_caps_the_rate_by_hand() -> None:
-    a = Assumptions(
-        target_utilisation=0.5, hottest_key_share=0.05, key_ceiling_events_per_s=2000.0
-    )
+    a = Assumptions(target_utilisation=0.5, hottest_key_share=0.05, key_ceiling_events_per_s=2000.0)
     # One key at 50% of its 2,000 events/s ceiling = 1,000 events/s for a key with 5% of the
     # input: the input can reach 1,000 / 0.05 = 20,000 events/s.
     out = plan(10_000, a)
