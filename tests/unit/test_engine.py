@@ -36,6 +36,17 @@ def columns(rows, value_index):
     )
 
 
+def label_columns(labels):
+    """Labels (transaction id, time, terminal, is_fraud) as the engine takes them."""
+    return EventColumns(
+        np.array([x[0] for x in labels]),
+        np.array([""] * len(labels)),
+        np.array([x[2] for x in labels]),
+        np.array([x[1] for x in labels], dtype=np.int64),
+        np.array([x[3] for x in labels], dtype=np.float64),
+    )
+
+
 @settings(max_examples=150, deadline=None)
 @given(transactions, st.randoms(use_true_random=False), st.integers(0, 60))
 def test_engine_equals_brute_force(draw, rnd, split) -> None:
@@ -43,13 +54,7 @@ def test_engine_equals_brute_force(draw, rnd, split) -> None:
     rnd.shuffle(tx)  # arrival order must not matter
     labels = [(r[0], r[1], r[3], rnd.randint(0, 1)) for r in tx]
     expected = np.array(brute_force(tx, labels))
-    label_cols = EventColumns(
-        np.array([x[0] for x in labels]),
-        np.array([""] * len(labels)),
-        np.array([x[2] for x in labels]),
-        np.array([x[1] for x in labels], dtype=np.int64),
-        np.array([x[3] for x in labels], dtype=np.float64),
-    )
+    label_cols = label_columns(labels)
     batch = features_for(columns(tx, 4), labels=label_cols)
     assert batch.shape == (len(tx), len(MODEL_INPUTS))
     np.testing.assert_allclose(batch, expected, rtol=1e-12, atol=1e-9)
@@ -160,14 +165,7 @@ def test_queries_before_the_oldest_label_stay_within_their_entity() -> None:
     ]
     labels = [(x[0], x[1], x[3], int(x[3] == "A")) for x in tx[3:]]
     expected = np.array(brute_force(tx, labels))
-    label_cols = EventColumns(
-        np.array([x[0] for x in labels]),
-        np.array([""] * len(labels)),
-        np.array([x[2] for x in labels]),
-        np.array([x[1] for x in labels], dtype=np.int64),
-        np.array([float(x[3]) for x in labels]),
-    )
-    got = features_for(columns(tx, 4), labels=label_cols)
+    got = features_for(columns(tx, 4), labels=label_columns(labels))
     risk30 = MODEL_INPUTS.index("TERMINAL_ID_RISK_30DAY_WINDOW")
     assert got[2, risk30] == 0.0  # B's window (t-37d, t-7d] holds transaction 1, no fraud
     np.testing.assert_array_equal(got, expected)
