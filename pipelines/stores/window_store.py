@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, Protocol
 
 from pipelines.core.cells import NO_STREAM_WRITE, LabelCell, Summary, TxCell
@@ -123,17 +123,7 @@ class Writes:
     waits_remove: list[tuple[str, Sequence[str] | None]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return any(
-            (
-                self.buckets,
-                self.features,
-                self.heads,
-                self.archives,
-                self.ids,
-                self.waits_add,
-                self.waits_remove,
-            )
-        )
+        return any(getattr(self, f.name) for f in fields(self))
 
 
 class WindowStore(Protocol):
@@ -308,8 +298,7 @@ class InMemoryStore:
             if _newer(row["summary"], ts):
                 row["summary"] = (ts, w.summary)
         for entity, entity_id, head, timestamp in writes.heads:
-            held = self.heads.get((entity.name, entity_id))
-            if held is None or timestamp >= held[0]:
+            if _newer(self.heads.get((entity.name, entity_id)), timestamp):
                 self.heads[(entity.name, entity_id)] = (timestamp, head)
         for entity, entity_id, archive, _ in writes.archives:
             self.archives[(entity.name, entity_id)] = copy.deepcopy(archive)
