@@ -565,9 +565,10 @@ class TerminalWindowsFn(_EntityStageFn):
                 corrections.append(True)
         self._labels.inc(len(labels))
         terminal_matrix = _features_of(states, queries, TERMINAL_FEATURES)
-        revisions = np.empty(len(queries), dtype=np.int64)
-        for i, (terminal, tx) in enumerate(queries):
-            revisions[i] = self.revision_of(work[terminal].key)
+        revisions = np.array([self.revision_of(work[t].key) for t, _ in queries], dtype=np.int64)
+        # The batch's own transactions were stored above; the corrected ones get their revision.
+        for i in range(len(parts), len(queries)):
+            terminal, tx = queries[i]
             values, carried_revision = carried[i]
             states[terminal].put_tx(
                 tx.transaction_id,
