@@ -13,36 +13,59 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines.core.job_arguments import BadArguments, job_parser, stray_positionals
 from pipelines.options import RilletOptions, unknown_arguments
 from pipelines.streaming import DIRECT_RUNNERS, build_pipeline, input_subscriptions
 
-__all__ = ["pipeline_options", "run", "start_snapshot"]
+__all__ = [
+    "checked_options",
+    "pipeline_options",
+    "run",
+    "start_snapshot",
+    "unknown_argument_errors",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
 
 def pipeline_options(argv: Sequence[str]) -> PipelineOptions:
-    """Options for a streaming run; a wrong argument exits with argparse's message."""
+    """Options for a streaming run; a wrong argument exits with its message (exit code 2)."""
+    options, errors = checked_options(argv)
+    if errors:
+        for error in errors:
+            print(f"rillet run: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    return options
+
+
+def checked_options(argv: Sequence[str]) -> tuple[PipelineOptions, list[str]]:
+    """Options for a streaming run and what is wrong with them (unknown or stray arguments, an
+    unknown runner, values that do not fit together), as messages."""
+    stray = stray_positionals(argv)
+    try:
+        # Each value of its kind; paths are the launcher's to check ('rillet run' does).
+        job_parser(check_paths=False).parse_known_args(list(argv))
+    except BadArguments as exc:
+        return PipelineOptions([]), [str(exc)]
     options = PipelineOptions(list(argv))
     options.view_as(StandardOptions).streaming = True
     errors = options.view_as(RilletOptions).validate_local()
-    unknown = unknown_arguments(argv)
-    if unknown:
-        errors.append(
-            f"unknown argument(s) {' '.join(unknown)}{_closest(unknown)}; see 'rillet run --help'"
-        )
-    stray = stray_positionals(argv)
+    errors += unknown_argument_errors(argv)
     if stray:
         errors.append(
             f"unexpected argument(s) {' '.join(stray)}: options are --name=value (a value with "
             "spaces needs quotes)"
         )
     errors += _runner_errors(options.view_as(StandardOptions).runner)
-    if errors:
-        for error in errors:
-            print(f"rillet run: {error}", file=sys.stderr)
-        raise SystemExit(2)
-    return options
+    return options, errors
+
+
+def unknown_argument_errors(argv: Sequence[str]) -> list[str]:
+    """Flags no pipeline option declares, with the closest known one."""
+    unknown = unknown_arguments(argv)
+    if not unknown:
+        return []
+    return [f"unknown argument(s) {' '.join(unknown)}{_closest(unknown)}; see 'rillet run --help'"]
 
 
 def _closest(unknown: Sequence[str]) -> str:
@@ -71,19 +94,6 @@ def _runner_errors(runner: str | None) -> list[str]:
         f"did you mean --runner={close[0]}?" if close else f"expected one of {', '.join(_RUNNERS)}"
     )
     return [f"unknown runner {runner!r}; {hint}"]
-
-
-def stray_positionals(argv: Sequence[str]) -> list[str]:
-    """Words that are neither an option nor the value of the option before them (Beam logs and
-    drops them): ``--flag=value word`` or a first bare word."""
-    stray = []
-    previous = ""
-    for arg in argv:
-        takes_value = previous.startswith("--") and "=" not in previous
-        if not arg.startswith("-") and not takes_value:
-            stray.append(arg)
-        previous = arg
-    return stray
 
 
 def run(argv: Sequence[str] | None = None, wait: bool = True) -> Any:

@@ -13,6 +13,38 @@ import typer
 from pipelines.app.capacity import HOTTEST_KEY_SHARE
 from pipelines.app.errors import RUNTIME, UserError, existing_dir
 from pipelines.app.models_cli import models_app
+from pipelines.app.parsing import (
+    JOB_NAME,
+    PRESET,
+    PROJECT,
+    REGION,
+    REPOSITORY,
+    STATE_DIR,
+    SUBNETWORK,
+    TAG,
+    DatasetDir,
+    ModelDirIn,
+    ModelDirOut,
+    ProjectOption,
+    StateDir,
+    kind_of,
+    latest_dataset,
+    parse,
+)
+from pipelines.core.job_arguments import KIND, NAMESPACE, PUBSUB_NAME
+from pipelines.core.values import (
+    Bucket,
+    Choice,
+    Day,
+    Email,
+    InputDir,
+    InputFile,
+    Name,
+    OutputDir,
+    Text,
+    Version,
+    When,
+)
 
 app = typer.Typer(
     help="rillet: real-time ML on Apache Beam and Google Cloud (Pub/Sub -> Bigtable features -> "
@@ -27,8 +59,10 @@ app.add_typer(local_app, name="local")
 app.add_typer(models_app, name="models")
 
 _DATASET_FIX = "make a dataset with 'rillet simulate --output DIR' and pass --input DIR"
-
-StateDir = Annotated[Path, typer.Option(help="Where local state (pids, ports, logs) is kept.")]
+_FEATURES_FIX = (
+    "pass the features directory 'rillet backfill --output OUT' wrote (OUT/features), or a "
+    "dataset 'rillet simulate' wrote"
+)
 
 
 def _stack(state_dir: Path) -> Any:
@@ -38,33 +72,104 @@ def _stack(state_dir: Path) -> Any:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The ``rillet`` console script: the commands, with a UserError printed as one or two lines
-    and its exit code (``--debug``, anywhere on the line: the traceback instead)."""
+    """The ``rillet`` console script. A user's mistake is one line (or two: what is wrong, then
+    what to do) and an exit code, 2 for a wrong argument and 1 for the environment: a value typer
+    refuses (pipelines/app/parsing.py), a UserError a command raises, or a Google Cloud client's
+    error that only the environment explains (no credentials, a missing topic). Anything else is
+    a bug and keeps its traceback. ``--debug``, anywhere on the line, shows the traceback of a
+    mistake too, with the same exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     args = [a for a in args if a != "--debug"]
     words = [a for a in args if not a.startswith("-")]
     command = " ".join(words[:2] if words[:1] in (["local"], ["models"]) else words[:1])
-    args = spell_options(args)
+    args, typed = spell_options(args)
     try:
-        try:
-            app(args=args, prog_name="rillet")
-        except SystemExit:
-            if words[:1] == ["run"] and ("--help" in args or "-h" in args):
-                typer.echo(pipeline_options_help())
-            raise
-    except UserError as exc:
+        code = app(args=args, prog_name="rillet", standalone_mode=False, obj={"typed": typed})
+    except Exception as exc:
+        mistake = _as_user_error(exc)
+        if mistake is None:
+            raise  # a bug: its traceback
         if debug:
-            raise
-        for line in exc.lines(command):
+            import traceback
+
+            traceback.print_exc()
+        for line in mistake.lines(mistake.command if mistake.command is not None else command):
             typer.echo(line, err=True)
-        raise SystemExit(exc.exit_code) from None
+        raise SystemExit(mistake.exit_code) from None
+    if words[:1] == ["run"] and ("--help" in args or "-h" in args):
+        typer.echo(pipeline_options_help())
+    if code:
+        raise SystemExit(code)
 
 
-def spell_options(args: list[str]) -> list[str]:
+def _as_user_error(exc: BaseException) -> UserError | None:
+    """The user's mistake ``exc`` stands for, or None (a bug)."""
+    from typer._click.exceptions import BadParameter, ClickException, NoArgsIsHelpError, UsageError
+
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, NoArgsIsHelpError):
+        assert exc.ctx is not None
+        exc.ctx.get_help()  # typer's rich help prints itself
+        return UserError("a command is missing", "see the commands above")
+    if isinstance(exc, UsageError):
+        where = exc.ctx.command_path.partition(" ")[2] if exc.ctx else ""
+        message = exc.format_message()
+        if isinstance(exc, BadParameter):
+            opts = getattr(exc.param, "opts", None) or []
+            name = opts[0] if opts and opts[0].startswith("-") else getattr(exc.param, "name", "")
+            # rillet's kinds say "'value': expected ..."; typer's own types only what is wrong.
+            message = f"{name}{' ' if kind_of(exc.param) else ': '}{exc.message}"
+        kind = kind_of(getattr(exc, "param", None))
+        see = f"see 'rillet {where} --help'" if where else "see 'rillet --help'"
+        return UserError(message, kind.fix if kind and kind.fix else see).named(where)
+    if isinstance(exc, ClickException):
+        return UserError(exc.format_message())
+    return environment_error(exc)
+
+
+def environment_error(exc: BaseException) -> UserError | None:
+    """A Google Cloud client's error that only the environment explains, as one line (None for
+    any other error). Checked only against the client libraries already imported."""
+    auth = sys.modules.get("google.auth.exceptions")
+    if auth is not None and isinstance(exc, auth.DefaultCredentialsError):
+        return UserError(
+            "no Google Cloud credentials found (Application Default Credentials)",
+            "for the local emulators keep --project rillet-local (the default) after 'rillet "
+            "local up'; for Google Cloud run 'gcloud auth application-default login'",
+            RUNTIME,
+        )
+    api = sys.modules.get("google.api_core.exceptions")
+    if api is None:
+        return None
+    if isinstance(exc, api.NotFound):
+        return UserError(
+            f"not found: {exc.message}",
+            "check --project (a misspelt project shows up as a missing topic); 'rillet local "
+            "up' creates the local topics and subscriptions, terraform/ those on Google Cloud",
+            RUNTIME,
+        )
+    if isinstance(exc, api.PermissionDenied | api.Unauthenticated | api.Forbidden):
+        return UserError(
+            f"refused by Google Cloud: {exc.message}",
+            "check --project and the account's roles (README: the threat model)",
+            RUNTIME,
+        )
+    if isinstance(exc, api.ServiceUnavailable | api.DeadlineExceeded | api.RetryError):
+        return UserError(
+            f"Google Cloud (or the emulator) did not answer: {exc}",
+            "for the local emulators: 'rillet local status', then 'rillet local up'",
+            RUNTIME,
+        )
+    return None
+
+
+def spell_options(args: list[str]) -> tuple[list[str], dict[str, str]]:
     """One spelling per option, either accepted: rillet's own options are ``--model-dir``, Beam's
     (``run``'s and ``backfill``'s extra arguments) ``--model_dir``; the other spelling of
-    either is rewritten to it."""
+    either is rewritten to it. Also returns each rewritten flag's spelling as typed, for the
+    messages."""
     words = [a for a in args if not a.startswith("-")]
     command: Any = typer.main.get_command(app)
     for word in words[:2]:  # the command, or a group and its command ("local up")
@@ -72,27 +177,30 @@ def spell_options(args: list[str]) -> list[str]:
             break
         command = command.commands.get(word)
     if command is None:
-        return args
+        return args, {}
     own = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
     passthrough = bool(command.context_settings.get("allow_extra_args"))
-    out = []
+    out, typed = [], {}
     for arg in args:
         flag, eq, value = arg.partition("=")
         if flag.startswith("--") and flag not in own:
             dashed = flag.replace("_", "-")
             if dashed in own:
+                typed[dashed] = flag
                 flag = dashed
             elif passthrough:
-                flag = "--" + flag[2:].replace("-", "_")
+                spelt = "--" + flag[2:].replace("-", "_")
+                typed[spelt] = flag
+                flag = spelt
         out.append(flag + eq + value)
-    return out
+    return out, typed
 
 
 def pipeline_options_help() -> str:
     """The streaming job's own options (pipelines/options.py), for ``rillet run --help``."""
-    from pipelines.options import RilletOptions
+    from pipelines.core.job_arguments import job_parser
 
-    parser = RilletOptions.argument_parser(prog="rillet run")
+    parser = job_parser(prog="rillet run")
     return (
         "\nrillet's pipeline options (as Beam options, --name=value; any other Beam option, e.g. "
         "--runner, --project, is passed on):\n" + parser.format_help()
@@ -118,7 +226,7 @@ def use_local_stack(state_dir: Path) -> None:
 
 @local_app.command("up")
 def local_up(
-    state_dir: StateDir = Path(".rillet"),
+    state_dir: StateDir = STATE_DIR,
     pubsub_port: Annotated[int, typer.Option(min=1, max=65535)] = 8085,
     bigtable_port: Annotated[int, typer.Option(min=1, max=65535)] = 8086,
     datastore_port: Annotated[int, typer.Option(min=1, max=65535)] = 8081,
@@ -148,33 +256,37 @@ def local_up(
 
 
 @local_app.command("down")
-def local_down(state_dir: StateDir = Path(".rillet")) -> None:
+def local_down(state_dir: StateDir = STATE_DIR) -> None:
     """Stop the emulators that 'local up' started (and only those)."""
     for name, what in _stack(state_dir).down().items():
         typer.echo(f"{name}: {what}")
 
 
 @local_app.command("status")
-def local_status(state_dir: StateDir = Path(".rillet")) -> None:
+def local_status(state_dir: StateDir = STATE_DIR) -> None:
     """Show each emulator's port, whether it answers, and whether we started it."""
     typer.echo(json.dumps(_stack(state_dir).status(), indent=2))
 
 
 @app.command()
 def simulate(
-    output: Annotated[Path, typer.Option(help="Output directory for transactions/labels Parquet.")],
-    preset: Annotated[str, typer.Option(help="handbook | small | tiny")] = "small",
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            help="Output directory for transactions/labels Parquet. Default: "
+            "<state-dir>/data/<preset>.",
+            parser=parse(OutputDir("a directory for the dataset")),
+        ),
+    ] = None,
+    preset: Annotated[str, typer.Option(help="handbook | small | tiny", parser=PRESET)] = "small",
+    state_dir: StateDir = STATE_DIR,
 ) -> None:
-    """Generate the reference card-transaction dataset (the handbook simulator)."""
+    """Generate the reference card-transaction dataset (the handbook simulator;
+    docs/specs/reference-workload.md)."""
     from pipelines.app.simulator import PRESETS, write_dataset
     from pipelines.app.simulator import simulate as run_simulation
 
-    if preset not in PRESETS:
-        typer.echo(
-            f"rillet simulate: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}",
-            err=True,
-        )
-        raise typer.Exit(2)
+    output = output or state_dir / "data" / preset
     frame = run_simulation(PRESETS[preset])
     paths = write_dataset(frame, output)
     typer.echo(f"{len(frame):,} transactions, {int(frame.TX_FRAUD.sum()):,} frauds")
@@ -186,12 +298,29 @@ def simulate(
 def backfill(
     ctx: typer.Context,
     input: Annotated[
-        str, typer.Option(help="Directory (local or gs://) with transactions* and labels* files.")
-    ],
-    output: Annotated[str, typer.Option(help="Output directory (local or gs://).")],
+        str | None,
+        typer.Option(
+            help="Directory (local or gs://) with transactions* and labels* files. Default: the "
+            "newest dataset under <state-dir>/data.",
+            parser=parse(
+                InputDir(
+                    "dataset", "transactions* and labels* files", remote_ok=True, fix=_DATASET_FIX
+                )
+            ),
+        ),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            help="Output directory (local or gs://). Default: <state-dir>/backfill.",
+            parser=parse(OutputDir("a directory for the feature table", remote_ok=True)),
+        ),
+    ] = None,
     until: Annotated[
         str | None,
-        typer.Option(help="Only transactions before this UTC day/time (exclusive)."),
+        typer.Option(
+            help="Only transactions before this UTC day/time (exclusive).", parser=parse(When())
+        ),
     ] = None,
     to_bigtable: Annotated[
         bool,
@@ -200,7 +329,7 @@ def backfill(
         ),
     ] = False,
     shards: Annotated[int, typer.Option(min=1, help="Entity shards.")] = 8,
-    state_dir: StateDir = Path(".rillet"),
+    state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Compute the streaming features over history with Beam (point-in-time feature table as
     Parquet; optionally the Bigtable state). Extra arguments are Beam options, e.g.
@@ -208,6 +337,8 @@ def backfill(
     --direct_running_mode=multi_processing --direct_num_workers=2."""
     from pipelines.backfill.backfill import run as run_backfill
 
+    input = input or str(latest_dataset(state_dir))
+    output = output or str(state_dir / "backfill")
     source = existing_dir(
         input,
         "--input",
@@ -248,16 +379,20 @@ def backfill(
 @app.command()
 def train(
     features: Annotated[
-        Path, typer.Option(help="Feature table written by 'rillet backfill' (<output>/features).")
-    ],
-    model_dir: Annotated[Path, typer.Option(help="Versioned model directory.")] = Path(
-        "artifacts/models"
-    ),
+        Path | None,
+        typer.Option(
+            help="Feature table written by 'rillet backfill' (<output>/features), or a dataset "
+            "(its features computed here). Default: the newest dataset under <state-dir>/data.",
+            parser=parse(InputDir("features", "a feature table or a dataset", fix=_FEATURES_FIX)),
+        ),
+    ] = None,
+    model_dir: ModelDirOut = ".rillet/models",
     train_start: Annotated[
         str | None,
         typer.Option(
             help="First training day (YYYY-MM-DD). Default: the spec's 2018-07-25 when the table "
-            "covers the handbook protocol, else the table's last weeks."
+            "covers the handbook protocol, else the table's last weeks.",
+            parser=parse(Day()),
         ),
     ] = None,
     train_days: Annotated[int, typer.Option(min=1, help="Training days.")] = 7,
@@ -269,24 +404,24 @@ def train(
         str | None,
         typer.Option(
             help="Register the new version as champion | challenger | none. Default: champion "
-            "when the registry has none, else challenger."
+            "when the registry has none, else challenger.",
+            parser=parse(Choice(("champion", "challenger", "none"))),
         ),
     ] = None,
+    state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Train on a date range of the backfill table and export a versioned SavedModel + card,
     registered in the model directory's registry (see 'rillet models').
 
-    The protocol (../shared/specs/reference-dataset.md section 3): train on the training days,
+    The protocol (docs/specs/reference-workload.md): train on the training days,
     a 7-day delay, a 7-day test week. Model selection uses only validation folds that end before
     the test week; the test week is left for 'rillet evaluate'."""
     _quiet_tensorflow()
     from models.selection import GRID, QUICK_GRID, select_and_train
-    from pipelines.backfill.backfill import read_feature_table
+    from pipelines.app.features import load_features
 
-    if register not in (None, "champion", "challenger", "none"):
-        raise UserError(f"--register {register}: expected champion, challenger or none")
+    features = features or latest_dataset(state_dir)
     fix = "pass the features directory that 'rillet backfill --output OUT' wrote: OUT/features"
-    existing_dir(features, "--features", "the feature table's part-*.parquet files", fix)
     if (features / "manifest.json").exists() and (features / "features").is_dir():
         raise UserError(
             f"--features {features} is the backfill's output directory, not its feature table",
@@ -302,7 +437,7 @@ def train(
         role = register or ("challenger" if registry.pointer().champion else "champion")
     except RegistryError as exc:
         raise UserError(str(exc)) from exc
-    table = read_feature_table(features)
+    table = load_features(features)
     if table.empty:
         raise UserError(f"--features {features} has no rows", fix)
     try:
@@ -310,8 +445,7 @@ def train(
         grid = (QUICK_GRID if quick else GRID) if select else (GRID[0],)
         target, card = select_and_train(table, protocol, model_dir, grid)
     except ValueError as exc:
-        typer.echo(f"rillet train: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise UserError(str(exc)) from exc
     if role != "none":
         try:
             pointer = registry.register(target.name, as_=role)
@@ -336,18 +470,28 @@ def train(
 @app.command()
 def retrain(
     history: Annotated[
-        str,
+        str | None,
         typer.Option(
             help="Event history (local or gs://): the transactions*/labels* files 'rillet "
-            "simulate' writes, or a backfill feature table."
+            "simulate' writes, or a backfill feature table. Default: the newest dataset under "
+            "<state-dir>/data.",
+            parser=parse(
+                InputDir(
+                    "history",
+                    "event files or a backfill feature table",
+                    remote_ok=True,
+                    fix="pass the directory 'rillet simulate --output DIR' wrote",
+                )
+            ),
         ),
-    ],
-    model_dir: Annotated[str, typer.Option(help="The model registry's directory.")] = (
-        "artifacts/models"
-    ),
+    ] = None,
+    model_dir: ModelDirOut = ".rillet/models",
     now: Annotated[
         str | None,
-        typer.Option(help="Retraining time (ISO 8601). Default: the history's last transaction."),
+        typer.Option(
+            help="Retraining time (ISO 8601). Default: the history's last transaction.",
+            parser=parse(When()),
+        ),
     ] = None,
     train_days: Annotated[
         int,
@@ -360,12 +504,21 @@ def retrain(
         int, typer.Option(min=1, help="Latest labelled days the offline check scores.")
     ] = 7,
     register: Annotated[
-        str, typer.Option(help="Register the new version as challenger | champion | none.")
+        str,
+        typer.Option(
+            help="Register the new version as challenger | champion | none.",
+            parser=parse(Choice(("challenger", "champion", "none"))),
+        ),
     ] = "challenger",
     quick: Annotated[bool, typer.Option(help="A two-candidate grid (fast).")] = False,
     work_dir: Annotated[
-        str | None, typer.Option(help="Keep the backfill and the holdout fit here.")
+        str | None,
+        typer.Option(
+            help="Keep the backfill and the holdout fit here.",
+            parser=parse(OutputDir("a work directory", remote_ok=True)),
+        ),
     ] = None,
+    state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Continual learning, one step: point-in-time training data from the history up to now
     minus the label delay (the backfill: the streaming job's feature code), selection and
@@ -381,8 +534,7 @@ def retrain(
     from pipelines.app.retrain import retrain as run_retrain
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    if register not in ("champion", "challenger", "none"):
-        raise UserError(f"--register {register}: expected challenger, champion or none")
+    history = history or str(latest_dataset(state_dir))
     if not history.startswith("gs://"):
         existing_dir(
             Path(history),
@@ -480,33 +632,47 @@ def _protocol(table: Any, train_start: str | None, train_days: int) -> Any:
 
 @app.command()
 def evaluate(
-    features: Annotated[Path, typer.Option(help="Feature table written by 'rillet backfill'.")],
-    model_dir: Annotated[Path, typer.Option(help="Versioned model directory.")] = Path(
-        "artifacts/models"
-    ),
+    features: Annotated[
+        Path | None,
+        typer.Option(
+            help="Feature table written by 'rillet backfill', or a dataset (its features "
+            "computed here). Default: the newest dataset under <state-dir>/data.",
+            parser=parse(InputDir("features", "a feature table or a dataset", fix=_FEATURES_FIX)),
+        ),
+    ] = None,
+    model_dir: ModelDirIn = ".rillet/models",
     model_version: Annotated[
-        str, typer.Option(help="Version, or 'champion' / 'challenger' (the registry's), 'latest'.")
+        str,
+        typer.Option(
+            help="Version, or 'champion' / 'challenger' (the registry's), 'latest'.",
+            parser=parse(Version()),
+        ),
     ] = "champion",
     served: Annotated[
         bool,
         typer.Option(help="Also score the predictions the streaming pipeline stored in Datastore."),
     ] = True,
-    project: str = "rillet-local",
-    datastore_kind: str = "Prediction",
-    datastore_namespace: str = "",
-    report: Annotated[Path, typer.Option(help="Directory for the HTML report.")] = Path(
-        "artifacts/report"
-    ),
+    project: ProjectOption = "rillet-local",
+    datastore_kind: Annotated[str, typer.Option(parser=parse(KIND))] = "Prediction",
+    datastore_namespace: Annotated[str, typer.Option(parser=parse(NAMESPACE))] = "",
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Directory for the HTML report. Default: <state-dir>/report.",
+            parser=parse(OutputDir("a directory for the report")),
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     prediction_logs: Annotated[
         Path | None,
         typer.Option(
             help="Also write the test set's PredictionLogs (TFRecord) here, scored through "
             "tfx-bsl's RunInference handler on the serving_default signature (for TFMA, "
-            "monitoring baselines, retraining)."
+            "monitoring baselines, retraining).",
+            parser=parse(OutputDir("a directory for the prediction logs")),
         ),
     ] = None,
-    state_dir: StateDir = Path(".rillet"),
+    state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Score the test week once: AUC, AP, Card Precision@100 offline (backfill table) and as
     served (Datastore), score differences, feature consistency, and an HTML report."""
@@ -519,20 +685,19 @@ def evaluate(
     try:
         result = run_evaluation(
             EvaluationConfig(
-                feature_table=features,
-                model_dir=model_dir,
+                feature_table=features or latest_dataset(state_dir),
+                model_dir=Path(model_dir),
                 model_version=model_version,
                 served=served,
                 project=project,
                 kind=datastore_kind,
                 namespace=datastore_namespace or None,
-                report_dir=report,
+                report_dir=report or state_dir / "report",
                 prediction_logs=prediction_logs,
             )
         )
     except (ValueError, FileNotFoundError) as exc:
-        typer.echo(f"rillet evaluate: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise UserError(str(exc)) from exc
     _print_result(result, as_json)
     if served and not result.get("ok", False):
         raise typer.Exit(1)
@@ -563,18 +728,42 @@ def _print_result(result: dict[str, Any], as_json: bool) -> None:
 
 @app.command()
 def deploy(
-    project: Annotated[str, typer.Option(help="Google Cloud project.")],
-    region: Annotated[str, typer.Option(help="Dataflow and Artifact Registry region.")],
-    bucket: Annotated[str, typer.Option(help="Bucket for templates, staging, temp, models.")],
-    repository: Annotated[str, typer.Option(help="Artifact Registry repository id.")],
-    service_account: Annotated[str, typer.Option(help="Dataflow worker service account.")],
-    job_name: str = "rillet",
-    version: Annotated[str, typer.Option(help="Image and template version tag.")] = "dev",
-    model_dir: Annotated[str, typer.Option(help="Default: gs://<bucket>/models.")] = "",
-    model_version: str = "champion",
+    project: Annotated[str, typer.Option(help="Google Cloud project.", parser=parse(PROJECT))],
+    region: Annotated[
+        str, typer.Option(help="Dataflow and Artifact Registry region.", parser=parse(REGION))
+    ],
+    bucket: Annotated[
+        str,
+        typer.Option(
+            help="Bucket (its name, without gs://) for templates, staging, temp, models.",
+            parser=parse(Bucket()),
+        ),
+    ],
+    repository: Annotated[
+        str, typer.Option(help="Artifact Registry repository id.", parser=parse(REPOSITORY))
+    ],
+    service_account: Annotated[
+        str, typer.Option(help="Dataflow worker service account.", parser=parse(Email()))
+    ],
+    job_name: Annotated[str, typer.Option(parser=parse(JOB_NAME))] = "rillet",
+    version: Annotated[
+        str, typer.Option(help="Image and template version tag.", parser=parse(TAG))
+    ] = "dev",
+    model_dir: Annotated[
+        str,
+        typer.Option(
+            help="Default: gs://<bucket>/models.",
+            parser=parse(
+                Name(r"gs://[a-z0-9][-_.a-z0-9]{1,61}[a-z0-9](/.*)?", "a gs:// path", True)
+            ),
+        ),
+    ] = "",
+    model_version: Annotated[str, typer.Option(parser=parse(Version()))] = "champion",
     max_workers: Annotated[int, typer.Option(min=1)] = 10,
     num_workers: Annotated[int, typer.Option(min=1)] = 1,
-    subnetwork: Annotated[str | None, typer.Option(help="Subnetwork (no public IPs).")] = None,
+    subnetwork: Annotated[
+        str | None, typer.Option(help="Subnetwork (no public IPs).", parser=parse(SUBNETWORK))
+    ] = None,
     update: Annotated[
         bool, typer.Option(help="Replace the running job of this name, keeping its state.")
     ] = False,
@@ -610,8 +799,7 @@ def deploy(
     try:
         run_commands(commands)
     except DeployError as exc:
-        typer.echo(f"rillet deploy: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise UserError(str(exc), exit_code=RUNTIME) from exc
 
 
 @app.command()
@@ -656,12 +844,15 @@ def plan(
 
 @app.command("replay-eval")
 def replay_eval(
-    preset: Annotated[str, typer.Option(help="Simulator preset (handbook = the spec).")] = (
-        "handbook"
-    ),
-    work_dir: Annotated[Path, typer.Option(help="Data, models, logs, report.")] = Path(
-        ".rillet/replay-eval"
-    ),
+    preset: Annotated[
+        str, typer.Option(help="Simulator preset (handbook = the spec).", parser=PRESET)
+    ] = "handbook",
+    work_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Data, models, logs, report.", parser=parse(OutputDir("a work directory"))
+        ),
+    ] = Path(".rillet/replay-eval"),
     rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 400,
     timeout: Annotated[float, typer.Option(min=10, help="Seconds to wait for predictions.")] = (
         1800
@@ -674,14 +865,7 @@ def replay_eval(
     _quiet_tensorflow()
     from pipelines.app.local import StackError
     from pipelines.app.replay_eval import ReplayEvalConfig, run_replay_eval
-    from pipelines.app.simulator import PRESETS
 
-    if preset not in PRESETS:
-        typer.echo(
-            f"rillet replay-eval: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}",
-            err=True,
-        )
-        raise typer.Exit(2)
     try:
         result = run_replay_eval(
             ReplayEvalConfig(
@@ -689,8 +873,7 @@ def replay_eval(
             )
         )
     except (StackError, ValueError, TimeoutError) as exc:
-        typer.echo(f"rillet replay-eval: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise UserError(str(exc), exit_code=RUNTIME) from exc
     _print_result(result, as_json)
     if not result.get("ok", False):
         raise typer.Exit(1)
@@ -699,7 +882,7 @@ def replay_eval(
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def run(
     ctx: typer.Context,
-    state_dir: StateDir = Path(".rillet"),
+    state_dir: StateDir = STATE_DIR,
     emulators: Annotated[
         bool, typer.Option(help="Point the clients at the local emulators from 'rillet local up'.")
     ] = True,
@@ -715,42 +898,68 @@ def run(
     ] = 10.0,
 ) -> None:
     """Run the streaming pipeline. Extra arguments are Beam pipeline options, e.g.
-    --runner=DirectRunner --project=rillet-local --model_dir=artifacts/models (see
-    pipelines/options.py for the rillet options). On the DirectRunner the job keeps a recovery
+    --runner=DirectRunner --project=rillet-local --model_dir=.rillet/models (see
+    pipelines/options.py for the rillet options; --model_dir defaults to <state-dir>/models,
+    where 'make demo' registers its model). On the DirectRunner the job keeps a recovery
     checkpoint in <state-dir>/recovery/ unless --recovery_checkpoint says otherwise, and a
     monitoring snapshot in <state-dir>/monitor/ ('rillet monitor') unless --monitor_dir does."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    _quiet_tensorflow()
-    from pipelines.main import pipeline_options
-    from pipelines.main import run as run_pipeline
-    from pipelines.options import RilletOptions
-    from pipelines.streaming import DIRECT_RUNNERS
-
+    typed: dict[str, str] = (ctx.obj or {}).get("typed", {})
     argv = list(ctx.args)
     if not any(a.startswith("--project") for a in argv) and emulators:
         argv.append("--project=rillet-local")
-    options = pipeline_options(argv)
+    if not any(a.startswith("--model_dir") for a in argv):
+        argv.append(f"--model_dir={state_dir / 'models'}")
+    # The job's own arguments first, without Beam or TensorFlow: a malformed value is answered
+    # at once.
+    from pipelines.core.job_arguments import BadArguments, job_parser, stray_positionals
+
+    see = "see 'rillet run --help'"
+    try:
+        _, others = job_parser(check_paths=False).parse_known_args(argv)
+    except BadArguments as exc:
+        raise UserError(_as_typed(str(exc), typed), see) from None
+    stray = stray_positionals(argv)
+    if stray:
+        raise UserError(
+            f"unexpected argument(s) {' '.join(stray)}: options are --name=value (a value with "
+            "spaces needs quotes)"
+        )
+    if any(a.startswith("-") for a in others):  # Beam's options, or typos: Beam knows
+        from pipelines.main import unknown_argument_errors
+
+        for error in unknown_argument_errors(argv):
+            raise UserError(_as_typed(error.removesuffix(f"; {see}"), typed), see)
+    try:
+        known, _ = job_parser().parse_known_args(argv)  # now the paths too
+    except BadArguments as exc:
+        raise UserError(_as_typed(str(exc), typed), exc.fix or see) from None
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    from pipelines.main import checked_options
+    from pipelines.options import RilletOptions
+    from pipelines.streaming import DIRECT_RUNNERS
+
+    options, errors = checked_options(argv)
+    if errors:
+        raise UserError(_as_typed(errors[0], typed), "see 'rillet run --help'")
     problems = _model_errors(options.view_as(RilletOptions))
     if problems:
         raise UserError(problems[0])
-    checkpoint = options.view_as(RilletOptions).recovery_checkpoint
-    if not checkpoint and (options.view_as(StandardOptions).runner or "DirectRunner") in (
-        DIRECT_RUNNERS
-    ):
+    direct = (options.view_as(StandardOptions).runner or "DirectRunner") in DIRECT_RUNNERS
+    checkpoint = known.recovery_checkpoint
+    if not checkpoint and direct:
         checkpoint = str(state_dir / "recovery" / "checkpoint.json")
         argv.append(f"--recovery_checkpoint={checkpoint}")
-    if (
-        not options.view_as(RilletOptions).monitor_dir
-        and (options.view_as(StandardOptions).runner or "DirectRunner") in DIRECT_RUNNERS
-    ):
+    if not known.monitor_dir and direct:
         argv.append(f"--monitor_dir={state_dir / 'monitor'}")  # what 'rillet monitor' reads
     if not resume and checkpoint:
         Path(checkpoint).unlink(missing_ok=True)
     project = next((a.split("=", 1)[1] for a in argv if a.startswith("--project=")), "")
     if emulators and project == "rillet-local":
         use_local_stack(state_dir)
+    _quiet_tensorflow()
     from pipelines.app.job_status import ready_lines
+    from pipelines.main import run as run_pipeline
     from pipelines.transforms.inference import resolve_model
 
     opts = options.view_as(RilletOptions)
@@ -759,6 +968,13 @@ def run(
     for line in ready_lines(options, model.version):
         typer.echo(f"rillet run: {line}" if line.startswith("ready") else line)
     _watch(result, status_every)
+
+
+def _as_typed(message: str, typed: dict[str, str]) -> str:
+    """``message`` with each option spelt as the user typed it (spell_options rewrote it)."""
+    for spelt, original in typed.items():
+        message = message.replace(spelt, original)
+    return message
 
 
 def _quiet_tensorflow() -> None:
@@ -848,12 +1064,16 @@ def _model_errors(opts: Any) -> list[str]:
 MonitorDir = Annotated[
     Path | None,
     typer.Option(
-        help="The job's --monitor_dir. Default: <state-dir>/monitor ('rillet run' writes it)."
+        help="The job's --monitor_dir. Default: <state-dir>/monitor ('rillet run' writes it).",
+        parser=parse(OutputDir("the job's --monitor_dir")),
     ),
 ]
 AlertThresholds = Annotated[
     Path | None,
-    typer.Option(help="The job's --alert_thresholds file. Default: the packaged thresholds."),
+    typer.Option(
+        help="The job's --alert_thresholds file. Default: the packaged thresholds.",
+        parser=parse(InputFile("a JSON file of alert thresholds")),
+    ),
 ]
 
 
@@ -869,7 +1089,7 @@ def _monitor_thresholds(path: Path | None) -> Any:
 @app.command()
 def monitor(
     monitor_dir: MonitorDir = None,
-    state_dir: StateDir = Path(".rillet"),
+    state_dir: StateDir = STATE_DIR,
     refresh: Annotated[float, typer.Option(min=0.2, help="Seconds between two redraws.")] = 2.0,
     alerts: Annotated[int, typer.Option(min=0, help="Recent alerts shown.")] = 10,
     once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
@@ -895,9 +1115,13 @@ def monitor(
 @app.command()
 def report(
     monitor_dir: MonitorDir = None,
-    state_dir: StateDir = Path(".rillet"),
+    state_dir: StateDir = STATE_DIR,
     out: Annotated[
-        Path | None, typer.Option(help="Report directory. Default: <monitor-dir>/report.")
+        Path | None,
+        typer.Option(
+            help="Report directory. Default: <monitor-dir>/report.",
+            parser=parse(OutputDir("a directory for the report")),
+        ),
     ] = None,
     alert_thresholds: AlertThresholds = None,
 ) -> None:
@@ -921,28 +1145,30 @@ def report(
 
 @app.command()
 def publish(
-    input: Annotated[Path, typer.Option(help="Dataset directory written by 'rillet simulate'.")],
+    input: DatasetDir = None,
     rate: Annotated[
         float, typer.Option(min=0, help="Events per second (0: as fast as possible).")
     ] = 1000,
     limit: Annotated[int, typer.Option(min=0, help="Only the first N transactions (0: all).")] = 0,
     first_day: Annotated[
-        str | None, typer.Option(help="Only transactions from this UTC day (YYYY-MM-DD).")
+        str | None,
+        typer.Option(help="Only transactions from this UTC day (YYYY-MM-DD).", parser=parse(Day())),
     ] = None,
     last_day: Annotated[
-        str | None, typer.Option(help="Only transactions up to this UTC day, inclusive.")
+        str | None,
+        typer.Option(help="Only transactions up to this UTC day, inclusive.", parser=parse(Day())),
     ] = None,
     labels: Annotated[
         bool, typer.Option(help="Also publish the labels, 7 days of event time later.")
     ] = True,
-    project: str = "rillet-local",
-    state_dir: StateDir = Path(".rillet"),
+    project: ProjectOption = "rillet-local",
+    state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Replay a dataset to the transaction and label topics at a given rate."""
     from pipelines.app.publisher import publish_events, replay_events
     from pipelines.app.simulator import read_dataset
 
-    existing_dir(input, "--input", "transactions.parquet and labels.parquet", _DATASET_FIX)
+    input = input or latest_dataset(state_dir)
     if not (input / "transactions.parquet").exists() or not (input / "labels.parquet").exists():
         raise UserError(
             f"--input {input} has no transactions.parquet and labels.parquet", _DATASET_FIX
@@ -988,11 +1214,15 @@ def tail(
             help="key=value or key!=value on an attribute (risk_band, model_version, "
             "correction, schema_version, transaction_id); repeatable: different keys all hold, "
             "one key's values are alternatives.",
+            parser=parse(Text("key=value or key!=value")),
         ),
     ] = None,
     subscription: Annotated[
         str | None,
-        typer.Option(help="Read this subscription (default: a new tail-<random>, deleted after)."),
+        typer.Option(
+            help="Read this subscription (default: a new tail-<random>, deleted after).",
+            parser=parse(PUBSUB_NAME),
+        ),
     ] = None,
     limit: Annotated[int, typer.Option(min=0, help="Stop after N predictions (0: no limit).")] = 0,
     timeout: Annotated[
@@ -1001,11 +1231,11 @@ def tail(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the message data as JSON lines.")
     ] = False,
-    project: Annotated[
-        str, typer.Option(help="Google Cloud project (rillet-local: the local emulator).")
-    ] = "rillet-local",
-    topic: Annotated[str, typer.Option(help="The prediction topic.")] = "predictions",
-    state_dir: StateDir = Path(".rillet"),
+    project: ProjectOption = "rillet-local",
+    topic: Annotated[
+        str, typer.Option(help="The prediction topic.", parser=parse(PUBSUB_NAME))
+    ] = "predictions",
+    state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Follow the predictions as a downstream service does: subscribe (optionally filtered on
     the attributes), keep the highest revision per transaction, print each new prediction or
@@ -1020,11 +1250,17 @@ def tail(
 
 @app.command()
 def demo(
-    preset: Annotated[str, typer.Option(help="Simulator preset to replay.")] = "small",
-    rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 400,
-    work_dir: Annotated[Path, typer.Option(help="Where data, models, logs and state go.")] = Path(
-        ".rillet"
+    preset: Annotated[str, typer.Option(help="Simulator preset to replay.", parser=PRESET)] = (
+        "small"
     ),
+    rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 400,
+    work_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Where data, models, logs and state go.",
+            parser=parse(OutputDir("the local state folder")),
+        ),
+    ] = STATE_DIR,
     timeout: Annotated[
         float, typer.Option(min=10, help="Seconds to wait for all predictions.")
     ] = 600,
@@ -1033,21 +1269,13 @@ def demo(
     _quiet_tensorflow()
     from pipelines.app.demo import DemoConfig, run_demo
     from pipelines.app.local import StackError
-    from pipelines.app.simulator import PRESETS
 
-    if preset not in PRESETS:
-        typer.echo(
-            f"rillet demo: unknown preset {preset!r}; expected one of {', '.join(PRESETS)}",
-            err=True,
-        )
-        raise typer.Exit(2)
     try:
         summary = run_demo(
             DemoConfig(preset=preset, rate=rate, work_dir=work_dir, timeout_s=timeout)
         )
     except StackError as exc:
-        typer.echo(f"rillet demo: {exc}", err=True)
-        raise typer.Exit(1) from exc
+        raise UserError(str(exc), exit_code=RUNTIME) from exc
     if not summary["complete"]:
         raise typer.Exit(1)
 

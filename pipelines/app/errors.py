@@ -29,6 +29,12 @@ class UserError(Exception):
         self.message = message
         self.fix = fix
         self.exit_code = exit_code
+        self.command: str | None = None  # the command it is about, when the caller knows better
+
+    def named(self, command: str) -> UserError:
+        """This error, about ``command`` (``local up``; "" for rillet itself)."""
+        self.command = command
+        return self
 
     def lines(self, command: str) -> list[str]:
         head = f"rillet {command}: {self.message}" if command else f"rillet: {self.message}"

@@ -17,15 +17,16 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.app.errors import RUNTIME, UserError
+from pipelines.app.parsing import PROJECT, STATE_DIR, ModelDirIn, StateDir, parse
+from pipelines.core.job_arguments import NAMESPACE
+from pipelines.core.values import Choice, Version
 
 models_app = typer.Typer(
     help="The model registry: versions, champion, challenger, promotion.", no_args_is_help=True
 )
 
-ModelDir = Annotated[
-    str, typer.Option(help="Versioned model directory (local or gs://) with its registry.json.")
-]
-_MODEL_DIR = "artifacts/models"
+ModelDir = ModelDirIn
+_MODEL_DIR = ".rillet/models"
 _FIX = "train one with 'rillet train --features OUT/features --model-dir {}'"
 
 
@@ -167,7 +168,13 @@ def list_versions(
 
 @models_app.command()
 def show(
-    version: Annotated[str, typer.Argument(help="A version name (see 'rillet models list').")],
+    version: Annotated[
+        str,
+        typer.Argument(
+            help="A version (see 'rillet models list'), or champion, challenger, latest.",
+            parser=parse(Version()),
+        ),
+    ] = "champion",
     model_dir: ModelDir = _MODEL_DIR,
     as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON.")] = False,
 ) -> None:
@@ -184,10 +191,12 @@ def show(
 @models_app.command()
 def promote(
     version: Annotated[
-        str | None, typer.Argument(help="The new champion (default: the challenger).")
+        str | None,
+        typer.Argument(help="The new champion (default: the challenger).", parser=parse(Version())),
     ] = None,
     challenger: Annotated[
-        str | None, typer.Option(help="The new challenger, set in the same write.")
+        str | None,
+        typer.Option(help="The new challenger, set in the same write.", parser=parse(Version())),
     ] = None,
     no_challenger: Annotated[
         bool, typer.Option("--no-challenger", help="No challenger afterwards (the default).")
@@ -206,7 +215,9 @@ def promote(
 
 @models_app.command()
 def challenge(
-    version: Annotated[str | None, typer.Argument(help="The new challenger.")] = None,
+    version: Annotated[
+        str | None, typer.Argument(help="The new challenger.", parser=parse(Version()))
+    ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Retire the challenger.")] = False,
     model_dir: ModelDir = _MODEL_DIR,
 ) -> None:
@@ -233,14 +244,19 @@ def rollback(model_dir: ModelDir = _MODEL_DIR) -> None:
 
 @models_app.command()
 def policy(
-    mode: Annotated[str | None, typer.Option(help="manual | auto")] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="manual | auto", parser=parse(Choice(("manual", "auto"))))
+    ] = None,
     min_days: Annotated[
         int | None, typer.Option(min=1, help="Consecutive label days the challenger must win.")
     ] = None,
     margin: Annotated[
         float | None, typer.Option(help="By how much it must win each day (metric units).")
     ] = None,
-    metric: Annotated[str | None, typer.Option(help="ap | auc | cp100")] = None,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="ap | auc | cp100", parser=parse(Choice(("ap", "auc", "cp100")))),
+    ] = None,
     model_dir: ModelDir = _MODEL_DIR,
 ) -> None:
     """Show the promotion policy, or change fields of it."""
@@ -257,10 +273,14 @@ def policy(
 
 Project = Annotated[
     str,
-    typer.Option(help="Google Cloud project of the Datastore (rillet-local: the local emulator)."),
+    typer.Option(
+        help="Google Cloud project of the Datastore (rillet-local: the local emulator).",
+        parser=parse(PROJECT),
+    ),
 ]
-Namespace = Annotated[str, typer.Option(help="Datastore namespace (empty: default).")]
-StateDir = Annotated[Path, typer.Option(help="Where local state (pids, ports, logs) is kept.")]
+Namespace = Annotated[
+    str, typer.Option(help="Datastore namespace (empty: default).", parser=parse(NAMESPACE))
+]
 
 
 def _evaluations(model_dir: str, project: str, namespace: str, state_dir: Path) -> Any:
@@ -305,7 +325,7 @@ def compare(
     model_dir: ModelDir = _MODEL_DIR,
     project: Project = "rillet-local",
     datastore_namespace: Namespace = "",
-    state_dir: StateDir = Path(".rillet"),
+    state_dir: StateDir = STATE_DIR,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """The champion and the challenger per label day (online AUC, AP, CP@100, labelled
@@ -358,7 +378,7 @@ def auto_promote(
     model_dir: ModelDir = _MODEL_DIR,
     project: Project = "rillet-local",
     datastore_namespace: Namespace = "",
-    state_dir: StateDir = Path(".rillet"),
+    state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Apply the promotion policy once: promote the challenger if it won (see 'rillet models
     compare'), and say why or why not."""

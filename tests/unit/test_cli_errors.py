@@ -131,7 +131,7 @@ CASES = {
     "train, unknown --register": (
         ["train", "--features", "long", "--register", "boss"],
         2,
-        ["--register boss: expected champion, challenger or none"],
+        ["--register 'boss': expected one of champion, challenger, none"],
     ),
     "train, data too short for the protocol": (
         ["train", "--features", "short"],
@@ -151,7 +151,7 @@ CASES = {
     "run, the other spelling of an option": (
         ["run", "--model-dir=nonexistent", "--state-dir", "state"],
         2,
-        ["--model_dir nonexistent: no such directory"],
+        ["--model-dir nonexistent: no such directory"],  # as typed
     ),
     "run, missing model directory": (
         ["run", "--model_dir=nonexistent", "--state-dir", "state"],
@@ -209,7 +209,7 @@ CASES = {
     "models, bad policy": (
         ["models", "policy", "--metric", "f1", "--model-dir", "reg"],
         2,
-        ["policy metric 'f1': expected one of ap, auc, cp100"],
+        ["--metric 'f1': expected one of ap, auc, cp100"],
     ),
     "models compare, emulators down": (
         ["models", "compare", "--model-dir", "reg", "--state-dir", "state"],
@@ -224,7 +224,7 @@ CASES = {
     "retrain, unknown role": (
         ["retrain", "--history", "data", "--register", "boss", "--model-dir", "reg"],
         2,
-        ["--register boss: expected challenger, champion or none"],
+        ["--register 'boss': expected one of challenger, champion, none"],
     ),
     "run, emulators down": (
         ["run", "--model_dir=models", "--state-dir", "state"],
@@ -257,10 +257,13 @@ def test_run_help_lists_the_pipeline_options(work: Path) -> None:
         assert option in result.stdout, option
 
 
-def test_debug_shows_the_traceback(work: Path) -> None:
-    result = rillet("--debug", "backfill", "--input", "/nonexistent", "--output", "x", cwd=work)
-    assert result.returncode != 0
-    assert "Traceback" in result.stderr and "UserError" in result.stderr
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(work: Path) -> None:
+    args = ["backfill", "--input", "/nonexistent", "--output", "x"]
+    plain = rillet(*args, cwd=work)
+    result = rillet("--debug", *args, cwd=work)
+    assert plain.returncode == result.returncode == 2
+    assert "Traceback" in result.stderr and "BadParameter" in result.stderr
+    assert result.stderr.strip().splitlines()[-2:] == plain.stderr.strip().splitlines()
 
 
 def test_the_console_script_is_the_wrapper() -> None:

@@ -1,0 +1,158 @@
+"""Every ``rillet`` option's value kind, for typer, and the local state folder's defaults.
+
+Options declare their value with ``typer.Option(parser=parse(KIND))`` (or one of the aliases
+below), so typer refuses a malformed value while it reads the command line, before a command
+imports Beam or TensorFlow; ``pipelines.app.cli.main`` prints the refusal as one line. The kinds
+are pipelines/core/values.py, shared with the streaming job's own arguments.
+
+The local state folder (``.rillet``, ``--state-dir``) holds what ``make demo`` makes and every
+command reads by default: ``data/<preset>/`` (datasets), ``models/`` (versions and registry),
+``monitor/`` (the job's snapshots, one history per run), ``logs/``, ``recovery/``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from pipelines.core.values import (
+    BadValue,
+    Choice,
+    InputDir,
+    Name,
+    OutputDir,
+    Project,
+    Value,
+    Version,
+)
+
+__all__ = [
+    "JOB_NAME",
+    "PRESET",
+    "PROJECT",
+    "REGION",
+    "REPOSITORY",
+    "STATE_DIR",
+    "SUBNETWORK",
+    "TAG",
+    "DatasetDir",
+    "ModelDirIn",
+    "ModelDirOut",
+    "ProjectOption",
+    "StateDir",
+    "VersionArg",
+    "kind_of",
+    "latest_dataset",
+    "parse",
+]
+
+STATE_DIR = Path(".rillet")
+MODELS = ".rillet/models"
+
+
+def parse(kind: Value) -> Callable[[Any], Any]:
+    """A typer ``parser`` for values of ``kind``: a malformed one is typer's BadParameter (a
+    usage error, exit 2) carrying the kind's message."""
+
+    def convert(text: Any) -> Any:
+        try:
+            return kind(text)
+        except BadValue as exc:
+            raise typer.BadParameter(str(exc)) from None
+
+    convert.value_kind = kind  # type: ignore[attr-defined]  # for kind_of
+    return convert
+
+
+def kind_of(param: Any) -> Value | None:
+    """The value kind a typer parameter declares (None: typer's own int, float, bool ...)."""
+    info = getattr(getattr(param, "type_descriptor", None), "parameter_info", None)
+    return getattr(getattr(info, "parser", None), "value_kind", None)
+
+
+PRESET = parse(Choice(("handbook", "small", "tiny")))  # pipelines/app/simulator.py PRESETS
+PROJECT = Project()
+REGION = Name(r"[a-z]+-[a-z]+[0-9]+", "a Google Cloud region, e.g. europe-west1")
+REPOSITORY = Name(r"[a-z][-a-z0-9]{0,62}", "an Artifact Registry repository id (lowercase)")
+JOB_NAME = Name(r"[a-z]([-a-z0-9]{0,62}[a-z0-9])?", "a Dataflow job name (lowercase, digits, -)")
+TAG = Name(r"[A-Za-z0-9_][-A-Za-z0-9_.]{0,127}", "an image tag (letters, digits, _ . -)")
+SUBNETWORK = Name(
+    r"(https://www\.googleapis\.com/compute/v1/)?(projects/[^/\s]+/)?regions/[a-z0-9-]+/"
+    r"subnetworks/[a-z]([-a-z0-9]*[a-z0-9])?",
+    "a subnetwork as regions/REGION/subnetworks/NAME (or its full URL)",
+)
+
+StateDir = Annotated[
+    Path,
+    typer.Option(
+        help="The local state folder: data, models and registry, monitoring, logs, the "
+        "emulators' pids and ports.",
+        parser=parse(OutputDir("a directory for rillet's local state")),
+    ),
+]
+ModelDirIn = Annotated[
+    str,
+    typer.Option(
+        help="The model directory (local or gs://): versions and registry.json.",
+        parser=parse(
+            InputDir(
+                "models",
+                "a model directory (<version>/saved_model, registry.json)",
+                remote_ok=True,
+                fix="'make demo' or 'rillet train' makes one in .rillet/models",
+            )
+        ),
+    ),
+]
+ModelDirOut = Annotated[
+    str,
+    typer.Option(
+        help="The model directory (local or gs://) the new version and registry go to.",
+        parser=parse(OutputDir("a directory for model versions", remote_ok=True)),
+    ),
+]
+DatasetDir = Annotated[
+    Path | None,
+    typer.Option(
+        help="A dataset directory written by 'rillet simulate' (transactions/labels Parquet). "
+        "Default: the newest under <state-dir>/data (what 'make demo' made).",
+        parser=parse(
+            InputDir(
+                "dataset",
+                "a dataset directory written by 'rillet simulate'",
+                fix="make a dataset with 'rillet simulate --output DIR' and pass --input DIR",
+            )
+        ),
+    ),
+]
+ProjectOption = Annotated[
+    str,
+    typer.Option(
+        help="Google Cloud project (rillet-local: the local emulators).", parser=parse(PROJECT)
+    ),
+]
+VersionArg = Annotated[
+    str,
+    typer.Argument(
+        help="A model version, or champion, challenger, latest.", parser=parse(Version())
+    ),
+]
+
+
+def latest_dataset(state_dir: Path) -> Path:
+    """The newest dataset under ``<state_dir>/data`` (the demo's), for commands given none."""
+    from pipelines.app.errors import UserError
+
+    found = sorted(
+        (d for d in (state_dir / "data").glob("*") if (d / "transactions.parquet").exists()),
+        key=lambda d: (d / "transactions.parquet").stat().st_mtime,
+    )
+    if not found:
+        raise UserError(
+            f"no dataset in {state_dir / 'data'} (and no --input)",
+            "run 'make demo' (or 'rillet simulate --output DIR') and pass --input DIR",
+        )
+    return found[-1]
