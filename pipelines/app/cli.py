@@ -915,7 +915,9 @@ def run(
 
     see = "see 'rillet run --help'"
     try:
-        _, others = job_parser(check_paths=False).parse_known_args(argv)
+        # The user's own other flags (not the defaults added above): Beam's options, or typos.
+        _, others = job_parser(check_paths=False).parse_known_args(list(ctx.args))
+        job_parser(check_paths=False).parse_known_args(argv)
     except BadArguments as exc:
         raise UserError(_as_typed(str(exc), typed), see) from None
     stray = stray_positionals(argv)
@@ -924,7 +926,7 @@ def run(
             f"unexpected argument(s) {' '.join(stray)}: options are --name=value (a value with "
             "spaces needs quotes)"
         )
-    if any(a.startswith("-") for a in others):  # Beam's options, or typos: Beam knows
+    if any(a.startswith("-") for a in others):  # only Beam knows its own
         from pipelines.main import unknown_argument_errors
 
         for error in unknown_argument_errors(argv):

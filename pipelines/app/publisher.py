@@ -112,6 +112,10 @@ def publish_events(
     publisher = pubsub_v1.PublisherClient(
         batch_settings=pubsub_v1.types.BatchSettings(max_messages=500, max_latency=0.01)
     )
+    for topic in sorted(set(topics.values())):
+        # A missing topic (a misspelt project shows up as one) is a NotFound here, at once,
+        # not from a publish future after the replay started.
+        publisher.get_topic(topic=topic)
     futures = []
     sent = 0
     try:
