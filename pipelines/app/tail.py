@@ -264,6 +264,7 @@ def _open_subscription(subscriber: Any, config: TailConfig) -> _Subscription:
             f"topic {topic} does not exist",
             "check --topic and --project (locally, 'rillet local up' creates the topic "
             "'predictions')",
+            RUNTIME,
         ) from exc
     except exceptions.AlreadyExists as exc:  # a random name taken, or a race on --subscription
         raise UserError(f"subscription {path} already exists", "run again", RUNTIME) from exc
