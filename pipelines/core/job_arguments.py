@@ -37,8 +37,7 @@ __all__ = [
 DIRECT_KEY_BUCKETS = 64
 
 PUBSUB_NAME = Name(
-    r"(projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/(topics|subscriptions)/)?"
-    r"[A-Za-z][-A-Za-z0-9_.~+%]{2,254}",
+    r"projects/[^/\s]+/(topics|subscriptions)/[^/\s]+|[A-Za-z][-A-Za-z0-9_.~+%]{2,254}",
     "a Pub/Sub topic or subscription: a short name (letters, digits, - _ . ~ + %; 3-255) "
     "or projects/P/topics/NAME",
 )

@@ -388,7 +388,7 @@ def _writable_dir(text: str, path: Path, expected: str) -> None:
     if blocked is not None:
         raise BadValue(f"{text}: {blocked} is a file, not a directory; expected {expected}")
     if path.exists() and not path.is_dir():
-        raise BadValue(f"{text}: {path} is a file, not a directory; expected {expected}")
+        raise BadValue(f"{text} is a file, not a directory; expected {expected}")
     try:
         path.mkdir(parents=True, exist_ok=True)
         # Permission bits do not stop root (CI) and /proc-like places refuse at write time.

@@ -66,9 +66,9 @@ def test_cli_dry_run_prints_the_commands() -> None:
         app,
         [
             "deploy",
-            "--project=p",
+            "--project=my-project",
             "--region=europe-west1",
-            "--bucket=b",
+            "--bucket=my-bucket",
             "--repository=rillet",
             "--service-account=dataflow@p.iam.gserviceaccount.com",
             "--dry-run",

@@ -87,9 +87,9 @@ def test_compare_and_auto_promote(models: Path, monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(datastore, "Client", client)
     registry = ModelRegistry(d)
     registry.challenge("v2")
-    common = ("--model-dir", d, "--project", "p", "--datastore-namespace", "ns")
+    common = ("--model-dir", d, "--project", "my-project", "--datastore-namespace", "ns")
     out = rillet("models", "compare", *common).output
-    assert made == [{"project": "p", "namespace": "ns"}]
+    assert made == [{"project": "my-project", "namespace": "ns"}]
     assert "2024-05-03" in out and "0.5500" in out and "1,000" in out
     assert "decision: keep:" in out and "the policy is manual" in out
     out = rillet("models", "auto-promote", *common).output

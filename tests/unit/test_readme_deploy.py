@@ -32,8 +32,8 @@ def _repo_paths() -> set[str]:
     paths = set()
     pattern = r"[\w.-]*[\w-]+/[\w./-]+|[\w-]+\.(?:tf|json|py|example|md)\b"
     for token in re.findall(pattern, CODE_TEXT):
-        if token.startswith(("gs:", "artifacts/", "environments/")) or "://" in token:
-            continue  # artifacts/ is made by training; environments/ is relative to terraform/
+        if token.startswith(("gs:", ".rillet/", "environments/")) or "://" in token:
+            continue  # .rillet/ is made by the demo; environments/ is relative to terraform/
         paths.add(token.rstrip("/."))
     return paths
 
