@@ -413,7 +413,7 @@ def train(
     """Train on a date range of the backfill table and export a versioned SavedModel + card,
     registered in the model directory's registry (see 'rillet models').
 
-    The protocol (docs/specs/reference-workload.md): train on the training days,
+    The protocol (docs/specs/reference-workload.md section 3): train on the training days,
     a 7-day delay, a 7-day test week. Model selection uses only validation folds that end before
     the test week; the test week is left for 'rillet evaluate'."""
     _quiet_tensorflow()
