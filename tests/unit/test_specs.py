@@ -321,3 +321,17 @@ def test_no_reference_points_outside_the_repository() -> None:
         if outside.search(line)
     ]
     assert found == []
+
+
+def test_messages_spec_names_the_local_project_resources_and_variables() -> None:
+    """messages.md's "Where" names the local project, every topic and subscription the local
+    stack creates and every variable 'rillet local up' prints."""
+    from pipelines.app.local import DEFAULT_PORTS, Topology, emulator_env
+    from pipelines.options import LOCAL_PROJECT
+
+    names = backticked(spec("messages.md").split("## Where", 1)[1].split("\n## ", 1)[0])
+    topology = Topology()
+    assert topology.project == LOCAL_PROJECT and LOCAL_PROJECT in names
+    for subscription, topic in topology.subscriptions().items():
+        assert {subscription, topic} <= names
+    assert set(emulator_env(DEFAULT_PORTS)) <= names
