@@ -141,3 +141,42 @@ def test_rillet_run_refuses_a_second_job_on_the_table(
     assert RESOURCE in lines[0]
     assert "Traceback" not in done.stderr and len(lines) == 2
     assert checkpoint.exists()
+
+
+def test_a_local_run_holds_its_jobs_table_until_it_stops(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The demo's job (LocalRun.start_job) holds its table as 'rillet run' does, so a 'rillet
+    run' on the same state folder and table is refused while the demo runs."""
+    from pipelines.app import local_run
+
+    class FakeJob:
+        def __init__(self, args: list[str], log_path: Path) -> None:
+            self.args = args
+
+        def start(self) -> FakeJob:
+            return self
+
+        def stop(self) -> None:
+            pass
+
+    monkeypatch.setattr(local_run, "StreamingJob", FakeJob)
+    run = local_run.LocalRun(tmp_path, private=False)
+    monkeypatch.setattr(run, "watch", lambda: None)
+    monkeypatch.setattr(run, "stop_monitors", lambda: None)
+    run.start_job(["--model_dir=m"])
+    with (
+        pytest.raises(UserError, match=f"pid {os.getpid()}.*{RESOURCE}"),
+        hold_table_lock(tmp_path, *TABLE),
+    ):
+        pytest.fail("the demo's table was taken")
+    run.stop()
+    with hold_table_lock(tmp_path, *TABLE):
+        pass
+    # A job on a table of its own (--bigtable_table in its arguments) holds that one.
+    run.start_job(["--bigtable_table=mine"])
+    with hold_table_lock(tmp_path, *TABLE):
+        pass
+    with pytest.raises(UserError), hold_table_lock(tmp_path, "rillet-local", "rillet", "mine"):
+        pytest.fail("the job's own table was taken")
+    run.stop()
