@@ -2,7 +2,7 @@
 
 This is the baseline ``make bench-backfill`` compares the Beam backfill with: per entity, sort by
 time, and take time-based ``rolling(f"{n}D")`` counts and sums on the transaction time
-(reference-dataset.md section 2, pipelines/core/definitions.py for names and order):
+(docs/specs/reference-workload.md section 2, pipelines/core/definitions.py for names and order):
 
 * TX_DURING_WEEKEND, TX_DURING_NIGHT: from the transaction's UTC time (Saturday/Sunday; hour <= 6).
 * CUSTOMER_ID_NB_TX_{n}DAY_WINDOW, CUSTOMER_ID_AVG_AMOUNT_{n}DAY_WINDOW: count and mean amount of

@@ -1,4 +1,4 @@
-"""The reference evaluation protocol and its metrics (../shared/specs/reference-dataset.md, §3).
+"""The reference evaluation protocol and its metrics (docs/specs/reference-workload.md, §3).
 
 Dates are calendar days (UTC) of TX_DATETIME, written as ISO strings "YYYY-MM-DD"; every range is
 inclusive at both ends. The protocol is three consecutive blocks of days::

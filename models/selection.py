@@ -1,6 +1,6 @@
 """Model selection on validation weeks only, then one final fit on the training week.
 
-The evaluation protocol (models.evaluation.Protocol, ../shared/specs/reference-dataset.md
+The evaluation protocol (models.evaluation.Protocol, docs/specs/reference-workload.md
 section 3) reserves the test week: it is scored once, by ``rillet evaluate``, with the model
 chosen here. Selection uses the protocol's validation folds, which mirror its layout (a training
 week, a delay week, a validation week) shifted back so that every fold ends before the test week

@@ -413,7 +413,7 @@ def train(
     """Train on a date range of the backfill table and export a versioned SavedModel + card,
     registered in the model directory's registry (see 'rillet models').
 
-    The protocol (docs/specs/reference-workload.md): train on the training days,
+    The protocol (docs/specs/reference-workload.md section 3): train on the training days,
     a 7-day delay, a 7-day test week. Model selection uses only validation folds that end before
     the test week; the test week is left for 'rillet evaluate'."""
     _quiet_tensorflow()
@@ -935,7 +935,7 @@ def run(
         known, _ = job_parser().parse_known_args(argv)  # now the paths too
     except BadArguments as exc:
         raise UserError(_as_typed(str(exc), typed), exc.fix or see) from None
-    from apache_beam.options.pipeline_options import StandardOptions
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
 
     from pipelines.main import checked_options
     from pipelines.options import RilletOptions
@@ -948,6 +948,14 @@ def run(
     if problems:
         raise UserError(problems[0])
     direct = (options.view_as(StandardOptions).runner or "DirectRunner") in DIRECT_RUNNERS
+    if direct:
+        # One local job per feature table, held until the command returns (or the process dies);
+        # taken before --no-resume deletes a checkpoint a running job may be using.
+        from pipelines.app.job_lock import hold_table_lock
+
+        project_id = options.view_as(GoogleCloudOptions).project or ""
+        table = (project_id, known.bigtable_instance, known.bigtable_table)
+        ctx.with_resource(hold_table_lock(state_dir, *table))
     checkpoint = known.recovery_checkpoint
     if not checkpoint and direct:
         checkpoint = str(state_dir / "recovery" / "checkpoint.json")

@@ -182,8 +182,16 @@ def free_port() -> int:
 
 
 def emulator_env(ports: dict[str, int]) -> dict[str, str]:
-    """The *_EMULATOR_HOST variables that point the Google Cloud clients at the emulators."""
-    return {ENV_VARS[name]: f"{HOST}:{port}" for name, port in ports.items()}
+    """The *_EMULATOR_HOST variables that point the Google Cloud clients at the emulators, and
+    with the Datastore emulator its default project, the local one (``rillet-local``)."""
+    env = {ENV_VARS[name]: f"{HOST}:{port}" for name, port in ports.items()}
+    if "datastore" in ports:
+        # A Datastore client made without a project takes it from these (as after gcloud's
+        # `emulators datastore env-init`): DATASTORE_PROJECT_ID for most languages' clients,
+        # DATASTORE_DATASET for Python's google-cloud-datastore, which reads only that one.
+        env["DATASTORE_PROJECT_ID"] = LOCAL_PROJECT
+        env["DATASTORE_DATASET"] = LOCAL_PROJECT
+    return env
 
 
 class LocalStack:

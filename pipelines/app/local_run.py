@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.app.job_lock import hold_table_lock
 from pipelines.app.local import (
     DEFAULT_PORTS,
     LocalStack,
@@ -222,6 +223,9 @@ class LocalRun:
         self._publisher: threading.Thread | None = None
         self._replay_start: float | None = None
         self._exit = ExitStack()
+        # The feature table's job lock, from the first start_job to stop(): as for 'rillet run',
+        # one local job per table (a demo's job and a 'rillet run' in another terminal).
+        self._table_lock: ExitStack | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -295,7 +299,17 @@ class LocalRun:
         """Starts ``python -m pipelines.main`` (DirectRunner) as a child process logging to
         ``log_path``, with ``job_args()`` and ``args``. ``job.start()`` restarts it after a
         kill (the log is appended to)."""
-        self.job = StreamingJob([*self.job_args(), *args], self.log_path).start()
+        argv = [*self.job_args(), *args]
+        if self._table_lock is None:
+            tables = [a.split("=", 1)[1] for a in argv if a.startswith("--bigtable_table=")]
+            topo = self.topology
+            table = tables[-1] if tables else topo.bigtable_table
+            lock = ExitStack()
+            lock.enter_context(
+                hold_table_lock(self.stack.state_dir, topo.project, topo.bigtable_instance, table)
+            )
+            self._table_lock = lock
+        self.job = StreamingJob(argv, self.log_path).start()
         self.watch()
         return self.job
 
@@ -347,6 +361,9 @@ class LocalRun:
         time.sleep(settle_s)
         if self.job is not None:
             self.job.stop()
+        if self._table_lock is not None:
+            self._table_lock.close()
+            self._table_lock = None
         if self.result is not None:
             self.result.cancel()
             self.result = None

@@ -2,7 +2,7 @@
 
 This regenerates, row for row, the synthetic dataset of the open book *Reproducible Machine
 Learning for Credit Card Fraud Detection - Practical Handbook*, following the description in
-``/work/shared/specs/reference-dataset.md`` section 1 (the book's own code is GPL and is not used).
+``docs/specs/reference-workload.md`` section 1 (the book's own code is GPL and is not used).
 
 The published dataset (preset ``"handbook"``: 5,000 customers, 10,000 terminals, 183 days from
 2018-04-01, radius 5) has 1,754,155 transactions and 14,681 frauds. Smaller presets exist for demos

@@ -4,7 +4,7 @@ Training (batch), backfill and the streaming pipeline all read this module: the 
 names and order, the windows the engine computes and the Bigtable qualifiers the feature store
 writes come from ``FEATURES`` and nowhere else.
 
-Semantics (the reference workload, ../shared/specs/reference-dataset.md section 2): for a
+Semantics (the reference workload, docs/specs/reference-workload.md section 2): for a
 transaction at time t, a window feature with window w and delay d aggregates the entity's events
 with time in (t - d - w, t - d]. With no delay the current transaction is included, and of
 several transactions at exactly t only those "before or equal" in tie order (lower id first).

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_rillet_run_prints_its_ready_line_and_status(local_run, model_dir, tiny_frame) -> None:  # type: ignore[no-untyped-def]
+    from pipelines.app.job_lock import hold_table_lock
     from pipelines.app.local import create_resources
     from pipelines.app.publisher import publish_events, replay_events
 
@@ -102,12 +103,38 @@ def test_rillet_run_prints_its_ready_line_and_status(local_run, model_dir, tiny_
             ),
             "status line counting the 5 transactions and their predictions",
         )
+        # A second job on this table is refused while this one runs (one job per table).
+        second = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pipelines.app.cli",
+                "run",
+                "--state-dir",
+                str(local_run.stack.state_dir),
+                f"--model_dir={model_dir}",
+                f"--bigtable_table={topo.bigtable_table}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert second.stderr.startswith(f"rillet run: another rillet job (pid {proc.pid}, ")
+        assert "Traceback" not in second.stderr
         # A plain kill (SIGTERM) stops the job as Ctrl-C does, with a last word.
         proc.terminate()
         assert proc.wait(timeout=60) == 0, "".join(lines)[-3000:]
         reader.join(timeout=10)
         assert lines[-1].startswith("rillet run: stopped"), "".join(lines)[-3000:]
         assert "oneDNN" not in "".join(lines) and "absl::InitializeLog" not in "".join(lines)
+        # The table is free again once the job has stopped.
+        with hold_table_lock(
+            local_run.stack.state_dir, topo.project, topo.bigtable_instance, topo.bigtable_table
+        ):
+            pass
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -251,3 +251,87 @@ def test_registry_spec_lists_the_pointer_keys_history_actions_and_policy(tmp_pat
     assert set(model_registry.DEFAULT_POLICY) <= backticked(policy)
     assert set(model_registry.METRICS) <= backticked(policy)
     assert f"`{model_registry.EVALUATION_KIND}`" in text
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    """The cells of a Markdown table's body rows (those starting with a backticked name)."""
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in section.splitlines()
+        if line.startswith("| `")
+    ]
+
+
+def test_reference_workload_spec_lists_the_presets_inputs_and_protocol() -> None:
+    """reference-workload.md's presets table is PRESETS (and the tests' golden counts), its
+    inputs table is MODEL_INPUTS in order, its handbook dates and folds are the Protocol's."""
+    from models.evaluation import Protocol
+    from pipelines.app.simulator import PRESETS
+    from pipelines.core.definitions import LABEL_DELAY_DAYS
+    from tests.unit.test_simulator import GOLDEN
+
+    text = spec("reference-workload.md")
+    presets = text.split("### Parameters and presets", 1)[1].split("\n### ", 1)[0]
+    rows = {row[0].strip("`"): row[1:] for row in _table_rows(presets)}
+    assert set(rows) == set(PRESETS)
+    for name, config in PRESETS.items():
+        customers, terminals, days, start, radius, transactions, frauds = rows[name]
+        listed = (int(customers.replace(",", "")), int(terminals.replace(",", "")), int(days))
+        assert listed == (config.n_customers, config.n_terminals, config.n_days), name
+        assert (start, float(radius)) == (config.start_date, config.radius), name
+        if name in GOLDEN:
+            counts = (int(transactions.replace(",", "")), int(frauds.replace(",", "")))
+            assert counts == GOLDEN[name][:2], name
+
+    inputs = text.split("## 2. The 15 model inputs", 1)[1].split("\n## ", 1)[0]
+    assert tuple(row[0].strip("`") for row in _table_rows(inputs)) == MODEL_INPUTS
+    assert len(MODEL_INPUTS) == 15
+    assert f"delayed by {LABEL_DELAY_DAYS} days" in inputs
+
+    protocol = Protocol.handbook()
+    described = text.split("## 3. The evaluation protocol", 1)[1]
+    for first, last in (protocol.train_range, protocol.delay_range, protocol.test_range):
+        assert f"{first} .. {last}" in described
+    for (train_first, train_last), (valid_first, valid_last) in protocol.validation_folds():
+        assert f"train {train_first} .. {train_last[5:]}" in described
+        assert f"validate {valid_first[5:]} .. {valid_last[5:]}" in described
+    assert f"spans {protocol.span_days} days" in described
+
+
+def test_no_reference_points_outside_the_repository() -> None:
+    """The reference workload is docs/specs/reference-workload.md: nothing in the code, tests or
+    docs sends a user to a file the repository does not have (a sibling checkout's specs)."""
+    root = SPECS.parents[1]
+    outside = re.compile(r"shared/specs|reference-dataset\.md")
+    found = [
+        f"{path.relative_to(root)}:{number}"
+        for folder in ("pipelines", "models", "bench", "tests", "docs", "terraform")
+        for path in sorted((root / folder).rglob("*"))
+        if path.is_file()
+        and path.suffix in {".py", ".md", ".tf", ".txt", ".json", ".cfg", ".html"}
+        and path != Path(__file__).resolve()  # this test names the pattern
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        if outside.search(line)
+    ]
+    found += [
+        f"{name}:{number}"
+        for name in ("Makefile", "pyproject.toml")
+        if (root / name).exists()
+        for number, line in enumerate((root / name).read_text().splitlines(), 1)
+        if outside.search(line)
+    ]
+    assert found == []
+
+
+def test_messages_spec_names_the_local_project_resources_and_variables() -> None:
+    """messages.md's "Where" names the local project, every topic and subscription the local
+    stack creates and every variable 'rillet local up' prints."""
+    from pipelines.app.local import DEFAULT_PORTS, Topology, emulator_env
+    from pipelines.options import LOCAL_PROJECT
+
+    names = backticked(spec("messages.md").split("## Where", 1)[1].split("\n## ", 1)[0])
+    topology = Topology()
+    assert topology.project == LOCAL_PROJECT and LOCAL_PROJECT in names
+    for subscription, topic in topology.subscriptions().items():
+        assert {subscription, topic} <= names
+    assert set(emulator_env(DEFAULT_PORTS)) <= names
