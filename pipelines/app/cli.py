@@ -347,15 +347,19 @@ def retrain(
     ),
     now: Annotated[
         str | None,
-        typer.Option(help="Retraining time (ISO 8601). Default: the history's last transaction."),
+        typer.Option(
+            help="Retraining time, an ISO 8601 date or time within the history (UTC unless "
+            "an offset is given). Default: the history's last transaction."
+        ),
     ] = None,
     train_days: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
-            help="Labelled days to train on (21: three weeks beat one in make bench-continual).",
+            help="Labelled days to train on. Default: the longest that fits the history, up to "
+            "21 (three weeks beat one in make bench-continual).",
         ),
-    ] = 21,
+    ] = None,
     eval_days: Annotated[
         int, typer.Option(min=1, help="Latest labelled days the offline check scores.")
     ] = 7,
@@ -363,6 +367,14 @@ def retrain(
         str, typer.Option(help="Register the new version as challenger | champion | none.")
     ] = "challenger",
     quick: Annotated[bool, typer.Option(help="A two-candidate grid (fast).")] = False,
+    select: Annotated[
+        bool,
+        typer.Option(
+            help="Choose among the grid's candidates on validation folds (they need another "
+            "training window and two weeks of labelled history); --no-select trains the grid's "
+            "first candidate.",
+        ),
+    ] = True,
     work_dir: Annotated[
         str | None, typer.Option(help="Keep the backfill and the holdout fit here.")
     ] = None,
@@ -372,15 +384,11 @@ def retrain(
     training, an offline check against the champion on the latest labelled days, and the new
     version registered as challenger (the promotion policy, 'rillet models policy', decides
     the rest). Prints the result as JSON."""
-    _quiet_tensorflow()
-    import tempfile
+    from pipelines.app.parsing import parse_when
 
-    from models.selection import GRID, QUICK_GRID
-    from pipelines.app.retrain import RetrainConfig, copy_version
-    from pipelines.app.retrain import register as register_version
-    from pipelines.app.retrain import retrain as run_retrain
-    from pipelines.stores.model_registry import ModelRegistry, RegistryError
-
+    # The checks that need no data come first: before TensorFlow's import, the seconds it takes.
+    if now is not None:
+        parse_when(now, "--now")
     if register not in ("champion", "challenger", "none"):
         raise UserError(f"--register {register}: expected challenger, champion or none")
     if not history.startswith("gs://"):
@@ -390,6 +398,15 @@ def retrain(
             "the event files 'rillet simulate' writes, or a backfill feature table",
             "pass the directory 'rillet simulate --output DIR' wrote",
         )
+    _quiet_tensorflow()
+    import tempfile
+
+    from models.selection import GRID, QUICK_GRID
+    from pipelines.app.retrain import RetrainConfig, copy_version
+    from pipelines.app.retrain import register as register_version
+    from pipelines.app.retrain import retrain as run_retrain
+    from pipelines.stores.model_registry import ModelRegistry, RegistryError
+
     registry = ModelRegistry(model_dir)
     try:
         champion = registry.pointer().champion if registry.versions() else None
@@ -398,6 +415,7 @@ def retrain(
     # Versions are written locally, then copied in (export writes local files; a gs:// registry
     # gets each version whole, its card last).
     local_dir = model_dir if not model_dir.startswith("gs://") else tempfile.mkdtemp()
+    grid = QUICK_GRID if quick else GRID
     config = RetrainConfig(
         history=history,
         model_dir=local_dir,
@@ -405,7 +423,7 @@ def retrain(
         now=now,
         train_days=train_days,
         eval_days=eval_days,
-        grid=QUICK_GRID if quick else GRID,
+        grid=grid if select else grid[:1],
         work_dir=work_dir,
         card={"parent": champion},
     )
