@@ -348,8 +348,9 @@ def retrain(
     now: Annotated[
         str | None,
         typer.Option(
-            help="Retraining time, an ISO 8601 date or time within the history (UTC unless "
-            "an offset is given). Default: the history's last transaction."
+            help="Retraining time: an ISO 8601 date or time (UTC unless an offset is given) "
+            "from the history's first day to the day its last day is labelled. Default: the "
+            "history's last transaction."
         ),
     ] = None,
     train_days: Annotated[

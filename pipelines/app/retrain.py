@@ -9,8 +9,9 @@ code) up to the end of the last labelled day; an existing feature table can be g
 
 Two models are trained with models.selection.select_and_train, same recipe (grid), two windows:
 
-* the **challenger** (exported to ``model_dir``): trained on the latest labelled ``train_days``;
-  this is the version to register;
+* the **challenger** (exported to ``model_dir``): trained on the latest labelled ``train_days``
+  (default: the longest window the history holds, up to MAX_TRAIN_DAYS); this is the version to
+  register;
 * a **holdout** fit, trained on the same-length window that ends ``eval_days`` earlier (exported
   to a scratch directory, never registered). The last ``eval_days`` labelled days (known-
   compromised cards removed, models.evaluation.test_set) are unseen by it and, normally, by the
@@ -21,6 +22,11 @@ Two models are trained with models.selection.select_and_train, same recipe (grid
 So the comparison is "this week's recipe, applied ``eval_days`` ago" against the champion; the
 result says whether the champion's training range overlaps the evaluation days (then its scores
 there are optimistic).
+
+The holdout fit, its validation folds (with more than one candidate) and the evaluation days must
+lie in the labelled history (:func:`labelled_days_needed`). That is checked from the history's
+first and last transaction times, before the backfill: :func:`fit_train_days` picks the window,
+or refuses with the values that would fit.
 
 Registering the challenger is a separate step (:func:`register`): the CLI calls it after
 :func:`retrain` when asked to (``--register challenger``).
