@@ -489,17 +489,20 @@ def retrain(
     now: Annotated[
         str | None,
         typer.Option(
-            help="Retraining time (ISO 8601). Default: the history's last transaction.",
+            help="Retraining time: an ISO 8601 date or time (UTC unless an offset is given) "
+            "from the history's first day to the day its last day is labelled. Default: the "
+            "history's last transaction.",
             parser=parse(When()),
         ),
     ] = None,
     train_days: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
-            help="Labelled days to train on (21: three weeks beat one in make bench-continual).",
+            help="Labelled days to train on. Default: the longest that fits the history, up to "
+            "21 (three weeks beat one in make bench-continual).",
         ),
-    ] = 21,
+    ] = None,
     eval_days: Annotated[
         int, typer.Option(min=1, help="Latest labelled days the offline check scores.")
     ] = 7,
@@ -511,6 +514,14 @@ def retrain(
         ),
     ] = "challenger",
     quick: Annotated[bool, typer.Option(help="A two-candidate grid (fast).")] = False,
+    select: Annotated[
+        bool,
+        typer.Option(
+            help="Choose among the grid's candidates on validation folds (they need another "
+            "training window and two weeks of labelled history); --no-select trains the grid's "
+            "first candidate.",
+        ),
+    ] = True,
     work_dir: Annotated[
         str | None,
         typer.Option(
@@ -525,6 +536,14 @@ def retrain(
     training, an offline check against the champion on the latest labelled days, and the new
     version registered as challenger (the promotion policy, 'rillet models policy', decides
     the rest). Prints the result as JSON."""
+    history = history or str(latest_dataset(state_dir))
+    if not history.startswith("gs://"):
+        existing_dir(
+            Path(history),
+            "--history",
+            "the event files 'rillet simulate' writes, or a backfill feature table",
+            "pass the directory 'rillet simulate --output DIR' wrote",
+        )
     _quiet_tensorflow()
     import tempfile
 
@@ -534,14 +553,6 @@ def retrain(
     from pipelines.app.retrain import retrain as run_retrain
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    history = history or str(latest_dataset(state_dir))
-    if not history.startswith("gs://"):
-        existing_dir(
-            Path(history),
-            "--history",
-            "the event files 'rillet simulate' writes, or a backfill feature table",
-            "pass the directory 'rillet simulate --output DIR' wrote",
-        )
     registry = ModelRegistry(model_dir)
     try:
         champion = registry.pointer().champion if registry.versions() else None
@@ -550,6 +561,7 @@ def retrain(
     # Versions are written locally, then copied in (export writes local files; a gs:// registry
     # gets each version whole, its card last).
     local_dir = model_dir if not model_dir.startswith("gs://") else tempfile.mkdtemp()
+    grid = QUICK_GRID if quick else GRID
     config = RetrainConfig(
         history=history,
         model_dir=local_dir,
@@ -557,7 +569,7 @@ def retrain(
         now=now,
         train_days=train_days,
         eval_days=eval_days,
-        grid=QUICK_GRID if quick else GRID,
+        grid=grid if select else grid[:1],
         work_dir=work_dir,
         card={"parent": champion},
     )

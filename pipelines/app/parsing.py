@@ -12,6 +12,7 @@ command reads by default: ``data/<preset>/`` (datasets), ``models/`` (versions a
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,6 +48,7 @@ __all__ = [
     "kind_of",
     "latest_dataset",
     "parse",
+    "parse_when",
 ]
 
 STATE_DIR = Path(".rillet")
@@ -156,3 +158,26 @@ def latest_dataset(state_dir: Path) -> Path:
             "run 'make demo' (or 'rillet simulate --output DIR') and pass --input DIR",
         )
     return found[-1]
+
+
+_WHEN_EXPECTED = "an ISO 8601 date or date and time, e.g. 2018-05-26 or 2018-05-26T12:00:00Z"
+
+
+def parse_when(text: str, option: str) -> dt.datetime:
+    """``text`` as a UTC datetime: an ISO 8601 date (its midnight, UTC) or date and time (without
+    an offset: UTC). Anything else (``26/05/2018``, ``2018-5-26``, ``2018-13-01``) is a
+    UserError saying what ``option`` expects (for callers given the text by other means than
+    the command line's When kind, e.g. a RetrainConfig)."""
+    from pipelines.app.errors import UserError
+
+    try:
+        when = dt.datetime.fromisoformat(text.strip())
+    except ValueError as exc:
+        # fromisoformat's reason helps for a well-formed but impossible date ("month must be in
+        # 1..12"); for a malformed one it only repeats the value.
+        reason = str(exc)
+        why = f" ({reason})" if not reason.startswith("Invalid isoformat") else ""
+        raise UserError(f"{option} {text}: not a date{why}; expected {_WHEN_EXPECTED}") from None
+    if when.tzinfo is None:
+        return when.replace(tzinfo=dt.UTC)
+    return when.astimezone(dt.UTC)

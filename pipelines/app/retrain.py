@@ -9,8 +9,9 @@ code) up to the end of the last labelled day; an existing feature table can be g
 
 Two models are trained with models.selection.select_and_train, same recipe (grid), two windows:
 
-* the **challenger** (exported to ``model_dir``): trained on the latest labelled ``train_days``;
-  this is the version to register;
+* the **challenger** (exported to ``model_dir``): trained on the latest labelled ``train_days``
+  (default: the longest window the history holds, up to MAX_TRAIN_DAYS); this is the version to
+  register;
 * a **holdout** fit, trained on the same-length window that ends ``eval_days`` earlier (exported
   to a scratch directory, never registered). The last ``eval_days`` labelled days (known-
   compromised cards removed, models.evaluation.test_set) are unseen by it and, normally, by the
@@ -21,6 +22,11 @@ Two models are trained with models.selection.select_and_train, same recipe (grid
 So the comparison is "this week's recipe, applied ``eval_days`` ago" against the champion; the
 result says whether the champion's training range overlaps the evaluation days (then its scores
 there are optimistic).
+
+The holdout fit, its validation folds (with more than one candidate) and the evaluation days must
+lie in the labelled history (:func:`labelled_days_needed`). That is checked from the history's
+first and last transaction times, before the backfill: :func:`fit_train_days` picks the window,
+or refuses with the values that would fit.
 
 Registering the challenger is a separate step (:func:`register`): the CLI calls it after
 :func:`retrain` when asked to (``--register challenger``).
@@ -38,15 +44,25 @@ from typing import Any
 
 import pandas as pd
 
+from pipelines.app.errors import UserError
+from pipelines.app.parsing import parse_when
 from pipelines.core.definitions import LABEL_DELAY_DAYS, MODEL_INPUTS
 
 __all__ = [
+    "MAX_TRAIN_DAYS",
     "RetrainConfig",
+    "fit_train_days",
+    "labelled_days_needed",
     "last_labelled_day",
+    "longest_train_days",
     "register",
     "retrain",
     "training_protocol",
 ]
+
+MAX_TRAIN_DAYS = 21
+"""The longest window retrain picks by itself (three weeks: they beat one in make
+bench-continual); a shorter history gets the longest window that fits it."""
 
 
 def last_labelled_day(now: pd.Timestamp | dt.datetime | str) -> dt.date:
@@ -77,6 +93,126 @@ def training_protocol(last_day: dt.date, train_days: int = 7) -> Any:
     )
 
 
+def labelled_days_needed(train_days: int, eval_days: int, select: bool) -> int:
+    """How many labelled days, ending on the last labelled day, a retrain reads: the holdout
+    fit's training window (``eval_days`` before the challenger's) and, with selection (more
+    than one candidate), that fit's validation folds before it. The challenger's window and the
+    evaluation days lie within."""
+    last = dt.date(2000, 1, 1)  # any day: the count depends only on the lengths
+    holdout = training_protocol(last - dt.timedelta(days=eval_days), train_days)
+    first: dt.date = holdout.earliest_day if select else holdout.train_start
+    return (last - first).days + 1
+
+
+def longest_train_days(labelled_days: int, eval_days: int, select: bool, cap: int) -> int:
+    """The longest ``train_days`` up to ``cap`` that ``labelled_days`` hold (0: none does)."""
+    fits = (
+        t for t in range(cap, 0, -1) if labelled_days_needed(t, eval_days, select) <= labelled_days
+    )
+    return next(fits, 0)
+
+
+def fit_train_days(
+    span: tuple[pd.Timestamp, pd.Timestamp],
+    now: pd.Timestamp,
+    train_days: int | None,
+    eval_days: int,
+    select: bool,
+    now_given: bool = False,
+) -> int:
+    """The training window for a history spanning ``span`` (its first and last transaction
+    times, UTC) labelled as of ``now``: ``train_days``, or when None the longest that fits up
+    to MAX_TRAIN_DAYS. A UserError when it does not fit says which values would (computed from
+    the history): fewer --train-days or --eval-days, --no-select, a later --now (when given),
+    a longer history."""
+    first_day = span[0].date()
+    last_day = last_labelled_day(now)
+    labelled = max(0, (last_day - first_day).days + 1)
+    wanted = train_days if train_days is not None else MAX_TRAIN_DAYS
+    fitted = longest_train_days(labelled, eval_days, select, wanted)
+    if (train_days is None and fitted) or fitted == wanted:
+        return fitted
+    raise _does_not_fit(span, now, labelled, train_days, eval_days, select, now_given)
+
+
+def _does_not_fit(
+    span: tuple[pd.Timestamp, pd.Timestamp],
+    now: pd.Timestamp,
+    labelled: int,
+    train_days: int | None,
+    eval_days: int,
+    select: bool,
+    now_given: bool,
+) -> UserError:
+    """The error of :func:`fit_train_days`: what the options need, what the history has as of
+    ``now``, and every change that would fit."""
+    first_day, end_day = span[0].date(), span[1].date()
+    at = f"--now {now:%Y-%m-%dT%H:%M}" if now_given else f"its last transaction ({now:%Y-%m-%d})"
+    delay = f"labels arrive {LABEL_DELAY_DAYS} days after their transaction"
+    days = f"{first_day}..{last_labelled_day(now)}" if labelled else f"it starts {first_day}"
+    have = f"at {at} the history has {labelled} ({days}; {delay})"
+    folds = " and selection's validation folds" if select else ""
+    need = labelled_days_needed(train_days or 1, eval_days, select)
+    if train_days is not None:
+        problem = f"--train-days {train_days} with --eval-days {eval_days}{folds} needs {need}"
+    else:
+        problem = f"retraining with --eval-days {eval_days}{folds} needs at least {need}"
+    fixes = []
+    shorter = longest_train_days(labelled, eval_days, select, labelled)
+    if train_days is not None and shorter:
+        fixes.append(f"--train-days {shorter} or less")
+    alone = longest_train_days(labelled, eval_days, False, labelled)
+    if select and alone:
+        fixes.append(
+            f"--no-select (one candidate, no validation folds: up to {alone} training days)"
+        )
+    fewer = [
+        e
+        for e in range(eval_days - 1, 0, -1)
+        if labelled_days_needed(train_days or 1, e, select) <= labelled
+    ]
+    if not fixes and fewer:
+        fixes.append(f"--eval-days {fewer[0]} or less")
+    # The earliest midnight at which the last labelled day is the need-th day of the history.
+    earliest = first_day + dt.timedelta(days=need + LABEL_DELAY_DAYS)
+    if now_given and earliest <= end_day:
+        fixes.append(f"--now {earliest} or later (the history ends {end_day})")
+    else:
+        fixes.append(_longer_history(need + LABEL_DELAY_DAYS + 1))
+    return UserError(f"{problem} labelled days; {have}", "pass " + ", or ".join(fixes))
+
+
+def _longer_history(days: int) -> str:
+    """A history of ``days`` days or more, naming the smallest simulator preset that long."""
+    from pipelines.app.simulator import PRESETS
+
+    presets = sorted((c.n_days, name) for name, c in PRESETS.items() if c.n_days >= days)
+    example = (
+        f" (rillet simulate --preset {presets[0][1]}: {presets[0][0]} days)" if presets else ""
+    )
+    return f"a history of {days} days or more{example}"
+
+
+def _check_now(now: pd.Timestamp, span: tuple[pd.Timestamp, pd.Timestamp], text: str) -> None:
+    """A UserError when ``now`` (``--now`` as typed: ``text``) is before the history's first day,
+    or later than the day its last day is labelled: after that, days the history does not hold
+    would count as labelled. (A feature table cut at the last labelled day, retrain's own
+    backfill, is retrained from with the same ``now``.)"""
+    first, last = span[0].date(), span[1].date()
+    labelled_by = last + dt.timedelta(days=LABEL_DELAY_DAYS + 1)
+    if now.date() > labelled_by:
+        where = f"after the history: it ends {last}, all labelled by {labelled_by}"
+    elif now.date() < first:
+        where = f"before the history starts ({first})"
+    else:
+        return
+    raise UserError(
+        f"--now {text} is {where}",
+        f"pass --now within {first}..{labelled_by} (default: the last transaction, "
+        f"{span[1]:%Y-%m-%dT%H:%M})",
+    )
+
+
 @dataclass
 class RetrainConfig:
     """What ``rillet retrain`` reads and writes.
@@ -84,9 +220,11 @@ class RetrainConfig:
     ``history``: a directory (local or gs://) with transactions*/labels* event files, or a
     backfill feature table (a ``features/`` directory of part-*.parquet, or its parent).
     ``champion``: a version directory (``<model_dir>/<version>``) to compare with, or None.
-    ``now``: the retraining time (default: the last transaction's time).
+    ``now``: the retraining time, ISO 8601 (default: the last transaction's time); within the
+    history's days.
+    ``train_days``: the training window (default: the longest that fits, up to MAX_TRAIN_DAYS).
     ``grid``: the candidate configurations (default models.selection.GRID; one candidate skips
-    selection).
+    selection, so the history needs no validation folds).
     ``work_dir``: where the backfill and the holdout fit are written (default: a temporary
     directory, removed afterwards).
     """
@@ -95,7 +233,7 @@ class RetrainConfig:
     model_dir: str
     champion: str | None = None
     now: str | None = None
-    train_days: int = 7
+    train_days: int | None = None
     eval_days: int = 7
     grid: Sequence[Any] | None = None
     work_dir: str | None = None
@@ -126,36 +264,44 @@ def _feature_table_dir(path: str) -> str:
     )
 
 
-def _last_transaction_time(history: str) -> pd.Timestamp:
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+def _history_span(history: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The first and last transaction times (UTC) of an event history's transactions* files."""
     from apache_beam.io.filesystems import FileSystems
 
-    pattern = FileSystems.join(history, "transactions*.parquet")
-    files = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-    if not files:
-        raise ValueError(f"no transactions*.parquet in {history!r}: give --now explicitly")
-    latest: pd.Timestamp | None = None
-    for path in files:
+    from pipelines.backfill.event_tables import read_tables, times_us
+
+    pattern = FileSystems.join(history, "transactions*")
+    lows: list[int] = []
+    highs: list[int] = []
+    for path in (m.path for m in FileSystems.match([pattern])[0].metadata_list):
         with FileSystems.open(path) as stream:
-            column = pq.read_table(stream, columns=["TX_DATETIME"])["TX_DATETIME"]
-        value = pc.max(column).as_py()
-        if value is not None:
-            stamp = pd.Timestamp(value)
-            latest = stamp if latest is None else max(latest, stamp)
-    if latest is None:
+            for table in read_tables(path, stream):
+                times = times_us(table, path).to_numpy()
+                if len(times):
+                    lows.append(int(times.min()))
+                    highs.append(int(times.max()))
+    if not lows:
         raise ValueError(f"no transactions in {history!r}")
-    return latest
+    return (
+        pd.Timestamp(min(lows), unit="us", tz="UTC"),
+        pd.Timestamp(max(highs), unit="us", tz="UTC"),
+    )
 
 
-def _now(config: RetrainConfig, table: pd.DataFrame | None) -> pd.Timestamp:
-    if config.now:
-        stamp = pd.Timestamp(config.now)
-    elif table is not None:
-        stamp = pd.Timestamp(table["TX_DATETIME"].max())
-    else:
-        stamp = _last_transaction_time(config.history)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+def _table_span(table: pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp]:
+    if table.empty:
+        raise ValueError("the feature table has no rows")
+    times = pd.to_datetime(table["TX_DATETIME"], utc=True)
+    return times.min(), times.max()
+
+
+def _now(config: RetrainConfig, span: tuple[pd.Timestamp, pd.Timestamp]) -> pd.Timestamp:
+    """``config.now`` (checked: ISO 8601, within the history's days), else the last transaction."""
+    if not config.now:
+        return span[1]
+    now = pd.Timestamp(parse_when(config.now, "--now"))
+    _check_now(now, span, config.now)
+    return now
 
 
 def _score(version_dir: str, frame: pd.DataFrame) -> Any:
@@ -195,21 +341,6 @@ def _overlaps(training_range: Sequence[str] | None, days: tuple[str, str]) -> bo
     return not (training_range[1] < days[0] or training_range[0] > days[1])
 
 
-def _check_history(table: pd.DataFrame, protocol: Any, grid: Sequence[Any], name: str) -> None:
-    """A clear error when the table does not reach back far enough for this fit."""
-    from models.evaluation import day_of
-
-    first = dt.date.fromisoformat(str(day_of(table.head(1)).iloc[0])) if len(table) else None
-    needed = protocol.earliest_day if len(grid) > 1 else protocol.train_start
-    if first is None or first > needed:
-        raise ValueError(
-            f"the {name} needs labelled history from {needed}"
-            + (" (selection's validation folds)" if len(grid) > 1 else "")
-            + f"; the feature table starts {first}. Pass a later --now, fewer --train-days or "
-            "--eval-days, or a one-candidate grid"
-        )
-
-
 def retrain(config: RetrainConfig) -> dict[str, Any]:
     """Builds the training data as of ``now``, trains and exports the challenger, scores the
     holdout fit and the champion on the latest labelled days; returns the result (JSON-ready):
@@ -220,7 +351,7 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
     (the holdout fit's auc/ap/cp100), ``champion`` (same, or None without one),
     ``champion_version``, ``champion_training_range``, ``champion_trained_on_eval_days``}.
     """
-    if config.train_days < 1 or config.eval_days < 1:
+    if (config.train_days is not None and config.train_days < 1) or config.eval_days < 1:
         raise ValueError("train_days and eval_days must be at least 1")
     with tempfile.TemporaryDirectory(prefix="rillet-retrain-") as scratch:
         work = config.work_dir or scratch
@@ -233,9 +364,20 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
     from pipelines.backfill.backfill import read_feature_table, run_backfill
 
     grid = tuple(config.grid) if config.grid is not None else GRID
+    # The window is checked against the history's span before the backfill, the long part.
     if _is_event_history(config.history):
-        now = _now(config, None)
-        last_day = last_labelled_day(now)
+        span = _history_span(config.history)
+        table = None
+    else:
+        table_dir = _feature_table_dir(config.history)
+        table = read_feature_table(table_dir)
+        span = _table_span(table)
+    now = _now(config, span)
+    last_day = last_labelled_day(now)
+    train_days = fit_train_days(
+        span, now, config.train_days, config.eval_days, len(grid) > 1, bool(config.now)
+    )
+    if table is None:
         until = (last_day + dt.timedelta(days=1)).isoformat()
         table_dir = str(
             run_backfill(
@@ -245,19 +387,12 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
             )
         )
         table = read_feature_table(table_dir)
-    else:
-        table_dir = _feature_table_dir(config.history)
-        table = read_feature_table(table_dir)
-        now = _now(config, table)
-        last_day = last_labelled_day(now)
     labelled = table[day_of(table) <= last_day.isoformat()]
 
-    protocol = training_protocol(last_day, config.train_days)
+    protocol = training_protocol(last_day, train_days)
     eval_last = last_day
     eval_first = last_day - dt.timedelta(days=config.eval_days - 1)
-    holdout = training_protocol(eval_first - dt.timedelta(days=1), config.train_days)
-    _check_history(labelled, protocol, grid, "challenger")
-    _check_history(labelled, holdout, grid, "holdout fit")
+    holdout = training_protocol(eval_first - dt.timedelta(days=1), train_days)
 
     card = {
         "retrain": {"now": now.isoformat(), "last_labelled_day": last_day.isoformat()},
@@ -274,7 +409,7 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
     # training start up to the day before each evaluation day) are removed, as in the protocol.
     eval_protocol = Protocol(
         train_start=holdout.train_start,
-        train_days=config.train_days,
+        train_days=train_days,
         delay_days=0,
         test_days=config.eval_days,
     )
@@ -311,6 +446,7 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
         "feature_table": table_dir,
         "version": Path(version_dir).name,
         "version_dir": str(version_dir),
+        "train_days": train_days,
         "training_range": challenger_card["training_range"],
         "training_rows": challenger_card["training_rows"],
         "config": challenger_card["config"],

@@ -30,6 +30,7 @@ __all__ = [
     "canonical",
     "read_tables",
     "table_format",
+    "times_us",
 ]
 
 EventKind = Literal["transactions", "labels"]
@@ -116,13 +117,18 @@ def _times_us(column: pa.ChunkedArray, path: str) -> pa.Array:
     return pa.array(pd.DatetimeIndex(parsed).as_unit("us").asi8, type=pa.int64())
 
 
+def times_us(table: pa.Table, path: str) -> pa.Array:
+    """The transaction times of a table read from ``path``, as int64 µs since the epoch (UTC)."""
+    return _times_us(_column(table, "tx_datetime", path), path)
+
+
 def canonical(table: pa.Table, kind: EventKind, path: str) -> pa.Table:
     """The canonical columns of a transactions or labels table (see the module docstring)."""
     columns = {
         "transaction_id": _ids(_column(table, "transaction_id", path), "transaction_id", path),
         "customer_id": _ids(_column(table, "customer_id", path), "customer_id", path),
         "terminal_id": _ids(_column(table, "terminal_id", path), "terminal_id", path),
-        "time_us": _times_us(_column(table, "tx_datetime", path), path),
+        "time_us": times_us(table, path),
     }
     value_name = _VALUE_COLUMN[kind]
     raw = _column(table, value_name, path)

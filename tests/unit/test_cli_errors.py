@@ -226,6 +226,19 @@ CASES = {
         2,
         ["--register 'boss': expected one of challenger, champion, none"],
     ),
+    "retrain, --now not ISO 8601": (
+        ["retrain", "--history", "data", "--model-dir", "reg", "--now", "26/05/2018"],
+        2,
+        ["--now 26/05/2018: not a date; expected an ISO 8601 date"],
+    ),
+    "retrain, --now after the history": (
+        ["retrain", "--history", "data", "--model-dir", "reg", "--now", "2019-01-01"],
+        2,
+        [
+            "--now 2019-01-01 is after the history: it ends 2018-04-01",
+            "within 2018-04-01..2018-04-09",
+        ],
+    ),
     "run, emulators down": (
         ["run", "--model_dir=models", "--state-dir", "state"],
         1,
