@@ -1041,8 +1041,17 @@ class Monitor(beam.PTransform):
             )
             | "JudgeOnlineQuality" >> beam.ParDo(_JudgeOnlineQuality(self._model_dir, self._t))
         )
+        # The judges after a combine carry its continuation trigger, the online judge (after a
+        # Map) the global window's default, and Flatten wants one windowing (Beam warns and
+        # takes the first input's). Nothing groups the alerts after here (each is published on
+        # its own), so every trigger does the same: the judged alerts go back to the plain
+        # global window, the online judge's windowing.
+        rewindowed = [
+            alerts | f"{name}Alerts" >> beam.WindowInto(window.GlobalWindows())
+            for name, alerts in (("Drift", judged.alerts), ("Health", health), ("Quality", quality))
+        ]
         return (
-            (judged.alerts, health, quality, online)
+            (*rewindowed, online)
             | "Alerts" >> beam.Flatten()
             | "PublishAlerts" >> beam.ParDo(_PublishAlerts(self._topic))
         )
