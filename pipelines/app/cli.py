@@ -83,6 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     words = [a for a in args if not a.startswith("-")]
     command = " ".join(words[:2] if words[:1] in (["local"], ["models"]) else words[:1])
+    if argv is None:  # the console script: its own process (tests calling main(argv) share one)
+        from pipelines.app.quiet import quiet_libraries
+
+        quiet_libraries(_state_dir(command, args) / "logs", command)
     args, typed = spell_options(args)
     try:
         code = app(args=args, prog_name="rillet", standalone_mode=False, obj={"typed": typed})
@@ -163,6 +167,22 @@ def environment_error(exc: BaseException) -> UserError | None:
             RUNTIME,
         )
     return None
+
+
+def _state_dir(command: str, args: list[str]) -> Path:
+    """The state folder of the command line (--state-dir; the demo's --work-dir), else the
+    default: where the command's log file goes."""
+    flags = ("--state-dir", "--state_dir") + (
+        ("--work-dir", "--work_dir") if command == "demo" else ()
+    )
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag in flags:
+            if eq:
+                return Path(value)
+            if i + 1 < len(args):
+                return Path(args[i + 1])
+    return STATE_DIR
 
 
 def spell_options(args: list[str]) -> tuple[list[str], dict[str, str]]:
