@@ -79,6 +79,28 @@ def test_constructs_for_dataflow_offline(tmp_path) -> None:
     assert key_buckets(options) == 0
 
 
+@pytest.mark.parametrize("runner", ["DirectRunner", "DataflowRunner"])
+def test_builds_without_beam_warnings(runner: str, caplog: pytest.LogCaptureFixture) -> None:
+    """No construction warning: every Flatten's inputs share one windowing (Monitor's alerts),
+    every stateful step's key coder is deterministic ('rillet run' shows neither)."""
+    options = PipelineOptions(
+        [
+            f"--runner={runner}",
+            "--project=my-project",
+            "--region=europe-west1",
+            "--temp_location=gs://my-bucket/temp",
+            "--streaming",
+            "--no_auth",
+            "--dry_run=True",
+        ]
+    )
+    p = beam.Pipeline(options=options)
+    with caplog.at_level("WARNING", logger="apache_beam"):
+        build_pipeline(p, options, serving=SERVING)
+        p.to_runner_api()
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("apache_beam")] == []
+
+
 def test_stateful_steps_are_the_keyed_stages() -> None:
     """The only stateful steps are the three keyed stages, the online evaluation's waiting
     labels (keyed like the keyed stages) and its days (per model version and day), and the
