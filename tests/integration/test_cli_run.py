@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_quiet_output import noise
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,6 +137,11 @@ def test_rillet_run_prints_its_ready_line_and_status(local_run, model_dir, tiny_
             local_run.stack.state_dir, topo.project, topo.bigtable_instance, topo.bigtable_table
         ):
             pass
+        # Quiet: no library warning or log line (Beam's, the Bigtable client's, YDF's model
+        # loads); they are in the command's log file in the state folder.
+        assert noise("".join(lines)) == [], "".join(lines)[-3000:]
+        log = (local_run.stack.state_dir / "logs" / "run.log").read_text()
+        assert "Connecting to Bigtable emulator" in log and "Loading model" in log
     finally:
         if proc.poll() is None:
             proc.kill()
