@@ -58,9 +58,10 @@ def quiet_libraries(log_dir: Path, command: str) -> Path | None:
     path = log_path(log_dir, command)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path, encoding="utf-8")
+        log = open(path, "a", encoding="utf-8")  # noqa: SIM115 - the process's log from now on
     except OSError:
         return None
+    handler = logging.StreamHandler(log)
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
     for old in list(root.handlers):
@@ -77,13 +78,12 @@ def quiet_libraries(log_dir: Path, command: str) -> Path | None:
                     logger.propagate = True
     logging.captureWarnings(True)
     if command.split(" ")[0] not in _TERMINAL_COMMANDS:
-        _redirect_fd2(handler.stream.fileno())
+        _redirect_fd2(log.fileno())
     return path
 
 
 def _on_terminal(handler: logging.Handler) -> bool:
-    stream = getattr(handler, "stream", None)
-    return not isinstance(handler, logging.FileHandler) and stream in (
+    return getattr(handler, "stream", None) in (
         sys.stderr,
         sys.stdout,
         sys.__stderr__,
