@@ -219,10 +219,10 @@ def card_summary(card: dict[str, Any], role: str, card_path: str) -> list[tuple[
     selection = card.get("selection") or {}
     if selection.get("candidates"):
         rows.append(("selection", f"best mean AP of {len(selection['candidates'])} candidates"))
-    features = list(card.get("features") or [])
-    rows.append(("features", f"{len(features)}: " + ", ".join(features)))
+    features = f"{len(card.get('features') or [])} model inputs"
     if card.get("feature_definitions_version"):
-        rows.append(("definitions", str(card["feature_definitions_version"])))
+        features += f" (feature definitions {card['feature_definitions_version']})"
+    rows.append(("features", features))
     for key in ("parent", "preset"):
         if card.get(key):
             rows.append((key, str(card[key])))

@@ -75,6 +75,12 @@ def _when(value: Any) -> datetime | None:
         return None
 
 
+def _second(value: Any) -> str | None:
+    """An RFC 3339 time to the second (the runs table's columns), None when malformed."""
+    when = _when(value)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+
+
 def read_alerts(directory: Path) -> list[dict[str, Any]]:
     """The alerts the job's snapshot writer recorded from the alerts topic (alerts.jsonl)."""
     return _read_jsonl(directory / "alerts.jsonl")
@@ -120,9 +126,9 @@ def pick_run(monitor_dir: Path, run: str | None = None) -> str:
 
 
 def runs_table(monitor_dir: Path) -> list[dict[str, Any]]:
-    """One row per run, oldest first: run id, first and last snapshot time, snapshots, the
-    predictions it wrote (its last snapshot's counters),
-    alerts, and whether it has a report."""
+    """One row per run, oldest first: run id, first and last snapshot time (to the second),
+    snapshots, the predictions it wrote (its last snapshot's counters), alerts, and whether it
+    has a report."""
     rows = []
     for run in run_ids(monitor_dir):
         directory = run_dir(monitor_dir, run)
@@ -131,8 +137,8 @@ def runs_table(monitor_dir: Path) -> list[dict[str, Any]]:
         rows.append(
             {
                 "run": run,
-                "from": snapshots[0].get("time") if snapshots else None,
-                "to": snapshots[-1].get("time") if snapshots else None,
+                "from": _second(snapshots[0].get("time")) if snapshots else None,
+                "to": _second(snapshots[-1].get("time")) if snapshots else None,
                 "snapshots": len(snapshots),
                 "predictions": counters.get("predictions_written", 0),
                 "alerts": len(read_alerts(directory)),

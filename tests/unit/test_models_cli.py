@@ -82,6 +82,7 @@ def test_show_is_a_summary_and_json_the_whole_card(models: Path) -> None:
     assert "AUC 0.8200, AP 0.5200, CP@100 0.2000 on 2 validation weeks" in out
     assert field(out, "training") == "2018-04-01..2018-04-07"
     assert field(out, "config") == "max_depth=4, num_trees=100"
+    assert field(out, "features").startswith("15 model inputs (feature definitions ")
     assert "edges" not in out and f"{d}/v3/model_card.json (--json prints all of it)" in out
     assert rillet("models", "show", "latest", "--model-dir", d).output == out
     assert "v2 (challenger)" in rillet("models", "show", "challenger", "--model-dir", d).output
