@@ -427,13 +427,11 @@ def stream_run(
     with open(work / "alerts.jsonl", "w") as out:
         out.writelines(json.dumps(a, separators=(",", ":")) + "\n" for a in alerts.received)
     _log(f"{name}: {len(alerts.received)} alert message(s)")
-    return RunResult(
-        name,
-        list(alerts.received),
-        predictions,
-        _read_jsonl(work / "monitor" / "history.jsonl"),
-        timings,
-    )
+    from pipelines.local_runner.snapshot import HISTORY_FILE, run_dir, run_ids
+
+    runs = run_ids(work / "monitor")  # this job's run is the latest
+    history = _read_jsonl(run_dir(work / "monitor", runs[-1]) / HISTORY_FILE) if runs else []
+    return RunResult(name, list(alerts.received), predictions, history, timings)
 
 
 def job_drift_gauges(history: Sequence[dict[str, Any]], drift_at_us: int) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from pipelines.app.parsing import (
     PROJECT,
     REGION,
     REPOSITORY,
+    RUN_ID,
     STATE_DIR,
     SUBNETWORK,
     TAG,
@@ -1158,31 +1159,64 @@ def monitor(
 def report(
     monitor_dir: MonitorDir = None,
     state_dir: StateDir = STATE_DIR,
+    run: Annotated[
+        str | None,
+        typer.Option(
+            help="The run to report (its id or a prefix; see --list). Default: the latest.",
+            parser=parse(RUN_ID),
+        ),
+    ] = None,
+    list_runs: Annotated[
+        bool, typer.Option("--list", help="List the runs of the monitor directory and exit.")
+    ] = False,
     out: Annotated[
         Path | None,
         typer.Option(
-            help="Report directory. Default: <monitor-dir>/report.",
+            help="Report directory. Default: <monitor-dir>/runs/<run id>/report.",
             parser=parse(OutputDir("a directory for the report")),
         ),
     ] = None,
     alert_thresholds: AlertThresholds = None,
 ) -> None:
-    """An HTML report of a run from its monitoring history (<monitor-dir>/history.jsonl and
-    alerts.jsonl): throughput, latency, drift, data quality over time, and the alerts."""
-    from pipelines.app.run_report import NoHistory, write_run_report
+    """An HTML report of one run (one job process; the latest unless --run) from its monitoring
+    history (<monitor-dir>/runs/<run id>/history.jsonl and alerts.jsonl): throughput, latency,
+    drift, data quality over time, and the alerts."""
+    from pipelines.app.run_report import (
+        NoHistory,
+        UnknownRun,
+        pick_run,
+        runs_lines,
+        runs_table,
+        write_run_report,
+    )
+    from pipelines.local_runner.snapshot import run_dir
 
     directory = monitor_dir or state_dir / "monitor"
+    no_history = (
+        "run a job with --monitor_dir=DIR ('rillet run' writes <state-dir>/monitor) and pass "
+        "that DIR"
+    )
+    if list_runs:
+        rows = runs_table(directory)
+        if not rows:
+            raise UserError(
+                f"--monitor-dir {directory}: no run's monitoring history there", no_history
+            )
+        for line in runs_lines(rows):
+            typer.echo(line)
+        return
     try:
+        run_id = pick_run(directory, run)
         page = write_run_report(
-            directory, out or directory / "report", _monitor_thresholds(alert_thresholds)
+            run_dir(directory, run_id), out, _monitor_thresholds(alert_thresholds)
         )
     except NoHistory as exc:
         raise UserError(
-            f"--monitor-dir {directory}: no monitoring history (history.jsonl) there",
-            "run a job with --monitor_dir=DIR ('rillet run' writes <state-dir>/monitor) and pass "
-            "that DIR",
+            f"--monitor-dir {directory}: no run's monitoring history there", no_history
         ) from exc
-    typer.echo(f"report: {page}")
+    except UnknownRun as exc:
+        raise UserError(str(exc), "list the runs with 'rillet report --list'") from exc
+    typer.echo(f"report of run {run_id}: {page}")
 
 
 @app.command()
@@ -1254,8 +1288,9 @@ def tail(
         typer.Option(
             "--filter",
             help="key=value or key!=value on an attribute (risk_band, model_version, "
-            "correction, schema_version, transaction_id); repeatable: different keys all hold, "
-            "one key's values are alternatives.",
+            "correction, schema_version, transaction_id; with --dead-letters: reason, stage, "
+            "source, original_message_id); repeatable: different keys all hold, one key's "
+            "values are alternatives.",
             parser=parse(Text("key=value or key!=value")),
         ),
     ] = None,
@@ -1266,7 +1301,9 @@ def tail(
             parser=parse(PUBSUB_NAME),
         ),
     ] = None,
-    limit: Annotated[int, typer.Option(min=0, help="Stop after N predictions (0: no limit).")] = 0,
+    limit: Annotated[
+        int, typer.Option(min=0, help="Stop after N predictions or dead letters (0: no limit).")
+    ] = 0,
     timeout: Annotated[
         float, typer.Option(min=0, help="Stop after S seconds without one (0: until Ctrl-C).")
     ] = 0,
@@ -1275,19 +1312,53 @@ def tail(
     ] = False,
     project: ProjectOption = "rillet-local",
     topic: Annotated[
-        str, typer.Option(help="The prediction topic.", parser=parse(PUBSUB_NAME))
-    ] = "predictions",
+        str | None,
+        typer.Option(
+            help="The topic (default: predictions, or dead-letter with --dead-letters).",
+            parser=parse(PUBSUB_NAME),
+        ),
+    ] = None,
+    dead_letters: Annotated[
+        bool,
+        typer.Option(
+            "--dead-letters",
+            help="Follow dead letters (their reason, stage, source, detail), not predictions; "
+            "implied by --topic dead-letter.",
+        ),
+    ] = False,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Follow the predictions as a downstream service does: subscribe (optionally filtered on
     the attributes), keep the highest revision per transaction, print each new prediction or
-    update, then a summary (see docs/specs/messages.md)."""
-    from pipelines.app.tail import TailConfig, parse_filters, run_tail
+    update, then a summary (see docs/specs/messages.md). With --dead-letters: the rejected
+    messages and why."""
+    from pipelines.app.tail import (
+        DEAD_LETTER_FILTER_KEYS,
+        FILTER_KEYS,
+        TailConfig,
+        parse_filters,
+        run_tail,
+    )
 
-    conditions = parse_filters(filters or [])
+    dead_letters = dead_letters or topic == "dead-letter"
+    topic = topic or ("dead-letter" if dead_letters else "predictions")
+    conditions = parse_filters(
+        filters or [], DEAD_LETTER_FILTER_KEYS if dead_letters else FILTER_KEYS
+    )
     if project == "rillet-local":
         use_local_stack(state_dir)
-    run_tail(TailConfig(project, topic, conditions, subscription, limit, timeout, as_json))
+    run_tail(
+        TailConfig(
+            project,
+            topic,
+            conditions,
+            subscription,
+            limit,
+            timeout,
+            as_json,
+            dead_letters=dead_letters,
+        )
+    )
 
 
 @app.command()

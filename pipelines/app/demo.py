@@ -22,7 +22,7 @@ from rich.table import Table
 
 from pipelines.app.local_run import LocalRun, percentiles
 
-__all__ = ["DemoConfig", "feature_mismatches", "run_demo"]
+__all__ = ["DemoConfig", "demo_validation", "feature_mismatches", "run_demo"]
 
 console = Console()
 
@@ -54,6 +54,35 @@ def feature_mismatches(bodies: list[dict[str, Any]], expected: Any) -> int:
     return int((want.to_numpy(dtype=np.float64) != served).any(axis=1).sum())
 
 
+def demo_validation(
+    model: Any, frame: Any, features: Any, first_day: str, train_days: int
+) -> dict[str, Any]:
+    """The demo model's card fields ``validation_ranges`` and ``validation_metrics`` (AUC, AP,
+    CP@100, as ``rillet train`` records them): scored on the week that follows its training
+    days and the label delay (the protocol's layout, models.evaluation.Protocol), known-
+    compromised cards removed. No second fit: the model is trained once, as the demo needs.
+    Empty metrics when the data ends before that week or it holds one class. ``frame`` is the
+    simulated one (its CUSTOMER_ID: the card), ``features`` training_features(frame)."""
+    import datetime as dt
+
+    from models.evaluation import Protocol, evaluate_scores, test_set
+    from models.train import predict
+
+    protocol = Protocol(dt.date.fromisoformat(first_day), train_days)
+    cards = frame.set_index("TRANSACTION_ID")["CUSTOMER_ID"]
+    table = features.assign(CUSTOMER_ID=cards.reindex(features.TRANSACTION_ID).to_numpy())
+    valid = test_set(table, protocol).copy()
+    valid["score"] = predict(model, valid)
+    try:
+        metrics = evaluate_scores(valid)
+    except ValueError:  # no rows in that week, or one class: no figures rather than wrong ones
+        return {"validation_ranges": [], "validation_metrics": {}}
+    return {
+        "validation_ranges": [list(protocol.test_range)],
+        "validation_metrics": {k: metrics[k] for k in ("auc", "ap", "cp100", "n", "frauds")},
+    }
+
+
 def count_datastore(project: str, kind: str) -> int:
     from google.cloud import datastore
 
@@ -72,6 +101,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     from pipelines.app.run_report import read_alerts
     from pipelines.app.simulator import PRESETS, simulate, write_dataset
     from pipelines.core.training_data import training_features
+    from pipelines.local_runner.snapshot import run_dir, run_ids
 
     work = config.work_dir
     log_path = work / "logs" / "pipeline.log"
@@ -104,14 +134,16 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 f"Training the model (YDF gradient boosted trees) on {first} .. {last_train} "
                 f"({len(train):,} rows) ..."
             )
-            model, metrics = train_model(train, None, QUICK_GRID[0])
+            model, _ = train_model(train, None, QUICK_GRID[0])
             version_dir = export_model(
                 model,
                 work / "models",
                 {
                     "training_range": [first, last_train],
+                    "training_rows": len(train),
+                    "training_frauds": int(train.TX_FRAUD.sum()),
                     "preset": config.preset,
-                    "metrics": metrics,
+                    **demo_validation(model, frame, feats, first, config.train_days),
                 },
             )
             from pipelines.stores.model_registry import ModelRegistry
@@ -120,8 +152,8 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             console.print(f"  exported {version_dir} (the registry's champion)")
 
             console.print("Starting the streaming pipeline on the DirectRunner ...")
-            for stale in ("snapshot.json", "history.jsonl", "alerts.jsonl"):
-                (run.monitor_dir / stale).unlink(missing_ok=True)  # this run's history only
+            # Until the job's first snapshot, 'rillet monitor' waits rather than show an old one.
+            (run.monitor_dir / "snapshot.json").unlink(missing_ok=True)
             job_started = time.monotonic()
             run.start_job([f"--model_dir={work / 'models'}", "--monitor_every_s=5"])
             console.print(f"  watch it live in another terminal: rillet monitor --state-dir {work}")
@@ -168,8 +200,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             elapsed = time.monotonic() - t0
             time.sleep(6.0)  # the job's last snapshot and alerts
             run.stop_monitors()
-            alerts = read_alerts(run.monitor_dir)
-            report = _write_report(run.monitor_dir)
+            runs = run_ids(run.monitor_dir)  # the job just started is the latest run
+            run_directory = run_dir(run.monitor_dir, runs[-1]) if runs else None
+            alerts = read_alerts(run_directory) if run_directory else []
+            report = _write_report(run_directory) if run_directory else None
             predictions, dead = run.predictions, run.dead_letters
             stored = count_datastore(run.topology.project, "Prediction")
             first_id = json.loads(events[0].data)["transaction_id"]  # it waited for the start-up
@@ -209,12 +243,12 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
             console.print("Stopped what the demo started: " + ", ".join(run.stopped))
 
 
-def _write_report(monitor_dir: Path) -> Path | None:
+def _write_report(run_directory: Path) -> Path | None:
     """The run's monitoring report (rillet report), or None when the job left no history."""
     from pipelines.app.run_report import write_run_report
 
     try:
-        return write_run_report(monitor_dir, monitor_dir / "report")
+        return write_run_report(run_directory)
     except Exception as exc:  # the summary still matters more than the report
         console.print(f"[yellow]no monitoring report: {exc}[/yellow]")
         return None

@@ -166,33 +166,105 @@ def list_versions(
             typer.echo(f"{row['version']}: {row['problem']}")
 
 
+VersionName = Annotated[
+    str,
+    typer.Argument(
+        help="A version (see 'rillet models list'), or champion, challenger or latest.",
+        parser=parse(Version()),
+    ),
+]
+
+
+def _resolve(registry: Any, name: str | None) -> str | None:
+    """The version ``name`` stands for (champion, challenger, latest: the registry's)."""
+    if name is None:
+        return None
+    with _user_errors():
+        return str(registry.resolve(name))
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    shown = [
+        f"{label} {float(metrics[key]):.4f}"
+        for key, label in (("auc", "AUC"), ("ap", "AP"), ("cp100", "CP@100"))
+        if metrics.get(key) is not None
+    ]
+    return ", ".join(shown) or "none (trained without validation)"
+
+
+def card_summary(card: dict[str, Any], role: str, card_path: str) -> list[tuple[str, str]]:
+    """The lines of ``models show``: what a version is, what it was trained on, how it
+    validated; the reference histograms and per-fold figures stay in the card (--json)."""
+    span = card.get("training_range") or []
+    rows: list[tuple[str, str]] = [
+        ("version", f"{card.get('version', '?')}" + (f" ({role})" if role else "")),
+        ("created", _created(str(card.get("version", "")), card) or "-"),
+        ("framework", str(card.get("framework") or "-")),
+    ]
+    training = f"{span[0]}..{span[-1]}" if span else "-"
+    if card.get("training_rows") is not None:
+        training += f" ({int(card['training_rows']):,} rows"
+        if card.get("training_frauds") is not None:
+            training += f", {int(card['training_frauds']):,} frauds"
+        training += ")"
+    rows.append(("training", training))
+    metrics = card.get("validation_metrics") or {}
+    validation = _metrics_line(metrics)
+    ranges = card.get("validation_ranges") or []
+    if ranges and metrics:
+        validation += f" on {len(ranges)} validation week" + ("s" if len(ranges) > 1 else "")
+        validation += " (" + ", ".join(f"{r[0]}..{r[-1]}" for r in ranges) + ")"
+    rows.append(("validation", validation))
+    config = card.get("config") or {}
+    if config:
+        rows.append(("config", ", ".join(f"{k}={v}" for k, v in config.items())))
+    selection = card.get("selection") or {}
+    if selection.get("candidates"):
+        rows.append(("selection", f"best mean AP of {len(selection['candidates'])} candidates"))
+    features = f"{len(card.get('features') or [])} model inputs"
+    if card.get("feature_definitions_version"):
+        features += f" (feature definitions {card['feature_definitions_version']})"
+    rows.append(("features", features))
+    for key in ("parent", "preset"):
+        if card.get(key):
+            rows.append((key, str(card[key])))
+    rows.append(("card", f"{card_path} (--json prints all of it)"))
+    return rows
+
+
 @models_app.command()
 def show(
-    version: Annotated[
-        str,
-        typer.Argument(
-            help="A version (see 'rillet models list'), or champion, challenger, latest.",
-            parser=parse(Version()),
-        ),
-    ] = "champion",
+    version: VersionName = "champion",
     model_dir: ModelDir = _MODEL_DIR,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the card as JSON.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the whole model card as one JSON object.")
+    ] = False,
 ) -> None:
-    """A version's model card."""
+    """A version's model card, summarised: role, training range, validation metrics,
+    configuration, features (--json: the whole card)."""
     registry = _registry(model_dir)
+    name = _resolve(registry, version)
     with _user_errors():
-        card = registry.card(version)
+        card = registry.card(name)
+        pointer = registry.pointer()
     if as_json:
-        typer.echo(json.dumps(card))
+        typer.echo(json.dumps(card, default=str))
         return
-    _console().print_json(json.dumps(card, default=str))
+    role = {pointer.champion: "champion", pointer.challenger: "challenger"}.get(name, "")
+    rows = card_summary(card, role, f"{registry.model_dir}/{name}/model_card.json")
+    width = max(len(key) for key, _ in rows)
+    for key, value in rows:
+        typer.echo(f"{key:<{width}}  {value}")
 
 
 @models_app.command()
 def promote(
     version: Annotated[
         str | None,
-        typer.Argument(help="The new champion (default: the challenger).", parser=parse(Version())),
+        typer.Argument(
+            help="The new champion (default: the challenger); a version or latest.",
+            parser=parse(Version()),
+        ),
     ] = None,
     challenger: Annotated[
         str | None,
@@ -208,6 +280,7 @@ def promote(
     if challenger and no_challenger:
         raise UserError("--challenger and --no-challenger together: choose one")
     registry = _registry(model_dir)
+    version, challenger = _resolve(registry, version), _resolve(registry, challenger)
     with _user_errors():
         pointer = registry.promote(version, challenger=challenger, by=_who())
     typer.echo(f"promoted: {_roles(pointer)} (generation {pointer.generation})")
@@ -216,7 +289,8 @@ def promote(
 @models_app.command()
 def challenge(
     version: Annotated[
-        str | None, typer.Argument(help="The new challenger.", parser=parse(Version()))
+        str | None,
+        typer.Argument(help="The new challenger: a version or latest.", parser=parse(Version())),
     ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Retire the challenger.")] = False,
     model_dir: ModelDir = _MODEL_DIR,
@@ -228,6 +302,7 @@ def challenge(
             "rillet models challenge VERSION, or rillet models challenge --clear",
         )
     registry = _registry(model_dir)
+    version = _resolve(registry, version)
     with _user_errors():
         pointer = registry.challenge(None if clear else version, by=_who())
     typer.echo(f"{'cleared' if clear else 'challenging'}: {_roles(pointer)}")

@@ -1,7 +1,7 @@
 """``rillet monitor``: a live terminal dashboard of a local job's monitoring snapshot.
 
 The job (DirectRunner, ``--monitor_dir=DIR``) writes ``DIR/snapshot.json`` every
-``--monitor_every_s`` and appends its alerts to ``DIR/alerts.jsonl``
+``--monitor_every_s`` and appends its alerts to ``DIR/runs/<run id>/alerts.jsonl``
 (pipelines/local_runner/snapshot.py, docs/specs/monitoring.md). This view reads them every
 ``--refresh`` seconds and redraws in place (rich.live): throughput, latency, backlog, lag,
 process, drift per feature, online quality, data-quality rates and the recent alerts. Figures
@@ -27,8 +27,9 @@ from rich.text import Text
 
 from pipelines.core.schema import parse_rfc3339
 from pipelines.core.thresholds import Thresholds, load_thresholds
+from pipelines.local_runner.snapshot import run_dir
 
-__all__ = ["TITLE", "frame", "read_alerts", "read_snapshot", "render", "watch"]
+__all__ = ["TITLE", "frame", "read_alerts", "read_snapshot", "render", "serving_roles", "watch"]
 
 TITLE = "rillet monitor"
 STALE_INTERVALS = 3  # a snapshot older than this many intervals: the job is probably gone
@@ -47,8 +48,8 @@ def read_snapshot(directory: Path) -> dict[str, Any] | None:
 
 
 def read_alerts(directory: Path, n: int) -> list[dict[str, Any]]:
-    """The last ``n`` alerts of DIR/alerts.jsonl (oldest first); lines that are not JSON
-    objects are skipped."""
+    """The last ``n`` alerts of ``directory``/alerts.jsonl (a run's directory; oldest first);
+    lines that are not JSON objects are skipped."""
     if n <= 0:
         return []
     try:
@@ -122,7 +123,9 @@ def _kv_table(rows: Sequence[tuple[str, str | Text]]) -> Table:
 # -- the panels ----------------------------------------------------------------------------
 
 
-def _header(snapshot: dict[str, Any], directory: Path, now_s: float) -> tuple[Text, bool]:
+def _header(
+    snapshot: dict[str, Any], directory: Path, now_s: float, roles: dict[str, str]
+) -> tuple[Text, bool]:
     job = snapshot.get("job") or {}
     interval = float(snapshot.get("interval_s") or 0) or None
     try:
@@ -140,6 +143,12 @@ def _header(snapshot: dict[str, Any], directory: Path, now_s: float) -> tuple[Te
         f"  snapshot {_time_of_day(snapshot.get('time'))}Z"
         f" ({_seconds(age)} ago, every {_num(interval, 'g', ' s')})"
     )
+    if roles:
+        named = {role: version for version, role in roles.items()}
+        header.append(
+            f"\nregistry now: champion {named.get('champion', NONE)}, "
+            f"challenger {named.get('challenger', 'none')}"
+        )
     if stale:
         header.append(
             f"\nSTALE: the last snapshot is {_seconds(age)} old (over {STALE_INTERVALS} "
@@ -304,24 +313,58 @@ def _quality(snapshot: dict[str, Any], thresholds: Thresholds) -> Panel:
     table.add_column("alert at", justify="right")
     rates = snapshot.get("quality_rates") or {}
     limits = thresholds.data_quality.rates
+    # The judge leaves a window of fewer than min_events events unjudged (and a rate without a
+    # denominator keeps an older window's gauge): such a figure is no verdict, so none is shown.
+    events = snapshot.get("quality_events")
+    minimum = thresholds.data_quality.min_events
+    unjudged = events is not None and events < minimum
     for name in sorted(set(rates) | set(limits)):
         value = rates.get(name)
-        table.add_row(
-            name,
-            _over(value, limits.get(name), _num(value, ".2%")),
-            _num(limits.get(name), ".2%"),
+        shown: str | Text = (
+            Text(f"n={_num(events)} < {minimum:,}, not judged", style="dim")
+            if unjudged
+            else _over(value, limits.get(name), _num(value, ".2%"))
         )
+        table.add_row(name, shown, _num(limits.get(name), ".2%"))
     # Late events past the lateness horizon: stored, but what they changed was not corrected.
     counters = snapshot.get("counters") or {}
     beyond = counters.get("corrections_beyond_horizon")
     table.add_row("late beyond the correction horizon (total)", _num(beyond, ",.0f"), "")
-    return Panel(table, title="data quality (last window)", border_style="cyan")
+    title = "data quality (last window" + (
+        f", {_num(events)} events)" if events is not None else ")"
+    )
+    return Panel(table, title=title, border_style="cyan")
 
 
-def _alerts(alerts: Sequence[dict[str, Any]], n: int) -> Panel:
+def serving_roles(model_dir: Any) -> dict[str, str]:
+    """Version -> its role now (champion, challenger) in the registry of the job's
+    ``model_dir``; empty when there is none or it cannot be read (the view still works)."""
+    if not isinstance(model_dir, str) or not model_dir:
+        return {}
+    if not model_dir.startswith("gs://") and not Path(model_dir).is_dir():
+        return {}
+    try:
+        from pipelines.stores.model_registry import ModelRegistry
+
+        pointer = ModelRegistry(model_dir).pointer()
+    except Exception:  # a view of the registry, never a reason to stop the dashboard
+        return {}
+    roles = {pointer.champion: "champion", pointer.challenger: "challenger"}
+    return {version: role for version, role in roles.items() if version}
+
+
+def _alerts(alerts: Sequence[dict[str, Any]], n: int, roles: dict[str, str]) -> Panel:
     table = Table(expand=True, box=None, header_style="bold")
-    for name in ("raised", "severity", "kind", "metric", "version", "feature", "value", "streak"):
-        table.add_column(name, justify="right" if name in ("value", "streak") else "left")
+    versions = [str(a.get("model_version")) for a in alerts if a.get("model_version")]
+    for name in ("raised", "severity", "kind", "metric", "version", "role", "feature", "value"):
+        # Version ids in full (they differ in their last digits): the column is never cut.
+        table.add_column(
+            name,
+            justify="right" if name == "value" else "left",
+            no_wrap=name == "version",
+            min_width=max(map(len, versions), default=None) if name == "version" else None,
+        )
+    table.add_column("streak", justify="right")
     for alert in reversed(alerts):  # the newest first
         severity = str(alert.get("severity") or NONE)
         comparison = alert.get("comparison") or ">="
@@ -334,13 +377,18 @@ def _alerts(alerts: Sequence[dict[str, Any]], n: int) -> Panel:
             str(alert.get("kind") or NONE),
             str(alert.get("metric") or NONE),
             str(alert.get("model_version") or NONE),
+            roles.get(str(alert.get("model_version")), NONE if alert.get("model_version") else ""),
             str(alert.get("feature") or NONE),
             value,
             _num(alert.get("consecutive")),
         )
     if not alerts:
-        table.add_row("(no alert)", "", "", "", "", "", "", "", style="dim")
-    return Panel(table, title=f"recent alerts (last {n}, newest first)", border_style="cyan")
+        table.add_row("(no alert)", "", "", "", "", "", "", "", "", style="dim")
+    return Panel(
+        table,
+        title=f"recent alerts (last {n}, newest first; role: the version's role now)",
+        border_style="cyan",
+    )
 
 
 def render(
@@ -366,7 +414,8 @@ def render(
             ),
         )
     thresholds = thresholds or load_thresholds()
-    header, _ = _header(snapshot, directory, now_s)
+    roles = serving_roles((snapshot.get("job") or {}).get("model_dir"))
+    header, _ = _header(snapshot, directory, now_s, roles)
     figures = [
         _throughput(snapshot),
         _latency(snapshot, thresholds),
@@ -394,7 +443,7 @@ def render(
             rows.append(grid)
         else:
             rows += [left, right]
-    rows.append(_alerts(alerts, alerts_n))
+    rows.append(_alerts(alerts, alerts_n, roles))
     return Group(*rows)
 
 
@@ -406,10 +455,12 @@ def frame(
     now_s: float | None = None,
     width: int = 200,
 ) -> RenderableType:
-    """The frame for what ``directory`` holds now."""
+    """The frame for what ``directory`` holds now: the latest snapshot and its run's alerts."""
+    snapshot = read_snapshot(directory)
+    run_id = (snapshot or {}).get("run_id")
     return render(
-        read_snapshot(directory),
-        read_alerts(directory, alerts_n),
+        snapshot,
+        read_alerts(run_dir(directory, str(run_id)) if run_id else directory, alerts_n),
         directory=directory,
         thresholds=thresholds,
         now_s=now_s,

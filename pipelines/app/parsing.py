@@ -36,6 +36,7 @@ __all__ = [
     "PROJECT",
     "REGION",
     "REPOSITORY",
+    "RUN_ID",
     "STATE_DIR",
     "SUBNETWORK",
     "TAG",
@@ -81,6 +82,7 @@ REGION = Name(r"[a-z]+-[a-z]+[0-9]+", "a Google Cloud region, e.g. europe-west1"
 REPOSITORY = Name(r"[a-z][-a-z0-9]{0,62}", "an Artifact Registry repository id (lowercase)")
 JOB_NAME = Name(r"[a-z]([-a-z0-9]{0,62}[a-z0-9])?", "a Dataflow job name (lowercase, digits, -)")
 TAG = Name(r"[A-Za-z0-9_][-A-Za-z0-9_.]{0,127}", "an image tag (letters, digits, _ . -)")
+RUN_ID = Name(r"[-0-9A-Za-z_.]{1,64}", "a run id or its prefix (see 'rillet report --list')")
 SUBNETWORK = Name(
     r"(https://www\.googleapis\.com/compute/v1/)?(projects/[^/\s]+/)?regions/[a-z0-9-]+/"
     r"subnetworks/[a-z]([-a-z0-9]*[a-z0-9])?",

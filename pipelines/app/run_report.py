@@ -1,15 +1,18 @@
 """``rillet report``: an HTML report of a local run from its monitoring history.
 
-A job run with ``--monitor_dir=DIR`` appends a snapshot to ``DIR/history.jsonl`` every
-``--monitor_every_s`` and every alert to ``DIR/alerts.jsonl`` (docs/specs/monitoring.md). The
-report plots them over time: throughput, latency p50/p99, lag and freshness, drift PSI per
-feature (with the threshold), data-quality rates (with their thresholds), CPU and memory. Every
-alert is a vertical line on each time axis (red: critical, orange: warning) and a row of the
-alerts table; a grey dotted line marks a new job process (a restart).
+A job run with ``--monitor_dir=DIR`` is a run with its own id (one job process,
+pipelines/local_runner/snapshot.py): it appends a snapshot to ``DIR/runs/<run id>/history.jsonl``
+every ``--monitor_every_s`` and every alert to ``DIR/runs/<run id>/alerts.jsonl``
+(docs/specs/monitoring.md). The report plots one run over time: throughput, latency p50/p99, lag
+and freshness, drift PSI per feature (with the threshold), data-quality rates (with their
+thresholds), CPU and memory. Every alert is a vertical line on each time axis (red: critical,
+orange: warning) and a row of the alerts table.
 
-``write_run_report(monitor_dir, out_dir)`` writes ``out_dir/index.html`` and the PNGs beside it
-(relative links: the directory can be copied as is). Text is escaped. matplotlib is imported
-lazily with the Agg backend.
+``pick_run(monitor_dir, run)`` names the run (the latest by default), ``runs_table`` lists them,
+``write_run_report(run_directory, out_dir)`` writes ``out_dir/index.html`` and the PNGs beside it
+(relative links: the directory can be copied as is; by default ``DIR/runs/<run id>/report``, so a
+report never replaces another run's). Text is escaped. matplotlib is imported lazily with the Agg
+backend.
 """
 
 from __future__ import annotations
@@ -26,14 +29,27 @@ from typing import Any
 from models.report import write_page
 from pipelines.core.schema import parse_rfc3339
 from pipelines.core.thresholds import Thresholds, load_thresholds
+from pipelines.local_runner.snapshot import HISTORY_FILE, run_dir, run_ids
 
-__all__ = ["NoHistory", "read_history", "write_run_report"]
+__all__ = [
+    "NoHistory",
+    "UnknownRun",
+    "pick_run",
+    "read_history",
+    "runs_lines",
+    "runs_table",
+    "write_run_report",
+]
 
 _SEVERITY_COLORS = {"critical": "#d62728", "warning": "#ff7f0e"}
 
 
 class NoHistory(ValueError):
-    """The monitor directory holds no snapshot history."""
+    """The monitor directory (or a run of it) holds no snapshot history."""
+
+
+class UnknownRun(ValueError):
+    """A run id that names no run of the monitor directory (or several: a prefix of each)."""
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -59,23 +75,92 @@ def _when(value: Any) -> datetime | None:
         return None
 
 
+def _second(value: Any) -> str | None:
+    """An RFC 3339 time to the second (the runs table's columns), None when malformed."""
+    when = _when(value)
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+
+
 def read_alerts(directory: Path) -> list[dict[str, Any]]:
     """The alerts the job's snapshot writer recorded from the alerts topic (alerts.jsonl)."""
     return _read_jsonl(directory / "alerts.jsonl")
 
 
 def read_history(directory: Path) -> list[dict[str, Any]]:
-    """The snapshots of DIR/history.jsonl in time order (a ``_t`` datetime added); NoHistory
-    when there are none."""
+    """The snapshots of a run's history.jsonl (``directory``: the run's) in time order (a
+    ``_t`` datetime added); NoHistory when there are none."""
     history = []
-    for snap in _read_jsonl(directory / "history.jsonl"):
+    for snap in _read_jsonl(directory / HISTORY_FILE):
         t = _when(snap.get("time"))
         if t is not None:
             history.append({**snap, "_t": t})
     if not history:
-        raise NoHistory(f"{directory} holds no monitoring history (history.jsonl)")
+        raise NoHistory(f"{directory} holds no monitoring history ({HISTORY_FILE})")
     history.sort(key=lambda s: s["_t"])
     return history
+
+
+def pick_run(monitor_dir: Path, run: str | None = None) -> str:
+    """The id of run ``run`` of ``monitor_dir`` (a whole id or a prefix naming one run; None:
+    the latest run). NoHistory when the directory holds no run, UnknownRun for an id that
+    names none or several (the message lists them)."""
+    runs = run_ids(monitor_dir)
+    if not runs:
+        raise NoHistory(f"{monitor_dir} holds no run's monitoring history")
+    if run is None:
+        return runs[-1]
+    if run in runs:
+        return run
+    matching = [r for r in runs if r.startswith(run)]
+    if len(matching) == 1:
+        return matching[0]
+    shown = ", ".join(matching or runs[-5:])
+    raise UnknownRun(
+        f"--run {run}: "
+        + (
+            f"names {len(matching)} runs ({shown})"
+            if matching
+            else f"no such run; the latest: {shown}"
+        )
+    )
+
+
+def runs_table(monitor_dir: Path) -> list[dict[str, Any]]:
+    """One row per run, oldest first: run id, first and last snapshot time (to the second),
+    snapshots, the predictions it wrote (its last snapshot's counters), alerts, and whether it
+    has a report."""
+    rows = []
+    for run in run_ids(monitor_dir):
+        directory = run_dir(monitor_dir, run)
+        snapshots = [s for s in _read_jsonl(directory / HISTORY_FILE) if _when(s.get("time"))]
+        counters = (snapshots[-1].get("counters") or {}) if snapshots else {}
+        rows.append(
+            {
+                "run": run,
+                "from": _second(snapshots[0].get("time")) if snapshots else None,
+                "to": _second(snapshots[-1].get("time")) if snapshots else None,
+                "snapshots": len(snapshots),
+                "predictions": counters.get("predictions_written", 0),
+                "alerts": len(read_alerts(directory)),
+                "report": (directory / "report" / "index.html").exists(),
+            }
+        )
+    return rows
+
+
+def runs_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """``runs_table``'s rows as aligned text lines, a header first (``rillet report --list``)."""
+    lines = [
+        f"{'run':<24} {'from':<20} {'to':<20} {'snapshots':>9} {'predictions':>11} "
+        f"{'alerts':>6}  report"
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['run']:<24} {row['from'] or '-':<20} {row['to'] or '-':<20} "
+            f"{row['snapshots']:>9,} {row['predictions']:>11,} {row['alerts']:>6,}  "
+            + ("yes" if row["report"] else "-")
+        )
+    return lines
 
 
 @dataclass
@@ -113,7 +198,7 @@ def _plot(
     thresholds: dict[str, float] | None = None,
 ) -> str:
     """A time-series PNG (``lines``: label -> series; ``thresholds``: label -> y of a dashed
-    line), alerts and restarts marked; returns its file name."""
+    line), alerts marked; returns its file name."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,8 +217,6 @@ def _plot(
     for label, y in (thresholds or {}).items():
         base = label.removesuffix(" threshold")
         ax.axhline(y, ls="--", lw=1, color=colors.get(base, "#d62728"), label=label)
-    for t in marks["restarts"]:
-        ax.axvline(t, color="#888", ls=":", lw=1)
     for t, severity in marks["alerts"]:
         ax.axvline(t, color=_SEVERITY_COLORS.get(severity, "#d62728"), lw=0.9, alpha=0.7)
     ax.set_title(title)
@@ -172,22 +255,20 @@ img { max-width: 100%; }
 
 
 def write_run_report(
-    monitor_dir: Path, out_dir: Path, thresholds: Thresholds | None = None
+    run_directory: Path, out_dir: Path | None = None, thresholds: Thresholds | None = None
 ) -> Path:
-    """Writes ``out_dir/index.html`` (and its PNGs) for the history in ``monitor_dir``; returns
-    the page's path. NoHistory when there is no snapshot."""
-    history = read_history(monitor_dir)
-    alerts = read_alerts(monitor_dir)
+    """Writes ``out_dir/index.html`` (and its PNGs; default: ``run_directory/report``) for
+    the run whose history and alerts ``run_directory`` holds (``run_dir(monitor_dir,
+    run_id)``); returns the page's path. NoHistory when there is no snapshot."""
+    history = read_history(run_directory)
+    alerts = read_alerts(run_directory)
+    out_dir = out_dir or run_directory / "report"
     alerts.sort(key=lambda a: str(a.get("raised_at") or ""))
     thresholds = thresholds or load_thresholds()
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    pids = [(s["_t"], (s.get("job") or {}).get("pid")) for s in history]
-    restarts = [
-        t for (t, pid), (_, before) in zip(pids[1:], pids[:-1], strict=True) if pid != before
-    ]
     alert_marks = [(t, a.get("severity")) for a in alerts if (t := _when(a.get("raised_at")))]
-    marks = {"restarts": restarts, "alerts": alert_marks}
+    marks = {"alerts": alert_marks}
 
     figures: list[tuple[str, str]] = []  # (file, caption)
     absent: list[str] = []
@@ -284,13 +365,11 @@ def write_run_report(
     summary = [
         ("from", first.get("time")),
         ("to", last.get("time")),
+        ("run", last.get("run_id") or run_directory.name),
+        ("job", f"pid {(last.get('job') or {}).get('pid', '?')}"),
         ("snapshots", len(history)),
-        ("job processes", len({pid for _, pid in pids})),
-        (
-            "events in (last process)",
-            counters.get("transactions_valid", 0) + counters.get("labels_valid", 0),
-        ),
-        ("predictions written (last process)", counters.get("predictions_written", 0)),
+        ("events in", counters.get("transactions_valid", 0) + counters.get("labels_valid", 0)),
+        ("predictions written", counters.get("predictions_written", 0)),
         ("alerts", ", ".join(f"{k}: {n}" for k, n in sorted(by_kind.items())) or "none"),
         ("drift features", ", ".join(sorted(set(drift_features))) or "none"),
     ]
@@ -310,10 +389,10 @@ def write_run_report(
         for a in alerts
     ]
     sections = [
-        f"<h1>rillet run report: {_esc(monitor_dir)}</h1>",
+        f"<h1>rillet run report: {_esc(last.get('run_id') or run_directory)}</h1>",
         _table(["", ""], summary, [""] * len(summary)),
-        "<p>Vertical lines: alerts (red critical, orange warning); grey dotted: a new job "
-        "process. Figures are the job's monitoring snapshots (docs/specs/monitoring.md).</p>",
+        "<p>Vertical lines: alerts (red critical, orange warning). Figures are the job's "
+        f"monitoring snapshots (docs/specs/monitoring.md), from {_esc(run_directory)}.</p>",
         "<h2>Time series</h2>",
         *(
             f'<figure><img src="{_esc(name)}" alt="{_esc(name)}">'

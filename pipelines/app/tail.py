@@ -1,9 +1,15 @@
-"""``rillet tail``: what a downstream service does with the prediction topic.
+"""``rillet tail``: what a downstream service does with the prediction topic (or, with
+``--dead-letters``, the dead-letter topic).
 
 It subscribes to the topic (its own subscription ``tail-<random>``, deleted on exit, unless
 ``--subscription`` names one), optionally filtered on the message attributes, keeps per
 ``transaction_id`` the highest revision (the contract, docs/specs/messages.md) and prints each
-prediction that is new or an update.
+prediction that is new or an update. The contract's ``revision`` is a fence (a large number
+that only grows, not a count): the ``rev`` column is its rank among the revisions of that
+transaction this tail printed (1, 2, ...); ``--json`` prints the message as it is.
+
+Dead letters print one per original message (deduplicated on ``original_message_id``, the
+contract's rule) with their reason, stage, source and detail.
 
 Filters: ``key=value`` / ``key!=value`` on the contract's attributes (:data:`FILTER_KEYS`).
 Conditions on different keys must all hold; several ``=`` on one key are alternatives
@@ -34,12 +40,15 @@ import typer
 from pipelines.app.errors import RUNTIME, UserError
 
 __all__ = [
+    "DEAD_LETTER_FILTER_KEYS",
     "FILTER_KEYS",
+    "Columns",
     "Condition",
     "Counts",
     "Latest",
     "TailConfig",
     "filter_expression",
+    "format_dead_letter",
     "format_line",
     "matches",
     "parse_filters",
@@ -55,12 +64,23 @@ FILTER_KEYS: dict[str, tuple[str, ...] | None] = {
     "schema_version": None,
     "transaction_id": None,
 }
+# The dead letters' attributes (docs/specs/messages.md, "Dead letters").
+DEAD_LETTER_FILTER_KEYS: dict[str, tuple[str, ...] | None] = {
+    "reason": None,
+    "stage": ("parse", "features", "CustomerWindows", "TerminalWindows", "predict"),
+    "source": ("transactions", "labels"),
+    "original_message_id": None,
+}
 MAX_FILTER_BYTES = 256  # Pub/Sub's limit on a subscription filter
 _IDLE_PULL_S = 0.2  # at least this long between two empty pulls
-_FILTER_HELP = (
-    "expected key=value or key!=value with key one of " + ", ".join(FILTER_KEYS) + ", e.g. "
-    "--filter risk_band=high"
-)
+
+
+def _filter_help(keys: Mapping[str, Any]) -> str:
+    example = "risk_band=high" if "risk_band" in keys else "reason=not_json"
+    return (
+        "expected key=value or key!=value with key one of " + ", ".join(keys) + ", e.g. "
+        f"--filter {example}"
+    )
 
 
 @dataclass(frozen=True)
@@ -78,19 +98,22 @@ class Condition:
         return f"{self.key}{'!=' if self.negated else '='}{self.value}"
 
 
-def parse_filters(texts: Sequence[str]) -> tuple[Condition, ...]:
-    """``--filter`` options as conditions; a UserError (usage) naming the allowed keys for a
-    malformed one, an unknown key or a value the attribute never has."""
+def parse_filters(
+    texts: Sequence[str], keys: Mapping[str, tuple[str, ...] | None] = FILTER_KEYS
+) -> tuple[Condition, ...]:
+    """``--filter`` options as conditions on the attributes ``keys`` (the predictions', or
+    DEAD_LETTER_FILTER_KEYS); a UserError (usage) naming the allowed keys for a malformed one,
+    an unknown key or a value the attribute never has."""
     conditions: list[Condition] = []
     for text in texts:
         negated = "!=" in text
         key, sep, value = text.partition("!=" if negated else "=")
         key, value = key.strip(), value.strip()
         if not sep or not key:
-            raise UserError(f"--filter {text!r}: {_FILTER_HELP}")
-        if key not in FILTER_KEYS:
-            raise UserError(f"--filter {text!r}: unknown attribute {key!r}; {_FILTER_HELP}")
-        allowed = FILTER_KEYS[key]
+            raise UserError(f"--filter {text!r}: {_filter_help(keys)}")
+        if key not in keys:
+            raise UserError(f"--filter {text!r}: unknown attribute {key!r}; {_filter_help(keys)}")
+        allowed = keys[key]
         if allowed is not None and value not in allowed:
             raise UserError(f"--filter {text!r}: {key} is one of {', '.join(allowed)}")
         if not value or any(c in value for c in '"\\') or not value.isprintable():
@@ -144,28 +167,35 @@ def matches(conditions: Sequence[Condition], attributes: Mapping[str, str]) -> b
 
 
 class Latest:
-    """Per transaction_id, the highest revision seen (the ``max_ids`` most recently updated
-    transactions; older ones are forgotten, so a run of days stays bounded)."""
+    """Per transaction_id, the highest revision seen and how many revisions of it were kept
+    (the ``max_ids`` most recently updated transactions; older ones are forgotten, so a run of
+    days stays bounded)."""
 
     def __init__(self, max_ids: int = 1_000_000) -> None:
         self.max_ids = max_ids
-        self._revisions: OrderedDict[str, int] = OrderedDict()
+        self._revisions: OrderedDict[str, tuple[int, int]] = OrderedDict()
 
     def offer(self, transaction_id: str, revision: int) -> tuple[str, int | None]:
         """("new", None) for a transaction not seen; ("update", previous revision) for a
         higher revision (kept); ("superseded", kept revision) for a lower or equal one (a
         redelivery or a late, older correction: dropped)."""
         seen = self._revisions.get(transaction_id)
-        if seen is not None and revision <= seen:
-            return "superseded", seen
-        self._revisions[transaction_id] = revision
+        if seen is not None and revision <= seen[0]:
+            return "superseded", seen[0]
+        self._revisions[transaction_id] = (revision, 1 if seen is None else seen[1] + 1)
         self._revisions.move_to_end(transaction_id)
         if len(self._revisions) > self.max_ids:
             self._revisions.popitem(last=False)
-        return ("new", None) if seen is None else ("update", seen)
+        return ("new", None) if seen is None else ("update", seen[0])
 
     def revision(self, transaction_id: str) -> int | None:
-        return self._revisions.get(transaction_id)
+        seen = self._revisions.get(transaction_id)
+        return None if seen is None else seen[0]
+
+    def rank(self, transaction_id: str) -> int | None:
+        """The kept revision's rank among the transaction's kept revisions (1: the first)."""
+        seen = self._revisions.get(transaction_id)
+        return None if seen is None else seen[1]
 
 
 @dataclass
@@ -176,33 +206,129 @@ class Counts:
     superseded: int = 0
     invalid: int = 0
 
-    def summary(self) -> str:
+    def summary(self, dead_letters: bool = False) -> str:
         line = (
             f"received {self.received}, printed {self.printed}, filtered out "
-            f"{self.filtered_out}, superseded {self.superseded}"
+            f"{self.filtered_out}, "
+            + (
+                f"redelivered {self.superseded}"
+                if dead_letters
+                else f"superseded {self.superseded}"
+            )
         )
         return line + (f", not predictions {self.invalid}" if self.invalid else "")
 
 
-HEADER = f"{'event time':<20} {'transaction':<20} {'score':>6}  {'band':<6}  {'model':<12} rev"
+class Columns:
+    """Left-aligned text columns: each as wide as its header or the widths given (the usual
+    size of what it holds), widened when a longer value comes (the lines after it align)."""
+
+    def __init__(self, widths: Mapping[str, int]) -> None:
+        self.widths = {name: max(len(name), width) for name, width in widths.items()}
+
+    def header(self) -> str:
+        return self.line({name: name for name in self.widths})
+
+    def line(
+        self,
+        values: Mapping[str, str],
+        right: Sequence[str] = (),
+        styles: Mapping[str, Callable[[str], str]] | None = None,
+    ) -> str:
+        """The values (by column) padded; columns named in ``right`` right-aligned, ``styles``
+        applied to a padded cell (terminal colours take no width). The last column is not
+        padded."""
+        cells = []
+        names = list(self.widths)
+        for name in names:
+            text = values.get(name, "")
+            self.widths[name] = max(self.widths[name], len(text))
+            if name == names[-1]:
+                cell = text
+            elif name in right:
+                cell = text.rjust(self.widths[name])
+            else:
+                cell = text.ljust(self.widths[name])
+            style = (styles or {}).get(name)
+            cells.append(style(cell) if style else cell)
+        return "  ".join(cells)
+
+
+# Sizes of what the columns hold: an RFC 3339 second, the simulator's ids (a UUID widens the
+# column), a version name (%Y%m%dT%H%M%S%fZ: 22 characters).
+PREDICTION_WIDTHS = {
+    "event time": 20,
+    "transaction": 12,
+    "score": 6,
+    "band": 6,
+    "model": 22,
+    "rev": 3,
+}
+DEAD_LETTER_WIDTHS = {
+    "dead-lettered at": 20,
+    "reason": 24,
+    "stage": 15,
+    "source": 12,
+    "message id": 16,
+    "detail": 0,
+}
 _BAND_COLOURS = {"high": "red", "medium": "yellow", "low": "green"}
+_DETAIL_CHARS = 120  # a dead letter's detail is cut here on the terminal (--json: all of it)
 
 
-def format_line(body: Mapping[str, Any], status: str, previous: int | None) -> str:
-    """One printed prediction: event time, transaction id, score, risk band, model version,
-    revision; an update says which revision it replaces (and whether it is a correction)."""
+def format_line(
+    body: Mapping[str, Any], status: str, rank: int | None, columns: Columns | None = None
+) -> str:
+    """One printed prediction: event time, transaction id, score, risk band, model version and
+    ``rank``, the revision's rank among this transaction's printed ones; an update says which
+    it replaces (and whether it is a correction)."""
+    columns = columns or Columns(PREDICTION_WIDTHS)
     band = str(body.get("risk_band", "?"))
     score = body.get("score")
-    line = (
-        f"{body.get('event_time', '?')!s:<20} {body.get('transaction_id')!s:<20} "
-        f"{score if not isinstance(score, float) else f'{score:.4f}'!s:>6}  "
-        f"{typer.style(f'{band:<6}', fg=_BAND_COLOURS.get(band))}  "
-        f"{body.get('model_version', '?')!s:<12} {body.get('revision')}"
+    line = columns.line(
+        {
+            "event time": str(body.get("event_time", "?")),
+            "transaction": str(body.get("transaction_id")),
+            "score": f"{score:.4f}" if isinstance(score, float) else str(score),
+            "band": band,
+            "model": str(body.get("model_version", "?")),
+            "rev": "?" if rank is None else str(rank),
+        },
+        right=("score",),
+        styles={"band": lambda cell: typer.style(cell, fg=_BAND_COLOURS.get(band))},
     )
-    if status == "update":
+    if status == "update" and rank is not None:
         kind = "correction" if body.get("correction") else "update"
-        line += f"  {kind}, replaces revision {previous}"
+        line += f"  {kind}, replaces revision {rank - 1}"
     return line
+
+
+def format_dead_letter(message: Any, columns: Columns | None = None) -> str:
+    """One printed dead letter: when it was published, reason, stage, source, the original
+    message's id and the detail (cut at _DETAIL_CHARS)."""
+    columns = columns or Columns(DEAD_LETTER_WIDTHS)
+    attributes = dict(message.attributes)
+    detail = " ".join(str(attributes.get("detail", "")).split())
+    if len(detail) > _DETAIL_CHARS:
+        detail = detail[: _DETAIL_CHARS - 1] + "…"
+    return columns.line(
+        {
+            "dead-lettered at": _publish_time(message),
+            "reason": str(attributes.get("reason", "?")),
+            "stage": str(attributes.get("stage", "?")),
+            "source": str(attributes.get("source", "?")),
+            "message id": str(attributes.get("original_message_id", "-")),
+            "detail": detail,
+        }
+    )
+
+
+def _publish_time(message: Any) -> str:
+    """The message's publish time as RFC 3339 to the second ("?" when it has none)."""
+    when = getattr(message, "publish_time", None)
+    if when is None or not hasattr(when, "strftime"):
+        return "?"
+    return str(when.strftime("%Y-%m-%dT%H:%M:%SZ"))
 
 
 @dataclass(frozen=True)
@@ -215,6 +341,7 @@ class TailConfig:
     timeout_s: float = 0.0
     as_json: bool = False
     poll_s: float = 1.0
+    dead_letters: bool = False  # the topic carries dead letters, not predictions
 
 
 @dataclass
@@ -346,10 +473,11 @@ def run_tail(
             ) from exc
         try:
             _describe(sub, config, note)
+            columns = Columns(DEAD_LETTER_WIDTHS if config.dead_letters else PREDICTION_WIDTHS)
             if not config.as_json:
-                echo(HEADER)
+                echo(columns.header())
             with _sigterm_as_interrupt():
-                _loop(subscriber, sub.path, config, counts, echo, note)
+                _loop(subscriber, sub.path, config, counts, echo, note, columns)
         except KeyboardInterrupt:
             pass
         finally:
@@ -357,7 +485,7 @@ def run_tail(
                 with suppress(exceptions.GoogleAPICallError):
                     subscriber.delete_subscription(request={"subscription": sub.path})
         note(
-            f"tail: {counts.summary()}"
+            f"tail: {counts.summary(config.dead_letters)}"
             + (f" (subscription {sub.path.rsplit('/', 1)[-1]} deleted)" if sub.created else "")
         )
     finally:
@@ -367,8 +495,9 @@ def run_tail(
 
 def _describe(sub: _Subscription, config: TailConfig, note: Callable[[str], None]) -> None:
     stop = []
+    what = "dead letters" if config.dead_letters else "predictions"
     if config.limit:
-        stop.append(f"after {config.limit} predictions")
+        stop.append(f"after {config.limit} {what}")
     if config.timeout_s:
         stop.append(f"after {config.timeout_s:g} s without one")
     stop.append("on Ctrl-C")
@@ -387,9 +516,12 @@ def _loop(
     counts: Counts,
     echo: Callable[[str], None],
     note: Callable[[str], None],
+    columns: Columns | None = None,
 ) -> None:
     exceptions = _api_errors()
     latest = Latest()
+    handle = _handle_dead_letter if config.dead_letters else _handle
+    columns = columns or Columns(DEAD_LETTER_WIDTHS if config.dead_letters else PREDICTION_WIDTHS)
     last_match = time.monotonic()
     failures = 0
     while True:
@@ -421,7 +553,7 @@ def _loop(
         failures = 0
         # At most limit - printed messages arrive: each prints at most once.
         for received_message in received:
-            if _handle(received_message.message, config, latest, counts, echo, note):
+            if handle(received_message.message, config, latest, counts, echo, note, columns):
                 last_match = time.monotonic()
         if received:
             subscriber.acknowledge(
@@ -438,8 +570,9 @@ def _handle(
     counts: Counts,
     echo: Callable[[str], None],
     note: Callable[[str], None],
+    columns: Columns,
 ) -> bool:
-    """Counts and maybe prints one message; True if it passed the filter."""
+    """Counts and maybe prints one prediction; True if it passed the filter."""
     counts.received += 1
     attributes = dict(message.attributes)
     if not matches(config.conditions, attributes):
@@ -451,12 +584,50 @@ def _handle(
         revision = int(body.get("revision", attributes.get("revision", "")))
     except (ValueError, KeyError, TypeError, RecursionError):
         counts.invalid += 1
-        note(f"tail: skipped message {message.message_id}: not a prediction message")
+        hint = " (dead letters? 'rillet tail --dead-letters')" if "reason" in attributes else ""
+        note(f"tail: skipped message {message.message_id}: not a prediction message{hint}")
         return True
-    status, previous = latest.offer(tx_id, revision)
+    status, _ = latest.offer(tx_id, revision)
     if status == "superseded":
         counts.superseded += 1
         return True
     counts.printed += 1
-    echo(message.data.decode() if config.as_json else format_line(body, status, previous))
+    echo(
+        message.data.decode()
+        if config.as_json
+        else format_line(body, status, latest.rank(tx_id), columns)
+    )
+    return True
+
+
+def _handle_dead_letter(
+    message: Any,
+    config: TailConfig,
+    latest: Latest,
+    counts: Counts,
+    echo: Callable[[str], None],
+    note: Callable[[str], None],
+    columns: Columns,
+) -> bool:
+    """Counts and maybe prints one dead letter (once per original message id: delivery is at
+    least once); True if it passed the filter."""
+    counts.received += 1
+    attributes = dict(message.attributes)
+    if not matches(config.conditions, attributes):
+        counts.filtered_out += 1
+        return False
+    original = attributes.get("original_message_id")
+    if original and latest.offer(original, 0)[0] == "superseded":
+        counts.superseded += 1
+        return True
+    counts.printed += 1
+    if config.as_json:
+        data = bytes(message.data).decode("utf-8", errors="replace")
+        echo(
+            json.dumps(
+                {"publish_time": _publish_time(message), "attributes": attributes, "data": data}
+            )
+        )
+    else:
+        echo(format_dead_letter(message, columns))
     return True

@@ -5,10 +5,13 @@
 Pub/Sub pull figures (local_runner.pubsub_pull) and this process's CPU and memory, and writes
 
 - ``DIR/snapshot.json``: the latest snapshot, replaced atomically (written beside, renamed);
-- ``DIR/history.jsonl``: the same object appended as one line;
-- ``DIR/alerts.jsonl``: every alert on the alerts topic (its JSON data, one per line, deduplicated
-  on ``alert_id``), from a subscription the writer creates (``<topic>-snapshot-<pid>``) and
-  deletes when it stops.
+- ``DIR/runs/<run id>/history.jsonl``: the same object appended as one line;
+- ``DIR/runs/<run id>/alerts.jsonl``: every alert on the alerts topic (its JSON data, one per
+  line, deduplicated on ``alert_id``), from a subscription the writer creates
+  (``<topic>-snapshot-<pid>``) and deletes when it stops.
+
+A run is one job process: its id is its start time and pid (``20261207T210312Z-4242``: ids sort
+by start), in every snapshot (``run_id``), so each run's history and report are its own.
 
 ``rillet monitor`` and ``rillet report`` (pipelines/app) read these files. The shape is built by
 ``build_snapshot`` (a pure function, so the tests build it from fake metrics). A failure is
@@ -42,6 +45,9 @@ __all__ = [
     "SnapshotWriter",
     "build_snapshot",
     "metric_values",
+    "new_run_id",
+    "run_dir",
+    "run_ids",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -54,8 +60,29 @@ METRICS_NAMESPACE = "rillet"
 EVAL_NAMESPACE = "rillet_online_eval"
 MONITOR_NAMESPACE = "rillet_monitor"
 
+RUNS_DIR = "runs"  # DIR/runs/<run id>/: one job process's history and alerts
+HISTORY_FILE = "history.jsonl"
+
 EVENT_COUNTERS = ("transactions_valid", "labels_valid")
 PREDICTION_COUNTER = "predictions_written"
+
+
+def new_run_id(started_s: float, pid: int) -> str:
+    """The id of the run a process started at ``started_s`` is (see the module docstring)."""
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started_s)) + f"-{pid}"
+
+
+def run_dir(monitor_dir: Path, run_id: str) -> Path:
+    """Where run ``run_id`` of ``monitor_dir`` keeps its history and alerts."""
+    return monitor_dir / RUNS_DIR / run_id
+
+
+def run_ids(monitor_dir: Path) -> list[str]:
+    """The runs of ``monitor_dir`` that wrote a history, oldest first."""
+    runs = monitor_dir / RUNS_DIR
+    if not runs.is_dir():
+        return []
+    return sorted(p.name for p in runs.iterdir() if (p / HISTORY_FILE).is_file())
 
 
 @dataclass
@@ -152,6 +179,7 @@ def build_snapshot(
     input_subscriptions: Iterable[str] = (),
     process: Mapping[str, float | None] | None = None,
     job: Mapping[str, Any] | None = None,
+    run_id: str | None = None,
 ) -> tuple[dict[str, Any], Sample]:
     """The snapshot (docs/specs/monitoring.md) and the sample the next one's throughput starts
     from. Figures not known yet are None."""
@@ -242,6 +270,7 @@ def build_snapshot(
 
     snapshot = {
         "schema_version": SCHEMA_VERSION,
+        "run_id": run_id,
         "time": rfc3339(now_s),
         "uptime_s": _round(now_s - started_s, 1),
         "interval_s": interval_s,
@@ -256,6 +285,7 @@ def build_snapshot(
         "drift": {v: dict(sorted(f.items())) for v, f in sorted(drift.items())},
         "online_quality": online,
         "quality_rates": dict(sorted(rates.items())),
+        "quality_events": monitor.get("quality_events"),
         "alerts_raised": monitor_counters.get("alerts_raised"),
     }
     return snapshot, sample
@@ -413,6 +443,8 @@ class SnapshotWriter(threading.Thread):
         }
         self.follow_alerts = follow_alerts
         self.started_s = time.time()
+        self.run_id = new_run_id(self.started_s, os.getpid())
+        self.run_directory = run_dir(self.directory, self.run_id)
         self._previous = Sample(self.started_s, 0, 0)
         self._stop_event = threading.Event()
         self._lock = threading.Lock()
@@ -426,7 +458,7 @@ class SnapshotWriter(threading.Thread):
         return self.directory / "snapshot.json"
 
     def start(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        self.run_directory.mkdir(parents=True, exist_ok=True)
         try:
             self._usage = ProcessUsage()
         except Exception as exc:  # no CPU figures, the rest still works
@@ -439,7 +471,7 @@ class SnapshotWriter(threading.Thread):
             )
             try:
                 self._alerts = AlertsFollower(
-                    self.alerts_topic, self.directory / "alerts.jsonl", name
+                    self.alerts_topic, self.run_directory / "alerts.jsonl", name
                 )
             except Exception as exc:  # e.g. no alerts topic on this stack
                 _LOGGER.warning(
@@ -447,7 +479,12 @@ class SnapshotWriter(threading.Thread):
                 )
         atexit.register(self.stop)
         super().start()
-        _LOGGER.info("monitor snapshot: %s every %g s", self.snapshot_path, self.interval_s)
+        _LOGGER.info(
+            "monitor snapshot: %s every %g s (run %s)",
+            self.snapshot_path,
+            self.interval_s,
+            self.run_id,
+        )
 
     def run(self) -> None:
         self.write_once()
@@ -489,6 +526,7 @@ class SnapshotWriter(threading.Thread):
             input_subscriptions=self.inputs,
             process=self._usage.read() if self._usage is not None else None,
             job=self.job,
+            run_id=self.run_id,
         )
         return snapshot
 
@@ -497,7 +535,7 @@ class SnapshotWriter(threading.Thread):
         tmp = self.snapshot_path.with_name("snapshot.json.tmp")
         tmp.write_text(text + "\n")
         os.replace(tmp, self.snapshot_path)
-        with open(self.directory / "history.jsonl", "a") as fh:
+        with open(self.run_directory / HISTORY_FILE, "a") as fh:
             fh.write(text + "\n")
 
     def stop(self) -> None:

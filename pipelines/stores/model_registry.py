@@ -46,6 +46,7 @@ __all__ = [
     "MODEL_CARD",
     "POINTER_FILE",
     "SAVED_MODEL_DIR",
+    "VERSION_NAMES",
     "ModelRegistry",
     "Pointer",
     "RegistryConflict",
@@ -65,6 +66,8 @@ ACTIONS = ("register", "promote", "challenge", "rollback", "retire-challenger", 
 METRICS = ("ap", "auc", "cp100")
 DEFAULT_POLICY: dict[str, Any] = {"mode": "manual", "min_days": 3, "margin": 0.01, "metric": "ap"}
 _LIST_FIX = "list them with 'rillet models list'"
+# Names that stand for a version wherever one is named (ModelRegistry.resolve).
+VERSION_NAMES = ("champion", "challenger", "latest")
 
 
 class RegistryError(ValueError):
@@ -303,6 +306,25 @@ class ModelRegistry:
             + (f"known versions are {', '.join(known)}" if known else "it holds no version")
             + f"; {_LIST_FIX}"
         )
+
+    def resolve(self, name: str) -> str:
+        """The version ``name`` stands for: "champion" and "challenger" as the pointer names
+        them, "latest" the newest version, any other name itself (checked by ``validate``
+        when it is used). A RegistryError when the role is empty or there is no version."""
+        if name not in VERSION_NAMES:
+            return name
+        if name == "latest":
+            versions = self.versions()
+            if not versions:
+                raise self._unknown(name)
+            return versions[-1]
+        picked: str | None = getattr(self.pointer(), name)
+        if picked is None:
+            raise RegistryError(
+                f"no {name} in {self.model_dir}'s registry; set one with "
+                f"'rillet models {'promote' if name == 'champion' else 'challenge'} VERSION'"
+            )
+        return picked
 
     def _has_files(self, *parts: str) -> bool:
         return bool(FileSystems.match([self._path(*parts, "**")], [1])[0].metadata_list)

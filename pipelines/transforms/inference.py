@@ -29,7 +29,7 @@ from apache_beam.utils.shared import Shared
 
 from pipelines.core.batches import FeatureBatch
 from pipelines.core.messages import DeadLetter
-from pipelines.stores.model_registry import ModelRegistry, RegistryError, check_card
+from pipelines.stores.model_registry import VERSION_NAMES, ModelRegistry, check_card
 from pipelines.transforms.model_serving import (
     Assignment,
     LoadedVersion,
@@ -73,29 +73,19 @@ def resolve_model(model_dir: str, version: str = "champion") -> ModelInfo:
     """Picks a version from ``model_dir`` (``<model_dir>/<version>/{saved_model,model_card.json}``).
 
     "champion" (or "challenger") is what the registry's pointer names (``registry.json``; without
-    one the champion is the newest version, see pipelines/stores/model_registry.py); versions
-    sort chronologically by name and "latest" takes the last. The card must pass the registry's
-    check_card: its features among the pipeline's MODEL_INPUTS (the scorer picks them by name)
-    and its feature declarations this code's.
+    one the champion is the newest version), "latest" the newest version: the registry's one
+    resolver, ModelRegistry.resolve (pipelines/stores/model_registry.py). The card must pass the
+    registry's check_card: its features among the pipeline's MODEL_INPUTS (the scorer picks them
+    by name) and its feature declarations this code's.
     """
-    if version in ("latest", "champion", "challenger"):
-        versions = model_versions(model_dir)
-        if not versions:
+    if version in VERSION_NAMES:
+        if not model_versions(model_dir):
             raise FileNotFoundError(
                 f"no model in {model_dir!r}: expected <version>/{MODEL_CARD}; train one with "
                 "'rillet train'"
             )
-        picked: str | None = versions[-1]
-        if version != "latest":
-            picked = getattr(ModelRegistry(model_dir).pointer(), version)
-            if picked is None:
-                raise RegistryError(
-                    f"no {version} in {model_dir}'s registry; set one with "
-                    f"'rillet models {'promote' if version == 'champion' else 'challenge'} VERSION'"
-                )
-        card_path = FileSystems.join(model_dir, str(picked), MODEL_CARD)
-    else:
-        card_path = FileSystems.join(model_dir, version, MODEL_CARD)
+        version = ModelRegistry(model_dir).resolve(version)
+    card_path = FileSystems.join(model_dir, version, MODEL_CARD)
     with FileSystems.open(card_path) as handle:
         card = json.loads(handle.read().decode())
     check_card(card["version"], card)  # the registry's rule (a RegistryError is a ValueError)

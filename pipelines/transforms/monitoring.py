@@ -101,8 +101,13 @@ def _latency_bin(ms: float) -> int:
     return int(math.log(max(ms, 1.0)) / _LOG_BASE)
 
 
-def latency_percentile(histogram: Mapping[int, int], q: float) -> float | None:
-    """The ``q`` quantile (0..1) of a latency histogram, as its bin's upper edge in ms."""
+def latency_percentile(
+    histogram: Mapping[int, int], q: float, max_ms: float | None = None
+) -> float | None:
+    """The ``q`` quantile (0..1) of a latency histogram, as its bin's upper edge in ms, or the
+    exact maximum ``max_ms`` when that is lower: the edge bounds every latency of its bin, but
+    in the top bin the observed maximum bounds them more tightly (a p99 above the max would
+    be a figure no event had)."""
     total = sum(histogram.values())
     if not total:
         return None
@@ -111,7 +116,8 @@ def latency_percentile(histogram: Mapping[int, int], q: float) -> float | None:
     for b in sorted(histogram):
         seen += histogram[b]
         if seen >= rank:
-            return round(math.exp((b + 1) * _LOG_BASE), 1)
+            edge = round(math.exp((b + 1) * _LOG_BASE), 1)
+            return edge if max_ms is None or max_ms <= 0 else min(edge, round(max_ms, 1))
     return None  # pragma: no cover - the loop always reaches the rank
 
 
@@ -352,8 +358,8 @@ class _JudgeHealth(_WindowJudge):
         seconds = max(now - start, 1e-3)
         c = stats.counts
         dead = sum(n for k, n in c.items() if k.startswith(DEAD_LETTER_PREFIX))
-        p50 = latency_percentile(stats.latency, 0.50)
-        p99 = latency_percentile(stats.latency, 0.99)
+        p50 = latency_percentile(stats.latency, 0.50, stats.max_latency_ms)
+        p99 = latency_percentile(stats.latency, 0.99, stats.max_latency_ms)
         _gauge("latency_p50_ms", p50)
         _gauge("latency_p99_ms", p99)
         _gauge("latency_max_ms", stats.max_latency_ms if stats.latency else None)
@@ -404,6 +410,9 @@ class _JudgeQuality(_WindowJudge):
         )
         for reason in (k for k in c if k.startswith(DEAD_LETTER_PREFIX)):
             Metrics.counter(MONITOR_NAMESPACE, reason).inc(c[reason])
+        # The window's size, so a view can tell a judged rate from one of too few events (a
+        # rate gauge without a denominator is not set and keeps an older window's value).
+        _gauge("quality_events", events)
         for name, value in rates.items():
             _gauge(f"quality_rate_ppm/{name}", None if value is None else value * 1e6)
             threshold = self._t.rates.get(name)

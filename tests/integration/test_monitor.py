@@ -146,7 +146,10 @@ def test_monitor_shows_a_running_job_live(tiny_frame, model_dir, tmp_path) -> No
     assert snapshot["counters"]["predictions_written"] >= len(tiny_frame)
     assert snapshot["drift"] and snapshot["latency_ms"]["p99"] is not None
     assert snapshot["alerts_raised"] >= 1
-    alerts = [json.loads(line) for line in (monitor_dir / "alerts.jsonl").read_text().splitlines()]
+    assert snapshot["latency_ms"]["p99"] <= snapshot["latency_ms"]["max"]
+    run_dir = monitor_dir / "runs" / snapshot["run_id"]  # this job's run
+    assert sorted(p.name for p in (monitor_dir / "runs").iterdir()) == [snapshot["run_id"]]
+    alerts = [json.loads(line) for line in (run_dir / "alerts.jsonl").read_text().splitlines()]
     assert alerts and len({a["alert_id"] for a in alerts}) == len(alerts)
     assert {a["kind"] for a in alerts} >= {"drift"}
 
@@ -158,5 +161,6 @@ def test_monitor_shows_a_running_job_live(tiny_frame, model_dir, tmp_path) -> No
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert report.returncode == 0, report.stderr
-    page = (monitor_dir / "report" / "index.html").read_text()
+    assert report.stdout.startswith(f"report of run {snapshot['run_id']}: ")
+    page = (run_dir / "report" / "index.html").read_text()
     assert "TX_AMOUNT" in page and f"Alerts ({len(alerts)})" in page

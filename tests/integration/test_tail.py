@@ -38,6 +38,7 @@ MESSAGES = [
     ("tx-3", 0.10, 2, True),  # low: filtered out
 ]
 HIGHEST_HIGH = {"tx-1": 3, "tx-4": 1, "tx-2": 2}
+HIGH_REVISIONS = {"tx-1": {1, 2, 3}, "tx-4": {1}, "tx-2": {2}}
 
 
 def record(tx: str, score: float, revision: int, correction: bool) -> dict[str, Any]:
@@ -142,12 +143,14 @@ def test_tail_prints_the_filtered_band_at_its_highest_revision(local_run, topic)
         assert lines[0].split()[:2] == ["event", "time"], stdout
         rows = [line.split() for line in lines[1:]]
         assert rows and all(row[3] == "high" and row[4] == "v1" for row in rows), stdout
-        revisions: dict[str, list[int]] = {}
+        ranks: dict[str, list[int]] = {}
         for row in rows:
-            revisions.setdefault(row[1], []).append(int(row[5]))
-        # Only increasing revisions print, and the last one per transaction is the highest.
-        assert all(r == sorted(set(r)) for r in revisions.values()), stdout
-        assert {tx: r[-1] for tx, r in revisions.items()} == HIGHEST_HIGH, stdout
+            ranks.setdefault(row[1], []).append(int(row[5]))
+        # rev is the rank of each printed (increasing) revision: 1, 2, ... per transaction, at
+        # most one per distinct high revision.
+        assert all(r == list(range(1, len(r) + 1)) for r in ranks.values()), stdout
+        assert set(ranks) == set(HIGHEST_HIGH), stdout
+        assert all(len(ranks[tx]) <= len(HIGH_REVISIONS[tx]) for tx in ranks), stdout
         updates = [line for line in lines[1:] if "replaces revision" in line]
         assert len(updates) == len(rows) - len(HIGHEST_HIGH), stdout
         assert all("correction, replaces revision" in line for line in updates), stdout
@@ -196,3 +199,40 @@ def test_tail_on_a_named_subscription_filters_client_side_and_keeps_it(local_run
             tail.proc.kill()
         subscriber.delete_subscription(request={"subscription": path})
         subscriber.close()
+
+
+def test_tail_follows_dead_letters_with_their_reason(local_run, topic) -> None:
+    """Dead letters as the job publishes them (``_dead_letter_message``): one line each with
+    its reason and stage, a redelivered one once."""
+    from google.cloud import pubsub_v1
+
+    from pipelines.core.messages import DeadLetter
+    from pipelines.transforms.sinks import _dead_letter_message
+
+    tail = Tail(local_run, "--topic", topic.rsplit("/", 1)[1], "--dead-letters", "--timeout", "4")
+    try:
+        tail.subscription()
+        publisher = pubsub_v1.PublisherClient()
+        letters = [
+            DeadLetter(b"{oops", "not_json", "Expecting value", "transactions", "parse", {}, "m1"),
+            DeadLetter(b"{oops", "not_json", "Expecting value", "transactions", "parse", {}, "m1"),
+            DeadLetter(
+                b"{}", "unknown_transaction", "no tx-9", "labels", "TerminalWindows", {}, "m2"
+            ),
+        ]
+        for letter in letters:
+            message = _dead_letter_message(letter)
+            publisher.publish(topic, message.data, **message.attributes).result(timeout=30)
+        code, stdout, stderr = tail.finish()
+        assert code == 0 and "Traceback" not in stderr, stderr[-3000:]
+        lines = stdout.splitlines()
+        assert lines[0].split()[:3] == ["dead-lettered", "at", "reason"], stdout
+        rows = sorted(line.split()[1:5] for line in lines[1:])
+        assert rows == [
+            ["not_json", "parse", "transactions", "m1"],
+            ["unknown_transaction", "TerminalWindows", "labels", "m2"],
+        ], stdout
+        assert "printed 2" in stderr and "redelivered 1" in stderr, stderr
+    finally:
+        if tail.proc.poll() is None:
+            tail.proc.kill()

@@ -111,3 +111,27 @@ def test_model_card(exported) -> None:  # type: ignore[no-untyped-def]
     assert reference["inputs"]["TX_DURING_WEEKEND"]["edges"] == [0.0, 1.0]
     assert sum(reference["inputs"]["TX_AMOUNT"]["counts"]) == 600
     assert sum(reference["score"]["counts"]) == 600
+
+
+def test_the_demo_model_gets_validation_metrics(tiny_frame) -> None:  # type: ignore[no-untyped-def]
+    """The demo trains once, without selection: its card still carries validation metrics
+    (the week after its training days and the label delay), so 'rillet models list' and
+    'models show' have figures for it."""
+    from models.evaluation import rows_in
+    from models.train import TrainConfig, train_model
+    from pipelines.app.demo import demo_validation
+    from pipelines.core.training_data import training_features
+
+    features = training_features(tiny_frame)  # 21 days from 2018-04-01
+    train = rows_in(features, ("2018-04-01", "2018-04-07"))
+    model, _ = train_model(train, None, TrainConfig(num_trees=10))
+    fields = demo_validation(model, tiny_frame, features, "2018-04-01", 7)
+    assert fields["validation_ranges"] == [["2018-04-15", "2018-04-21"]]
+    metrics = fields["validation_metrics"]
+    assert set(metrics) == {"auc", "ap", "cp100", "n", "frauds"}
+    assert 0.5 < metrics["auc"] <= 1 and 0 < metrics["ap"] <= 1 and metrics["frauds"] > 0
+    # Training days that leave no validation week in the data: no figures rather than wrong ones.
+    assert demo_validation(model, tiny_frame, features, "2018-04-01", 14) == {
+        "validation_ranges": [],
+        "validation_metrics": {},
+    }

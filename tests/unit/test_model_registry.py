@@ -78,6 +78,20 @@ def test_an_empty_directory_has_no_champion(tmp_path: Path) -> None:
         resolve_model(str(tmp_path))
 
 
+def test_one_resolver_for_the_names_of_a_version(models: Path) -> None:
+    """champion, challenger and latest stand for a version wherever one is named (the job,
+    evaluate, the models commands): ModelRegistry.resolve, which resolve_model uses."""
+    registry = ModelRegistry(str(models))
+    assert [registry.resolve(n) for n in ("champion", "latest", "v1")] == ["v3", "v3", "v1"]
+    with pytest.raises(RegistryError, match=r"no challenger in .*rillet models challenge VERSION"):
+        registry.resolve("challenger")
+    registry.promote("v1", challenger="v2")
+    assert [registry.resolve(n) for n in ("champion", "challenger", "latest")] == ["v1", "v2", "v3"]
+    assert resolve_model(str(models), "challenger").version == "v2"
+    with pytest.raises(RegistryError, match=r"unknown model version 'latest'.*holds no version"):
+        ModelRegistry(str(models / "empty")).resolve("latest")
+
+
 # Roles, history, generation.
 
 

@@ -61,6 +61,58 @@ def test_list_show_and_roles(models: Path) -> None:
     assert ModelRegistry(d).pointer().generation == 5
 
 
+def field(out: str, key: str) -> str:
+    """The value of a ``models show`` line."""
+    return next(line.split(None, 1)[1] for line in out.splitlines() if line.split()[0] == key)
+
+
+def test_show_is_a_summary_and_json_the_whole_card(models: Path) -> None:
+    """A few lines a person reads (no reference histograms), --json every field; champion,
+    challenger and latest name a version here as everywhere."""
+    d = str(models)
+    ModelRegistry(d).challenge("v2")
+    card = json.loads((models / "v3" / "model_card.json").read_text())
+    card["reference"] = {"TX_AMOUNT": {"edges": list(range(100)), "counts": [1] * 99}}
+    card["validation_ranges"] = [["2018-04-15", "2018-04-21"], ["2018-04-08", "2018-04-14"]]
+    card["config"] = {"max_depth": 4, "num_trees": 100}
+    (models / "v3" / "model_card.json").write_text(json.dumps(card))
+    out = rillet("models", "show", "--model-dir", d).output  # the champion by default
+    lines = out.splitlines()
+    assert lines[0].split() == ["version", "v3", "(champion)"] and len(lines) < 15, out
+    assert "AUC 0.8200, AP 0.5200, CP@100 0.2000 on 2 validation weeks" in out
+    assert field(out, "training") == "2018-04-01..2018-04-07"
+    assert field(out, "config") == "max_depth=4, num_trees=100"
+    assert field(out, "features").startswith("15 model inputs (feature definitions ")
+    assert "edges" not in out and f"{d}/v3/model_card.json (--json prints all of it)" in out
+    assert rillet("models", "show", "latest", "--model-dir", d).output == out
+    assert "v2 (challenger)" in rillet("models", "show", "challenger", "--model-dir", d).output
+    whole = json.loads(rillet("models", "show", "champion", "--model-dir", d, "--json").output)
+    assert whole["reference"]["TX_AMOUNT"]["counts"] == [1] * 99
+    bare = rillet("models", "show", "v1", "--model-dir", d).output
+    assert field(bare, "validation").startswith("AUC 0.8000")
+    (models / "v1" / "model_card.json").write_text(
+        json.dumps({**json.loads((models / "v1" / "model_card.json").read_text()),
+                    "validation_metrics": {}})
+    )  # fmt: skip
+    bare = rillet("models", "show", "v1", "--model-dir", d).output
+    assert field(bare, "validation") == "none (trained without validation)"
+
+
+def test_role_names_are_versions_in_promote_and_challenge(models: Path) -> None:
+    d = str(models)
+    from pipelines.app.errors import UserError
+
+    with pytest.raises(UserError, match="'v3' is the champion"):  # latest is v3
+        rillet("models", "challenge", "latest", "--model-dir", d)
+    assert "challenging: champion v3, challenger v1" in (
+        rillet("models", "challenge", "v1", "--model-dir", d).output
+    )
+    out = rillet("models", "promote", "challenger", "--challenger", "champion", "--model-dir", d)
+    assert out.output.startswith("promoted: champion v1, challenger v3"), out.output
+    out = rillet("models", "show", "challenger", "--model-dir", d, "--json")
+    assert json.loads(out.output)["version"] == "v3"
+
+
 def evaluations(days: int, champion_ap: float, challenger_ap: float) -> list[dict[str, Any]]:
     rows = []
     for i in range(1, days + 1):

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -145,30 +146,79 @@ def test_a_bare_snapshot_renders(tmp_path: Path) -> None:
     assert "no labelled day complete yet" in out
 
 
-def write_history(directory: Path, n: int = 6) -> None:
+RUN = "20231114T221320Z-4242"
+
+
+def write_history(monitor_dir: Path, n: int = 6, run: str = RUN, at_s: float = NOW) -> Path:
+    """A run's history (n snapshots, the last at ``at_s``) and alerts, as the writer lays
+    them out; returns the run's directory."""
+    directory = monitor_dir / "runs" / run
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / "history.jsonl", "w") as fh:
         for i in range(n):
-            s = snapshot(at_s=NOW - (n - i) * 5)
-            s["job"] = {**s["job"], "pid": 1 if i < 3 else 2}  # a restart
+            s = snapshot(at_s=at_s - (n - 1 - i) * 5, run_id=run)
             s["drift"]["champion"]["TX_AMOUNT"]["psi"] = 0.05 * i
             fh.write(json.dumps(s) + "\n")
         fh.write('{"cut by a kill\n')
     (directory / "alerts.jsonl").write_text(json.dumps(ALERT) + "\n")
+    return directory
 
 
 def test_the_report_plots_the_history_and_lists_the_alerts(tmp_path: Path) -> None:
     from pipelines.app.run_report import write_run_report
 
-    write_history(tmp_path / "mon")
-    page = write_run_report(tmp_path / "mon", tmp_path / "out")
+    run = write_history(tmp_path / "mon")
+    page = write_run_report(run, tmp_path / "out")
     text = page.read_text()
     for name in ("throughput", "latency", "lag", "drift_1", "quality", "process"):
         assert (tmp_path / "out" / f"{name}.png").stat().st_size > 1000, name
         assert f'src="{name}.png"' in text
     assert "TX_AMOUNT" in text and "TERMINAL_ID_RISK_7DAY_WINDOW" in text
     assert "Alerts (1)" in text and "TX_AMOUNT drifted" in text and 'class="warning"' in text
-    assert "<td>job processes</td><td>2</td>" in text
+    assert f"<td>run</td><td>{RUN}</td>" in text and "<td>snapshots</td><td>6</td>" in text
+
+
+def test_each_run_is_reported_alone_the_latest_by_default(tmp_path: Path) -> None:
+    """The demo's run, then a later one: the report is the latest run's (its snapshots only),
+    written beside it; --run names the other (a prefix will do) and its report stays."""
+    from pipelines.app.run_report import (
+        NoHistory,
+        UnknownRun,
+        pick_run,
+        runs_lines,
+        runs_table,
+        write_run_report,
+    )
+
+    monitor = tmp_path / "mon"
+    demo = write_history(monitor, n=6, run="20231114T201320Z-100", at_s=NOW - 7200 + 0.91)
+    later = write_history(monitor, n=3, run=RUN)
+    (later / "alerts.jsonl").unlink()
+    assert pick_run(monitor) == RUN
+    assert pick_run(monitor, "20231114T20") == "20231114T201320Z-100"
+    first = write_run_report(demo)
+    second = write_run_report(later)
+    assert first == demo / "report" / "index.html" and second == later / "report" / "index.html"
+    assert "<td>snapshots</td><td>6</td>" in first.read_text()
+    assert "<td>snapshots</td><td>3</td>" in second.read_text()  # no demo snapshot mixed in
+    assert "No alert was raised." in second.read_text()
+    rows = runs_table(monitor)
+    assert [(r["run"], r["snapshots"], r["alerts"], r["report"]) for r in rows] == [
+        ("20231114T201320Z-100", 6, 1, True),
+        (RUN, 3, 0, True),
+    ]
+    assert (rows[0]["from"], rows[0]["to"]) == ("2023-11-14T20:12:55Z", "2023-11-14T20:13:20Z")
+    lines = runs_lines(rows)
+    assert lines[0].split() == ["run", "from", "to", "snapshots", "predictions", "alerts", "report"]
+    assert len({line.index("report") if i == 0 else len(line) - 3 for i, line in
+                enumerate(lines)}) == 1  # fmt: skip  # aligned: the last column starts alike
+    assert lines[2].split()[0] == RUN and lines[2].split()[-3:] == ["990", "0", "yes"]
+    with pytest.raises(UnknownRun, match="--run 2023: names 2 runs"):
+        pick_run(monitor, "2023")
+    with pytest.raises(UnknownRun, match="--run nope: no such run; the latest: 20231114T2013"):
+        pick_run(monitor, "nope")
+    with pytest.raises(NoHistory):
+        pick_run(tmp_path / "empty")
 
 
 def rillet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -188,9 +238,13 @@ def rillet(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         (
             ["report", "--monitor-dir", "nothing"],
             2,
-            ["rillet report: --monitor-dir nothing: no monitoring history", "--monitor_dir=DIR"],
+            [
+                "rillet report: --monitor-dir nothing: no run's monitoring history",
+                "--monitor_dir=DIR",
+            ],
         ),
-        (["report"], 2, [".rillet/monitor: no monitoring history"]),
+        (["report"], 2, [".rillet/monitor: no run's monitoring history"]),
+        (["report", "--list"], 2, [".rillet/monitor: no run's monitoring history"]),
         (
             ["monitor", "--monitor-dir", "afile", "--once"],
             2,
@@ -215,10 +269,67 @@ def test_command_errors(tmp_path: Path, args: list[str], code: int, expected: li
 def test_monitor_once_and_report_from_the_command_line(tmp_path: Path) -> None:
     waiting = rillet("monitor", "--once", cwd=tmp_path)
     assert waiting.returncode == 0 and "waiting for a job writing" in waiting.stdout
-    write_history(tmp_path / ".rillet" / "monitor")
-    (tmp_path / ".rillet" / "monitor" / "snapshot.json").write_text(json.dumps(snapshot()))
+    monitor = tmp_path / ".rillet" / "monitor"
+    write_history(monitor, run="20231114T201320Z-100", at_s=NOW - 7200)
+    write_history(monitor)
+    (monitor / "snapshot.json").write_text(json.dumps(snapshot(run_id=RUN)))
     once = rillet("monitor", "--once", cwd=tmp_path)
     assert once.returncode == 0 and "TX_AMOUNT" in once.stdout and "STALE" in once.stdout
+    assert "TX_AMOUNT drifted" not in once.stdout and "0.31 >= 0.25" in once.stdout  # its alert
     done = rillet("report", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    assert (tmp_path / ".rillet" / "monitor" / "report" / "index.html").exists()
+    assert done.stdout.startswith(f"report of run {RUN}: ")
+    assert (monitor / "runs" / RUN / "report" / "index.html").exists()
+    assert not (monitor / "runs" / "20231114T201320Z-100" / "report").exists()
+    listed = rillet("report", "--list", cwd=tmp_path)
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 3, listed.stderr
+    unknown = rillet("report", "--run", "nope", cwd=tmp_path)
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert unknown.stderr.splitlines()[0].startswith("rillet report: --run nope: no such run")
+    assert "rillet report --list" in unknown.stderr
+
+
+def test_a_window_too_small_to_judge_says_so(tmp_path: Path) -> None:
+    """40 events (40 duplicates among them) under min_events (200): no rate is shown as a
+    verdict; a window of 200 or more shows its rates."""
+    small = snapshot(quality_rates={"duplicate_rate": 0.0, "dead_letter_rate": 0.0})
+    small["quality_events"] = 40
+    out = text_of(render(small, [], directory=tmp_path, now_s=NOW))
+    assert out.count("n=40 < 200, not judged") == 4  # every rate, declared or measured
+    assert "0.00%" not in out.split("data quality")[1].split("late beyond")[0]
+    assert "data quality (last window, 40 events)" in out
+    judged = snapshot(quality_rates={"duplicate_rate": 0.03})
+    judged["quality_events"] = 1000
+    out = text_of(render(judged, [], directory=tmp_path, now_s=NOW))
+    assert "not judged" not in out and "3.00%" in out
+
+
+def test_alerts_show_full_version_ids_and_their_role(tmp_path: Path) -> None:
+    """Version ids differ in their last digits: shown whole even on a narrow terminal, with
+    the role each has in the job's registry now; the header names both."""
+    from pipelines.stores.model_registry import ModelRegistry
+    from tests.unit.test_model_registry import make_version
+
+    champion, challenger = "20261207T123307253712Z", "20261207T130101000001Z"
+    models = tmp_path / "models"
+    for version in (champion, challenger):
+        make_version(models, version)
+    ModelRegistry(models).register(champion, as_="champion")
+    ModelRegistry(models).register(challenger, as_="challenger")
+    snap = snapshot(job={"pid": 1, "runner": "DirectRunner", "project": "p",
+                         "model_dir": str(models)})  # fmt: skip
+    alerts = [
+        {**ALERT, "alert_id": "a1", "model_version": champion},
+        {**ALERT, "alert_id": "a2", "model_version": challenger, "feature": "score"},
+        {**ALERT, "alert_id": "a3", "model_version": "20261101T000000000000Z"},
+    ]
+    for width in (200, 120):
+        out = text_of(render(snap, alerts, directory=tmp_path, now_s=NOW, width=width), width)
+        assert f"registry now: champion {champion}, challenger {challenger}" in out
+        table = out.split("recent alerts")[1]
+        roles = dict(re.findall(r"(\d{8}T\d{12}Z)\s+(\S+)", table))
+        assert roles == {
+            champion: "champion",
+            challenger: "challenger",
+            "20261101T000000000000Z": "-",  # a version no longer in a role
+        }, table

@@ -225,6 +225,20 @@ def test_quality_rates_and_latency_percentiles() -> None:
     assert latency_percentile({}, 0.5) is None
 
 
+def test_a_percentile_is_never_above_the_max() -> None:
+    """The bin's upper edge bounds its latencies; the exact maximum bounds them more tightly
+    (issue 22: p99 446 ms over a max of 444 ms)."""
+    from pipelines.transforms.monitoring import _latency_bin, latency_percentile
+
+    latencies = [120.0, 300.0, 444.0]
+    hist: dict[int, int] = {}
+    for ms in latencies:
+        hist[_latency_bin(ms)] = hist.get(_latency_bin(ms), 0) + 1
+    assert latency_percentile(hist, 0.99) > 444.0  # the edge alone: above every latency
+    assert latency_percentile(hist, 0.99, max(latencies)) == 444.0
+    assert latency_percentile(hist, 0.50, max(latencies)) == latency_percentile(hist, 0.50)
+
+
 def test_prediction_batches_are_binned_per_version_feature_and_bucket(tmp_path) -> None:
     from pipelines.core.batches import FeatureBatch
     from pipelines.core.definitions import MODEL_INPUTS

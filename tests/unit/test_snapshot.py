@@ -4,6 +4,7 @@ the pull wrapper's backlog bookkeeping (pipelines/local_runner/pubsub_pull.py)."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -70,6 +71,7 @@ def full_metrics() -> dict[str, list[MetricResult]]:
             gauge(m, "drift_psi_milli/champion/score", 20),
             gauge(m, "drift_psi_milli/challenger/score", 40),
             gauge(m, "quality_rate_ppm/dead_letter_rate", 1000),
+            gauge(m, "quality_events", 40),
             gauge(ev, "auc_ppm/champion", 900_000),
             gauge(ev, "ap_ppm/champion", 700_000),
             gauge(ev, "cp100_ppm/champion", 300_000),
@@ -112,9 +114,11 @@ def test_snapshot_has_the_contract_shape() -> None:
         input_subscriptions=[TX, LB],
         process={"cpu_percent": 150.0, "rss_mb": 1400.0},
         job={"pid": 123, "runner": "DirectRunner", "project": "p", "model_dir": "m"},
+        run_id="19700101T001558Z-123",
     )
     assert list(snapshot) == [
         "schema_version",
+        "run_id",
         "time",
         "uptime_s",
         "interval_s",
@@ -129,9 +133,11 @@ def test_snapshot_has_the_contract_shape() -> None:
         "drift",
         "online_quality",
         "quality_rates",
+        "quality_events",
         "alerts_raised",
     ]
-    assert snapshot["schema_version"] == 1
+    assert snapshot["schema_version"] == 1 and snapshot["run_id"] == "19700101T001558Z-123"
+    assert snapshot["quality_events"] == 40  # the window the rates are of
     assert parse_rfc3339(snapshot["time"]) == 1000 * 1_000_000
     assert snapshot["uptime_s"] == 42.0 and snapshot["interval_s"] == 5.0
     assert snapshot["counters"]["transactions_valid"] == 600
@@ -274,7 +280,8 @@ def test_the_writer_writes_snapshot_history_and_survives_errors(tmp_path: Path) 
     import time
 
     deadline = time.monotonic() + 10
-    history = tmp_path / "mon" / "history.jsonl"
+    assert writer.run_id == snap.new_run_id(writer.started_s, os.getpid())
+    history = tmp_path / "mon" / "runs" / writer.run_id / "history.jsonl"
     while time.monotonic() < deadline and (
         not history.exists() or len(history.read_text().splitlines()) < 3
     ):
@@ -290,4 +297,30 @@ def test_the_writer_writes_snapshot_history_and_survives_errors(tmp_path: Path) 
     assert snapshot["process"]["rss_mb"] > 0
     lines = history.read_text().splitlines()
     assert len(lines) >= 3 and all(json.loads(line)["schema_version"] == 1 for line in lines)
+    assert {json.loads(line)["run_id"] for line in lines} == {writer.run_id}
+    assert snapshot["run_id"] == writer.run_id
     assert not (tmp_path / "mon" / "snapshot.json.tmp").exists()
+    assert snap.run_ids(tmp_path / "mon") == [writer.run_id]
+
+
+def test_each_writer_is_a_run_of_its_own(tmp_path: Path) -> None:
+    """Two job processes on one monitor directory: two runs, ids in start order, each history
+    its own (the report of one never mixes in the other)."""
+    options = {"monitor_dir": str(tmp_path / "mon"), "monitor_every_s": 60, "project": "p"}
+    ids = []
+    for started_s, pid in ((1_765_000_000.0, 900), (1_765_003_600.0, 12)):
+        writer = snap.SnapshotWriter(FakeResult(**full_metrics()), options, follow_alerts=False)
+        writer.started_s = started_s
+        writer.run_id = snap.new_run_id(started_s, pid)
+        writer.run_directory = snap.run_dir(writer.directory, writer.run_id)
+        writer.run_directory.mkdir(parents=True)
+        writer.write_once()
+        writer.write_once()
+        ids.append(writer.run_id)
+    assert ids == ["20251206T054640Z-900", "20251206T064640Z-12"]
+    assert snap.run_ids(tmp_path / "mon") == ids  # oldest first, whatever the pids
+    for run_id in ids:
+        lines = (tmp_path / "mon" / "runs" / run_id / "history.jsonl").read_text().splitlines()
+        assert [json.loads(line)["run_id"] for line in lines] == [run_id, run_id]
+    (tmp_path / "mon" / "runs" / "empty").mkdir()  # no history: not a run
+    assert snap.run_ids(tmp_path / "mon") == ids

@@ -12,6 +12,9 @@ import pytest
 
 from pipelines.app.errors import UserError
 from pipelines.app.tail import (
+    DEAD_LETTER_FILTER_KEYS,
+    PREDICTION_WIDTHS,
+    Columns,
     Condition,
     Latest,
     TailConfig,
@@ -110,15 +113,129 @@ def test_a_line_says_what_it_replaces() -> None:
         "score": 0.93,
         "risk_band": "high",
         "model_version": "v1",
-        "revision": 3,
+        "revision": 1_765_000_000_000_003,  # a fence (microseconds), not a count
         "correction": True,
     }
-    first = format_line({**body, "revision": 1, "correction": False}, "new", None)
+    first = format_line({**body, "revision": 1_765_000_000_000_001, "correction": False}, "new", 1)
     assert "\x1b[31mhigh" in first  # red, on a terminal (typer.echo strips it elsewhere)
     first = re.sub(r"\x1b\[[0-9;]*m", "", first)
     assert first.split() == ["2018-04-02T10:01:00Z", "tx-1", "0.9300", "high", "v1", "1"]
-    update = format_line(body, "update", 1)
-    assert update.endswith("3  correction, replaces revision 1")
+    update = format_line(body, "update", 2)
+    assert update.endswith("2  correction, replaces revision 1")
+
+
+def test_rev_is_the_rank_of_the_revisions_kept() -> None:
+    """The contract's revision is a fence in microseconds: the line shows 1, 2, 3 per
+    transaction, in the order the increasing revisions were kept."""
+    latest = Latest()
+    fence = 1_765_000_000_000_000
+    for revision, rank in ((fence, 1), (fence + 7, 2), (fence + 3, 2), (fence + 9, 3)):
+        latest.offer("a", revision)
+        assert latest.rank("a") == rank
+    latest.offer("b", fence + 5)
+    assert latest.rank("b") == 1 and latest.rank("c") is None
+
+
+def plain(line: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", line)
+
+
+def test_columns_fit_full_version_ids_and_long_ids() -> None:
+    """A 22-character version id fits the model column (no line pushed out of line); a longer
+    value widens its column for the lines that follow, which align with each other."""
+    columns = Columns(PREDICTION_WIDTHS)
+    header = columns.header()
+    body = {
+        "event_time": "2018-04-02T10:01:00Z",
+        "transaction_id": "53056",
+        "score": 0.0123,
+        "risk_band": "low",
+        "model_version": "20261207T123307253712Z",
+    }
+    lines = [plain(format_line(body, "new", 1, columns))]
+    assert header.index("rev") == lines[0].rindex(
+        "1"
+    )  # the rev column starts where its header does
+    assert header.index("model") == lines[0].index("20261207T123307253712Z")
+    uuid_body = {**body, "transaction_id": "6f1c1f3e-2b7a-4c43-9d7e-0a8f5d1b2c3d"}
+    lines += [plain(format_line(uuid_body, "new", 1, columns)) for _ in range(2)]
+    assert lines[1].index("0.0123") == lines[2].index("0.0123")
+    assert columns.header().index("model") == lines[2].index("20261207T123307253712Z")
+
+
+def dead_letter(original_id: str, reason: str, ack_id: str) -> Any:
+    from datetime import UTC, datetime
+
+    attributes = {
+        "reason": reason,
+        "detail": "Expecting value:\n line 1 column 1 (char 0)",
+        "source": "transactions",
+        "stage": "parse",
+        "original_message_id": original_id,
+    }
+    return SimpleNamespace(
+        ack_id=ack_id,
+        message=SimpleNamespace(
+            data=b"not json",
+            attributes=attributes,
+            message_id=f"dl-{ack_id}",
+            publish_time=datetime(2026, 12, 7, 21, 3, 12, 500_000, tzinfo=UTC),
+        ),
+    )
+
+
+def test_dead_letters_print_their_reason_once_per_original_message() -> None:
+    from pipelines.app.tail import Counts
+
+    subscriber = FakeSubscriber(
+        [
+            [
+                dead_letter("m1", "not_json", "1"),
+                dead_letter("m1", "not_json", "2"),  # redelivered: once
+                dead_letter("m2", "duplicate_transaction_id", "3"),  # filtered out
+                dead_letter("m3", "not_json", "4"),
+            ]
+        ]
+    )
+    printed: list[str] = []
+    counts = Counts()
+    conditions = parse_filters(["reason=not_json"], DEAD_LETTER_FILTER_KEYS)
+    config = TailConfig(
+        "p",
+        topic="dead-letter",
+        conditions=conditions,
+        timeout_s=0.2,
+        poll_s=0.05,
+        dead_letters=True,
+    )
+    _loop(subscriber, "sub", config, counts, printed.append, lambda line: None)
+    assert len(printed) == 2
+    cells = printed[0].split()
+    assert cells[:5] == ["2026-12-07T21:03:12Z", "not_json", "parse", "transactions", "m1"]
+    assert printed[0].endswith("Expecting value: line 1 column 1 (char 0)")  # one line
+    assert "m3" in printed[1]
+    assert (counts.received, counts.printed, counts.filtered_out, counts.superseded) == (4, 2, 1, 1)
+    assert counts.summary(dead_letters=True).endswith("redelivered 1")
+    with pytest.raises(UserError, match=r"unknown attribute 'risk_band'.*reason, stage"):
+        parse_filters(["risk_band=high"], DEAD_LETTER_FILTER_KEYS)
+
+
+def test_a_dead_letter_on_the_prediction_topic_says_where_to_look() -> None:
+    from pipelines.app.tail import Counts
+
+    notes: list[str] = []
+    _loop(
+        FakeSubscriber([[dead_letter("m1", "not_json", "1")]]),
+        "sub",
+        TailConfig("p", timeout_s=0.2, poll_s=0.05),
+        Counts(),
+        lambda line: None,
+        notes.append,
+    )
+    assert notes == [
+        "tail: skipped message dl-1: not a prediction message (dead letters? "
+        "'rillet tail --dead-letters')"
+    ]
 
 
 def message(tx: str, revision: int, band: str, ack_id: str) -> Any:
