@@ -229,7 +229,7 @@ CASES = {
     "retrain, --now not ISO 8601": (
         ["retrain", "--history", "data", "--model-dir", "reg", "--now", "26/05/2018"],
         2,
-        ["--now 26/05/2018: not a date; expected an ISO 8601 date"],
+        ["--now '26/05/2018': expected an ISO 8601 day or time"],
     ),
     "retrain, --now after the history": (
         ["retrain", "--history", "data", "--model-dir", "reg", "--now", "2019-01-01"],
