@@ -52,6 +52,7 @@ from pipelines.core.label_slots import (
     LabelSlot,
     duplicate_detail,
     expire,
+    label_digest,
     label_of,
     label_record,
     message_key,
@@ -80,6 +81,10 @@ _LABEL_TIMER_PARAM = beam.DoFn.TimerParam(_LABEL_TIMER)
 _ROUND = ReadModifyWriteStateSpec("label_timer_round", VarIntCoder())
 _ROUND_PARAM = beam.DoFn.StateParam(_ROUND)
 _EXPIRED_ROUND = "expired_round"  # on a waiting label's record: the round that expired it
+# On a transaction's record: the message ids dead-lettered as its duplicates, so that the same
+# message again is known as a redelivery (bounded: a row stays small whatever a publisher does).
+_REJECTED = "x"
+MAX_REJECTED_IDS = 100
 
 
 class IndexIdsFn(KeyedStageFn):
@@ -172,6 +177,7 @@ class IndexIdsFn(KeyedStageFn):
         outputs: list[Any] = []
         txs: dict[str, Transaction] = {}
         labels: dict[str, list[Label]] = {}  # judged together (label_slots)
+        duplicates: list[tuple[str, DeadLetter]] = []  # checked against the index below
         for _, event in batch:
             if isinstance(event, Label):
                 labels.setdefault(event.transaction_id, []).append(event)
@@ -185,18 +191,20 @@ class IndexIdsFn(KeyedStageFn):
             same = _same_event(first, event)
             if _published_first(event, first, same):
                 txs[event.transaction_id], event, first = event, first, event
-            outputs.append(_duplicate(event, first.message_id, same))
+            duplicates.append((event.transaction_id, _duplicate(event, first.message_id, same)))
         index = self._store.read_ids([*txs, *labels])
         writes = Writes()
         accepted: list[Transaction] = []
         new_txs: dict[str, Transaction] = {}
+        records: dict[str, dict[str, Any]] = {}  # the tx records after the batch
         for tx in txs.values():
             known = index.get(tx.transaction_id, IdRecord()).tx
             if known is None:
                 new_txs[tx.transaction_id] = tx
                 accepted.append(tx)
-                writes.ids.append((tx.transaction_id, FAMILY_TX, record_of(tx), tx.event_time_us))
+                records[tx.transaction_id] = record_of(tx)
                 continue
+            records[tx.transaction_id] = known
             digest = record_of(tx)["d"]
             if _seen_before(known, tx.message_id, digest):
                 self._redeliveries.inc()
@@ -205,18 +213,46 @@ class IndexIdsFn(KeyedStageFn):
                 # An exact copy reached the stage first (the runner reorders bundles, e.g. after
                 # a restart): this message, published earlier, is the original. The state is
                 # the same; the index now names it, and the copy is the one dead-lettered.
-                swapped = {**known, "m": tx.message_id, "p": tx.publish_time_us}
-                writes.ids.append((tx.transaction_id, FAMILY_TX, swapped, tx.event_time_us))
+                records[tx.transaction_id] = {
+                    **known,
+                    "m": tx.message_id,
+                    "p": tx.publish_time_us,
+                }
                 copy = dataclasses.replace(tx, message_id=known["m"], publish_time_us=known["p"])
-                outputs.append(_duplicate(copy, tx.message_id, True))
+                duplicates.append((tx.transaction_id, _duplicate(copy, tx.message_id, True)))
             else:
-                outputs.append(_duplicate(tx, known["m"], known["d"] == digest))
+                duplicate = _duplicate(tx, known["m"], known["d"] == digest)
+                duplicates.append((tx.transaction_id, duplicate))
+        outputs.extend(self._mark_redelivered(duplicates, records))
+        for tx_id, record in records.items():
+            if record is not index.get(tx_id, IdRecord()).tx:  # new, renamed or more rejects
+                writes.ids.append((tx_id, FAMILY_TX, record, int(record["t"])))
         recorded = self._settle_labels(labels, index, new_txs, accepted, outputs, writes)
         self._store.apply(writes)
         outputs = [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dl) for dl in outputs]
         outputs += [Routed(tx) for tx in accepted]
         outputs += [beam.pvalue.TaggedOutput(ACCEPTED_LABELS, Routed(lb)) for lb in recorded]
         return outputs
+
+    def _mark_redelivered(
+        self, duplicates: list[tuple[str, DeadLetter]], records: dict[str, dict[str, Any]]
+    ) -> list[DeadLetter]:
+        """The duplicates' dead letters, those of a message the index lists as dead-lettered
+        before (``x``: a replay after a restart, a retried work item) marked ``redelivered``:
+        published again (at least once) but not counted again in the data-quality rates. The
+        others are added to their transaction's record (``records`` is updated)."""
+        out = []
+        for tx_id, dl in duplicates:
+            record = records[tx_id]
+            rejected = list(record.get(_REJECTED, ()))
+            if dl.message_id and dl.message_id in rejected:
+                self._redeliveries.inc()
+                out.append(dataclasses.replace(dl, redelivered=True))
+                continue
+            if dl.message_id and len(rejected) < MAX_REJECTED_IDS:
+                records[tx_id] = {**record, _REJECTED: [*rejected, dl.message_id]}
+            out.append(dl)
+        return out
 
     def _settle_labels(
         self,
@@ -248,8 +284,16 @@ class IndexIdsFn(KeyedStageFn):
             verdict = resolve(known_tx, slot, labels.get(tx_id, ()), wait_detail)
             self._duplicates.inc(verdict.repeats)
             self._redeliveries.inc(verdict.redeliveries)
+            winner = verdict.slot.recorded
             for lb, reason, detail in verdict.rejected:
-                outputs.append(_dead_letter(lb, detail, reason))
+                dl = _dead_letter(lb, detail, reason)
+                if reason == "unknown_transaction" and message_key(lb) in slot.expired:
+                    dl = dataclasses.replace(dl, redelivered=True)  # dead-lettered before
+                elif reason == "duplicate_label" and winner is not None:
+                    dl = dataclasses.replace(
+                        dl, exact_copy=label_digest(lb) == label_digest(winner)
+                    )
+                outputs.append(dl)
             if verdict.record is not None:
                 ready[tx_id] = verdict.record
             elif tx_id in in_batch and verdict.slot.recorded is not None:
@@ -461,7 +505,8 @@ def _dead_letter(
 
 
 def _duplicate(tx: Transaction, first_message: str, same_content: bool) -> DeadLetter:
-    return _dead_letter(tx, duplicate_detail("transaction", first_message, same_content))
+    detail = duplicate_detail("transaction", first_message, same_content)
+    return dataclasses.replace(_dead_letter(tx, detail), exact_copy=same_content)
 
 
 def _unknown_transaction(lb: Label, waited_s: float) -> DeadLetter:
