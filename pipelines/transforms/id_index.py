@@ -5,7 +5,9 @@ Per batch of transactions and labels (many transaction ids), it:
   1. reads the batch's ids from the store's id index (one read): a message seen before (same
      Pub/Sub message id: a redelivery, a resumed job) is passed on again (the entity stages are
      idempotent); a second message reusing a transaction id is dead-lettered as a duplicate (the
-     first *published* copy counts);
+     first *published* copy counts), and its message id is kept on the id's record, so that the
+     same message again (a replay after a restart) is dead-lettered again marked
+     ``redelivered``: published (at least once), in no data-quality rate;
   2. applies the label rule (pipelines/core/label_slots.py) to every id with label messages
      in the batch or waiting for a transaction in it: the label to record goes on to its
      terminal's stage, contradictions and duplicates to dead letters, and a label whose
