@@ -225,36 +225,33 @@ class IndexIdsFn(KeyedStageFn):
             else:
                 duplicate = _duplicate(tx, known["m"], known["d"] == digest)
                 duplicates.append((tx.transaction_id, duplicate))
-        outputs.extend(self._mark_redelivered(duplicates, records))
+        for tx_id, dl in duplicates:
+            outputs.append(self._once(dl, tx_id, dl.message_id, records))
+        recorded = self._settle_labels(labels, index, new_txs, accepted, outputs, writes, records)
         for tx_id, record in records.items():
             if record is not index.get(tx_id, IdRecord()).tx:  # new, renamed or more rejects
                 writes.ids.append((tx_id, FAMILY_TX, record, int(record["t"])))
-        recorded = self._settle_labels(labels, index, new_txs, accepted, outputs, writes)
         self._store.apply(writes)
         outputs = [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dl) for dl in outputs]
         outputs += [Routed(tx) for tx in accepted]
         outputs += [beam.pvalue.TaggedOutput(ACCEPTED_LABELS, Routed(lb)) for lb in recorded]
         return outputs
 
-    def _mark_redelivered(
-        self, duplicates: list[tuple[str, DeadLetter]], records: dict[str, dict[str, Any]]
-    ) -> list[DeadLetter]:
-        """The duplicates' dead letters, those of a message the index lists as dead-lettered
-        before (``x``: a replay after a restart, a retried work item) marked ``redelivered``:
-        published again (at least once) but not counted again in the data-quality rates. The
-        others are added to their transaction's record (``records`` is updated)."""
-        out = []
-        for tx_id, dl in duplicates:
-            record = records[tx_id]
-            rejected = list(record.get(_REJECTED, ()))
-            if dl.message_id and dl.message_id in rejected:
-                self._redeliveries.inc()
-                out.append(dataclasses.replace(dl, redelivered=True))
-                continue
-            if dl.message_id and len(rejected) < MAX_REJECTED_IDS:
-                records[tx_id] = {**record, _REJECTED: [*rejected, dl.message_id]}
-            out.append(dl)
-        return out
+    def _once(
+        self, dl: DeadLetter, tx_id: str, key: str, records: dict[str, dict[str, Any]]
+    ) -> DeadLetter:
+        """A rejection of a message the transaction's record lists as rejected before (``x``:
+        a replay after a restart, a retried work item) is marked ``redelivered``: published
+        again (at least once) but in no data-quality rate. Any other is added to the record
+        (``records`` is updated; ``key``: the message id, ``l:``-prefixed for a label)."""
+        record = records[tx_id]
+        rejected = list(record.get(_REJECTED, ()))
+        if dl.message_id and key in rejected:
+            self._redeliveries.inc()
+            return dataclasses.replace(dl, redelivered=True)
+        if dl.message_id and len(rejected) < MAX_REJECTED_IDS:
+            records[tx_id] = {**record, _REJECTED: [*rejected, key]}
+        return dl
 
     def _settle_labels(
         self,
@@ -264,6 +261,7 @@ class IndexIdsFn(KeyedStageFn):
         accepted: list[Transaction],
         outputs: list[Any],
         writes: Writes,
+        records: dict[str, dict[str, Any]],
     ) -> list[Label]:
         """Applies the label rule to every transaction id with label messages in this batch and
         to every transaction of the batch with a label slot (waiting labels, or one recorded).
@@ -289,12 +287,16 @@ class IndexIdsFn(KeyedStageFn):
             winner = verdict.slot.recorded
             for lb, reason, detail in verdict.rejected:
                 dl = _dead_letter(lb, detail, reason)
-                if reason == "unknown_transaction" and message_key(lb) in slot.expired:
-                    dl = dataclasses.replace(dl, redelivered=True)  # dead-lettered before
-                elif reason == "duplicate_label" and winner is not None:
-                    dl = dataclasses.replace(
-                        dl, exact_copy=label_digest(lb) == label_digest(winner)
-                    )
+                if reason == "unknown_transaction":
+                    # Its slot lists it as expired: it was dead-lettered before.
+                    dl = dataclasses.replace(dl, redelivered=message_key(lb) in slot.expired)
+                else:  # judged against the transaction, whose record keeps the rejected ids
+                    if reason == "duplicate_label" and winner is not None:
+                        same = label_digest(lb) == label_digest(winner)
+                        dl = dataclasses.replace(dl, exact_copy=same)
+                    if known_tx is not None:
+                        records.setdefault(tx_id, known_tx)
+                        dl = self._once(dl, tx_id, f"l:{lb.message_id}", records)
                 outputs.append(dl)
             if verdict.record is not None:
                 ready[tx_id] = verdict.record

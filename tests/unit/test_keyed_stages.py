@@ -292,7 +292,8 @@ def _window_rates(dead: Sequence[DeadLetter], predictions: int) -> dict[str, flo
 
 def test_a_restart_replay_of_rejected_messages_is_a_redelivery_in_no_rate() -> None:
     """A job dead-letters a conflicting duplicate, an exact copy (a new message with the same
-    content) and a label whose transaction never came; it is restarted and its input replayed
+    content), a label whose transaction never came, a contradicting label and a second copy of
+    a label; it is restarted and its input replayed
     (the same Pub/Sub messages: same ids, same payloads). The replayed rejections are published
     again (delivery is at least once) but marked ``redelivered``, and the window of the replay
     has no duplicate or dead-letter rate from them; the first job's window counts the conflicting
@@ -303,22 +304,30 @@ def test_a_restart_replay_of_rejected_messages_is_a_redelivery_in_no_rate() -> N
     conflicting = Transaction("1", T0, "5", "9", 11.0, message_id="second")
     copy = dataclasses.replace(txs[1], message_id="copy", publish_time_us=0)
     ghost = Label("77", T0, "1", "1", 1, message_id="ghost")
-    events: list[Transaction | Label] = [*txs, conflicting, copy, *labels, ghost]
+    liar = Label("2", T0, "1", "2", 0, message_id="liar")  # wrong time for transaction 2
+    late = dataclasses.replace(
+        labels[0], message_id="again", publish_time_us=labels[0].publish_time_us + 1
+    )
+    events: list[Transaction | Label] = [*txs, conflicting, copy, *labels, ghost, liar, late]
     store = InMemoryStore(uuid.uuid4().hex)
     _, first, _, _ = run_stages([events], label_wait_s=0.5, idle_s=5, store=store)
     assert sorted((d.reason, d.message_id, d.exact_copy, d.redelivered) for d in first) == [
+        ("duplicate_label", "again", True, False),
         ("duplicate_transaction_id", "copy", True, False),
         ("duplicate_transaction_id", "second", False, False),
+        ("label_mismatch", "liar", False, False),
         ("unknown_transaction", "ghost", False, False),
     ]
     first_rates = _window_rates(first, predictions=2)
-    assert first_rates["duplicate_rate"] == pytest.approx(1 / 5)  # "second" only
-    assert first_rates["dead_letter_rate"] == pytest.approx(3 / 5)
+    assert first_rates["duplicate_rate"] == pytest.approx(1 / 7)  # "second" only
+    assert first_rates["dead_letter_rate"] == pytest.approx(5 / 7)
 
     latest, again, _, _ = run_stages([events], label_wait_s=0.5, idle_s=5, store=store)
     assert sorted((d.reason, d.message_id, d.redelivered) for d in again) == [
+        ("duplicate_label", "again", True),
         ("duplicate_transaction_id", "copy", True),
         ("duplicate_transaction_id", "second", True),
+        ("label_mismatch", "liar", True),
         ("unknown_transaction", "ghost", True),
     ]
     rates = _window_rates(again, predictions=2)
