@@ -1001,16 +1001,25 @@ def run(
     if emulators and project == "rillet-local":
         use_local_stack(state_dir)
     _quiet_tensorflow()
-    from pipelines.app.job_status import ready_lines
+    from pipelines.app.job_status import ready_lines, resuming_line
+    from pipelines.local_runner.recovery import replay
     from pipelines.main import run as run_pipeline
+    from pipelines.stores.model_registry import ModelRegistry
     from pipelines.transforms.inference import resolve_model
+    from pipelines.transforms.model_serving import Served
 
     opts = options.view_as(RilletOptions)
     model = resolve_model(opts.model_dir, opts.model_version)
+    announced = Served(0, 0.0, model.version, None)
+    if opts.model_version == "champion":
+        pointer = ModelRegistry(opts.model_dir).pointer()
+        announced = Served(pointer.generation, 0.0, model.version, pointer.challenger)
     result = run_pipeline(argv, wait=False)
-    for line in ready_lines(options, model.version):
+    for line in ready_lines(options, model.version, announced.challenger):
         typer.echo(f"rillet run: {line}" if line.startswith("ready") else line)
-    _watch(result, status_every)
+    if replay().resumed:  # the seek is done when run_pipeline returns
+        typer.echo(resuming_line(replay(), checkpoint))
+    _watch(result, status_every, announced)
 
 
 def _as_typed(message: str, typed: dict[str, str]) -> str:
@@ -1038,14 +1047,22 @@ def _quiet_tensorflow() -> None:
         os.close(saved)
 
 
-def _watch(result: Any, every_s: float) -> None:
+def _watch(result: Any, every_s: float, announced: Any) -> None:
     """A status line every ``every_s`` until the job ends (its error is raised) or Ctrl-C
-    (the job is cancelled)."""
+    (the job is cancelled); between them, a line as soon as the models served change (from the
+    ``announced`` pair on) and, after a restart, one when the replay is over."""
     import signal
     import threading
     import time
 
-    from pipelines.app.job_status import JobStatus, read_status, status_line
+    from pipelines.app.job_status import (
+        JobStatus,
+        change_lines,
+        read_status,
+        resumed_line,
+        status_line,
+    )
+    from pipelines.local_runner.recovery import replay
 
     failures: list[BaseException] = []
 
@@ -1062,14 +1079,32 @@ def _watch(result: Any, every_s: float) -> None:
     waiter = threading.Thread(target=wait, daemon=True, name="rillet-job")
     waiter.start()
     before, since = JobStatus(), time.monotonic()
+    served = announced
+    replaying = replay().resumed
     try:
         while True:
-            waiter.join(every_s)
+            # Polled more often than the status is printed: a promotion shows within seconds.
+            waiter.join(min(every_s, 2.0))
             if not waiter.is_alive():
                 break
             now = read_status(result)
-            typer.echo(f"rillet run: {status_line(now, before, time.monotonic() - since)}")
-            before, since = now, time.monotonic()
+            changes, served = change_lines(served, now.served)
+            for line in changes:
+                typer.echo(f"rillet run: {line}")
+            if replaying and replay().done:
+                replaying = False
+                counts = replay().counts()
+                names = {s: s.rsplit("/", 1)[-1] for s in counts}
+                typer.echo(
+                    "rillet run: "
+                    + resumed_line(
+                        replay().checkpoint_written_us / 1e6,
+                        {names[s]: n for s, n in counts.items()},
+                    )
+                )
+            if time.monotonic() - since >= every_s:
+                typer.echo(f"rillet run: {status_line(now, before, time.monotonic() - since)}")
+                before, since = now, time.monotonic()
     except KeyboardInterrupt:
         typer.echo("rillet run: stopping ...")
         result.cancel()

@@ -15,6 +15,10 @@ class DeadLetter:
 
     ``token`` is the group of outputs it belongs to: when they are all published, the messages
     behind them are finished (local_runner.recovery); ``message_id`` is the original message's.
+    ``redelivered``: this very message was dead-lettered before (it came again: a replay after a
+    restart, a retried work item); published again, since delivery is at least once, but not a
+    new rejection for the data-quality rates. ``exact_copy``: a duplicate with the same content
+    as the message that counts (a publisher's retry), not an id reused with another payload.
     """
 
     payload: bytes
@@ -25,6 +29,8 @@ class DeadLetter:
     attributes: dict[str, str] = field(default_factory=dict)
     message_id: str = ""
     token: int = 0
+    redelivered: bool = False
+    exact_copy: bool = False
 
 
 def publish_time_us(message: Any) -> int:

@@ -130,6 +130,7 @@ class _ImmediatePullClient:
                 response.received_messages.extend(part.received_messages)
         if not response.received_messages:
             pull_stats().record(subscription, ())
+            tracker().caught_up(subscription)
             time.sleep(self._idle)
         else:
             pairs = [

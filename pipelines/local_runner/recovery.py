@@ -13,7 +13,9 @@ the subscriptions' retained acknowledged messages (``retain_acked_messages``) an
 3. A thread writes, every ``interval_s``, a checkpoint per subscription: the publish time of the
    oldest unfinished message, or of the newest pulled one when nothing is in flight.
 4. On restart, ``seek_to_checkpoint`` seeks each subscription back to its checkpoint minus a
-   margin: everything unfinished is delivered again, along with some finished messages.
+   margin: everything unfinished is delivered again, along with some finished messages. The
+   checkpoint also holds the newest publish time the job had pulled per subscription, so the
+   restarted job counts the messages that come again (``Replay``, what ``rillet run`` reports).
 
 Redelivery is harmless because every step is idempotent: the feature stage recognises a message
 it has already counted (by message id, pipelines/transforms/features.py), Datastore entities are
@@ -41,8 +43,10 @@ from pipelines.core.completion import Receipt, install
 
 __all__ = [
     "Receipt",
+    "Replay",
     "Tracker",
     "read_checkpoint",
+    "replay",
     "seek_to_checkpoint",
     "tracker",
 ]
@@ -84,6 +88,7 @@ class Tracker:
         self.enabled = False
         self.max_in_flight = 0
         install(None)
+        _REPLAY.reset()
 
     # -- source side ---------------------------------------------------------------------------
 
@@ -98,11 +103,18 @@ class Tracker:
         """Records (message id, publish time µs) pairs pulled from ``subscription``."""
         if not self.enabled:
             return
+        pairs = list(messages)
         with self._lock:
-            for message_id, publish_us in messages:
+            for message_id, publish_us in pairs:
                 self._pending[(subscription, message_id)] = publish_us
                 if publish_us > self._newest.get(subscription, 0):
                     self._newest[subscription] = publish_us
+        _REPLAY.pulled(subscription, [publish_us for _, publish_us in pairs])
+
+    def caught_up(self, subscription: str) -> None:
+        """A pull of ``subscription`` returned nothing: what was replayed has all come."""
+        if self.enabled:
+            _REPLAY.pulled(subscription, [])
 
     def reopen(self, receipt: Receipt, publish_us: int) -> None:
         """Marks a finished message unfinished again, until the outputs it is now given reach
@@ -176,6 +188,11 @@ class Tracker:
         with self._lock:
             return len(self._pending)
 
+    def newest(self) -> dict[str, int]:
+        """Per subscription: the newest publish time pulled."""
+        with self._lock:
+            return dict(self._newest)
+
     def resume_points(self) -> dict[str, int]:
         """Per subscription: the publish time from which redelivery recovers everything
         unfinished (the oldest pending message, else the newest pulled)."""
@@ -187,7 +204,59 @@ class Tracker:
             return points
 
 
+class Replay:
+    """What a restarted job got again (process-wide; thread-safe): per subscription, the
+    messages published no later than the newest its predecessor had pulled (``bounds``, from the
+    checkpoint), counted as they are pulled. A subscription's replay is over when a pull returns
+    nothing or a message published past its bound plus the seek margin (publish times are not
+    ordered) arrives."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.checkpoint_written_us = 0  # 0: the job did not resume from a checkpoint
+        self.sought: dict[str, int] = {}
+        self._bounds: dict[str, int] = {}
+        self._counts: dict[str, int] = {}
+        self._open: set[str] = set()
+
+    def start(self, written_us: int, sought: dict[str, int], bounds: dict[str, int]) -> None:
+        with self._lock:
+            self.checkpoint_written_us = written_us
+            self.sought = dict(sought)
+            self._bounds = {s: bounds.get(s, at) for s, at in sought.items()}
+            self._counts = dict.fromkeys(sought, 0)
+            self._open = set(sought)
+
+    def pulled(self, subscription: str, publish_us: Sequence[int]) -> None:
+        with self._lock:
+            bound = self._bounds.get(subscription)
+            if bound is None:
+                return
+            self._counts[subscription] += sum(1 for us in publish_us if us <= bound)
+            if not publish_us or max(publish_us) > bound + SEEK_MARGIN_US:
+                self._open.discard(subscription)
+
+    @property
+    def resumed(self) -> bool:
+        return bool(self.checkpoint_written_us)
+
+    @property
+    def done(self) -> bool:
+        """Whether every sought subscription's replay is over."""
+        with self._lock:
+            return not self._open
+
+    def counts(self) -> dict[str, int]:
+        """Per subscription: the messages replayed so far."""
+        with self._lock:
+            return dict(self._counts)
+
+    def reset(self) -> None:
+        self.start(0, {}, {})
+
+
 _TRACKER = Tracker()
+_REPLAY = Replay()
 
 
 def tracker() -> Tracker:
@@ -195,22 +264,39 @@ def tracker() -> Tracker:
     return _TRACKER
 
 
-def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, int]:
-    """Subscription -> publish time (µs) from a checkpoint file; {} when there is none."""
+def replay() -> Replay:
+    """The process-wide record of what this job resumed from (``seek_to_checkpoint``)."""
+    return _REPLAY
+
+
+def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
-        data = json.loads(Path(path).read_text())
+        data: dict[str, Any] = json.loads(Path(path).read_text())
     except FileNotFoundError:
         return {}
-    return {str(k): int(v) for k, v in data.get("resume_from_us", {}).items()}
+    return data
 
 
-def write_checkpoint(path: str | os.PathLike[str], points: dict[str, int]) -> None:
-    """Atomically replaces the checkpoint (write, fsync, rename): never half a file."""
+def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, int]:
+    """Subscription -> publish time (µs) from a checkpoint file; {} when there is none."""
+    return {str(k): int(v) for k, v in _read(path).get("resume_from_us", {}).items()}
+
+
+def write_checkpoint(
+    path: str | os.PathLike[str], points: dict[str, int], newest: dict[str, int] | None = None
+) -> None:
+    """Atomically replaces the checkpoint (write, fsync, rename): never half a file. ``newest``:
+    per subscription, the newest publish time pulled (what a restart counts as replayed)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(target.suffix + ".tmp")
+    content = {
+        "resume_from_us": points,
+        "newest_pulled_us": newest or {},
+        "written_at_us": time.time_ns() // 1000,
+    }
     with open(tmp, "w") as fh:
-        json.dump({"resume_from_us": points, "written_at_us": time.time_ns() // 1000}, fh)
+        json.dump(content, fh)
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, target)
@@ -226,7 +312,14 @@ class CheckpointWriter(threading.Thread):
         self.interval_s = interval_s
         self._stop_event = threading.Event()
         self._previous = read_checkpoint(self.path)
-        self._written = self._previous  # what the file holds: unchanged points are not rewritten
+        self._previous_newest = {
+            str(k): int(v) for k, v in _read(self.path).get("newest_pulled_us", {}).items()
+        }
+        # What the file holds: unchanged points are not rewritten.
+        self._written: tuple[dict[str, int], dict[str, int]] = (
+            self._previous,
+            self._previous_newest,
+        )
 
     def run(self) -> None:
         while not self._stop_event.wait(self.interval_s):
@@ -234,9 +327,10 @@ class CheckpointWriter(threading.Thread):
 
     def write_once(self) -> None:
         points = {**self._previous, **tracker().resume_points()}
-        if points and points != self._written:
-            write_checkpoint(self.path, points)
-            self._written = points
+        newest = {**self._previous_newest, **tracker().newest()}
+        if points and (points, newest) != self._written:
+            write_checkpoint(self.path, points, newest)
+            self._written = (points, newest)
 
     def stop(self) -> None:
         self._stop_event.set()
@@ -246,10 +340,12 @@ def seek_to_checkpoint(
     path: str | os.PathLike[str], subscriptions: Sequence[str], margin_us: int = SEEK_MARGIN_US
 ) -> dict[str, int]:
     """Seeks each subscription in the checkpoint back to its resume point minus ``margin_us``
-    (retained acknowledged messages become deliverable again); returns what was sought."""
+    (retained acknowledged messages become deliverable again); returns what was sought, and
+    starts counting the replay (``replay()``)."""
     from google.cloud import pubsub_v1
     from google.protobuf import timestamp_pb2
 
+    content = _read(path)
     points = read_checkpoint(path)
     sought: dict[str, int] = {}
     subscriber: Any = pubsub_v1.SubscriberClient()
@@ -266,4 +362,11 @@ def seek_to_checkpoint(
             _LOGGER.info("resume: %s sought back to publish time %d µs", subscription, at_us)
     finally:
         subscriber.close()
+    if sought:
+        # A checkpoint written before it held the newest pulled: the resume point bounds it.
+        newest = {str(k): int(v) for k, v in content.get("newest_pulled_us", {}).items()}
+        newest = {**points, **newest}
+        _REPLAY.start(
+            int(content.get("written_at_us", 0)) or time.time_ns() // 1000, sought, newest
+        )
     return sought

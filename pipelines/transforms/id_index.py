@@ -5,7 +5,9 @@ Per batch of transactions and labels (many transaction ids), it:
   1. reads the batch's ids from the store's id index (one read): a message seen before (same
      Pub/Sub message id: a redelivery, a resumed job) is passed on again (the entity stages are
      idempotent); a second message reusing a transaction id is dead-lettered as a duplicate (the
-     first *published* copy counts);
+     first *published* copy counts), and its message id is kept on the id's record, so that the
+     same message again (a replay after a restart) is dead-lettered again marked
+     ``redelivered``: published (at least once), in no data-quality rate;
   2. applies the label rule (pipelines/core/label_slots.py) to every id with label messages
      in the batch or waiting for a transaction in it: the label to record goes on to its
      terminal's stage, contradictions and duplicates to dead letters, and a label whose
@@ -52,6 +54,7 @@ from pipelines.core.label_slots import (
     LabelSlot,
     duplicate_detail,
     expire,
+    label_digest,
     label_of,
     label_record,
     message_key,
@@ -80,6 +83,10 @@ _LABEL_TIMER_PARAM = beam.DoFn.TimerParam(_LABEL_TIMER)
 _ROUND = ReadModifyWriteStateSpec("label_timer_round", VarIntCoder())
 _ROUND_PARAM = beam.DoFn.StateParam(_ROUND)
 _EXPIRED_ROUND = "expired_round"  # on a waiting label's record: the round that expired it
+# On a transaction's record: the message ids dead-lettered as its duplicates, so that the same
+# message again is known as a redelivery (bounded: a row stays small whatever a publisher does).
+_REJECTED = "x"
+MAX_REJECTED_IDS = 100
 
 
 class IndexIdsFn(KeyedStageFn):
@@ -172,6 +179,7 @@ class IndexIdsFn(KeyedStageFn):
         outputs: list[Any] = []
         txs: dict[str, Transaction] = {}
         labels: dict[str, list[Label]] = {}  # judged together (label_slots)
+        duplicates: list[tuple[str, DeadLetter]] = []  # checked against the index below
         for _, event in batch:
             if isinstance(event, Label):
                 labels.setdefault(event.transaction_id, []).append(event)
@@ -185,18 +193,20 @@ class IndexIdsFn(KeyedStageFn):
             same = _same_event(first, event)
             if _published_first(event, first, same):
                 txs[event.transaction_id], event, first = event, first, event
-            outputs.append(_duplicate(event, first.message_id, same))
+            duplicates.append((event.transaction_id, _duplicate(event, first.message_id, same)))
         index = self._store.read_ids([*txs, *labels])
         writes = Writes()
         accepted: list[Transaction] = []
         new_txs: dict[str, Transaction] = {}
+        records: dict[str, dict[str, Any]] = {}  # the tx records after the batch
         for tx in txs.values():
             known = index.get(tx.transaction_id, IdRecord()).tx
             if known is None:
                 new_txs[tx.transaction_id] = tx
                 accepted.append(tx)
-                writes.ids.append((tx.transaction_id, FAMILY_TX, record_of(tx), tx.event_time_us))
+                records[tx.transaction_id] = record_of(tx)
                 continue
+            records[tx.transaction_id] = known
             digest = record_of(tx)["d"]
             if _seen_before(known, tx.message_id, digest):
                 self._redeliveries.inc()
@@ -205,18 +215,43 @@ class IndexIdsFn(KeyedStageFn):
                 # An exact copy reached the stage first (the runner reorders bundles, e.g. after
                 # a restart): this message, published earlier, is the original. The state is
                 # the same; the index now names it, and the copy is the one dead-lettered.
-                swapped = {**known, "m": tx.message_id, "p": tx.publish_time_us}
-                writes.ids.append((tx.transaction_id, FAMILY_TX, swapped, tx.event_time_us))
+                records[tx.transaction_id] = {
+                    **known,
+                    "m": tx.message_id,
+                    "p": tx.publish_time_us,
+                }
                 copy = dataclasses.replace(tx, message_id=known["m"], publish_time_us=known["p"])
-                outputs.append(_duplicate(copy, tx.message_id, True))
+                duplicates.append((tx.transaction_id, _duplicate(copy, tx.message_id, True)))
             else:
-                outputs.append(_duplicate(tx, known["m"], known["d"] == digest))
-        recorded = self._settle_labels(labels, index, new_txs, accepted, outputs, writes)
+                duplicate = _duplicate(tx, known["m"], known["d"] == digest)
+                duplicates.append((tx.transaction_id, duplicate))
+        for tx_id, dl in duplicates:
+            outputs.append(self._once(dl, tx_id, dl.message_id, records))
+        recorded = self._settle_labels(labels, index, new_txs, accepted, outputs, writes, records)
+        for tx_id, record in records.items():
+            if record is not index.get(tx_id, IdRecord()).tx:  # new, renamed or more rejects
+                writes.ids.append((tx_id, FAMILY_TX, record, int(record["t"])))
         self._store.apply(writes)
         outputs = [beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dl) for dl in outputs]
         outputs += [Routed(tx) for tx in accepted]
         outputs += [beam.pvalue.TaggedOutput(ACCEPTED_LABELS, Routed(lb)) for lb in recorded]
         return outputs
+
+    def _once(
+        self, dl: DeadLetter, tx_id: str, key: str, records: dict[str, dict[str, Any]]
+    ) -> DeadLetter:
+        """A rejection of a message the transaction's record lists as rejected before (``x``:
+        a replay after a restart, a retried work item) is marked ``redelivered``: published
+        again (at least once) but in no data-quality rate. Any other is added to the record
+        (``records`` is updated; ``key``: the message id, ``l:``-prefixed for a label)."""
+        record = records[tx_id]
+        rejected = list(record.get(_REJECTED, ()))
+        if dl.message_id and key in rejected:
+            self._redeliveries.inc()
+            return dataclasses.replace(dl, redelivered=True)
+        if dl.message_id and len(rejected) < MAX_REJECTED_IDS:
+            records[tx_id] = {**record, _REJECTED: [*rejected, key]}
+        return dl
 
     def _settle_labels(
         self,
@@ -226,6 +261,7 @@ class IndexIdsFn(KeyedStageFn):
         accepted: list[Transaction],
         outputs: list[Any],
         writes: Writes,
+        records: dict[str, dict[str, Any]],
     ) -> list[Label]:
         """Applies the label rule to every transaction id with label messages in this batch and
         to every transaction of the batch with a label slot (waiting labels, or one recorded).
@@ -248,8 +284,20 @@ class IndexIdsFn(KeyedStageFn):
             verdict = resolve(known_tx, slot, labels.get(tx_id, ()), wait_detail)
             self._duplicates.inc(verdict.repeats)
             self._redeliveries.inc(verdict.redeliveries)
+            winner = verdict.slot.recorded
             for lb, reason, detail in verdict.rejected:
-                outputs.append(_dead_letter(lb, detail, reason))
+                dl = _dead_letter(lb, detail, reason)
+                if reason == "unknown_transaction":
+                    # Its slot lists it as expired: it was dead-lettered before.
+                    dl = dataclasses.replace(dl, redelivered=message_key(lb) in slot.expired)
+                else:  # judged against the transaction, whose record keeps the rejected ids
+                    if reason == "duplicate_label" and winner is not None:
+                        same = label_digest(lb) == label_digest(winner)
+                        dl = dataclasses.replace(dl, exact_copy=same)
+                    if known_tx is not None:
+                        records.setdefault(tx_id, known_tx)
+                        dl = self._once(dl, tx_id, f"l:{lb.message_id}", records)
+                outputs.append(dl)
             if verdict.record is not None:
                 ready[tx_id] = verdict.record
             elif tx_id in in_batch and verdict.slot.recorded is not None:
@@ -461,7 +509,8 @@ def _dead_letter(
 
 
 def _duplicate(tx: Transaction, first_message: str, same_content: bool) -> DeadLetter:
-    return _dead_letter(tx, duplicate_detail("transaction", first_message, same_content))
+    detail = duplicate_detail("transaction", first_message, same_content)
+    return dataclasses.replace(_dead_letter(tx, detail), exact_copy=same_content)
 
 
 def _unknown_transaction(lb: Label, waited_s: float) -> DeadLetter:

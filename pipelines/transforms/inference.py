@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.utils.shared import Shared
 
@@ -31,11 +32,13 @@ from pipelines.core.batches import FeatureBatch
 from pipelines.core.messages import DeadLetter
 from pipelines.stores.model_registry import VERSION_NAMES, ModelRegistry, check_card
 from pipelines.transforms.model_serving import (
+    SERVING_METRIC,
     Assignment,
     LoadedVersion,
     ServingModels,
     load_version,
 )
+from pipelines.transforms.parse import METRICS_NAMESPACE
 
 __all__ = [
     "ModelInfo",
@@ -206,6 +209,7 @@ class RegistryModelHandler(ModelHandler[FeatureBatch, PredictionBatch, ServingMo
     def __init__(self, config: ServingConfig) -> None:
         super().__init__()
         self._config = config
+        self._reported: str | None = None  # the pair this instance last put in the metric
 
     def load_model(self) -> ServingModels:
         return serving_models_of(self._config)
@@ -219,6 +223,13 @@ class RegistryModelHandler(ModelHandler[FeatureBatch, PredictionBatch, ServingMo
         import time
 
         serving = model.current()  # once per call: the whole call is scored by one pair
+        record = serving.record()
+        if record != self._reported:
+            # What the job serves, from the scoring thread (metrics count only in a step's
+            # context, not in the watcher's thread): `rillet run` reads it on any runner and
+            # prints a line when the pair changes (pipelines/app/job_status.py).
+            Metrics.string_set(METRICS_NAMESPACE, SERVING_METRIC).add(record)
+            self._reported = record
         batches = [batch] if isinstance(batch, FeatureBatch) else list(batch)
         results = []
         for fb in batches:

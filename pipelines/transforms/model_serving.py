@@ -37,6 +37,7 @@ Backends (``--inference_backend``), one scorer per loaded version:
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import threading
 import time
@@ -51,21 +52,27 @@ from pipelines.core.definitions import MODEL_INPUTS
 
 __all__ = [
     "BACKENDS",
+    "SERVING_METRIC",
     "Assignment",
     "LoadedVersion",
     "SavedModelScorer",
     "Scorer",
+    "Served",
     "Serving",
     "ServingModels",
     "TfxBslScorer",
     "freeze_runtime",
     "load_version",
+    "parse_served",
+    "served_record",
     "to_examples",
     "vertex_model_handler",
 ]
 
 _LOGGER = logging.getLogger(__name__)
 BACKENDS = ("saved_model", "tfx_bsl", "vertex")
+# The Beam string set (namespace "rillet") of every pair the scoring step used (served_record).
+SERVING_METRIC = "serving_models"
 SCORE_OUTPUT = "score"
 FEATURES_SIGNATURE = "predict_features"
 EXAMPLES_SIGNATURE = "serving_default"
@@ -107,11 +114,42 @@ class LoadedVersion:
 
 
 class Serving(NamedTuple):
-    """The pair serving now; one batch reads it once."""
+    """The pair serving now; one batch reads it once. ``since``: when it started serving
+    (epoch seconds)."""
 
     champion: LoadedVersion
     challenger: LoadedVersion | None
     generation: int
+    since: float = 0.0
+
+    def record(self) -> str:
+        """This pair as one string (what the job reports in its ``serving_models`` metric)."""
+        return served_record(
+            self.generation, self.since, self.champion.version, _version(self.challenger)
+        )
+
+
+class Served(NamedTuple):
+    """A pair the job served, read back from its ``serving_models`` metric."""
+
+    generation: int
+    since: float
+    champion: str
+    challenger: str | None
+
+
+def served_record(generation: int, since: float, champion: str, challenger: str | None) -> str:
+    """The metric string of a served pair (JSON: version names are free-form)."""
+    return json.dumps([generation, round(since, 3), champion, challenger])
+
+
+def parse_served(record: str) -> Served | None:
+    """A served pair from its metric string; None for a string of another shape."""
+    try:
+        generation, since, champion, challenger = json.loads(record)
+        return Served(int(generation), float(since), str(champion), challenger and str(challenger))
+    except (ValueError, TypeError):
+        return None
 
 
 class ServingModels:
@@ -189,6 +227,7 @@ class ServingModels:
                 )
                 return False
             previous = self._serving
+            pair = pair._replace(since=time.time())
             event = {
                 "generation": assignment.generation,
                 "champion": assignment.champion,
@@ -201,10 +240,16 @@ class ServingModels:
             self._serving = pair  # the switch: one assignment, read once per batch
             self._assigned = assignment
             self._unload(pair)
+            # The worker's own record of the swap (on Dataflow: Cloud Logging, INFO is kept);
+            # `rillet run` prints the swap from the serving_models metric (inference.py).
             _LOGGER.info(
-                "now serving champion %s, challenger %s (loaded in %.2f s)",
+                "now serving champion %s -> %s, challenger %s -> %s (registry generation %d, "
+                "loaded in %.2f s)",
+                previous.champion.version,
                 assignment.champion,
-                assignment.challenger,
+                _version(previous.challenger) or "none",
+                assignment.challenger or "none",
+                assignment.generation,
                 event["load_s"],
             )
             return True
@@ -212,7 +257,7 @@ class ServingModels:
     def _pair(self, assignment: Assignment) -> Serving:
         champion = self._get(assignment.champion)
         challenger = self._get(assignment.challenger) if assignment.challenger else None
-        return Serving(champion, challenger, assignment.generation)
+        return Serving(champion, challenger, assignment.generation, time.time())
 
     def _get(self, version: str) -> LoadedVersion:
         loaded = self._loaded.get(version)

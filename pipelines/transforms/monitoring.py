@@ -179,6 +179,10 @@ class Stats:
 PREDICTIONS, CORRECTIONS, LABELS = "predictions", "corrections", "labels"
 DEAD_LETTER_PREFIX = "dead_letter/"
 DUPLICATE_REASONS = ("duplicate_transaction_id", "duplicate_label")
+# Of the duplicates, those with the content of the message that counts (not in duplicate_rate).
+EXACT_COPIES = "exact_copies"
+# Dead letters of messages dead-lettered before (a replay after a restart): in no rate.
+REDELIVERED_DEAD_LETTERS = "redelivered_dead_letters"
 UNKNOWN_LABEL_REASONS = ("unknown_transaction",)
 
 
@@ -188,8 +192,10 @@ def quality_rates(stats: Stats) -> dict[str, float | None]:
     - dead_letter_rate: dead letters (every stage, every reason) / events in (predicted
       transactions + labels + dead letters);
     - unknown_label_rate: labels whose transaction never arrived / labels (+ those);
-    - duplicate_rate: duplicate ids with a different payload / events in (redelivered copies of
-      a message are dropped as such, counted as ``duplicate_redeliveries``, and are no error);
+    - duplicate_rate: duplicate ids with a different payload / events in (an exact copy of the
+      message that counts is dead-lettered, and counts among the dead letters, but is no reused
+      id; a message dead-lettered before and delivered again, as after a restart, is in no
+      rate: ``redelivered_dead_letters``);
     - late_event_rate: predictions corrected because an earlier event of the same card or
       terminal arrived after them (out of order) / predictions.
     """
@@ -197,7 +203,7 @@ def quality_rates(stats: Stats) -> dict[str, float | None]:
     dead = sum(n for k, n in c.items() if k.startswith(DEAD_LETTER_PREFIX))
     events = c[PREDICTIONS] + c[LABELS] + dead
     unknown = sum(c[DEAD_LETTER_PREFIX + r] for r in UNKNOWN_LABEL_REASONS)
-    duplicates = sum(c[DEAD_LETTER_PREFIX + r] for r in DUPLICATE_REASONS)
+    duplicates = sum(c[DEAD_LETTER_PREFIX + r] for r in DUPLICATE_REASONS) - c[EXACT_COPIES]
 
     def rate(n: int, d: int) -> float | None:
         return n / d if d else None
@@ -245,7 +251,12 @@ class _BundleStats(beam.DoFn):
         elif isinstance(element, Label):
             s.counts[LABELS] += 1
         elif isinstance(element, DeadLetter):
+            if element.redelivered:  # rejected before, published again: not a new rejection
+                s.counts[REDELIVERED_DEAD_LETTERS] += 1
+                return
             s.counts[DEAD_LETTER_PREFIX + element.reason] += 1
+            if element.exact_copy:
+                s.counts[EXACT_COPIES] += 1
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._stats.counts or self._stats.latency:
@@ -413,6 +424,10 @@ class _JudgeQuality(_WindowJudge):
         # The window's size, so a view can tell a judged rate from one of too few events (a
         # rate gauge without a denominator is not set and keeps an older window's value).
         _gauge("quality_events", events)
+        if c[REDELIVERED_DEAD_LETTERS]:
+            Metrics.counter(MONITOR_NAMESPACE, REDELIVERED_DEAD_LETTERS).inc(
+                c[REDELIVERED_DEAD_LETTERS]
+            )
         for name, value in rates.items():
             _gauge(f"quality_rate_ppm/{name}", None if value is None else value * 1e6)
             threshold = self._t.rates.get(name)

@@ -439,11 +439,15 @@ class _PublishDeadLettersDoFn(_PublishingDoFn):
     def __init__(self, topic: str) -> None:
         super().__init__(topic, "dead_letters_published")
         self._pending: list[tuple[Any, int]] = []
+        # Of those published: messages dead-lettered before (a replay after a restart).
+        self._again = Metrics.counter(METRICS_NAMESPACE, "dead_letters_redelivered")
 
     def start_bundle(self) -> None:
         self._pending = []
 
     def process(self, dl: DeadLetter) -> None:
+        if dl.redelivered:
+            self._again.inc()
         message = _dead_letter_message(dl)
         future = self._publisher.publish(self._topic, message.data, **message.attributes)
         self._pending.append((future, dl.token))

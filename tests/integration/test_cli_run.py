@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -147,3 +148,153 @@ def test_rillet_run_prints_its_ready_line_and_status(local_run, model_dir, tiny_
             proc.kill()
         proc.wait(timeout=30)
         reader.join(timeout=10)
+
+
+def _start_cli(args: list[str]) -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.app.cli", "run", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
+    reader.start()
+    return proc, lines, reader
+
+
+def _wait_line(
+    proc: Any, lines: list[str], predicate: Any, what: str, timeout_s: float = 180
+) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "".join(lines)[-3000:]
+        found = [line for line in list(lines) if predicate(line)]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} within {timeout_s} s:\n" + "".join(lines)[-3000:])
+
+
+def _stop(proc: Any, reader: threading.Thread) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+
+
+def test_rillet_run_announces_a_promotion_and_a_resume_without_duplicate_alerts(  # type: ignore[no-untyped-def]
+    local_run, tiny_frame, tmp_path
+) -> None:
+    """The ready line names the challenger; a promotion prints one line (from, to, when) once
+    the job scores with the new pair; the job is stopped with two duplicates among the last
+    messages and restarted: it says it resumed from its checkpoint and how many messages came
+    again, the replayed duplicates are dead-lettered again as redeliveries, and the replay's
+    data-quality window (judged here at one event) has no duplicate or dead-letter rate and
+    raises no alert."""
+    import numpy as np
+
+    from pipelines.app.local import create_resources
+    from pipelines.app.publisher import publish_events, replay_events
+    from pipelines.core.definitions import MODEL_INPUTS
+    from pipelines.stores.model_registry import ModelRegistry
+    from tests.linear_models import write_linear_version
+
+    models = tmp_path / "models"
+    for version, bias in (("v1", -2.0), ("v2", -1.0)):
+        write_linear_version(models, version, np.full(len(MODEL_INPUTS), 0.01), bias)
+    registry = ModelRegistry(str(models))
+    registry.register("v1", as_="champion")
+    registry.register("v2", as_="challenger")
+    thresholds = json.loads((ROOT / "pipelines/core/alert_thresholds.json").read_text())
+    thresholds["data_quality"].update(window_s=2, min_events=1)
+    (tmp_path / "thresholds.json").write_text(json.dumps(thresholds))
+
+    tag = uuid.uuid4().hex[:6]
+    topo = dataclasses.replace(
+        local_run.topology,
+        transactions_topic=f"cli2-tx-{tag}",
+        labels_topic=f"cli2-labels-{tag}",
+        predictions_topic=f"cli2-predictions-{tag}",
+        dead_letter_topic=f"cli2-dead-{tag}",
+        alerts_topic=f"cli2-alerts-{tag}",
+        transactions_subscription=f"cli2-tx-sub-{tag}",
+        labels_subscription=f"cli2-labels-sub-{tag}",
+        predictions_subscription=f"cli2-predictions-sub-{tag}",
+        dead_letter_subscription=f"cli2-dead-sub-{tag}",
+        alerts_subscription=f"cli2-alerts-sub-{tag}",
+        bigtable_table=f"cli2_{tag}",
+    )
+    create_resources(topo)
+    monitor = tmp_path / "monitor"
+    args = [
+        "--state-dir",
+        str(local_run.stack.state_dir),
+        "--status-every",
+        "2",
+        f"--model_dir={models}",
+        "--model_poll_s=1",
+        "--monitor_every_s=1",
+        f"--monitor_dir={monitor}",
+        f"--alert_thresholds={tmp_path / 'thresholds.json'}",
+        f"--alerts_topic={topo.alerts_topic}",
+        f"--transactions_subscription={topo.transactions_subscription}",
+        f"--labels_subscription={topo.labels_subscription}",
+        f"--predictions_topic={topo.predictions_topic}",
+        f"--dead_letter_topic={topo.dead_letter_topic}",
+        f"--bigtable_table={topo.bigtable_table}",
+        f"--datastore_kind=CliRun2{tag}",
+        f"--recovery_checkpoint={tmp_path / 'checkpoint.json'}",
+    ]
+    txs = [e for e in replay_events(tiny_frame.head(10)) if e.topic == "transactions"]
+    conflicting = json.loads(txs[0].data) | {"amount": 999.0}
+    duplicates = [
+        dataclasses.replace(txs[0], data=json.dumps(conflicting).encode()),
+        dataclasses.replace(txs[1]),  # an exact copy, published again
+    ]
+
+    proc, lines, reader = _start_cli(args)
+    try:
+        _wait_line(proc, lines, lambda s: s.startswith("rillet run: ready"), "ready line")
+        assert "challenger v2 shadows it" in "".join(lines)
+        publish_events(txs[:5], topo.topic_paths(), 0)
+        _wait_line(
+            proc,
+            lines,
+            lambda s: "| predictions 5 |" in s and s.endswith("| model v1 (challenger v2)\n"),
+            "status line naming the pair served",
+        )
+        registry.promote("v2")
+        time.sleep(3)  # the watcher polls every second, then loads
+        publish_events([*txs[5:], *duplicates], topo.topic_paths(), 0)
+        promoted = _wait_line(
+            proc, lines, lambda s: "champion v1 -> v2" in s, "promotion line", timeout_s=60
+        )
+        assert promoted.endswith("champion v1 -> v2 (promoted), challenger v2 -> none\n")
+        _wait_line(proc, lines, lambda s: "| dead letters 2 |" in s, "the 2 duplicates")
+        _stop(proc, reader)
+    finally:
+        _stop(proc, reader)
+
+    proc, lines, reader = _start_cli(args)
+    try:
+        _wait_line(proc, lines, lambda s: s.startswith("rillet run: ready"), "ready line")
+        text = "".join(lines)
+        assert "model v2 from" in text and "no challenger" in text
+        assert "  resumed from the checkpoint written at" in text
+        resumed = _wait_line(
+            proc, lines, lambda s: s.startswith("rillet run: resumed from checkpoint at"), "resume"
+        )
+        replayed = int(resumed.split("(")[1].split(" messages replayed")[0].replace(",", ""))
+        assert replayed >= 7  # the 5 last transactions and the 2 duplicates, at least
+        _wait_line(proc, lines, lambda s: "| dead letters 2 (2 replayed) |" in s, "redeliveries")
+        time.sleep(4)  # the replay's data-quality window is judged and the snapshot written
+        snapshot = json.loads((monitor / "snapshot.json").read_text())
+    finally:
+        _stop(proc, reader)
+    assert snapshot["quality_rates"]["duplicate_rate"] == 0
+    assert snapshot["quality_rates"]["dead_letter_rate"] == 0
+    assert not snapshot["alerts_raised"], snapshot
+    assert "Traceback" not in "".join(lines)

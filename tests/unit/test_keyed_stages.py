@@ -5,6 +5,7 @@ computation (pipelines.core.training_data, the engine over everything)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 import uuid
@@ -273,6 +274,70 @@ def test_unknown_transaction_and_duplicates_are_dead_lettered() -> None:
     assert_exact(latest, frame)  # the rejected messages changed nothing
     assert pending(store.waiting) == {}
     assert store.ids["77"].label is not None and store.ids["77"].label.get("x") == ["ghost"]
+
+
+def _window_rates(dead: Sequence[DeadLetter], predictions: int) -> dict[str, float | None]:
+    """The data-quality rates the Monitor's BundleStats and judge compute for a window of
+    ``predictions`` predictions and these dead letters."""
+    from pipelines.transforms import monitoring
+
+    fn = monitoring._BundleStats()
+    fn.start_bundle()
+    fn._stats.counts[monitoring.PREDICTIONS] += predictions
+    for dl in dead:
+        fn.process(dl)
+    ((_, row),) = [w.value for w in fn.finish_bundle()]
+    return monitoring.quality_rates(monitoring.Stats.from_row(row))
+
+
+def test_a_restart_replay_of_rejected_messages_is_a_redelivery_in_no_rate() -> None:
+    """A job dead-letters a conflicting duplicate, an exact copy (a new message with the same
+    content), a label whose transaction never came, a contradicting label and a second copy of
+    a label; it is restarted and its input replayed
+    (the same Pub/Sub messages: same ids, same payloads). The replayed rejections are published
+    again (delivery is at least once) but marked ``redelivered``, and the window of the replay
+    has no duplicate or dead-letter rate from them; the first job's window counts the conflicting
+    duplicate only as a duplicate (the exact copy is no id reused with another payload)."""
+    rows = [(1, T0, "1", "1", 10.0, 0), (2, T0 + 60_000_000, "1", "2", 20.0, 1)]
+    frame = _frame(rows)
+    txs, labels = events_of(frame)
+    conflicting = Transaction("1", T0, "5", "9", 11.0, message_id="second")
+    copy = dataclasses.replace(txs[1], message_id="copy", publish_time_us=0)
+    ghost = Label("77", T0, "1", "1", 1, message_id="ghost")
+    liar = Label("2", T0, "1", "2", 0, message_id="liar")  # wrong time for transaction 2
+    late = dataclasses.replace(
+        labels[0], message_id="again", publish_time_us=labels[0].publish_time_us + 1
+    )
+    events: list[Transaction | Label] = [*txs, conflicting, copy, *labels, ghost, liar, late]
+    store = InMemoryStore(uuid.uuid4().hex)
+    _, first, _, _ = run_stages([events], label_wait_s=0.5, idle_s=5, store=store)
+    assert sorted((d.reason, d.message_id, d.exact_copy, d.redelivered) for d in first) == [
+        ("duplicate_label", "again", True, False),
+        ("duplicate_transaction_id", "copy", True, False),
+        ("duplicate_transaction_id", "second", False, False),
+        ("label_mismatch", "liar", False, False),
+        ("unknown_transaction", "ghost", False, False),
+    ]
+    first_rates = _window_rates(first, predictions=2)
+    assert first_rates["duplicate_rate"] == pytest.approx(1 / 7)  # "second" only
+    assert first_rates["dead_letter_rate"] == pytest.approx(5 / 7)
+
+    latest, again, _, _ = run_stages([events], label_wait_s=0.5, idle_s=5, store=store)
+    assert sorted((d.reason, d.message_id, d.redelivered) for d in again) == [
+        ("duplicate_label", "again", True),
+        ("duplicate_transaction_id", "copy", True),
+        ("duplicate_transaction_id", "second", True),
+        ("label_mismatch", "liar", True),
+        ("unknown_transaction", "ghost", True),
+    ]
+    rates = _window_rates(again, predictions=2)
+    assert rates["duplicate_rate"] == 0 and rates["dead_letter_rate"] == 0
+    assert not rates["unknown_label_rate"]  # None: no label rejected in the window
+    assert_exact(latest, frame)
+    # A new message reusing the id after the restart is a new duplicate, counted.
+    third = Transaction("1", T0, "5", "9", 12.0, message_id="third")
+    _, late, _, _ = run_stages([[third]], store=store)
+    assert [(d.message_id, d.redelivered) for d in late] == [("third", False)]
 
 
 def test_waiting_labels_survive_a_restart() -> None:

@@ -351,3 +351,53 @@ def test_an_unloaded_version_is_ordinary_garbage_not_frozen(tmp_path: Path) -> N
     gc.collect()
     alive = sorted(v for v, ref in loaded.items() if ref() is not None)
     assert alive == ["v2"]
+
+
+_METRIC_MODELS: dict[str, Any] = {}
+
+
+class _ScoreAfterSwitching(beam.DoFn):
+    """Points the fake registry at the element's pair, refreshes, and scores one batch through
+    the job's handler (what RunInference does with each FeatureBatch)."""
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+        self._handler = RegistryModelHandler(ServingConfig("unused"))
+
+    def process(self, pair: tuple[str, str | None]) -> None:
+        registry, models = _METRIC_MODELS[self._key]
+        if registry.assignment[:2] != pair:
+            registry.set(*pair)
+            models.refresh()
+        self._handler.run_inference(_batch(3), models)
+
+
+def test_the_pairs_scored_are_reported_as_a_metric_that_rillet_run_reads() -> None:
+    """The scoring step reports each pair it scores with in the ``serving_models`` string set;
+    the status reader turns the job's metric into the served pairs and the promotion line."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from pipelines.app.job_status import change_lines, status_from
+    from pipelines.transforms.model_serving import SERVING_METRIC, Served
+    from pipelines.transforms.parse import METRICS_NAMESPACE
+
+    registry = Registry("v1", "v2")
+    models = ServingModels(lambda: registry.assignment, registry.load, poll_s=0)
+    _METRIC_MODELS["swap"] = (registry, models)
+    p = beam.Pipeline()
+    _ = (
+        p
+        | beam.Create([("v1", "v2"), ("v1", "v2"), ("v2", None)], reshuffle=False)
+        | beam.ParDo(_ScoreAfterSwitching("swap"))
+    )
+    result = p.run()
+    result.wait_until_finish()
+    query = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    (metric,) = [m for m in query["string_sets"] if m.key.metric.name == SERVING_METRIC]
+    status = status_from({}, None, metric.committed)
+    pairs = [(s.generation, s.champion, s.challenger) for s in status.served]
+    assert pairs == [(1, "v1", "v2"), (2, "v2", None)]
+    lines, _ = change_lines(Served(1, 0.0, "v1", "v2"), status.served)
+    assert len(lines) == 1
+    assert lines[0].endswith("champion v1 -> v2 (promoted), challenger v2 -> none")
+    assert status.served[1].since >= status.served[0].since > 0

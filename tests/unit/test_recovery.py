@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from pipelines.local_runner.recovery import (
+    SEEK_MARGIN_US,
     CheckpointWriter,
+    Replay,
     Tracker,
     read_checkpoint,
     write_checkpoint,
@@ -131,3 +135,47 @@ def test_an_enabled_tracker_receives_the_graphs_completion_reports() -> None:
     finally:
         t.reset()
     assert completion().hold([("s", "m")], 1) == 0
+
+
+def test_a_restart_counts_what_its_predecessor_had_pulled_and_comes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checkpoint keeps the newest publish time pulled per subscription; after the seek, the
+    restarted job counts the messages published no later than that (they come again) until a
+    pull is empty or goes past it by more than the seek margin."""
+    import pipelines.local_runner.recovery as recovery
+
+    old = Tracker()
+    old.enable()
+    monkeypatch.setattr(recovery, "_TRACKER", old)
+    path = tmp_path / "checkpoint.json"
+    writer = CheckpointWriter(path)
+    old.pulled(TX, [("1", 100), ("2", 200), ("3", 300)])
+    old.hold([(TX, "2")], 1)  # in flight when the job dies: the resume point is its time
+    old.finish([(TX, "1"), (TX, "3")])
+    old.pulled(LB, [("9", 250)])
+    writer.write_once()
+    saved = json.loads(path.read_text())
+    assert saved["resume_from_us"] == {TX: 200, LB: 250}
+    assert saved["newest_pulled_us"] == {TX: 300, LB: 250}
+
+    replay = Replay()
+    monkeypatch.setattr(recovery, "_REPLAY", replay)
+    new = Tracker()
+    new.enable()
+    monkeypatch.setattr(recovery, "_TRACKER", new)
+    from google.cloud import pubsub_v1
+
+    sought: list[Any] = []
+    fake = SimpleNamespace(seek=lambda request: sought.append(request), close=lambda: None)
+    monkeypatch.setattr(pubsub_v1, "SubscriberClient", lambda: fake)
+    assert recovery.seek_to_checkpoint(path, [TX, LB], margin_us=2) == {TX: 198, LB: 248}
+    assert [r["subscription"] for r in sought] == [TX, LB]
+    assert replay.resumed and not replay.done
+    assert replay.checkpoint_written_us == saved["written_at_us"]
+    new.pulled(TX, [("2", 200), ("3", 300), ("4", 400)])  # 4: new, within the margin
+    new.caught_up(LB)  # nothing (more) on the labels subscription
+    assert not replay.done  # 400 is within 2 s of 300: an older message may still come
+    new.pulled(TX, [("5", 300 + SEEK_MARGIN_US + 1)])
+    assert replay.done
+    assert replay.counts() == {TX: 2, LB: 0}
