@@ -23,7 +23,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -256,12 +256,16 @@ class LocalStack:
                 time.sleep(0.2)
         return result
 
-    def down(self) -> dict[str, str]:
+    def down(self, only: Iterable[str] | None = None) -> dict[str, str]:
         """Stops only the emulators this state started (a paused one is resumed first), and
-        waits for their child processes too (the Datastore emulator's JVM under its script)."""
+        waits for their child processes too (the Datastore emulator's JVM under its script).
+        ``only``: just those (a demo stops what it started, not what 'local up' did)."""
         state = self._load()
         result = {}
-        for name, pid in state.pids.items():
+        names = set(state.pids) if only is None else set(only) & set(state.pids)
+        for name, pid in list(state.pids.items()):
+            if name not in names:
+                continue
             if _alive(pid):
                 tree = [pid]
                 if _ours(pid):
@@ -286,7 +290,7 @@ class LocalStack:
                 result[name] = "stopped"
             else:
                 result[name] = "not running"
-        state.pids = {}
+            del state.pids[name]
         self._save(state)
         return result
 

@@ -253,7 +253,8 @@ class LocalRun:
         self._exit.close()
 
     def _down(self) -> None:
-        self.stopped = self.stack.down()
+        # Only what this run started: emulators it found answering ('rillet local up') stay.
+        self.stopped = self.stack.down(only=[n for n, w in self.started.items() if w == "started"])
 
     def _create_fresh(self, tag: str) -> None:
         from pipelines.stores.bigtable import StoreConfig, create_table
