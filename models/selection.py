@@ -99,11 +99,13 @@ def select_and_train(
     model_dir: str | Path,
     grid: tuple[TrainConfig, ...] = GRID,
     card: dict[str, Any] | None = None,
+    validate: bool = False,
 ) -> tuple[Path, dict[str, Any]]:
     """Selects a configuration on the validation folds, fits it on the protocol's training week
     (the handbook's one week: more history did not score better on the folds) and exports it
-    with a model card; returns the version directory and the card as written."""
-    selection = select_config(table, protocol, grid) if len(grid) > 1 else None
+    with a model card; returns the version directory and the card as written. One candidate
+    is scored on the folds too with ``validate`` (its card then has validation metrics)."""
+    selection = select_config(table, protocol, grid) if len(grid) > 1 or validate else None
     config = selection.config if selection else grid[0]
     train = rows_in(table, protocol.train_range)
     if train.empty:

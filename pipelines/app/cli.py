@@ -464,7 +464,8 @@ def train(
     try:
         protocol = _protocol(table, train_start, train_days)
         grid = (QUICK_GRID if quick else GRID) if select else (GRID[0],)
-        target, card = select_and_train(table, protocol, model_dir, grid)
+        # One candidate too is scored on the folds: every registered version has metrics.
+        target, card = select_and_train(table, protocol, model_dir, grid, validate=True)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if role != "none":

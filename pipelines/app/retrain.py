@@ -322,6 +322,17 @@ def _card(version_dir: str) -> dict[str, Any]:
     return card
 
 
+def _set_validation(version_dir: Path, metrics: dict[str, Any], days: list[str]) -> None:
+    """Writes ``metrics`` (of the holdout fit, on ``days``) as the card's validation figures;
+    before the version is registered, so no reader sees the card change."""
+    path = version_dir / "model_card.json"
+    card = json.loads(path.read_text())
+    card["validation_metrics"] = {k: metrics[k] for k in ("auc", "ap", "cp100")}
+    card["validation_ranges"] = [days]
+    card["validation"] = "holdout: the same recipe fit on the window before, scored on these days"
+    path.write_text(json.dumps(card, indent=2))
+
+
 def _metrics(frame: pd.DataFrame, scores: Any) -> dict[str, Any]:
     from models.evaluation import evaluate_scores
 
@@ -429,6 +440,10 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
         "champion_training_range": None,
         "champion_trained_on_eval_days": None,
     }
+    if not challenger_card.get("validation_metrics"):
+        # One candidate, no validation folds: the holdout fit of the same recipe, scored on the
+        # evaluation days, is the version's validation (so 'rillet models list' shows figures).
+        _set_validation(Path(version_dir), evaluation["challenger"], list(days))
     if config.champion:
         champion_card = _card(config.champion)
         champion_range = champion_card.get("training_range")

@@ -99,7 +99,12 @@ def test_two_weekly_retrains_compare_with_the_champion(history: Path, tmp_path: 
     assert evaluation["n"] > 0 and evaluation["frauds"] > 0
     # Only the challengers are in model_dir (the holdout fits are scratch).
     assert sorted(p.name for p in models.iterdir()) == sorted([first["version"], second["version"]])
-    assert Path(second["version_dir"], "model_card.json").exists()
+    # One candidate, no folds: the holdout's figures are the card's validation (models list).
+    card = json.loads(Path(second["version_dir"], "model_card.json").read_text())
+    assert card["validation_ranges"] == [evaluation["days"]]
+    assert card["validation_metrics"] == {
+        k: evaluation["challenger"][k] for k in ("auc", "ap", "cp100")
+    }
 
     # The same now from the feature table gives the same cut.
     again = retrain(
