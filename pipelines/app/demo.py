@@ -57,10 +57,11 @@ def feature_mismatches(bodies: list[dict[str, Any]], expected: Any) -> int:
 def demo_validation(
     model: Any, frame: Any, features: Any, first_day: str, train_days: int
 ) -> dict[str, Any]:
-    """The demo model's card fields ``validation_ranges`` and ``validation_metrics`` (AUC, AP,
-    CP@100, as ``rillet train`` records them): scored on the week that follows its training
-    days and the label delay (the protocol's layout, models.evaluation.Protocol), known-
-    compromised cards removed. No second fit: the model is trained once, as the demo needs.
+    """The demo model's card fields ``validation_ranges``, ``validation_metrics`` (AUC, AP,
+    CP@100, as ``rillet train`` records them) and ``protocol``: scored on the week that follows
+    its training days and the label delay (the protocol's layout, models.evaluation.Protocol),
+    known-compromised cards removed. No second fit: the model is trained once, as the demo
+    needs.
     Empty metrics when the data ends before that week or it holds one class. ``frame`` is the
     simulated one (its CUSTOMER_ID: the card), ``features`` training_features(frame)."""
     import datetime as dt
@@ -80,6 +81,8 @@ def demo_validation(
     return {
         "validation_ranges": [list(protocol.test_range)],
         "validation_metrics": {k: metrics[k] for k in ("auc", "ap", "cp100", "n", "frauds")},
+        # The layout it was trained and scored in: 'rillet evaluate' scores the same week.
+        "protocol": protocol.to_dict(),
     }
 
 

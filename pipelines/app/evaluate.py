@@ -167,7 +167,7 @@ def _metrics(frame: pd.DataFrame) -> dict[str, Any]:
 def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     """Scores the test week offline (and as served); writes the report; returns the result."""
     from models.evaluation import Protocol, rows_in, test_set
-    from pipelines.backfill.backfill import read_feature_table
+    from pipelines.app.features import load_features
     from pipelines.transforms.inference import resolve_model
 
     model = resolve_model(str(config.model_dir), config.model_version)
@@ -178,7 +178,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
             "backfill table"
         )
     protocol = Protocol.from_dict(card["protocol"])
-    table = read_feature_table(config.feature_table)
+    table = load_features(config.feature_table)  # a backfill table, or a dataset
     test = test_set(table, protocol).copy()
     if test.empty:
         raise ValueError(f"no test transactions in {protocol.test_range} in {config.feature_table}")

@@ -117,7 +117,7 @@ def test_the_demo_model_gets_validation_metrics(tiny_frame) -> None:  # type: ig
     """The demo trains once, without selection: its card still carries validation metrics
     (the week after its training days and the label delay), so 'rillet models list' and
     'models show' have figures for it."""
-    from models.evaluation import rows_in
+    from models.evaluation import Protocol, rows_in
     from models.train import TrainConfig, train_model
     from pipelines.app.demo import demo_validation
     from pipelines.core.training_data import training_features
@@ -130,8 +130,35 @@ def test_the_demo_model_gets_validation_metrics(tiny_frame) -> None:  # type: ig
     metrics = fields["validation_metrics"]
     assert set(metrics) == {"auc", "ap", "cp100", "n", "frauds"}
     assert 0.5 < metrics["auc"] <= 1 and 0 < metrics["ap"] <= 1 and metrics["frauds"] > 0
+    assert Protocol.from_dict(fields["protocol"]).test_range == ("2018-04-15", "2018-04-21")
     # Training days that leave no validation week in the data: no figures rather than wrong ones.
     assert demo_validation(model, tiny_frame, features, "2018-04-01", 14) == {
         "validation_ranges": [],
         "validation_metrics": {},
     }
+
+
+def test_evaluate_scores_the_demo_model_on_the_demos_dataset(tiny_frame, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """After 'make demo', 'rillet evaluate' needs no flags: it reads the dataset (its features
+    computed by the engine) and the demo's champion, whose card carries its protocol; offline
+    it finds the validation figures the demo recorded."""
+    from models.evaluation import rows_in
+    from models.export import export_model
+    from models.train import TrainConfig, train_model
+    from pipelines.app.demo import demo_validation
+    from pipelines.app.evaluate import EvaluationConfig, evaluate
+    from pipelines.app.simulator import write_dataset
+    from pipelines.core.training_data import training_features
+
+    write_dataset(tiny_frame, tmp_path / "data")
+    features = training_features(tiny_frame)
+    model, _ = train_model(
+        rows_in(features, ("2018-04-01", "2018-04-07")), None, TrainConfig(num_trees=10)
+    )
+    card = demo_validation(model, tiny_frame, features, "2018-04-01", 7)
+    export_model(model, tmp_path / "models", card)
+    result = evaluate(
+        EvaluationConfig(tmp_path / "data", tmp_path / "models", "latest", served=False)
+    )
+    for key in ("auc", "ap", "cp100"):
+        assert result["offline"][key] == pytest.approx(card["validation_metrics"][key], abs=1e-6)
