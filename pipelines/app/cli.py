@@ -411,8 +411,9 @@ def train(
     train_start: Annotated[
         str | None,
         typer.Option(
-            help="First training day (YYYY-MM-DD). Default: the spec's 2018-07-25 when the table "
-            "covers the handbook protocol, else the table's last weeks.",
+            help="First training day (YYYY-MM-DD). Default: the reference protocol's 2018-07-25 "
+            "when the table covers it (docs/specs/reference-workload.md), else the table's last "
+            "weeks.",
             parser=parse(Day()),
         ),
     ] = None,
@@ -615,9 +616,9 @@ def retrain(
 
 
 def _protocol(table: Any, train_start: str | None, train_days: int) -> Any:
-    """The protocol for a feature table: from --train-start, else the spec's dates when the table
-    covers them, else the table's last weeks. A UserError says what does not fit and what
-    would."""
+    """The protocol for a feature table: from --train-start, else the reference protocol's dates
+    when the table covers them, else the table's last weeks. A UserError says what does not fit
+    and what would."""
     import datetime as dt
 
     from models.evaluation import Protocol
@@ -879,7 +880,12 @@ def plan(
 @app.command("replay-eval")
 def replay_eval(
     preset: Annotated[
-        str, typer.Option(help="Simulator preset (handbook = the spec).", parser=PRESET)
+        str,
+        typer.Option(
+            help="Simulator preset (handbook: the reference protocol, "
+            "docs/specs/reference-workload.md).",
+            parser=PRESET,
+        ),
     ] = "handbook",
     work_dir: Annotated[
         Path,
