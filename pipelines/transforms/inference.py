@@ -209,7 +209,6 @@ class RegistryModelHandler(ModelHandler[FeatureBatch, PredictionBatch, ServingMo
     def __init__(self, config: ServingConfig) -> None:
         super().__init__()
         self._config = config
-        self._reported: str | None = None  # the pair this instance last put in the metric
 
     def load_model(self) -> ServingModels:
         return serving_models_of(self._config)
@@ -223,13 +222,11 @@ class RegistryModelHandler(ModelHandler[FeatureBatch, PredictionBatch, ServingMo
         import time
 
         serving = model.current()  # once per call: the whole call is scored by one pair
-        record = serving.record()
-        if record != self._reported:
-            # What the job serves, from the scoring thread (metrics count only in a step's
-            # context, not in the watcher's thread): `rillet run` reads it on any runner and
-            # prints a line when the pair changes (pipelines/app/job_status.py).
-            Metrics.string_set(METRICS_NAMESPACE, SERVING_METRIC).add(record)
-            self._reported = record
+        # What the job serves, from the scoring thread (metrics count only in a step's context,
+        # not in the watcher's thread), on every call: a set insert, and a retried work item's
+        # metrics replace its failed attempt's (a "reported once" flag would lose the pair).
+        # `rillet run` reads it on any runner and prints a line when the pair changes.
+        Metrics.string_set(METRICS_NAMESPACE, SERVING_METRIC).add(serving.record())
         batches = [batch] if isinstance(batch, FeatureBatch) else list(batch)
         results = []
         for fb in batches:
