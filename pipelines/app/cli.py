@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.app.capacity import HOTTEST_KEY_SHARE
-from pipelines.app.errors import RUNTIME, UserError, existing_dir
+from pipelines.app.errors import RUNTIME, UserError
 from pipelines.app.models_cli import models_app
 from pipelines.app.parsing import (
     JOB_NAME,
@@ -360,13 +360,8 @@ def backfill(
 
     input = input or str(latest_dataset(state_dir))
     output = output or str(state_dir / "backfill")
-    source = existing_dir(
-        input,
-        "--input",
-        "transactions* and labels* files",
-        _DATASET_FIX,
-    )
-    if not str(input).startswith("gs://") and not any(source.glob("transactions*")):
+    # --input's kind checked the directory (the default: a dataset that exists).
+    if not input.startswith("gs://") and not any(Path(input).glob("transactions*")):
         raise UserError(
             f"--input {input} has no transactions* file",
             _DATASET_FIX,
@@ -559,14 +554,7 @@ def retrain(
     training, an offline check against the champion on the latest labelled days, and the new
     version registered as challenger (the promotion policy, 'rillet models policy', decides
     the rest). Prints the result as JSON."""
-    history = history or str(latest_dataset(state_dir))
-    if not history.startswith("gs://"):
-        existing_dir(
-            Path(history),
-            "--history",
-            "the event files 'rillet simulate' writes, or a backfill feature table",
-            "pass the directory 'rillet simulate --output DIR' wrote",
-        )
+    history = history or str(latest_dataset(state_dir))  # --history's kind checked a given one
     _quiet_tensorflow()
     import tempfile
 
@@ -955,9 +943,9 @@ def run(
 
     see = "see 'rillet run --help'"
     try:
-        # The user's own other flags (not the defaults added above): Beam's options, or typos.
+        # The user's own values (the defaults added above are well formed) and other flags:
+        # Beam's options, or typos.
         _, others = job_parser(check_paths=False).parse_known_args(list(ctx.args))
-        job_parser(check_paths=False).parse_known_args(argv)
     except BadArguments as exc:
         raise UserError(_as_typed(str(exc), typed), see) from None
     stray = stray_positionals(argv)

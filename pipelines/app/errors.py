@@ -12,9 +12,7 @@ else is a bug and keeps its traceback; ``--debug`` shows the traceback of a User
 
 from __future__ import annotations
 
-from pathlib import Path
-
-__all__ = ["RUNTIME", "USAGE", "UserError", "existing_dir"]
+__all__ = ["RUNTIME", "USAGE", "UserError"]
 
 USAGE = 2
 RUNTIME = 1
@@ -39,16 +37,3 @@ class UserError(Exception):
     def lines(self, command: str) -> list[str]:
         head = f"rillet {command}: {self.message}" if command else f"rillet: {self.message}"
         return [head] + ([f"  {self.fix}"] if self.fix else [])
-
-
-def existing_dir(path: str | Path, option: str, what: str, fix: str) -> Path:
-    """``path`` as a Path if it is an existing local directory (``gs://`` paths pass unchecked);
-    otherwise a UserError naming ``option``."""
-    if str(path).startswith("gs://"):
-        return Path(str(path))
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"{option} {path}: no such directory; expected {what}", fix)
-    if not p.is_dir():
-        raise UserError(f"{option} {path} is a file; expected a directory with {what}", fix)
-    return p
