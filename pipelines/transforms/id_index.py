@@ -67,7 +67,7 @@ from pipelines.stores.bigtable import FAMILY_LABEL, FAMILY_TX, StoreConfig, tran
 from pipelines.stores.shared import SharedResource
 from pipelines.stores.window_store import IdRecord, WindowStore, Writes
 from pipelines.transforms.coders import WakeUp
-from pipelines.transforms.keyed_stage import KeyedStageFn
+from pipelines.transforms.keyed_stage import FENCE_PARAM, KeyedStageFn
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE
 
 __all__ = ["ACCEPTED_LABELS", "IndexIdsFn", "WakeUp", "record_of"]
@@ -83,8 +83,10 @@ _LABEL_TIMER_PARAM = beam.DoFn.TimerParam(_LABEL_TIMER)
 _ROUND = ReadModifyWriteStateSpec("label_timer_round", VarIntCoder())
 _ROUND_PARAM = beam.DoFn.StateParam(_ROUND)
 _EXPIRED_ROUND = "expired_round"  # on a waiting label's record: the round that expired it
-# On a transaction's record: the message ids dead-lettered as its duplicates, so that the same
-# message again is known as a redelivery (bounded: a row stays small whatever a publisher does).
+# On a transaction's record: [message key, fence] of each message dead-lettered against it, so
+# that the same message again is known as a redelivery; the fence tells a committed work item's
+# rejection (older fence) from one a failed attempt of this work item wrote (its own fence).
+# Bounded: a row stays small whatever a publisher does.
 _REJECTED = "x"
 MAX_REJECTED_IDS = 100
 
@@ -131,6 +133,7 @@ class IndexIdsFn(KeyedStageFn):
         timestamp: Any = beam.DoFn.TimestampParam,
         round_: Any = _ROUND_PARAM,
         timer: Any = _LABEL_TIMER_PARAM,
+        fence: Any = FENCE_PARAM,
     ) -> Iterator[Any]:
         key, event = element
         if not isinstance(event, Transaction) and key not in self._armed:
@@ -141,7 +144,7 @@ class IndexIdsFn(KeyedStageFn):
                 timer.set(Timestamp.now() + self._label_wait_s + 1)
         if isinstance(event, WakeUp):
             return
-        yield from self.accept(key, event, None, timestamp)
+        yield from self.accept(key, event, fence, timestamp)
 
     @on_timer(_LABEL_TIMER)
     def on_label_timer(
@@ -180,6 +183,9 @@ class IndexIdsFn(KeyedStageFn):
         txs: dict[str, Transaction] = {}
         labels: dict[str, list[Label]] = {}  # judged together (label_slots)
         duplicates: list[tuple[str, DeadLetter]] = []  # checked against the index below
+        # This attempt's fence per transaction id (its key's): what the rejections it records
+        # carry, so a retry of this work item tells its failed attempt's from earlier ones.
+        fences = {event.transaction_id: self.fence_of(k)[1] for k, event in batch}
         for _, event in batch:
             if isinstance(event, Label):
                 labels.setdefault(event.transaction_id, []).append(event)
@@ -226,8 +232,10 @@ class IndexIdsFn(KeyedStageFn):
                 duplicate = _duplicate(tx, known["m"], known["d"] == digest)
                 duplicates.append((tx.transaction_id, duplicate))
         for tx_id, dl in duplicates:
-            outputs.append(self._once(dl, tx_id, dl.message_id, records))
-        recorded = self._settle_labels(labels, index, new_txs, accepted, outputs, writes, records)
+            outputs.append(self._once(dl, tx_id, dl.message_id, records, fences[tx_id]))
+        recorded = self._settle_labels(
+            labels, index, new_txs, accepted, outputs, writes, records, fences
+        )
         for tx_id, record in records.items():
             if record is not index.get(tx_id, IdRecord()).tx:  # new, renamed or more rejects
                 writes.ids.append((tx_id, FAMILY_TX, record, int(record["t"])))
@@ -238,19 +246,31 @@ class IndexIdsFn(KeyedStageFn):
         return outputs
 
     def _once(
-        self, dl: DeadLetter, tx_id: str, key: str, records: dict[str, dict[str, Any]]
+        self,
+        dl: DeadLetter,
+        tx_id: str,
+        key: str,
+        records: dict[str, dict[str, Any]],
+        mine: int,
     ) -> DeadLetter:
-        """A rejection of a message the transaction's record lists as rejected before (``x``:
-        a replay after a restart, a retried work item) is marked ``redelivered``: published
-        again (at least once) but in no data-quality rate. Any other is added to the record
-        (``records`` is updated; ``key``: the message id, ``l:``-prefixed for a label)."""
+        """A rejection of a message that an earlier work item rejected (the record's ``x`` lists
+        it with an older fence: a replay after a restart) is marked ``redelivered``: published
+        again (at least once) but in no data-quality rate. One listed with this attempt's fence
+        was written by a failed attempt of this same work item, whose outputs were never
+        committed: a first rejection again, so a retry emits what the first attempt did. Any
+        other is added to the record (``records`` is updated; ``key``: the message id,
+        ``l:``-prefixed for a label; ``mine``: this attempt's fence for the id)."""
+        if not dl.message_id:
+            return dl
         record = records[tx_id]
-        rejected = list(record.get(_REJECTED, ()))
-        if dl.message_id and key in rejected:
+        rejected = {k: f for k, f in record.get(_REJECTED, ())}
+        if key in rejected:
+            if rejected[key] >= mine:
+                return dl
             self._redeliveries.inc()
             return dataclasses.replace(dl, redelivered=True)
-        if dl.message_id and len(rejected) < MAX_REJECTED_IDS:
-            records[tx_id] = {**record, _REJECTED: [*rejected, key]}
+        if len(rejected) < MAX_REJECTED_IDS:
+            records[tx_id] = {**record, _REJECTED: [*record.get(_REJECTED, ()), [key, mine]]}
         return dl
 
     def _settle_labels(
@@ -262,6 +282,7 @@ class IndexIdsFn(KeyedStageFn):
         outputs: list[Any],
         writes: Writes,
         records: dict[str, dict[str, Any]],
+        fences: dict[str, int],
     ) -> list[Label]:
         """Applies the label rule to every transaction id with label messages in this batch and
         to every transaction of the batch with a label slot (waiting labels, or one recorded).
@@ -296,7 +317,7 @@ class IndexIdsFn(KeyedStageFn):
                         dl = dataclasses.replace(dl, exact_copy=same)
                     if known_tx is not None:
                         records.setdefault(tx_id, known_tx)
-                        dl = self._once(dl, tx_id, f"l:{lb.message_id}", records)
+                        dl = self._once(dl, tx_id, f"l:{lb.message_id}", records, fences[tx_id])
                 outputs.append(dl)
             if verdict.record is not None:
                 ready[tx_id] = verdict.record

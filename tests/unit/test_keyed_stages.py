@@ -340,6 +340,33 @@ def test_a_restart_replay_of_rejected_messages_is_a_redelivery_in_no_rate() -> N
     assert [(d.message_id, d.redelivered) for d in late] == [("third", False)]
 
 
+def test_a_retried_work_item_rejects_as_its_failed_attempt_did() -> None:
+    """Dataflow runs a work item again after its side effects: the failed attempt already
+    wrote the duplicate's message id on the transaction's record. The retry (same committed
+    fence) must dead-letter it as the first attempt did, not as a redelivery (which no rate
+    counts); only a later work item's replay of it is a redelivery."""
+    from tests.unit.dofn_state import Harness
+
+    store = InMemoryStore(uuid.uuid4().hex)
+    fn = IndexIdsFn(store, 1)  # a batch per element: its outputs come from process
+    fn.setup()
+    harness = Harness(fn)
+
+    def attempt(event: Transaction) -> list[tuple[str, bool]]:
+        fn.start_bundle()
+        out = harness.process("k", event) + list(fn.finish_bundle())
+        dead = [o.value for o in out if getattr(o, "tag", None) == "dead_letter"]
+        return [(d.message_id, d.redelivered) for d in dead]
+
+    assert attempt(Transaction("1", T0, "1", "1", 10.0, message_id="first")) == []
+    duplicate = Transaction("1", T0, "5", "9", 11.0, message_id="second")
+    committed = harness.cells["fence"].read()
+    assert attempt(duplicate) == [("second", False)]  # its commit fails:
+    harness.cells["fence"].write(committed)  # the runner keeps the committed state
+    assert attempt(duplicate) == [("second", False)]  # the retry: the same output
+    assert attempt(duplicate) == [("second", True)]  # a later replay: a redelivery
+
+
 def test_waiting_labels_survive_a_restart() -> None:
     """A job stops while labels wait; the next job (same store) re-arms their timers at start
     (RestoreWaits): one transaction arrives and its label is recorded, the other never comes and
