@@ -5,11 +5,10 @@ the "small" simulation hashes to the value recorded before the batch paths read 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from pathlib import Path
 
 from pipelines.app.simulator import PRESETS, simulate, write_dataset
 from pipelines.backfill.backfill import read_feature_table, run_backfill
