@@ -12,12 +12,18 @@ feature store) and the batch path (which sees everything) produce bit-identical 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from pipelines.core.declarations import Definitions
+from pipelines.core.declarations import DerivedFeature as DeclaredDerived
+from pipelines.core.declarations import Entity as DeclaredEntity
+from pipelines.core.declarations import RowFeature as DeclaredRow
+from pipelines.core.declarations import WindowFeature as DeclaredWindow
 from pipelines.core.definitions import (
     CUSTOMER,
     DAY_US,
@@ -29,15 +35,18 @@ from pipelines.core.definitions import (
     WindowFeature,
     max_lookback_us,
 )
+from pipelines.core.predicates import TIME_PARTS, Predicate
 
 __all__ = [
     "AMOUNT_SCALE",
+    "Columns",
     "EventColumns",
     "Events",
     "aggregate",
     "amount_unit",
     "amount_units",
     "compute_feature_matrix",
+    "compute_features",
     "entity_codes",
     "features_for",
     "order_rank",
@@ -427,3 +436,482 @@ def features_for(
         query_index=index,
         features=features,
     )
+
+
+# -- features from a definitions file --------------------------------------------------------
+#
+# ``compute_features`` answers every feature of a definitions file (pipelines.core.declarations)
+# for a batch of events, equal bit for bit to tests/oracle.py (the semantics of each operation).
+# Per entity, events are sorted once by (entity, time, tie order); a window is then an index
+# range [lo, hi) of the sorted events that pass the feature's filter, found by binary search:
+#
+#   count, sum, mean, std, label_rate  prefix sums (exact integers: int64 when no sum can leave
+#                                      int64, Python ints otherwise) differenced at lo and hi;
+#   min, max                           a sparse table, built one level at a time;
+#   distinct                           an event counts for the queries whose window starts
+#                                      after the previous event with its value and contains it:
+#                                      lo and hi grow with the queries' order, so those queries
+#                                      are one contiguous run (a difference array);
+#   last, since_previous               the event just before the query in the window.
+
+Columns = Mapping[str, np.ndarray]
+
+
+def compute_features(
+    defs: Definitions,
+    events: Columns,
+    labels: Columns | None = None,
+    *,
+    names: Sequence[str] | None = None,
+    query: np.ndarray | None = None,
+) -> np.ndarray:
+    """Features of a definitions file for a batch of events, as a float64 matrix.
+
+    Args:
+      defs: the definitions (``load_definitions``).
+      events: the events stream's columns by field name: the time field as int64 µs, ids and
+        texts as str/object or integer arrays, numbers as float64. Event ids are unique.
+      labels: the label stream's columns by field name (a transaction's later label wins);
+        None: no label is known (every label rate is 0).
+      names: the features wanted, in the output's column order (default: all, file order);
+        derived ones read their inputs, computed alongside.
+      query: which events get a row (a boolean mask or event indices, rows in that order);
+        default every event. The others are history: they count in windows, get no row.
+    """
+    wanted = list(defs.names if names is None else names)
+    needed = set(defs.closure(wanted))
+    ev = defs.events
+    time = np.asarray(events[ev.time_field], dtype=np.int64)
+    n_events = len(time)
+    if query is None:
+        q_index = np.arange(n_events, dtype=np.int64)
+    else:
+        q = np.asarray(query)
+        q_index = np.flatnonzero(q) if q.dtype == bool else q.astype(np.int64)
+    batch = _Batch(defs, events, labels, time, q_index)
+    values: dict[str, np.ndarray] = {}
+    for f in defs.features:
+        if f.name not in needed:
+            continue
+        if isinstance(f, DeclaredRow):
+            values[f.name] = batch.row(f)
+        elif isinstance(f, DeclaredDerived):
+            a, b = (values[i] for i in f.inputs)
+            if f.op == "difference":
+                values[f.name] = a - b
+            else:
+                values[f.name] = np.divide(a, b, out=np.zeros_like(a), where=b != 0)
+        else:
+            values[f.name] = batch.window(f)
+    # Column-major: each feature is one contiguous write, and a DataFrame takes it uncopied.
+    out = np.empty((len(q_index), len(wanted)), dtype=np.float64, order="F")
+    for col, name in enumerate(wanted):
+        out[:, col] = values[name]
+    return out
+
+
+def _tie_rank(*id_arrays: np.ndarray) -> list[np.ndarray]:
+    """Tie order ranks of transaction ids (shorter first, then by text: ``str(id)``), in one
+    shared order over several arrays. Non-negative integers are their own order."""
+    arrays = [np.asarray(a) for a in id_arrays]
+    if all(a.dtype.kind in "iu" and (len(a) == 0 or a.min() >= 0) for a in arrays):
+        return [a.astype(np.int64) for a in arrays]
+    ranks = order_rank(np.concatenate([a.astype(str) for a in arrays]))
+    out, start = [], 0
+    for a in arrays:
+        out.append(ranks[start : start + len(a)])
+        start += len(a)
+    return out
+
+
+def _key_codes(columns: Sequence[Columns], keys: Sequence[str]) -> list[np.ndarray]:
+    """Entity codes of each side's events, shared: equal codes <=> equal ``Entity.id_of``
+    (key values compared as text, as the id's parts)."""
+    sizes = [len(c[keys[0]]) for c in columns]
+    combined = np.zeros(sum(sizes), dtype=np.int64)
+    for key in keys:
+        parts = [np.asarray(c[key]) for c in columns]
+        if not all(p.dtype.kind in "iu" for p in parts):
+            parts = [p.astype(str) for p in parts]
+        codes, uniques = pd.factorize(np.concatenate(parts) if len(parts) > 1 else parts[0])
+        combined = combined * max(len(uniques), 1) + codes
+        combined, _ = pd.factorize(combined)
+    combined = combined.astype(np.int64)
+    out, start = [], 0
+    for size in sizes:
+        out.append(combined[start : start + size])
+        start += size
+    return out
+
+
+def _count_le(sorted_keys: Sequence[np.ndarray], probe_keys: Sequence[np.ndarray]) -> np.ndarray:
+    """For each probe, how many rows of ``sorted_keys`` (lexicographically sorted, most
+    significant first) are <= it: one merge of both sides, for keys that do not fit one int64."""
+    n = len(sorted_keys[0])
+    m = len(probe_keys[0])
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    side = np.concatenate([np.zeros(n, dtype=np.int8), np.ones(m, dtype=np.int8)])
+    columns = [np.concatenate([a, b]) for a, b in zip(sorted_keys, probe_keys, strict=True)]
+    # Rows before probes on equal keys ("<="): the side is the least significant key.
+    order = np.lexsort((side, *reversed(columns)))
+    is_row = side[order] == 0
+    before = np.cumsum(is_row)
+    out = np.empty(m, dtype=np.int64)
+    probes = order[~is_row] - n
+    out[probes] = before[~is_row]
+    return out
+
+
+_UNITS_BOUND = 2**62
+
+
+def _units_of(values: np.ndarray, scale: int) -> np.ndarray:
+    """Exact integers of 10**-scale (the oracle's ``round(float(v) * 10**scale)``): int64, or
+    Python ints when a value does not fit."""
+    product = np.asarray(values, dtype=np.float64) * float(10**scale)
+    rounded = np.rint(product)
+    if len(rounded) == 0 or float(np.max(np.abs(rounded))) < _UNITS_BOUND:
+        return rounded.astype(np.int64)
+    return np.array([int(v) for v in rounded], dtype=object)
+
+
+def _prefix(units: np.ndarray, square: bool = False) -> np.ndarray:
+    """Prefix sums with a leading 0: int64 when no sum of up to len(units) terms can overflow,
+    exact Python ints otherwise."""
+    n = len(units)
+    top = int(max((abs(int(u)) for u in (units.min(), units.max())), default=0)) if n else 0
+    if square:
+        top = top * top
+    exact = units.dtype != object and top * max(n, 1) < 2**63
+    terms = units.astype(np.int64 if exact else object)
+    if square:
+        terms = terms * terms
+    out = np.zeros(n + 1, dtype=np.int64 if exact else object)
+    if n:
+        out[1:] = np.cumsum(terms)
+    return out
+
+
+def _range_reduce(
+    values: np.ndarray, lo: np.ndarray, hi: np.ndarray, reduce: np.ufunc
+) -> np.ndarray:
+    """``reduce`` (np.minimum / np.maximum) of values[lo:hi] per query, 0.0 when empty: a sparse
+    table built one level at a time, each query answered at its level (memory O(n))."""
+    out = np.zeros(len(lo), dtype=np.float64)
+    length = hi - lo
+    nonempty = length > 0
+    if not nonempty.any():
+        return out
+    level_of = np.frexp(np.where(nonempty, length, 1).astype(np.float64))[1] - 1
+    table = np.asarray(values, dtype=np.float64)
+    for level in range(int(level_of[nonempty].max()) + 1):
+        width = 1 << level
+        at = np.flatnonzero(nonempty & (level_of == level))
+        if len(at):
+            out[at] = reduce(table[lo[at]], table[hi[at] - width])
+        table = reduce(table[:-width], table[width:])
+    return out
+
+
+def _distinct(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Distinct codes in codes[lo:hi] per query, with lo and hi non-decreasing over queries."""
+    n, m = len(codes), len(lo)
+    if n == 0 or m == 0:
+        return np.zeros(m, dtype=np.float64)
+    by_value = np.argsort(codes, kind="stable")
+    previous = np.full(n, -1, dtype=np.int64)
+    same = codes[by_value][1:] == codes[by_value][:-1]
+    previous[by_value[1:][same]] = by_value[:-1][same]
+    j = np.arange(n, dtype=np.int64)
+    # Event j counts for the queries with previous[j] < lo <= j < hi: a contiguous run.
+    start = np.maximum(
+        np.searchsorted(lo, previous, side="right"), np.searchsorted(hi, j, side="right")
+    )
+    stop = np.searchsorted(lo, j, side="right")
+    run = start < stop
+    delta = np.bincount(start[run], minlength=m + 1) - np.bincount(stop[run], minlength=m + 1)
+    return np.cumsum(delta)[:m].astype(np.float64)
+
+
+@dataclass
+class _Sorted:
+    """One side's events of one entity that pass one filter, in (entity, time, tie) order."""
+
+    index: np.ndarray  # the events' indices in their columns
+    code: np.ndarray
+    time: np.ndarray
+    tie: np.ndarray
+    key: np.ndarray | None  # code * span + (time - base), when that fits int64
+    position: np.ndarray | None  # events: their position in the entity's full sorted order
+
+
+class _Entity:
+    """The sorted events (and labels) of one entity and its queries, shared by its features."""
+
+    def __init__(self, batch: _Batch, entity: DeclaredEntity) -> None:
+        self.batch = batch
+        self.entity = entity
+        label_code: np.ndarray | None = None
+        if batch.has_labels(entity):
+            ev_code, label_code = _key_codes([batch.events, batch.labels], entity.keys)
+        else:
+            (ev_code,) = _key_codes([batch.events], entity.keys)
+        self.ev_code = ev_code
+        self.label_code = label_code
+        reach = batch.defs.lookback_us(entity)
+        times = [batch.time] + ([batch.label_time] if label_code is not None else [])
+        lows = [int(t.min()) for t in times if len(t)]
+        highs = [int(t.max()) for t in times if len(t)]
+        self.base = (min(lows) if lows else 0) - reach - 1
+        self.span = (max(highs) if highs else 0) - self.base + 1
+        n_codes = int(ev_code.max()) + 1 if len(ev_code) else 1
+        if label_code is not None and len(label_code):
+            n_codes = max(n_codes, int(label_code.max()) + 1)
+        self.fits = n_codes <= _INT64_MAX // self.span
+        order = np.lexsort((batch.tie, batch.time, ev_code))
+        self.order = order
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order), dtype=np.int64)
+        q = batch.q_index
+        if len(q) == len(order) and np.array_equal(q, np.arange(len(q))):
+            self.q_order = order  # every event is a query: their order is known
+        else:
+            self.q_order = np.argsort(position[q], kind="stable")
+        q_events = q[self.q_order]
+        self.q_code = ev_code[q_events]
+        self.q_time = batch.time[q_events]
+        self.q_tie = batch.tie[q_events]
+        self.q_position = position[q_events]
+        self.q_key = self._key(self.q_code, self.q_time) if self.fits else None
+        self.all_events = self._sorted(order, ev_code, batch.time, batch.tie, position)
+        self.sets: dict[Any, _Sorted] = {}
+        self.bounds: dict[Any, np.ndarray] = {}
+        self.cache: dict[Any, np.ndarray] = {}
+
+    def _key(self, code: np.ndarray, time: np.ndarray) -> np.ndarray:
+        return code * self.span + (time - self.base)
+
+    def _sorted(
+        self,
+        order: np.ndarray,
+        code: np.ndarray,
+        time: np.ndarray,
+        tie: np.ndarray,
+        position: np.ndarray | None,
+    ) -> _Sorted:
+        c, t = code[order], time[order]
+        return _Sorted(
+            order,
+            c,
+            t,
+            tie[order],
+            self._key(c, t) if self.fits else None,
+            None if position is None else position[order],
+        )
+
+    def events(self, where: Predicate | None) -> _Sorted:
+        """The entity's events that pass ``where``, sorted."""
+        if where is None:
+            return self.all_events
+        if ("events", where) not in self.sets:
+            mask = where.mask(self.batch.events, self.batch.time)
+            full = self.all_events
+            keep = mask[full.index]
+            self.sets["events", where] = _Sorted(
+                full.index[keep],
+                full.code[keep],
+                full.time[keep],
+                full.tie[keep],
+                None if full.key is None else full.key[keep],
+                None if full.position is None else full.position[keep],
+            )
+        return self.sets["events", where]
+
+    def labels(self, where: Predicate | None) -> _Sorted:
+        """The entity's labels (the later of one transaction's) that pass ``where``, sorted."""
+        if ("labels", where) not in self.sets:
+            b = self.batch
+            assert self.label_code is not None
+            keep = b.label_keep.copy()
+            if where is not None:
+                keep &= where.mask(b.labels, b.label_time)
+            chosen = np.flatnonzero(keep)
+            order = chosen[
+                np.lexsort((b.label_tie[chosen], b.label_time[chosen], self.label_code[chosen]))
+            ]
+            self.sets["labels", where] = self._sorted(
+                order, self.label_code, b.label_time, b.label_tie, None
+            )
+        return self.sets["labels", where]
+
+    def at_or_before(self, s: _Sorted, offset: int) -> np.ndarray:
+        """Per query (sorted order): how many of ``s`` are at or before (entity, t - offset)."""
+        cache = ("time", id(s), offset)
+        if cache not in self.bounds:
+            if s.key is not None and self.q_key is not None:
+                found = np.searchsorted(s.key, self.q_key - offset, side="right")
+            else:
+                found = _count_le([s.code, s.time], [self.q_code, self.q_time - offset])
+            self.bounds[cache] = found.astype(np.int64)
+        return self.bounds[cache]
+
+    def up_to_query(self, s: _Sorted, inclusive: bool) -> np.ndarray:
+        """Per query: how many of ``s`` precede it in (entity, time, tie) order (``inclusive``:
+        or are at its very place: itself, or its label)."""
+        cache = ("tie", id(s), inclusive)
+        if cache not in self.bounds:
+            side: Literal["left", "right"] = "right" if inclusive else "left"
+            if s is self.all_events:
+                found = self.q_position + (1 if inclusive else 0)
+            elif s.position is not None:
+                found = np.searchsorted(s.position, self.q_position, side=side)
+            else:  # labels: only a label rate's window end, which includes the query's place
+                assert inclusive
+                found = _count_le([s.code, s.time, s.tie], [self.q_code, self.q_time, self.q_tie])
+            self.bounds[cache] = np.asarray(found, dtype=np.int64)
+        return self.bounds[cache]
+
+    def window(self, s: _Sorted, f: DeclaredWindow) -> tuple[np.ndarray, np.ndarray]:
+        """[lo, hi) of each query's window in ``s`` (queries in sorted order)."""
+        lo = self.at_or_before(s, f.delay_us + f.window_us)
+        hi = self.up_to_query(s, True) if f.delay_us == 0 else self.at_or_before(s, f.delay_us)
+        return lo, np.maximum(hi, lo)
+
+    def memo(self, key: Any, make: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self.cache:
+            self.cache[key] = make()
+        return self.cache[key]
+
+
+class _Batch:
+    """The inputs of one ``compute_features`` call and what its features share."""
+
+    def __init__(
+        self,
+        defs: Definitions,
+        events: Columns,
+        labels: Columns | None,
+        time: np.ndarray,
+        q_index: np.ndarray,
+    ) -> None:
+        self.defs = defs
+        self.events = events
+        self.time = time
+        self.q_index = q_index
+        ev = defs.events
+        lb = defs.labels
+        wants_labels = (
+            lb is not None
+            and labels is not None
+            and any(f.needs_labels for f in defs.window_features())
+        )
+        self.labels: Columns = labels if wants_labels and labels is not None else {}
+        if wants_labels and lb is not None:
+            self.label_time = np.asarray(self.labels[lb.time_field], dtype=np.int64)
+            ids = np.asarray(self.labels[lb.id_field])
+            # One label per transaction: the later one in the input wins.
+            text = ids if ids.dtype.kind in "iu" else ids.astype(str)
+            self.label_keep = ~pd.Series(text).duplicated(keep="last").to_numpy()
+            # Label ties only matter to a label rate without delay (a label delay of 0).
+            if any(f.needs_labels and f.delay_us == 0 for f in defs.window_features()):
+                self.tie, self.label_tie = _tie_rank(np.asarray(events[ev.id_field]), ids)
+            else:
+                (self.tie,) = _tie_rank(np.asarray(events[ev.id_field]))
+                self.label_tie = np.zeros(len(ids), dtype=np.int64)
+        else:
+            (self.tie,) = _tie_rank(np.asarray(events[ev.id_field]))
+        self.entities: dict[str, _Entity] = {}
+
+    def has_labels(self, entity: DeclaredEntity) -> bool:
+        return bool(self.labels) and any(f.needs_labels for f in self.defs.window_features(entity))
+
+    def row(self, f: DeclaredRow) -> np.ndarray:
+        if f.value is not None:
+            return np.asarray(self.events[f.value])[self.q_index].astype(np.float64)
+        assert f.when is not None
+        fields = f.when.fields - set(TIME_PARTS)
+        columns = {n: np.asarray(self.events[n])[self.q_index] for n in fields}
+        return f.when.mask(columns, self.time[self.q_index]).astype(np.float64)
+
+    def window(self, f: DeclaredWindow) -> np.ndarray:
+        out = np.zeros(len(self.q_index), dtype=np.float64)
+        if len(self.q_index) == 0:
+            return out
+        if f.entity.name not in self.entities:
+            self.entities[f.entity.name] = _Entity(self, f.entity)
+        e = self.entities[f.entity.name]
+        out[e.q_order] = self._sorted_values(e, f)
+        return out
+
+    def _sorted_values(self, e: _Entity, f: DeclaredWindow) -> np.ndarray:
+        """The feature's values, queries in the entity's sorted order (tests/oracle.py)."""
+        s = e.events(f.where)
+        lo, hi = e.window(s, f)
+        n = hi - lo
+        count = n.astype(np.float64)
+        op = f.op
+        if op == "count":
+            return count
+        if op == "label_rate":
+            if e.label_code is None:
+                return np.zeros(len(n), dtype=np.float64)
+            assert self.defs.labels is not None
+            lb = self.defs.labels
+            ls = e.labels(f.where)
+            l_lo, l_hi = e.window(ls, f)
+            flags = e.memo(
+                ("label_prefix", id(ls)),
+                lambda: _prefix(np.asarray(self.labels[lb.label_field])[ls.index].astype(np.int64)),
+            )
+            frauds = (flags[l_hi] - flags[l_lo]).astype(np.float64)
+            return np.divide(frauds, count, out=np.zeros_like(count), where=n > 0)
+        if op in ("last", "since_previous"):
+            before = np.maximum(np.minimum(hi, e.up_to_query(s, False)), lo)
+            found = before > lo
+            prev = np.maximum(before - 1, 0)
+            if op == "since_previous":
+                out = np.full(len(n), f.reach_us / 1e6)
+                if len(s.index):
+                    gap = (e.q_time - s.time[prev])[found]
+                    out[found] = gap.astype(np.float64) / 1e6
+                return out
+            assert f.field is not None
+            out = np.zeros(len(n), dtype=np.float64)
+            if len(s.index):
+                values = np.asarray(self.events[f.field])[s.index].astype(np.float64)
+                out[found] = values[prev[found]]
+            return out
+        assert f.field is not None
+        column = np.asarray(self.events[f.field])
+        if op == "distinct":
+            codes = e.memo(("codes", id(s), f.field), lambda: pd.factorize(column[s.index])[0])
+            return _distinct(codes, lo, hi)
+        if op in ("min", "max"):
+            values = e.memo(("float", id(s), f.field), lambda: column[s.index].astype(np.float64))
+            return _range_reduce(values, lo, hi, np.minimum if op == "min" else np.maximum)
+        field = self.defs.events.field(f.field)
+        scale = field.scale if field.type == "number" else 0
+        units = e.memo(("units", id(s), f.field), lambda: _units_of(column[s.index], scale))
+        sums = e.memo(("sum", id(s), f.field), lambda: _prefix(units))
+        total = (sums[hi] - sums[lo]).astype(np.float64) / float(10**scale)
+        if op == "sum":
+            return total
+        if op == "mean":
+            return np.divide(total, count, out=np.zeros_like(count), where=n > 0)
+        if op == "std":
+            squares = e.memo(("squares", id(s), f.field), lambda: _prefix(units, square=True))
+            s1 = sums[hi] - sums[lo]
+            s2 = squares[hi] - squares[lo]
+            ends = (units.min(), units.max()) if len(units) else ()
+            top = max((abs(int(u)) for u in ends), default=0)
+            widest = int(n.max(initial=0))
+            if squares.dtype != object and (widest * top) ** 2 < 2**63:
+                spread = (n * s2 - s1 * s1).astype(np.float64)
+            else:
+                spread = (n.astype(object) * s2.astype(object) - s1.astype(object) ** 2).astype(
+                    np.float64
+                )
+            root = np.sqrt(spread) / np.where(n > 0, count, 1.0) / float(10**scale)
+            return np.where(n > 0, root, 0.0)
+        raise ValueError(f"unknown operation {op!r}")
