@@ -516,7 +516,12 @@ def _tie_rank(*id_arrays: np.ndarray) -> list[np.ndarray]:
     arrays = [np.asarray(a) for a in id_arrays]
     if all(a.dtype.kind in "iu" and (len(a) == 0 or a.min() >= 0) for a in arrays):
         return [a.astype(np.int64) for a in arrays]
-    ranks = order_rank(np.concatenate([a.astype(str) for a in arrays]))
+    text = np.concatenate([a.astype(str) for a in arrays])
+    # Dense: a label's id ranks equal to its transaction's.
+    order = np.lexsort((text, np.char.str_len(text)))
+    ranks = np.empty(len(text), dtype=np.int64)
+    if len(text):
+        ranks[order] = np.concatenate(([0], np.cumsum(text[order][1:] != text[order][:-1])))
     out, start = [], 0
     for a in arrays:
         out.append(ranks[start : start + len(a)])
