@@ -464,6 +464,7 @@ def compute_features(
     *,
     names: Sequence[str] | None = None,
     query: np.ndarray | None = None,
+    known: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Features of a definitions file for a batch of events, as a float64 matrix.
 
@@ -477,6 +478,9 @@ def compute_features(
         derived ones read their inputs, computed alongside.
       query: which events get a row (a boolean mask or event indices, rows in that order);
         default every event. The others are history: they count in windows, get no row.
+      known: features already computed (by name, one value per query), taken as they are:
+        e.g. the backfill's last stage adds the row and derived features to the window
+        features its entity stages computed.
     """
     wanted = list(defs.names if names is None else names)
     needed = set(defs.closure(wanted))
@@ -493,7 +497,9 @@ def compute_features(
     for f in defs.features:
         if f.name not in needed:
             continue
-        if isinstance(f, DeclaredRow):
+        if known is not None and f.name in known:
+            values[f.name] = np.asarray(known[f.name], dtype=np.float64)
+        elif isinstance(f, DeclaredRow):
             values[f.name] = batch.row(f)
         elif isinstance(f, DeclaredDerived):
             a, b = (values[i] for i in f.inputs)
