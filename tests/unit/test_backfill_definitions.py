@@ -88,9 +88,10 @@ def cards(
     for e in events:
         if rng.random() < 0.8:
             fields = {k: e[k] for k in ("tx", "at", "card", "merchant")}
-            labels.append({**fields, "fraud": int(rng.random() < 0.2)})
+            fraud = int(rng.random() < 0.2)
+            labels.append({**fields, "fraud": fraud})
             if rng.random() < 0.1:
-                labels.append({**fields, "fraud": 1 - labels[-1]["fraud"]})
+                labels.append({**fields, "fraud": 1 - fraud})
     data = root / "in"
     data.mkdir()
     at = {"AT": lambda f: pd.to_datetime(f["at"], unit="us", utc=True)}
