@@ -1,7 +1,10 @@
 """The feature engine: exact per-event window aggregations, shared by batch and streaming.
 
-Each window feature is answered per transaction with two binary searches over the entity's events
-sorted by (entity, time, tie order) and a difference of prefix sums, so the cost per event is
+``compute_features`` computes the features of any definitions file (pipelines.core.declarations)
+for a batch of events, equal bit for bit to tests/oracle.py; ``features_for`` is it for the
+handbook's columns (EventColumns). Each window feature is answered per transaction with binary
+searches over the entity's events sorted by (entity, time, tie order) and a difference of prefix
+sums (or a range minimum, a distinct count, the previous event), so the cost per event is
 O(log n) whatever the window length; there is no sliding-window pane to copy elements into, and
 the result is the window that ends exactly at this transaction.
 
@@ -12,6 +15,7 @@ feature store) and the batch path (which sees everything) produce bit-identical 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,7 +23,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from pipelines.core.declarations import Definitions
+from pipelines.core.declarations import Definitions, load_definitions
 from pipelines.core.declarations import DerivedFeature as DeclaredDerived
 from pipelines.core.declarations import Entity as DeclaredEntity
 from pipelines.core.declarations import RowFeature as DeclaredRow
@@ -30,10 +34,8 @@ from pipelines.core.definitions import (
     ENTITIES,
     FEATURES,
     TERMINAL,
-    Entity,
     RowFeature,
     WindowFeature,
-    max_lookback_us,
 )
 from pipelines.core.predicates import TIME_PARTS, Predicate
 
@@ -45,9 +47,7 @@ __all__ = [
     "aggregate",
     "amount_unit",
     "amount_units",
-    "compute_feature_matrix",
     "compute_features",
-    "entity_codes",
     "features_for",
     "order_rank",
     "row_features",
@@ -253,70 +253,6 @@ def row_features(time_us: np.ndarray, amount: np.ndarray) -> dict[str, np.ndarra
     }
 
 
-def compute_feature_matrix(
-    *,
-    time_us: np.ndarray,
-    amount: np.ndarray,
-    transactions: Mapping[Entity, Events],
-    labels: Mapping[Entity, Events],
-    query_index: Mapping[Entity, np.ndarray],
-    features: Sequence[RowFeature | WindowFeature] = FEATURES,
-) -> np.ndarray:
-    """All features for a set of query transactions, as a float64 matrix in ``features`` order.
-
-    Args:
-      time_us, amount: the query transactions' times and amounts.
-      transactions: per entity, that entity's transactions (history plus the queries), with
-        ``value`` = amount units.
-      labels: per entity with label-based features, its label events (``value`` = is_fraud).
-      query_index: per entity, the index of each query within ``transactions[entity]``.
-    """
-    n = len(time_us)
-    out = np.zeros((n, len(features)), dtype=np.float64)
-    rows = row_features(time_us, amount)
-    sorted_tx: dict[Entity, _SortedEvents] = {}
-    sorted_labels: dict[Entity, _SortedEvents] = {}
-    queries: dict[Entity, _Queries] = {}
-    tx_bounds: dict[Entity, dict[int, np.ndarray]] = {}
-    label_bounds: dict[Entity, dict[int, np.ndarray]] = {}
-    q_time = np.asarray(time_us, dtype=np.int64)
-    t_max = int(q_time.max()) if n else 0
-    t_min = int(q_time.min()) if n else 0
-    for col, feature in enumerate(features):
-        if isinstance(feature, RowFeature):
-            out[:, col] = rows[feature.transform]
-            continue
-        entity = feature.entity
-        tx = transactions[entity]
-        idx = query_index[entity]
-        if len(tx) == 0 or n == 0:
-            continue
-        if entity not in sorted_tx:
-            s = sorted_tx[entity] = _sort(tx, max_lookback_us(entity))
-            queries[entity] = _Queries.of(s, tx.entity[idx], q_time, idx)
-            tx_bounds[entity], label_bounds[entity] = {}, {}
-        q = queries[entity]
-        count, total = _window(
-            sorted_tx[entity], q, feature.window_us, feature.delay_us, tx_bounds[entity]
-        )
-        frauds = None
-        if feature.needs_labels:
-            lab = labels.get(entity)
-            if lab is None or len(lab) == 0:
-                continue
-            if entity not in sorted_labels:
-                # Labels may all be later than a query: their keys must start before its
-                # window does (t_min), or the window's start lands in the previous entity.
-                sorted_labels[entity] = _sort(lab, max_lookback_us(entity), t_max, t_min)
-            # Label events live on the same entity codes as the transactions, so the queries'
-            # (entity, time) order holds on both sides.
-            _, frauds = _window(
-                sorted_labels[entity], q, feature.window_us, feature.delay_us, label_bounds[entity]
-            )
-        out[q.order, col] = aggregate(feature.aggregation, count, total, frauds)
-    return out
-
-
 def aggregate(
     aggregation: str, count: np.ndarray, total_units: np.ndarray, frauds: np.ndarray | None
 ) -> np.ndarray:
@@ -334,25 +270,6 @@ def aggregate(
         flags = np.asarray(frauds, dtype=np.int64)
         return np.where(count > 0, flags / np.maximum(count, 1), 0.0)
     raise ValueError(f"unknown aggregation {aggregation!r}")
-
-
-def entity_codes(*id_arrays: np.ndarray) -> list[np.ndarray]:
-    """Factorises several arrays of entity ids into one shared int64 code space."""
-    sizes = [len(a) for a in id_arrays]
-    if sum(sizes) == 0:
-        return [np.zeros(0, dtype=np.int64) for _ in id_arrays]
-    arrays = [np.asarray(a) for a in id_arrays]
-    if all(a.dtype.kind in "iu" for a in arrays):
-        allv = np.concatenate([a.astype(np.int64) for a in arrays])
-    else:
-        allv = np.concatenate([a.astype(str) for a in arrays]).astype(object)
-    # Hash-based: O(n), and the codes' order does not matter (they only group events).
-    codes, _ = pd.factorize(allv)
-    out, start = [], 0
-    for size in sizes:
-        out.append(codes[start : start + size].astype(np.int64))
-        start += size
-    return out
 
 
 @dataclass
@@ -384,6 +301,21 @@ def _concat(history: np.ndarray, query: np.ndarray) -> np.ndarray:
     return np.concatenate([np.asarray(history), np.asarray(query)])
 
 
+@functools.cache
+def _handbook() -> Definitions:
+    return load_definitions()
+
+
+def _handbook_columns(columns: EventColumns, value: str) -> dict[str, np.ndarray]:
+    return {
+        "transaction_id": np.asarray(columns.transaction_id),
+        "customer_id": np.asarray(columns.customer_id),
+        "terminal_id": np.asarray(columns.terminal_id),
+        "tx_datetime": np.asarray(columns.time_us, dtype=np.int64),
+        value: np.asarray(columns.value, dtype=np.float64 if value == "amount" else np.int64),
+    }
+
+
 def features_for(
     query: EventColumns,
     *,
@@ -392,50 +324,45 @@ def features_for(
     terminal_history: EventColumns | None = None,
     features: Sequence[RowFeature | WindowFeature] = FEATURES,
 ) -> np.ndarray:
-    """Features of each query transaction, given the history each entity needs.
+    """The handbook's features (``features``, pipelines.core.definitions) of each query
+    transaction, given the history each entity needs: ``compute_features`` over the handbook's
+    definitions file, for the callers of the columns of before definitions were files.
 
-    The one entry point of the engine. Batch (training, backfill) passes every transaction as
-    the query and no history; the stream passes a batch of new transactions as the query and
-    the history it read back from the feature store (which must not contain the query's own
-    transactions). Both call the same code, so they cannot disagree.
+    Batch passes every transaction as the query and no history; the stream passes a batch of
+    new transactions as the query and the history it read back from the feature store (which
+    must not contain the query's own transactions).
     """
-    empty = EventColumns.empty()
-    sides: dict[Entity, Events] = {}
-    index: dict[Entity, np.ndarray] = {}
-    label_events: dict[Entity, Events] = {}
+    defs = _handbook()
+    out = np.zeros((len(query), len(features)), dtype=np.float64)
+    label_columns = _handbook_columns(labels, "is_fraud")
     histories = {CUSTOMER: customer_history, TERMINAL: terminal_history}
-    windows = [f for f in features if isinstance(f, WindowFeature)]
     for entity in ENTITIES:
-        if not any(f.entity == entity for f in windows):
+        cols = [
+            i for i, f in enumerate(features) if isinstance(f, WindowFeature) and f.entity == entity
+        ]
+        if not cols:
             continue  # e.g. a backfill shard computing one entity's features
-        hist = histories.get(entity) or empty
-        key = entity.key_field
-        ids = _concat(getattr(hist, key), getattr(query, key))
-        tx_ids = _concat(hist.transaction_id, query.transaction_id)
-        times = _concat(hist.time_us, query.time_us).astype(np.int64)
-        values = amount_units(_concat(hist.value, query.value))
-        if any(f.entity == entity and f.needs_labels for f in windows):
-            codes, label_codes = entity_codes(ids, np.asarray(getattr(labels, key)))
-            label_events[entity] = Events(
-                label_codes,
-                np.asarray(labels.time_us, dtype=np.int64),
-                np.zeros(len(labels), dtype=np.int64),
-                np.asarray(labels.value).astype(np.int64),
+        history = _handbook_columns(histories.get(entity) or EventColumns.empty(), "amount")
+        events = {
+            k: _concat(v, c)
+            for (k, v), c in zip(
+                history.items(), _handbook_columns(query, "amount").values(), strict=True
             )
-        else:
-            (codes,) = entity_codes(ids)
-        if tx_ids.dtype.kind not in "iu":
-            tx_ids = tx_ids.astype(str)
-        sides[entity] = Events(codes, times, order_rank(tx_ids), values)
-        index[entity] = np.arange(len(hist), len(hist) + len(query), dtype=np.int64)
-    return compute_feature_matrix(
-        time_us=np.asarray(query.time_us, dtype=np.int64),
-        amount=np.asarray(query.value, dtype=np.float64),
-        transactions=sides,
-        labels=label_events,
-        query_index=index,
-        features=features,
-    )
+        }
+        start = len(history["tx_datetime"])
+        out[:, cols] = compute_features(
+            defs,
+            events,
+            label_columns,
+            names=[features[i].name for i in cols],
+            query=np.arange(start, start + len(query), dtype=np.int64),
+        )
+    rows = [i for i, f in enumerate(features) if isinstance(f, RowFeature)]
+    if rows:
+        out[:, rows] = compute_features(
+            defs, _handbook_columns(query, "amount"), names=[features[i].name for i in rows]
+        )
+    return out
 
 
 # -- features from a definitions file --------------------------------------------------------
