@@ -420,26 +420,31 @@ def compute_features(
         q = np.asarray(query)
         q_index = np.flatnonzero(q) if q.dtype == bool else q.astype(np.int64)
     batch = _Batch(defs, events, labels, time, q_index)
+    # Column-major: each feature is written in place, and a DataFrame takes it uncopied.
+    out = np.empty((len(q_index), len(wanted)), dtype=np.float64, order="F")
+    column = {name: col for col, name in enumerate(wanted)}
     values: dict[str, np.ndarray] = {}
     for f in defs.features:
         if f.name not in needed:
             continue
+        target = out[:, column[f.name]] if f.name in column else np.empty(len(q_index))
         if known is not None and f.name in known:
-            values[f.name] = np.asarray(known[f.name], dtype=np.float64)
+            target[:] = known[f.name]
         elif isinstance(f, DeclaredRow):
-            values[f.name] = batch.row(f)
+            target[:] = batch.row(f)
         elif isinstance(f, DeclaredDerived):
             a, b = (values[i] for i in f.inputs)
             if f.op == "difference":
-                values[f.name] = a - b
+                np.subtract(a, b, out=target)
             else:
-                values[f.name] = np.divide(a, b, out=np.zeros_like(a), where=b != 0)
+                target[:] = 0.0
+                np.divide(a, b, out=target, where=b != 0)
         else:
-            values[f.name] = batch.window(f)
-    # Column-major: each feature is one contiguous write, and a DataFrame takes it uncopied.
-    out = np.empty((len(q_index), len(wanted)), dtype=np.float64, order="F")
+            batch.window(f, target)
+        values[f.name] = target
     for col, name in enumerate(wanted):
-        out[:, col] = values[name]
+        if column[name] != col:  # a name asked for twice
+            out[:, col] = values[name]
     return out
 
 
@@ -466,15 +471,18 @@ def _key_codes(columns: Sequence[Columns], keys: Sequence[str]) -> list[np.ndarr
     """Entity codes of each side's events, shared: equal codes <=> equal ``Entity.id_of``
     (key values compared as text, as the id's parts)."""
     sizes = [len(c[keys[0]]) for c in columns]
-    combined = np.zeros(sum(sizes), dtype=np.int64)
+    combined: np.ndarray | None = None
     for key in keys:
         parts = [np.asarray(c[key]) for c in columns]
         if not all(p.dtype.kind in "iu" for p in parts):
             parts = [p.astype(str) for p in parts]
         codes, uniques = pd.factorize(np.concatenate(parts) if len(parts) > 1 else parts[0])
-        combined = combined * max(len(uniques), 1) + codes
-        combined, _ = pd.factorize(combined)
-    combined = combined.astype(np.int64)
+        if combined is None:
+            combined = codes
+        else:  # (codes so far, this key's code) as one code
+            combined, _ = pd.factorize(combined * max(len(uniques), 1) + codes)
+    assert combined is not None
+    combined = combined.astype(np.int64, copy=False)
     out, start = [], 0
     for size in sizes:
         out.append(combined[start : start + size])
@@ -522,7 +530,7 @@ def _prefix(units: np.ndarray, square: bool = False) -> np.ndarray:
     if square:
         top = top * top
     exact = units.dtype != object and top * max(n, 1) < 2**63
-    terms = units.astype(np.int64 if exact else object)
+    terms = units.astype(np.int64 if exact else object, copy=False)
     if square:
         terms = terms * terms
     out = np.zeros(n + 1, dtype=np.int64 if exact else object)
@@ -608,21 +616,34 @@ class _Entity:
             n_codes = max(n_codes, int(label_code.max()) + 1)
         self.fits = n_codes <= _INT64_MAX // self.span
         order = np.lexsort((batch.tie, batch.time, ev_code))
-        self.order = order
-        position = np.empty(len(order), dtype=np.int64)
-        position[order] = np.arange(len(order), dtype=np.int64)
+        n = len(order)
+        c, t = ev_code[order], batch.time[order]
+        sorted_position = np.arange(n, dtype=np.int64)
+        self.all_events = _Sorted(
+            order,
+            c,
+            t,
+            batch.tie[order],
+            self._key(c, t) if self.fits else None,
+            sorted_position,
+        )
         q = batch.q_index
-        if len(q) == len(order) and np.array_equal(q, np.arange(len(q))):
-            self.q_order = order  # every event is a query: their order is known
+        if batch.all_queries:
+            # Every event is a query, in the events' sorted order: nothing more to sort.
+            s = self.all_events
+            self.q_order = order
+            self.q_code, self.q_time, self.q_tie = s.code, s.time, s.tie
+            self.q_position, self.q_key = sorted_position, s.key
         else:
+            position = np.empty(n, dtype=np.int64)
+            position[order] = np.arange(n, dtype=np.int64)
             self.q_order = np.argsort(position[q], kind="stable")
-        q_events = q[self.q_order]
-        self.q_code = ev_code[q_events]
-        self.q_time = batch.time[q_events]
-        self.q_tie = batch.tie[q_events]
-        self.q_position = position[q_events]
-        self.q_key = self._key(self.q_code, self.q_time) if self.fits else None
-        self.all_events = self._sorted(order, ev_code, batch.time, batch.tie, position)
+            q_events = q[self.q_order]
+            self.q_code = ev_code[q_events]
+            self.q_time = batch.time[q_events]
+            self.q_tie = batch.tie[q_events]
+            self.q_position = position[q_events]
+            self.q_key = self._key(self.q_code, self.q_time) if self.fits else None
         self.sets: dict[Any, _Sorted] = {}
         self.bounds: dict[Any, np.ndarray] = {}
         self.cache: dict[Any, np.ndarray] = {}
@@ -675,9 +696,10 @@ class _Entity:
             if where is not None:
                 keep &= where.mask(b.labels, b.label_time)
             chosen = np.flatnonzero(keep)
-            order = chosen[
-                np.lexsort((b.label_tie[chosen], b.label_time[chosen], self.label_code[chosen]))
-            ]
+            sort_keys = [b.label_time[chosen], self.label_code[chosen]]
+            if b.label_ties:
+                sort_keys.insert(0, b.label_tie[chosen])
+            order = chosen[np.lexsort(sort_keys)]
             self.sets["labels", where] = self._sorted(
                 order, self.label_code, b.label_time, b.label_tie, None
             )
@@ -691,7 +713,7 @@ class _Entity:
                 found = np.searchsorted(s.key, self.q_key - offset, side="right")
             else:
                 found = _count_le([s.code, s.time], [self.q_code, self.q_time - offset])
-            self.bounds[cache] = found.astype(np.int64)
+            self.bounds[cache] = np.asarray(found, dtype=np.int64)
         return self.bounds[cache]
 
     def up_to_query(self, s: _Sorted, inclusive: bool) -> np.ndarray:
@@ -752,13 +774,19 @@ class _Batch:
             text = ids if ids.dtype.kind in "iu" else ids.astype(str)
             self.label_keep = ~pd.Series(text).duplicated(keep="last").to_numpy()
             # Label ties only matter to a label rate without delay (a label delay of 0).
-            if any(f.needs_labels and f.delay_us == 0 for f in defs.window_features()):
+            self.label_ties = any(
+                f.needs_labels and f.delay_us == 0 for f in defs.window_features()
+            )
+            if self.label_ties:
                 self.tie, self.label_tie = _tie_rank(np.asarray(events[ev.id_field]), ids)
             else:
                 (self.tie,) = _tie_rank(np.asarray(events[ev.id_field]))
                 self.label_tie = np.zeros(len(ids), dtype=np.int64)
         else:
             (self.tie,) = _tie_rank(np.asarray(events[ev.id_field]))
+        self.all_queries = len(q_index) == len(time) and bool(
+            np.array_equal(q_index, np.arange(len(time)))
+        )
         self.entities: dict[str, _Entity] = {}
 
     def has_labels(self, entity: DeclaredEntity) -> bool:
@@ -772,15 +800,14 @@ class _Batch:
         columns = {n: np.asarray(self.events[n])[self.q_index] for n in fields}
         return f.when.mask(columns, self.time[self.q_index]).astype(np.float64)
 
-    def window(self, f: DeclaredWindow) -> np.ndarray:
-        out = np.zeros(len(self.q_index), dtype=np.float64)
+    def window(self, f: DeclaredWindow, out: np.ndarray) -> None:
+        """Writes the feature's value of each query into ``out``."""
         if len(self.q_index) == 0:
-            return out
+            return
         if f.entity.name not in self.entities:
             self.entities[f.entity.name] = _Entity(self, f.entity)
         e = self.entities[f.entity.name]
         out[e.q_order] = self._sorted_values(e, f)
-        return out
 
     def _sorted_values(self, e: _Entity, f: DeclaredWindow) -> np.ndarray:
         """The feature's values, queries in the entity's sorted order (tests/oracle.py)."""
