@@ -510,10 +510,13 @@ def _feature_table(defs: Definitions, tx: pa.Table, labels: pa.Table | None) -> 
     transaction id: the id, the time, every entity key field, the features, the label."""
     ev = defs.events
     frame = tx.to_pandas().set_index(ev.id_field).sort_index()
-    events = {name: frame[name].to_numpy() for name in frame.columns}
+    events = {name: frame[name].to_numpy() for name in ev.names if name != ev.id_field}
     events[ev.id_field] = frame.index.to_numpy()
-    window = [f.name for f in defs.window_features()]
-    matrix = compute_features(defs, events, known={n: events[n] for n in window})
+    # The window features are the entity stages' columns; the row and derived ones are added.
+    window = {f.name: frame[f.name].to_numpy() for f in defs.window_features()}
+    rest = [n for n in defs.names if n not in window]
+    matrix = compute_features(defs, events, names=rest, known=window)
+    values = {**window, **{name: matrix[:, col] for col, name in enumerate(rest)}}
     keys = [n for n in ev.names if any(n in e.keys for e in defs.entities)]
     columns: dict[str, pa.Array] = {
         ev.field(ev.id_field).dataset_column: pa.array(frame.index.to_numpy()),
@@ -521,7 +524,7 @@ def _feature_table(defs: Definitions, tx: pa.Table, labels: pa.Table | None) -> 
             frame[ev.time_field].to_numpy(), pa.int64()
         ).cast(pa.timestamp("us", tz="UTC")),
         **{ev.field(n).dataset_column: pa.array(frame[n].to_numpy()) for n in keys},
-        **{name: pa.array(matrix[:, col]) for col, name in enumerate(defs.names)},
+        **{name: pa.array(values[name]) for name in defs.names},
     }
     if defs.labels is not None:
         lb = defs.labels

@@ -419,7 +419,12 @@ def compute_features(
     else:
         q = np.asarray(query)
         q_index = np.flatnonzero(q) if q.dtype == bool else q.astype(np.int64)
-    batch = _Batch(defs, events, labels, time, q_index)
+    computed = [
+        f
+        for f in defs.window_features()
+        if f.name in needed and (known is None or f.name not in known)
+    ]
+    batch = _Batch(defs, events, labels, time, q_index, computed)
     # Column-major: each feature is written in place, and a DataFrame takes it uncopied.
     out = np.empty((len(q_index), len(wanted)), dtype=np.float64, order="F")
     column = {name: col for col, name in enumerate(wanted)}
@@ -580,16 +585,42 @@ def _distinct(codes: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.cumsum(delta)[:m].astype(np.float64)
 
 
-@dataclass
 class _Sorted:
-    """One side's events of one entity that pass one filter, in (entity, time, tie) order."""
+    """One side's events of one entity that pass one filter, in (entity, time, tie) order:
+    their indices in their columns, and the columns gathered in that order when first read."""
 
-    index: np.ndarray  # the events' indices in their columns
-    code: np.ndarray
-    time: np.ndarray
-    tie: np.ndarray
-    key: np.ndarray | None  # code * span + (time - base), when that fits int64
-    position: np.ndarray | None  # events: their position in the entity's full sorted order
+    def __init__(
+        self,
+        index: np.ndarray,
+        columns: tuple[np.ndarray, np.ndarray, np.ndarray],
+        key: np.ndarray | None,
+        position: np.ndarray | None,
+    ) -> None:
+        self.index = index
+        self._columns = columns  # entity codes, times, tie ranks: unsorted, all events
+        self.key = key  # code * span + (time - base), when that fits int64
+        self.position = position  # events: their position in the entity's full sorted order
+
+    @functools.cached_property
+    def code(self) -> np.ndarray:
+        return self._columns[0][self.index]
+
+    @functools.cached_property
+    def time(self) -> np.ndarray:
+        return self._columns[1][self.index]
+
+    @functools.cached_property
+    def tie(self) -> np.ndarray:
+        return self._columns[2][self.index]
+
+    def subset(self, keep: np.ndarray) -> _Sorted:
+        """Those of them where ``keep`` (a mask in this order) holds."""
+        return _Sorted(
+            self.index[keep],
+            self._columns,
+            None if self.key is None else self.key[keep],
+            None if self.position is None else self.position[keep],
+        )
 
 
 class _Entity:
@@ -603,7 +634,6 @@ class _Entity:
             ev_code, label_code = _key_codes([batch.events, batch.labels], entity.keys)
         else:
             (ev_code,) = _key_codes([batch.events], entity.keys)
-        self.ev_code = ev_code
         self.label_code = label_code
         reach = batch.defs.lookback_us(entity)
         times = [batch.time] + ([batch.label_time] if label_code is not None else [])
@@ -615,35 +645,29 @@ class _Entity:
         if label_code is not None and len(label_code):
             n_codes = max(n_codes, int(label_code.max()) + 1)
         self.fits = n_codes <= _INT64_MAX // self.span
-        order = np.lexsort((batch.tie, batch.time, ev_code))
+        columns = (ev_code, batch.time, batch.tie)
+        if self.fits:
+            key = self._key(ev_code, batch.time)
+            order = np.lexsort((batch.tie, key))
+            sorted_key: np.ndarray | None = key[order]
+        else:
+            order = np.lexsort((batch.tie, batch.time, ev_code))
+            sorted_key = None
         n = len(order)
-        c, t = ev_code[order], batch.time[order]
         sorted_position = np.arange(n, dtype=np.int64)
-        self.all_events = _Sorted(
-            order,
-            c,
-            t,
-            batch.tie[order],
-            self._key(c, t) if self.fits else None,
-            sorted_position,
-        )
-        q = batch.q_index
+        self.all_events = _Sorted(order, columns, sorted_key, sorted_position)
         if batch.all_queries:
             # Every event is a query, in the events' sorted order: nothing more to sort.
-            s = self.all_events
             self.q_order = order
-            self.q_code, self.q_time, self.q_tie = s.code, s.time, s.tie
-            self.q_position, self.q_key = sorted_position, s.key
+            self.q_events = self.all_events
         else:
             position = np.empty(n, dtype=np.int64)
-            position[order] = np.arange(n, dtype=np.int64)
+            position[order] = sorted_position
+            q = batch.q_index
             self.q_order = np.argsort(position[q], kind="stable")
-            q_events = q[self.q_order]
-            self.q_code = ev_code[q_events]
-            self.q_time = batch.time[q_events]
-            self.q_tie = batch.tie[q_events]
-            self.q_position = position[q_events]
-            self.q_key = self._key(self.q_code, self.q_time) if self.fits else None
+            q_index = q[self.q_order]
+            q_key = None if sorted_key is None else self._key(ev_code[q_index], batch.time[q_index])
+            self.q_events = _Sorted(q_index, columns, q_key, position[q_index])
         self.sets: dict[Any, _Sorted] = {}
         self.bounds: dict[Any, np.ndarray] = {}
         self.cache: dict[Any, np.ndarray] = {}
@@ -651,40 +675,13 @@ class _Entity:
     def _key(self, code: np.ndarray, time: np.ndarray) -> np.ndarray:
         return code * self.span + (time - self.base)
 
-    def _sorted(
-        self,
-        order: np.ndarray,
-        code: np.ndarray,
-        time: np.ndarray,
-        tie: np.ndarray,
-        position: np.ndarray | None,
-    ) -> _Sorted:
-        c, t = code[order], time[order]
-        return _Sorted(
-            order,
-            c,
-            t,
-            tie[order],
-            self._key(c, t) if self.fits else None,
-            None if position is None else position[order],
-        )
-
     def events(self, where: Predicate | None) -> _Sorted:
         """The entity's events that pass ``where``, sorted."""
         if where is None:
             return self.all_events
         if ("events", where) not in self.sets:
             mask = where.mask(self.batch.events, self.batch.time)
-            full = self.all_events
-            keep = mask[full.index]
-            self.sets["events", where] = _Sorted(
-                full.index[keep],
-                full.code[keep],
-                full.time[keep],
-                full.tie[keep],
-                None if full.key is None else full.key[keep],
-                None if full.position is None else full.position[keep],
-            )
+            self.sets["events", where] = self.all_events.subset(mask[self.all_events.index])
         return self.sets["events", where]
 
     def labels(self, where: Predicate | None) -> _Sorted:
@@ -692,16 +689,26 @@ class _Entity:
         if ("labels", where) not in self.sets:
             b = self.batch
             assert self.label_code is not None
-            keep = b.label_keep.copy()
+            keep = b.label_keep
             if where is not None:
-                keep &= where.mask(b.labels, b.label_time)
+                keep = keep & where.mask(b.labels, b.label_time)
             chosen = np.flatnonzero(keep)
-            sort_keys = [b.label_time[chosen], self.label_code[chosen]]
+            code, time = self.label_code[chosen], b.label_time[chosen]
+            key = self._key(code, time) if self.fits else None
             if b.label_ties:
-                sort_keys.insert(0, b.label_tie[chosen])
-            order = chosen[np.lexsort(sort_keys)]
-            self.sets["labels", where] = self._sorted(
-                order, self.label_code, b.label_time, b.label_tie, None
+                sort_keys = (
+                    [b.label_tie[chosen], time, code] if key is None else [b.label_tie[chosen], key]
+                )
+                order = np.lexsort(sort_keys)
+            elif key is not None:
+                order = np.argsort(key, kind="stable")
+            else:
+                order = np.lexsort((time, code))
+            self.sets["labels", where] = _Sorted(
+                chosen[order],
+                (self.label_code, b.label_time, b.label_tie),
+                None if key is None else key[order],
+                None,
             )
         return self.sets["labels", where]
 
@@ -709,10 +716,11 @@ class _Entity:
         """Per query (sorted order): how many of ``s`` are at or before (entity, t - offset)."""
         cache = ("time", id(s), offset)
         if cache not in self.bounds:
-            if s.key is not None and self.q_key is not None:
-                found = np.searchsorted(s.key, self.q_key - offset, side="right")
+            q = self.q_events
+            if s.key is not None and q.key is not None:
+                found = np.searchsorted(s.key, q.key - offset, side="right")
             else:
-                found = _count_le([s.code, s.time], [self.q_code, self.q_time - offset])
+                found = _count_le([s.code, s.time], [q.code, q.time - offset])
             self.bounds[cache] = np.asarray(found, dtype=np.int64)
         return self.bounds[cache]
 
@@ -722,13 +730,15 @@ class _Entity:
         cache = ("tie", id(s), inclusive)
         if cache not in self.bounds:
             side: Literal["left", "right"] = "right" if inclusive else "left"
+            q = self.q_events
+            assert q.position is not None
             if s is self.all_events:
-                found = self.q_position + (1 if inclusive else 0)
+                found = q.position + (1 if inclusive else 0)
             elif s.position is not None:
-                found = np.searchsorted(s.position, self.q_position, side=side)
+                found = np.searchsorted(s.position, q.position, side=side)
             else:  # labels: only a label rate's window end, which includes the query's place
                 assert inclusive
-                found = _count_le([s.code, s.time, s.tie], [self.q_code, self.q_time, self.q_tie])
+                found = _count_le([s.code, s.time, s.tie], [q.code, q.time, q.tie])
             self.bounds[cache] = np.asarray(found, dtype=np.int64)
         return self.bounds[cache]
 
@@ -754,17 +764,28 @@ class _Batch:
         labels: Columns | None,
         time: np.ndarray,
         q_index: np.ndarray,
+        windows: Sequence[DeclaredWindow],
     ) -> None:
+        """``windows``: the window features it computes (what the labels must serve)."""
         self.defs = defs
+        self.windows = windows
         self.events = events
         self.time = time
         self.q_index = q_index
+        self.given_labels = labels
+        self.all_queries = len(q_index) == len(time) and bool(
+            np.array_equal(q_index, np.arange(len(time)))
+        )
+        self.entities: dict[str, _Entity] = {}
+
+    def _prepare_windows(self) -> None:
+        """The tie order and the labels' columns, once, for the first window feature (a batch
+        of row and derived features only needs neither)."""
+        defs, events, labels = self.defs, self.events, self.given_labels
         ev = defs.events
         lb = defs.labels
         wants_labels = (
-            lb is not None
-            and labels is not None
-            and any(f.needs_labels for f in defs.window_features())
+            lb is not None and labels is not None and any(f.needs_labels for f in self.windows)
         )
         self.labels: Columns = labels if wants_labels and labels is not None else {}
         if wants_labels and lb is not None:
@@ -774,9 +795,7 @@ class _Batch:
             text = ids if ids.dtype.kind in "iu" else ids.astype(str)
             self.label_keep = ~pd.Series(text).duplicated(keep="last").to_numpy()
             # Label ties only matter to a label rate without delay (a label delay of 0).
-            self.label_ties = any(
-                f.needs_labels and f.delay_us == 0 for f in defs.window_features()
-            )
+            self.label_ties = any(f.needs_labels and f.delay_us == 0 for f in self.windows)
             if self.label_ties:
                 self.tie, self.label_tie = _tie_rank(np.asarray(events[ev.id_field]), ids)
             else:
@@ -784,13 +803,11 @@ class _Batch:
                 self.label_tie = np.zeros(len(ids), dtype=np.int64)
         else:
             (self.tie,) = _tie_rank(np.asarray(events[ev.id_field]))
-        self.all_queries = len(q_index) == len(time) and bool(
-            np.array_equal(q_index, np.arange(len(time)))
-        )
-        self.entities: dict[str, _Entity] = {}
 
     def has_labels(self, entity: DeclaredEntity) -> bool:
-        return bool(self.labels) and any(f.needs_labels for f in self.defs.window_features(entity))
+        return bool(self.labels) and any(
+            f.needs_labels and f.entity == entity for f in self.windows
+        )
 
     def row(self, f: DeclaredRow) -> np.ndarray:
         if f.value is not None:
@@ -804,6 +821,8 @@ class _Batch:
         """Writes the feature's value of each query into ``out``."""
         if len(self.q_index) == 0:
             return
+        if not self.entities:
+            self._prepare_windows()
         if f.entity.name not in self.entities:
             self.entities[f.entity.name] = _Entity(self, f.entity)
         e = self.entities[f.entity.name]
@@ -838,7 +857,7 @@ class _Batch:
             if op == "since_previous":
                 out = np.full(len(n), f.reach_us / 1e6)
                 if len(s.index):
-                    gap = (e.q_time - s.time[prev])[found]
+                    gap = (e.q_events.time - s.time[prev])[found]
                     out[found] = gap.astype(np.float64) / 1e6
                 return out
             assert f.field is not None
