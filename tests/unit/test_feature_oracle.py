@@ -239,3 +239,23 @@ def test_without_one_int64_key_the_merged_bounds_equal_the_oracle(seed: int) -> 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(engine, "_INT64_MAX", 0)
         check(defs, events, labels, rng)
+
+
+def test_labels_need_only_the_columns_of_the_features_asked_for() -> None:
+    """A backfill stage passes its entity's label columns only: the others' label rates are
+    not computed, so their columns are not read."""
+    rng = random.Random(5)
+    defs = random_definitions(rng, ops=("label_rate",))
+    events, labels = random_stream(rng, defs, 30)
+    assert defs.labels is not None
+    ev = _columns(events, defs.events, False)
+    lb = _columns(labels, defs.labels, False)
+    (first, *_) = defs.window_features()
+    keep = {*first.entity.keys, "tx", "at", "fraud", "channel"}
+    want = compute_features(defs, ev, lb, names=[first.name])
+    partial = {k: v for k, v in lb.items() if k in keep}
+    assert compute_features(defs, ev, partial, names=[first.name]).tobytes() == want.tobytes()
+    others = [f.name for f in defs.window_features() if f.entity != first.entity]
+    if others:
+        with pytest.raises(KeyError):
+            compute_features(defs, ev, partial, names=[first.name, *others])
