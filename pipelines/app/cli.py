@@ -350,6 +350,14 @@ def backfill(
         ),
     ] = False,
     shards: Annotated[int, typer.Option(min=1, help="Entity shards.")] = 8,
+    definitions: Annotated[
+        Path | None,
+        typer.Option(
+            help="Definitions file (events, labels, entities, features). Default: the "
+            "handbook's (pipelines/workloads/handbook.yaml); --to-bigtable needs the default.",
+            parser=parse(InputFile("a definitions file (YAML)")),
+        ),
+    ] = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Compute the streaming features over history with Beam (point-in-time feature table as
@@ -369,6 +377,8 @@ def backfill(
     argv = [f"--input={input}", f"--output={output}", f"--shards={shards}", *ctx.args]
     if until:
         argv.append(f"--until={until}")
+    if definitions:
+        argv.append(f"--definitions={definitions}")
     if to_bigtable:
         argv.append("--to_bigtable")
         if not any(a.startswith("--project") for a in argv):

@@ -3,6 +3,7 @@ feature; its table equals the oracle's features bit for bit, its columns are the
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -144,3 +145,20 @@ def test_a_broken_definitions_file_is_named(tmp_path: Path, capsys: Any) -> None
         backfill_options(["--input=x", "--output=y", f"--definitions={broken}"])
     err = capsys.readouterr().err
     assert "features[2] (CARD_N_1H).window" in err and "'1x' is not a duration" in err
+
+
+def test_rillet_backfill_takes_the_definitions_file(cards: Any, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.app.cli import app
+
+    path, events, _ = cards
+    out = tmp_path / "out"
+    args = ["--input", str(path.parent / "in"), "--output", str(out), "--shards", "2"]
+    args += ["--definitions", str(path), "--state-dir", str(tmp_path / "state")]
+    result = CliRunner().invoke(app, ["backfill", *args])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.output.strip().splitlines()[-1])
+    assert manifest["rows"] == len(events) and manifest["definitions"] == str(path)
+    table = pd.read_parquet(out / "features")
+    assert list(table.columns)[-2:] == ["AMOUNT_VS_MAX", "FRAUD"]
