@@ -18,11 +18,11 @@ import pytest
 
 from pipelines.core.batches import FeatureBatch
 from pipelines.core.definitions import MODEL_INPUTS
-from pipelines.core.schema import Transaction
 from pipelines.stores.model_registry import ModelRegistry
 from pipelines.transforms import inference
 from pipelines.transforms.inference import RegistryModelHandler, ServingConfig
 from pipelines.transforms.model_serving import Assignment, LoadedVersion, ServingModels
+from tests.events import handbook_tx
 from tests.unit.test_model_registry import make_version
 
 VALUES = {"v1": 0.1, "v2": 0.2, "v3": 0.3}
@@ -107,7 +107,7 @@ def test_a_version_picks_its_own_columns_and_refuses_inputs_the_job_lacks() -> N
 
 
 def _batch(n: int) -> FeatureBatch:
-    txs = [Transaction(str(i), 1_522_540_800_000_000 + i, "C1", "T1", 10.0) for i in range(n)]
+    txs = [handbook_tx(str(i), 1_522_540_800_000_000 + i, "C1", "T1", 10.0) for i in range(n)]
     return FeatureBatch(txs, np.zeros((n, len(MODEL_INPUTS))), revision=1)
 
 

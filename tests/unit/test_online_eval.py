@@ -32,6 +32,7 @@ from pipelines.transforms.online_eval import (
     label_day,
     scored_from,
 )
+from tests.events import handbook_label
 from tests.unit.dofn_state import Harness
 
 DAY_US_0 = 1_533_686_400_000_000  # 2018-08-08 00:00 UTC
@@ -53,7 +54,7 @@ def due(offset_us: int = 0) -> int:
 
 
 def test_a_label_counts_for_the_champion_and_for_the_challenger_that_shadowed_it() -> None:
-    label = Label("t1", DAY_US_0 + 5, "C1", "T1", 1)
+    label = handbook_label("t1", DAY_US_0 + 5, "C1", "T1", 1)
     alone = {"model_version": "v1", "score": 0.4, "challenger_version": None}
     assert scored_from(label, alone) == [
         Scored("v1", DAY, "t1", "C1", 1, 0.4, online_eval.CHAMPION)
@@ -211,7 +212,7 @@ class FakeLookup:
 
 
 def label(i: int, event_us: int) -> Label:
-    return Label(f"t{i}", event_us, f"C{i}", "T1", i % 2)
+    return handbook_label(f"t{i}", event_us, f"C{i}", "T1", i % 2)
 
 
 def test_lookups_tick_each_complete_day_once_for_the_versions_they_saw(monkeypatch) -> None:

@@ -14,7 +14,7 @@ from pipelines.core.batches import FeatureBatch
 from pipelines.core.cells import BUCKET_US, Summary, TxCell
 from pipelines.core.definitions import MODEL_INPUTS, TERMINAL
 from pipelines.core.messages import DeadLetter
-from pipelines.core.schema import _ID_RE, Transaction
+from pipelines.core.schema import _ID_RE
 from pipelines.stores import bigtable
 from pipelines.transforms import entity_windows, id_index
 from pipelines.transforms.inference import PredictionBatch
@@ -25,6 +25,7 @@ from pipelines.transforms.sinks import (
     _to_message,
     prediction_records,
 )
+from tests.events import handbook_tx
 
 SPECS = Path(__file__).resolve().parents[2] / "docs" / "specs"
 
@@ -104,7 +105,7 @@ def test_summary_round_trips_in_the_specified_layout() -> None:
 
 
 def _record() -> dict[str, Any]:
-    tx = Transaction("42", 1_522_540_800_000_000, "C1", "T1", 10.0, 1_522_540_801_000_000, "m1")
+    tx = handbook_tx("42", 1_522_540_800_000_000, "C1", "T1", 10.0, 1_522_540_801_000_000, "m1")
     batch = FeatureBatch([tx], np.zeros((1, len(MODEL_INPUTS))), revision=7)
     return prediction_records(PredictionBatch(batch, np.array([0.7]), "v1", 1), RiskBands())[0]
 
