@@ -4,6 +4,7 @@ and variants of the handbook's definitions file to check cards against."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -38,3 +39,11 @@ def handbook_variant(
 def feature_spec(data: dict[str, Any], name: str) -> dict[str, Any]:
     """The declaration of feature ``name`` in YAML data of a definitions file."""
     return next(f for f in data["features"] if f["name"] == name)
+
+
+def write_variant(path: Path, change: Callable[[dict[str, Any]], None]) -> Path:
+    """A definitions file at ``path``: the handbook's, changed in place by ``change``."""
+    data = yaml.safe_load(DEFAULT_DEFINITIONS.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -729,3 +729,21 @@ def test_daily_metrics_reads_the_versions_rows_sorted() -> None:
         "ap": 0.5,
         "cp100": 0.1,
     }
+
+
+def test_serving_features_are_the_union_of_the_champions_and_challengers_inputs(
+    models: Path,
+) -> None:
+    make_version(models, "a1", **card_fields(["CUSTOMER_ID_NB_TX_1DAY_WINDOW", "TX_AMOUNT"]))
+    make_version(models, "a2", **card_fields(["TERMINAL_ID_RISK_1DAY_WINDOW", "TX_AMOUNT"]))
+    registry = ModelRegistry(str(models))
+    registry.promote("a1")
+    assert registry.serving_features() == ("TX_AMOUNT", "CUSTOMER_ID_NB_TX_1DAY_WINDOW")
+    registry.challenge("a2")
+    assert registry.serving_features() == (
+        "TX_AMOUNT",
+        "CUSTOMER_ID_NB_TX_1DAY_WINDOW",
+        "TERMINAL_ID_RISK_1DAY_WINDOW",
+    )
+    registry.challenge("v1")
+    assert registry.serving_features() == MODEL_INPUTS
