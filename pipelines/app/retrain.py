@@ -422,12 +422,17 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
     absent = [n for n in inputs if n not in table.columns]
     if absent:
         raise ValueError(f"the feature table {table_dir} has no column {', '.join(absent)}")
-    fit = {"inputs": inputs, "definitions": definitions}
     version_dir, challenger_card = select_and_train(
-        labelled, protocol, config.model_dir, grid, card, **fit
+        labelled, protocol, config.model_dir, grid, card, inputs=inputs, definitions=definitions
     )
     holdout_dir, holdout_card = select_and_train(
-        labelled, holdout, f"{work.rstrip('/')}/holdout", grid, {**card, "holdout": True}, **fit
+        labelled,
+        holdout,
+        f"{work.rstrip('/')}/holdout",
+        grid,
+        {**card, "holdout": True},
+        inputs=inputs,
+        definitions=definitions,
     )
 
     # The evaluation days as a test block: known-compromised cards (frauds from the holdout's
