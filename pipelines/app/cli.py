@@ -12,6 +12,7 @@ import typer
 
 from pipelines.app.capacity import HOTTEST_KEY_SHARE
 from pipelines.app.errors import RUNTIME, UserError
+from pipelines.app.inputs import InputsOption, chosen_inputs, require_columns
 from pipelines.app.models_cli import models_app
 from pipelines.app.parsing import (
     JOB_NAME,
@@ -425,6 +426,7 @@ def train(
             parser=parse(Choice(("champion", "challenger", "none"))),
         ),
     ] = None,
+    inputs: InputsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Train on a date range of the backfill table and export a versioned SavedModel + card,
@@ -446,9 +448,12 @@ def train(
         )
     if not any(features.glob("*.parquet")):
         raise UserError(f"--features {features} holds no .parquet file", fix)
+    from pipelines.core.declarations import load_definitions
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    registry = ModelRegistry(model_dir)
+    definitions = load_definitions()
+    model_inputs = chosen_inputs(inputs, definitions)
+    registry = ModelRegistry(model_dir, definitions=definitions)
     try:
         # The role is decided before the new version exists (it would be the implicit champion).
         role = register or ("challenger" if registry.pointer().champion else "champion")
@@ -459,9 +464,18 @@ def train(
         raise UserError(f"--features {features} has no rows", fix)
     try:
         protocol = _protocol(table, train_start, train_days)
+        require_columns(model_inputs, table.columns)
         grid = (QUICK_GRID if quick else GRID) if select else (GRID[0],)
         # One candidate too is scored on the folds: every registered version has metrics.
-        target, card = select_and_train(table, protocol, model_dir, grid, validate=True)
+        target, card = select_and_train(
+            table,
+            protocol,
+            model_dir,
+            grid,
+            validate=True,
+            inputs=model_inputs,
+            definitions=definitions,
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if role != "none":
@@ -476,6 +490,7 @@ def train(
                 "version_dir": str(target),
                 "registered_as": role,
                 "training_range": card["training_range"],
+                "inputs": len(card["features"]),
                 "validation_metrics": {
                     k: v for k, v in card["validation_metrics"].items() if k != "folds"
                 },
@@ -547,6 +562,7 @@ def retrain(
             parser=parse(OutputDir("a work directory", remote_ok=True)),
         ),
     ] = None,
+    inputs: InputsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Continual learning, one step: point-in-time training data from the history up to now
@@ -562,9 +578,12 @@ def retrain(
     from pipelines.app.retrain import RetrainConfig, copy_version
     from pipelines.app.retrain import register as register_version
     from pipelines.app.retrain import retrain as run_retrain
+    from pipelines.core.declarations import load_definitions
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    registry = ModelRegistry(model_dir)
+    definitions = load_definitions()
+    model_inputs = chosen_inputs(inputs, definitions)
+    registry = ModelRegistry(model_dir, definitions=definitions)
     try:
         champion = registry.pointer().champion if registry.versions() else None
     except RegistryError as exc:
@@ -583,6 +602,8 @@ def retrain(
         grid=grid if select else grid[:1],
         work_dir=work_dir,
         card={"parent": champion},
+        inputs=model_inputs,
+        definitions=definitions,
     )
     try:
         result = run_retrain(config)

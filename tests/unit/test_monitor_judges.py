@@ -31,13 +31,14 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 
 from pipelines.core.batches import FeatureBatch
-from pipelines.core.definitions import MODEL_INPUTS, definitions_version
+from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
 from pipelines.core.thresholds import load_thresholds
 from pipelines.stores.model_registry import ModelRegistry
 from pipelines.transforms import monitoring
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.online_eval import DayFigures
+from tests.cards import card_fields
 from tests.events import handbook_tx
 
 THRESHOLDS = load_thresholds()
@@ -84,8 +85,7 @@ def registry(tmp_path: Path) -> Path:
         (tmp_path / version / "saved_model" / "saved_model.pb").write_bytes(b"-")
         card = {
             "version": version,
-            "features": list(MODEL_INPUTS),
-            "feature_definitions_version": definitions_version(),
+            **card_fields(MODEL_INPUTS),
             "offline_metrics": VALIDATION,
         }
         (tmp_path / version / "model_card.json").write_text(json.dumps(card))
