@@ -1026,12 +1026,20 @@ class Monitor(beam.PTransform):
       alerts_topic: full path of the alerts topic.
       every_s: seconds between two drift flushes (and the grace before a window closes: two of
         them).
+      features: the features the job computes (drift gauges are named by them and the score;
+        default: the handbook's file's).
     """
 
     def __init__(
-        self, model_dir: str, thresholds: Thresholds, alerts_topic: str, every_s: float = 10.0
+        self,
+        model_dir: str,
+        thresholds: Thresholds,
+        alerts_topic: str,
+        every_s: float = 10.0,
+        features: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self._features = None if features is None else tuple(features)
         self._model_dir = model_dir
         self._refs_handle: SharedResource[_References] = SharedResource()
         self._t = thresholds
@@ -1053,7 +1061,9 @@ class Monitor(beam.PTransform):
             >> beam.FlatMap(_per_feature).with_output_types(tuple[tuple[str, str], DriftDelta])
             | "JudgeDrift"
             >> beam.ParDo(
-                _JudgeDrift(self._model_dir, self._t, grace_s=2 * self._every_s)
+                _JudgeDrift(
+                    self._model_dir, self._t, grace_s=2 * self._every_s, features=self._features
+                )
             ).with_outputs(_JudgeDrift.WINDOWS_TAG, main="alerts")
         )
         self.drift_windows = judged[_JudgeDrift.WINDOWS_TAG]

@@ -164,7 +164,15 @@ def _to_message(record: PredictionRecord) -> tuple[bytes, dict[str, str]]:
 
 
 class _DatastoreWriteDoFn(beam.DoFn):
-    def __init__(self, project: str, kind: str, namespace: str | None, bands: RiskBands) -> None:
+    def __init__(
+        self,
+        project: str,
+        kind: str,
+        namespace: str | None,
+        bands: RiskBands,
+        keys: Sequence[str] | None = None,
+    ) -> None:
+        self._keys = key_fields() if keys is None else tuple(keys)
         self._project = project
         self._kind = kind
         self._namespace = namespace or None
@@ -181,7 +189,7 @@ class _DatastoreWriteDoFn(beam.DoFn):
         )
 
     def process(self, pb: PredictionBatch) -> Iterator[tuple[int, list[PredictionRecord]]]:
-        records = prediction_records(pb, self._bands)
+        records = prediction_records(pb, self._bands, self._keys)
         # One mutation per key per commit: the highest revision of a key in the batch wins.
         latest: dict[str, PredictionRecord] = {}
         for r in records:
@@ -408,6 +416,7 @@ class WritePredictions(beam.PTransform):
       namespace: Datastore namespace (None for the default).
       topic: full path of the prediction topic.
       bands: risk band thresholds.
+      keys: the entities' key fields a prediction carries (default: ``key_fields()``).
     """
 
     def __init__(
@@ -417,8 +426,10 @@ class WritePredictions(beam.PTransform):
         namespace: str | None,
         topic: str,
         bands: RiskBands | None = None,
+        keys: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self._keys = keys
         self._project = datastore_project
         self._kind = kind
         self._namespace = namespace
@@ -427,7 +438,7 @@ class WritePredictions(beam.PTransform):
 
     def expand(self, predictions: beam.PCollection) -> beam.PCollection:
         stored = predictions | "ToDatastore" >> beam.ParDo(
-            _DatastoreWriteDoFn(self._project, self._kind, self._namespace, self._bands)
+            _DatastoreWriteDoFn(self._project, self._kind, self._namespace, self._bands, self._keys)
         )
         # Publish after the entity is stored, so a subscriber can always read it back.
         return stored | "ToPredictionTopic" >> beam.ParDo(_PublishDoFn(self._topic))
