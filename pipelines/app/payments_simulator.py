@@ -130,7 +130,10 @@ class PaymentsConfig:
 
 
 PRESETS: dict[str, PaymentsConfig] = {
-    "tiny": PaymentsConfig(n_cards=150, n_merchants=100, n_days=21, compromises_per_week=12.0),
+    # Fewer cards: denser frauds, so that every scenario occurs in three weeks.
+    "tiny": PaymentsConfig(
+        n_cards=150, n_merchants=100, n_days=21, takeovers_per_day=3.0, compromises_per_week=12.0
+    ),
     "small": PaymentsConfig(),
     "large": PaymentsConfig(n_cards=10_000, n_merchants=4000, n_days=183),
 }
