@@ -539,7 +539,7 @@ def _fraud_starts(config: PaymentsConfig, rng: np.random.Generator, n: int) -> n
 def _card_testing(config: PaymentsConfig, world: _World, rng: np.random.Generator) -> _Rows:
     """Scenario 1: a stolen card number is tested by a bot: 4-12 online payments of 0.50-4.99
     at as many online shops within minutes, from one new device; 60% of the tested cards are
-    then cashed out by one or two large online purchases within the hour (also fraud)."""
+    then cashed out by one or two large online purchases within about an hour (also fraud)."""
     n = rng.poisson(config.card_tests_per_day * config.n_days * world.n_cards / 1000)
     card = rng.integers(0, world.n_cards, size=n)
     device = world.fraud_device(n, 0)

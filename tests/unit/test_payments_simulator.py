@@ -7,6 +7,7 @@ week."""
 from __future__ import annotations
 
 import bisect
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -301,11 +302,14 @@ def test_a_quick_model_on_the_declared_features_catches_every_scenario_later(
     def week(first: int) -> np.ndarray:
         inside = (day >= first) & (day < first + 7)
         frauds = np.flatnonzero(inside & (small.is_fraud.to_numpy() == 1))
-        genuine = rng.choice(np.flatnonzero(inside & (small.is_fraud.to_numpy() == 0)), 1000)
+        genuine = rng.choice(
+            np.flatnonzero(inside & (small.is_fraud.to_numpy() == 0)), 1000, replace=False
+        )
         return np.sort(np.concatenate([frauds, genuine]))
 
     train, test = week(35), week(49)
-    features = np.array(_oracle_rows(defs, small, np.concatenate([train, test])))
+    queries = np.concatenate([train, test]).tolist()
+    features = np.array(_oracle_rows(defs, small, queries))
     model = HistGradientBoostingClassifier(random_state=0)
     model.fit(features[: len(train)], small.is_fraud.to_numpy()[train])
     scores = model.predict_proba(features[len(train) :])[:, 1]
@@ -315,3 +319,46 @@ def test_a_quick_model_on_the_declared_features_catches_every_scenario_later(
         if code:
             pair = (scenario == 0) | (scenario == code)
             assert roc_auc_score(scenario[pair] == code, scores[pair]) > 0.7, name
+
+
+# -- the spec ----------------------------------------------------------------------------------
+
+
+def _table(text: str, title: str) -> list[list[str]]:
+    """The body rows of the first Markdown table under the heading ``title``, cell by cell."""
+    part = text.split(title + "\n", 1)[1].split("\n#", 1)[0]
+    lines = [line for line in part.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_the_spec_lists_the_fields_presets_scenarios_and_features(
+    defs: Definitions, small: pd.DataFrame
+) -> None:
+    """docs/specs/payments-workload.md's tables are the file's fields, PRESETS (with the counts
+    they generate), SCENARIOS and the file's features in order."""
+    text = (Path(__file__).resolve().parents[2] / "docs/specs/payments-workload.md").read_text()
+
+    fields = _table(text, "## 1. The streams")
+    assert [(r[0].strip("`"), r[1]) for r in fields] == [
+        (f.name, f.type) for f in defs.events.fields
+    ]
+    rows = {r[0].strip("`"): r[1:] for r in _table(text, "### Presets")}
+    assert set(rows) == set(PRESETS)
+    for name, config in PRESETS.items():
+        cards, merchants, days, start, seed, transactions, frauds = rows[name]
+        numbers = [int(x.replace(",", "")) for x in (cards, merchants, days, seed)]
+        assert numbers == [config.n_cards, config.n_merchants, config.n_days, config.seed]
+        assert start == config.start_date
+        if name != "large":  # 3 s to generate: its counts were recorded by the same code
+            counts = summary(small if name == "small" else simulate(config))
+            listed = (int(transactions.replace(",", "")), int(frauds.replace(",", "")))
+            assert listed == (counts["transactions"], counts["frauds"]), name
+    scenarios = _table(text, "### Fraud scenarios")
+    assert {int(r[0]): r[1].strip("`") for r in scenarios} == {
+        code: name for code, name in SCENARIOS.items() if code
+    }
+    for row in scenarios:  # the features named as seeing it are declared
+        named = re.findall(r"`([A-Z][A-Z0-9_]+)`", row[3])
+        assert named and set(named) <= set(defs.names), row[1]
+    features = _table(text, "## 3. The features")
+    assert tuple(r[0].strip("`") for r in features) == defs.names
