@@ -362,3 +362,46 @@ def test_the_spec_lists_the_fields_presets_scenarios_and_features(
         assert named and set(named) <= set(defs.names), row[1]
     features = _table(text, "## 3. The features")
     assert tuple(r[0].strip("`") for r in features) == defs.names
+
+
+def test_no_code_of_the_job_names_the_workload(defs: Definitions) -> None:
+    """Declared only: no module of the job's layers (core, stores, transforms, streaming,
+    backfill, the entry and the runner) holds a string or a name that is one of this workload's
+    own fields, entities, features or scenarios (those it shares with the handbook aside)."""
+    import ast
+
+    handbook = load_definitions(DEFAULT_DEFINITIONS)
+    own = (
+        set(defs.events.names)
+        | {e.name for e in defs.entities}
+        | set(defs.names)
+        | set(SCENARIOS.values())
+        | {defs.name, "fraud_scenario"}
+    )
+    own -= set(handbook.events.names) | {e.name for e in handbook.entities} | set(handbook.names)
+    own -= {"genuine"}
+    # Generic words a variable may well be called (a gRPC channel, a model card): as names
+    # only; as strings (a column or field looked up) they would still be the workload's.
+    generic = {"card", "country", "channel"}
+    root = Path(__file__).resolve().parents[2] / "pipelines"
+    modules = [root / "streaming.py", root / "main.py", root / "options.py"]
+    for layer in ("core", "stores", "transforms", "backfill", "local_runner"):
+        modules += sorted((root / layer).rglob("*.py"))
+    found = []
+    for path in modules:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant):
+                hit = node.value in own
+            else:
+                name = {
+                    ast.Name: lambda n: n.id,
+                    ast.Attribute: lambda n: n.attr,
+                    ast.FunctionDef: lambda n: n.name,
+                    ast.ClassDef: lambda n: n.name,
+                    ast.arg: lambda n: n.arg,
+                }.get(type(node), lambda n: None)(node)
+                hit = name in own - generic
+            if hit:
+                where = f"{path.relative_to(root.parent)}:{getattr(node, 'lineno', 0)}"
+                found.append(f"{where}: {ast.unparse(node)[:40]}")
+    assert found == []
