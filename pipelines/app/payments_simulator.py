@@ -122,11 +122,11 @@ class PaymentsConfig:
     n_days: int = 56
     start_date: str = "2018-04-01"
     seed: int = 23
-    card_tests_per_day: float = 1.0
-    takeovers_per_day: float = 1.0
-    compromises_per_week: float = 2.5
-    sprees_per_day: float = 1.0
-    travel_per_day: float = 2.0
+    card_tests_per_day: float = 2.0
+    takeovers_per_day: float = 2.0
+    compromises_per_week: float = 3.0
+    sprees_per_day: float = 2.0
+    travel_per_day: float = 3.0
 
 
 PRESETS: dict[str, PaymentsConfig] = {
@@ -137,8 +137,8 @@ PRESETS: dict[str, PaymentsConfig] = {
     "small": PaymentsConfig(),
     "large": PaymentsConfig(n_cards=10_000, n_merchants=4000, n_days=183),
 }
-"""``small`` is the demo's (~55k transactions over 8 weeks, as the handbook's small), ``tiny``
-the tests', ``large`` a half-year of 10,000 cards (~1.8M transactions)."""
+"""``small`` is the demo's (~58k transactions over 8 weeks, as the handbook's small), ``tiny``
+the tests', ``large`` a half-year of 10,000 cards (~1.9M transactions)."""
 
 
 def simulate(config: PaymentsConfig) -> pd.DataFrame:
