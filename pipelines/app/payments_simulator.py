@@ -5,8 +5,9 @@ Its stream is declared by ``pipelines/workloads/payments.yaml``; nothing in the 
 knows it. :func:`simulate` returns one row per transaction (the file's field names, plus
 ``is_fraud`` and ``fraud_scenario``), :func:`write_dataset` stores it in the layout of
 ``simulator.write_dataset`` (``transactions.parquet`` + ``labels.parquet``, columns named by
-the definitions file's fields or their ``column:``), and :func:`top_k_by_scenario` counts, per
-scenario, the frauds a model's daily top 100 holds (the demo's report).
+the definitions file's fields or their ``column:``), :func:`read_dataset` reads it back, and
+:func:`top_k_by_scenario` counts, per scenario, the frauds a model's daily top 100 holds (the
+demo's report).
 
 Everything is drawn from one ``numpy.random.SeedSequence(config.seed)``, spawned into one
 generator per stage (population, genuine traffic, trips, each scenario), all vectorised: a
@@ -34,6 +35,7 @@ __all__ = [
     "PRESETS",
     "SCENARIOS",
     "PaymentsConfig",
+    "read_dataset",
     "simulate",
     "summary",
     "top_k_by_scenario",
@@ -211,6 +213,37 @@ def write_dataset(
             arrays["fraud_scenario"] = _to_arrow(frame["fraud_scenario"])
         pq.write_table(pa.table(arrays), paths[key])
     return {key: str(path) for key, path in paths.items()}
+
+
+def read_dataset(
+    input_dir: str | os.PathLike[str], definitions: Definitions | None = None
+) -> pd.DataFrame:
+    """The :func:`simulate` frame back from the two files :func:`write_dataset` wrote (columns
+    by field name, ordered by transaction id). Raises ValueError if the files do not hold the
+    same transactions."""
+    defs = definitions or load_definitions(DEFINITIONS)
+    assert defs.labels is not None, "the payments workload has a label stream"
+    base = Path(input_dir)
+    frames = []
+    for name, stream in (("transactions", defs.events), ("labels", defs.labels)):
+        table = pq.read_table(base / f"{name}.parquet").to_pandas()
+        frames.append(table.rename(columns={f.dataset_column: f.name for f in stream.fields}))
+    transactions, labels = frames
+    id_field, label = defs.events.id_field, defs.labels.label_field
+    if len(transactions) != len(labels):
+        raise ValueError(f"{len(transactions)} transactions but {len(labels)} labels in {base}")
+    merged = transactions.merge(
+        labels[[defs.labels.id_field, label, "fraud_scenario"]].rename(
+            columns={defs.labels.id_field: id_field}
+        ),
+        on=id_field,
+        how="inner",
+        validate="one_to_one",
+    )
+    if len(merged) != len(transactions):
+        raise ValueError(f"transaction ids of the two files in {base} differ")
+    merged = merged.sort_values(id_field, kind="stable").reset_index(drop=True)
+    return merged[list(_COLUMNS)]
 
 
 def top_k_by_scenario(

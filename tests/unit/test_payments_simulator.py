@@ -24,6 +24,7 @@ from pipelines.app.payments_simulator import (
     PRESETS,
     SCENARIOS,
     PaymentsConfig,
+    read_dataset,
     simulate,
     summary,
     top_k_by_scenario,
@@ -165,13 +166,25 @@ def test_write_dataset_names_columns_as_the_file_declares(
     back = transactions.to_pandas()
     pd.testing.assert_frame_equal(back, frame[list(defs.events.names)])
     assert labels.to_pandas().fraud_scenario.tolist() == frame.fraud_scenario.tolist()
+    pd.testing.assert_frame_equal(read_dataset(tmp_path / "a"), frame)
 
     # A field's `column:` names its dataset column.
     data = yaml.safe_load(DEFINITIONS.read_text())
     data["events"]["fields"]["amount"]["column"] = "TX_AMOUNT"
-    paths = write_dataset(frame, tmp_path / "b", parse_definitions(data))
+    renamed = parse_definitions(data)
+    paths = write_dataset(frame, tmp_path / "b", renamed)
     columns = pq.read_table(paths["transactions"]).column_names
     assert "TX_AMOUNT" in columns and "amount" not in columns
+    pd.testing.assert_frame_equal(read_dataset(tmp_path / "b", renamed), frame)
+
+    # Files of different transactions are refused.
+    shuffled = frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
+    write_dataset(shuffled.iloc[:-1], tmp_path / "c")
+    (tmp_path / "c" / "labels.parquet").write_bytes(
+        (tmp_path / "a" / "labels.parquet").read_bytes()
+    )
+    with pytest.raises(ValueError, match="labels"):
+        read_dataset(tmp_path / "c")
 
 
 # -- the per-scenario report -------------------------------------------------------------------
