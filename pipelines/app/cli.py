@@ -24,6 +24,8 @@ from pipelines.app.parsing import (
     STATE_DIR,
     SUBNETWORK,
     TAG,
+    WORKLOAD,
+    WORKLOAD_MARK,
     DatasetDir,
     ModelDirIn,
     ModelDirOut,
@@ -300,18 +302,54 @@ def simulate(
             parser=parse(OutputDir("a directory for the dataset")),
         ),
     ] = None,
-    preset: Annotated[str, typer.Option(help="handbook | small | tiny", parser=PRESET)] = "small",
+    workload: Annotated[
+        str,
+        typer.Option(
+            help="handbook (docs/specs/reference-workload.md) | payments "
+            "(docs/specs/payments-workload.md)",
+            parser=WORKLOAD,
+        ),
+    ] = "handbook",
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="handbook: handbook | small | tiny; payments: large | small | tiny", parser=PRESET
+        ),
+    ] = "small",
     state_dir: StateDir = STATE_DIR,
 ) -> None:
-    """Generate the reference card-transaction dataset (the handbook simulator;
-    docs/specs/reference-workload.md)."""
-    from pipelines.app.simulator import PRESETS, write_dataset
-    from pipelines.app.simulator import simulate as run_simulation
+    """Generate a workload's dataset: the handbook's card transactions
+    (docs/specs/reference-workload.md) or the payments stream (docs/specs/payments-workload.md)."""
+    if workload == "payments":
+        from pipelines.app import payments_simulator as payments
 
-    output = output or state_dir / "data" / preset
-    frame = run_simulation(PRESETS[preset])
-    paths = write_dataset(frame, output)
-    typer.echo(f"{len(frame):,} transactions, {int(frame.TX_FRAUD.sum()):,} frauds")
+        if preset not in payments.PRESETS:
+            raise UserError(
+                f"the payments workload has no preset {preset!r}",
+                fix="pass --preset " + " | ".join(payments.PRESETS),
+            )
+        output = output or state_dir / "data" / f"payments-{preset}"
+        frame = payments.simulate(payments.PRESETS[preset])
+        paths = payments.write_dataset(frame, output)
+        (output / WORKLOAD_MARK).write_text("payments\n")
+        counts = payments.summary(frame)
+        scenarios = ", ".join(f"{n} {c:,}" for n, c in counts["scenarios"].items())
+        typer.echo(
+            f"{counts['transactions']:,} transactions, {counts['frauds']:,} frauds ({scenarios})"
+        )
+    else:
+        from pipelines.app.simulator import PRESETS, write_dataset
+        from pipelines.app.simulator import simulate as run_simulation
+
+        if preset not in PRESETS:
+            raise UserError(
+                f"the handbook workload has no preset {preset!r}",
+                fix="pass --preset " + " | ".join(PRESETS),
+            )
+        output = output or state_dir / "data" / preset
+        frame = run_simulation(PRESETS[preset])
+        paths = write_dataset(frame, output)
+        typer.echo(f"{len(frame):,} transactions, {int(frame.TX_FRAUD.sum()):,} frauds")
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
 
