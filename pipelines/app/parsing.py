@@ -23,6 +23,7 @@ from pipelines.core.values import (
     BadValue,
     Choice,
     InputDir,
+    InputFile,
     Name,
     OutputDir,
     Project,
@@ -134,6 +135,39 @@ DatasetDir = Annotated[
         ),
     ),
 ]
+DefinitionsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--definitions",
+        help="The definitions file (docs/specs/definitions.md). Default: the workload's under "
+        "pipelines/workloads/ (handbook.yaml).",
+        parser=parse(InputFile("a definitions file (YAML, docs/specs/definitions.md)")),
+    ),
+]
+
+
+def workload_names() -> tuple[str, ...]:
+    """The workloads shipped under pipelines/workloads/ (their definitions files' stems)."""
+    from pipelines.core.declarations import WORKLOADS
+
+    return tuple(sorted(p.stem for p in WORKLOADS.glob("*.yaml")))
+
+
+def definitions_for(path: Path | None = None, workload: str = "handbook") -> Any:
+    """The checked definitions of ``path`` (or of the workload's shipped file); a file with
+    mistakes is a UserError listing each with its place."""
+    from pipelines.app.errors import UserError
+    from pipelines.core.declarations import WORKLOADS, DefinitionsError, load_definitions
+
+    try:
+        return load_definitions(path if path is not None else WORKLOADS / f"{workload}.yaml")
+    except DefinitionsError as error:
+        raise UserError(
+            f"{error.source}: " + "; ".join(error.errors),
+            "fix the file (docs/specs/definitions.md documents every key)",
+        ) from None
+
+
 ProjectOption = Annotated[
     str,
     typer.Option(
