@@ -76,7 +76,7 @@ ENTITIES = {
     "card_merchant": {"keys": ["card", "merchant"]},
 }
 WINDOWS = ["30s", "5m", "10m", "15m", "1h", "3h", "1d", "2d"]
-DELAYS = ["0s", "0s", "0s", "1m", "15m", "1h", "1d"]
+DELAYS = ["0s", "0s", "0s", "5m", "15m", "1h", "1d"]
 FILTERS = [
     None,
     "amount > 50",
@@ -132,7 +132,7 @@ def feature_specs(draw: Any, label_delay: str) -> dict[str, Any]:
     elif op == "distinct":
         spec["field"] = draw(st.sampled_from(ANY_FIELD))
     if op == "label_rate":
-        delays = ["0s", "1m", "15m", "1h", "1d"]
+        delays = ["0s", "5m", "15m", "1h", "1d"]
         shortest = {"0s": 0, "10m": 2}[label_delay]
         spec["delay"] = draw(st.sampled_from(delays[shortest:]))
         where = draw(st.sampled_from(LABEL_FILTERS))
@@ -151,14 +151,14 @@ def scenarios(draw: Any) -> tuple[Definitions, list[dict[str, Any]], list[dict[s
     for i, spec in enumerate(specs):
         spec["name"] = f"F{i}"
     defs = _definitions(specs, label_delay)
-    n = draw(st.integers(1, 40))
+    n = draw(st.integers(5, 60))
     ids = draw(st.permutations(range(1, 120)))[:n]
     events = []
     for i in ids:
         t = (
             T0
-            + draw(st.integers(0, 6)) * 6 * HOUR
-            + draw(st.integers(0, 20)) * 5 * MINUTE
+            + draw(st.sampled_from([0, 0, 0, 1, 2])) * DAY
+            + draw(st.integers(0, 24)) * 5 * MINUTE
             + draw(st.sampled_from([0, 0, 0, 0, 1, -1, 1_000_000, BUCKET_US]))
         )
         events.append(
@@ -245,8 +245,12 @@ def _interleaved(
     for op in ops:
         _put(state, op)
         (events if op[0] == "tx" else labels).append(op[3])
+        assert state.newest_us() == max((e["ts"] for e in events), default=0)
+        assert state.cells_total() == len(events) + len({lb["tx_id"] for lb in labels})
         if events and rng.random() < 0.5:
             e = rng.choice(events)
+            after = sum(bucket_of(x["ts"]) >= bucket_of(e["ts"]) for x in events)
+            assert state.count_from(e["ts"]) == after
             got = state.features([Query(e["ts"], tie_key(e["tx_id"]))], features)[0]
             want = _expect(defs, features, e, events, labels)
             assert _bits(got) == _bits(want), ("interleaved", e, list(got), want, features)
