@@ -372,13 +372,13 @@ def test_state_equals_the_oracle(mode: str, scenario: Any) -> None:
 
 
 # Mistakes an implementation could make, each planted in turn: the property must catch it.
-def _upper_ignoring_strict(keys, times, hi, tie, strict):  # type: ignore[no-untyped-def]
+def _upper_ignoring_strict(keys: Any, times: Any, hi: int, tie: Any, strict: bool) -> int:
     if tie is None:
         return window_state.bisect.bisect_right(times, hi)
     return window_state.bisect.bisect_right(keys, (hi, tie[0], tie[1]))
 
 
-def _upper_ignoring_ties(keys, times, hi, tie, strict):  # type: ignore[no-untyped-def]
+def _upper_ignoring_ties(keys: Any, times: Any, hi: int, tie: Any, strict: bool) -> int:
     return window_state.bisect.bisect_right(times, hi)
 
 
@@ -395,7 +395,8 @@ def test_a_planted_bug_fails_the_property(bug: str, monkeypatch: pytest.MonkeyPa
     @settings(max_examples=300, deadline=None, phases=[Phase.generate], database=None)
     @given(scenarios())
     def prop(scenario: Any) -> None:
-        _check(*scenario, mode="all")
+        defs, events, labels, seed = scenario
+        _check(defs, events, labels, seed, "all")
 
     with pytest.raises(AssertionError):
         prop()
@@ -414,7 +415,8 @@ def test_planted_summary_bug_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     @settings(max_examples=300, deadline=None, phases=[Phase.generate], database=None)
     @given(scenarios())
     def prop(scenario: Any) -> None:
-        _check(*scenario, mode="summaries")
+        defs, events, labels, seed = scenario
+        _check(defs, events, labels, seed, "summaries")
 
     with pytest.raises(AssertionError):
         prop()
@@ -453,7 +455,7 @@ def test_a_long_window_over_a_dense_entity_reads_summaries_not_cells() -> None:
     rng = random.Random(7)
     per_bucket = 16
     days = 31
-    events = []
+    events: list[dict[str, Any]] = []
     for b in range(days * 96):
         for _ in range(per_bucket):
             t = T0 + b * BUCKET_US + rng.randrange(BUCKET_US)
