@@ -175,7 +175,11 @@ def run(work_dir: Path, swaps: int, swap_every_s: float, poll_s: float, retained
         n = 0
         while not stop.is_set():
             txs = [
-                Transaction(f"t{n + i}", 1_522_540_800_000_000 + n + i, f"C{i}", f"T{i}", 10.0)
+                Transaction(
+                    f"t{n + i}",
+                    1_522_540_800_000_000 + n + i,
+                    {"customer_id": f"C{i}", "terminal_id": f"T{i}", "amount": 10.0},
+                )
                 for i in range(BATCH)
             ]
             n += BATCH

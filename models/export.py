@@ -26,9 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.derived import TREE_INPUTS, derive
+from models.derived import derive, derived_inputs
 from models.train import TrainedModel
-from pipelines.core.definitions import LABEL_DELAY_DAYS, MODEL_INPUTS, definitions_version
+from pipelines.core.declarations import Definitions, load_definitions
+from pipelines.core.definitions import LABEL_DELAY_DAYS
+from pipelines.core.model_inputs import card_inputs
 
 __all__ = ["SIGNATURES", "export_model", "new_version", "serving_module"]
 
@@ -44,7 +46,9 @@ def serving_module(model: TrainedModel) -> Any:
     """A tf.Module whose ``serving_default`` and ``predict_features`` functions score rows."""
     import tensorflow as tf
 
-    n = len(MODEL_INPUTS)
+    inputs = model.inputs
+    n = len(inputs)
+    tree_inputs = (*inputs, *derived_inputs(inputs))
 
     class FraudModel(tf.Module):
         def __init__(self, trees: Any) -> None:
@@ -53,16 +57,16 @@ def serving_module(model: TrainedModel) -> Any:
 
         @tf.function(input_signature=[tf.TensorSpec([None, n], tf.float32, name="features")])
         def predict_features(self, features: Any) -> dict[str, Any]:
-            x = derive(features)
-            columns = {name: x[:, i] for i, name in enumerate(TREE_INPUTS)}
+            x = derive(features, inputs)
+            columns = {name: x[:, i] for i, name in enumerate(tree_inputs)}
             score = tf.reshape(tf.cast(self.trees(columns), tf.float32), [-1])
             return {"score": score}
 
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
         def serving_default(self, examples: Any) -> dict[str, Any]:
-            spec = {name: tf.io.FixedLenFeature([], tf.float32) for name in MODEL_INPUTS}
+            spec = {name: tf.io.FixedLenFeature([], tf.float32) for name in inputs}
             parsed = tf.io.parse_example(examples, spec)
-            return self.predict_features(tf.stack([parsed[n] for n in MODEL_INPUTS], axis=1))
+            return self.predict_features(tf.stack([parsed[n] for n in inputs], axis=1))
 
     return FraudModel(model.model.to_tensorflow_function())
 
@@ -89,15 +93,20 @@ def export_model(
     card: dict[str, Any],
     version: str | None = None,
     parent: str | None = None,
+    definitions: Definitions | None = None,
 ) -> Path:
     """Writes ``<model_dir>/<version>/{saved_model,model_card.json}``; returns the version dir.
 
-    The card is ``card`` plus: version, features, framework, feature_definitions_version,
-    label_delay_days, offline_metrics (``card["validation_metrics"]``' auc/ap/cp100 when
-    given), parent, created_at, config and reference (training histograms).
+    The card is ``card`` plus: version, what the model reads (pipelines/core/model_inputs.py:
+    features, feature_fingerprints, feature_declarations, definitions; from ``definitions``,
+    default the handbook's file), framework, label_delay_days, offline_metrics
+    (``card["validation_metrics"]``' auc/ap/cp100 when given), parent, created_at, config and
+    reference (training histograms). A ValueError before anything is written when an input is
+    not declared in ``definitions``.
     """
     import tensorflow as tf
 
+    inputs = card_inputs(definitions or load_definitions(), model.inputs)
     version = version or new_version()
     target = Path(model_dir) / version
     target.mkdir(parents=True, exist_ok=False)
@@ -111,9 +120,8 @@ def export_model(
     validation = card.get("validation_metrics") or {}
     full_card = {
         "version": version,
-        "features": list(MODEL_INPUTS),
+        **inputs,
         "framework": model.framework,
-        "feature_definitions_version": definitions_version(),
         "label_delay_days": LABEL_DELAY_DAYS,
         "offline_metrics": {k: validation[k] for k in ("auc", "ap", "cp100") if k in validation},
         "parent": parent,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ import pandas as pd
 from models.evaluation import Protocol, evaluate_scores, rows_in, test_set
 from models.export import export_model
 from models.train import TrainConfig, predict, train_model
+from pipelines.core.declarations import Definitions
+from pipelines.core.definitions import MODEL_INPUTS
 
 __all__ = ["GRID", "QUICK_GRID", "Selection", "select_and_train"]
 
@@ -61,9 +64,13 @@ def _scores(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def select_config(
-    table: pd.DataFrame, protocol: Protocol, grid: tuple[TrainConfig, ...] = GRID
+    table: pd.DataFrame,
+    protocol: Protocol,
+    grid: tuple[TrainConfig, ...] = GRID,
+    inputs: Sequence[str] = MODEL_INPUTS,
 ) -> Selection:
-    """Trains every candidate on every validation fold; picks the best mean AP."""
+    """Trains every candidate (a model of ``inputs``) on every validation fold; picks the best
+    mean AP."""
     candidates = []
     for config in grid:
         folds = []
@@ -71,7 +78,7 @@ def select_config(
             fold = _fold_protocol(protocol, train_range[0])
             train = rows_in(table, train_range)
             valid = test_set(table, fold).copy()
-            model, _ = train_model(train, None, config)
+            model, _ = train_model(train, None, config, inputs)
             valid["score"] = predict(model, valid)
             folds.append(
                 {
@@ -100,17 +107,21 @@ def select_and_train(
     grid: tuple[TrainConfig, ...] = GRID,
     card: dict[str, Any] | None = None,
     validate: bool = False,
+    inputs: Sequence[str] = MODEL_INPUTS,
+    definitions: Definitions | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Selects a configuration on the validation folds, fits it on the protocol's training week
     (the handbook's one week: more history did not score better on the folds) and exports it
     with a model card; returns the version directory and the card as written. One candidate
-    is scored on the folds too with ``validate`` (its card then has validation metrics)."""
-    selection = select_config(table, protocol, grid) if len(grid) > 1 or validate else None
+    is scored on the folds too with ``validate`` (its card then has validation metrics).
+    ``inputs``: the model's inputs, in its input order, declared in ``definitions`` (default:
+    the handbook's file), whose fingerprints the card records."""
+    selection = select_config(table, protocol, grid, inputs) if len(grid) > 1 or validate else None
     config = selection.config if selection else grid[0]
     train = rows_in(table, protocol.train_range)
     if train.empty:
         raise ValueError(f"no transactions in the training range {protocol.train_range}")
-    model, _ = train_model(train, None, config)
+    model, _ = train_model(train, None, config, inputs)
     # Validation metrics of the chosen configuration: mean over the folds, and each fold.
     chosen = selection.candidates[grid.index(config)] if selection else None
     full_card = {
@@ -133,7 +144,7 @@ def select_and_train(
         "selection": selection.to_dict() if selection else None,
         **(card or {}),
     }
-    version_dir = export_model(model, model_dir, full_card)
+    version_dir = export_model(model, model_dir, full_card, definitions=definitions)
     # The card as written (export adds the framework, reference histograms, ...).
     written: dict[str, Any] = json.loads((version_dir / "model_card.json").read_text())
     return version_dir, written

@@ -1,6 +1,7 @@
 """Train the fraud model on point-in-time features: YDF gradient boosted trees.
 
-The model's raw inputs are pipelines.core.definitions.MODEL_INPUTS (never a second list); the
+The model's raw inputs are declared features, named in its input order (default: all of
+pipelines.core.definitions.MODEL_INPUTS, the handbook's 15; a subset is a model of its own); the
 trees also see the ratios of models.derived, computed by the same TensorFlow function here and
 inside the exported SavedModel (models.export), so serving feeds raw feature values only. Seeds
 are fixed: the same rows and configuration give the same trees.
@@ -11,6 +12,7 @@ reference histograms of its training rows (inputs and scores, for the model card
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -47,12 +49,14 @@ class TrainConfig:
 
 @dataclass
 class TrainedModel:
-    """A trained in-memory model and what its export needs."""
+    """A trained in-memory model and what its export needs; ``inputs``: its raw inputs, in
+    its input order."""
 
     model: Any
     config: TrainConfig
     reference: dict[str, Any] = field(default_factory=dict)
     framework: str = FRAMEWORK
+    inputs: tuple[str, ...] = MODEL_INPUTS
 
 
 def _learner(config: TrainConfig) -> Any:
@@ -71,20 +75,29 @@ def _learner(config: TrainConfig) -> Any:
 
 
 def train_model(
-    train: pd.DataFrame, valid: pd.DataFrame | None = None, config: TrainConfig = TrainConfig()
+    train: pd.DataFrame,
+    valid: pd.DataFrame | None = None,
+    config: TrainConfig = TrainConfig(),
+    inputs: Sequence[str] = MODEL_INPUTS,
 ) -> tuple[TrainedModel, dict[str, float]]:
-    """Fits the model on ``train`` (MODEL_INPUTS + TX_FRAUD columns); returns it and the
-    validation metrics (AUC and AP on ``valid``; empty without a validation frame)."""
+    """Fits the model on ``train`` (``inputs`` + TX_FRAUD columns; other columns are ignored);
+    returns it and the validation metrics (AUC and AP on ``valid``; empty without a validation
+    frame)."""
     labels = train[LABEL].to_numpy()
     if len(np.unique(labels)) < 2:
         raise ValueError(f"the training rows need frauds and genuine transactions ({len(train)})")
-    rows = derive_frame(train)
+    missing = [name for name in inputs if name not in train.columns]
+    if missing or not inputs:
+        raise ValueError(
+            f"the training rows have no column {', '.join(missing)}" if missing else "no inputs"
+        )
+    rows = derive_frame(train, inputs)
     rows[LABEL] = labels.astype(np.int64)
     model = _learner(config).train(rows)
-    trained = TrainedModel(model, config)
+    trained = TrainedModel(model, config, inputs=tuple(inputs))
     scores = predict(trained, train)
     trained.reference = reference_histograms(
-        {name: train[name].to_numpy() for name in MODEL_INPUTS}, scores
+        {name: train[name].to_numpy() for name in inputs}, scores
     )
     metrics: dict[str, float] = {}
     if valid is not None and len(valid):
@@ -101,7 +114,8 @@ def train_model(
 
 
 def predict(model: TrainedModel, frame: pd.DataFrame) -> np.ndarray:
-    """Scores (fraud probability) of an in-memory model on a frame with MODEL_INPUTS columns."""
+    """Scores (fraud probability) of an in-memory model on a frame with its inputs' columns."""
     if frame.empty:
         return np.empty(0, dtype=np.float64)
-    return np.asarray(model.model.predict(derive_frame(frame)), dtype=np.float64).ravel()
+    rows = derive_frame(frame, model.inputs)
+    return np.asarray(model.model.predict(rows), dtype=np.float64).ravel()

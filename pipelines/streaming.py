@@ -26,14 +26,15 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
+from pipelines.core.declarations import Definitions, load_definitions
 from pipelines.options import DIRECT_KEY_BUCKETS, RilletOptions, resource_path
 from pipelines.stores.bigtable import StoreConfig
 from pipelines.transforms.features import ComputeFeatures
 from pipelines.transforms.inference import Predict, ServingConfig, resolve_model
 from pipelines.transforms.monitoring import Monitor
-from pipelines.transforms.online_eval import EvaluateOnline
+from pipelines.transforms.online_eval import EvaluateOnline, card_entity
 from pipelines.transforms.parse import ParseEvents
-from pipelines.transforms.sinks import RiskBands, WriteDeadLetters, WritePredictions
+from pipelines.transforms.sinks import RiskBands, WriteDeadLetters, WritePredictions, key_fields
 
 __all__ = [
     "DIRECT_RUNNERS",
@@ -102,6 +103,12 @@ def serving_config(options: PipelineOptions) -> ServingConfig:
     )
 
 
+def job_definitions(options: PipelineOptions) -> Definitions:
+    """The definitions the job computes and serves: the handbook's file (pipelines/workloads/)."""
+    del options  # the streaming stages compute the handbook's windows (issue 23, in progress)
+    return load_definitions()
+
+
 def build_pipeline(
     p: beam.Pipeline, options: PipelineOptions, serving: ServingConfig | None = None
 ) -> dict[str, Any]:
@@ -113,6 +120,7 @@ def build_pipeline(
     opts = options.view_as(RilletOptions)
     project = options.view_as(GoogleCloudOptions).project
     store = StoreConfig(project, opts.bigtable_instance, opts.bigtable_table)
+    defs = job_definitions(options)
     if serving is None:
         serving = serving_config(options)
         resolve_model(serving.model_dir, serving.version)
@@ -124,8 +132,10 @@ def build_pipeline(
     label_messages = p | READ_LABELS >> beam.io.ReadFromPubSub(
         subscription=label_sub, with_attributes=True
     )
-    transactions = tx_messages | PARSE_TRANSACTIONS >> ParseEvents("transaction", tx_sub)
-    labels = label_messages | PARSE_LABELS >> ParseEvents("label", label_sub)
+    transactions = tx_messages | PARSE_TRANSACTIONS >> ParseEvents(
+        "transaction", tx_sub, defs.events
+    )
+    labels = label_messages | PARSE_LABELS >> ParseEvents("label", label_sub, defs.labels)
     computed = (transactions.valid, labels.valid) | COMPUTE_FEATURES >> ComputeFeatures(
         store,
         opts.max_batch_size,
@@ -143,6 +153,7 @@ def build_pipeline(
         opts.datastore_namespace or None,
         resource_path(project, "topics", opts.predictions_topic),
         RiskBands(opts.risk_medium_threshold, opts.risk_high_threshold),
+        key_fields(defs),
     )
     evaluation = labels.valid | EVALUATE_ONLINE >> EvaluateOnline(
         project,
@@ -151,6 +162,7 @@ def build_pipeline(
         opts.eval_every_s,
         opts.evaluation_kind,
         key_buckets=key_buckets(options),
+        card=card_entity(defs),
     )
     dead_letters = (
         transactions.dead_letters,
@@ -166,6 +178,7 @@ def build_pipeline(
         opts.thresholds(),
         resource_path(project, "topics", opts.alerts_topic),
         opts.monitor_every_s,
+        defs.names,
     )
     alerts = {
         "predictions": predictions.results,

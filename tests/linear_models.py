@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.core.definitions import MODEL_INPUTS, definitions_version
+from pipelines.core.definitions import MODEL_INPUTS
+from tests.cards import card_fields
 
 
 def write_linear_version(
@@ -54,8 +55,7 @@ def write_linear_version(
     )
     card = {
         "version": version,
-        "features": list(MODEL_INPUTS),
-        "feature_definitions_version": definitions_version(),
+        **card_fields(MODEL_INPUTS),
         "framework": "linear-test",
     }
     (target / "model_card.json").write_text(json.dumps(card))

@@ -12,6 +12,7 @@ import typer
 
 from pipelines.app.capacity import HOTTEST_KEY_SHARE
 from pipelines.app.errors import RUNTIME, UserError
+from pipelines.app.inputs import InputsOption, chosen_inputs, require_columns
 from pipelines.app.models_cli import models_app
 from pipelines.app.parsing import (
     JOB_NAME,
@@ -23,14 +24,19 @@ from pipelines.app.parsing import (
     STATE_DIR,
     SUBNETWORK,
     TAG,
+    WORKLOAD,
+    WORKLOAD_MARK,
     DatasetDir,
+    DefinitionsOption,
     ModelDirIn,
     ModelDirOut,
     ProjectOption,
     StateDir,
+    definitions_for,
     kind_of,
     latest_dataset,
     parse,
+    workload_of,
 )
 from pipelines.core.job_arguments import KIND, NAMESPACE, PUBSUB_NAME
 from pipelines.core.values import (
@@ -299,18 +305,54 @@ def simulate(
             parser=parse(OutputDir("a directory for the dataset")),
         ),
     ] = None,
-    preset: Annotated[str, typer.Option(help="handbook | small | tiny", parser=PRESET)] = "small",
+    workload: Annotated[
+        str,
+        typer.Option(
+            help="handbook (docs/specs/reference-workload.md) | payments "
+            "(docs/specs/payments-workload.md)",
+            parser=WORKLOAD,
+        ),
+    ] = "handbook",
+    preset: Annotated[
+        str,
+        typer.Option(
+            help="handbook: handbook | small | tiny; payments: large | small | tiny", parser=PRESET
+        ),
+    ] = "small",
     state_dir: StateDir = STATE_DIR,
 ) -> None:
-    """Generate the reference card-transaction dataset (the handbook simulator;
-    docs/specs/reference-workload.md)."""
-    from pipelines.app.simulator import PRESETS, write_dataset
-    from pipelines.app.simulator import simulate as run_simulation
+    """Generate a workload's dataset: the handbook's card transactions
+    (docs/specs/reference-workload.md) or the payments stream (docs/specs/payments-workload.md)."""
+    if workload == "payments":
+        from pipelines.app import payments_simulator as payments
 
-    output = output or state_dir / "data" / preset
-    frame = run_simulation(PRESETS[preset])
-    paths = write_dataset(frame, output)
-    typer.echo(f"{len(frame):,} transactions, {int(frame.TX_FRAUD.sum()):,} frauds")
+        if preset not in payments.PRESETS:
+            raise UserError(
+                f"the payments workload has no preset {preset!r}",
+                fix="pass --preset " + " | ".join(payments.PRESETS),
+            )
+        output = output or state_dir / "data" / f"payments-{preset}"
+        frame = payments.simulate(payments.PRESETS[preset])
+        paths = payments.write_dataset(frame, output)
+        (output / WORKLOAD_MARK).write_text("payments\n")
+        counts = payments.summary(frame)
+        scenarios = ", ".join(f"{n} {c:,}" for n, c in counts["scenarios"].items())
+        typer.echo(
+            f"{counts['transactions']:,} transactions, {counts['frauds']:,} frauds ({scenarios})"
+        )
+    else:
+        from pipelines.app.simulator import PRESETS, write_dataset
+        from pipelines.app.simulator import simulate as run_simulation
+
+        if preset not in PRESETS:
+            raise UserError(
+                f"the handbook workload has no preset {preset!r}",
+                fix="pass --preset " + " | ".join(PRESETS),
+            )
+        output = output or state_dir / "data" / preset
+        frame = run_simulation(PRESETS[preset])
+        paths = write_dataset(frame, output)
+        typer.echo(f"{len(frame):,} transactions, {int(frame.TX_FRAUD.sum()):,} frauds")
     for name, path in paths.items():
         typer.echo(f"{name}: {path}")
 
@@ -350,14 +392,7 @@ def backfill(
         ),
     ] = False,
     shards: Annotated[int, typer.Option(min=1, help="Entity shards.")] = 8,
-    definitions: Annotated[
-        Path | None,
-        typer.Option(
-            help="Definitions file (events, labels, entities, features). Default: the "
-            "handbook's (pipelines/workloads/handbook.yaml); --to-bigtable needs the default.",
-            parser=parse(InputFile("a definitions file (YAML)")),
-        ),
-    ] = None,
+    definitions: DefinitionsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Compute the streaming features over history with Beam (point-in-time feature table as
@@ -377,8 +412,13 @@ def backfill(
     argv = [f"--input={input}", f"--output={output}", f"--shards={shards}", *ctx.args]
     if until:
         argv.append(f"--until={until}")
-    if definitions:
-        argv.append(f"--definitions={definitions}")
+    # The dataset's workload's file unless one is given (--to-bigtable: the handbook's only).
+    from pipelines.core.declarations import WORKLOADS
+
+    workload = "handbook" if input.startswith("gs://") else workload_of(Path(input))
+    defs_path = definitions if definitions is not None else WORKLOADS / f"{workload}.yaml"
+    definitions_for(defs_path)  # a file with mistakes: a UserError naming each
+    argv.append(f"--definitions={defs_path}")
     if to_bigtable:
         argv.append("--to_bigtable")
         if not any(a.startswith("--project") for a in argv):
@@ -435,6 +475,7 @@ def train(
             parser=parse(Choice(("champion", "challenger", "none"))),
         ),
     ] = None,
+    inputs: InputsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Train on a date range of the backfill table and export a versioned SavedModel + card,
@@ -456,9 +497,12 @@ def train(
         )
     if not any(features.glob("*.parquet")):
         raise UserError(f"--features {features} holds no .parquet file", fix)
+    from pipelines.core.declarations import load_definitions
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    registry = ModelRegistry(model_dir)
+    definitions = load_definitions()
+    model_inputs = chosen_inputs(inputs, definitions)
+    registry = ModelRegistry(model_dir, definitions=definitions)
     try:
         # The role is decided before the new version exists (it would be the implicit champion).
         role = register or ("challenger" if registry.pointer().champion else "champion")
@@ -469,9 +513,18 @@ def train(
         raise UserError(f"--features {features} has no rows", fix)
     try:
         protocol = _protocol(table, train_start, train_days)
+        require_columns(model_inputs, table.columns)
         grid = (QUICK_GRID if quick else GRID) if select else (GRID[0],)
         # One candidate too is scored on the folds: every registered version has metrics.
-        target, card = select_and_train(table, protocol, model_dir, grid, validate=True)
+        target, card = select_and_train(
+            table,
+            protocol,
+            model_dir,
+            grid,
+            validate=True,
+            inputs=model_inputs,
+            definitions=definitions,
+        )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if role != "none":
@@ -486,6 +539,7 @@ def train(
                 "version_dir": str(target),
                 "registered_as": role,
                 "training_range": card["training_range"],
+                "inputs": len(card["features"]),
                 "validation_metrics": {
                     k: v for k, v in card["validation_metrics"].items() if k != "folds"
                 },
@@ -557,6 +611,7 @@ def retrain(
             parser=parse(OutputDir("a work directory", remote_ok=True)),
         ),
     ] = None,
+    inputs: InputsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Continual learning, one step: point-in-time training data from the history up to now
@@ -572,9 +627,12 @@ def retrain(
     from pipelines.app.retrain import RetrainConfig, copy_version
     from pipelines.app.retrain import register as register_version
     from pipelines.app.retrain import retrain as run_retrain
+    from pipelines.core.declarations import load_definitions
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    registry = ModelRegistry(model_dir)
+    definitions = load_definitions()
+    model_inputs = chosen_inputs(inputs, definitions)
+    registry = ModelRegistry(model_dir, definitions=definitions)
     try:
         champion = registry.pointer().champion if registry.versions() else None
     except RegistryError as exc:
@@ -593,6 +651,8 @@ def retrain(
         grid=grid if select else grid[:1],
         work_dir=work_dir,
         card={"parent": champion},
+        inputs=model_inputs,
+        definitions=definitions,
     )
     try:
         result = run_retrain(config)

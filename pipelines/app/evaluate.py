@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipelines.core.declarations import Definitions
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.transforms.inference import load_model_version
 
@@ -52,6 +53,8 @@ class EvaluationConfig:
     notes: list[str] = field(default_factory=list)
     replay: dict[str, Any] | None = None
     prediction_logs: Path | None = None
+    # The definitions the model must be servable with (None: the handbook's file).
+    definitions: Definitions | None = None
 
 
 def read_served(
@@ -106,7 +109,7 @@ def write_prediction_logs(model: Any, frame: pd.DataFrame, path: Path) -> dict[s
 
     from pipelines.transforms.model_serving import TfxBslScorer
 
-    rows = frame[list(MODEL_INPUTS)].to_numpy()
+    rows = frame[list(model.features)].to_numpy()
     loaded = load_model_version(model)
     scorer = TfxBslScorer.local(model.path, model.features)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,7 +173,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     from pipelines.app.features import load_features
     from pipelines.transforms.inference import resolve_model
 
-    model = resolve_model(str(config.model_dir), config.model_version)
+    model = resolve_model(str(config.model_dir), config.model_version, config.definitions)
     card = json.loads((Path(model.path).parent / "model_card.json").read_text())
     if not card.get("protocol"):
         raise ValueError(
@@ -182,7 +185,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
     test = test_set(table, protocol).copy()
     if test.empty:
         raise ValueError(f"no test transactions in {protocol.test_range} in {config.feature_table}")
-    test["score"] = load_model_version(model).score(test[list(MODEL_INPUTS)].to_numpy())
+    test["score"] = load_model_version(model).score(test[list(model.features)].to_numpy())
     logs = None
     if config.prediction_logs is not None:
         logs = write_prediction_logs(model, test, config.prediction_logs)

@@ -42,7 +42,9 @@ def _user_errors() -> Iterator[None]:
         raise UserError(str(exc)) from exc
 
 
-def _registry(model_dir: str) -> Any:
+def _registry(model_dir: str, definitions: Any = None) -> Any:
+    """The registry of ``model_dir``; its versions are checked against ``definitions`` (a
+    ``Definitions``; None: the handbook's file)."""
     from pipelines.stores.model_registry import ModelRegistry
 
     if not model_dir.startswith("gs://") and not Path(model_dir).is_dir():
@@ -51,7 +53,7 @@ def _registry(model_dir: str) -> Any:
             f"<version>/model_card.json",
             _FIX.format(model_dir),
         )
-    return ModelRegistry(model_dir)
+    return ModelRegistry(model_dir, definitions=definitions)
 
 
 def _who() -> str:
@@ -97,18 +99,21 @@ def _fmt(value: Any, digits: int = 4) -> str:
 
 
 def version_rows(registry: Any) -> list[dict[str, Any]]:
-    """One row per version: version, role, created, training_range, auc, ap, cp100, problem."""
-    from pipelines.stores.model_registry import RegistryError
+    """One row per version: version, role, created, training_range, auc, ap, cp100, problem
+    (an incomplete version, or one the registry's definitions cannot serve: which inputs)."""
+    from pipelines.stores.model_registry import RegistryError, check_card
 
     pointer = registry.pointer()
     rows = []
     for version in registry.versions():
         role = {pointer.champion: "champion", pointer.challenger: "challenger"}.get(version, "")
         row: dict[str, Any] = {"version": version, "role": role, "problem": None}
+        card: dict[str, Any] = {}
         try:
             card = registry.card(version)
+            check_card(version, card, registry.definitions)
         except RegistryError as exc:
-            card, row["problem"] = {}, str(exc)
+            row["problem"] = str(exc)
         span = card.get("training_range") or []
         row.update(
             created=_created(version, card),
@@ -222,8 +227,12 @@ def card_summary(card: dict[str, Any], role: str, card_path: str) -> list[tuple[
     if selection.get("candidates"):
         rows.append(("selection", f"best mean AP of {len(selection['candidates'])} candidates"))
     features = f"{len(card.get('features') or [])} model inputs"
-    if card.get("feature_definitions_version"):
-        features += f" (feature definitions {card['feature_definitions_version']})"
+    definitions = card.get("definitions") or {}
+    if card.get("feature_fingerprints") and definitions.get("name"):
+        features += f" declared in {definitions['name']}"
+        features += f" ({definitions['file']})" if definitions.get("file") else ""
+    elif not card.get("feature_fingerprints"):
+        features += " (no fingerprint per input: a card from before definitions files)"
     rows.append(("features", features))
     for key in ("parent", "preset"):
         if card.get(key):
@@ -252,6 +261,15 @@ def show(
         return
     role = {pointer.champion: "champion", pointer.challenger: "challenger"}.get(name, "")
     rows = card_summary(card, role, f"{registry.model_dir}/{name}/model_card.json")
+    from pipelines.core.model_inputs import input_problems
+
+    problems = input_problems(card, registry.definitions)
+    rows.insert(
+        -1,
+        ("serves", f"no, with {registry.definitions.name}: " + "; ".join(problems))
+        if problems
+        else ("serves", f"yes, with {registry.definitions.name}: every input declared the same"),
+    )
     width = max(len(key) for key, _ in rows)
     for key, value in rows:
         typer.echo(f"{key:<{width}}  {value}")

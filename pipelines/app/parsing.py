@@ -23,6 +23,7 @@ from pipelines.core.values import (
     BadValue,
     Choice,
     InputDir,
+    InputFile,
     Name,
     OutputDir,
     Project,
@@ -76,7 +77,9 @@ def kind_of(param: Any) -> Value | None:
     return getattr(getattr(info, "parser", None), "value_kind", None)
 
 
-PRESET = parse(Choice(("handbook", "small", "tiny")))  # pipelines/app/simulator.py PRESETS
+# pipelines/app/simulator.py and payments_simulator.py PRESETS; the command checks the pair.
+PRESET = parse(Choice(("handbook", "large", "small", "tiny")))
+WORKLOAD = parse(Choice(("handbook", "payments")))  # pipelines/workloads/NAME.yaml
 PROJECT = Project()
 REGION = Name(r"[a-z]+-[a-z]+[0-9]+", "a Google Cloud region, e.g. europe-west1")
 REPOSITORY = Name(r"[a-z][-a-z0-9]{0,62}", "an Artifact Registry repository id (lowercase)")
@@ -132,6 +135,39 @@ DatasetDir = Annotated[
         ),
     ),
 ]
+DefinitionsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--definitions",
+        help="The definitions file (docs/specs/definitions.md). Default: the workload's under "
+        "pipelines/workloads/ (handbook.yaml).",
+        parser=parse(InputFile("a definitions file (YAML, docs/specs/definitions.md)")),
+    ),
+]
+
+
+def workload_names() -> tuple[str, ...]:
+    """The workloads shipped under pipelines/workloads/ (their definitions files' stems)."""
+    from pipelines.core.declarations import WORKLOADS
+
+    return tuple(sorted(p.stem for p in WORKLOADS.glob("*.yaml")))
+
+
+def definitions_for(path: Path | None = None, workload: str = "handbook") -> Any:
+    """The checked definitions of ``path`` (or of the workload's shipped file); a file with
+    mistakes is a UserError listing each with its place."""
+    from pipelines.app.errors import UserError
+    from pipelines.core.declarations import WORKLOADS, DefinitionsError, load_definitions
+
+    try:
+        return load_definitions(path if path is not None else WORKLOADS / f"{workload}.yaml")
+    except DefinitionsError as error:
+        raise UserError(
+            f"{error.source}: " + "; ".join(error.errors),
+            "fix the file (docs/specs/definitions.md documents every key)",
+        ) from None
+
+
 ProjectOption = Annotated[
     str,
     typer.Option(
@@ -146,12 +182,27 @@ VersionArg = Annotated[
 ]
 
 
-def latest_dataset(state_dir: Path) -> Path:
-    """The newest dataset under ``<state_dir>/data`` (the demo's), for commands given none."""
+# A dataset of another workload than the handbook's names it in this file (absent: handbook).
+WORKLOAD_MARK = "workload"
+
+
+def workload_of(dataset: Path) -> str:
+    """The workload a dataset folder was simulated for (``rillet simulate --workload``)."""
+    mark = dataset / WORKLOAD_MARK
+    return mark.read_text().strip() if mark.exists() else "handbook"
+
+
+def latest_dataset(state_dir: Path, workload: str = "handbook") -> Path:
+    """The newest dataset of ``workload`` under ``<state_dir>/data`` (the demo's), for commands
+    given none."""
     from pipelines.app.errors import UserError
 
     found = sorted(
-        (d for d in (state_dir / "data").glob("*") if (d / "transactions.parquet").exists()),
+        (
+            d
+            for d in (state_dir / "data").glob("*")
+            if (d / "transactions.parquet").exists() and workload_of(d) == workload
+        ),
         key=lambda d: (d / "transactions.parquet").stat().st_mtime,
     )
     if not found:

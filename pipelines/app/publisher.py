@@ -1,9 +1,10 @@
 """Replay a dataset to the transaction and label topics at a given rate.
 
 The replay merges the two streams in event-time order: each transaction at its time, each label
-``label_delay_days`` (7) of event time later, labels first when times tie (a label that is due
-must be known before the transactions that need it). Messages are published at ``rate`` events
-per second of wall-clock time.
+the label stream's declared delay of event time later (the handbook's: 7 days), labels first when
+times tie (a label that is due must be known before the transactions that need it). The messages
+are the definitions file's streams, each field read from its dataset column. Messages are
+published at ``rate`` events per second of wall-clock time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 import pandas as pd
 
-from pipelines.core.definitions import DAY_US
+from pipelines.core.declarations import Definitions, EventStream, load_definitions
 from pipelines.core.schema import format_rfc3339
 from pipelines.core.training_data import to_epoch_us
 
@@ -33,33 +34,58 @@ class ReplayEvent:
     due_us: int
 
 
+def _columns(frame: pd.DataFrame, stream: EventStream) -> dict[str, list[object]]:
+    """The stream's fields but the time, as JSON-ready values from their dataset columns."""
+    out: dict[str, list[object]] = {}
+    for f in stream.fields:
+        if f.name == stream.time_field:
+            continue
+        column = frame[f.dataset_column]
+        if f.type in ("number",):
+            out[f.name] = column.to_numpy(np.float64).tolist()
+        elif f.type in ("integer", "label"):
+            out[f.name] = column.to_numpy(np.int64).tolist()
+        elif f.type == "time":
+            out[f.name] = [format_rfc3339(int(v)) for v in to_epoch_us(column)]
+        else:
+            out[f.name] = column.astype(str).tolist()
+    return out
+
+
+def _messages(frame: pd.DataFrame, stream: EventStream, times: list[str]) -> list[bytes]:
+    values = _columns(frame, stream)
+    names = [f.name for f in stream.fields]
+    out = []
+    for i, when in enumerate(times):
+        body: dict[str, object] = {"schema_version": stream.version}
+        for name in names:
+            body[name] = when if name == stream.time_field else values[name][i]
+        out.append(_dumps(body))
+    return out
+
+
 def replay_events(
     frame: pd.DataFrame,
-    label_delay_days: float = 7.0,
+    definitions: Definitions | None = None,
     include_labels: bool = True,
 ) -> list[ReplayEvent]:
-    """The replay stream of a simulate()-style frame (TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID,
-    TERMINAL_ID, TX_AMOUNT, TX_FRAUD), in due order."""
-    t = to_epoch_us(frame["TX_DATETIME"])
-    ids = frame["TRANSACTION_ID"].astype(str).to_numpy()
-    customers = frame["CUSTOMER_ID"].astype(str).to_numpy()
-    terminals = frame["TERMINAL_ID"].astype(str).to_numpy()
-    amounts = frame["TX_AMOUNT"].to_numpy(np.float64)
+    """The replay stream of a dataset frame (one column per declared field, e.g. a
+    simulate() frame for the handbook's file, the default), in due order."""
+    defs = definitions or load_definitions()
+    ev = defs.events
+    t = to_epoch_us(frame[ev.field(ev.time_field).dataset_column])
+    times = [format_rfc3339(int(x)) for x in t]
+    txs = _messages(frame, ev, times)
+    labels = None
+    if include_labels and defs.labels is not None:
+        labels = _messages(frame, defs.labels, times)
+        delay = defs.labels.delay_us
     events: list[tuple[int, int, int, ReplayEvent]] = []
     for i in range(len(frame)):
-        body = {
-            "schema_version": 1,
-            "transaction_id": ids[i],
-            "tx_datetime": format_rfc3339(int(t[i])),
-            "customer_id": customers[i],
-            "terminal_id": terminals[i],
-        }
-        tx = dict(body, amount=float(amounts[i]))
-        events.append((int(t[i]), 1, i, ReplayEvent("transactions", _dumps(tx), int(t[i]))))
-        if include_labels:
-            due = int(t[i] + label_delay_days * DAY_US)
-            label = dict(body, is_fraud=int(frame["TX_FRAUD"].iat[i]))
-            events.append((due, 0, i, ReplayEvent("labels", _dumps(label), due)))
+        events.append((int(t[i]), 1, i, ReplayEvent("transactions", txs[i], int(t[i]))))
+        if labels is not None:
+            due = int(t[i]) + delay
+            events.append((due, 0, i, ReplayEvent("labels", labels[i], due)))
     events.sort(key=lambda e: (e[0], e[1], e[2]))
     return [e[3] for e in events]
 

@@ -46,7 +46,8 @@ import pandas as pd
 
 from pipelines.app.errors import UserError
 from pipelines.app.parsing import parse_when
-from pipelines.core.definitions import LABEL_DELAY_DAYS, MODEL_INPUTS
+from pipelines.core.declarations import Definitions
+from pipelines.core.definitions import LABEL_DELAY_DAYS
 
 __all__ = [
     "MAX_TRAIN_DAYS",
@@ -227,6 +228,9 @@ class RetrainConfig:
     selection, so the history needs no validation folds).
     ``work_dir``: where the backfill and the holdout fit are written (default: a temporary
     directory, removed afterwards).
+    ``inputs``: the new model's inputs, in its input order (default: every declared feature);
+    ``definitions``: where they are declared (default: the handbook's file); the champion is
+    compared only if it can be served with them.
     """
 
     history: str
@@ -239,6 +243,8 @@ class RetrainConfig:
     work_dir: str | None = None
     shards: int = 8
     card: dict[str, Any] = field(default_factory=dict)
+    inputs: Sequence[str] | None = None
+    definitions: Definitions | None = None
 
 
 def _is_event_history(path: str) -> bool:
@@ -304,14 +310,15 @@ def _now(config: RetrainConfig, span: tuple[pd.Timestamp, pd.Timestamp]) -> pd.T
     return now
 
 
-def _score(version_dir: str, frame: pd.DataFrame) -> Any:
-    """Scores of an exported version on ``frame`` through the serving path."""
+def _score(version_dir: str, frame: pd.DataFrame, definitions: Definitions | None) -> Any:
+    """Scores of an exported version on ``frame`` through the serving path (a RegistryError
+    when ``definitions`` cannot serve it)."""
     from pipelines.transforms.inference import load_model_version, resolve_model
 
     base = version_dir.rstrip("/")
     parent, version = base.rsplit("/", 1) if "/" in base else (".", base)
-    info = resolve_model(parent, version)
-    return load_model_version(info).score(frame[list(MODEL_INPUTS)].to_numpy())
+    info = resolve_model(parent, version, definitions)
+    return load_model_version(info).score(frame[list(info.features)].to_numpy())
 
 
 def _card(version_dir: str) -> dict[str, Any]:
@@ -373,6 +380,7 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
     from models.evaluation import Protocol, day_of, test_set
     from models.selection import GRID, select_and_train
     from pipelines.backfill.backfill import read_feature_table, run_backfill
+    from pipelines.core.declarations import load_definitions
 
     grid = tuple(config.grid) if config.grid is not None else GRID
     # The window is checked against the history's span before the backfill, the long part.
@@ -409,11 +417,22 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
         "retrain": {"now": now.isoformat(), "last_labelled_day": last_day.isoformat()},
         **config.card,
     }
+    definitions = config.definitions or load_definitions()
+    inputs = tuple(config.inputs) if config.inputs is not None else definitions.names
+    absent = [n for n in inputs if n not in table.columns]
+    if absent:
+        raise ValueError(f"the feature table {table_dir} has no column {', '.join(absent)}")
     version_dir, challenger_card = select_and_train(
-        labelled, protocol, config.model_dir, grid, card
+        labelled, protocol, config.model_dir, grid, card, inputs=inputs, definitions=definitions
     )
     holdout_dir, holdout_card = select_and_train(
-        labelled, holdout, f"{work.rstrip('/')}/holdout", grid, {**card, "holdout": True}
+        labelled,
+        holdout,
+        f"{work.rstrip('/')}/holdout",
+        grid,
+        {**card, "holdout": True},
+        inputs=inputs,
+        definitions=definitions,
     )
 
     # The evaluation days as a test block: known-compromised cards (frauds from the holdout's
@@ -434,7 +453,9 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
         "n": len(evaluation_rows),
         "frauds": int(evaluation_rows["TX_FRAUD"].sum()),
         "holdout_training_range": holdout_card["training_range"],
-        "challenger": _metrics(evaluation_rows, _score(str(holdout_dir), evaluation_rows)),
+        "challenger": _metrics(
+            evaluation_rows, _score(str(holdout_dir), evaluation_rows, definitions)
+        ),
         "champion": None,
         "champion_version": None,
         "champion_training_range": None,
@@ -445,16 +466,25 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
         # evaluation days, is the version's validation (so 'rillet models list' shows figures).
         _set_validation(Path(version_dir), evaluation["challenger"], list(days))
     if config.champion:
+        from pipelines.stores.model_registry import RegistryError
+
         champion_card = _card(config.champion)
         champion_range = champion_card.get("training_range")
         evaluation.update(
             {
-                "champion": _metrics(evaluation_rows, _score(config.champion, evaluation_rows)),
                 "champion_version": champion_card.get("version"),
                 "champion_training_range": champion_range,
                 "champion_trained_on_eval_days": _overlaps(champion_range, days),
             }
         )
+        try:
+            scores = _score(config.champion, evaluation_rows, definitions)
+        except RegistryError as exc:
+            # A champion the definitions no longer serve (a card from before per-input
+            # fingerprints, a changed input) is not compared: the new version replaces it.
+            evaluation["champion_refused"] = str(exc)
+        else:
+            evaluation["champion"] = _metrics(evaluation_rows, scores)
     return {
         "now": now.isoformat(),
         "last_labelled_day": last_day.isoformat(),

@@ -459,7 +459,8 @@ def state_writes(
         cells = buckets.setdefault((entity_id, bucket_of(int(t_us))), BucketCells())
         cells.tx[tx_id] = TxCell(int(t_us), float(amount), other_id)
         if entity == handbook.CUSTOMER:  # the id index, once per transaction (no message: "")
-            record = transaction_record("", int(t_us), entity_id, other_id, float(amount))
+            fields = {"customer_id": entity_id, "terminal_id": other_id, "amount": float(amount)}
+            record = transaction_record("", int(t_us), fields)
             writes.ids.append((tx_id, FAMILY_TX, record, int(t_us)))
     if len(labels) and any(f.needs_labels for f in features):
         keep = np.flatnonzero(np.asarray(labels.time_us) >= since)

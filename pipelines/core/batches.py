@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 import numpy as np
 
+from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.schema import Label, StageRecord, Transaction
 
 __all__ = ["CustomerPart", "FeatureBatch", "Routed", "StageRecord"]
@@ -47,7 +48,8 @@ class CustomerPart(StageRecord):
 
 @dataclass
 class FeatureBatch:
-    """A batch of transactions with their feature rows (MODEL_INPUTS order).
+    """A batch of transactions with their feature rows, columns named by ``names`` (the
+    definitions file's features the job computes, in the file's order).
 
     A row's revision orders computations of the same transaction: it is above every earlier
     revision of that transaction. ``revisions`` gives one per row (the rows of one batch may come
@@ -61,6 +63,7 @@ class FeatureBatch:
     correction: bool = False
     token: int = 0  # the recovery group it finishes (pipelines.local_runner.recovery)
     revisions: np.ndarray | None = None
+    names: tuple[str, ...] = MODEL_INPUTS
 
     def __len__(self) -> int:
         return len(self.transactions)

@@ -123,8 +123,8 @@ MODEL_INPUTS: tuple[str, ...] = tuple(f.name for f in FEATURES)
 
 def definitions_version() -> str:
     """A short fingerprint of the feature declarations (sha256 over ``repr(FEATURES)``, 12 hex
-    characters): a model card records it, and a model trained on other declarations (a window,
-    a delay, an aggregation changed under the same name) is refused."""
+    characters), recorded by the job's update fingerprint (tests/unit/test_update_compat.py).
+    Model cards record one fingerprint per input instead (pipelines/core/model_inputs.py)."""
     import hashlib
 
     return hashlib.sha256(repr(FEATURES).encode()).hexdigest()[:12]

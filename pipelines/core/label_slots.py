@@ -11,8 +11,9 @@ from the slot and the messages that just arrived, and its verdict does not depen
 
 1. While the transaction is unknown, every distinct label message waits (nothing can be judged
    yet: a label that differs from another may be the genuine one, the other a contradiction).
-2. Once the transaction is known, a label whose event time, customer or terminal differ from the
-   transaction's is rejected (``label_mismatch``).
+2. Once the transaction is known, a label whose event time, or any field it shares with the
+   transaction (the entity keys that route it: the handbook's customer and terminal), differs
+   from the transaction's is rejected (``label_mismatch``).
 3. Of the remaining label messages and the recorded label, the one published first is the label
    (without publish times: the first one seen). Every other one is a ``duplicate_label``, of the
    same or of different content.
@@ -43,6 +44,7 @@ __all__ = [
     "label_of",
     "label_record",
     "message_key",
+    "record_fields",
     "resolve",
 ]
 
@@ -56,9 +58,7 @@ def content_digest(*fields: Any) -> str:
 
 
 def label_digest(lb: Label) -> str:
-    return content_digest(
-        int(lb.event_time_us), str(lb.customer_id), str(lb.terminal_id), int(lb.is_fraud)
-    )
+    return content_digest(int(lb.event_time_us), *lb.fields.values(), int(lb.is_fraud))
 
 
 def message_key(lb: Label) -> str:
@@ -71,19 +71,25 @@ def label_record(lb: Label) -> dict[str, Any]:
         "m": lb.message_id,
         "d": label_digest(lb),
         "t": lb.event_time_us,
-        "c": lb.customer_id,
-        "k": lb.terminal_id,
+        "v": dict(lb.fields),
         "f": lb.is_fraud,
         "p": lb.publish_time_us,
     }
+
+
+def record_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The declared fields an id-index record holds (``v``; a record written before fields were
+    declared holds the handbook's customer ``c`` and terminal ``k``)."""
+    if "v" in record:
+        return dict(record["v"])
+    return {"customer_id": str(record["c"]), "terminal_id": str(record["k"])}
 
 
 def label_of(tx_id: str, record: dict[str, Any]) -> Label:
     return Label(
         tx_id,
         int(record["t"]),
-        str(record["c"]),
-        str(record["k"]),
+        record_fields(record),
         int(record["f"]),
         int(record.get("p", 0)),
         str(record.get("m", "")),
@@ -140,13 +146,13 @@ def duplicate_detail(kind: str, first_message: str, same_content: bool) -> str:
 
 
 def label_mismatch(tx: dict[str, Any], lb: Label) -> str:
-    """Why a label contradicts its transaction's id-index record ("" when it does not)."""
-    for key, value, name in (
-        ("t", lb.event_time_us, "tx_datetime"),
-        ("c", lb.customer_id, "customer_id"),
-        ("k", lb.terminal_id, "terminal_id"),
-    ):
-        if tx[key] != value:
+    """Why a label contradicts its transaction's id-index record ("" when it does not): its
+    event time or a field both carry differs."""
+    if tx["t"] != lb.event_time_us:
+        return "the event time differs from the transaction's"
+    known = record_fields(tx)
+    for name, value in lb.fields.items():
+        if name in known and known[name] != value:
             return f"{name} differs from the transaction's"
     return ""
 

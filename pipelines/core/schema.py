@@ -1,10 +1,12 @@
-"""Event schema (version 1) for the transaction and label streams, with strict validation.
+"""The transaction and label streams' messages, validated strictly against their declaration.
 
+The streams are declared in the definitions file (pipelines/core/declarations.py,
+docs/specs/definitions.md): fields and types, the id and event-time fields, the label field.
 Every message on the input topics is a UTF-8 JSON object. Validation is strict on purpose: an event
 that does not match the schema exactly is rejected with a machine-readable reason and goes to the
 dead-letter topic with its original bytes, never silently coerced.
 
-Transaction event::
+The handbook's streams (pipelines/workloads/handbook.yaml), for example. Transaction event::
 
     {"schema_version": 1, "transaction_id": "1093", "tx_datetime": "2018-04-01T07:19:05Z",
      "customer_id": "596", "terminal_id": "3156", "amount": 57.16}
@@ -14,23 +16,29 @@ Label event (published when the fraud label becomes known, 7 days after the tran
     {"schema_version": 1, "transaction_id": "1093", "tx_datetime": "2018-04-01T07:19:05Z",
      "customer_id": "596", "terminal_id": "3156", "is_fraud": 0}
 
-Identifiers are strings of 1-64 characters from ``[A-Za-z0-9._:-]``. Times are RFC 3339 with an
-explicit offset and are kept as integer microseconds since the epoch (UTC).
+Identifiers (``id`` fields) are strings of 1-64 characters from ``[A-Za-z0-9._:-]``. Times are
+RFC 3339 with an explicit offset and are kept as integer microseconds since the epoch (UTC).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from pipelines.core.declarations import EventStream, Field, LabelStream
+
 __all__ = [
     "MAX_MESSAGE_BYTES",
     "SCHEMA_VERSION",
+    "SHAPE_REASONS",
+    "EventParser",
     "InvalidEvent",
     "Label",
     "Transaction",
@@ -48,6 +56,8 @@ MAX_MESSAGE_BYTES = 4096
 MIN_EVENT_TIME_US = 946_684_800_000_000  # 2000-01-01T00:00:00Z
 MAX_FUTURE_US = 24 * 3600 * 1_000_000
 MAX_AMOUNT = 1e9
+# Numbers without declared bounds stay within this magnitude (a float64 holds it exactly enough).
+MAX_MAGNITUDE = 1e15
 
 # \A...\Z, not ^...$ ("$" also matches before a trailing newline); ASCII digits only (\d would
 # match any Unicode digit, and int() accepts those); offsets limited to RFC 3339's 00-23:00-59.
@@ -56,23 +66,6 @@ _RFC3339_RE = re.compile(
     r"\A\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?"
     r"([Zz]|[+-](?:[01]\d|2[0-3]):[0-5]\d)\Z",
     re.ASCII,
-)
-
-_TRANSACTION_FIELDS = (
-    "schema_version",
-    "transaction_id",
-    "tx_datetime",
-    "customer_id",
-    "terminal_id",
-    "amount",
-)
-_LABEL_FIELDS = (
-    "schema_version",
-    "transaction_id",
-    "tx_datetime",
-    "customer_id",
-    "terminal_id",
-    "is_fraud",
 )
 
 
@@ -93,58 +86,73 @@ class StageRecord:
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Transaction(StageRecord):
-    """A validated card transaction. Times are microseconds since the epoch (UTC)."""
+class _Record(StageRecord):
+    """A validated event: its id, its event time and its other declared fields by name.
+
+    ``fields`` holds the stream's declared fields other than the id and the event time, in the
+    definitions file's order (pipelines/core/declarations.py); they read as attributes too
+    (``tx.amount``, ``tx.customer_id``), whatever the file declares."""
+
+    __slots__ = ()
+    transaction_id: str
+    event_time_us: int
+    fields: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only when normal lookup fails: the declared fields read as attributes. Never
+        # for dunders or ``fields`` itself (not yet set while a copy is being built).
+        if name.startswith("__") or name == "fields":
+            raise AttributeError(name)
+        try:
+            return object.__getattribute__(self, "fields")[name]
+        except (KeyError, AttributeError):
+            raise AttributeError(name) from None
+
+    def to_json(self, stream: EventStream | None = None) -> bytes:
+        """The event as a message of ``stream`` (default: the handbook's file's stream)."""
+        stream = stream or _default_stream(isinstance(self, Label))
+        body: dict[str, Any] = {
+            "schema_version": stream.version,
+            stream.id_field: self.transaction_id,
+        }
+        for f in stream.fields:
+            if f.name == stream.time_field:
+                body[f.name] = format_rfc3339(self.event_time_us)
+            elif isinstance(self, Label) and f.name == getattr(stream, "label_field", None):
+                body[f.name] = self.is_fraud
+            elif f.name != stream.id_field:
+                body[f.name] = self.fields[f.name]
+        return json.dumps(body, separators=(",", ":")).encode()
+
+
+@dataclass(frozen=True, slots=True, eq=True)
+class Transaction(_Record):
+    """A validated event of the transaction stream. Times are microseconds since the epoch (UTC).
+
+    ``message_id``: the Pub/Sub message it came from ("" when not from Pub/Sub): tells a
+    redelivery of the same message (harmless) from a second message reusing the id (a
+    duplicate, dead-lettered)."""
 
     transaction_id: str
     event_time_us: int
-    customer_id: str
-    terminal_id: str
-    amount: float
+    fields: dict[str, Any]
     publish_time_us: int = 0
-    # The Pub/Sub message it came from ("" when not from Pub/Sub): tells a redelivery of the same
-    # message (harmless) from a second message reusing the id (a duplicate, dead-lettered).
     message_id: str = ""
 
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "transaction_id": self.transaction_id,
-                "tx_datetime": format_rfc3339(self.event_time_us),
-                "customer_id": self.customer_id,
-                "terminal_id": self.terminal_id,
-                "amount": self.amount,
-            },
-            separators=(",", ":"),
-        ).encode()
 
+@dataclass(frozen=True, slots=True, eq=True)
+class Label(_Record):
+    """A validated label for an earlier transaction (event time = the transaction's).
 
-@dataclass(frozen=True, slots=True)
-class Label(StageRecord):
-    """A validated fraud label for an earlier transaction (event time = the transaction's)."""
+    ``is_fraud`` is the label's value (the stream's ``label`` field, 0 or 1); ``fields`` its
+    other declared fields (those that route it to its entities)."""
 
     transaction_id: str
     event_time_us: int
-    customer_id: str
-    terminal_id: str
+    fields: dict[str, Any]
     is_fraud: int
     publish_time_us: int = 0
-    message_id: str = ""  # as Transaction.message_id
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "schema_version": SCHEMA_VERSION,
-                "transaction_id": self.transaction_id,
-                "tx_datetime": format_rfc3339(self.event_time_us),
-                "customer_id": self.customer_id,
-                "terminal_id": self.terminal_id,
-                "is_fraud": self.is_fraud,
-            },
-            separators=(",", ":"),
-        ).encode()
+    message_id: str = ""
 
 
 def transaction_order_key(transaction_id: str) -> tuple[int, str]:
@@ -200,7 +208,7 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
-def _load_object(data: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
+def _load_object(data: bytes, fields: Sequence[str], version: int) -> dict[str, Any]:
     if not isinstance(data, bytes | bytearray):
         raise InvalidEvent("not_bytes", type(data).__name__)
     if len(data) > MAX_MESSAGE_BYTES:
@@ -217,15 +225,15 @@ def _load_object(data: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
         raise InvalidEvent("not_json", str(exc)[:200]) from exc
     if not isinstance(obj, dict):
         raise InvalidEvent("not_object", type(obj).__name__)
-    unknown = sorted(set(obj) - set(fields))
+    unknown = sorted(set(obj) - {"schema_version", *fields})
     if unknown:
         raise InvalidEvent("unknown_field", ",".join(map(repr, unknown))[:200])
-    missing = [f for f in fields if f not in obj]
+    missing = [f for f in ("schema_version", *fields) if f not in obj]
     if missing:
         raise InvalidEvent("missing_field", ",".join(missing))
-    version = obj["schema_version"]
-    if type(version) is not int or version != SCHEMA_VERSION:
-        raise InvalidEvent("unknown_schema_version", repr(version)[:40])
+    found = obj["schema_version"]
+    if type(found) is not int or found != version:
+        raise InvalidEvent("unknown_schema_version", repr(found)[:40])
     return obj
 
 
@@ -236,59 +244,167 @@ def _identifier(obj: dict[str, Any], name: str) -> str:
     return value
 
 
-def _event_time(obj: dict[str, Any], now_us: int | None) -> int:
-    micros = parse_rfc3339(obj["tx_datetime"])
+def _event_time(obj: dict[str, Any], name: str, now_us: int | None) -> int:
+    micros = parse_rfc3339(obj[name])
     now = int(time.time() * 1_000_000) if now_us is None else now_us
     if micros < MIN_EVENT_TIME_US:
-        raise InvalidEvent("timestamp_too_old", obj["tx_datetime"])
+        raise InvalidEvent("timestamp_too_old", obj[name])
     if micros > now + MAX_FUTURE_US:
-        raise InvalidEvent("timestamp_in_future", obj["tx_datetime"])
+        raise InvalidEvent("timestamp_in_future", obj[name])
     return micros
+
+
+SHAPE_REASONS = frozenset(
+    {
+        "not_bytes",
+        "oversized",
+        "not_utf8",
+        "not_json",
+        "invalid_number",
+        "duplicate_field",
+        "not_object",
+        "unknown_field",
+        "missing_field",
+        "unknown_schema_version",
+    }
+)
+TIME_REASONS = frozenset({"invalid_timestamp", "timestamp_too_old", "timestamp_in_future"})
+
+
+def field_reason(name: str) -> str:
+    """The reason of a declared number, integer or text field's bad value."""
+    return f"invalid_{name}"
+
+
+def _number(obj: dict[str, Any], f: Field) -> float | int:
+    """A number or integer field, within its declared bounds (reason ``invalid_<field>``)."""
+    value = obj[f.name]
+    reason = field_reason(f.name)
+    kinds = (int,) if f.type == "integer" else (int, float)
+    if type(value) not in kinds:
+        expected = "a whole number" if f.type == "integer" else "a number"
+        raise InvalidEvent(reason, f"{f.name} must be {expected}, got {type(value).__name__}")
+    lo = -MAX_MAGNITUDE if f.minimum is None else f.minimum
+    hi = MAX_MAGNITUDE if f.maximum is None else f.maximum
+    if type(value) is int and not lo <= value <= hi:
+        # Checked before float(), which raises OverflowError beyond ~1.8e308.
+        raise InvalidEvent(reason, f"integer outside [{lo:g}, {hi:g}] ({value.bit_length()} bits)")
+    if f.type == "integer":
+        return int(value)
+    number = float(value)
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise InvalidEvent(reason, repr(number))
+    return number
+
+
+def _text(obj: dict[str, Any], f: Field) -> str:
+    value = obj[f.name]
+    reason = field_reason(f.name)
+    if not isinstance(value, str) or not 0 < len(value) <= f.max_length:
+        raise InvalidEvent(reason, f"{f.name} must be a text of 1-{f.max_length} characters")
+    if f.values and value not in f.values:
+        raise InvalidEvent(reason, f"{value!r:.40} is not one of {', '.join(f.values)}"[:200])
+    return value
+
+
+class EventParser:
+    """Validates the messages of one declared stream (the definitions file's ``events`` or
+    ``labels``), strictly: every declared field present, no other, each of its type.
+
+    Reasons (the dead-letter ``reason`` attribute, docs/specs/messages.md): the message's shape
+    (not_bytes, oversized, not_utf8, not_json, invalid_number, duplicate_field, not_object,
+    unknown_field, missing_field, unknown_schema_version), ``invalid_id`` for an id field,
+    ``invalid_timestamp``/``timestamp_too_old``/``timestamp_in_future`` for the time field,
+    ``invalid_label`` for the label field and ``invalid_<field>`` for any other field."""
+
+    def __init__(self, stream: EventStream) -> None:
+        self.stream = stream
+        self.labels = isinstance(stream, LabelStream)
+        self._names = stream.names
+        self._others = tuple(
+            f for f in stream.fields if f.name not in (stream.id_field, stream.time_field)
+        )
+        self._label = stream.label_field if isinstance(stream, LabelStream) else None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (EventParser, (self.stream,))
+
+    @property
+    def reasons(self) -> frozenset[str]:
+        """Every reason this stream's messages can be rejected with (a closed set)."""
+        out = set(SHAPE_REASONS | TIME_REASONS | {"invalid_id"})
+        for f in self._others:
+            if f.name == self._label:
+                out.add("invalid_label")
+            elif f.type == "time":
+                continue
+            elif f.type != "id":
+                out.add(field_reason(f.name))
+        return frozenset(out)
+
+    def parse(
+        self,
+        data: bytes,
+        publish_time_us: int = 0,
+        now_us: int | None = None,
+        message_id: str = "",
+    ) -> Transaction | Label:
+        """One message as a Transaction (or a Label); raises InvalidEvent with the reason."""
+        obj = _load_object(data, self._names, self.stream.version)
+        tx_id = _identifier(obj, self.stream.id_field)
+        event_time = _event_time(obj, self.stream.time_field, now_us)
+        fields: dict[str, Any] = {}
+        label = 0
+        for f in self._others:
+            if f.name == self._label:
+                value = obj[f.name]
+                if type(value) is not int or value not in (0, 1):
+                    raise InvalidEvent(
+                        "invalid_label", f"{f.name} must be 0 or 1, got {value!r:.40}"
+                    )
+                label = value
+            elif f.type == "id":
+                fields[f.name] = _identifier(obj, f.name)
+            elif f.type == "time":
+                fields[f.name] = _event_time(obj, f.name, now_us)
+            elif f.type in ("number", "integer", "label"):
+                fields[f.name] = _number(obj, f)
+            else:
+                fields[f.name] = _text(obj, f)
+        if self.labels:
+            return Label(tx_id, event_time, fields, label, publish_time_us, message_id)
+        return Transaction(tx_id, event_time, fields, publish_time_us, message_id)
+
+
+@functools.cache
+def _default_stream(labels: bool) -> EventStream:
+    from pipelines.core.declarations import load_definitions
+
+    defs = load_definitions()
+    if labels:
+        assert defs.labels is not None
+        return defs.labels
+    return defs.events
+
+
+@functools.cache
+def _default_parser(labels: bool) -> EventParser:
+    return EventParser(_default_stream(labels))
 
 
 def parse_transaction(
     data: bytes, publish_time_us: int = 0, now_us: int | None = None, message_id: str = ""
 ) -> Transaction:
-    """Validates one transaction message; raises InvalidEvent with the reason."""
-    obj = _load_object(data, _TRANSACTION_FIELDS)
-    amount = obj["amount"]
-    if type(amount) not in (int, float):
-        raise InvalidEvent(
-            "invalid_amount", f"amount must be a number, got {type(amount).__name__}"
-        )
-    if type(amount) is int and not 0 <= amount <= MAX_AMOUNT:
-        # Checked before float(), which raises OverflowError beyond ~1.8e308.
-        raise InvalidEvent(
-            "invalid_amount", f"integer outside [0, {MAX_AMOUNT:.0f}] ({amount.bit_length()} bits)"
-        )
-    amount = float(amount)
-    if not math.isfinite(amount) or amount < 0 or amount > MAX_AMOUNT:
-        raise InvalidEvent("invalid_amount", repr(amount))
-    return Transaction(
-        transaction_id=_identifier(obj, "transaction_id"),
-        event_time_us=_event_time(obj, now_us),
-        customer_id=_identifier(obj, "customer_id"),
-        terminal_id=_identifier(obj, "terminal_id"),
-        amount=amount,
-        publish_time_us=publish_time_us,
-        message_id=message_id,
-    )
+    """Validates one message of the handbook's transaction stream (``EventParser`` for any)."""
+    tx = _default_parser(False).parse(data, publish_time_us, now_us, message_id)
+    assert isinstance(tx, Transaction)
+    return tx
 
 
 def parse_label(
     data: bytes, publish_time_us: int = 0, now_us: int | None = None, message_id: str = ""
 ) -> Label:
-    """Validates one label message; raises InvalidEvent with the reason."""
-    obj = _load_object(data, _LABEL_FIELDS)
-    is_fraud = obj["is_fraud"]
-    if type(is_fraud) is not int or is_fraud not in (0, 1):
-        raise InvalidEvent("invalid_label", f"is_fraud must be 0 or 1, got {is_fraud!r:.40}")
-    return Label(
-        transaction_id=_identifier(obj, "transaction_id"),
-        event_time_us=_event_time(obj, now_us),
-        customer_id=_identifier(obj, "customer_id"),
-        terminal_id=_identifier(obj, "terminal_id"),
-        is_fraud=is_fraud,
-        publish_time_us=publish_time_us,
-        message_id=message_id,
-    )
+    """Validates one message of the handbook's label stream (``EventParser`` for any)."""
+    lb = _default_parser(True).parse(data, publish_time_us, now_us, message_id)
+    assert isinstance(lb, Label)
+    return lb

@@ -312,21 +312,16 @@ def create_table(config: StoreConfig, max_age_days: int | None = None) -> bool:
 
 
 def transaction_record(
-    message_id: str,
-    time_us: int,
-    customer_id: str,
-    terminal_id: str,
-    amount: float,
-    publish_time_us: int = 0,
+    message_id: str, time_us: int, fields: dict[str, Any], publish_time_us: int = 0
 ) -> dict[str, Any]:
-    """The id-index record of a transaction (family ``tx``)."""
+    """The id-index record of a transaction (family ``tx``): its message, publish time, content
+    digest, event time and declared fields (``v``; a label must agree with those it carries)."""
     return {
         "m": message_id,
         "p": int(publish_time_us),
-        "d": content_digest(int(time_us), str(customer_id), str(terminal_id), float(amount)),
+        "d": content_digest(int(time_us), *fields.values()),
         "t": int(time_us),
-        "c": str(customer_id),
-        "k": str(terminal_id),
+        "v": dict(fields),
     }
 
 

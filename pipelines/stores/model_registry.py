@@ -36,7 +36,8 @@ from typing import Any, Protocol
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.localfilesystem import LocalFileSystem
 
-from pipelines.core.definitions import MODEL_INPUTS, definitions_version
+from pipelines.core.declarations import Definitions, load_definitions
+from pipelines.core.model_inputs import features_to_compute, input_problems
 
 __all__ = [
     "ACTIONS",
@@ -54,6 +55,7 @@ __all__ = [
     "check_card",
     "daily_metrics",
     "decide_promotion",
+    "serving_features",
     "validate_policy",
 ]
 
@@ -272,12 +274,26 @@ class ModelRegistry:
       model_dir: the model directory (local path or ``gs://``).
       storage_client: on ``gs://``, the ``google.cloud.storage.Client`` the pointer is read and
         written with (default: Beam's, made at the first use).
+      definitions: the definitions a version must be servable with to get a role (``check``);
+        default: the handbook's file (``load_definitions()``), read at the first check.
     """
 
-    def __init__(self, model_dir: str | os.PathLike[str], storage_client: Any = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | os.PathLike[str],
+        storage_client: Any = None,
+        definitions: Definitions | None = None,
+    ) -> None:
         self.model_dir = str(model_dir).rstrip("/") or "/"
         self._storage_client = storage_client
         self._pointer_file: _PointerObject | None = None
+        self._definitions = definitions
+
+    @property
+    def definitions(self) -> Definitions:
+        if self._definitions is None:
+            self._definitions = load_definitions()
+        return self._definitions
 
     def _path(self, *parts: str) -> str:
         return FileSystems.join(self.model_dir, *parts)
@@ -390,10 +406,21 @@ class ModelRegistry:
         versions = [v for v in self.versions() if v != excluding]
         return Pointer(versions[-1] if versions else None, None, 0, None)
 
-    def check(self, version: str, available_features: Sequence[str] = MODEL_INPUTS) -> None:
-        """A RegistryError unless the job can serve ``version``: every feature of its card is
-        among ``available_features`` and its feature declarations are this code's."""
-        check_card(version, self.card(version), available_features)
+    def check(self, version: str, computed: Sequence[str] | None = None) -> None:
+        """A RegistryError unless ``version`` can be served with the registry's definitions:
+        every input of its card declared with the fingerprint it was trained on (and, given
+        ``computed``, among the features the job computes)."""
+        check_card(version, self.card(version), self.definitions, computed)
+
+    def serving_features(self) -> tuple[str, ...]:
+        """The features a job serving the pointer's champion and challenger must compute
+        (``serving_features``); each checked first."""
+        pointer = self.pointer()
+        versions = [v for v in (pointer.champion, pointer.challenger) if v]
+        cards = [self.card(v) for v in versions]
+        for version, card in zip(versions, cards, strict=True):
+            check_card(version, card, self.definitions)
+        return serving_features(self.definitions, cards)
 
     # Changing the pointer.
 
@@ -563,30 +590,31 @@ class ModelRegistry:
 
 
 def check_card(
-    version: str, card: dict[str, Any], available_features: Sequence[str] = MODEL_INPUTS
+    version: str,
+    card: dict[str, Any],
+    definitions: Definitions | None = None,
+    computed: Sequence[str] | None = None,
 ) -> None:
-    """A RegistryError unless a job computing ``available_features`` can serve the version of
-    ``card``: every feature of the card among them, and the card's feature declarations (if it
-    records them) this code's."""
-    features = card.get("features")
-    if not isinstance(features, list) or not features:
+    """A RegistryError unless ``definitions`` (default: the handbook's file) can serve the
+    version of ``card``: each of its inputs declared with the fingerprint the card records
+    (pipelines/core/model_inputs.py) and, given ``computed`` (what the job computes), among
+    those. The message names every input that fails and why."""
+    definitions = definitions if definitions is not None else load_definitions()
+    problems = input_problems(card, definitions, computed)
+    if problems:
+        where = f"{definitions.name!r}" + (f" ({definitions.source})" if definitions.source else "")
         raise RegistryError(
-            f"model version {version!r}: its {MODEL_CARD} lists no features; expected "
-            "'features': the model's inputs"
+            f"model version {version!r} cannot be served with the definitions {where}: "
+            + "; ".join(problems)
         )
-    missing = [f for f in features if f not in set(available_features)]
-    if missing:
-        raise RegistryError(
-            f"model version {version!r} needs feature(s) {', '.join(missing)} that the job "
-            f"does not compute; it computes {', '.join(available_features)}"
-        )
-    recorded = card.get("feature_definitions_version")
-    if recorded is not None and recorded != definitions_version():
-        raise RegistryError(
-            f"model version {version!r} was trained on feature definitions {recorded}, the "
-            f"job computes definitions {definitions_version()}; retrain it with "
-            "'rillet train'"
-        )
+
+
+def serving_features(
+    definitions: Definitions, cards: Iterable[Mapping[str, Any]]
+) -> tuple[str, ...]:
+    """The features a job must compute for the models of ``cards`` (checked first): the union
+    of their inputs and what derived ones among them read, in the definitions' order."""
+    return features_to_compute(definitions, [card["features"] for card in cards])
 
 
 def decide_promotion(

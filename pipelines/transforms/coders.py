@@ -7,11 +7,14 @@ flight when ``--update`` swaps the code. These coders write an explicit, version
 stage records instead, built from Beam's own stream primitives (varints, UTF-8 strings, doubles):
 
     byte  kind      T transaction, L label, W wake-up, R routed event, P customer part
-    byte  version   1
+    byte  version   2 (T, L, P; 1 for W, R); version 1 of T, L and P is still read
     then the record's fields in the order below, strings length-prefixed, ints as varints,
-    floats as big-endian doubles
+    floats as big-endian doubles; an event's declared fields (any definitions file) as a count
+    and, per field, its name, a type byte (s text, f float, i integer) and its value
 
-Adding a field means a new version number that the decoder still reads the old way.
+Adding a field means a new version number that the decoder still reads the old way: version 1
+of a transaction held the handbook's fields in a fixed order (customer_id, terminal_id, amount),
+read back into the same ``fields``.
 tests/unit/test_coders.py round-trips every record; tests/unit/test_update_compat.py pins the
 coders of every stateful step's input.
 
@@ -42,7 +45,8 @@ from pipelines.core.schema import Label, Transaction
 
 __all__ = ["StageRecordCoder", "WakeUp", "row_coder"]
 
-_VERSION = 1
+_VERSION = 1  # wake-ups and routed events
+_EVENT_VERSION = 2  # transactions, labels and parts: declared fields by name
 STAGE_RECORD_URN = "rillet:coder:stage_record:v1"
 
 
@@ -72,58 +76,89 @@ def _get_str(stream: Any) -> str:
     return bytes(stream.read_all(True)).decode()
 
 
+def _put_fields(out: Any, fields: dict[str, Any]) -> None:
+    out.write_var_int64(len(fields))
+    for name, value in fields.items():
+        _put_str(out, name)
+        if isinstance(value, str):
+            out.write_byte(ord("s"))
+            _put_str(out, value)
+        elif isinstance(value, float):
+            out.write_byte(ord("f"))
+            out.write_bigendian_double(value)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            out.write_byte(ord("i"))
+            out.write_var_int64(value)
+        else:
+            raise TypeError(f"field {name}: no stage record encoding for {type(value).__name__}")
+
+
+def _get_fields(stream: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for _ in range(stream.read_var_int64()):
+        name = _get_str(stream)
+        tag = chr(stream.read_byte())
+        if tag == "s":
+            fields[name] = _get_str(stream)
+        elif tag == "f":
+            fields[name] = stream.read_bigendian_double()
+        elif tag == "i":
+            fields[name] = stream.read_var_int64()
+        else:
+            raise ValueError(f"unknown field type {tag!r} of {name}")
+    return fields
+
+
 def _put_tx(out: Any, tx: Transaction) -> None:
     _put_str(out, tx.transaction_id)
     out.write_var_int64(tx.event_time_us)
-    _put_str(out, tx.customer_id)
-    _put_str(out, tx.terminal_id)
-    out.write_bigendian_double(tx.amount)
+    _put_fields(out, tx.fields)
     out.write_var_int64(tx.publish_time_us)
     _put_str(out, tx.message_id)
 
 
-def _get_tx(stream: Any) -> Transaction:
-    return Transaction(
-        _get_str(stream),
-        stream.read_var_int64(),
-        _get_str(stream),
-        _get_str(stream),
-        stream.read_bigendian_double(),
-        stream.read_var_int64(),
-        _get_str(stream),
-    )
+def _get_tx(stream: Any, version: int) -> Transaction:
+    tx_id = _get_str(stream)
+    time_us = stream.read_var_int64()
+    if version == 1:  # the handbook's fields, in a fixed order
+        fields = {"customer_id": _get_str(stream), "terminal_id": _get_str(stream)}
+        fields["amount"] = stream.read_bigendian_double()
+    else:
+        fields = _get_fields(stream)
+    return Transaction(tx_id, time_us, fields, stream.read_var_int64(), _get_str(stream))
 
 
 def _put_label(out: Any, lb: Label) -> None:
     _put_str(out, lb.transaction_id)
     out.write_var_int64(lb.event_time_us)
-    _put_str(out, lb.customer_id)
-    _put_str(out, lb.terminal_id)
+    _put_fields(out, lb.fields)
     out.write_var_int64(int(lb.is_fraud))
     out.write_var_int64(lb.publish_time_us)
     _put_str(out, lb.message_id)
 
 
-def _get_label(stream: Any) -> Label:
-    return Label(
-        _get_str(stream),
-        stream.read_var_int64(),
-        _get_str(stream),
-        _get_str(stream),
-        stream.read_var_int64(),
-        stream.read_var_int64(),
-        _get_str(stream),
-    )
+def _get_label(stream: Any, version: int) -> Label:
+    tx_id = _get_str(stream)
+    time_us = stream.read_var_int64()
+    if version == 1:
+        fields: dict[str, Any] = {
+            "customer_id": _get_str(stream),
+            "terminal_id": _get_str(stream),
+        }
+    else:
+        fields = _get_fields(stream)
+    is_fraud = stream.read_var_int64()
+    return Label(tx_id, time_us, fields, is_fraud, stream.read_var_int64(), _get_str(stream))
 
 
 def _put(out: Any, record: Any) -> None:
     if isinstance(record, Transaction):
         out.write_byte(ord("T"))
-        out.write_byte(_VERSION)
+        out.write_byte(_EVENT_VERSION)
         _put_tx(out, record)
     elif isinstance(record, Label):
         out.write_byte(ord("L"))
-        out.write_byte(_VERSION)
+        out.write_byte(_EVENT_VERSION)
         _put_label(out, record)
     elif isinstance(record, WakeUp):
         out.write_byte(ord("W"))
@@ -136,7 +171,7 @@ def _put(out: Any, record: Any) -> None:
         _put(out, record.event)
     elif isinstance(record, CustomerPart):
         out.write_byte(ord("P"))
-        out.write_byte(_VERSION)
+        out.write_byte(_EVENT_VERSION)
         _put_tx(out, record.tx)
         out.write_var_int64(len(record.values))
         for value in record.values:
@@ -151,19 +186,20 @@ def _put(out: Any, record: Any) -> None:
 def _get(stream: Any) -> Any:
     kind = chr(stream.read_byte())
     version = stream.read_byte()
-    if version != _VERSION:
+    newest = _EVENT_VERSION if kind in "TLP" else _VERSION
+    if not 1 <= version <= newest:
         raise ValueError(f"unknown version {version} of stage record {kind!r}")
     if kind == "T":
-        return _get_tx(stream)
+        return _get_tx(stream, version)
     if kind == "L":
-        return _get_label(stream)
+        return _get_label(stream, version)
     if kind == "W":
         return WakeUp(_get_str(stream))
     if kind == "R":
         token = stream.read_var_int64()
         return Routed(_get(stream), token)
     if kind == "P":
-        tx = _get_tx(stream)
+        tx = _get_tx(stream, version)
         values = tuple(stream.read_bigendian_double() for _ in range(stream.read_var_int64()))
         revision = stream.read_var_int64()
         correction = bool(stream.read_byte())

@@ -454,7 +454,7 @@ class CustomerWindowsFn(_EntityStageFn):
                 queries.append(
                     (
                         customer,
-                        Transaction(tx_id, cell.time_us, customer, cell.other_id, cell.amount),
+                        _transaction(tx_id, cell.time_us, customer, cell.other_id, cell.amount),
                     )
                 )
         matrix = _features_of(states, queries, CUSTOMER_FEATURES)
@@ -558,7 +558,7 @@ class TerminalWindowsFn(_EntityStageFn):
                 queries.append(
                     (
                         terminal,
-                        Transaction(tx_id, cell.time_us, cell.other_id, terminal, cell.amount),
+                        _transaction(tx_id, cell.time_us, cell.other_id, terminal, cell.amount),
                     )
                 )
                 carried.append(_carried(cell))
@@ -613,6 +613,14 @@ class TerminalWindowsFn(_EntityStageFn):
         self._batch_size.update(int(keep.sum()))
         self._corrections.inc(int((flags & keep).sum()))
         return out
+
+
+def _transaction(
+    tx_id: str, time_us: int, customer_id: str, terminal_id: str, amount: float
+) -> Transaction:
+    """A stored transaction rebuilt from its cell (the handbook's fields)."""
+    fields = {"customer_id": customer_id, "terminal_id": terminal_id, "amount": amount}
+    return Transaction(tx_id, time_us, fields)
 
 
 def _load_archive(state: EntityWindows, archive: Archive, first: int, end: int) -> None:

@@ -484,8 +484,7 @@ def open_store(config: StoreConfig | WindowStore) -> WindowStore:
 
 
 def _same_event(a: Transaction, b: Transaction) -> bool:
-    fields = ("event_time_us", "customer_id", "terminal_id", "amount")
-    return all(getattr(a, f) == getattr(b, f) for f in fields)
+    return a.event_time_us == b.event_time_us and a.fields == b.fields
 
 
 def _same_message(a: Transaction, b: Transaction) -> bool:
@@ -510,14 +509,7 @@ def _seen_before(record: dict[str, Any], message_id: str, digest: str) -> bool:
 
 def record_of(tx: Transaction) -> dict[str, Any]:
     """The transaction's id-index record (family ``tx``)."""
-    return transaction_record(
-        tx.message_id,
-        tx.event_time_us,
-        tx.customer_id,
-        tx.terminal_id,
-        tx.amount,
-        tx.publish_time_us,
-    )
+    return transaction_record(tx.message_id, tx.event_time_us, tx.fields, tx.publish_time_us)
 
 
 def _dead_letter(

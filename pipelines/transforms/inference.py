@@ -29,6 +29,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.utils.shared import Shared
 
 from pipelines.core.batches import FeatureBatch
+from pipelines.core.declarations import Definitions, load_definitions
 from pipelines.core.messages import DeadLetter
 from pipelines.stores.model_registry import VERSION_NAMES, ModelRegistry, check_card
 from pipelines.transforms.model_serving import (
@@ -72,14 +73,20 @@ def model_versions(model_dir: str) -> list[str]:
     return sorted(m.path.rstrip("/").split("/")[-2] for m in match.metadata_list)
 
 
-def resolve_model(model_dir: str, version: str = "champion") -> ModelInfo:
+def resolve_model(
+    model_dir: str,
+    version: str = "champion",
+    definitions: Definitions | None = None,
+    computed: Sequence[str] | None = None,
+) -> ModelInfo:
     """Picks a version from ``model_dir`` (``<model_dir>/<version>/{saved_model,model_card.json}``).
 
     "champion" (or "challenger") is what the registry's pointer names (``registry.json``; without
     one the champion is the newest version), "latest" the newest version: the registry's one
     resolver, ModelRegistry.resolve (pipelines/stores/model_registry.py). The card must pass the
-    registry's check_card: its features among the pipeline's MODEL_INPUTS (the scorer picks them
-    by name) and its feature declarations this code's.
+    registry's check_card with ``definitions`` (default: the handbook's file): each of its inputs
+    declared as it was trained on and, given ``computed``, computed by the job (the scorer picks
+    them by name).
     """
     if version in VERSION_NAMES:
         if not model_versions(model_dir):
@@ -91,17 +98,19 @@ def resolve_model(model_dir: str, version: str = "champion") -> ModelInfo:
     card_path = FileSystems.join(model_dir, version, MODEL_CARD)
     with FileSystems.open(card_path) as handle:
         card = json.loads(handle.read().decode())
-    check_card(card["version"], card)  # the registry's rule (a RegistryError is a ValueError)
+    # The registry's rule (a RegistryError is a ValueError).
+    check_card(card["version"], card, definitions, computed)
     features = tuple(card["features"])
     base = card_path[: -len(MODEL_CARD)].rstrip("/")
     return ModelInfo(card["version"], FileSystems.join(base, SAVED_MODEL_DIR), features)
 
 
 def load_model_version(model: ModelInfo, backend: str = "saved_model") -> LoadedVersion:
-    """A version loaded as the job loads it (model_serving.load_version), for offline scoring:
-    the streaming job and the offline evaluation score through the same code, so an offline
-    score and a served score of the same features can only differ by float rounding."""
-    return load_version(model.version, model.path, model.features, backend, None)
+    """A version loaded as the job loads it (model_serving.load_version), for offline scoring
+    of rows of its own features (``model.features``, in that order): the streaming job and the
+    offline evaluation score through the same code, so an offline score and a served score of
+    the same features can only differ by float rounding."""
+    return load_version(model.version, model.path, model.features, backend, None, model.features)
 
 
 @dataclass
@@ -123,13 +132,20 @@ class PredictionBatch:
 @dataclass(frozen=True)
 class ServingConfig:
     """What the job serves: ``version`` "champion" follows the registry in ``model_dir`` (hot
-    swap, shadow scoring by its challenger), any other value pins that version."""
+    swap, shadow scoring by its challenger), any other value pins that version.
+
+    ``definitions``: the job's definitions file (None: the handbook's); a version is served only
+    if each of its inputs is declared there as it was trained on. ``computed``: the features the
+    job computes, the columns of its feature rows (None: every declared feature, file order).
+    """
 
     model_dir: str
     version: str = "champion"
     poll_s: float = 10.0
     backend: str = "saved_model"
     remote: tuple[str, str] | None = None  # (project, model) of the vertex backend
+    definitions: str | None = None
+    computed: tuple[str, ...] | None = None
 
     @property
     def follows_registry(self) -> bool:
@@ -149,9 +165,14 @@ def registry_assignment(registry: ModelRegistry) -> Assignment:
 def serving_models(config: ServingConfig) -> ServingModels:
     """A new ServingModels for ``config`` (model_serving.py); the job's is serving_models_of's."""
 
+    definitions = load_definitions(config.definitions)
+    layout = config.computed if config.computed is not None else definitions.names
+
     def load(version: str) -> LoadedVersion:
-        info = resolve_model(config.model_dir, version)
-        loaded = load_version(info.version, info.path, info.features, config.backend, config.remote)
+        info = resolve_model(config.model_dir, version, definitions, layout)
+        loaded = load_version(
+            info.version, info.path, info.features, config.backend, config.remote, layout
+        )
         _LOGGER.info("loaded model %s from %s (%s)", info.version, info.path, config.backend)
         return loaded
 
@@ -159,7 +180,7 @@ def serving_models(config: ServingConfig) -> ServingModels:
         # One registry (on gs://, one storage client) for every read of the pointer.
         source = partial(registry_assignment, ModelRegistry(config.model_dir))
         return ServingModels(source, load, config.poll_s)
-    pinned = resolve_model(config.model_dir, config.version).version
+    pinned = resolve_model(config.model_dir, config.version, definitions, layout).version
     return ServingModels(lambda: Assignment(pinned, None, 0), load, 0)
 
 

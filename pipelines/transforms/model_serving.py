@@ -92,24 +92,27 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 
 @dataclass(frozen=True)
 class LoadedVersion:
-    """A model version ready to score rows of MODEL_INPUTS (its card's columns are picked)."""
+    """A model version ready to score the job's feature rows: ``layout`` names their columns
+    (default MODEL_INPUTS, what the job computes today), and the version's own ``features``
+    (its card's, in its input order) are picked from them by name."""
 
     version: str
     features: tuple[str, ...]
     scorer: Scorer
+    layout: tuple[str, ...] = MODEL_INPUTS
     columns: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
-        missing = [f for f in self.features if f not in MODEL_INPUTS]
+        missing = [f for f in self.features if f not in self.layout]
         if missing:
             raise ValueError(
                 f"model {self.version} needs features the job does not compute: {missing}"
             )
-        index = {name: i for i, name in enumerate(MODEL_INPUTS)}
+        index = {name: i for i, name in enumerate(self.layout)}
         object.__setattr__(self, "columns", np.array([index[f] for f in self.features]))
 
     def score(self, rows: np.ndarray) -> np.ndarray:
-        """Scores of rows laid out as MODEL_INPUTS."""
+        """Scores of rows laid out as ``layout``."""
         return self.scorer(np.ascontiguousarray(rows[:, self.columns], dtype=np.float32))
 
 
@@ -410,9 +413,15 @@ def vertex_model_handler(project: str, model: str, version: str) -> Any:
 
 
 def load_version(
-    version: str, path: str, features: Sequence[str], backend: str, remote: tuple[str, str] | None
+    version: str,
+    path: str,
+    features: Sequence[str],
+    backend: str,
+    remote: tuple[str, str] | None,
+    layout: Sequence[str] = MODEL_INPUTS,
 ) -> LoadedVersion:
-    """One version through ``backend`` (see the module docstring)."""
+    """One version through ``backend`` (see the module docstring), scoring rows laid out as
+    ``layout``."""
     scorer: Scorer
     if backend == "saved_model":
         scorer = SavedModelScorer(path)
@@ -424,4 +433,4 @@ def load_version(
         scorer = TfxBslScorer(vertex_model_handler(remote[0], remote[1], version), features)
     else:
         raise ValueError(f"--inference_backend must be one of {', '.join(BACKENDS)}: {backend!r}")
-    return LoadedVersion(version, tuple(features), scorer)
+    return LoadedVersion(version, tuple(features), scorer, tuple(layout))

@@ -58,7 +58,7 @@ from apache_beam.transforms.userstate import (
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.core.alerts import Alert, StreakRow, Streaks
-from pipelines.core.definitions import MODEL_INPUTS
+from pipelines.core.declarations import load_definitions
 from pipelines.core.drift import BucketCounts, DriftProgress, DriftWindows, bin_index, n_bins
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import Label
@@ -71,7 +71,6 @@ from pipelines.transforms.online_eval import CHALLENGER, CHAMPION, DayFigures
 from pipelines.transforms.parse import METRICS_NAMESPACE
 
 __all__ = [
-    "DRIFT_FEATURES",
     "MONITOR_NAMESPACE",
     "SCORE",
     "Count",
@@ -89,8 +88,6 @@ _LOGGER = logging.getLogger(__name__)
 
 MONITOR_NAMESPACE = "rillet_monitor"
 SCORE = "score"  # the drift key of a version's score (beside its inputs)
-# The features drift is judged on: the declared model inputs and the score (bounded gauge names).
-DRIFT_FEATURES = frozenset((*MODEL_INPUTS, SCORE))
 STATS_SHARDS = 16  # keys of the first merge of the bundles' Stats (see _judged_windows)
 DRIFT_IDLE_S = 86_400.0  # a drift key that gets nothing for this long lets its state go
 ALERTED_DAYS = 16  # days of online-quality alerts remembered per version (older days are done)
@@ -617,7 +614,6 @@ class _BinInputs(beam.DoFn):
         model_dir = self._model_dir
         self._refs = self._refs_handle.acquire(lambda: _References(model_dir), tag=model_dir)
         self._configs = _FeatureConfigs(self._drift)
-        self._column = {name: i for i, name in enumerate(MODEL_INPUTS)}
 
     def default_label(self) -> str:
         return "BinInputs"
@@ -642,6 +638,7 @@ class _BinInputs(beam.DoFn):
         event_s = np.fromiter(
             (tx.event_time_us // 1_000_000 for tx in pb.batch.transactions), np.int64, len(pb)
         )
+        column = {name: i for i, name in enumerate(pb.batch.names)}  # the job's feature columns
         served = [(pb.model_version, pb.scores)]
         if pb.challenger_version and pb.challenger_scores is not None:
             served.append((pb.challenger_version, pb.challenger_scores))
@@ -657,8 +654,8 @@ class _BinInputs(beam.DoFn):
                     continue
                 if name == SCORE:
                     values = np.asarray(scores, dtype=np.float64)
-                elif name in self._column:
-                    values = pb.batch.features[:, self._column[name]]
+                elif name in column:
+                    values = pb.batch.features[:, column[name]]
                 else:
                     continue
                 keep = ~np.isnan(values)
@@ -734,11 +731,21 @@ class _JudgeDrift(beam.DoFn):
 
     WINDOWS_TAG = "windows"
 
-    def __init__(self, model_dir: str, thresholds: Thresholds, grace_s: float) -> None:
+    def __init__(
+        self,
+        model_dir: str,
+        thresholds: Thresholds,
+        grace_s: float,
+        features: Sequence[str] | None = None,
+    ) -> None:
         self._model_dir = model_dir
         self._refs_handle: SharedResource[_References] = SharedResource()
         self._drift = thresholds.drift
         self._grace_s = grace_s
+        # The gauges are named by the job's declared features and the score: a bounded set,
+        # whatever features the versions' cards name.
+        names = load_definitions().names if features is None else tuple(features)
+        self._gauged = frozenset((*names, SCORE))
         self._alerts = _AlertCounter()
         self._late = Metrics.counter(MONITOR_NAMESPACE, "drift_late_values")
 
@@ -857,7 +864,7 @@ class _JudgeDrift(beam.DoFn):
                     "streak": w.streak,
                 },
             )
-            if w.psi is not None and feature in DRIFT_FEATURES:
+            if w.psi is not None and feature in self._gauged:
                 suffix = f"{role}/{feature}"
                 _gauge(f"drift_psi_milli/{suffix}", w.psi * 1000)
                 _gauge(f"drift_n/{suffix}", w.n)
@@ -1019,12 +1026,20 @@ class Monitor(beam.PTransform):
       alerts_topic: full path of the alerts topic.
       every_s: seconds between two drift flushes (and the grace before a window closes: two of
         them).
+      features: the features the job computes (drift gauges are named by them and the score;
+        default: the handbook's file's).
     """
 
     def __init__(
-        self, model_dir: str, thresholds: Thresholds, alerts_topic: str, every_s: float = 10.0
+        self,
+        model_dir: str,
+        thresholds: Thresholds,
+        alerts_topic: str,
+        every_s: float = 10.0,
+        features: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
+        self._features = None if features is None else tuple(features)
         self._model_dir = model_dir
         self._refs_handle: SharedResource[_References] = SharedResource()
         self._t = thresholds
@@ -1046,7 +1061,9 @@ class Monitor(beam.PTransform):
             >> beam.FlatMap(_per_feature).with_output_types(tuple[tuple[str, str], DriftDelta])
             | "JudgeDrift"
             >> beam.ParDo(
-                _JudgeDrift(self._model_dir, self._t, grace_s=2 * self._every_s)
+                _JudgeDrift(
+                    self._model_dir, self._t, grace_s=2 * self._every_s, features=self._features
+                )
             ).with_outputs(_JudgeDrift.WINDOWS_TAG, main="alerts")
         )
         self.drift_windows = judged[_JudgeDrift.WINDOWS_TAG]

@@ -59,6 +59,7 @@ from apache_beam.transforms.userstate import (
     on_timer,
 )
 
+from pipelines.core.declarations import Definitions, Entity, load_definitions
 from pipelines.core.definitions import DAY_US, LABEL_DELAY_DAYS
 from pipelines.core.quality import quality
 from pipelines.core.routing import route
@@ -179,9 +180,9 @@ def _key(version: str, day: str) -> str:
     return f"{version}|{day}"
 
 
-def scored_from(label: Label | PendingLabel, prediction: dict[str, Any]) -> list[Scored]:
+def scored_from(label: PendingLabel, prediction: dict[str, Any]) -> list[Scored]:
     """What a stored prediction contributes for one label: the champion's score, and the
-    challenger's when one shadowed it."""
+    challenger's when one shadowed it (``customer_id``: the card entity's id)."""
     day = label_day(label.event_time_us)
     out = [
         Scored(
@@ -205,9 +206,16 @@ def scored_from(label: Label | PendingLabel, prediction: dict[str, Any]) -> list
     return out
 
 
-def _pending(label: Label) -> PendingLabel:
+def card_entity(definitions: Definitions | None = None) -> Entity:
+    """What Card Precision@k counts alerts per: the definitions file's first entity (the
+    handbook's customer, i.e. the card)."""
+    return (definitions or load_definitions()).entities[0]
+
+
+def _pending(label: Label, card: Entity) -> PendingLabel:
+    """``customer_id`` holds the card entity's id (the row's stored name, kept for --update)."""
     return PendingLabel(
-        label.transaction_id, label.event_time_us, label.customer_id, label.is_fraud, 0
+        label.transaction_id, label.event_time_us, card.id_of(label.fields), label.is_fraud, 0
     )
 
 
@@ -284,9 +292,16 @@ class _LookupServed(_ServedLookup):
     their prediction included) and the versions it saw rows of (module docstring)."""
 
     def __init__(
-        self, project: str, kind: str, namespace: str | None, key_buckets: int, margin_s: float
+        self,
+        project: str,
+        kind: str,
+        namespace: str | None,
+        key_buckets: int,
+        margin_s: float,
+        card: Entity,
     ) -> None:
         super().__init__(project, kind, namespace, key_buckets)
+        self._card = card
         self._margin_us = int(margin_s * 1_000_000)
         self._latest_day: dict[str, str] = {}  # version -> the latest day it had rows of
         self._first_day: str | None = None
@@ -299,7 +314,7 @@ class _LookupServed(_ServedLookup):
             self._first_day = day
 
     def process(self, labels: list[Label]) -> Iterator[Any]:
-        yield from self.lookup_and_group([_pending(label) for label in labels])
+        yield from self.lookup_and_group([_pending(label, self._card) for label in labels])
         yield from self._ticks()
 
     def _ticks(self) -> Iterator[tuple[str, DayRows]]:
@@ -637,6 +652,7 @@ class EvaluateOnline(beam.PTransform):
         looked up again.
       margin_s: event time past a day's last label due time before the day is complete (1 day).
       idle_s: processing time without labels after which a day is released anyway (2 days).
+      card: the entity Card Precision@k counts per (default: ``card_entity()``).
     """
 
     def __init__(
@@ -651,8 +667,10 @@ class EvaluateOnline(beam.PTransform):
         key_buckets: int = 0,
         margin_s: float = 86_400.0,
         idle_s: float = 2 * 86_400.0,
+        card: Entity | None = None,
     ) -> None:
         super().__init__()
+        self._card = card or card_entity()
         self._retry_s = retry_s
         self._attempts = attempts
         self._evaluation_kind = evaluation_kind
@@ -671,7 +689,12 @@ class EvaluateOnline(beam.PTransform):
             | "LookupServed"
             >> beam.ParDo(
                 _LookupServed(
-                    self._project, self._kind, self._namespace, self._buckets, self._margin_s
+                    self._project,
+                    self._kind,
+                    self._namespace,
+                    self._buckets,
+                    self._margin_s,
+                    self._card,
                 )
             ).with_outputs(WAITING, main="found")
         )

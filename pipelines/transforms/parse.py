@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipelines.core.completion import completion
+from pipelines.core.declarations import EventStream, load_definitions
 from pipelines.core.messages import DeadLetter, publish_time_us
-from pipelines.core.schema import InvalidEvent, Label, Transaction, parse_label, parse_transaction
+from pipelines.core.schema import EventParser, InvalidEvent
 
 __all__ = ["DEAD_LETTER_TAG", "ParseEvents", "ParsedEvents"]
 
@@ -24,12 +25,10 @@ class ParsedEvents(NamedTuple):
 
 
 class _ParseDoFn(beam.DoFn):
-    def __init__(self, kind: str, source: str) -> None:
+    def __init__(self, kind: str, source: str, stream: EventStream) -> None:
         self._kind = kind
         self._source = source
-        self._parse: Callable[..., Transaction | Label] = (
-            parse_transaction if kind == "transaction" else parse_label
-        )
+        self._parse = EventParser(stream).parse
         self._valid = Metrics.counter(METRICS_NAMESPACE, f"{kind}s_valid")
         self._invalid = Metrics.counter(METRICS_NAMESPACE, f"{kind}s_dead_lettered")
 
@@ -68,11 +67,13 @@ class _ParseDoFn(beam.DoFn):
 
 
 class ParseEvents(beam.PTransform):
-    """Validates transaction or label messages against the v1 schema.
+    """Validates transaction or label messages against their declared stream.
 
     Args:
       kind: "transaction" or "label".
       source: where the messages come from (recorded on dead letters).
+      stream: the declared stream (the definitions file's ``events`` or ``labels``; default:
+        the handbook's).
 
     Returns:
       ParsedEvents(valid, dead_letters): Transaction/Label objects, and DeadLetter objects with
@@ -83,15 +84,21 @@ class ParseEvents(beam.PTransform):
         parsed = messages | "ParseTransactions" >> ParseEvents("transaction", "transactions-sub")
     """
 
-    def __init__(self, kind: str, source: str) -> None:
+    def __init__(self, kind: str, source: str, stream: EventStream | None = None) -> None:
         super().__init__()
         if kind not in ("transaction", "label"):
             raise ValueError(f"kind must be 'transaction' or 'label', not {kind!r}")
         self._kind = kind
         self._source = source
+        if stream is None:
+            defs = load_definitions()
+            stream = defs.events if kind == "transaction" else defs.labels
+        if stream is None:
+            raise ValueError("the definitions declare no labels stream")
+        self._stream = stream
 
     def expand(self, messages: beam.PCollection) -> ParsedEvents:
         out = messages | "Validate" >> beam.ParDo(
-            _ParseDoFn(self._kind, self._source)
+            _ParseDoFn(self._kind, self._source, self._stream)
         ).with_outputs(DEAD_LETTER_TAG, main="valid")
         return ParsedEvents(out.valid, out[DEAD_LETTER_TAG])

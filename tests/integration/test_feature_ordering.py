@@ -27,6 +27,7 @@ from pipelines.core.definitions import DAY_US, FEATURES, MODEL_INPUTS, WindowFea
 from pipelines.core.schema import Label, Transaction
 from pipelines.core.training_data import training_features
 from pipelines.stores.bigtable import FeatureStore, StoreConfig, create_table
+from tests.events import handbook_label
 from tests.unit.test_keyed_stages import events_of, pending, run_stages
 
 pytestmark = pytest.mark.integration
@@ -139,7 +140,7 @@ def test_waiting_labels_survive_a_restart(
     comes is dead-lettered, no ``wait#`` row is left."""
     head = stretch.week.head(300)
     txs, labels = events_of(head)
-    ghost = Label("999999", txs[0].event_time_us, "1", "1", 1, message_id="ghost")
+    ghost = handbook_label("999999", txs[0].event_time_us, "1", "1", 1, message_id="ghost")
     with environment(emulators):
         config = stretch.warmed_table(tmp_path)
         first = run_stages([[*labels, ghost]], label_wait_s=0.5, key_buckets=buckets, store=config)

@@ -12,10 +12,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipelines.app.local import LOCAL_PROJECT, Topology
 from pipelines.core.definitions import MODEL_INPUTS
-from pipelines.core.schema import Transaction
 from pipelines.transforms.features import FeatureBatch
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.sinks import RiskBands, WritePredictions, _DatastoreWriteDoFn
+from tests.events import handbook_tx
 
 pytestmark = pytest.mark.integration
 TOPO = Topology()
@@ -23,7 +23,7 @@ TOPO = Topology()
 
 def batch(ids: list[str], revision: int, score: float, correction: bool = False) -> PredictionBatch:
     txs = [
-        Transaction(i, 1_522_663_200_000_000, "7", "9", 10.0, 1_700_000_000_000_000) for i in ids
+        handbook_tx(i, 1_522_663_200_000_000, "7", "9", 10.0, 1_700_000_000_000_000) for i in ids
     ]
     features = np.full((len(ids), len(MODEL_INPUTS)), float(revision))
     fb = FeatureBatch(txs, features, revision, correction)

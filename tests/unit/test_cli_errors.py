@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 
 from pipelines.core.definitions import MODEL_INPUTS
+from tests.cards import card_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,7 +47,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("cli")
     write_dataset(simulate(PRESETS["tiny"]).head(50), root / "data")
-    card = {"version": "v1", "features": list(MODEL_INPUTS)}
+    card = {"version": "v1", **card_fields(MODEL_INPUTS)}
     (root / "models" / "v1").mkdir(parents=True)
     (root / "models" / "v1" / "model_card.json").write_text(json.dumps(card))
     (root / "out" / "features").mkdir(parents=True)
@@ -57,12 +58,13 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pd.DataFrame({"TRANSACTION_ID": range(len(times)), "TX_DATETIME": times}).to_parquet(
             root / name / "part-0.parquet"
         )
-    # A registry: two good versions, one without saved_model/, one needing an unknown feature
-    # (a_*: older names, never the implicit champion).
-    for name, features in (("r1", MODEL_INPUTS), ("r2", MODEL_INPUTS), ("a_other", ["NEW"])):
+    # A registry: two good versions, one without saved_model/, one needing a feature the
+    # handbook's file does not declare (a_*: older names, never the implicit champion).
+    other = {"features": ["NEW"], "feature_fingerprints": {"NEW": "0" * 12}}
+    for name, fields in (("r1", card_fields()), ("r2", card_fields()), ("a_other", other)):
         (root / "reg" / name / "saved_model").mkdir(parents=True)
         (root / "reg" / name / "saved_model" / "saved_model.pb").write_bytes(b"fake")
-        card = {"version": name, "features": list(features)}
+        card = {"version": name, **fields}
         (root / "reg" / name / "model_card.json").write_text(json.dumps(card))
     (root / "reg" / "a_broken").mkdir()
     (root / "reg" / "a_broken" / "model_card.json").write_text(json.dumps(card))
@@ -138,6 +140,16 @@ CASES = {
         2,
         ["covers 21 days", "need at least 42", "--preset handbook (183 days) or small (56 days)"],
     ),
+    "train, an input the definitions do not declare": (
+        ["train", "--features", "long", "--inputs", "TX_AMOUNT,NOPE"],
+        2,
+        ["--inputs: NOPE not declared in the definitions 'handbook'", "TX_AMOUNT,TX_DURING"],
+    ),
+    "train, inputs the feature table lacks": (
+        ["train", "--features", "long", "--train-start", "2018-04-22", "--inputs", "TX_AMOUNT"],
+        2,
+        ["the feature table has no column TX_AMOUNT", "rillet backfill"],
+    ),
     "train, start before the data": (
         ["train", "--features", "long", "--train-start", "2017-01-01"],
         2,
@@ -199,7 +211,10 @@ CASES = {
     "models, feature mismatch": (
         ["models", "promote", "a_other", "--model-dir", "reg"],
         2,
-        ["model version 'a_other' needs feature(s) NEW that the job does not compute"],
+        [
+            "model version 'a_other' cannot be served with the definitions 'handbook' (",
+            "handbook.yaml): NEW: not declared in the definitions",
+        ],
     ),
     "models, missing model directory": (
         ["models", "list", "--model-dir", "/nonexistent"],

@@ -8,11 +8,12 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.core.batches import CustomerPart, Routed
-from pipelines.core.schema import Label, StageRecord, Transaction
+from pipelines.core.schema import StageRecord
 from pipelines.transforms.coders import STAGE_RECORD_URN, StageRecordCoder, WakeUp
+from tests.events import handbook_label, handbook_tx
 
-TX = Transaction("42", 1_522_540_800_123_456, "C1", "T9", 57.16, 1_522_540_801_000_000, "m-1")
-LB = Label("42", 1_522_540_800_123_456, "C1", "T9", 1, 1_522_545_000_000_000, "m-2")
+TX = handbook_tx("42", 1_522_540_800_123_456, "C1", "T9", 57.16, 1_522_540_801_000_000, "m-1")
+LB = handbook_label("42", 1_522_540_800_123_456, "C1", "T9", 1, 1_522_545_000_000_000, "m-2")
 RECORDS = [
     TX,
     LB,
@@ -20,7 +21,7 @@ RECORDS = [
     Routed(TX, token=7),
     Routed(LB),
     CustomerPart(TX, (1.0, 57.16, 2.0, 0.1 + 0.2, 3.0, 1e300), 1_700_000_000_001_003, True, 9),
-    CustomerPart(Transaction("é", 0, "", "", -0.0), (), 0),
+    CustomerPart(handbook_tx("é", 0, "", "", -0.0), (), 0),
 ]
 
 

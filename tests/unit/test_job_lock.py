@@ -16,6 +16,7 @@ import pytest
 from pipelines.app.errors import RUNTIME, UserError
 from pipelines.app.job_lock import hold_table_lock, lock_path
 from pipelines.core.definitions import MODEL_INPUTS
+from tests.cards import card_fields
 
 ROOT = Path(__file__).resolve().parents[2]
 TABLE = ("rillet-local", "rillet", "features")
@@ -112,7 +113,7 @@ def test_rillet_run_refuses_a_second_job_on_the_table(
     """``rillet run`` as a user runs it, while another process holds the default table: one
     line naming the job, exit code 1, and its --no-resume did not delete the running job's
     recovery checkpoint."""
-    card = {"version": "v1", "features": list(MODEL_INPUTS)}
+    card = {"version": "v1", **card_fields(MODEL_INPUTS)}
     (tmp_path / "models" / "v1").mkdir(parents=True)
     (tmp_path / "models" / "v1" / "model_card.json").write_text(json.dumps(card))
     checkpoint = tmp_path / "state" / "recovery" / "checkpoint.json"

@@ -29,6 +29,7 @@ from pipelines.core.training_data import to_epoch_us, training_features
 from pipelines.stores.window_store import InMemoryStore
 from pipelines.transforms.features import ComputeFeatures
 from pipelines.transforms.id_index import ACCEPTED_LABELS, IndexIdsFn
+from tests.events import handbook_label, handbook_tx
 
 _RESULTS: dict[str, list[Any]] = {}
 
@@ -48,9 +49,11 @@ def events_of(frame: pd.DataFrame) -> tuple[list[Transaction], list[Label]]:
     for i, row in enumerate(frame.itertuples(index=False)):
         tx_id, c, k = str(row.TRANSACTION_ID), str(row.CUSTOMER_ID), str(row.TERMINAL_ID)
         txs.append(
-            Transaction(tx_id, int(t[i]), c, k, float(row.TX_AMOUNT), message_id=f"t{tx_id}")
+            handbook_tx(tx_id, int(t[i]), c, k, float(row.TX_AMOUNT), message_id=f"t{tx_id}")
         )
-        labels.append(Label(tx_id, int(t[i]), c, k, int(row.TX_FRAUD), message_id=f"l{tx_id}"))
+        labels.append(
+            handbook_label(tx_id, int(t[i]), c, k, int(row.TX_FRAUD), message_id=f"l{tx_id}")
+        )
     return txs, labels
 
 
@@ -260,9 +263,9 @@ def test_unknown_transaction_and_duplicates_are_dead_lettered() -> None:
     rows = [(1, T0, "1", "1", 10.0, 0), (2, T0 + 60_000_000, "1", "2", 20.0, 1)]
     frame = _frame(rows)
     txs, labels = events_of(frame)
-    ghost = Label("77", T0, "1", "1", 1, message_id="ghost")
-    conflicting = Transaction("1", T0, "5", "9", 11.0, message_id="second")  # reuses id 1
-    contradicting = Label("2", T0, "1", "2", 0, message_id="liar")  # wrong time for tx 2
+    ghost = handbook_label("77", T0, "1", "1", 1, message_id="ghost")
+    conflicting = handbook_tx("1", T0, "5", "9", 11.0, message_id="second")  # reuses id 1
+    contradicting = handbook_label("2", T0, "1", "2", 0, message_id="liar")  # wrong time for tx 2
     events: list[Transaction | Label] = [ghost, *txs, conflicting, *labels, contradicting]
     latest, dead, store, _ = run_stages([events], label_wait_s=0.5, idle_s=5)
     reasons = sorted((d.reason, d.message_id) for d in dead)
@@ -301,10 +304,10 @@ def test_a_restart_replay_of_rejected_messages_is_a_redelivery_in_no_rate() -> N
     rows = [(1, T0, "1", "1", 10.0, 0), (2, T0 + 60_000_000, "1", "2", 20.0, 1)]
     frame = _frame(rows)
     txs, labels = events_of(frame)
-    conflicting = Transaction("1", T0, "5", "9", 11.0, message_id="second")
+    conflicting = handbook_tx("1", T0, "5", "9", 11.0, message_id="second")
     copy = dataclasses.replace(txs[1], message_id="copy", publish_time_us=0)
-    ghost = Label("77", T0, "1", "1", 1, message_id="ghost")
-    liar = Label("2", T0, "1", "2", 0, message_id="liar")  # wrong time for transaction 2
+    ghost = handbook_label("77", T0, "1", "1", 1, message_id="ghost")
+    liar = handbook_label("2", T0, "1", "2", 0, message_id="liar")  # wrong time for transaction 2
     late = dataclasses.replace(
         labels[0], message_id="again", publish_time_us=labels[0].publish_time_us + 1
     )
@@ -335,7 +338,7 @@ def test_a_restart_replay_of_rejected_messages_is_a_redelivery_in_no_rate() -> N
     assert not rates["unknown_label_rate"]  # None: no label rejected in the window
     assert_exact(latest, frame)
     # A new message reusing the id after the restart is a new duplicate, counted.
-    third = Transaction("1", T0, "5", "9", 12.0, message_id="third")
+    third = handbook_tx("1", T0, "5", "9", 12.0, message_id="third")
     _, late, _, _ = run_stages([[third]], store=store)
     assert [(d.message_id, d.redelivered) for d in late] == [("third", False)]
 
@@ -358,8 +361,8 @@ def test_a_retried_work_item_rejects_as_its_failed_attempt_did() -> None:
         dead = [o.value for o in out if getattr(o, "tag", None) == "dead_letter"]
         return [(d.message_id, d.redelivered) for d in dead]
 
-    assert attempt(Transaction("1", T0, "1", "1", 10.0, message_id="first")) == []
-    duplicate = Transaction("1", T0, "5", "9", 11.0, message_id="second")
+    assert attempt(handbook_tx("1", T0, "1", "1", 10.0, message_id="first")) == []
+    duplicate = handbook_tx("1", T0, "5", "9", 11.0, message_id="second")
     committed = harness.cells["fence"].read()
     assert attempt(duplicate) == [("second", False)]  # its commit fails:
     harness.cells["fence"].write(committed)  # the runner keeps the committed state
@@ -374,7 +377,9 @@ def test_waiting_labels_survive_a_restart() -> None:
     rows = [(1, T0, "1", "1", 10.0, 1), (3, T0 + 8 * DAY_US - 3_600_000_000, "1", "1", 30.0, 0)]
     frame = _frame(rows)  # transaction 3's 1-day terminal risk window holds transaction 1
     txs, labels = events_of(frame)
-    ghost = Label("2", T0 + 1000, "1", "1", 0, message_id="l2")  # its transaction never comes
+    ghost = handbook_label(
+        "2", T0 + 1000, "1", "1", 0, message_id="l2"
+    )  # its transaction never comes
     store = InMemoryStore(uuid.uuid4().hex)
     _, dead, _, _ = run_stages([[labels[0], ghost]], label_wait_s=0.5, store=store)
     assert dead == [] and len(store.waiting) == 2

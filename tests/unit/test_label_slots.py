@@ -17,13 +17,14 @@ from pipelines.core.label_slots import (
     resolve,
 )
 from pipelines.core.schema import Label
+from tests.events import handbook_label
 
 TX_ID = "42"
 TX = {"m": "tx-1", "d": "x", "t": 1_000, "c": "c1", "k": "t1", "p": 10}
 
 
 def label(message: str, published: int, *, fraud: int = 1, terminal: str = "t1") -> Label:
-    return Label(TX_ID, 1_000, "c1", terminal, fraud, published, message)
+    return handbook_label(TX_ID, 1_000, "c1", terminal, fraud, published, message)
 
 
 GENUINE = label("g", 500)

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.core.definitions import LABEL_DELAY_DAYS, MODEL_INPUTS, definitions_version
+from pipelines.core.declarations import load_definitions
+from pipelines.core.definitions import LABEL_DELAY_DAYS, MODEL_INPUTS
 
 pytest.importorskip("ydf")
 pytest.importorskip("ydf_tf")
@@ -101,7 +102,14 @@ def test_model_card(exported) -> None:  # type: ignore[no-untyped-def]
     assert card["version"] == "v1"
     assert card["features"] == list(MODEL_INPUTS)
     assert card["framework"] == "ydf-gbt"
-    assert card["feature_definitions_version"] == definitions_version()
+    handbook = load_definitions()
+    assert card["feature_fingerprints"] == handbook.fingerprints(MODEL_INPUTS)
+    assert card["feature_declarations"]["TX_DURING_NIGHT"] == {
+        "kind": "row",
+        "value": None,
+        "when": "hour <= 6",
+    }
+    assert card["definitions"] == {"name": "handbook", "file": "handbook.yaml"}
     assert card["label_delay_days"] == LABEL_DELAY_DAYS
     assert card["offline_metrics"] == {"auc": 0.9, "ap": 0.8, "cp100": 0.3}
     assert card["parent"] is None and card["created_at"]
@@ -162,3 +170,75 @@ def test_evaluate_scores_the_demo_model_on_the_demos_dataset(tiny_frame, tmp_pat
     )
     for key in ("auc", "ap", "cp100"):
         assert result["offline"][key] == pytest.approx(card["validation_metrics"][key], abs=1e-6)
+
+
+def test_a_model_of_a_subset_of_the_features(tmp_path: Path) -> None:
+    """A model trained on 3 of the 15 features, in an order of its own: its card names them
+    in that order; it scores the job's 15-column rows (its columns picked by name) and its own
+    columns, through both signatures, as the in-memory model does; the ratio of two of its
+    inputs is derived, the others (their features absent) are not; and 'rillet evaluate'
+    scores it on a dataset."""
+    import tensorflow as tf
+    import ydf_tf  # noqa: F401
+
+    from models.derived import derived_inputs
+    from models.export import export_model
+    from models.train import TrainConfig, predict, train_model
+    from pipelines.transforms.model_serving import load_version
+
+    inputs = ("CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW", "TX_DURING_NIGHT", "TX_AMOUNT")
+    assert derived_inputs(inputs) == ("AMOUNT_OVER_AVG_30DAY",)
+    model, _ = train_model(_frame(), None, TrainConfig(num_trees=15, max_depth=4), inputs)
+    target = export_model(model, tmp_path, {}, version="v1")
+    card = json.loads((target / "model_card.json").read_text())
+    assert card["features"] == list(inputs)
+    assert list(card["feature_fingerprints"]) == list(inputs)
+    assert set(card["reference"]["inputs"]) == set(inputs)
+
+    test = _frame(200, seed=1)
+    expected = predict(model, test)
+    assert expected.std() > 0.1
+    rows = test[list(MODEL_INPUTS)].to_numpy()
+    served = load_version("v1", str(target / "saved_model"), inputs, "saved_model", None)
+    np.testing.assert_allclose(served.score(rows), expected, atol=1e-6)
+    loaded = tf.saved_model.load(str(target / "saved_model"))
+    own = test[list(inputs)].to_numpy(np.float32)
+    examples = []
+    for row in own:
+        feature = {
+            n: tf.train.Feature(float_list=tf.train.FloatList(value=[float(v)]))
+            for n, v in zip(inputs, row, strict=True)
+        }
+        examples.append(tf.train.Example(features=tf.train.Features(feature=feature)))
+    by_example = loaded.signatures["serving_default"](
+        examples=tf.constant([e.SerializeToString() for e in examples])
+    )
+    np.testing.assert_allclose(by_example["score"].numpy(), expected, atol=1e-6)
+
+
+def test_evaluate_scores_a_subset_model(tiny_frame, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """'rillet evaluate' (offline) on a model of 4 features: scored on its own columns."""
+    from models.evaluation import rows_in
+    from models.export import export_model
+    from models.train import TrainConfig, train_model
+    from pipelines.app.demo import demo_validation
+    from pipelines.app.evaluate import EvaluationConfig, evaluate
+    from pipelines.app.simulator import write_dataset
+    from pipelines.core.training_data import training_features
+
+    inputs = (
+        "TERMINAL_ID_RISK_7DAY_WINDOW",
+        "TX_AMOUNT",
+        "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW",
+        "CUSTOMER_ID_NB_TX_1DAY_WINDOW",
+    )
+    write_dataset(tiny_frame, tmp_path / "data")
+    features = training_features(tiny_frame)
+    train = rows_in(features, ("2018-04-01", "2018-04-07"))
+    model, _ = train_model(train, None, TrainConfig(num_trees=10), inputs)
+    card = demo_validation(model, tiny_frame, features, "2018-04-01", 7)
+    export_model(model, tmp_path / "models", card)
+    result = evaluate(
+        EvaluationConfig(tmp_path / "data", tmp_path / "models", "latest", served=False)
+    )
+    assert result["offline"]["auc"] == pytest.approx(card["validation_metrics"]["auc"], abs=1e-6)

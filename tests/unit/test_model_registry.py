@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipelines.core.definitions import MODEL_INPUTS, definitions_version
+from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.stores.model_registry import (
     DEFAULT_POLICY,
     POINTER_FILE,
@@ -29,17 +29,18 @@ from pipelines.stores.model_registry import (
     decide_promotion,
 )
 from pipelines.transforms.inference import resolve_model
+from tests.cards import card_fields, feature_spec, handbook_variant
 
 
 def make_version(root: Path, version: str, **card: Any) -> Path:
-    """A fake version: a saved_model/ with a file and a model card."""
+    """A fake version: a saved_model/ with a file and a model card (of a model of the
+    handbook's 15 features, unless ``card`` says otherwise)."""
     target = root / version
     (target / "saved_model").mkdir(parents=True)
     (target / "saved_model" / "saved_model.pb").write_bytes(b"fake")
     full = {
         "version": version,
-        "features": list(MODEL_INPUTS),
-        "feature_definitions_version": definitions_version(),
+        **card_fields(MODEL_INPUTS),
         "training_range": ["2018-04-01", "2018-04-07"],
         **card,
     }
@@ -210,19 +211,72 @@ def test_incomplete_versions_are_refused(models: Path) -> None:
 def test_check_features_and_definitions(models: Path) -> None:
     registry = ModelRegistry(str(models))
     # (versions named a*: older than v1..v3, never the implicit champion)
-    registry.check("v1", MODEL_INPUTS)
-    registry.check("v1", (*MODEL_INPUTS, "EXTRA"))  # a subset of what the job computes is fine
-    with pytest.raises(RegistryError, match=r"needs feature.s. TX_AMOUNT that the job does not"):
+    registry.check("v1")
+    registry.check("v1", (*MODEL_INPUTS, "EXTRA"))  # the job may compute more than it uses
+    with pytest.raises(RegistryError, match=r"TX_AMOUNT: declared, but the job does not compute"):
         registry.check("v1", MODEL_INPUTS[1:])
-    make_version(models, "a4", feature_definitions_version="000000000000")
-    with pytest.raises(RegistryError, match="trained on feature definitions 000000000000"):
-        registry.challenge("a4")
-    make_version(models, "a5", features=["NEW_FEATURE"])
-    with pytest.raises(RegistryError, match=r"needs feature.s. NEW_FEATURE"):
+
+    # A model trained with a file that declares one more feature: not in the handbook's.
+    def add_feature(data: dict[str, Any]) -> None:
+        data["features"].append(
+            {"name": "NEW_FEATURE", "entity": "customer", "op": "count", "window": "1h"}
+        )
+
+    wider = handbook_variant(add_feature)
+    make_version(models, "a5", **card_fields(["TX_AMOUNT", "NEW_FEATURE"], wider))
+    with pytest.raises(RegistryError, match=r"'a5' cannot be served .*: NEW_FEATURE: not declared"):
         registry.promote("a5")
-    make_version(models, "a6", feature_definitions_version=None)
-    registry.check("a6")  # cards from before the fingerprint pass
-    assert len(definitions_version()) == 12
+    ModelRegistry(str(models), definitions=wider).check("a5")
+    # Cards from before per-input fingerprints are refused, with what to do.
+    make_version(models, "a6", feature_fingerprints=None, feature_definitions_version="0" * 12)
+    with pytest.raises(RegistryError, match=r"no fingerprint per input .* retrain it"):
+        registry.challenge("a6")
+
+
+def _window(name: str, window: str) -> Any:
+    def change(data: dict[str, Any]) -> None:
+        feature_spec(data, name)["window"] = window
+
+    return change
+
+
+def test_a_model_is_checked_per_input(models: Path) -> None:
+    """Adding a feature keeps a card valid; changing a used feature refuses it, naming the
+    input and what differs; changing a feature it does not use does not."""
+    subset = ["CUSTOMER_ID_NB_TX_1DAY_WINDOW", "TX_AMOUNT"]  # its own order, not the file's
+    make_version(models, "a1", **card_fields(subset))
+
+    def add(data: dict[str, Any]) -> None:
+        data["features"].insert(
+            3, {"name": "CARD_NB_TX_10MIN", "entity": "customer", "op": "count", "window": "10m"}
+        )
+
+    added = handbook_variant(add)
+    for version in ("a1", "v1"):
+        ModelRegistry(str(models), definitions=added).check(version)
+    unused = handbook_variant(_window("CUSTOMER_ID_NB_TX_7DAY_WINDOW", "6d"))
+    ModelRegistry(str(models), definitions=unused).check("a1")
+    with pytest.raises(RegistryError, match=r"7DAY_WINDOW: declared differently \(window 7d -> 6d"):
+        ModelRegistry(str(models), definitions=unused).check("v1")  # the full model uses it
+    changed = handbook_variant(_window("CUSTOMER_ID_NB_TX_1DAY_WINDOW", "2d"))
+    with pytest.raises(RegistryError) as refused:
+        ModelRegistry(str(models), definitions=changed).check("a1")
+    assert str(refused.value) == (
+        "model version 'a1' cannot be served with the definitions 'handbook' (variant.yaml): "
+        "CUSTOMER_ID_NB_TX_1DAY_WINDOW: declared differently (window 1d -> 2d)"
+    )
+
+    # A missing input is named, with every other problem of the same card.
+    def drop_amount(data: dict[str, Any]) -> None:
+        data["features"] = [f for f in data["features"] if f["name"] != "TX_AMOUNT"]
+        feature_spec(data, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")["window"] = "2d"
+
+    with pytest.raises(RegistryError) as refused:
+        ModelRegistry(str(models), definitions=handbook_variant(drop_amount)).check("a1")
+    assert str(refused.value).endswith(
+        ": CUSTOMER_ID_NB_TX_1DAY_WINDOW: declared differently (window 1d -> 2d); "
+        "TX_AMOUNT: not declared in the definitions"
+    )
 
 
 def test_card(models: Path) -> None:
@@ -675,3 +729,21 @@ def test_daily_metrics_reads_the_versions_rows_sorted() -> None:
         "ap": 0.5,
         "cp100": 0.1,
     }
+
+
+def test_serving_features_are_the_union_of_the_champions_and_challengers_inputs(
+    models: Path,
+) -> None:
+    make_version(models, "a1", **card_fields(["CUSTOMER_ID_NB_TX_1DAY_WINDOW", "TX_AMOUNT"]))
+    make_version(models, "a2", **card_fields(["TERMINAL_ID_RISK_1DAY_WINDOW", "TX_AMOUNT"]))
+    registry = ModelRegistry(str(models))
+    registry.promote("a1")
+    assert registry.serving_features() == ("TX_AMOUNT", "CUSTOMER_ID_NB_TX_1DAY_WINDOW")
+    registry.challenge("a2")
+    assert registry.serving_features() == (
+        "TX_AMOUNT",
+        "CUSTOMER_ID_NB_TX_1DAY_WINDOW",
+        "TERMINAL_ID_RISK_1DAY_WINDOW",
+    )
+    registry.challenge("v1")
+    assert registry.serving_features() == MODEL_INPUTS

@@ -18,11 +18,12 @@ import pytest
 
 from pipelines.core.batches import FeatureBatch
 from pipelines.core.definitions import MODEL_INPUTS
-from pipelines.core.schema import Transaction
-from pipelines.stores.model_registry import ModelRegistry
+from pipelines.stores.model_registry import ModelRegistry, RegistryError
 from pipelines.transforms import inference
 from pipelines.transforms.inference import RegistryModelHandler, ServingConfig
 from pipelines.transforms.model_serving import Assignment, LoadedVersion, ServingModels
+from tests.cards import card_fields, feature_spec, write_variant
+from tests.events import handbook_tx
 from tests.unit.test_model_registry import make_version
 
 VALUES = {"v1": 0.1, "v2": 0.2, "v3": 0.3}
@@ -107,7 +108,7 @@ def test_a_version_picks_its_own_columns_and_refuses_inputs_the_job_lacks() -> N
 
 
 def _batch(n: int) -> FeatureBatch:
-    txs = [Transaction(str(i), 1_522_540_800_000_000 + i, "C1", "T1", 10.0) for i in range(n)]
+    txs = [handbook_tx(str(i), 1_522_540_800_000_000 + i, "C1", "T1", 10.0) for i in range(n)]
     return FeatureBatch(txs, np.zeros((n, len(MODEL_INPUTS))), revision=1)
 
 
@@ -401,3 +402,40 @@ def test_the_pairs_scored_are_reported_as_a_metric_that_rillet_run_reads() -> No
     assert len(lines) == 1
     assert lines[0].endswith("champion v1 -> v2 (promoted), challenger v2 -> none")
     assert status.served[1].since >= status.served[0].since > 0
+
+
+def test_the_job_serves_what_its_definitions_declare_and_it_computes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model of two features served by a job computing only those (its rows laid out as the
+    job's, the model's columns picked by name); the same model refused by definitions that
+    changed one of them; a promotion to a model needing more than the job computes refused
+    at the swap, the serving pair kept."""
+
+    def load_version(version: str, path: str, features: Any, *args: Any) -> LoadedVersion:
+        layout = args[-1]
+        return LoadedVersion(version, tuple(features), lambda x: x[:, 0].astype(float), layout)
+
+    monkeypatch.setattr(inference, "load_version", load_version)
+    root = tmp_path / "models"
+    subset = ["CUSTOMER_ID_NB_TX_1DAY_WINDOW", "TX_AMOUNT"]
+    make_version(root, "a1", **card_fields(subset))
+    make_version(root, "v1")
+    ModelRegistry(str(root)).promote("a1")
+    computed = ("TX_AMOUNT", "CUSTOMER_ID_NB_TX_1DAY_WINDOW")  # the file's order
+    models = inference.serving_models(ServingConfig(str(root), poll_s=0, computed=computed))
+    champion = models.current().champion
+    assert champion.version == "a1" and champion.layout == computed
+    assert champion.score(np.array([[10.0, 3.0]])).tolist() == [3.0]  # its first input
+
+    def longer(data: dict[str, Any]) -> None:
+        feature_spec(data, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")["window"] = "2d"
+
+    changed = str(write_variant(tmp_path / "changed.yaml", longer))
+    with pytest.raises(RegistryError, match=r"'a1' cannot be served .*changed.yaml.*1d -> 2d"):
+        inference.serving_models(ServingConfig(str(root), "a1", definitions=changed))
+
+    ModelRegistry(str(root)).promote("v1")
+    assert not models.refresh()
+    assert models.current().champion.version == "a1"
+    assert "TX_DURING_WEEKEND: declared, but the job does not compute it" in models.failures[-1]

@@ -82,7 +82,8 @@ def test_show_is_a_summary_and_json_the_whole_card(models: Path) -> None:
     assert "AUC 0.8200, AP 0.5200, CP@100 0.2000 on 2 validation weeks" in out
     assert field(out, "training") == "2018-04-01..2018-04-07"
     assert field(out, "config") == "max_depth=4, num_trees=100"
-    assert field(out, "features").startswith("15 model inputs (feature definitions ")
+    assert field(out, "features") == "15 model inputs declared in handbook (handbook.yaml)"
+    assert field(out, "serves") == "yes, with handbook: every input declared the same"
     assert "edges" not in out and f"{d}/v3/model_card.json (--json prints all of it)" in out
     assert rillet("models", "show", "latest", "--model-dir", d).output == out
     assert "v2 (challenger)" in rillet("models", "show", "challenger", "--model-dir", d).output
@@ -195,3 +196,21 @@ def test_a_change_that_loses_a_race_is_one_line_and_exit_1(
     assert out.out == ""
     pointer = ModelRegistry(d).pointer()
     assert pointer.generation == 3 and pointer.history[-1]["by"] == "someone else"
+
+
+def test_list_and_show_name_what_the_definitions_cannot_serve(models: Path) -> None:
+    """A card from before per-input fingerprints: listed with the reason, and 'show' says it
+    does not serve and what to do."""
+    d = str(models)
+    path = models / "v1" / "model_card.json"
+    card = json.loads(path.read_text())
+    del card["feature_fingerprints"]
+    path.write_text(json.dumps(card))
+    listed = rillet("models", "list", "--model-dir", d).output
+    assert "v1: model version 'v1' cannot be served with the definitions 'handbook'" in listed
+    assert "retrain it" in listed and "v2: " not in listed
+    shown = rillet("models", "show", "v1", "--model-dir", d).output
+    assert field(shown, "serves").startswith("no, with handbook: its model card records no")
+    assert field(shown, "features").endswith(
+        "(no fingerprint per input: a card from before definitions files)"
+    )

@@ -31,14 +31,15 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.testing.test_stream import TestStream
 
 from pipelines.core.batches import FeatureBatch
-from pipelines.core.definitions import MODEL_INPUTS, definitions_version
+from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
-from pipelines.core.schema import Transaction
 from pipelines.core.thresholds import load_thresholds
 from pipelines.stores.model_registry import ModelRegistry
 from pipelines.transforms import monitoring
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.online_eval import DayFigures
+from tests.cards import card_fields
+from tests.events import handbook_tx
 
 THRESHOLDS = load_thresholds()
 WINDOW_S = THRESHOLDS.service_health.window_s
@@ -84,8 +85,7 @@ def registry(tmp_path: Path) -> Path:
         (tmp_path / version / "saved_model" / "saved_model.pb").write_bytes(b"-")
         card = {
             "version": version,
-            "features": list(MODEL_INPUTS),
-            "feature_definitions_version": definitions_version(),
+            **card_fields(MODEL_INPUTS),
             "offline_metrics": VALIDATION,
         }
         (tmp_path / version / "model_card.json").write_text(json.dumps(card))
@@ -172,7 +172,7 @@ def window(latencies_ms: Sequence[float] = (), dead_letters: int = 0) -> tuple[s
     predicted_at = 1_800_000_000_000_000
     if latencies_ms:
         txs = [
-            Transaction(f"t{i}", 0, "c", "k", 1.0, publish_time_us=predicted_at - int(ms * 1000))
+            handbook_tx(f"t{i}", 0, "c", "k", 1.0, publish_time_us=predicted_at - int(ms * 1000))
             for i, ms in enumerate(latencies_ms)
         ]
         batch = FeatureBatch(txs, np.zeros((len(txs), len(MODEL_INPUTS))), revision=1)

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pipelines.core.alerts import Alert, Streaks
 from pipelines.core.drift import DriftWindows, bin_counts, jensen_shannon, psi
 from pipelines.core.thresholds import load_thresholds, packaged_thresholds_path
+from tests.events import handbook_tx
 
 UNIFORM = [100] * 10
 
@@ -242,7 +243,6 @@ def test_a_percentile_is_never_above_the_max() -> None:
 def test_prediction_batches_are_binned_per_version_feature_and_bucket(tmp_path) -> None:
     from pipelines.core.batches import FeatureBatch
     from pipelines.core.definitions import MODEL_INPUTS
-    from pipelines.core.schema import Transaction
     from pipelines.transforms.inference import PredictionBatch
     from pipelines.transforms.monitoring import SCORE, _BinInputs
 
@@ -260,7 +260,7 @@ def test_prediction_batches_are_binned_per_version_feature_and_bucket(tmp_path) 
     fn.setup()
     fn._refs = Refs()  # type: ignore[assignment]
     txs = [
-        Transaction(f"t{i}", (3600 * 10 + i * 1000) * 1_000_000, "c", "t", 1.0) for i in range(3)
+        handbook_tx(f"t{i}", (3600 * 10 + i * 1000) * 1_000_000, "c", "t", 1.0) for i in range(3)
     ]
     features = np.zeros((3, len(MODEL_INPUTS)))
     features[:, MODEL_INPUTS.index("TX_AMOUNT")] = [0.2, 0.7, 0.9]

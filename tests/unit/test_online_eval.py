@@ -32,6 +32,7 @@ from pipelines.transforms.online_eval import (
     label_day,
     scored_from,
 )
+from tests.events import handbook_label
 from tests.unit.dofn_state import Harness
 
 DAY_US_0 = 1_533_686_400_000_000  # 2018-08-08 00:00 UTC
@@ -53,7 +54,9 @@ def due(offset_us: int = 0) -> int:
 
 
 def test_a_label_counts_for_the_champion_and_for_the_challenger_that_shadowed_it() -> None:
-    label = Label("t1", DAY_US_0 + 5, "C1", "T1", 1)
+    label = online_eval._pending(
+        handbook_label("t1", DAY_US_0 + 5, "C1", "T1", 1), online_eval.card_entity()
+    )
     alone = {"model_version": "v1", "score": 0.4, "challenger_version": None}
     assert scored_from(label, alone) == [
         Scored("v1", DAY, "t1", "C1", 1, 0.4, online_eval.CHAMPION)
@@ -211,14 +214,14 @@ class FakeLookup:
 
 
 def label(i: int, event_us: int) -> Label:
-    return Label(f"t{i}", event_us, f"C{i}", "T1", i % 2)
+    return handbook_label(f"t{i}", event_us, f"C{i}", "T1", i % 2)
 
 
 def test_lookups_tick_each_complete_day_once_for_the_versions_they_saw(monkeypatch) -> None:
     fake = FakeLookup(missing={"t0"})
     monkeypatch.setattr(online_eval, "lookup_raw", fake.lookup_raw)
     monkeypatch.setattr(online_eval, "served_scores", fake.served_scores)
-    fn = online_eval._LookupServed("p", "Prediction", None, 0, MARGIN_S)
+    fn = online_eval._LookupServed("p", "Prediction", None, 0, MARGIN_S, online_eval.card_entity())
     out = list(
         fn.process(
             [
@@ -250,7 +253,9 @@ def test_a_backlog_batch_spanning_days_keeps_its_earliest_day(clock, monkeypatch
     fake = FakeLookup()
     monkeypatch.setattr(online_eval, "lookup_raw", fake.lookup_raw)
     monkeypatch.setattr(online_eval, "served_scores", fake.served_scores)
-    lookup = online_eval._LookupServed("p", "Prediction", None, 0, MARGIN_S)
+    lookup = online_eval._LookupServed(
+        "p", "Prediction", None, 0, MARGIN_S, online_eval.card_entity()
+    )
     batch = [label(i, DAY_US_0 + i * 3_600_000_000) for i in range(5)]
     batch += [label(100 + i, DAY_US_0 + 3 * DAY_US + i) for i in range(3)]
     h = day_quality()
@@ -271,7 +276,9 @@ def test_a_label_without_its_prediction_waits_on_the_keyed_stages_key(monkeypatc
     fake = FakeLookup(missing={"t7"})
     monkeypatch.setattr(online_eval, "lookup_raw", fake.lookup_raw)
     monkeypatch.setattr(online_eval, "served_scores", fake.served_scores)
-    fn = online_eval._LookupServed("p", "Prediction", None, buckets, MARGIN_S)
+    fn = online_eval._LookupServed(
+        "p", "Prediction", None, buckets, MARGIN_S, online_eval.card_entity()
+    )
     (waiting,) = [
         o for o in fn.process([label(7, DAY_US_0)]) if isinstance(o, beam.pvalue.TaggedOutput)
     ]

@@ -342,3 +342,38 @@ def test_the_command_passes_the_grid_and_the_window(
     assert result.exit_code == 0, result.output
     assert tuple(seen[0].grid or ()) == tuple(grid)
     assert seen[0].train_days is None  # the longest that fits, decided on the history
+
+
+def test_retrain_a_model_of_some_features(tmp_path: Path) -> None:
+    """--inputs: the challenger and its holdout fit use only those features, in that order (the
+    card says so); a champion from before per-input fingerprints is not compared, and the
+    result says why."""
+    from pipelines.app.simulator import PRESETS, simulate
+    from pipelines.core.training_data import training_features
+
+    frame = simulate(PRESETS["tiny"])
+    table = training_features(frame).assign(CUSTOMER_ID=frame["CUSTOMER_ID"].to_numpy())
+    (tmp_path / "features").mkdir()
+    table.to_parquet(tmp_path / "features" / "part-0.parquet")
+    old = tmp_path / "old" / "v0"
+    (old / "saved_model").mkdir(parents=True)
+    (old / "saved_model" / "saved_model.pb").write_bytes(b"fake")
+    (old / "model_card.json").write_text(json.dumps({"version": "v0", "features": ["TX_AMOUNT"]}))
+    inputs = ("TERMINAL_ID_RISK_7DAY_WINDOW", "TX_AMOUNT", "CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW")
+    out = retrain(
+        RetrainConfig(
+            history=str(tmp_path),
+            model_dir=str(tmp_path / "models"),
+            champion=str(old),
+            train_days=7,
+            eval_days=3,
+            grid=QUICK_GRID[:1],
+            inputs=inputs,
+        )
+    )
+    card = json.loads(Path(out["version_dir"], "model_card.json").read_text())
+    assert card["features"] == list(inputs) and list(card["feature_fingerprints"]) == list(inputs)
+    evaluation = out["evaluation"]
+    assert 0.5 < evaluation["challenger"]["auc"] <= 1.0
+    assert evaluation["champion"] is None and evaluation["champion_version"] == "v0"
+    assert "no fingerprint per input" in evaluation["champion_refused"]

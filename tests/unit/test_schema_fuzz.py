@@ -45,6 +45,7 @@ from pipelines.core.schema import (
     parse_rfc3339,
     parse_transaction,
 )
+from tests.events import handbook_label, handbook_tx
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -194,13 +195,13 @@ def expected_event(kind: str, obj: dict[str, Any], publish_time_us: int) -> Tran
     assert micros is not None
     common = {name: obj[name] for name in ID_FIELDS}
     if kind == "transaction":
-        return Transaction(
+        return handbook_tx(
             event_time_us=micros,
             amount=float(obj["amount"]),
             publish_time_us=publish_time_us,
             **common,
         )
-    return Label(
+    return handbook_label(
         event_time_us=micros, is_fraud=obj["is_fraud"], publish_time_us=publish_time_us, **common
     )
 
@@ -650,8 +651,21 @@ def test_reason_set_is_closed() -> None:
         and node.func.id == "InvalidEvent"
         and not (node.args and isinstance(node.args[0], ast.Constant))
     ]
-    assert not dynamic, "every InvalidEvent reason must be a literal"
-    assert raised == REASONS
+    # The literal reasons, and invalid_<field> for the declared fields (the handbook's amount).
+    assert all(
+        isinstance(node.args[0], ast.Name) and node.args[0].id == "reason" for node in dynamic
+    ), "a reason is a literal or reason = field_reason(<declared field>)"
+    sources = [
+        ast.unparse(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "reason"
+    ]
+    assert sources and all(src == "field_reason(f.name)" for src in sources)
+    assert raised | {schema.field_reason("amount")} == REASONS
+    parsers = [
+        schema.EventParser(s) for s in (schema._default_stream(False), schema._default_stream(True))
+    ]
+    assert parsers[0].reasons | parsers[1].reasons == REASONS
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pipelines.core.batches import FeatureBatch
 from pipelines.core.cells import BUCKET_US, Summary, TxCell
 from pipelines.core.definitions import MODEL_INPUTS, TERMINAL
 from pipelines.core.messages import DeadLetter
-from pipelines.core.schema import _ID_RE, Transaction
+from pipelines.core.schema import _ID_RE
 from pipelines.stores import bigtable
 from pipelines.transforms import entity_windows, id_index
 from pipelines.transforms.inference import PredictionBatch
@@ -25,6 +25,7 @@ from pipelines.transforms.sinks import (
     _to_message,
     prediction_records,
 )
+from tests.events import handbook_tx
 
 SPECS = Path(__file__).resolve().parents[2] / "docs" / "specs"
 
@@ -104,7 +105,7 @@ def test_summary_round_trips_in_the_specified_layout() -> None:
 
 
 def _record() -> dict[str, Any]:
-    tx = Transaction("42", 1_522_540_800_000_000, "C1", "T1", 10.0, 1_522_540_801_000_000, "m1")
+    tx = handbook_tx("42", 1_522_540_800_000_000, "C1", "T1", 10.0, 1_522_540_801_000_000, "m1")
     batch = FeatureBatch([tx], np.zeros((1, len(MODEL_INPUTS))), revision=7)
     return prediction_records(PredictionBatch(batch, np.array([0.7]), "v1", 1), RiskBands())[0]
 
@@ -335,3 +336,81 @@ def test_messages_spec_names_the_local_project_resources_and_variables() -> None
     for subscription, topic in topology.subscriptions().items():
         assert {subscription, topic} <= names
     assert set(emulator_env(DEFAULT_PORTS)) <= names
+
+
+def _section(text: str, heading: str) -> str:
+    """The text under ``heading`` (a whole heading line) up to the next heading of any level."""
+    body = text.split(f"\n{heading}\n", 1)[1]
+    return re.split(r"\n#{1,6} ", body, maxsplit=1)[0]
+
+
+def _first_column(section: str) -> set[str]:
+    return {n for row in _table_rows(section) for n in backticked(row[0])}
+
+
+def _accepted_keys(place: Any) -> set[str]:
+    """The keys the loader accepts at one place of a definitions file, as its own error lists
+    them: the handbook's file with an unknown key ``bogus`` put there by ``place``."""
+    import pytest
+    import yaml
+
+    from pipelines.core.declarations import (
+        DEFAULT_DEFINITIONS,
+        DefinitionsError,
+        parse_definitions,
+    )
+
+    data = yaml.safe_load(DEFAULT_DEFINITIONS.read_text())
+    place(data)
+    with pytest.raises(DefinitionsError) as refused:
+        parse_definitions(data)
+    (line,) = [e for e in refused.value.errors if "unknown key(s) bogus (expected: " in e]
+    return set(line.split("(expected: ", 1)[1].rstrip(")").split(", "))
+
+
+def test_definitions_spec_documents_every_key_the_loader_accepts() -> None:
+    """definitions.md's key tables are exactly the keys the loader accepts, at every level."""
+    text = spec("definitions.md")
+
+    def derived(data: dict[str, Any]) -> None:
+        data["features"].append({"name": "D", "ratio": ["TX_AMOUNT", "TX_AMOUNT"], "bogus": 1})
+
+    places = {
+        "## The file": lambda d: d.update(bogus=1),
+        "## `events`": lambda d: d["events"].update(bogus=1),
+        "## `labels`": lambda d: d["labels"].update(bogus=1),
+        "## Fields": lambda d: d["events"]["fields"]["amount"].update(bogus=1),
+        "## `entities`": lambda d: d["entities"]["customer"].update(bogus=1),
+        "### Row features": lambda d: d["features"][0].update(bogus=1),
+        "### Window features": lambda d: d["features"][3].update(bogus=1),
+        "### Derived inputs": derived,
+    }
+    for heading, place in places.items():
+        assert _first_column(_section(text, heading)) == _accepted_keys(place), heading
+
+
+def test_definitions_spec_documents_every_operation_type_unit_and_time_part() -> None:
+    """Every operation of OPERATIONS has its row (with the field it takes) and its section;
+    every field type, duration unit and time part of a filter is documented."""
+    from pipelines.core.declarations import _UNIT_US, FIELD_TYPES, OPERATIONS
+    from pipelines.core.predicates import TIME_PARTS
+
+    text = spec("definitions.md")
+    operations = _section(text, "## Operations")
+    takes = {None: "none", "number": "numeric", "any": "any"}
+    rows = {row[0].strip("`"): row[1] for row in _table_rows(operations)}
+    assert rows == {op: takes[field] for op, field in OPERATIONS.items()}
+    body = text.split("\n## Operations\n", 1)[1].split("\n## ", 1)[0]
+    assert set(re.findall(r"^### `(\w+)`$", body, re.M)) == set(OPERATIONS)
+    assert _first_column(_section(text, "### Field types")) == set(FIELD_TYPES)
+    assert set(_UNIT_US) <= backticked(_section(text, "## Durations"))
+    assert set(TIME_PARTS) <= backticked(_section(text, "## Filters"))
+
+
+def test_registry_spec_lists_the_cards_input_fields() -> None:
+    from pipelines.core.declarations import load_definitions
+    from pipelines.core.model_inputs import CARD_FIELDS, card_inputs
+
+    table = _section(spec("registry.md"), "## The model card")
+    written = card_inputs(load_definitions(), ["TX_AMOUNT"])
+    assert _first_column(table) == set(CARD_FIELDS) == set(written)

@@ -12,7 +12,6 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.app.publisher import malformed_examples
 from pipelines.core.definitions import MODEL_INPUTS
-from pipelines.core.schema import Transaction
 from pipelines.transforms.features import FeatureBatch
 from pipelines.transforms.inference import (
     Predict,
@@ -21,11 +20,12 @@ from pipelines.transforms.inference import (
     resolve_model,
 )
 from pipelines.transforms.parse import ParseEvents
+from tests.events import handbook_tx
 
 # The BundleBasedDirectRunner is what runs the streaming job locally; it needs no download.
 OPTIONS = PipelineOptions(["--runner=BundleBasedDirectRunner"])
 
-GOOD = Transaction("t-1", 1_522_663_200_000_000, "7", "9", 12.5)
+GOOD = handbook_tx("t-1", 1_522_663_200_000_000, "7", "9", 12.5)
 
 
 def test_parse_events_splits_valid_and_dead_letters() -> None:
@@ -100,7 +100,7 @@ def test_a_batch_whose_inference_raises_becomes_one_dead_letter_per_transaction(
 
     write_linear_version(tmp_path, "v1", np.full(len(MODEL_INPUTS), 0.01), check_finite=True)
     txs = [
-        Transaction(f"t-{i}", GOOD.event_time_us + i, "7", "9", 10.0 + i, message_id=f"m-{i}")
+        handbook_tx(f"t-{i}", GOOD.event_time_us + i, "7", "9", 10.0 + i, message_id=f"m-{i}")
         for i in range(3)
     ]
     rows = np.ones((3, len(MODEL_INPUTS)))
