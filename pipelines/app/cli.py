@@ -442,6 +442,14 @@ def backfill(
     typer.echo(json.dumps(manifest))
 
 
+def _definitions_of(path: Path | None, data: Path | None) -> Any:
+    """--definitions, else the file of the data's workload (a dataset names it), else the
+    handbook's."""
+    if path is not None:
+        return definitions_for(path)
+    return definitions_for(workload=workload_of(data) if data is not None else "handbook")
+
+
 @app.command()
 def train(
     features: Annotated[
@@ -476,6 +484,7 @@ def train(
         ),
     ] = None,
     inputs: InputsOption = None,
+    definitions: DefinitionsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Train on a date range of the backfill table and export a versioned SavedModel + card,
@@ -488,7 +497,8 @@ def train(
     from models.selection import GRID, QUICK_GRID, select_and_train
     from pipelines.app.features import load_features
 
-    features = features or latest_dataset(state_dir)
+    defs = _definitions_of(definitions, features)
+    features = features or latest_dataset(state_dir, defs.name)
     fix = "pass the features directory that 'rillet backfill --output OUT' wrote: OUT/features"
     if (features / "manifest.json").exists() and (features / "features").is_dir():
         raise UserError(
@@ -497,18 +507,16 @@ def train(
         )
     if not any(features.glob("*.parquet")):
         raise UserError(f"--features {features} holds no .parquet file", fix)
-    from pipelines.core.declarations import load_definitions
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    definitions = load_definitions()
-    model_inputs = chosen_inputs(inputs, definitions)
-    registry = ModelRegistry(model_dir, definitions=definitions)
+    model_inputs = chosen_inputs(inputs, defs)
+    registry = ModelRegistry(model_dir, definitions=defs)
     try:
         # The role is decided before the new version exists (it would be the implicit champion).
         role = register or ("challenger" if registry.pointer().champion else "champion")
     except RegistryError as exc:
         raise UserError(str(exc)) from exc
-    table = load_features(features)
+    table = load_features(features, defs)
     if table.empty:
         raise UserError(f"--features {features} has no rows", fix)
     try:
@@ -523,7 +531,7 @@ def train(
             grid,
             validate=True,
             inputs=model_inputs,
-            definitions=definitions,
+            definitions=defs,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -630,7 +638,7 @@ def retrain(
     from pipelines.core.declarations import load_definitions
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    definitions = load_definitions()
+    definitions = load_definitions()  # retrain's history is the handbook's (issue 23: next)
     model_inputs = chosen_inputs(inputs, definitions)
     registry = ModelRegistry(model_dir, definitions=definitions)
     try:
@@ -765,6 +773,7 @@ def evaluate(
             parser=parse(OutputDir("a directory for the prediction logs")),
         ),
     ] = None,
+    definitions: DefinitionsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Score the test week once: AUC, AP, Card Precision@100 offline (backfill table) and as
@@ -775,10 +784,11 @@ def evaluate(
 
     if served and project == "rillet-local":
         use_local_stack(state_dir)
+    defs = _definitions_of(definitions, features)
     try:
         result = run_evaluation(
             EvaluationConfig(
-                feature_table=features or latest_dataset(state_dir),
+                feature_table=features or latest_dataset(state_dir, defs.name),
                 model_dir=Path(model_dir),
                 model_version=model_version,
                 served=served,
@@ -787,6 +797,7 @@ def evaluate(
                 namespace=datastore_namespace or None,
                 report_dir=report or state_dir / "report",
                 prediction_logs=prediction_logs,
+                definitions=defs,
             )
         )
     except (ValueError, FileNotFoundError) as exc:
