@@ -333,8 +333,7 @@ def prediction(tx_id: str, revision: int, correction: bool = False) -> dict[str,
     """A prediction record as the sink receives it (pipelines.transforms.sinks)."""
     return {
         "transaction_id": tx_id,
-        "customer_id": "oc1",
-        "terminal_id": "ot1",
+        "entity_keys": {"customer_id": "oc1", "terminal_id": "ot1"},
         "event_time_us": BASE_US,
         "publish_time_us": BASE_US,
         "processing_time_us": BASE_US + 1000,
