@@ -420,7 +420,7 @@ def state_writes(
     stamp = end_us // 1000 * 1000
     for entity_id, cells_of in per_entity.items():
         total = sum(len(c.tx) + len(c.labels) for c in cells_of.values())
-        writes.heads.append((entity, entity_id, EntityHead(NO_STREAM_WRITE, total), stamp))
+        writes.heads.append((layout.entity, entity_id, EntityHead(NO_STREAM_WRITE, total), stamp))
         if total <= SPARSE_CELLS:
             archived = BucketCells()
             for b, c in cells_of.items():
@@ -436,7 +436,7 @@ def state_writes(
         latest_rows["entity"], latest_rows["time"], latest_rows["index"], strict=True
     ):
         values = dict(zip(names, map(float, matrix[i]), strict=True))
-        writes.features.append((entity, str(entity_id), int(t), values))
+        writes.features.append((layout.entity, str(entity_id), int(t), values))
     return writes
 
 
