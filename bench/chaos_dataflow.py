@@ -648,7 +648,7 @@ def check(
         body = json.loads(m.data)
         entity = cells.terminals.get(body["terminal_id"])
         cell = entity.labels.get(m.transaction_id) if entity is not None else None
-        if cell is None or int(cell.is_fraud) != int(body["is_fraud"]):
+        if cell is None or int(cell.value) != int(body["is_fraud"]):
             uncounted.append(m.transaction_id)
     slots = {}
     for tx_id in uncounted[:5]:
