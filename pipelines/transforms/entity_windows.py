@@ -163,6 +163,10 @@ class EntityWindowsFn(KeyedStageFn):
         self.layout = Layout.of(definitions, self.entity)
         self._features = definitions.window_features(self.entity)
         self.labels = any(f.needs_labels for f in self._features)
+        # Every stage with label features gets every label: the first of them counts them.
+        self._counts_labels = self.labels and not any(
+            f.needs_labels for e in entities[:position] for f in definitions.window_features(e)
+        )
         # What the parts reaching this stage carry: the stages before, in turn.
         self._carried = tuple(
             f for e in entities[:position] for f in definitions.window_features(e)
@@ -288,9 +292,7 @@ class EntityWindowsFn(KeyedStageFn):
                 carried.append(_carried(cell))
                 corrections.append(True)
         own = _features_of(states, queries, self._features)
-        revisions = np.array(
-            [self.revision_of(work[i].key) for i, _ in queries], dtype=np.int64
-        ).reshape(len(queries))
+        revisions = np.array([self.revision_of(work[i].key) for i, _ in queries], dtype=np.int64)
         # The batch's own transactions were stored above; the corrected ones get their revision.
         for i in range(n, len(queries)):
             entity_id, tx = queries[i]
@@ -316,8 +318,9 @@ class EntityWindowsFn(KeyedStageFn):
         self._corrections.inc(len(queries) - n)
         out: list[Any] = self._dead_letters(work, rejected, "the feature store refused the write")
         keep = [entity_id not in rejected for entity_id, _ in queries]
-        if self.last:
+        if self._counts_labels:
             self._labels_written.inc(len(labels))
+        if self.last:
             out += self._batches_of(queries, carried, own, revisions, corrections, keep)
             return out
         for i, (_, tx) in enumerate(queries):
