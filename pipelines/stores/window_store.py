@@ -34,7 +34,18 @@ from typing import Any, NamedTuple, Protocol
 
 from pipelines.core.cells import NO_STREAM_WRITE
 from pipelines.core.declarations import Entity
-from pipelines.core.window_cells import Aggregates, Cell, LabelCell, Layout
+from pipelines.core.window_cells import (
+    Aggregates,
+    Cell,
+    LabelCell,
+    Layout,
+    decode_aggregates,
+    decode_cell,
+    decode_label,
+    encode_aggregates,
+    encode_cell,
+    encode_label,
+)
 
 __all__ = [
     "NO_STREAM_WRITE",
@@ -198,7 +209,9 @@ def _newer(stored: _Versioned | None, timestamp: int) -> bool:
 
 class InMemoryStore:
     """A WindowStore in a dict, for unit tests of the stages' logic (no emulator). It keeps
-    Bigtable's rule that a cell's newest version wins, whatever the order of the writes.
+    Bigtable's rule that a cell's newest version wins, whatever the order of the writes, and
+    holds cells and summaries encoded as Bigtable does (pipelines/core/window_cells.py), so a
+    reader whose definitions changed decodes them by name, as it would from Bigtable.
 
     Stores are registered by name in the process: a pipeline's DoFns are pickled, and each
     unpickled copy must reach the same store (``__reduce__``)."""
@@ -206,12 +219,14 @@ class InMemoryStore:
     def __init__(self, name: str = "default") -> None:
         self.name = name
         _IN_MEMORY[name] = self
-        # (entity name, entity id, bucket) -> {"tx": {id: versioned}, "label": ..., "summary": v}
+        # (entity name, entity id, bucket) -> {"tx": {id: versioned bytes}, "label": ...,
+        # "summary": versioned bytes}
         self.rows: dict[tuple[str, str, int], dict[str, Any]] = {}
         self.features: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}
-        # (entity name, entity id) -> (timestamp, head), archive
+        # (entity name, entity id) -> (timestamp, head), archive (its buckets and encoded cells)
         self.heads: dict[tuple[str, str], tuple[int, EntityHead]] = {}
-        self.archives: dict[tuple[str, str], Archive] = {}
+        self.archives: dict[tuple[str, str], tuple[int, int, dict[str, bytes], dict[str, bytes]]]
+        self.archives = {}
         self.ids: dict[str, IdRecord] = {}
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -231,7 +246,7 @@ class InMemoryStore:
         for (name, entity_id, bucket), row in self.rows.items():
             wanted_row = name == entity.name and entity_id in wanted and bucket >= first_bucket
             if wanted_row and row.get("summary") is not None:
-                out.setdefault(entity_id, {})[bucket] = row["summary"][1]
+                out.setdefault(entity_id, {})[bucket] = decode_aggregates(row["summary"][1])
         return out
 
     def read_buckets(
@@ -244,8 +259,10 @@ class InMemoryStore:
             if row is None:
                 continue
             cells = BucketCells(
-                {k: v[1] for k, v in row["tx"].items()},
-                {k: v[1] for k, v in row["label"].items()} if labels else {},
+                {k: decode_cell(layout, v[1])[0] for k, v in row["tx"].items()},
+                {k: decode_label(layout, v[1])[0] for k, v in row["label"].items()}
+                if labels
+                else {},
             )
             if cells.tx or cells.labels:
                 out[(entity_id, bucket)] = cells
@@ -258,9 +275,17 @@ class InMemoryStore:
         out: dict[str, tuple[EntityHead | None, Archive | None]] = {}
         for entity_id in set(ids):
             head = self.heads.get((entity.name, entity_id))
-            archive = self.archives.get((entity.name, entity_id))
+            stored = self.archives.get((entity.name, entity_id))
+            archive = None
+            if stored is not None:
+                first, last, tx, labels = stored
+                cells = BucketCells(
+                    {k: decode_cell(layout, v)[0] for k, v in tx.items()},
+                    {k: decode_label(layout, v)[0] for k, v in labels.items()},
+                )
+                archive = Archive(first, last, cells)
             if head is not None or archive is not None:
-                out[entity_id] = (head[1] if head else None, copy.deepcopy(archive))
+                out[entity_id] = (head[1] if head else None, archive)
         return out
 
     def read_ranges(
@@ -299,19 +324,24 @@ class InMemoryStore:
             for tx_id, cell in w.tx.items():
                 ts = cell.time_us if w.timestamp_us is None else w.timestamp_us
                 if _newer(row["tx"].get(tx_id), ts):
-                    row["tx"][tx_id] = (ts, cell)
+                    row["tx"][tx_id] = (ts, encode_cell(w.layout, cell))
             for tx_id, label in w.labels.items():
                 ts = label.time_us if w.timestamp_us is None else w.timestamp_us
                 if _newer(row["label"].get(tx_id), ts):
-                    row["label"][tx_id] = (ts, label)
+                    row["label"][tx_id] = (ts, encode_label(w.layout, label))
             ts = summary_timestamp(w)
             if _newer(row["summary"], ts):
-                row["summary"] = (ts, w.summary)
+                row["summary"] = (ts, encode_aggregates(w.summary))
         for entity, entity_id, head, timestamp in writes.heads:
             if _newer(self.heads.get((entity.name, entity_id)), timestamp):
                 self.heads[(entity.name, entity_id)] = (timestamp, head)
         for layout, entity_id, archive, _ in writes.archives:
-            self.archives[(layout.entity.name, entity_id)] = copy.deepcopy(archive)
+            self.archives[(layout.entity.name, entity_id)] = (
+                archive.from_bucket,
+                archive.to_bucket,
+                {k: encode_cell(layout, c) for k, c in archive.cells.tx.items()},
+                {k: encode_label(layout, c) for k, c in archive.cells.labels.items()},
+            )
         for entity, entity_id, time_us, values in writes.features:
             stored = self.features.get((entity.name, entity_id))
             if stored is None or time_us >= stored[0]:
