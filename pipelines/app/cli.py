@@ -27,13 +27,16 @@ from pipelines.app.parsing import (
     WORKLOAD,
     WORKLOAD_MARK,
     DatasetDir,
+    DefinitionsOption,
     ModelDirIn,
     ModelDirOut,
     ProjectOption,
     StateDir,
+    definitions_for,
     kind_of,
     latest_dataset,
     parse,
+    workload_of,
 )
 from pipelines.core.job_arguments import KIND, NAMESPACE, PUBSUB_NAME
 from pipelines.core.values import (
@@ -389,6 +392,7 @@ def backfill(
         ),
     ] = False,
     shards: Annotated[int, typer.Option(min=1, help="Entity shards.")] = 8,
+    definitions: DefinitionsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Compute the streaming features over history with Beam (point-in-time feature table as
@@ -408,6 +412,13 @@ def backfill(
     argv = [f"--input={input}", f"--output={output}", f"--shards={shards}", *ctx.args]
     if until:
         argv.append(f"--until={until}")
+    # The dataset's workload's file unless one is given (--to-bigtable: the handbook's only).
+    from pipelines.core.declarations import WORKLOADS
+
+    workload = "handbook" if input.startswith("gs://") else workload_of(Path(input))
+    defs_path = definitions if definitions is not None else WORKLOADS / f"{workload}.yaml"
+    definitions_for(defs_path)  # a file with mistakes: a UserError naming each
+    argv.append(f"--definitions={defs_path}")
     if to_bigtable:
         argv.append("--to_bigtable")
         if not any(a.startswith("--project") for a in argv):
@@ -429,6 +440,14 @@ def backfill(
             RUNTIME,
         )
     typer.echo(json.dumps(manifest))
+
+
+def _definitions_of(path: Path | None, data: Path | None) -> Any:
+    """--definitions, else the file of the data's workload (a dataset names it), else the
+    handbook's."""
+    if path is not None:
+        return definitions_for(path)
+    return definitions_for(workload=workload_of(data) if data is not None else "handbook")
 
 
 @app.command()
@@ -465,6 +484,7 @@ def train(
         ),
     ] = None,
     inputs: InputsOption = None,
+    definitions: DefinitionsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Train on a date range of the backfill table and export a versioned SavedModel + card,
@@ -477,7 +497,8 @@ def train(
     from models.selection import GRID, QUICK_GRID, select_and_train
     from pipelines.app.features import load_features
 
-    features = features or latest_dataset(state_dir)
+    defs = _definitions_of(definitions, features)
+    features = features or latest_dataset(state_dir, defs.name)
     fix = "pass the features directory that 'rillet backfill --output OUT' wrote: OUT/features"
     if (features / "manifest.json").exists() and (features / "features").is_dir():
         raise UserError(
@@ -486,18 +507,16 @@ def train(
         )
     if not any(features.glob("*.parquet")):
         raise UserError(f"--features {features} holds no .parquet file", fix)
-    from pipelines.core.declarations import load_definitions
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    definitions = load_definitions()
-    model_inputs = chosen_inputs(inputs, definitions)
-    registry = ModelRegistry(model_dir, definitions=definitions)
+    model_inputs = chosen_inputs(inputs, defs)
+    registry = ModelRegistry(model_dir, definitions=defs)
     try:
         # The role is decided before the new version exists (it would be the implicit champion).
         role = register or ("challenger" if registry.pointer().champion else "champion")
     except RegistryError as exc:
         raise UserError(str(exc)) from exc
-    table = load_features(features)
+    table = load_features(features, defs)
     if table.empty:
         raise UserError(f"--features {features} has no rows", fix)
     try:
@@ -512,7 +531,7 @@ def train(
             grid,
             validate=True,
             inputs=model_inputs,
-            definitions=definitions,
+            definitions=defs,
         )
     except ValueError as exc:
         raise UserError(str(exc)) from exc
@@ -619,7 +638,7 @@ def retrain(
     from pipelines.core.declarations import load_definitions
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    definitions = load_definitions()
+    definitions = load_definitions()  # retrain's history is the handbook's (issue 23: next)
     model_inputs = chosen_inputs(inputs, definitions)
     registry = ModelRegistry(model_dir, definitions=definitions)
     try:
@@ -754,6 +773,7 @@ def evaluate(
             parser=parse(OutputDir("a directory for the prediction logs")),
         ),
     ] = None,
+    definitions: DefinitionsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Score the test week once: AUC, AP, Card Precision@100 offline (backfill table) and as
@@ -764,10 +784,11 @@ def evaluate(
 
     if served and project == "rillet-local":
         use_local_stack(state_dir)
+    defs = _definitions_of(definitions, features)
     try:
         result = run_evaluation(
             EvaluationConfig(
-                feature_table=features or latest_dataset(state_dir),
+                feature_table=features or latest_dataset(state_dir, defs.name),
                 model_dir=Path(model_dir),
                 model_version=model_version,
                 served=served,
@@ -776,6 +797,7 @@ def evaluate(
                 namespace=datastore_namespace or None,
                 report_dir=report or state_dir / "report",
                 prediction_logs=prediction_logs,
+                definitions=defs,
             )
         )
     except (ValueError, FileNotFoundError) as exc:

@@ -181,7 +181,7 @@ def evaluate(config: EvaluationConfig) -> dict[str, Any]:
             "backfill table"
         )
     protocol = Protocol.from_dict(card["protocol"])
-    table = load_features(config.feature_table)  # a backfill table, or a dataset
+    table = load_features(config.feature_table, config.definitions)  # a table, or a dataset
     test = test_set(table, protocol).copy()
     if test.empty:
         raise ValueError(f"no test transactions in {protocol.test_range} in {config.feature_table}")

@@ -70,20 +70,30 @@ def read_events(path: Path, definitions: Any) -> Any:
     return merged.sort_values([time, tx_id], kind="stable").reset_index(drop=True)
 
 
-def load_features(path: str | Path) -> Any:
-    """The point-in-time feature rows at ``path``: a feature table 'rillet backfill' wrote, or a
-    dataset 'rillet simulate' (or 'make demo') wrote, whose rows are computed here by the same
-    engine (pipelines/core/training_data.py). Ordered by transaction id, with CUSTOMER_ID (the
-    card precision is per card)."""
+def load_features(path: str | Path, definitions: Any = None) -> Any:
+    """The point-in-time feature rows at ``path`` for ``definitions`` (default: the handbook's
+    file): a feature table 'rillet backfill' wrote, or a dataset 'rillet simulate' (or 'make
+    demo') wrote, whose rows are computed here by the same engine
+    (pipelines/core/training_data.py); with the models' role columns (``training_roles``)."""
     from pipelines.backfill.backfill import read_feature_table
+    from pipelines.core.declarations import load_definitions
+    from pipelines.core.training_data import training_features
 
+    defs = definitions if definitions is not None else load_definitions()
     path = Path(path) if not str(path).startswith("gs://") else path
     if isinstance(path, Path) and (path / "transactions.parquet").exists():
-        from pipelines.app.simulator import read_dataset
-        from pipelines.core.training_data import training_features
+        if defs.name == "handbook":
+            from pipelines.app.simulator import read_dataset
 
-        frame = read_dataset(path)
-        rows = training_features(frame)
-        rows["CUSTOMER_ID"] = frame["CUSTOMER_ID"].to_numpy()
-        return rows.sort_values("TRANSACTION_ID", kind="stable").reset_index(drop=True)
-    return read_feature_table(path)
+            frame = read_dataset(path)
+            rows = training_features(frame, defs)
+            rows["CUSTOMER_ID"] = frame["CUSTOMER_ID"].to_numpy()
+            return rows.sort_values("TRANSACTION_ID", kind="stable").reset_index(drop=True)
+        frame = read_events(path, defs)
+        rows = training_features(frame, defs)
+        ev = defs.events
+        for key in defs.entities[0].keys:
+            column = ev.field(key).dataset_column
+            rows[column] = frame[column].to_numpy()
+        return training_roles(rows, defs)
+    return training_roles(read_feature_table(path), defs)

@@ -206,6 +206,14 @@ def latest_dataset(state_dir: Path, workload: str = "handbook") -> Path:
         key=lambda d: (d / "transactions.parquet").stat().st_mtime,
     )
     if not found:
+        others = sorted(
+            {workload_of(d) for d in (state_dir / "data").glob("*") if d.is_dir()} - {workload}
+        )
+        if others:
+            raise UserError(
+                f"no {workload} dataset in {state_dir / 'data'} (there is a {others[0]} one)",
+                f"pass --definitions pipelines/workloads/{others[0]}.yaml for it",
+            )
         raise UserError(
             f"no dataset in {state_dir / 'data'} (and no --input)",
             "run 'make demo' (or 'rillet simulate --output DIR') and pass --input DIR",

@@ -1,28 +1,32 @@
-"""The backfill: a Beam batch pipeline that computes the streaming pipeline's features over history.
+"""The backfill: a Beam batch pipeline that computes a definitions file's features over history.
 
     transactions ─ ReadTransactions ─ CustomerFeatures ─ TerminalFeatures ─ WriteFeatureTable
     labels ─────── ReadLabels ───────────────────────────────┘       (Parquet, one row per tx)
     transaction ids ─ CheckUniqueIds
 
-Each stage works on Arrow tables, not on single events: the events are hashed into ``--shards``
-shards by entity id (all of an entity's events land in one shard), and each shard runs the
-feature engine (pipelines.core.engine, the streaming pipeline's own code) once over all its events.
-The entity stages are chained, each appending its entity's columns, so no join is needed.
+(the handbook's file; ``--definitions FILE``: one ``<Entity>Features`` stage per entity with
+window features, in the file's order). Each stage works on Arrow tables, not on single events:
+the events are hashed into ``--shards`` shards by entity key (all of an entity's events land in
+one shard), and each shard runs the feature engine (pipelines.core.engine.compute_features) once
+over all its events. The entity stages are chained, each appending its entity's columns, so no
+join is needed; the last one adds the row features, the derived inputs and the label.
 That keeps Beam's per-element overhead out of a 1.75M-row backfill and the results identical to
 the stream's, which computes the same windows with the same code.
 
 Outputs:
 
-* ``<output>/features/part-NNNNN-of-MMMMM.parquet``: the point-in-time-correct feature table:
-  TRANSACTION_ID, TX_DATETIME, CUSTOMER_ID, TERMINAL_ID, the MODEL_INPUTS, TX_FRAUD (null when
-  the input had no label). Every label is treated as known at its transaction's time plus the
-  features' delay, exactly as the stream sees the label topic.
+* ``<output>/features/part-NNNNN-of-MMMMM.parquet``: the point-in-time-correct feature table,
+  columns named by the fields' dataset columns: the id, the time, every entity key field, the
+  features in file order, the label (null when the input had none; of two labels of one
+  transaction, the later in the input). For the handbook's file: TRANSACTION_ID, TX_DATETIME,
+  CUSTOMER_ID, TERMINAL_ID, the 15 MODEL_INPUTS, TX_FRAUD. Every label is treated as known at its
+  transaction's time plus the features' delay, exactly as the stream sees the label topic.
 * ``<output>/manifest.json``: what was read, the row count, the cut-off.
-* with ``--to_bigtable``: the feature store's state as of the end of the input: every entity's
-  ``tx`` and ``label`` cells within the longest lookback before the end, and the features of its
-  latest transaction. A streaming job started afterwards reads its windows from these cells, so
-  history never has to be replayed through Pub/Sub. Cells are keyed by transaction id, so a
-  backfill over a range the stream already wrote changes nothing.
+* with ``--to_bigtable`` (the handbook's file only, for now): the feature store's state as of the
+  end of the input: every entity's ``tx`` and ``label`` cells within the longest lookback before
+  the end, and the features of its latest transaction. A streaming job started afterwards reads
+  its windows from these cells, so history never has to be replayed through Pub/Sub. Cells are
+  keyed by transaction id, so a backfill over a range the stream already wrote changes nothing.
 
 Runs on the DirectRunner (in memory, or ``--direct_running_mode=multi_processing``) and on
 Dataflow (inputs and output on gs://).
@@ -46,21 +50,19 @@ import pyarrow.compute as pc
 from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from pipelines.backfill.event_tables import EventKind, InvalidTable, canonical, read_tables
+from pipelines.backfill.event_tables import InvalidTable, canonical, read_tables
+from pipelines.core import definitions as handbook
 from pipelines.core.cells import SPARSE_CELLS, bucket_of
-from pipelines.core.declarations import load_definitions
-from pipelines.core.definitions import (
-    CUSTOMER,
-    ENTITIES,
-    FEATURES,
-    MODEL_INPUTS,
+from pipelines.core.declarations import (
+    DEFAULT_DEFINITIONS,
+    Definitions,
+    DefinitionsError,
     Entity,
-    RowFeature,
-    WindowFeature,
-    max_lookback_us,
-    window_features,
+    EventStream,
+    load_definitions,
 )
-from pipelines.core.engine import EventColumns, features_for, row_features
+from pipelines.core.engine import EventColumns, compute_features
+from pipelines.core.predicates import TIME_PARTS
 from pipelines.core.window_cells import Layout
 from pipelines.core.window_state import Bucket
 from pipelines.options import RilletOptions, unknown_arguments
@@ -98,13 +100,37 @@ def entity_step(entity: Entity) -> str:
     return f"{entity.name.capitalize()}Features"
 
 
-BACKFILL_LABELS: tuple[str, ...] = (
-    READ_TRANSACTIONS,
-    READ_LABELS,
-    CHECK_UNIQUE_IDS,
-    *(entity_step(e) for e in ENTITIES),
-    WRITE_FEATURE_TABLE,
-)
+def stage_entities(defs: Definitions) -> tuple[Entity, ...]:
+    """The entities with window features, in the order of their chained stages: the file's,
+    except that the last stage (which adds each transaction's label) must be of an entity whose
+    keys the labels carry, so the labels land in their transaction's shard."""
+    entities = [e for e in defs.entities if defs.window_features(e)]
+    if not entities:
+        raise DefinitionsError(defs.source, ["the backfill needs at least one window feature"])
+    if defs.labels is not None:
+        carried = [e for e in entities if set(e.keys) <= set(defs.labels.names)]
+        if not carried:
+            raise DefinitionsError(
+                defs.source,
+                ["labels: the backfill needs the keys of one entity in the labels stream"],
+            )
+        entities.remove(carried[-1])
+        entities.append(carried[-1])
+    return tuple(entities)
+
+
+def backfill_labels(defs: Definitions) -> tuple[str, ...]:
+    """The backfill's top-level step labels for a definitions file."""
+    return (
+        READ_TRANSACTIONS,
+        READ_LABELS,
+        CHECK_UNIQUE_IDS,
+        *(entity_step(e) for e in stage_entities(defs)),
+        WRITE_FEATURE_TABLE,
+    )
+
+
+BACKFILL_LABELS: tuple[str, ...] = backfill_labels(load_definitions())
 
 FEATURE_TABLE_DIR = "features"
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
@@ -138,6 +164,12 @@ class BackfillOptions(PipelineOptions):
             default=8,
             help="Entity shards: each runs the feature engine once over its entities' events.",
         )
+        parser.add_argument(
+            "--definitions",
+            default=str(DEFAULT_DEFINITIONS),
+            help="The definitions file (events, labels, entities, features); default: the "
+            "handbook's (pipelines/workloads/handbook.yaml).",
+        )
 
 
 def parse_until(value: str | None) -> int | None:
@@ -157,13 +189,13 @@ def parse_until(value: str | None) -> int | None:
 
 
 class ReadEventTables(beam.PTransform):
-    """Reads the files matching ``pattern`` as canonical Arrow tables
-    (pipelines.backfill.event_tables), keeping transactions before ``until_us``."""
+    """Reads the files matching ``pattern`` as canonical Arrow tables of ``stream``'s fields
+    (pipelines.backfill.event_tables), keeping events before ``until_us``."""
 
-    def __init__(self, pattern: str, kind: EventKind, until_us: int | None) -> None:
+    def __init__(self, pattern: str, stream: EventStream, until_us: int | None) -> None:
         super().__init__()
         self.pattern = pattern
-        self.kind = kind
+        self.stream = stream
         self.until_us = until_us
 
     def expand(self, pbegin: Any) -> Any:
@@ -171,17 +203,17 @@ class ReadEventTables(beam.PTransform):
             pbegin
             | "Match" >> fileio.MatchFiles(self.pattern)
             | "Open" >> fileio.ReadMatches()
-            | "Read" >> beam.FlatMap(_read_file, self.kind, self.until_us)
+            | "Read" >> beam.FlatMap(_read_file, self.stream, self.until_us)
         )
 
 
-def _read_file(readable: Any, kind: EventKind, until_us: int | None) -> Iterator[pa.Table]:
+def _read_file(readable: Any, events: EventStream, until_us: int | None) -> Iterator[pa.Table]:
     path = readable.metadata.path
     with readable.open() as stream:
         for table in read_tables(path, stream):
-            out = canonical(table, kind, path)
+            out = canonical(table, events, path)
             if until_us is not None:
-                keep = out.column("time_us").to_numpy() < until_us
+                keep = out.column(events.time_field).to_numpy() < until_us
                 out = out.filter(pa.array(keep))
             if out.num_rows:
                 yield out
@@ -190,19 +222,24 @@ def _read_file(readable: Any, kind: EventKind, until_us: int | None) -> Iterator
 # -- sharding --------------------------------------------------------------------------------
 
 
-def _shard_of(ids: np.ndarray, shards: int) -> np.ndarray:
+def _shard_of(keys: Sequence[np.ndarray], shards: int) -> np.ndarray:
     # pandas' hash is deterministic across processes and runs (a fixed SipHash key), unlike
     # Python's hash() of strings: every worker must send an entity to the same shard.
-    values = ids if ids.dtype.kind in "iu" else ids.astype(object)
-    return (pd.util.hash_array(values) % np.uint64(shards)).astype(np.int64)
+    values = [k if k.dtype.kind in "iu" else k.astype(object) for k in keys]
+    if len(values) == 1:
+        hashed = pd.util.hash_array(values[0])
+    else:  # a composite key: its fields' hashes combined (pandas' row hash)
+        frame = pd.DataFrame({str(i): v for i, v in enumerate(values)})
+        hashed = pd.util.hash_pandas_object(frame, index=False).to_numpy()
+    return (hashed % np.uint64(shards)).astype(np.int64)
 
 
 def _compact(table: pa.Table) -> pa.Table:
-    """Integer id columns as int32 when they fit: a third fewer bytes through each shuffle
-    (the receiving stage widens them back, see _concat)."""
+    """Integer columns (ids, integers) as int32 when they fit: a third fewer bytes through each
+    shuffle (the receiving stage widens them back, see _concat)."""
     for i, name in enumerate(table.column_names):
         column = table.column(i)
-        if name.endswith("_id") and pa.types.is_int64(column.type) and len(column):
+        if pa.types.is_int64(column.type) and len(column):
             low, high = pc.min_max(column).values()
             if low.as_py() >= _INT32_MIN and high.as_py() <= _INT32_MAX:
                 table = table.set_column(i, name, column.cast(pa.int32()))
@@ -210,13 +247,14 @@ def _compact(table: pa.Table) -> pa.Table:
 
 
 def split_by(
-    table: pa.Table, column: str, shards: int, keep: Sequence[str] | None = None
+    table: pa.Table, columns: Sequence[str], shards: int, keep: Sequence[str] | None = None
 ) -> Iterator[tuple[int, pa.Table]]:
-    """(shard, rows of that shard) pairs, hashing ``column``; ``keep`` selects the columns the
-    receiving stage needs."""
+    """(shard, rows of that shard) pairs, hashing ``columns`` (a key); ``keep`` selects the
+    columns the receiving stage needs."""
     if table.num_rows == 0:
         return
-    shard = _shard_of(table.column(column).to_numpy(zero_copy_only=False), shards)
+    keys = [table.column(c).to_numpy(zero_copy_only=False) for c in columns]
+    shard = _shard_of(keys, shards)
     order = np.argsort(shard, kind="stable")
     counts = np.bincount(shard, minlength=shards)
     compact = _compact(table.select(list(keep)) if keep else table)
@@ -239,12 +277,18 @@ def _concat(tables: Iterable[pa.Table]) -> pa.Table | None:
     return table
 
 
-def _columns(table: pa.Table | None, value: str) -> EventColumns:
+def _columns(table: pa.Table) -> dict[str, np.ndarray]:
+    """A canonical table's columns by field name (texts as object arrays)."""
+    return {name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names}
+
+
+def _handbook_columns(table: pa.Table | None, value: str) -> EventColumns:
+    """The handbook's canonical columns as the feature store's writers take them (ids a stage
+    did not receive are empty texts)."""
     if table is None or table.num_rows == 0:
         return EventColumns.empty()
 
     def ids(name: str) -> np.ndarray:
-        # A stage receives only the id columns it needs (see split_by's keep).
         if name not in table.column_names:
             return np.full(table.num_rows, "", dtype=object)
         return table.column(name).to_numpy(zero_copy_only=False)
@@ -253,9 +297,27 @@ def _columns(table: pa.Table | None, value: str) -> EventColumns:
         ids("transaction_id"),
         ids("customer_id"),
         ids("terminal_id"),
-        table.column("time_us").to_numpy(),
+        table.column("tx_datetime").to_numpy(),
         table.column(value).to_numpy().astype(np.float64),
     )
+
+
+def label_columns(defs: Definitions, entity: Entity, final: bool) -> tuple[str, ...]:
+    """The label fields an entity's stage needs: the key it is sharded by and, for its label
+    rates, the id, time, label and the fields their filters read; the last stage: the id and
+    label too (the feature table's label column)."""
+    assert defs.labels is not None
+    lb = defs.labels
+    rates = [f for f in defs.window_features(entity) if f.needs_labels]
+    wanted = [*entity.keys]
+    if rates or final:
+        wanted += [lb.id_field, lb.label_field]
+    if rates:
+        wanted.append(lb.time_field)
+    for f in rates:
+        if f.where is not None:
+            wanted += sorted(f.where.fields - set(TIME_PARTS))
+    return tuple(n for n in lb.names if n in wanted)
 
 
 # -- per-entity features ---------------------------------------------------------------------
@@ -264,15 +326,17 @@ def _columns(table: pa.Table | None, value: str) -> EventColumns:
 class EntityFeatures(beam.PTransform):
     """Appends one entity's window features to the transaction tables.
 
-    The tables are re-sharded by that entity's id, so each shard holds all of its entities'
-    events and runs the engine once. The stages are chained (customer, then terminal, ...), so
-    every transaction crosses one shuffle per entity and no join is needed afterwards. The
-    ``final`` stage also attaches the row features and the label and emits (shard, table) in the
-    feature table's columns. With a ``store``, each stage also writes its entity's state.
+    The tables are re-sharded by that entity's key, so each shard holds all of its entities'
+    events and runs the engine once. The stages are chained (one per entity), so every
+    transaction crosses one shuffle per entity and no join is needed afterwards. The ``final``
+    stage also attaches the row features, the derived inputs and the label and emits (shard,
+    table) in the feature table's columns. With a ``store`` (the handbook's file), each stage
+    also writes its entity's state.
     """
 
     def __init__(
         self,
+        defs: Definitions,
         entity: Entity,
         shards: int,
         store: StoreConfig | None = None,
@@ -280,6 +344,7 @@ class EntityFeatures(beam.PTransform):
         final: bool = False,
     ) -> None:
         super().__init__()
+        self.defs = defs
         self.entity = entity
         self.shards = shards
         self.store = store
@@ -288,27 +353,34 @@ class EntityFeatures(beam.PTransform):
 
     def expand(self, inputs: tuple[Any, Any]) -> Any:
         transactions, labels = inputs
-        key = self.entity.key_field
+        keys = self.entity.keys
         grouped: dict[str, Any] = {
             "transactions": transactions
-            | "ShardTransactions" >> beam.FlatMap(split_by, key, self.shards)
+            | "ShardTransactions" >> beam.FlatMap(split_by, keys, self.shards)
         }
-        if self.final or any(f.needs_labels for f in window_features(self.entity)):
-            # Labels carry both entity ids, so they land in the shard of their transaction.
+        wants_labels = self.final or any(
+            f.needs_labels for f in self.defs.window_features(self.entity)
+        )
+        if self.defs.labels is not None and wants_labels:
+            # Labels carry the entity's key, so they land in the shard of their transaction.
+            keep = label_columns(self.defs, self.entity, self.final)
             grouped["labels"] = labels | "ShardLabels" >> beam.FlatMap(
-                split_by, key, self.shards, ("transaction_id", key, "time_us", "is_fraud")
+                split_by, keys, self.shards, keep
             )
-        compute = _EntityFeaturesFn(self.entity, self.store, self.final)
+        compute = _EntityFeaturesFn(self.defs, self.entity, self.store, self.final)
         side = [beam.pvalue.AsSingleton(self.end_us)] if self.end_us is not None else [None]
         return grouped | "Group" >> beam.CoGroupByKey() | "Compute" >> beam.ParDo(compute, *side)
 
 
 class _EntityFeaturesFn(beam.DoFn):
-    def __init__(self, entity: Entity, store: StoreConfig | None, final: bool) -> None:
+    def __init__(
+        self, defs: Definitions, entity: Entity, store: StoreConfig | None, final: bool
+    ) -> None:
+        self.defs = defs
         self.entity = entity
         self.store = store
         self.final = final
-        self.features = window_features(entity)
+        self.names = [f.name for f in defs.window_features(entity)]
         self._shared: SharedResource[FeatureStore] = SharedResource()
 
     def _store(self) -> FeatureStore:
@@ -322,39 +394,54 @@ class _EntityFeaturesFn(beam.DoFn):
         if tx is None:
             return
         labels = _concat(grouped.get("labels", []))
-        query = _columns(tx, "amount")
-        label_columns = _columns(labels, "is_fraud")
-        matrix = features_for(query, labels=label_columns, features=self.features)
+        matrix = compute_features(
+            self.defs,
+            _columns(tx),
+            _columns(labels) if labels is not None else None,
+            names=self.names,
+        )
         if self.store is not None and end_us is not None:
+            # The stored cells are the handbook's (backfill_options refuses other files).
+            entity = {e.name: e for e in handbook.ENTITIES}[self.entity.name]
+            features = handbook.window_features(entity)
+            assert [f.name for f in features] == self.names
+            query = _handbook_columns(tx, "amount")
             self._store().apply(
-                state_writes(self.entity, query, label_columns, matrix, end_us, self.features)
+                state_writes(
+                    entity,
+                    query,
+                    _handbook_columns(labels, "is_fraud"),
+                    matrix,
+                    end_us,
+                    features,
+                )
             )
-        for col, feature in enumerate(self.features):
-            tx = tx.append_column(feature.name, pa.array(matrix[:, col]))
+        for col, name in enumerate(self.names):
+            tx = tx.append_column(name, pa.array(matrix[:, col]))
         if self.final:
-            yield shard, _feature_table(tx, labels)
+            yield shard, _feature_table(self.defs, tx, labels)
         else:
             yield tx
 
 
 def state_writes(
-    entity: Entity,
+    entity: handbook.Entity,
     tx: EventColumns,
     labels: EventColumns,
     matrix: np.ndarray,
     end_us: int,
-    features: Sequence[WindowFeature],
+    features: Sequence[handbook.WindowFeature],
 ) -> Writes:
     """The entity's window state as the streaming stage would have left it at ``end_us``: its
     cells within the lookback, its labels, the features (``matrix``, ``features`` order) of
     each entity's latest transaction and, for customers, the transactions' id-index entries."""
     key = entity.key_field
-    (other,) = (e.key_field for e in ENTITIES if e != entity)
+    (other,) = (e.key_field for e in handbook.ENTITIES if e != entity)
     # The stream's cells of the handbook's file (window_cells.Layout: what the stage stores).
     defs = load_definitions()
     layout = Layout.of(defs, defs.entity(entity.name))
     ev = defs.events
-    since = end_us - max_lookback_us(entity)
+    since = end_us - handbook.max_lookback_us(entity)
     writes = Writes()
     keep = np.flatnonzero(np.asarray(tx.time_us) >= since)
     entity_ids = np.asarray(getattr(tx, key))[keep].astype(str)
@@ -382,7 +469,7 @@ def state_writes(
             "amount": float(amount),
         }
         cells.tx[tx_id] = layout.cell(event)
-        if entity == CUSTOMER:  # the id index, once per transaction (no message: "")
+        if entity == handbook.CUSTOMER:  # the id index, once per transaction (no message: "")
             fields = {"customer_id": entity_id, "terminal_id": other_id, "amount": float(amount)}
             record = transaction_record("", int(t_us), fields)
             writes.ids.append((tx_id, FAMILY_TX, record, int(t_us)))
@@ -440,55 +527,65 @@ def state_writes(
     return writes
 
 
-def _feature_table(tx: pa.Table, labels: pa.Table | None) -> pa.Table:
-    """The feature table's columns, ordered by transaction id."""
-    frame = tx.to_pandas().set_index("transaction_id").sort_index()
-    rows = row_features(frame["time_us"].to_numpy(), frame["amount"].to_numpy())
-    for feature in FEATURES:
-        if isinstance(feature, RowFeature):
-            frame[feature.name] = rows[feature.transform]
-    fraud = pd.Series(pd.NA, index=frame.index, dtype="Int8")
-    if labels is not None:
-        lab = labels.to_pandas().drop_duplicates("transaction_id").set_index("transaction_id")
-        fraud = lab["is_fraud"].reindex(frame.index).astype("Int8")
-    return pa.table(
-        {
-            "TRANSACTION_ID": pa.array(frame.index.to_numpy()),
-            "TX_DATETIME": pa.array(frame["time_us"].to_numpy(), pa.int64()).cast(
-                pa.timestamp("us", tz="UTC")
-            ),
-            "CUSTOMER_ID": pa.array(frame["customer_id"].to_numpy()),
-            "TERMINAL_ID": pa.array(frame["terminal_id"].to_numpy()),
-            **{name: pa.array(frame[name].to_numpy(np.float64)) for name in MODEL_INPUTS},
-            "TX_FRAUD": pa.array(fraud, type=pa.int8(), from_pandas=True),
-        }
-    )
+def _feature_table(defs: Definitions, tx: pa.Table, labels: pa.Table | None) -> pa.Table:
+    """The feature table's columns (named by the fields' dataset columns), ordered by
+    transaction id: the id, the time, every entity key field, the features, the label."""
+    ev = defs.events
+    frame = tx.to_pandas().set_index(ev.id_field).sort_index()
+    events = {name: frame[name].to_numpy() for name in ev.names if name != ev.id_field}
+    events[ev.id_field] = frame.index.to_numpy()
+    # The window features are the entity stages' columns; the row and derived ones are added.
+    window = {f.name: frame[f.name].to_numpy() for f in defs.window_features()}
+    rest = [n for n in defs.names if n not in window]
+    matrix = compute_features(defs, events, names=rest, known=window)
+    values = {**window, **{name: matrix[:, col] for col, name in enumerate(rest)}}
+    keys = [n for n in ev.names if any(n in e.keys for e in defs.entities)]
+    columns: dict[str, pa.Array] = {
+        ev.field(ev.id_field).dataset_column: pa.array(frame.index.to_numpy()),
+        ev.field(ev.time_field).dataset_column: pa.array(
+            frame[ev.time_field].to_numpy(), pa.int64()
+        ).cast(pa.timestamp("us", tz="UTC")),
+        **{ev.field(n).dataset_column: pa.array(frame[n].to_numpy()) for n in keys},
+        **{name: pa.array(values[name]) for name in defs.names},
+    }
+    if defs.labels is not None:
+        lb = defs.labels
+        label = pd.Series(pd.NA, index=frame.index, dtype="Int8")
+        if labels is not None:
+            # One label per transaction: the later one in the input, as the features count it.
+            lab = labels.to_pandas().drop_duplicates(lb.id_field, keep="last")
+            label = lab.set_index(lb.id_field)[lb.label_field].reindex(frame.index).astype("Int8")
+        name = lb.field(lb.label_field).dataset_column
+        columns[name] = pa.array(label, type=pa.int8(), from_pandas=True)
+    return pa.table(columns)
 
 
 class CheckUniqueIds(beam.PTransform):
-    """Fails the backfill on a transaction id that appears twice: the windows would count it
-    twice. Only the id column is shuffled."""
+    """Fails the backfill on a transaction id (``id_field``) that appears twice: the windows
+    would count it twice. Only the id column is shuffled."""
 
-    def __init__(self, shards: int) -> None:
+    def __init__(self, shards: int, id_field: str) -> None:
         super().__init__()
         self.shards = shards
+        self.id_field = id_field
 
     def expand(self, transactions: Any) -> Any:
+        ids = [self.id_field]
         return (
             transactions
-            | "Ids" >> beam.Map(lambda t: t.select(["transaction_id"]))
-            | "Shard" >> beam.FlatMap(split_by, "transaction_id", self.shards)
+            | "Ids" >> beam.Map(lambda t: t.select(ids))
+            | "Shard" >> beam.FlatMap(split_by, ids, self.shards)
             | "Group" >> beam.GroupByKey()
-            | "Check" >> beam.Map(_check_unique)
+            | "Check" >> beam.Map(_check_unique, self.id_field)
         )
 
 
-def _check_unique(element: tuple[int, Iterable[pa.Table]]) -> int:
+def _check_unique(element: tuple[int, Iterable[pa.Table]], id_field: str) -> int:
     _, tables = element
-    combined = _concat(t.select(["transaction_id"]) for t in tables)  # only the ids are needed
+    combined = _concat(t.select([id_field]) for t in tables)  # only the ids are needed
     if combined is None:
         return 0
-    ids = combined.column("transaction_id").to_pandas()
+    ids = combined.column(id_field).to_pandas()
     duplicated = ids.duplicated()
     if duplicated.any():
         raise InvalidTable(
@@ -521,19 +618,23 @@ class _WriteShardFn(beam.DoFn):
         yield table.num_rows
 
 
-def _end_of(table: pa.Table) -> int:
-    return int(pc.max(table.column("time_us")).as_py())
+def _end_of(table: pa.Table, time_field: str) -> int:
+    return int(pc.max(table.column(time_field)).as_py())
 
 
 def build_backfill(p: beam.Pipeline, options: PipelineOptions) -> dict[str, Any]:
     """Adds the backfill graph to ``p``; returns its main PCollections (for tests)."""
     opts = options.view_as(BackfillOptions)
+    defs = load_definitions(opts.definitions)
     until_us = parse_until(opts.until)
     base = opts.input.rstrip("/")
     transactions = p | READ_TRANSACTIONS >> ReadEventTables(
-        f"{base}/transactions*", "transactions", until_us
+        f"{base}/transactions*", defs.events, until_us
     )
-    labels = p | READ_LABELS >> ReadEventTables(f"{base}/labels*", "labels", until_us)
+    if defs.labels is not None:
+        labels = p | READ_LABELS >> ReadEventTables(f"{base}/labels*", defs.labels, until_us)
+    else:
+        labels = p | READ_LABELS >> beam.Create([])
     store = None
     end_us = None
     if opts.to_bigtable:
@@ -545,14 +646,15 @@ def build_backfill(p: beam.Pipeline, options: PipelineOptions) -> dict[str, Any]
             p | "EndOfInput" >> beam.Create([until_us])
             if until_us is not None
             else transactions
-            | "EndOfInput" >> beam.Map(_end_of)
+            | "EndOfInput" >> beam.Map(_end_of, defs.events.time_field)
             | "Newest" >> beam.CombineGlobally(max).without_defaults()
         )
-    _ = transactions | CHECK_UNIQUE_IDS >> CheckUniqueIds(opts.shards)
+    _ = transactions | CHECK_UNIQUE_IDS >> CheckUniqueIds(opts.shards, defs.events.id_field)
     table = transactions
-    for i, entity in enumerate(ENTITIES):
+    entities = stage_entities(defs)
+    for i, entity in enumerate(entities):
         table = (table, labels) | entity_step(entity) >> EntityFeatures(
-            entity, opts.shards, store, end_us, final=i == len(ENTITIES) - 1
+            defs, entity, opts.shards, store, end_us, final=i == len(entities) - 1
         )
     rows = table | WRITE_FEATURE_TABLE >> beam.ParDo(
         _WriteShardFn(f"{opts.output.rstrip('/')}/{FEATURE_TABLE_DIR}", opts.shards)
@@ -577,6 +679,18 @@ def backfill_options(argv: Sequence[str]) -> PipelineOptions:
         errors.append(str(exc))
     if opts.to_bigtable and not options.view_as(GoogleCloudOptions).project:
         errors.append("--to_bigtable needs --project (the emulators use 'rillet-local')")
+    try:
+        defs = load_definitions(opts.definitions)
+        stage_entities(defs)
+    except DefinitionsError as exc:
+        errors.append(f"--definitions {exc}")
+    else:
+        if opts.to_bigtable and defs != load_definitions():
+            errors.append(
+                f"--to_bigtable writes the handbook's stored cells only, and {opts.definitions} "
+                "declares other features: backfill the feature table without --to_bigtable "
+                "(a store for any definitions file is not built yet)"
+            )
     unknown = unknown_arguments(argv)
     if unknown:
         errors.append(f"unknown argument(s) {' '.join(unknown)}; see 'rillet backfill --help'")
@@ -609,7 +723,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "feature_table": table_dir,
         "files": len(files),
         "rows": rows,
-        "features": list(MODEL_INPUTS),
+        "definitions": opts.definitions,
+        "features": list(load_definitions(opts.definitions).names),
         "until": opts.until,
         "to_bigtable": bool(opts.to_bigtable),
         "created": datetime.now(tz=UTC).isoformat(timespec="seconds"),

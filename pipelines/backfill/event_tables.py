@@ -1,15 +1,18 @@
 """Historical events as Arrow tables: reading Parquet, CSV and JSONL files, canonical columns.
 
-The backfill reads the same two streams the streaming pipeline consumes, but from files. Column
-names follow either the wire schema (``transaction_id``, ``tx_datetime``, ``customer_id``,
-``terminal_id``, ``amount`` / ``is_fraud``, see pipelines.core.schema) or the reference dataset's
-(``TRANSACTION_ID``, ``TX_DATETIME``, ``CUSTOMER_ID``, ``TERMINAL_ID``, ``TX_AMOUNT`` /
-``TX_FRAUD``). Every table is converted to the canonical columns below before any computation:
+The backfill reads the same two streams the streaming pipeline consumes, but from files. A
+stream's fields are declared in the definitions file (pipelines.core.declarations); each field's
+column is found under its name (the wire schema, e.g. ``amount``) or its dataset column
+(``Field.dataset_column``, e.g. the reference dataset's ``TX_AMOUNT``). Every table is converted
+to the canonical columns before any computation: one column per field, named by the field:
 
-  transactions  transaction_id, customer_id, terminal_id, time_us (int64 µs UTC), amount (float64)
-  labels        transaction_id, customer_id, terminal_id, time_us, is_fraud (int8 0/1)
+  id, string   int64 or text (ids), text (strings)
+  integer      int64
+  number       float64, finite and within the field's min/max
+  label        int8, 0 or 1
+  time         int64 µs since the epoch, UTC (timestamps, or RFC 3339 / ISO 8601 text)
 
-Rows that cannot be used (missing ids or times, a non-finite or negative amount, a label other
+Rows that cannot be used (a missing value, a non-finite or out-of-range number, a label other
 than 0/1) stop the backfill with a message naming the file, the column and how many rows: a
 historical load that silently skipped rows would train on a different dataset than it reports.
 """
@@ -17,15 +20,16 @@ historical load that silently skipped rows would train on a different dataset th
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import IO, Literal
+from typing import IO
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines.core.declarations import EventStream, Field, load_definitions
+
 __all__ = [
-    "EventKind",
     "InvalidTable",
     "canonical",
     "read_tables",
@@ -33,17 +37,6 @@ __all__ = [
     "times_us",
 ]
 
-EventKind = Literal["transactions", "labels"]
-
-_ALIASES: dict[str, tuple[str, ...]] = {
-    "transaction_id": ("transaction_id", "TRANSACTION_ID"),
-    "tx_datetime": ("tx_datetime", "TX_DATETIME"),
-    "customer_id": ("customer_id", "CUSTOMER_ID"),
-    "terminal_id": ("terminal_id", "TERMINAL_ID"),
-    "amount": ("amount", "TX_AMOUNT"),
-    "is_fraud": ("is_fraud", "TX_FRAUD"),
-}
-_VALUE_COLUMN: dict[str, str] = {"transactions": "amount", "labels": "is_fraud"}
 _BATCH_ROWS = 1 << 20
 
 
@@ -85,17 +78,19 @@ def read_tables(path: str, stream: IO[bytes]) -> Iterator[pa.Table]:
         yield pjson.read_json(stream)
 
 
-def _column(table: pa.Table, name: str, path: str) -> pa.ChunkedArray:
-    for alias in _ALIASES[name]:
+def _column(table: pa.Table, field: Field, path: str) -> pa.ChunkedArray:
+    aliases = dict.fromkeys((field.name, field.dataset_column))
+    for alias in aliases:
         if alias in table.column_names:
-            return table.column(alias)
-    wanted = " or ".join(_ALIASES[name])
+            column = table.column(alias)
+            if column.null_count:
+                raise InvalidTable(f"{path}: {column.null_count} rows without {alias}")
+            return column
+    wanted = " or ".join(aliases)
     raise InvalidTable(f"{path}: no column {wanted} (columns: {', '.join(table.column_names)})")
 
 
 def _ids(column: pa.ChunkedArray, name: str, path: str) -> pa.ChunkedArray:
-    if column.null_count:
-        raise InvalidTable(f"{path}: {column.null_count} rows without {name}")
     if pa.types.is_integer(column.type):
         return column.cast(pa.int64())
     if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -104,8 +99,6 @@ def _ids(column: pa.ChunkedArray, name: str, path: str) -> pa.ChunkedArray:
 
 
 def _times_us(column: pa.ChunkedArray, path: str) -> pa.Array:
-    if column.null_count:
-        raise InvalidTable(f"{path}: {column.null_count} rows without a transaction time")
     if pa.types.is_timestamp(column.type):
         if column.type.tz is None:
             column = pc.assume_timezone(column, "UTC")  # naive times are UTC (the spec)
@@ -117,35 +110,60 @@ def _times_us(column: pa.ChunkedArray, path: str) -> pa.Array:
     return pa.array(pd.DatetimeIndex(parsed).as_unit("us").asi8, type=pa.int64())
 
 
-def times_us(table: pa.Table, path: str) -> pa.Array:
-    """The transaction times of a table read from ``path``, as int64 µs since the epoch (UTC)."""
-    return _times_us(_column(table, "tx_datetime", path), path)
+def times_us(table: pa.Table, path: str, stream: EventStream | None = None) -> pa.Array:
+    """The event times of a table read from ``path``, as int64 µs since the epoch (UTC);
+    ``stream``: whose time field (the default definitions' events)."""
+    stream = stream if stream is not None else load_definitions().events
+    return _times_us(_column(table, stream.field(stream.time_field), path), path)
 
 
-def canonical(table: pa.Table, kind: EventKind, path: str) -> pa.Table:
-    """The canonical columns of a transactions or labels table (see the module docstring)."""
-    columns = {
-        "transaction_id": _ids(_column(table, "transaction_id", path), "transaction_id", path),
-        "customer_id": _ids(_column(table, "customer_id", path), "customer_id", path),
-        "terminal_id": _ids(_column(table, "terminal_id", path), "terminal_id", path),
-        "time_us": times_us(table, path),
-    }
-    value_name = _VALUE_COLUMN[kind]
-    raw = _column(table, value_name, path)
-    if raw.null_count:
-        raise InvalidTable(f"{path}: {raw.null_count} rows without {value_name}")
-    values = raw.to_numpy().astype(np.float64)
-    if kind == "transactions":
-        bad = ~np.isfinite(values) | (values < 0)
-        if bad.any():
-            raise InvalidTable(
-                f"{path}: {int(bad.sum())} amounts are negative, NaN or infinite "
-                f"(first at row {int(np.argmax(bad))})"
-            )
-        columns["amount"] = pa.array(values, type=pa.float64())
-    else:
+def _numbers(column: pa.ChunkedArray, field: Field, path: str) -> pa.Array:
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)):
+        raise InvalidTable(f"{path}: {field.name} must be numbers, not {column.type}")
+    values = column.to_numpy().astype(np.float64)
+    bad = ~np.isfinite(values)
+    wrong = ["NaN", "infinite"]
+    if field.minimum is not None:
+        bad |= values < field.minimum
+        wrong.append(f"below {field.minimum:g}")
+    if field.maximum is not None:
+        bad |= values > field.maximum
+        wrong.append(f"above {field.maximum:g}")
+    if bad.any():
+        raise InvalidTable(
+            f"{path}: {int(bad.sum())} {field.name} values are {', '.join(wrong[:-1])} or "
+            f"{wrong[-1]} (first at row {int(np.argmax(bad))})"
+        )
+    return pa.array(values, type=pa.float64())
+
+
+def _convert(column: pa.ChunkedArray, field: Field, path: str) -> pa.Array | pa.ChunkedArray:
+    if field.type == "id":
+        return _ids(column, field.name, path)
+    if field.type == "time":
+        return _times_us(column, path)
+    if field.type == "number":
+        return _numbers(column, field, path)
+    if field.type == "string":
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            return column.cast(pa.string())
+        if pa.types.is_integer(column.type):  # digits read as numbers by CSV or JSON
+            return column.cast(pa.string())
+        raise InvalidTable(f"{path}: {field.name} must be text, not {column.type}")
+    values = column.to_numpy()
+    if not (pa.types.is_integer(column.type) or pa.types.is_floating(column.type)) or (
+        (values != np.rint(values)).any() if values.dtype.kind == "f" else False
+    ):
+        raise InvalidTable(f"{path}: {field.name} must be integers, not {column.type}")
+    if field.type == "label":
         bad = (values != 0) & (values != 1)
         if bad.any():
             raise InvalidTable(f"{path}: {int(bad.sum())} labels are not 0 or 1")
-        columns["is_fraud"] = pa.array(values.astype(np.int8), type=pa.int8())
-    return pa.table(columns)
+        return pa.array(values.astype(np.int8), type=pa.int8())
+    return pa.array(values.astype(np.int64), type=pa.int64())
+
+
+def canonical(table: pa.Table, stream: EventStream, path: str) -> pa.Table:
+    """The stream's fields of a table read from ``path``, one column each, named by the field
+    (see the module docstring)."""
+    return pa.table({f.name: _convert(_column(table, f, path), f, path) for f in stream.fields})

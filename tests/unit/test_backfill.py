@@ -130,7 +130,7 @@ def test_bad_input_stops_with_a_message_naming_the_problem(
     tx, labels = _wire(sample)
     cases = {
         "no column amount or TX_AMOUNT": tx.drop(columns="amount"),
-        "amounts are negative, NaN or infinite": tx.assign(
+        "amount values are NaN, infinite, below 0 or above": tx.assign(
             amount=np.where(np.arange(len(tx)) == 5, -1.0, tx.amount)
         ),
         "duplicate transaction ids": pd.concat([tx, tx.iloc[[7]]]),
