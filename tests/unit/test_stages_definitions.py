@@ -16,7 +16,8 @@ import pytest
 
 from pipelines.app.payments_simulator import DEFINITIONS, PRESETS, simulate
 from pipelines.app.publisher import replay_events
-from pipelines.core.declarations import Definitions, load_definitions
+from pipelines.core.declarations import Definitions, EventStream, load_definitions
+from pipelines.core.engine import compute_features
 from pipelines.core.schema import EventParser, Label, Transaction
 from pipelines.transforms.entity_windows import EntityWindowsFn, stage_entities
 from pipelines.transforms.features import stage_labels
@@ -69,6 +70,20 @@ def _rows(defs: Definitions, events: list[Transaction | Label]) -> tuple[list[An
     return txs, labels
 
 
+def _columns(stream: EventStream, rows: list[Any]) -> dict[str, np.ndarray]:
+    """Rows as the batch engine's columns (times int64, numbers float64, the rest objects)."""
+    out = {}
+    for f in stream.fields:
+        values = [r[f.name] for r in rows]
+        if f.name == stream.time_field:
+            out[f.name] = np.array(values, dtype=np.int64)
+        elif f.type == "number":
+            out[f.name] = np.array(values, dtype=np.float64)
+        else:
+            out[f.name] = np.array(values, dtype=object)
+    return out
+
+
 def test_stage_chain_follows_the_file(payments: Definitions) -> None:
     assert [e.name for e in stage_entities(payments)] == [
         "card",
@@ -99,6 +114,11 @@ def test_payments_shuffled_with_redeliveries_equal_the_oracle(
 ) -> None:
     txs, labels = _rows(payments, events)
     want = np.array(oracle_features(payments, txs, labels), dtype=np.float64)
+    assert payments.labels is not None
+    engine = compute_features(
+        payments, _columns(payments.events, txs), _columns(payments.labels, labels)
+    )
+    np.testing.assert_array_equal(engine, want)  # the batch engine and the oracle agree
     rng = random.Random(23 + buckets)
     stream = list(events)
     stream += rng.sample(events, 30)  # redeliveries of the same messages
