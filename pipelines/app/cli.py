@@ -620,6 +620,7 @@ def retrain(
         ),
     ] = None,
     inputs: InputsOption = None,
+    definitions: DefinitionsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Continual learning, one step: point-in-time training data from the history up to now
@@ -627,7 +628,9 @@ def retrain(
     training, an offline check against the champion on the latest labelled days, and the new
     version registered as challenger (the promotion policy, 'rillet models policy', decides
     the rest). Prints the result as JSON."""
-    history = history or str(latest_dataset(state_dir))  # --history's kind checked a given one
+    local = None if history is None or history.startswith("gs://") else Path(history)
+    defs = _definitions_of(definitions, local)
+    history = history or str(latest_dataset(state_dir, defs.name))  # a given one: its kind
     _quiet_tensorflow()
     import tempfile
 
@@ -635,12 +638,10 @@ def retrain(
     from pipelines.app.retrain import RetrainConfig, copy_version
     from pipelines.app.retrain import register as register_version
     from pipelines.app.retrain import retrain as run_retrain
-    from pipelines.core.declarations import load_definitions
     from pipelines.stores.model_registry import ModelRegistry, RegistryError
 
-    definitions = load_definitions()  # retrain's history is the handbook's (issue 23: next)
-    model_inputs = chosen_inputs(inputs, definitions)
-    registry = ModelRegistry(model_dir, definitions=definitions)
+    model_inputs = chosen_inputs(inputs, defs)
+    registry = ModelRegistry(model_dir, definitions=defs)
     try:
         champion = registry.pointer().champion if registry.versions() else None
     except RegistryError as exc:
@@ -660,7 +661,7 @@ def retrain(
         work_dir=work_dir,
         card={"parent": champion},
         inputs=model_inputs,
-        definitions=definitions,
+        definitions=defs,
     )
     try:
         result = run_retrain(config)
@@ -670,7 +671,7 @@ def retrain(
         result["version_dir"] = copy_version(result["version_dir"], model_dir)
     if register != "none":
         try:
-            pointer = register_version(result, model_dir, as_=register)
+            pointer = register_version(result, model_dir, as_=register, definitions=defs)
         except RegistryError as exc:
             raise UserError(str(exc), exit_code=RUNTIME) from exc
         result["registered"] = {

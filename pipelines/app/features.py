@@ -96,4 +96,4 @@ def load_features(path: str | Path, definitions: Any = None) -> Any:
             column = ev.field(key).dataset_column
             rows[column] = frame[column].to_numpy()
         return training_roles(rows, defs)
-    return training_roles(read_feature_table(path), defs)
+    return training_roles(read_feature_table(path, defs), defs)

@@ -1,11 +1,12 @@
 """The core of ``rillet retrain``: a new model version from the labelled history, compared offline
 with the champion.
 
-Labels arrive ``LABEL_DELAY_DAYS`` (7) days after their transaction, so at time ``now`` only the
-days that ended by ``now - 7 days`` are labelled (:func:`last_labelled_day`). From an event
-history (the Parquet transactions/labels layout ``rillet simulate`` writes) the point-in-time
-feature table is built with the backfill (pipelines.backfill, the streaming pipeline's feature
-code) up to the end of the last labelled day; an existing feature table can be given instead.
+Labels arrive the label stream's declared delay (the handbook's 7 days) after their transaction,
+so at time ``now`` only the days that ended by ``now`` minus that delay are labelled
+(:func:`last_labelled_day`). From an event history (the Parquet transactions/labels layout
+``rillet simulate`` writes) the point-in-time feature table is built with the backfill
+(pipelines.backfill, the streaming pipeline's feature code) up to the end of the last labelled
+day; an existing feature table can be given instead.
 
 Two models are trained with models.selection.select_and_train, same recipe (grid), two windows:
 
@@ -47,7 +48,7 @@ import pandas as pd
 from pipelines.app.errors import UserError
 from pipelines.app.parsing import parse_when
 from pipelines.core.declarations import Definitions
-from pipelines.core.definitions import LABEL_DELAY_DAYS
+from pipelines.core.definitions import DAY_US, LABEL_DELAY_DAYS
 
 __all__ = [
     "MAX_TRAIN_DAYS",
@@ -66,21 +67,33 @@ MAX_TRAIN_DAYS = 21
 bench-continual); a shorter history gets the longest window that fits it."""
 
 
-def last_labelled_day(now: pd.Timestamp | dt.datetime | str) -> dt.date:
+def label_delay_days(definitions: Definitions | None) -> int:
+    """The label delay of the definitions' label stream, in whole days (rounded up): a day is
+    labelled that long after its end."""
+    if definitions is None or definitions.labels is None:
+        return LABEL_DELAY_DAYS
+    return -(-definitions.labels.delay_us // DAY_US)
+
+
+def last_labelled_day(
+    now: pd.Timestamp | dt.datetime | str, delay_days: int = LABEL_DELAY_DAYS
+) -> dt.date:
     """The last calendar day (UTC) whose every transaction is labelled at ``now``.
 
-    A transaction's label arrives LABEL_DELAY_DAYS after it, so day D is fully labelled once
-    ``now >= D + 1 day + LABEL_DELAY_DAYS``: at 2018-09-30 23:59 that is 2018-09-22, at
+    A transaction's label arrives ``delay_days`` (the handbook's 7) after it, so day D is fully
+    labelled once ``now >= D + 1 day + delay_days``: at 2018-09-30 23:59 that is 2018-09-22, at
     2018-10-01 00:00 it is 2018-09-23.
     """
     stamp = pd.Timestamp(now)
     stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
-    labelled_end = (stamp - pd.Timedelta(days=LABEL_DELAY_DAYS)).floor("D")  # exclusive
+    labelled_end = (stamp - pd.Timedelta(days=delay_days)).floor("D")  # exclusive
     day: dt.date = (labelled_end - pd.Timedelta(days=1)).date()
     return day
 
 
-def training_protocol(last_day: dt.date, train_days: int = 7) -> Any:
+def training_protocol(
+    last_day: dt.date, train_days: int = 7, delay_days: int = LABEL_DELAY_DAYS
+) -> Any:
     """The models.evaluation.Protocol whose training block is the ``train_days`` days ending on
     ``last_day`` (its delay and test blocks are the future the model will serve; selection uses
     only its validation folds, which end with the training block)."""
@@ -89,26 +102,32 @@ def training_protocol(last_day: dt.date, train_days: int = 7) -> Any:
     return Protocol(
         train_start=last_day - dt.timedelta(days=train_days - 1),
         train_days=train_days,
-        delay_days=LABEL_DELAY_DAYS,
+        delay_days=delay_days,
         test_days=7,
     )
 
 
-def labelled_days_needed(train_days: int, eval_days: int, select: bool) -> int:
+def labelled_days_needed(
+    train_days: int, eval_days: int, select: bool, delay_days: int = LABEL_DELAY_DAYS
+) -> int:
     """How many labelled days, ending on the last labelled day, a retrain reads: the holdout
     fit's training window (``eval_days`` before the challenger's) and, with selection (more
     than one candidate), that fit's validation folds before it. The challenger's window and the
     evaluation days lie within."""
     last = dt.date(2000, 1, 1)  # any day: the count depends only on the lengths
-    holdout = training_protocol(last - dt.timedelta(days=eval_days), train_days)
+    holdout = training_protocol(last - dt.timedelta(days=eval_days), train_days, delay_days)
     first: dt.date = holdout.earliest_day if select else holdout.train_start
     return (last - first).days + 1
 
 
-def longest_train_days(labelled_days: int, eval_days: int, select: bool, cap: int) -> int:
+def longest_train_days(
+    labelled_days: int, eval_days: int, select: bool, cap: int, delay_days: int = LABEL_DELAY_DAYS
+) -> int:
     """The longest ``train_days`` up to ``cap`` that ``labelled_days`` hold (0: none does)."""
     fits = (
-        t for t in range(cap, 0, -1) if labelled_days_needed(t, eval_days, select) <= labelled_days
+        t
+        for t in range(cap, 0, -1)
+        if labelled_days_needed(t, eval_days, select, delay_days) <= labelled_days
     )
     return next(fits, 0)
 
@@ -120,6 +139,7 @@ def fit_train_days(
     eval_days: int,
     select: bool,
     now_given: bool = False,
+    delay_days: int = LABEL_DELAY_DAYS,
 ) -> int:
     """The training window for a history spanning ``span`` (its first and last transaction
     times, UTC) labelled as of ``now``: ``train_days``, or when None the longest that fits up
@@ -127,13 +147,13 @@ def fit_train_days(
     the history): fewer --train-days or --eval-days, --no-select, a later --now (when given),
     a longer history."""
     first_day = span[0].date()
-    last_day = last_labelled_day(now)
+    last_day = last_labelled_day(now, delay_days)
     labelled = max(0, (last_day - first_day).days + 1)
     wanted = train_days if train_days is not None else MAX_TRAIN_DAYS
-    fitted = longest_train_days(labelled, eval_days, select, wanted)
+    fitted = longest_train_days(labelled, eval_days, select, wanted, delay_days)
     if (train_days is None and fitted) or fitted == wanted:
         return fitted
-    raise _does_not_fit(span, now, labelled, train_days, eval_days, select, now_given)
+    raise _does_not_fit(span, now, labelled, train_days, eval_days, select, now_given, delay_days)
 
 
 def _does_not_fit(
@@ -144,25 +164,30 @@ def _does_not_fit(
     eval_days: int,
     select: bool,
     now_given: bool,
+    delay_days: int = LABEL_DELAY_DAYS,
 ) -> UserError:
     """The error of :func:`fit_train_days`: what the options need, what the history has as of
     ``now``, and every change that would fit."""
     first_day, end_day = span[0].date(), span[1].date()
     at = f"--now {now:%Y-%m-%dT%H:%M}" if now_given else f"its last transaction ({now:%Y-%m-%d})"
-    delay = f"labels arrive {LABEL_DELAY_DAYS} days after their transaction"
-    days = f"{first_day}..{last_labelled_day(now)}" if labelled else f"it starts {first_day}"
+    delay = f"labels arrive {delay_days} days after their transaction"
+    days = (
+        f"{first_day}..{last_labelled_day(now, delay_days)}"
+        if labelled
+        else f"it starts {first_day}"
+    )
     have = f"at {at} the history has {labelled} ({days}; {delay})"
     folds = " and selection's validation folds" if select else ""
-    need = labelled_days_needed(train_days or 1, eval_days, select)
+    need = labelled_days_needed(train_days or 1, eval_days, select, delay_days)
     if train_days is not None:
         problem = f"--train-days {train_days} with --eval-days {eval_days}{folds} needs {need}"
     else:
         problem = f"retraining with --eval-days {eval_days}{folds} needs at least {need}"
     fixes = []
-    shorter = longest_train_days(labelled, eval_days, select, labelled)
+    shorter = longest_train_days(labelled, eval_days, select, labelled, delay_days)
     if train_days is not None and shorter:
         fixes.append(f"--train-days {shorter} or less")
-    alone = longest_train_days(labelled, eval_days, False, labelled)
+    alone = longest_train_days(labelled, eval_days, False, labelled, delay_days)
     if select and alone:
         fixes.append(
             f"--no-select (one candidate, no validation folds: up to {alone} training days)"
@@ -170,16 +195,16 @@ def _does_not_fit(
     fewer = [
         e
         for e in range(eval_days - 1, 0, -1)
-        if labelled_days_needed(train_days or 1, e, select) <= labelled
+        if labelled_days_needed(train_days or 1, e, select, delay_days) <= labelled
     ]
     if not fixes and fewer:
         fixes.append(f"--eval-days {fewer[0]} or less")
     # The earliest midnight at which the last labelled day is the need-th day of the history.
-    earliest = first_day + dt.timedelta(days=need + LABEL_DELAY_DAYS)
+    earliest = first_day + dt.timedelta(days=need + delay_days)
     if now_given and earliest <= end_day:
         fixes.append(f"--now {earliest} or later (the history ends {end_day})")
     else:
-        fixes.append(_longer_history(need + LABEL_DELAY_DAYS + 1))
+        fixes.append(_longer_history(need + delay_days + 1))
     return UserError(f"{problem} labelled days; {have}", "pass " + ", or ".join(fixes))
 
 
@@ -194,13 +219,18 @@ def _longer_history(days: int) -> str:
     return f"a history of {days} days or more{example}"
 
 
-def _check_now(now: pd.Timestamp, span: tuple[pd.Timestamp, pd.Timestamp], text: str) -> None:
+def _check_now(
+    now: pd.Timestamp,
+    span: tuple[pd.Timestamp, pd.Timestamp],
+    text: str,
+    delay_days: int = LABEL_DELAY_DAYS,
+) -> None:
     """A UserError when ``now`` (``--now`` as typed: ``text``) is before the history's first day,
     or later than the day its last day is labelled: after that, days the history does not hold
     would count as labelled. (A feature table cut at the last labelled day, retrain's own
     backfill, is retrained from with the same ``now``.)"""
     first, last = span[0].date(), span[1].date()
-    labelled_by = last + dt.timedelta(days=LABEL_DELAY_DAYS + 1)
+    labelled_by = last + dt.timedelta(days=delay_days + 1)
     if now.date() > labelled_by:
         where = f"after the history: it ends {last}, all labelled by {labelled_by}"
     elif now.date() < first:
@@ -270,7 +300,9 @@ def _feature_table_dir(path: str) -> str:
     )
 
 
-def _history_span(history: str) -> tuple[pd.Timestamp, pd.Timestamp]:
+def _history_span(
+    history: str, definitions: Definitions | None = None
+) -> tuple[pd.Timestamp, pd.Timestamp]:
     """The first and last transaction times (UTC) of an event history's transactions* files."""
     from apache_beam.io.filesystems import FileSystems
 
@@ -282,7 +314,8 @@ def _history_span(history: str) -> tuple[pd.Timestamp, pd.Timestamp]:
     for path in (m.path for m in FileSystems.match([pattern])[0].metadata_list):
         with FileSystems.open(path) as stream:
             for table in read_tables(path, stream):
-                times = times_us(table, path).to_numpy()
+                events = definitions.events if definitions is not None else None
+                times = times_us(table, path, events).to_numpy()
                 if len(times):
                     lows.append(int(times.min()))
                     highs.append(int(times.max()))
@@ -301,12 +334,14 @@ def _table_span(table: pd.DataFrame) -> tuple[pd.Timestamp, pd.Timestamp]:
     return times.min(), times.max()
 
 
-def _now(config: RetrainConfig, span: tuple[pd.Timestamp, pd.Timestamp]) -> pd.Timestamp:
+def _now(
+    config: RetrainConfig, span: tuple[pd.Timestamp, pd.Timestamp], delay_days: int
+) -> pd.Timestamp:
     """``config.now`` (checked: ISO 8601, within the history's days), else the last transaction."""
     if not config.now:
         return span[1]
     now = pd.Timestamp(parse_when(config.now, "--now"))
-    _check_now(now, span, config.now)
+    _check_now(now, span, config.now, delay_days)
     return now
 
 
@@ -379,45 +414,50 @@ def retrain(config: RetrainConfig) -> dict[str, Any]:
 def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
     from models.evaluation import Protocol, day_of, test_set
     from models.selection import GRID, select_and_train
+    from pipelines.app.features import training_roles
     from pipelines.backfill.backfill import read_feature_table, run_backfill
     from pipelines.core.declarations import load_definitions
 
     grid = tuple(config.grid) if config.grid is not None else GRID
+    definitions = config.definitions or load_definitions()
+    delay_days = label_delay_days(definitions)
     # The window is checked against the history's span before the backfill, the long part.
     if _is_event_history(config.history):
-        span = _history_span(config.history)
+        span = _history_span(config.history, definitions)
         table = None
     else:
         table_dir = _feature_table_dir(config.history)
-        table = read_feature_table(table_dir)
+        table = training_roles(read_feature_table(table_dir, definitions), definitions)
         span = _table_span(table)
-    now = _now(config, span)
-    last_day = last_labelled_day(now)
+    now = _now(config, span, delay_days)
+    last_day = last_labelled_day(now, delay_days)
     train_days = fit_train_days(
-        span, now, config.train_days, config.eval_days, len(grid) > 1, bool(config.now)
+        span,
+        now,
+        config.train_days,
+        config.eval_days,
+        len(grid) > 1,
+        bool(config.now),
+        delay_days,
     )
     if table is None:
         until = (last_day + dt.timedelta(days=1)).isoformat()
-        table_dir = str(
-            run_backfill(
-                config.history,
-                f"{work.rstrip('/')}/backfill",
-                [f"--until={until}", f"--shards={config.shards}"],
-            )
-        )
-        table = read_feature_table(table_dir)
+        args = [f"--until={until}", f"--shards={config.shards}"]
+        if definitions.source:
+            args.append(f"--definitions={definitions.source}")
+        table_dir = str(run_backfill(config.history, f"{work.rstrip('/')}/backfill", args))
+        table = training_roles(read_feature_table(table_dir, definitions), definitions)
     labelled = table[day_of(table) <= last_day.isoformat()]
 
-    protocol = training_protocol(last_day, train_days)
+    protocol = training_protocol(last_day, train_days, delay_days)
     eval_last = last_day
     eval_first = last_day - dt.timedelta(days=config.eval_days - 1)
-    holdout = training_protocol(eval_first - dt.timedelta(days=1), train_days)
+    holdout = training_protocol(eval_first - dt.timedelta(days=1), train_days, delay_days)
 
     card = {
         "retrain": {"now": now.isoformat(), "last_labelled_day": last_day.isoformat()},
         **config.card,
     }
-    definitions = config.definitions or load_definitions()
     inputs = tuple(config.inputs) if config.inputs is not None else definitions.names
     absent = [n for n in inputs if n not in table.columns]
     if absent:
@@ -520,9 +560,16 @@ def copy_version(version_dir: str | Path, model_dir: str) -> str:
     return target
 
 
-def register(result: dict[str, Any], model_dir: str, as_: str = "challenger") -> Any:
+def register(
+    result: dict[str, Any],
+    model_dir: str,
+    as_: str = "challenger",
+    definitions: Definitions | None = None,
+) -> Any:
     """Registers the version :func:`retrain` exported (``result["version"]``) in the model
-    registry of ``model_dir`` as ``as_``; returns the registry's new pointer."""
+    registry of ``model_dir`` as ``as_``, checked against ``definitions`` (default: the
+    handbook's file); returns the registry's new pointer."""
     from pipelines.stores.model_registry import ModelRegistry
 
-    return ModelRegistry(model_dir).register(result["version"], as_=as_)
+    registry = ModelRegistry(model_dir, definitions=definitions)
+    return registry.register(result["version"], as_=as_)

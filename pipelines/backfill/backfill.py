@@ -744,10 +744,13 @@ def run_backfill(input_dir: str, output_dir: str, pipeline_args: Sequence[str] =
     return Path(manifest["feature_table"])
 
 
-def read_feature_table(path: str | Path) -> pd.DataFrame:
-    """The feature table written by the backfill, ordered by transaction id."""
+def read_feature_table(path: str | Path, definitions: Definitions | None = None) -> pd.DataFrame:
+    """The feature table written by the backfill of ``definitions`` (default: the handbook's
+    file), ordered by transaction id."""
+    ev = (definitions or load_definitions()).events
     frame = pd.read_parquet(path)
-    return frame.sort_values("TRANSACTION_ID", kind="stable").reset_index(drop=True)
+    column = ev.field(ev.id_field).dataset_column
+    return frame.sort_values(column, kind="stable").reset_index(drop=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""Training and evaluation take any workload's definitions file: the payments workload end to
-end in batch (simulate, train, evaluate), from its declarations only."""
+"""Training, evaluation and retraining take any workload's definitions file: the payments
+workload end to end in batch (simulate, train, evaluate, retrain), from its declarations only."""
 
 from __future__ import annotations
 
@@ -42,3 +42,12 @@ def test_payments_trains_and_evaluates_from_its_definitions(tmp_path: Path) -> N
     # chance on the test week.
     assert result["offline"]["auc"] > 0.85 and result["offline"]["ap"] > 0.5
     assert result["n_test_frauds"] > 50
+    # Continual learning on it: its labels are known 3 days after (not the handbook's 7).
+    retrained = runner.invoke(
+        app,
+        ["retrain", *state, "--model-dir", models, "--quick", "--definitions", PAYMENTS],
+    )
+    assert retrained.exit_code == 0, retrained.output
+    step = json.loads(retrained.output.strip().splitlines()[-1])
+    assert step["now"].startswith("2018-05-26") and step["last_labelled_day"] == "2018-05-22"
+    assert step["evaluation"]["challenger"]["auc"] > 0.85

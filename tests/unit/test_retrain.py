@@ -272,18 +272,24 @@ def test_register_hands_the_version_to_the_registry(monkeypatch: pytest.MonkeyPa
     calls = []
 
     class FakeRegistry:
-        def __init__(self, model_dir: str) -> None:
+        def __init__(self, model_dir: str, definitions: object = None) -> None:
             self.model_dir = model_dir
+            self.definitions = definitions
 
         def register(self, version: str, as_: str) -> str:
-            calls.append((self.model_dir, version, as_))
+            calls.append((self.model_dir, version, as_, self.definitions))
             return version
 
     module = types.ModuleType("pipelines.stores.model_registry")
     module.ModelRegistry = FakeRegistry  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "pipelines.stores.model_registry", module)
     assert register({"version": "v1"}, "gs://b/models") == "v1"
-    assert calls == [("gs://b/models", "v1", "challenger")]
+    # The version is checked against the definitions it was trained with.
+    assert register({"version": "v2"}, "gs://b/models", definitions="payments") == "v2"
+    assert calls == [
+        ("gs://b/models", "v1", "challenger", None),
+        ("gs://b/models", "v2", "challenger", "payments"),
+    ]
 
 
 # -- the command -------------------------------------------------------------------------------
