@@ -38,13 +38,7 @@ from pipelines.transforms.entity_windows import EntityWindowsFn, stage_entities,
 from pipelines.transforms.id_index import ACCEPTED_LABELS, IndexIdsFn, RestoreWaits
 from pipelines.transforms.parse import DEAD_LETTER_TAG
 
-__all__ = [
-    "STAGE_LABELS",
-    "ComputeFeatures",
-    "ComputedFeatures",
-    "FeatureBatch",
-    "stage_labels",
-]
+__all__ = ["ComputeFeatures", "ComputedFeatures", "FeatureBatch", "stage_labels"]
 
 # The keyed stages' labels inside ComputeFeatures (Dataflow --update matches them by name).
 INDEX_IDS = "IndexIds"
@@ -56,8 +50,6 @@ def stage_labels(definitions: Definitions | None = None) -> tuple[str, ...]:
     defs = definitions or load_definitions()
     return (INDEX_IDS, *(stage_name(e) for e in stage_entities(defs)))
 
-
-STAGE_LABELS = stage_labels()
 
 # What every stateful step's input is: a str key (deterministic) and a stage record, encoded by
 # its own deterministic coder (pipelines/transforms/coders.py), never pickled.
