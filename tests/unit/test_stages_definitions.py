@@ -140,3 +140,32 @@ def test_payments_shuffled_with_redeliveries_equal_the_oracle(
     frame = pd.DataFrame(got, columns=names)
     assert (frame["MERCHANT_RISK_7D"] > 0).mean() > 0.02
     assert (frame["CARD_CATEGORY_SHARE_30D"] > 0).all()
+
+
+def test_a_later_stage_keeps_the_newest_carried_features_whatever_their_order() -> None:
+    """Two computations of one transaction's customer features reach the terminal stage in the
+    wrong order (the older one last): the vector it emits keeps the newer features, stored on
+    the transaction's cell; a newer one still replaces them."""
+    from pipelines.core.batches import FeatureBatch, Part
+    from pipelines.stores.window_store import InMemoryStore
+    from tests.events import handbook_tx
+    from tests.unit.dofn_state import Harness
+
+    defs = load_definitions()
+    fn = EntityWindowsFn(defs, 1, InMemoryStore("carried-order"), 1)
+    fn.setup()
+    harness = Harness(fn)
+    tx = handbook_tx("1", 1_522_540_800_000_000, "C1", "T1", 10.0)
+    columns = [defs.names.index(f.name) for f in defs.window_features(defs.entity("customer"))]
+
+    def carried(part: Part) -> list[float]:
+        fn.start_bundle()
+        out = harness.process("T1", part) + list(fn.finish_bundle())
+        (batch,) = [o for o in out if isinstance(o, FeatureBatch)]
+        return [float(x) for x in batch.features[0, columns]]
+
+    newer = tuple(float(i + 1) for i in range(len(columns)))
+    older = tuple(0.5 for _ in columns)
+    assert carried(Part(tx, newer, 2_000)) == list(newer)
+    assert carried(Part(tx, older, 1_000)) == list(newer)  # late: the stored ones win
+    assert carried(Part(tx, older, 3_000)) == list(older)  # a newer computation replaces them
