@@ -514,8 +514,9 @@ class Cells:
 
 
 def read_cells(topology: Any, subset: pd.DataFrame) -> Cells:
-    from pipelines.core.cells import summarize
-    from pipelines.core.definitions import CUSTOMER, TERMINAL
+    from pipelines.core.declarations import load_definitions
+    from pipelines.core.window_cells import Layout
+    from pipelines.core.window_state import Bucket
     from pipelines.stores.bigtable import FeatureStore, StoreConfig
     from pipelines.stores.window_store import BucketCells
 
@@ -524,19 +525,21 @@ def read_cells(topology: Any, subset: pd.DataFrame) -> Cells:
     )
     out = []
     inconsistent = 0
-    for entity, column, labels in (
-        (CUSTOMER, "CUSTOMER_ID", False),
-        (TERMINAL, "TERMINAL_ID", True),
+    defs = load_definitions()
+    for name, column, labels in (
+        ("customer", "CUSTOMER_ID", False),
+        ("terminal", "TERMINAL_ID", True),
     ):
+        layout = Layout.of(defs, defs.entity(name))
         ids = sorted(subset[column].astype(str).unique())
         cells: dict[str, BucketCells] = {}
         for at in range(0, len(ids), 200):
-            summaries = store.read_summaries(entity, ids[at : at + 200], 0)
+            summaries = store.read_summaries(layout, ids[at : at + 200], 0)
             rows = [(i, b) for i, buckets in summaries.items() for b in buckets]
-            found = store.read_buckets(entity, rows, labels=True)
+            found = store.read_buckets(layout, rows, labels=True)
             for entity_id, b in rows:
                 bucket = found.get((entity_id, b), BucketCells())
-                if summaries[entity_id][b] != summarize(bucket.tx, bucket.labels):
+                if summaries[entity_id][b] != Bucket(layout, bucket.tx, bucket.labels).summary():
                     inconsistent += 1
                 merged = cells.setdefault(entity_id, BucketCells())
                 merged.tx.update(bucket.tx)
@@ -645,7 +648,7 @@ def check(
         body = json.loads(m.data)
         entity = cells.terminals.get(body["terminal_id"])
         cell = entity.labels.get(m.transaction_id) if entity is not None else None
-        if cell is None or int(cell.is_fraud) != int(body["is_fraud"]):
+        if cell is None or int(cell.value) != int(body["is_fraud"]):
             uncounted.append(m.transaction_id)
     slots = {}
     for tx_id in uncounted[:5]:

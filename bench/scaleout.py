@@ -370,17 +370,20 @@ def store_round_trip_ms(work_dir: Path) -> float:
     import statistics
 
     from pipelines.app.local_run import LocalRun
-    from pipelines.core.definitions import TERMINAL
+    from pipelines.core.declarations import load_definitions
+    from pipelines.core.window_cells import Layout
     from pipelines.stores.bigtable import FeatureStore, StoreConfig
 
+    defs = load_definitions()
+    terminal = Layout.of(defs, defs.entity("terminal"))
     with LocalRun(work_dir / "rtt-stack", fresh="rtt") as local:
         t = local.topology
         store = FeatureStore(StoreConfig(t.project, t.bigtable_instance, t.bigtable_table))
-        store.read_buckets(TERMINAL, [("warm", 1)], labels=True)  # the channel's first call
+        store.read_buckets(terminal, [("warm", 1)], labels=True)  # the channel's first call
         times = []
         for i in range(200):
             started = time.perf_counter()
-            store.read_buckets(TERMINAL, [("x", i)], labels=True)
+            store.read_buckets(terminal, [("x", i)], labels=True)
             times.append(time.perf_counter() - started)
     return round(1000 * statistics.median(times), 3)
 
@@ -389,7 +392,8 @@ def hot_entity_section(hot_run: dict, share: float, rate: float, rtt_ms: float) 
     """The hot entity: its largest row at ``rate`` events/s in total, and its key's ceiling
     (measured on the emulator, and with Bigtable's documented single-row latency instead)."""
     from bench.chaos_dataflow import HOT_TERMINAL
-    from pipelines.core.definitions import CUSTOMER, TERMINAL, window_features
+    from pipelines.core.declarations import load_definitions
+    from pipelines.core.window_cells import Layout
     from pipelines.stores.bigtable import bucket_row_bytes
 
     items = [(s, e) for k, s, e in hot_run["work"]["TerminalWindows"] if k == str(HOT_TERMINAL)]
@@ -397,7 +401,11 @@ def hot_entity_section(hot_run: dict, share: float, rate: float, rtt_ms: float) 
     # Half the reference workload's events are labels: the entity gets share x rate events, a
     # transaction and, a week later, its label (in the transaction's bucket).
     per_kind = rate * share / 2
-    row = bucket_row_bytes(TERMINAL, per_kind, per_kind, len(window_features(CUSTOMER)))
+    defs = load_definitions()
+    customer, terminal = defs.entity("customer"), defs.entity("terminal")
+    row = bucket_row_bytes(
+        Layout.of(defs, terminal), per_kind, per_kind, len(defs.window_features(customer))
+    )
     # A terminal work item makes about four store round trips (the bucket rows' write, the
     # Datastore lookup and commit, the publish's ack); on Bigtable and Datastore each is a few
     # milliseconds (Bigtable: "single-digit millisecond latency"), not the emulator's.

@@ -114,11 +114,13 @@ def plan(events_per_second: float, assumptions: Assumptions = Assumptions()) -> 
         )
     # The hottest entity's events: half transactions, half their labels (a week later, in the
     # transaction's bucket): its largest bucket row.
-    from pipelines.core.definitions import TERMINAL
+    from pipelines.core.declarations import load_definitions
+    from pipelines.core.window_cells import Layout
     from pipelines.stores.bigtable import bucket_row_bytes
 
+    defs = load_definitions()
     row = bucket_row_bytes(
-        TERMINAL,
+        Layout.of(defs, defs.entity("terminal")),
         hottest * (1 - a.label_fraction),
         hottest * a.label_fraction,
         a.customer_features_carried,

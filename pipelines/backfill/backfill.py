@@ -52,7 +52,7 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 
 from pipelines.backfill.event_tables import InvalidTable, canonical, read_tables
 from pipelines.core import definitions as handbook
-from pipelines.core.cells import SPARSE_CELLS, bucket_of, summarize
+from pipelines.core.cells import SPARSE_CELLS, bucket_of
 from pipelines.core.declarations import (
     DEFAULT_DEFINITIONS,
     Definitions,
@@ -63,6 +63,8 @@ from pipelines.core.declarations import (
 )
 from pipelines.core.engine import EventColumns, compute_features
 from pipelines.core.predicates import TIME_PARTS
+from pipelines.core.window_cells import Layout
+from pipelines.core.window_state import Bucket
 from pipelines.options import RilletOptions, unknown_arguments
 from pipelines.stores.bigtable import FAMILY_TX, FeatureStore, StoreConfig, transaction_record
 from pipelines.stores.shared import SharedResource
@@ -72,8 +74,6 @@ from pipelines.stores.window_store import (
     BucketCells,
     BucketWrite,
     EntityHead,
-    LabelCell,
-    TxCell,
     Writes,
 )
 
@@ -437,6 +437,10 @@ def state_writes(
     each entity's latest transaction and, for customers, the transactions' id-index entries."""
     key = entity.key_field
     (other,) = (e.key_field for e in handbook.ENTITIES if e != entity)
+    # The stream's cells of the handbook's file (window_cells.Layout: what the stage stores).
+    defs = load_definitions()
+    layout = Layout.of(defs, defs.entity(entity.name))
+    ev = defs.events
     since = end_us - handbook.max_lookback_us(entity)
     writes = Writes()
     keep = np.flatnonzero(np.asarray(tx.time_us) >= since)
@@ -457,7 +461,14 @@ def state_writes(
         strict=True,
     ):
         cells = buckets.setdefault((entity_id, bucket_of(int(t_us))), BucketCells())
-        cells.tx[tx_id] = TxCell(int(t_us), float(amount), other_id)
+        event = {
+            ev.id_field: tx_id,
+            ev.time_field: int(t_us),
+            key: entity_id,
+            other: other_id,
+            "amount": float(amount),
+        }
+        cells.tx[tx_id] = layout.cell(event)
         if entity == handbook.CUSTOMER:  # the id index, once per transaction (no message: "")
             fields = {"customer_id": entity_id, "terminal_id": other_id, "amount": float(amount)}
             record = transaction_record("", int(t_us), fields)
@@ -472,9 +483,19 @@ def state_writes(
             strict=True,
         ):
             cells = buckets.setdefault((entity_id, bucket_of(int(t_us))), BucketCells())
-            cells.labels[tx_id] = LabelCell(int(t_us), int(flag))
+            cells.labels[tx_id] = layout.label_cell(
+                {layout.label_time_field: int(t_us), layout.label_field: int(flag)}
+            )
     writes.buckets += [
-        BucketWrite(entity, i, b, cells.tx, cells.labels, summarize(cells.tx, cells.labels), None)
+        BucketWrite(
+            layout,
+            i,
+            b,
+            cells.tx,
+            cells.labels,
+            Bucket(layout, cells.tx, cells.labels).summary(),
+            None,
+        )
         for (i, b), cells in buckets.items()
     ]
     # Each entity's head (no stream write yet; its cells) and, for a sparse one, an archive of
@@ -486,14 +507,14 @@ def state_writes(
     stamp = end_us // 1000 * 1000
     for entity_id, cells_of in per_entity.items():
         total = sum(len(c.tx) + len(c.labels) for c in cells_of.values())
-        writes.heads.append((entity, entity_id, EntityHead(NO_STREAM_WRITE, total), stamp))
+        writes.heads.append((layout.entity, entity_id, EntityHead(NO_STREAM_WRITE, total), stamp))
         if total <= SPARSE_CELLS:
             archived = BucketCells()
             for b, c in cells_of.items():
                 if b < last:
                     archived.tx.update(c.tx)
                     archived.labels.update(c.labels)
-            writes.archives.append((entity, entity_id, Archive(first, last, archived), stamp))
+            writes.archives.append((layout, entity_id, Archive(first, last, archived), stamp))
     # The features of each entity's latest transaction (the stream's ``features`` family).
     frame = pd.DataFrame({"entity": np.asarray(getattr(tx, key)), "time": np.asarray(tx.time_us)})
     latest_rows = frame.reset_index().sort_values(["time", "index"]).groupby("entity").tail(1)
@@ -502,7 +523,7 @@ def state_writes(
         latest_rows["entity"], latest_rows["time"], latest_rows["index"], strict=True
     ):
         values = dict(zip(names, map(float, matrix[i]), strict=True))
-        writes.features.append((entity, str(entity_id), int(t), values))
+        writes.features.append((layout.entity, str(entity_id), int(t), values))
     return writes
 
 

@@ -1,9 +1,9 @@
 """What flows between the keyed stages (README "Ordering", docs/specs/messages.md).
 
-    IndexIds (key: transaction id) ── Routed(Transaction) ─> CustomerWindows (key: customer)
-                                   └─ Routed(Label) ──────┐
-    CustomerWindows ─ CustomerPart ───────────────────────┴─> TerminalWindows (key: terminal)
-    TerminalWindows ─ FeatureBatch ─> Predict ─> WritePredictions
+    IndexIds (key: transaction id) ── Routed(Transaction) ─> the first entity stage
+                                   └─ Routed(Label) ──────> each stage with label features
+    an entity stage ─ Part ─> the next entity stage (pipelines/transforms/features.py)
+    the last entity stage ─ FeatureBatch ─> Predict ─> WritePredictions
 
 ``token`` is the DirectRunner's recovery group the element belongs to (local_runner.recovery; 0
 elsewhere): a message finishes once every element it led to has reached a sink.
@@ -19,7 +19,7 @@ import numpy as np
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.schema import Label, StageRecord, Transaction
 
-__all__ = ["CustomerPart", "FeatureBatch", "Routed", "StageRecord"]
+__all__ = ["FeatureBatch", "Part", "Routed", "StageRecord"]
 
 E = TypeVar("E", Transaction, Label)
 
@@ -33,11 +33,12 @@ class Routed(StageRecord, Generic[E]):
 
 
 @dataclass
-class CustomerPart(StageRecord):
-    """A transaction with the features its customer's stage computed (``values``, in the order
-    of ``window_features(CUSTOMER)``). ``revision`` orders the computations of this part for one
+class Part(StageRecord):
+    """A transaction on its way from one entity stage to the next, with the window features of
+    the stages before it (``values``: each stage's ``Definitions.window_features(entity)`` in
+    turn, in the file's entity order). ``revision`` orders the computations of this part for one
     transaction (a correction has a higher one); ``correction`` marks a recomputation after an
-    out-of-order event of the customer."""
+    out-of-order event of an earlier stage's entity."""
 
     tx: Transaction
     values: tuple[float, ...]

@@ -258,7 +258,7 @@ def aggregate(
 ) -> np.ndarray:
     """A window feature's values from its window's exact integer aggregates: the one place the
     integers become floats, so every path that sums the same integers (the engine over events,
-    pipelines.core.entity_index over bucket summaries and edge cells) gives the same bits."""
+    pipelines.core.window_state over bucket summaries and edge cells) gives the same bits."""
     count = np.asarray(count, dtype=np.int64)
     if aggregation == "count":
         return count.astype(np.float64)

@@ -94,7 +94,7 @@ class Cell(NamedTuple):
     field an older cell did not store). ``kept`` are the other event fields but the id, the time
     and the entity's own keys, in ``Layout.kept`` order: with the entity id and the transaction
     id they rebuild the event for a correction (``Layout.event``). ``revision`` and ``carried``
-    as on today's cells (pipelines/core/cells.py ``TxCell``)."""
+    as the stages keep them (pipelines/transforms/entity_windows.py)."""
 
     time_us: int
     values: tuple[Any, ...]
@@ -143,7 +143,7 @@ class LabelStat(NamedTuple):
 
 
 class Aggregates(NamedTuple):
-    """A bucket's summary (generalising pipelines/core/cells.py ``Summary``): every window that
+    """A bucket's summary: every window that
     covers the bucket whole reads it instead of its cells."""
 
     transactions: int  # transaction cells (any filter)

@@ -1,6 +1,6 @@
 """EntityState: one entity's window state for any definitions file, answering exact windows.
 
-The generalisation of pipelines/core/entity_index.py ``EntityWindows`` (same public methods) to
+The window state of the streaming stages (pipelines/transforms/entity_windows.py), for
 every window operation of the definitions file (docs/specs/definitions.md, "Operations"; the
 oracle is tests/oracle.py), over the cells and summaries of pipelines/core/window_cells.py.
 

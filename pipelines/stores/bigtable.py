@@ -6,12 +6,14 @@ Schema (one table; the contract, field by field, is docs/specs/bigtable.md):
                      15 minutes (pipelines/core/cells.py; ``<bucket>`` = event time // bucket,
                      12 digits), so a row stays bounded whatever the entity's rate.
   family ``tx``      one cell per transaction of the entity in the bucket: qualifier =
-                     transaction_id, value = the tx cell (``encode_tx_cell``); and qualifier
-                     ``#summary``: the bucket's summary (count, amount units, first and last
-                     time, labels, frauds; ``encode_summary``), written in the same row
-                     mutation as the cells (atomic), so a long window reads summaries.
-  family ``label``   terminal rows only: one cell per labelled transaction: qualifier =
-                     transaction_id, value = >q8 event time + 1 byte is_fraud.
+                     transaction_id, value = the cell (pipelines/core/window_cells.py
+                     ``encode_cell``: the fields the entity's windows read, the rest of the
+                     event, revisions and carried features, each field named); and qualifier
+                     ``#summary``: the bucket's ``Aggregates`` (``encode_aggregates``), written
+                     in the same row mutation as the cells (atomic), so a long window reads
+                     summaries.
+  family ``label``   rows of entities with label features: one cell per labelled transaction:
+                     qualifier = transaction_id, value = ``encode_label``.
                      Cell versions: the stream writes with its fence (a per-key counter in Beam
                      state, pipelines/transforms/keyed_stage.py), the backfill with event times;
                      a read takes each cell's newest version, so an attempt that lost its key
@@ -43,7 +45,6 @@ a backfill over a range the stream already saw) changes nothing: the store is id
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import struct
@@ -53,9 +54,19 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, NamedTuple
 
-from pipelines.core.cells import Summary
-from pipelines.core.definitions import Entity
+from pipelines.core.declarations import Entity
 from pipelines.core.label_slots import content_digest
+from pipelines.core.window_cells import (
+    Aggregates,
+    Cell,
+    Layout,
+    decode_aggregates,
+    decode_cell,
+    decode_label,
+    encode_aggregates,
+    encode_cell,
+    encode_label,
+)
 from pipelines.stores.retry import (
     CALL_TIMEOUT_S,
     raise_for_statuses,
@@ -66,8 +77,6 @@ from pipelines.stores.window_store import (
     BucketCells,
     EntityHead,
     IdRecord,
-    LabelCell,
-    TxCell,
     Writes,
     summary_timestamp,
 )
@@ -89,12 +98,8 @@ __all__ = [
     "create_table",
     "decode_archive",
     "decode_head",
-    "decode_summary",
-    "decode_tx_cell",
     "encode_archive",
     "encode_head",
-    "encode_summary",
-    "encode_tx_cell",
     "head_row_key",
     "transaction_record",
 ]
@@ -104,8 +109,6 @@ _LOGGER = logging.getLogger(__name__)
 FAMILY_TX = "tx"
 FAMILY_LABEL = "label"
 FAMILY_FEATURES = "features"
-_TX_HEAD = struct.Struct(">qdqqH")
-_LABEL_VALUE = struct.Struct(">qb")
 _FLOAT = struct.Struct(">d")
 # Bigtable timestamps are microseconds with millisecond granularity.
 _MS = 1000
@@ -117,8 +120,8 @@ HEAD_QUALIFIER = b"#head"  # on the entity's head row
 ARCHIVE_QUALIFIER = b"#archive"  # on the entity's head row (the backfill's)
 _HEAD = struct.Struct(">Bqq")  # format version, stream_from bucket, cells
 _ARCHIVE_HEAD = struct.Struct(">BqqII")  # format version, from, to bucket, transactions, labels
-_SUMMARY = struct.Struct(">Bqqqqqq")  # format version, count, units, first, last, labels, frauds
-_SUMMARY_VERSION = 1
+_ARCHIVE_VERSION = 2  # 1: the handbook-only cells, columnar (not read: a new table)
+_SIZE = struct.Struct(">I")
 _BUCKET_DIGITS = 12
 
 
@@ -135,7 +138,7 @@ def bucket_row_key(entity: Entity, entity_id: str, bucket: int) -> bytes:
 
 
 def bucket_row_bytes(
-    entity: Entity,
+    layout: Layout,
     transactions_per_s: float,
     labels_per_s: float,
     carried_features: int = 0,
@@ -144,19 +147,35 @@ def bucket_row_bytes(
     """The size of the largest bucket row an entity makes when it gets ``transactions_per_s``
     and ``labels_per_s`` (each label lands in its transaction's bucket), from the encoded size
     of its cells: per cell the qualifier, family, timestamp and value, as Bigtable counts a row
-    (plus the row key and the summary once). ``carried_features``: the customer features a
-    terminal's cells carry; ``id_chars``: the length of transaction and entity ids."""
-    from pipelines.core.cells import BUCKET_US, TxCell
+    (plus the row key and the summary once). ``carried_features``: the features of the stages
+    before that its cells carry; ``id_chars``: the length of ids and text values (numbers are
+    encoded as float64)."""
+    from pipelines.core.cells import BUCKET_US
+    from pipelines.core.window_cells import LabelCell
 
     ident = "9" * id_chars
-    key = bucket_row_key(entity, ident, 10**9)
-    cell = TxCell(0, 0.0, ident, 1, (0.0,) * carried_features, 1)
-    tx = id_chars + len(FAMILY_TX) + 8 + len(encode_tx_cell(cell))
-    label = id_chars + len(FAMILY_LABEL) + 8 + _LABEL_VALUE.size
-    summary = len(SUMMARY_QUALIFIER) + len(FAMILY_TX) + 8 + _SUMMARY.size
+    key = bucket_row_key(layout.entity, ident, 10**9)
+    values = tuple(0.0 if layout.scales.get(n) else ident for n in layout.fields)
+    kept = tuple(ident for _ in layout.kept)
+    cell = Cell(0, values, 1, (0.0,) * carried_features, 1, kept)
+    tx = id_chars + len(FAMILY_TX) + 8 + len(encode_cell(layout, cell))
+    label_cell = LabelCell(0, 1, tuple(ident for _ in layout.label_fields))
+    label = id_chars + len(FAMILY_LABEL) + 8 + len(encode_label(layout, label_cell))
+    summary = len(SUMMARY_QUALIFIER) + len(FAMILY_TX) + 8 + _summary_bytes(layout)
     seconds = BUCKET_US / 1_000_000
     cells = transactions_per_s * seconds * tx + labels_per_s * seconds * label
     return int(len(key) + summary + cells)
+
+
+def _summary_bytes(layout: Layout) -> int:
+    """The size of a summary of one cell (distinct sets grow with the bucket: not counted)."""
+    from pipelines.core.window_cells import LabelCell
+    from pipelines.core.window_state import Bucket
+
+    values = tuple(0.0 if layout.scales.get(n) else "9" for n in layout.fields)
+    bucket = Bucket(layout, {"1": Cell(1, values, kept=("9",) * len(layout.kept))})
+    bucket.labels["1"] = LabelCell(1, 1, ("9",) * len(layout.label_fields))
+    return len(encode_aggregates(bucket.summary()))
 
 
 def encode_head(head: EntityHead) -> bytes:
@@ -171,103 +190,55 @@ def decode_head(raw: bytes) -> EntityHead:
     return EntityHead(stream_from, cells)
 
 
-def _blob(values: Sequence[str]) -> bytes:
-    joined = "\n".join(values).encode()
-    return struct.pack(">I", len(joined)) + joined
+def _sized(out: list[bytes], data: bytes) -> None:
+    out.append(_SIZE.pack(len(data)))
+    out.append(data)
 
 
-def encode_archive(archive: Archive) -> bytes:
-    """An archive as one value, columnar (docs/specs/bigtable.md): the head ``>BqqII``
-    (version, from and to bucket, n transactions, m labels), then n x ``>q`` time, n x ``>d``
-    amount, n x ``>q`` revision, n x ``>q`` carried revision, n x ``>H`` carried count, the
-    carried values (``>d``), the transaction ids and the other ids (each list ``>I`` length +
-    UTF-8 joined by newlines), then m x ``>q`` time, m x ``>b`` is_fraud and the labels'
-    transaction ids."""
-    import numpy as np
-
+def encode_archive(layout: Layout, archive: Archive) -> bytes:
+    """An archive as one value (docs/specs/bigtable.md): the head ``>BqqII`` (version 2, from
+    and to bucket, n transactions, m labels), then n x (transaction id, ``encode_cell``) and
+    m x (transaction id, ``encode_label``), each part a ``>I`` length and its bytes."""
     cells = archive.cells
-    tx_ids = list(cells.tx)
-    txs = [cells.tx[i] for i in tx_ids]
-    label_ids = list(cells.labels)
-    labels = [cells.labels[i] for i in label_ids]
-    carried = [v for c in txs for v in c.carried]
-    return b"".join(
-        [
-            _ARCHIVE_HEAD.pack(1, archive.from_bucket, archive.to_bucket, len(txs), len(labels)),
-            np.array([c.time_us for c in txs], ">i8").tobytes(),
-            np.array([c.amount for c in txs], ">f8").tobytes(),
-            np.array([c.revision for c in txs], ">i8").tobytes(),
-            np.array([c.carried_revision for c in txs], ">i8").tobytes(),
-            np.array([len(c.carried) for c in txs], ">u2").tobytes(),
-            np.array(carried, ">f8").tobytes(),
-            _blob(tx_ids),
-            _blob([c.other_id for c in txs]),
-            np.array([lb.time_us for lb in labels], ">i8").tobytes(),
-            np.array([lb.is_fraud for lb in labels], ">i1").tobytes(),
-            _blob(label_ids),
-        ]
-    )
+    out = [
+        _ARCHIVE_HEAD.pack(
+            _ARCHIVE_VERSION,
+            archive.from_bucket,
+            archive.to_bucket,
+            len(cells.tx),
+            len(cells.labels),
+        )
+    ]
+    for tx_id, cell in cells.tx.items():
+        _sized(out, tx_id.encode())
+        _sized(out, encode_cell(layout, cell))
+    for tx_id, label in cells.labels.items():
+        _sized(out, tx_id.encode())
+        _sized(out, encode_label(layout, label))
+    return b"".join(out)
 
 
-def decode_archive(raw: bytes) -> Archive:
-    """The archive of ``encode_archive``."""
-    import numpy as np
-
+def decode_archive(layout: Layout, raw: bytes) -> Archive:
+    """The archive of ``encode_archive``, its cells in ``layout``'s order."""
     version, first, last, n, m = _ARCHIVE_HEAD.unpack_from(raw)
-    if version != 1:
-        raise ValueError(f"unknown archive format {version}")
+    if version != _ARCHIVE_VERSION:
+        raise ValueError(f"archive format {version} is not {_ARCHIVE_VERSION}")
     offset = _ARCHIVE_HEAD.size
 
-    def array(dtype: str, count: int) -> list[Any]:
+    def part() -> bytes:
         nonlocal offset
-        values = np.frombuffer(raw, dtype, count, offset)
-        offset += values.nbytes
-        return values.tolist()
+        (size,) = _SIZE.unpack_from(raw, offset)
+        offset += _SIZE.size + size
+        return raw[offset - size : offset]
 
-    def blob(count: int) -> list[str]:
-        nonlocal offset
-        (size,) = struct.unpack_from(">I", raw, offset)
-        offset += 4 + size
-        return raw[offset - size : offset].decode().split("\n") if count else []
-
-    times, amounts = array(">i8", n), array(">f8", n)
-    revisions, carried_revisions = array(">i8", n), array(">i8", n)
-    counts = array(">u2", n)
-    flat = array(">f8", sum(counts))
-    tx_ids, others = blob(n), blob(n)
-    label_times, flags, label_ids = array(">i8", m), array(">i1", m), blob(m)
-    carried: Any
-    if flat:
-        carried, at = [], 0
-        for k in counts:
-            carried.append(tuple(flat[at : at + k]))
-            at += k
-    else:  # the backfill's cells carry nothing
-        carried = itertools.repeat(())
-    cells = BucketCells(
-        dict(
-            zip(
-                tx_ids,
-                map(TxCell, times, amounts, others, revisions, carried, carried_revisions),
-                strict=True,
-            )
-        ),
-        dict(zip(label_ids, map(LabelCell, label_times, flags), strict=True)),
-    )
+    cells = BucketCells()
+    for _ in range(n):
+        tx_id = part().decode()
+        cells.tx[tx_id] = decode_cell(layout, part())[0]
+    for _ in range(m):
+        tx_id = part().decode()
+        cells.labels[tx_id] = decode_label(layout, part())[0]
     return Archive(first, last, cells)
-
-
-def encode_summary(summary: Summary) -> bytes:
-    """``>Bqqqqqq``: format version (1), count, amount units, first and last transaction time
-    (µs), labels, frauds. Later versions append fields (pipelines.core.cells.Summary)."""
-    return _SUMMARY.pack(_SUMMARY_VERSION, *summary)
-
-
-def decode_summary(raw: bytes) -> Summary:
-    version, *fields = _SUMMARY.unpack_from(raw)
-    if version != _SUMMARY_VERSION:
-        raise ValueError(f"unknown bucket summary format {version}")
-    return Summary(*fields)
 
 
 @dataclass(frozen=True)
@@ -334,24 +305,6 @@ def _ts(micros: int) -> datetime:
     return datetime.fromtimestamp((micros // _MS * _MS) / 1e6, tz=UTC)
 
 
-def encode_tx_cell(cell: TxCell) -> bytes:
-    """>q time µs, >d amount, >q revision, >q carried revision, >H n, n x >d carried, other id."""
-    return (
-        _TX_HEAD.pack(
-            cell.time_us, cell.amount, cell.revision, cell.carried_revision, len(cell.carried)
-        )
-        + struct.pack(f">{len(cell.carried)}d", *cell.carried)
-        + cell.other_id.encode()
-    )
-
-
-def decode_tx_cell(raw: bytes) -> TxCell:
-    time_us, amount, revision, carried_revision, n = _TX_HEAD.unpack_from(raw)
-    end = _TX_HEAD.size + 8 * n
-    carried = struct.unpack_from(f">{n}d", raw, _TX_HEAD.size)
-    return TxCell(time_us, amount, raw[end:].decode(), revision, carried, carried_revision)
-
-
 class FeatureStore:
     """The Bigtable WindowStore: batched reads and writes of the feature table (one client per
     instance, created lazily). Every call has a deadline and is retried with backoff."""
@@ -400,8 +353,8 @@ class FeatureStore:
     # -- reads ---------------------------------------------------------------------------------
 
     def read_summaries(
-        self, entity: Entity, ids: Sequence[str], first_bucket: int
-    ) -> dict[str, dict[int, Summary]]:
+        self, layout: Layout, ids: Sequence[str], first_bucket: int
+    ) -> dict[str, dict[int, Aggregates]]:
         """The bucket summaries of these entities from ``first_bucket`` on: one ReadRows call,
         a row range per entity, the summary cells only."""
         from google.cloud.bigtable import row_filters
@@ -409,6 +362,7 @@ class FeatureStore:
 
         if not ids:
             return {}
+        entity = layout.entity
         row_set = RowSet()
         for entity_id in sorted(set(ids)):
             start = bucket_row_key(entity, entity_id, max(first_bucket, 0))
@@ -422,16 +376,16 @@ class FeatureStore:
                 row_filters.CellsColumnLimitFilter(1),
             ]
         )
-        out: dict[str, dict[int, Summary]] = {}
+        out: dict[str, dict[int, Aggregates]] = {}
         for row in self._read(row_set, filt, "Bigtable read summaries"):
             entity_id, bucket = _split_bucket_key(entity, row.row_key)
             cells = row.cells.get(FAMILY_TX, {}).get(SUMMARY_QUALIFIER)
             if cells:
-                out.setdefault(entity_id, {})[bucket] = decode_summary(cells[0].value)
+                out.setdefault(entity_id, {})[bucket] = decode_aggregates(cells[0].value)
         return out
 
     def read_heads(
-        self, entity: Entity, ids: Sequence[str]
+        self, layout: Layout, ids: Sequence[str]
     ) -> dict[str, tuple[EntityHead | None, Archive | None]]:
         """The heads and archives of these entities, in one ReadRows call of their head rows."""
         from google.cloud.bigtable import row_filters
@@ -439,6 +393,7 @@ class FeatureStore:
 
         if not ids:
             return {}
+        entity = layout.entity
         row_set = RowSet()
         for entity_id in sorted(set(ids)):
             row_set.add_row_key(head_row_key(entity, entity_id))
@@ -457,12 +412,12 @@ class FeatureStore:
             archive = cells.get(ARCHIVE_QUALIFIER)
             out[row.row_key.decode()[prefix:]] = (
                 decode_head(head[0].value) if head else None,
-                decode_archive(archive[0].value) if archive else None,
+                decode_archive(layout, archive[0].value) if archive else None,
             )
         return out
 
     def read_ranges(
-        self, entity: Entity, starts: Sequence[tuple[str, int]], labels: bool
+        self, layout: Layout, starts: Sequence[tuple[str, int]], labels: bool
     ) -> dict[tuple[str, int], BucketCells]:
         """The cells of every bucket of these entities from each one's start bucket on: one
         ReadRows call, a row range each (the summaries are not read)."""
@@ -470,16 +425,17 @@ class FeatureStore:
 
         if not starts:
             return {}
+        entity = layout.entity
         row_set = RowSet()
         for entity_id, first in sorted(set(starts)):
             row_set.add_row_range_from_keys(
                 start_key=bucket_row_key(entity, entity_id, max(first, 0)),
                 end_key=head_row_key(entity, entity_id) + b"#~",
             )
-        return self._read_cells(entity, row_set, labels, "Bigtable read ranges")
+        return self._read_cells(layout, row_set, labels, "Bigtable read ranges")
 
     def read_buckets(
-        self, entity: Entity, buckets: Sequence[tuple[str, int]], labels: bool
+        self, layout: Layout, buckets: Sequence[tuple[str, int]], labels: bool
     ) -> dict[tuple[str, int], BucketCells]:
         """The cells of these (entity id, bucket)s, newest version of each: one ReadRows call
         (the summaries are not read: they are derived from the cells)."""
@@ -489,11 +445,11 @@ class FeatureStore:
             return {}
         row_set = RowSet()
         for entity_id, bucket in sorted(set(buckets)):
-            row_set.add_row_key(bucket_row_key(entity, entity_id, bucket))
-        return self._read_cells(entity, row_set, labels, "Bigtable read buckets")
+            row_set.add_row_key(bucket_row_key(layout.entity, entity_id, bucket))
+        return self._read_cells(layout, row_set, labels, "Bigtable read buckets")
 
     def _read_cells(
-        self, entity: Entity, row_set: Any, labels: bool, what: str
+        self, layout: Layout, row_set: Any, labels: bool, what: str
     ) -> dict[tuple[str, int], BucketCells]:
         from google.cloud.bigtable import row_filters
 
@@ -510,16 +466,16 @@ class FeatureStore:
         for row in self._read(row_set, filt, what):
             cells = BucketCells(
                 {
-                    q.decode(): decode_tx_cell(v[0].value)
+                    q.decode(): decode_cell(layout, v[0].value)[0]
                     for q, v in row.cells.get(FAMILY_TX, {}).items()
                 },
                 {
-                    q.decode(): LabelCell(*_LABEL_VALUE.unpack(v[0].value))
+                    q.decode(): decode_label(layout, v[0].value)[0]
                     for q, v in row.cells.get(FAMILY_LABEL, {}).items()
                 },
             )
             if cells.tx or cells.labels:
-                out[_split_bucket_key(entity, row.row_key)] = cells
+                out[_split_bucket_key(layout.entity, row.row_key)] = cells
         return out
 
     def read_features(self, entity: Entity, ids: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -628,22 +584,22 @@ class FeatureStore:
             column.column_qualifier = qualifier
 
         for w in writes.buckets:
-            key = bucket_row_key(w.entity, w.entity_id, w.bucket)
+            key = bucket_row_key(w.layout.entity, w.entity_id, w.bucket)
             for tx_id, tx in w.tx.items():
                 ts = tx.time_us if w.timestamp_us is None else w.timestamp_us
-                set_cell(key, FAMILY_TX, tx_id.encode(), encode_tx_cell(tx), ts)
+                set_cell(key, FAMILY_TX, tx_id.encode(), encode_cell(w.layout, tx), ts)
             for tx_id, label in w.labels.items():
                 ts = label.time_us if w.timestamp_us is None else w.timestamp_us
-                value = _LABEL_VALUE.pack(label.time_us, label.is_fraud)
+                value = encode_label(w.layout, label)
                 set_cell(key, FAMILY_LABEL, tx_id.encode(), value, ts)
-            summary = encode_summary(w.summary)
+            summary = encode_aggregates(w.summary)
             set_cell(key, FAMILY_TX, SUMMARY_QUALIFIER, summary, summary_timestamp(w))
         for entity, entity_id, head, timestamp in writes.heads:
             key = head_row_key(entity, entity_id)
             set_cell(key, FAMILY_TX, HEAD_QUALIFIER, encode_head(head), timestamp)
-        for entity, entity_id, archive, timestamp in writes.archives:
-            value = encode_archive(archive)
-            key = head_row_key(entity, entity_id)
+        for layout, entity_id, archive, timestamp in writes.archives:
+            value = encode_archive(layout, archive)
+            key = head_row_key(layout.entity, entity_id)
             set_cell(key, FAMILY_TX, ARCHIVE_QUALIFIER, value, timestamp)
         for entity, entity_id, time_us, values in writes.features:
             key = head_row_key(entity, entity_id)

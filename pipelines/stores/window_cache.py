@@ -1,6 +1,6 @@
 """WindowCache: one keyed stage's process-wide mirror of its entities' window state.
 
-A stage reads an entity's buckets from the store once and keeps its state (an ``EntityWindows``:
+A stage reads an entity's buckets from the store once and keeps its state (an ``EntityState``:
 bucket summaries and the cells of the buckets its windows need) for the next work items of the
 same key. On Dataflow many work items run at once in one SDK process (one DoFn instance per
 thread), an attempt may fail after its writes, and a key may move to another worker and back
@@ -28,14 +28,14 @@ from collections import OrderedDict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from pipelines.core.entity_index import EntityWindows
+from pipelines.core.window_state import EntityState
 
 __all__ = ["WindowCache"]
 
 
 @dataclass
 class _Entry:
-    state: EntityWindows
+    state: EntityState
     key: str  # the stage key the entity is routed to
     fence: int
     attempt: Hashable | None  # the attempt working on it (None: complete)
@@ -66,7 +66,7 @@ class WindowCache:
         with self._lock:
             return self._bytes
 
-    def checkout(self, entity_id: str, fence: int, attempt: Hashable) -> EntityWindows | None:
+    def checkout(self, entity_id: str, fence: int, attempt: Hashable) -> EntityState | None:
         """The entity's state for ``attempt``, whose key's committed fence is ``fence``; None
         when the cache does not hold exactly that state (read it from the store, then
         ``checkin``)."""
@@ -83,7 +83,7 @@ class WindowCache:
             return entry.state
 
     def checkin(
-        self, entity_id: str, key: str, state: EntityWindows, fence: int, attempt: Hashable
+        self, entity_id: str, key: str, state: EntityState, fence: int, attempt: Hashable
     ) -> None:
         """Records ``state`` as what ``attempt`` (at ``fence`` of stage key ``key``) made of the
         entity so far."""

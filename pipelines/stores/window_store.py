@@ -2,10 +2,12 @@
 
 A keyed stage reads and writes only its own keys' records (README "Ordering"):
 
-  entity buckets  per (entity type, entity id, time bucket): one ``TxCell`` per transaction of
-                  the entity in the bucket and, on terminals, one label cell per labelled
-                  transaction, plus the bucket's ``Summary`` (pipelines/core/cells.py); rows stay
-                  bounded whatever the entity's rate, and a long window reads summaries.
+  entity buckets  per (entity type, entity id, time bucket): one ``Cell`` per transaction of
+                  the entity in the bucket and, on entities with label features, one
+                  ``LabelCell`` per labelled transaction, plus the bucket's ``Aggregates``
+                  (pipelines/core/window_cells.py: what they hold follows the definitions file,
+                  ``Layout``); rows stay bounded whatever the entity's rate, and a long window
+                  reads summaries.
   entity head     per (entity type, entity id): the entity's latest feature values (for online
                   lookups).
   id index        per transaction id: the first transaction message seen (``IdRecord.tx``) and
@@ -30,20 +32,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, Protocol
 
-from pipelines.core.cells import NO_STREAM_WRITE, LabelCell, Summary, TxCell
-from pipelines.core.definitions import Entity
+from pipelines.core.cells import NO_STREAM_WRITE
+from pipelines.core.declarations import Entity
+from pipelines.core.window_cells import (
+    Aggregates,
+    Cell,
+    LabelCell,
+    Layout,
+    decode_aggregates,
+    decode_cell,
+    decode_label,
+    encode_aggregates,
+    encode_cell,
+    encode_label,
+)
 
 __all__ = [
     "NO_STREAM_WRITE",
+    "Aggregates",
     "Archive",
     "BucketCells",
     "BucketWrite",
+    "Cell",
     "EntityHead",
     "IdRecord",
     "InMemoryStore",
     "LabelCell",
-    "Summary",
-    "TxCell",
     "WindowStore",
     "Writes",
     "summary_timestamp",
@@ -52,9 +66,9 @@ __all__ = [
 
 @dataclass
 class BucketCells:
-    """The cells of one entity bucket as read (label cells on terminals only)."""
+    """The cells of one entity bucket as read (label cells when asked for)."""
 
-    tx: dict[str, TxCell] = field(default_factory=dict)
+    tx: dict[str, Cell] = field(default_factory=dict)
     labels: dict[str, LabelCell] = field(default_factory=dict)
 
 
@@ -85,14 +99,15 @@ class BucketWrite(NamedTuple):
     """Changed cells of one entity bucket and its new summary, written as one row mutation.
 
     ``timestamp_us``: the version the cells and the summary are written with (the writer's
-    fence; None: each cell's event time and the summary's newest, the backfill's)."""
+    fence; None: each cell's event time and the summary's newest, the backfill's). ``layout``:
+    the entity and what its cells hold (how they are encoded)."""
 
-    entity: Entity
+    layout: Layout
     entity_id: str
     bucket: int
-    tx: dict[str, TxCell]
+    tx: dict[str, Cell]
     labels: dict[str, LabelCell]
-    summary: Summary
+    summary: Aggregates
     timestamp_us: int | None
 
 
@@ -113,8 +128,8 @@ class Writes:
     features: list[tuple[Entity, str, int, dict[str, float]]] = field(default_factory=list)
     # (entity, entity id, head, timestamp µs: the writer's fence, or the backfill's end)
     heads: list[tuple[Entity, str, EntityHead, int]] = field(default_factory=list)
-    # (entity, entity id, archive, timestamp µs: the backfill's end)
-    archives: list[tuple[Entity, str, Archive, int]] = field(default_factory=list)
+    # (layout, entity id, archive, timestamp µs: the backfill's end)
+    archives: list[tuple[Layout, str, Archive, int]] = field(default_factory=list)
     # (transaction id, family "tx" or "label", record, event time µs)
     ids: list[tuple[str, str, dict[str, Any], int]] = field(default_factory=list)
     # (transaction id, message key, record with its "deadline", event time µs)
@@ -127,30 +142,31 @@ class Writes:
 
 
 class WindowStore(Protocol):
-    """What the keyed stages need from a store. Every call is batched over many keys."""
+    """What the keyed stages need from a store. Every call is batched over many keys, of one
+    entity (``layout.entity``; the layout says how its cells decode)."""
 
     def read_summaries(
-        self, entity: Entity, ids: Sequence[str], first_bucket: int
-    ) -> dict[str, dict[int, Summary]]:
+        self, layout: Layout, ids: Sequence[str], first_bucket: int
+    ) -> dict[str, dict[int, Aggregates]]:
         """The summaries of these entities' buckets from ``first_bucket`` on (entities without
         any are absent)."""
         ...
 
     def read_buckets(
-        self, entity: Entity, buckets: Sequence[tuple[str, int]], labels: bool
+        self, layout: Layout, buckets: Sequence[tuple[str, int]], labels: bool
     ) -> dict[tuple[str, int], BucketCells]:
         """The cells of these (entity id, bucket)s (label cells too when ``labels``); empty
         buckets are absent."""
         ...
 
     def read_heads(
-        self, entity: Entity, ids: Sequence[str]
+        self, layout: Layout, ids: Sequence[str]
     ) -> dict[str, tuple[EntityHead | None, Archive | None]]:
         """The heads and archives of these entities (absent: neither was ever written)."""
         ...
 
     def read_ranges(
-        self, entity: Entity, starts: Sequence[tuple[str, int]], labels: bool
+        self, layout: Layout, starts: Sequence[tuple[str, int]], labels: bool
     ) -> dict[tuple[str, int], BucketCells]:
         """The cells of every bucket of these entities from each one's start bucket on (one
         range scan each); empty buckets are absent."""
@@ -193,7 +209,9 @@ def _newer(stored: _Versioned | None, timestamp: int) -> bool:
 
 class InMemoryStore:
     """A WindowStore in a dict, for unit tests of the stages' logic (no emulator). It keeps
-    Bigtable's rule that a cell's newest version wins, whatever the order of the writes.
+    Bigtable's rule that a cell's newest version wins, whatever the order of the writes, and
+    holds cells and summaries encoded as Bigtable does (pipelines/core/window_cells.py), so a
+    reader whose definitions changed decodes them by name, as it would from Bigtable.
 
     Stores are registered by name in the process: a pipeline's DoFns are pickled, and each
     unpickled copy must reach the same store (``__reduce__``)."""
@@ -201,12 +219,14 @@ class InMemoryStore:
     def __init__(self, name: str = "default") -> None:
         self.name = name
         _IN_MEMORY[name] = self
-        # (entity name, entity id, bucket) -> {"tx": {id: versioned}, "label": ..., "summary": v}
+        # (entity name, entity id, bucket) -> {"tx": {id: versioned bytes}, "label": ...,
+        # "summary": versioned bytes}
         self.rows: dict[tuple[str, str, int], dict[str, Any]] = {}
         self.features: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}
-        # (entity name, entity id) -> (timestamp, head), archive
+        # (entity name, entity id) -> (timestamp, head), archive (its buckets and encoded cells)
         self.heads: dict[tuple[str, str], tuple[int, EntityHead]] = {}
-        self.archives: dict[tuple[str, str], Archive] = {}
+        self.archives: dict[tuple[str, str], tuple[int, int, dict[str, bytes], dict[str, bytes]]]
+        self.archives = {}
         self.ids: dict[str, IdRecord] = {}
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -218,53 +238,67 @@ class InMemoryStore:
         return (InMemoryStore.named, (self.name,))
 
     def read_summaries(
-        self, entity: Entity, ids: Sequence[str], first_bucket: int
-    ) -> dict[str, dict[int, Summary]]:
+        self, layout: Layout, ids: Sequence[str], first_bucket: int
+    ) -> dict[str, dict[int, Aggregates]]:
+        entity = layout.entity
         wanted = set(ids)
-        out: dict[str, dict[int, Summary]] = {}
+        out: dict[str, dict[int, Aggregates]] = {}
         for (name, entity_id, bucket), row in self.rows.items():
             wanted_row = name == entity.name and entity_id in wanted and bucket >= first_bucket
             if wanted_row and row.get("summary") is not None:
-                out.setdefault(entity_id, {})[bucket] = row["summary"][1]
+                out.setdefault(entity_id, {})[bucket] = decode_aggregates(row["summary"][1])
         return out
 
     def read_buckets(
-        self, entity: Entity, buckets: Sequence[tuple[str, int]], labels: bool
+        self, layout: Layout, buckets: Sequence[tuple[str, int]], labels: bool
     ) -> dict[tuple[str, int], BucketCells]:
+        entity = layout.entity
         out: dict[tuple[str, int], BucketCells] = {}
         for entity_id, bucket in set(buckets):
             row = self.rows.get((entity.name, entity_id, bucket))
             if row is None:
                 continue
             cells = BucketCells(
-                {k: v[1] for k, v in row["tx"].items()},
-                {k: v[1] for k, v in row["label"].items()} if labels else {},
+                {k: decode_cell(layout, v[1])[0] for k, v in row["tx"].items()},
+                {k: decode_label(layout, v[1])[0] for k, v in row["label"].items()}
+                if labels
+                else {},
             )
             if cells.tx or cells.labels:
                 out[(entity_id, bucket)] = cells
         return out
 
     def read_heads(
-        self, entity: Entity, ids: Sequence[str]
+        self, layout: Layout, ids: Sequence[str]
     ) -> dict[str, tuple[EntityHead | None, Archive | None]]:
+        entity = layout.entity
         out: dict[str, tuple[EntityHead | None, Archive | None]] = {}
         for entity_id in set(ids):
             head = self.heads.get((entity.name, entity_id))
-            archive = self.archives.get((entity.name, entity_id))
+            stored = self.archives.get((entity.name, entity_id))
+            archive = None
+            if stored is not None:
+                first, last, tx, labels = stored
+                cells = BucketCells(
+                    {k: decode_cell(layout, v)[0] for k, v in tx.items()},
+                    {k: decode_label(layout, v)[0] for k, v in labels.items()},
+                )
+                archive = Archive(first, last, cells)
             if head is not None or archive is not None:
-                out[entity_id] = (head[1] if head else None, copy.deepcopy(archive))
+                out[entity_id] = (head[1] if head else None, archive)
         return out
 
     def read_ranges(
-        self, entity: Entity, starts: Sequence[tuple[str, int]], labels: bool
+        self, layout: Layout, starts: Sequence[tuple[str, int]], labels: bool
     ) -> dict[tuple[str, int], BucketCells]:
+        entity = layout.entity
         first = dict(starts)
         wanted = [
             (entity_id, bucket)
             for (name, entity_id, bucket) in self.rows
             if name == entity.name and entity_id in first and bucket >= first[entity_id]
         ]
-        return self.read_buckets(entity, wanted, labels)
+        return self.read_buckets(layout, wanted, labels)
 
     def read_ids(self, transaction_ids: Sequence[str]) -> dict[str, IdRecord]:
         return {i: copy.deepcopy(self.ids[i]) for i in set(transaction_ids) if i in self.ids}
@@ -284,24 +318,30 @@ class InMemoryStore:
             return
         for w in writes.buckets:
             row = self.rows.setdefault(
-                (w.entity.name, w.entity_id, w.bucket), {"tx": {}, "label": {}, "summary": None}
+                (w.layout.entity.name, w.entity_id, w.bucket),
+                {"tx": {}, "label": {}, "summary": None},
             )
             for tx_id, cell in w.tx.items():
                 ts = cell.time_us if w.timestamp_us is None else w.timestamp_us
                 if _newer(row["tx"].get(tx_id), ts):
-                    row["tx"][tx_id] = (ts, cell)
+                    row["tx"][tx_id] = (ts, encode_cell(w.layout, cell))
             for tx_id, label in w.labels.items():
                 ts = label.time_us if w.timestamp_us is None else w.timestamp_us
                 if _newer(row["label"].get(tx_id), ts):
-                    row["label"][tx_id] = (ts, label)
+                    row["label"][tx_id] = (ts, encode_label(w.layout, label))
             ts = summary_timestamp(w)
             if _newer(row["summary"], ts):
-                row["summary"] = (ts, w.summary)
+                row["summary"] = (ts, encode_aggregates(w.summary))
         for entity, entity_id, head, timestamp in writes.heads:
             if _newer(self.heads.get((entity.name, entity_id)), timestamp):
                 self.heads[(entity.name, entity_id)] = (timestamp, head)
-        for entity, entity_id, archive, _ in writes.archives:
-            self.archives[(entity.name, entity_id)] = copy.deepcopy(archive)
+        for layout, entity_id, archive, _ in writes.archives:
+            self.archives[(layout.entity.name, entity_id)] = (
+                archive.from_bucket,
+                archive.to_bucket,
+                {k: encode_cell(layout, c) for k, c in archive.cells.tx.items()},
+                {k: encode_label(layout, c) for k, c in archive.cells.labels.items()},
+            )
         for entity, entity_id, time_us, values in writes.features:
             stored = self.features.get((entity.name, entity_id))
             if stored is None or time_us >= stored[0]:

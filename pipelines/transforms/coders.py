@@ -39,7 +39,7 @@ from apache_beam.coders import Coder
 from apache_beam.coders.coder_impl import create_InputStream, create_OutputStream
 
 from pipelines.core.alerts import StreakRow
-from pipelines.core.batches import CustomerPart, Routed, StageRecord
+from pipelines.core.batches import Part, Routed, StageRecord
 from pipelines.core.drift import BucketCounts, Closable, DriftProgress
 from pipelines.core.schema import Label, Transaction
 
@@ -169,7 +169,7 @@ def _put(out: Any, record: Any) -> None:
         out.write_byte(_VERSION)
         out.write_var_int64(record.token)
         _put(out, record.event)
-    elif isinstance(record, CustomerPart):
+    elif isinstance(record, Part):
         out.write_byte(ord("P"))
         out.write_byte(_EVENT_VERSION)
         _put_tx(out, record.tx)
@@ -203,7 +203,7 @@ def _get(stream: Any) -> Any:
         values = tuple(stream.read_bigendian_double() for _ in range(stream.read_var_int64()))
         revision = stream.read_var_int64()
         correction = bool(stream.read_byte())
-        return CustomerPart(tx, values, revision, correction, stream.read_var_int64())
+        return Part(tx, values, revision, correction, stream.read_var_int64())
     raise ValueError(f"unknown stage record kind {kind!r}")
 
 

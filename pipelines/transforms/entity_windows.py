@@ -1,18 +1,28 @@
-"""CustomerWindows and TerminalWindows: the window features, each stage keyed by its entity.
+"""EntityWindows: the window features of one entity of the definitions file, keyed by it.
 
-    CustomerWindows (key: customer id)  Routed[Transaction] -> CustomerPart
-    TerminalWindows (key: terminal id)  CustomerPart, Routed[Label] -> FeatureBatch
+The stages are the file's entities that have window features, chained in the file's order
+(pipelines/transforms/features.py); with the handbook's file:
+
+    CustomerWindows (key: customer id)  Routed[Transaction] -> Part
+    TerminalWindows (key: terminal id)  Part, Routed[Label] -> FeatureBatch
+
+The first stage takes the transactions the id index accepted, a later one the ``Part``s of the
+stage before (the transaction and the window features of every stage before it); a stage whose
+entity has label features takes the accepted labels too. Every stage but the last emits Parts;
+the last assembles the whole vector in the file's order (row features, every stage's window
+features, derived features) and emits FeatureBatches.
 
 Each stage reads and writes only its own entities' bucket rows (pipelines/stores/window_store.py)
 and keeps their state in a process-wide cache (pipelines/stores/window_cache.py). Per batch:
 
-  1. gets each entity's state (``EntityWindows``, pipelines/core/entity_index.py): from the cache
-     if it holds exactly what the key's last committed work item left, else from the store (its
-     bucket summaries, then the cells of the buckets the batch needs: one read each);
+  1. gets each entity's state (``EntityState``, pipelines/core/window_state.py, over the cells
+     of pipelines/core/window_cells.py): from the cache if it holds exactly what the key's last
+     committed work item left, else from the store (its bucket summaries, then the cells of the
+     buckets the batch needs: one read each);
   2. writes the batch's events into the state (a transaction's cell, a label's cell), whether
      or not an earlier attempt already wrote them;
   3. finds the stored transactions that the batch's events fall into the windows of
-     (``influence_span_us``, from the feature definitions) and recomputes them: corrections;
+     (``Definitions.influence_span_us``) and recomputes them: corrections;
   4. computes the features of the batch's transactions and of those, writes their cells and the
      changed buckets' summaries (one write, versioned by the key's fence,
      pipelines/transforms/keyed_stage.py), and emits them.
@@ -29,9 +39,11 @@ the store (later transactions see it) but emits no corrections; it is counted
 work. (No time limit by default: a replay of history compresses days of event time into seconds,
 and its stages race each other by days of event time.)
 
-The terminal stage keeps on each transaction's cell the customer features it received (and their
-revision), so a correction of either stage reaches the stored prediction with a complete vector.
-Revisions are the stage key's fence: they grow per key, so per transaction.
+A later stage keeps on each transaction's cell the features it received from the stages before
+(``carried``, and their revision), so a correction of any stage reaches the stored prediction
+with a complete vector. Revisions are the stage key's fence: they grow per key, so per
+transaction. Only transactions the stream already scored are corrected (the first stage: a cell
+with a revision; a later one: with a carried revision): the backfill's were never predicted.
 
 A store write rejected for good (not an outage: those are retried) dead-letters the events of the
 entities it was for (``store_rejected``) instead of failing the work item forever.
@@ -39,7 +51,7 @@ entities it was for (``store_rejected``) instead of failing the work item foreve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,51 +59,42 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 
-from pipelines.core.batches import CustomerPart, FeatureBatch, Routed
+from pipelines.core.batches import FeatureBatch, Part
 from pipelines.core.cells import NO_STREAM_WRITE, SPARSE_CELLS, bucket_of
-from pipelines.core.definitions import (
-    CUSTOMER,
-    FEATURES,
-    TERMINAL,
+from pipelines.core.declarations import (
+    Definitions,
+    DerivedFeature,
     Entity,
     RowFeature,
     WindowFeature,
-    influence_span_us,
-    max_delay_us,
-    max_lookback_us,
-    window_features,
 )
-from pipelines.core.engine import row_features
-from pipelines.core.entity_index import Bucket, EntityWindows, Query, tie_key
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import Label, Transaction
+from pipelines.core.window_cells import Cell, Layout, tie_key
+from pipelines.core.window_state import Bucket, EntityState, Query
 from pipelines.stores.bigtable import StoreConfig
 from pipelines.stores.retry import is_transient
 from pipelines.stores.shared import SharedResource
 from pipelines.stores.window_cache import WindowCache
-from pipelines.stores.window_store import (
-    Archive,
-    BucketWrite,
-    EntityHead,
-    LabelCell,
-    TxCell,
-    WindowStore,
-    Writes,
-)
+from pipelines.stores.window_store import Archive, BucketWrite, EntityHead, WindowStore, Writes
 from pipelines.transforms.id_index import open_store
 from pipelines.transforms.keyed_stage import FENCE_PARAM, KeyedStageFn
 from pipelines.transforms.parse import DEAD_LETTER_TAG, METRICS_NAMESPACE
 
-__all__ = [
-    "CustomerWindowsFn",
-    "TerminalWindowsFn",
-    "assemble",
-]
+__all__ = ["EntityWindowsFn", "assemble", "stage_entities", "stage_name"]
 
-CUSTOMER_FEATURES = window_features(CUSTOMER)
-TERMINAL_FEATURES = window_features(TERMINAL)
 # Loaded buckets kept behind the entity's newest event (late events land there).
 _RECENT_BUCKETS = 8
+
+
+def stage_entities(defs: Definitions) -> tuple[Entity, ...]:
+    """The entities with window features, in the file's order: one stage each."""
+    return tuple(e for e in defs.entities if defs.window_features(e))
+
+
+def stage_name(entity: Entity) -> str:
+    """The stage's step label: CamelCase(entity name) + "Windows" (customer: CustomerWindows)."""
+    return "".join(part[:1].upper() + part[1:] for part in entity.name.split("_")) + "Windows"
 
 
 @dataclass
@@ -121,14 +124,24 @@ class _Resources:
         self.cache = cache
 
 
-class _EntityStageFn(KeyedStageFn):
-    """A keyed stage over one entity type, with its window cache (see the module docstring)."""
+class EntityWindowsFn(KeyedStageFn):
+    """(entity id, Routed[Transaction] | Part | Routed[Label]) -> Part, or FeatureBatch from the
+    last stage (originals and corrections); see the module docstring.
 
-    entity: Entity = CUSTOMER
-    labels = False
+    Args:
+      definitions: the definitions file.
+      position: which of ``stage_entities(definitions)`` this stage computes.
+      store: the feature store (a Bigtable table, or a WindowStore object in unit tests).
+      max_batch_size: the most events one batch handles in one store round trip.
+      key_buckets: 0: one key per entity; N: entities hashed into N keys.
+      correction_horizon_s, max_corrections: the lateness horizon (module docstring).
+      cache_mb: the window cache's memory budget, per process.
+    """
 
     def __init__(
         self,
+        definitions: Definitions,
+        position: int,
         store: StoreConfig | WindowStore,
         max_batch_size: int,
         key_buckets: int = 0,
@@ -139,6 +152,29 @@ class _EntityStageFn(KeyedStageFn):
         super().__init__(max_batch_size)
         if (correction_horizon_s or 0) < 0 or cache_mb <= 0 or max_corrections < 0:
             raise ValueError("need correction_horizon_s >= 0, cache_mb > 0, max_corrections >= 0")
+        entities = stage_entities(definitions)
+        if not 0 <= position < len(entities):
+            raise ValueError(f"no entity stage {position}: the file has {len(entities)}")
+        self.defs = definitions
+        self.entity = entities[position]
+        self.step = stage_name(self.entity)
+        self.first = position == 0
+        self.last = position == len(entities) - 1
+        self.layout = Layout.of(definitions, self.entity)
+        self._features = definitions.window_features(self.entity)
+        self.labels = any(f.needs_labels for f in self._features)
+        # Every stage with label features gets every label: the first of them counts them.
+        self._counts_labels = self.labels and not any(
+            f.needs_labels for e in entities[:position] for f in definitions.window_features(e)
+        )
+        # What the parts reaching this stage carry: the stages before, in turn.
+        self._carried = tuple(
+            f for e in entities[:position] for f in definitions.window_features(e)
+        )
+        self._tx_span = definitions.influence_span_us(self.entity)
+        self._label_span = definitions.influence_span_us(self.entity, labels=True)
+        self._lookback = definitions.lookback_us(self.entity)
+        self._max_delay = max((f.delay_us for f in self._features), default=0)
         self._config = store
         self._buckets = key_buckets
         self._horizon_us = (
@@ -149,10 +185,15 @@ class _EntityStageFn(KeyedStageFn):
         self._shared: SharedResource[_Resources] = SharedResource()
         self._resources: _Resources | None = None
         self._touched: set[str] = set()
-        self._features = window_features(self.entity)
+        name = self.entity.name
         self._beyond_horizon = Metrics.counter(METRICS_NAMESPACE, "corrections_beyond_horizon")
         self._rejected = Metrics.counter(METRICS_NAMESPACE, "store_rejected")
-        self._cold = Metrics.counter(METRICS_NAMESPACE, f"{self.entity.name}_cache_misses")
+        self._cold = Metrics.counter(METRICS_NAMESPACE, f"{name}_cache_misses")
+        self._corrections = Metrics.counter(METRICS_NAMESPACE, f"{name}_corrections")
+        self._batches = Metrics.counter(METRICS_NAMESPACE, "feature_batches")
+        self._batch_size = Metrics.distribution(METRICS_NAMESPACE, "feature_batch_size")
+        self._feature_corrections = Metrics.counter(METRICS_NAMESPACE, "feature_corrections")
+        self._labels_written = Metrics.counter(METRICS_NAMESPACE, "labels_written")
 
     def setup(self) -> None:
         self._resources = self._shared.acquire(
@@ -180,9 +221,170 @@ class _EntityStageFn(KeyedStageFn):
     def settle(self) -> None:
         self.resources().cache.release(self.attempt, self._touched, self.fences())
 
+    # -- the batch -------------------------------------------------------------------------------
+
+    def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
+        layout = self.layout
+        parts: dict[str, Part] = {}  # the batch's transactions, as parts (carrying nothing first)
+        labels: dict[str, Label] = {}
+        work: dict[str, _Work] = {}
+        for key, element in batch:
+            if isinstance(element, Part):
+                tx: Transaction | Label = element.tx
+            else:
+                tx = element.event
+            entity_id = self.entity.id_of(_fields(tx))
+            w = work.setdefault(entity_id, _Work(key))
+            w.elements.append(element)
+            if isinstance(tx, Label):
+                labels[tx.transaction_id] = tx  # the later one wins
+                continue
+            part = element if isinstance(element, Part) else Part(tx, (), 0)
+            seen = parts.get(tx.transaction_id)
+            if seen is None or part.revision > seen.revision:
+                parts[tx.transaction_id] = part
+        for p in parts.values():
+            work[self.entity.id_of(_fields(p.tx))].events.append(
+                _Event(p.tx.transaction_id, p.tx.event_time_us, self._tx_span)
+            )
+        for lb in labels.values():
+            work[self.entity.id_of(_fields(lb))].events.append(
+                _Event(lb.transaction_id, lb.event_time_us, self._label_span, label=True)
+            )
+        states = self._states(work)
+        for lb in labels.values():
+            states[self.entity.id_of(_fields(lb))].put_label(
+                lb.transaction_id, layout.label_cell(self._label_row(lb))
+            )
+        # The query: the batch's transactions (a later stage: with the newest features of the
+        # stages before it known) ...
+        queries: list[tuple[str, Transaction]] = []
+        carried: list[tuple[tuple[float, ...], int]] = []
+        corrections: list[bool] = []
+        for p in parts.values():
+            entity_id = self.entity.id_of(_fields(p.tx))
+            state = states[entity_id]
+            if self.first:
+                carried.append(((), 0))
+            else:
+                cell = state.tx(p.tx.transaction_id, p.tx.event_time_us)
+                newer = cell is None or p.revision > cell.carried_revision
+                carried.append((p.values, p.revision) if newer or cell is None else _carried(cell))
+            queries.append((entity_id, p.tx))
+            corrections.append(p.correction)
+            values, carried_revision = carried[-1]
+            state.put_tx(
+                p.tx.transaction_id,
+                layout.cell(
+                    _row(p.tx, layout.id_field, layout.time_field),
+                    self.revision_of(work[entity_id].key),
+                    values,
+                    carried_revision,
+                ),
+            )
+        n = len(queries)
+        # ... and the stored ones an event changed (not those only the backfill wrote: they were
+        # never predicted, so there is nothing to correct).
+        for entity_id, w in work.items():
+            state = states[entity_id]
+            for tx_id, cell in self._affected(state, w.events, set(parts)).items():
+                queries.append((entity_id, _transaction(layout, entity_id, tx_id, cell)))
+                carried.append(_carried(cell))
+                corrections.append(True)
+        own = _features_of(states, queries, self._features)
+        revisions = np.array([self.revision_of(work[i].key) for i, _ in queries], dtype=np.int64)
+        # The batch's own transactions were stored above; the corrected ones get their revision.
+        for i in range(n, len(queries)):
+            entity_id, tx = queries[i]
+            values, carried_revision = carried[i]
+            states[entity_id].put_tx(
+                tx.transaction_id,
+                layout.cell(
+                    _row(tx, layout.id_field, layout.time_field),
+                    int(revisions[i]),
+                    values,
+                    carried_revision,
+                ),
+            )
+        names = [f.name for f in self._features]
+        latest = {
+            entity_id: (
+                queries[i][1].event_time_us,
+                dict(zip(names, map(float, own[i]), strict=True)),
+            )
+            for entity_id, i in _latest(queries).items()
+        }
+        rejected = self._commit(work, states, latest)
+        self._corrections.inc(len(queries) - n)
+        out: list[Any] = self._dead_letters(work, rejected, "the feature store refused the write")
+        keep = [entity_id not in rejected for entity_id, _ in queries]
+        if self._counts_labels:
+            self._labels_written.inc(len(labels))
+        if self.last:
+            out += self._batches_of(queries, carried, own, revisions, corrections, keep)
+            return out
+        for i, (_, tx) in enumerate(queries):
+            if keep[i]:
+                values = carried[i][0] + tuple(map(float, own[i]))
+                out.append(Part(tx, values, int(revisions[i]), correction=corrections[i]))
+        return out
+
+    def _batches_of(
+        self,
+        queries: Sequence[tuple[str, Transaction]],
+        carried: Sequence[tuple[tuple[float, ...], int]],
+        own: np.ndarray,
+        revisions: np.ndarray,
+        corrections: Sequence[bool],
+        keep: Sequence[bool],
+    ) -> list[FeatureBatch]:
+        """The last stage's output: the originals and the corrections, each one FeatureBatch."""
+        kept = np.array(keep, dtype=bool)
+        if not kept.any():
+            return []
+        txs = [tx for _, tx in queries]
+        windows = np.hstack(
+            [
+                np.array([c[0] for c in carried], dtype=np.float64).reshape(
+                    len(txs), len(self._carried)
+                ),
+                own,
+            ]
+        )
+        matrix = assemble(self.defs, txs, self._carried + self._features, windows)
+        flags = np.array(corrections, dtype=bool)
+        out = []
+        for correction in (False, True):
+            rows = np.flatnonzero((flags == correction) & kept)
+            if len(rows):
+                out.append(
+                    FeatureBatch(
+                        [txs[i] for i in rows],
+                        matrix[rows],
+                        int(revisions[rows].max()),
+                        correction,
+                        revisions=revisions[rows],
+                        names=self.defs.names,
+                    )
+                )
+        self._batches.inc()
+        self._batch_size.update(int(kept.sum()))
+        self._feature_corrections.inc(int((flags & kept).sum()))
+        return out
+
+    def _label_row(self, label: Label) -> dict[str, Any]:
+        lb = self.defs.labels
+        assert lb is not None, "labels reach a stage only when the file declares them"
+        return {
+            **label.fields,
+            lb.id_field: label.transaction_id,
+            lb.time_field: label.event_time_us,
+            lb.label_field: label.is_fraud,
+        }
+
     # -- the batch's entity states ---------------------------------------------------------------
 
-    def _states(self, work: dict[str, _Work]) -> dict[str, EntityWindows]:
+    def _states(self, work: dict[str, _Work]) -> dict[str, EntityState]:
         """Each entity's state, read from the store when the cache does not hold exactly what its
         key's last committed work item left, extended back as far as the batch's windows reach,
         with the cells of every bucket the batch needs loaded.
@@ -192,8 +394,8 @@ class _EntityStageFn(KeyedStageFn):
         one range scan of the bucket rows after it), a dense one by its bucket summaries and
         then the buckets its windows need."""
         res = self.resources()
-        lookback = max_lookback_us(self.entity)
-        states: dict[str, EntityWindows] = {}
+        lookback = self._lookback
+        states: dict[str, EntityState] = {}
         first: dict[str, int] = {}
         for entity_id, w in work.items():
             first[entity_id] = bucket_of(min(e.time_us for e in w.events) - lookback)
@@ -206,10 +408,10 @@ class _EntityStageFn(KeyedStageFn):
         cold = [i for i in work if i not in states]
         if cold:
             self._cold.inc(len(cold))
-            heads = res.store.read_heads(self.entity, cold)
+            heads = res.store.read_heads(self.layout, cold)
             for entity_id in cold:
                 f = first[entity_id]
-                state = states[entity_id] = EntityWindows(f)
+                state = states[entity_id] = EntityState(self.layout, f)
                 head, archive = heads.get(entity_id, (None, None))
                 if head is None and archive is None:
                     continue  # never written: every bucket is empty
@@ -227,31 +429,37 @@ class _EntityStageFn(KeyedStageFn):
         short = [i for i in work if i not in cold and states[i].covered_from > first[i]]
         if dense or short:
             found = res.store.read_summaries(
-                self.entity, dense + short, min(first[i] for i in dense + short)
+                self.layout, dense + short, min(first[i] for i in dense + short)
             )
             for entity_id in dense:
                 states[entity_id].know(found.get(entity_id, {}))
             for entity_id in short:
                 states[entity_id].cover(first[entity_id], found.get(entity_id, {}))
         if sparse:
-            read = res.store.read_ranges(self.entity, sparse, self.labels)
+            read = res.store.read_ranges(self.layout, sparse, self.labels)
             for (entity_id, b), whole in read.items():
-                states[entity_id].load(b, Bucket(whole.tx, whole.labels))
+                states[entity_id].load(b, Bucket(self.layout, whole.tx, whole.labels))
         wanted: set[tuple[str, int]] = set()
         for entity_id, w in work.items():
             state = states[entity_id]
             wanted |= {(entity_id, b) for b in state.missing(self._needed(state, w.events))}
         if wanted:
-            cells = res.store.read_buckets(self.entity, sorted(wanted), self.labels)
+            cells = res.store.read_buckets(self.layout, sorted(wanted), self.labels)
             for entity_id, b in wanted:
                 found_cells = cells.get((entity_id, b))
-                bucket = Bucket(found_cells.tx, found_cells.labels) if found_cells else Bucket()
+                bucket = (
+                    Bucket(self.layout, found_cells.tx, found_cells.labels)
+                    if found_cells
+                    else Bucket(self.layout)
+                )
                 states[entity_id].load(b, bucket)
         return states
 
-    def _needed(self, state: EntityWindows, events: Sequence[_Event]) -> set[int]:
+    def _needed(self, state: EntityState, events: Sequence[_Event]) -> set[int]:
         """The buckets whose cells the batch needs: its events' own, those of the transactions
-        they may correct, and the edge buckets of every window those transactions ask for."""
+        they may correct, the edge buckets of every window those transactions ask for, and the
+        buckets those windows cover whose summaries lack an accumulator (``incomplete``: written
+        before a feature was declared)."""
         newest = max([state.newest_us(), *(e.time_us for e in events if not e.label)])
         out = {bucket_of(e.time_us) for e in events}
         spans: list[tuple[int, int]] = [(e.time_us, e.time_us) for e in events if not e.label]
@@ -266,9 +474,15 @@ class _EntityStageFn(KeyedStageFn):
                     out.update(state.nonempty(bucket_of(lo - shift), bucket_of(hi - shift)))
                     out.add(bucket_of(lo - shift))
                     out.add(bucket_of(hi - shift))
+        incomplete = state.incomplete()
+        if incomplete:
+            for lo, hi in spans:
+                lo_b = min(bucket_of(lo - f.reach_us) for f in self._features)
+                hi_b = max(bucket_of(hi - f.delay_us) for f in self._features)
+                out.update(b for b in incomplete if lo_b <= b <= hi_b)
         return out
 
-    def _reach(self, state: EntityWindows, event: _Event, newest_us: int) -> tuple[int, int] | None:
+    def _reach(self, state: EntityState, event: _Event, newest_us: int) -> tuple[int, int] | None:
         """The time range [start, end) of stored transactions the event corrects, or None past
         the lateness horizon (decided from summaries, the same on every attempt)."""
         lo, hi = event.span
@@ -283,12 +497,12 @@ class _EntityStageFn(KeyedStageFn):
         return start, end
 
     def _affected(
-        self, state: EntityWindows, events: Sequence[_Event], exclude: set[str]
-    ) -> dict[str, TxCell]:
+        self, state: EntityState, events: Sequence[_Event], exclude: set[str]
+    ) -> dict[str, Cell]:
         """The stored transactions the events change (in the store after the batch), already
         scored by the stream (a backfilled one has no prediction to correct)."""
         newest = state.newest_us()
-        out: dict[str, TxCell] = {}
+        out: dict[str, Cell] = {}
         for e in events:
             reach = self._reach(state, e, newest)
             if reach is None:
@@ -296,7 +510,8 @@ class _EntityStageFn(KeyedStageFn):
                     self._beyond_horizon.inc()
                 continue
             for tx_id, cell in state.cells_between(*reach):
-                if tx_id not in exclude and cell.revision:
+                scored = cell.revision if self.first else cell.carried_revision
+                if tx_id not in exclude and scored:
                     out.setdefault(tx_id, cell)
         return out
 
@@ -305,7 +520,7 @@ class _EntityStageFn(KeyedStageFn):
     def _commit(
         self,
         work: dict[str, _Work],
-        states: dict[str, EntityWindows],
+        states: dict[str, EntityState],
         latest: dict[str, tuple[int, dict[str, float]]],
     ) -> set[str]:
         """Writes every entity's changed buckets (cells and summary, versioned by its key's fence)
@@ -319,7 +534,7 @@ class _EntityStageFn(KeyedStageFn):
             for b, bucket, tx_ids, label_ids in state.take_changes():
                 writes.buckets.append(
                     BucketWrite(
-                        self.entity,
+                        self.layout,
                         entity_id,
                         b,
                         {i: bucket.tx[i] for i in tx_ids},
@@ -366,14 +581,14 @@ class _EntityStageFn(KeyedStageFn):
         self._rejected.inc(len(rejected))
         return rejected
 
-    def _trim(self, state: EntityWindows) -> None:
+    def _trim(self, state: EntityState) -> None:
         """Drops what no window can need any more (older than the lookback plus the delays and
         the horizon behind the newest event), and the cells of buckets that are neither recent
         nor at the edge of a current window (their summaries stay)."""
         newest = state.newest_us()
         if not newest:
             return
-        margin = max_lookback_us(self.entity) + max_delay_us(self.entity)
+        margin = self._lookback + self._max_delay
         keep: set[int] = set()
         if state.cells_total() > SPARSE_CELLS:
             keep = set(range(bucket_of(newest) - _RECENT_BUCKETS, bucket_of(newest) + 1))
@@ -389,13 +604,14 @@ class _EntityStageFn(KeyedStageFn):
         out = []
         for entity_id in sorted(rejected):
             for element in work[entity_id].elements:
-                event = element.tx if isinstance(element, CustomerPart) else element.event
+                event = element.tx if isinstance(element, Part) else element.event
+                stream = self.defs.labels if isinstance(event, Label) else self.defs.events
                 source = "transactions" if isinstance(event, Transaction) else "labels"
                 out.append(
                     beam.pvalue.TaggedOutput(
                         DEAD_LETTER_TAG,
                         DeadLetter(
-                            event.to_json(),
+                            event.to_json(stream),
                             "store_rejected",
                             detail[:500],
                             source,
@@ -420,236 +636,44 @@ def _latest(queries: Sequence[tuple[str, Transaction]]) -> dict[str, int]:
     return latest
 
 
-class CustomerWindowsFn(_EntityStageFn):
-    """(customer id, Routed[Transaction]) -> CustomerPart, corrections included."""
-
-    step = "CustomerWindows"
-    entity = CUSTOMER
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._corrections = Metrics.counter(METRICS_NAMESPACE, "customer_corrections")
-
-    def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
-        span = influence_span_us(CUSTOMER)
-        txs: dict[str, Transaction] = {}
-        work: dict[str, _Work] = {}
-        for key, routed in batch:
-            tx = routed.event
-            w = work.setdefault(tx.customer_id, _Work(key))
-            w.elements.append(routed)
-            if txs.setdefault(tx.transaction_id, tx) is tx:
-                w.events.append(_Event(tx.transaction_id, tx.event_time_us, span))
-        states = self._states(work)
-        queries: list[tuple[str, Transaction]] = []
-        for tx in txs.values():
-            revision = self.revision_of(work[tx.customer_id].key)
-            states[tx.customer_id].put_tx(
-                tx.transaction_id, TxCell(tx.event_time_us, tx.amount, tx.terminal_id, revision)
-            )
-            queries.append((tx.customer_id, tx))
-        n = len(queries)
-        for customer, w in work.items():
-            for tx_id, cell in self._affected(states[customer], w.events, set(txs)).items():
-                queries.append(
-                    (
-                        customer,
-                        _transaction(tx_id, cell.time_us, customer, cell.other_id, cell.amount),
-                    )
-                )
-        matrix = _features_of(states, queries, CUSTOMER_FEATURES)
-        for customer, tx in queries[n:]:
-            revision = self.revision_of(work[customer].key)
-            states[customer].put_tx(
-                tx.transaction_id, TxCell(tx.event_time_us, tx.amount, tx.terminal_id, revision)
-            )
-        names = [f.name for f in CUSTOMER_FEATURES]
-        latest = {
-            customer: (
-                queries[i][1].event_time_us,
-                dict(zip(names, map(float, matrix[i]), strict=True)),
-            )
-            for customer, i in _latest(queries).items()
-        }
-        rejected = self._commit(work, states, latest)
-        self._corrections.inc(len(queries) - n)
-        out: list[Any] = self._dead_letters(work, rejected, "the feature store refused the write")
-        for i, (customer, tx) in enumerate(queries):
-            if customer in rejected:
-                continue
-            revision = self.revision_of(work[customer].key)
-            out.append(CustomerPart(tx, tuple(map(float, matrix[i])), revision, correction=i >= n))
-        return out
+def _fields(event: Transaction | Label) -> Mapping[str, Any]:
+    """What an event's entity id is read from (its declared fields but the id and the time)."""
+    return event.fields
 
 
-class TerminalWindowsFn(_EntityStageFn):
-    """(terminal id, CustomerPart | Routed[Label]) -> FeatureBatch (originals, corrections)."""
-
-    step = "TerminalWindows"
-    entity = TERMINAL
-    labels = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._batches = Metrics.counter(METRICS_NAMESPACE, "feature_batches")
-        self._batch_size = Metrics.distribution(METRICS_NAMESPACE, "feature_batch_size")
-        self._corrections = Metrics.counter(METRICS_NAMESPACE, "feature_corrections")
-        self._labels = Metrics.counter(METRICS_NAMESPACE, "labels_written")
-
-    def flush(self, batch: Sequence[tuple[str, Any]]) -> list[Any]:
-        tx_span = influence_span_us(TERMINAL)
-        label_span = influence_span_us(TERMINAL, labels=True)
-        parts: dict[str, CustomerPart] = {}
-        labels: dict[str, Label] = {}
-        work: dict[str, _Work] = {}
-        for key, element in batch:
-            terminal = _terminal_of(element)
-            w = work.setdefault(terminal, _Work(key))
-            w.elements.append(element)
-            if isinstance(element, CustomerPart):
-                seen = parts.get(element.tx.transaction_id)
-                if seen is None or element.revision > seen.revision:
-                    parts[element.tx.transaction_id] = element
-            else:
-                labels[element.event.transaction_id] = element.event  # the later one wins
-        for p in parts.values():
-            work[p.tx.terminal_id].events.append(
-                _Event(p.tx.transaction_id, p.tx.event_time_us, tx_span)
-            )
-        for lb in labels.values():
-            work[lb.terminal_id].events.append(
-                _Event(lb.transaction_id, lb.event_time_us, label_span, label=True)
-            )
-        states = self._states(work)
-        for lb in labels.values():
-            states[lb.terminal_id].put_label(
-                lb.transaction_id, LabelCell(lb.event_time_us, int(lb.is_fraud))
-            )
-        # The query: the batch's transactions, with the newest customer features known...
-        queries: list[tuple[str, Transaction]] = []
-        carried: list[tuple[tuple[float, ...], int]] = []
-        corrections: list[bool] = []
-        for p in parts.values():
-            state = states[p.tx.terminal_id]
-            cell = state.tx(p.tx.transaction_id, p.tx.event_time_us)
-            newer = cell is None or p.revision > cell.carried_revision
-            carried.append((p.values, p.revision) if newer or cell is None else _carried(cell))
-            queries.append((p.tx.terminal_id, p.tx))
-            corrections.append(p.correction)
-            values, carried_revision = carried[-1]
-            state.put_tx(
-                p.tx.transaction_id,
-                TxCell(
-                    p.tx.event_time_us,
-                    p.tx.amount,
-                    p.tx.customer_id,
-                    self.revision_of(work[p.tx.terminal_id].key),
-                    values,
-                    carried_revision,
-                ),
-            )
-        # ... and the stored ones an event changed (not those only the backfill wrote: they were
-        # never predicted, so there is nothing to correct).
-        for terminal, w in work.items():
-            state = states[terminal]
-            for tx_id, cell in self._affected(state, w.events, set(parts)).items():
-                if not cell.carried_revision:
-                    continue
-                queries.append(
-                    (
-                        terminal,
-                        _transaction(tx_id, cell.time_us, cell.other_id, terminal, cell.amount),
-                    )
-                )
-                carried.append(_carried(cell))
-                corrections.append(True)
-        self._labels.inc(len(labels))
-        terminal_matrix = _features_of(states, queries, TERMINAL_FEATURES)
-        revisions = np.array([self.revision_of(work[t].key) for t, _ in queries], dtype=np.int64)
-        # The batch's own transactions were stored above; the corrected ones get their revision.
-        for i in range(len(parts), len(queries)):
-            terminal, tx = queries[i]
-            values, carried_revision = carried[i]
-            states[terminal].put_tx(
-                tx.transaction_id,
-                TxCell(
-                    tx.event_time_us,
-                    tx.amount,
-                    tx.customer_id,
-                    int(revisions[i]),
-                    values,
-                    carried_revision,
-                ),
-            )
-        names = [f.name for f in TERMINAL_FEATURES]
-        latest = {
-            terminal: (
-                queries[i][1].event_time_us,
-                dict(zip(names, map(float, terminal_matrix[i]), strict=True)),
-            )
-            for terminal, i in _latest(queries).items()
-        }
-        rejected = self._commit(work, states, latest)
-        out: list[Any] = self._dead_letters(work, rejected, "the feature store refused the write")
-        keep = np.array([t not in rejected for t, _ in queries], dtype=bool)
-        if not keep.any():
-            return out
-        txs = [tx for _, tx in queries]
-        matrix = assemble(txs, [c[0] for c in carried], terminal_matrix)
-        flags = np.array(corrections, dtype=bool)
-        for correction in (False, True):
-            rows = np.flatnonzero((flags == correction) & keep)
-            if len(rows):
-                out.append(
-                    FeatureBatch(
-                        [txs[i] for i in rows],
-                        matrix[rows],
-                        int(revisions[rows].max()),
-                        correction,
-                        revisions=revisions[rows],
-                    )
-                )
-        self._batches.inc()
-        self._batch_size.update(int(keep.sum()))
-        self._corrections.inc(int((flags & keep).sum()))
-        return out
+def _row(tx: Transaction, id_field: str, time_field: str) -> dict[str, Any]:
+    """The transaction as field name -> value, its time in µs (what cells and filters read)."""
+    return {**tx.fields, id_field: tx.transaction_id, time_field: tx.event_time_us}
 
 
-def _transaction(
-    tx_id: str, time_us: int, customer_id: str, terminal_id: str, amount: float
-) -> Transaction:
-    """A stored transaction rebuilt from its cell (the handbook's fields)."""
-    fields = {"customer_id": customer_id, "terminal_id": terminal_id, "amount": amount}
-    return Transaction(tx_id, time_us, fields)
+def _transaction(layout: Layout, entity_id: str, tx_id: str, cell: Cell) -> Transaction:
+    """A stored transaction rebuilt from its cell (for a correction)."""
+    event = layout.event(entity_id, tx_id, cell)
+    fields = {k: v for k, v in event.items() if k not in (layout.id_field, layout.time_field)}
+    return Transaction(tx_id, cell.time_us, fields)
 
 
-def _load_archive(state: EntityWindows, archive: Archive, first: int, end: int) -> None:
+def _load_archive(state: EntityState, archive: Archive, first: int, end: int) -> None:
     """Loads the archive's buckets [first, end) into ``state`` (their cells, whole)."""
     buckets: dict[int, Bucket] = {}
     for tx_id, cell in archive.cells.tx.items():
         b = bucket_of(cell.time_us)
         if first <= b < end:
-            buckets.setdefault(b, Bucket()).tx[tx_id] = cell
+            buckets.setdefault(b, Bucket(state.layout)).tx[tx_id] = cell
     for tx_id, label in archive.cells.labels.items():
         b = bucket_of(label.time_us)
         if first <= b < end:
-            buckets.setdefault(b, Bucket()).labels[tx_id] = label
+            buckets.setdefault(b, Bucket(state.layout)).labels[tx_id] = label
     for b, bucket in buckets.items():
         state.load(b, bucket)
 
 
-def _terminal_of(element: CustomerPart | Routed[Label]) -> str:
-    if isinstance(element, CustomerPart):
-        return element.tx.terminal_id
-    return str(element.event.terminal_id)
-
-
-def _carried(cell: TxCell) -> tuple[tuple[float, ...], int]:
+def _carried(cell: Cell) -> tuple[tuple[float, ...], int]:
     return cell.carried, cell.carried_revision
 
 
 def _features_of(
-    states: dict[str, EntityWindows],
+    states: dict[str, EntityState],
     queries: Sequence[tuple[str, Transaction]],
     features: Sequence[WindowFeature],
 ) -> np.ndarray:
@@ -667,23 +691,35 @@ def _features_of(
 
 
 def assemble(
-    txs: Sequence[Transaction], customer: Sequence[tuple[float, ...]], terminal: np.ndarray
+    defs: Definitions,
+    txs: Sequence[Transaction],
+    windows: Sequence[WindowFeature],
+    window_matrix: np.ndarray,
 ) -> np.ndarray:
-    """The model's input matrix (FEATURES order) from the row features, the customer stage's
-    features (``window_features(CUSTOMER)`` order) and the terminal stage's."""
-    times = np.array([t.event_time_us for t in txs], dtype=np.int64)
-    amounts = np.array([t.amount for t in txs], dtype=np.float64)
-    rows = row_features(times, amounts)
-    customer_matrix = np.array(customer, dtype=np.float64).reshape(len(txs), len(CUSTOMER_FEATURES))
-    out = np.empty((len(txs), len(FEATURES)), dtype=np.float64)
-    c = t = 0
-    for col, feature in enumerate(FEATURES):
-        if isinstance(feature, RowFeature):
-            out[:, col] = rows[feature.transform]
-        elif isinstance(feature, WindowFeature) and feature.entity == CUSTOMER:
-            out[:, col] = customer_matrix[:, c]
-            c += 1
-        else:
-            out[:, col] = terminal[:, t]
-            t += 1
+    """The feature vectors of ``txs`` in the file's order (``defs.names``): the row features
+    (``value``: the field as a float; ``when``: 1.0 if the predicate holds, else 0.0), the window
+    features (``window_matrix``'s columns, named by ``windows``) and the derived ones (ratio: 0
+    when the denominator is 0; difference), as tests/oracle.py computes them."""
+    ev = defs.events
+    rows = [_row(t, ev.id_field, ev.time_field) for t in txs]
+    columns: dict[str, np.ndarray] = {f.name: window_matrix[:, i] for i, f in enumerate(windows)}
+    for f in defs.features:
+        if isinstance(f, RowFeature):
+            if f.value is not None:
+                values = [float(r[f.value]) for r in rows]
+            else:
+                when = f.when
+                assert when is not None, "a row feature is a value or a predicate"
+                values = [1.0 if when.holds(r, r[ev.time_field]) else 0.0 for r in rows]
+            columns[f.name] = np.array(values, dtype=np.float64)
+        elif isinstance(f, DerivedFeature):
+            a, b = (columns[i] for i in f.inputs)
+            if f.op == "difference":
+                columns[f.name] = a - b
+            else:
+                safe = np.where(b != 0, b, 1.0)
+                columns[f.name] = np.where(b != 0, a / safe, 0.0)
+    out = np.empty((len(txs), len(defs.names)), dtype=np.float64)
+    for col, name in enumerate(defs.names):
+        out[:, col] = columns[name]
     return out

@@ -1,4 +1,5 @@
-"""ComputeFeatures: the exact window features, in three stages keyed by what they compute.
+"""ComputeFeatures: the exact window features, in keyed stages: one per entity of the
+definitions file that has window features, chained in the file's order. The handbook's file:
 
     transactions ─ KeyTransactions ─┐
     labels ─────── KeyLabels ───────┼─ IndexIds ─┬─ KeyByCustomer ─ CustomerWindows ─┐
@@ -8,35 +9,47 @@
       FeatureBatch (originals, corrections) ─ TerminalWindows ─ KeyByTerminal ────────┘
                                                (terminal)
 
+A stage is labelled CamelCase(entity) + "Windows"; its input is keyed by "KeyBy<Entity>" (the
+first stage: the accepted transactions) or "KeyPartsBy<Entity>" (a later one: the parts of the
+stage before), and where the entity has label features the accepted labels join it through
+"KeyLabelsBy<Entity>" and "MergeBy<Entity>" (every such entity gets every label, keyed by
+``entity.id_of(label.fields)``). The last stage emits the FeatureBatches.
+
 No stateful step is keyed by a constant: Beam runs one key's elements one at a time, and
-Dataflow spreads the keys (transaction ids, customers, terminals) over its workers. Each stage
-reads and writes only its own keys' rows (pipelines/stores). See README "Ordering" for why the
-stored features stay exact whatever the arrival order, and docs/specs/ for the contracts.
+Dataflow spreads the keys (transaction ids, entity ids) over its workers. Each stage reads and
+writes only its own keys' rows (pipelines/stores). See README "Ordering" for why the stored
+features stay exact whatever the arrival order, and docs/specs/ for the contracts.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 
-from pipelines.core.batches import CustomerPart, FeatureBatch, Routed
+from pipelines.core.batches import FeatureBatch, Part
+from pipelines.core.declarations import Definitions, Entity, load_definitions
 from pipelines.core.routing import route
 from pipelines.core.schema import Label, StageRecord, Transaction
 from pipelines.stores.bigtable import StoreConfig
 from pipelines.stores.window_store import WindowStore
 from pipelines.transforms.coders import StageRecordCoder
-from pipelines.transforms.entity_windows import CustomerWindowsFn, TerminalWindowsFn
+from pipelines.transforms.entity_windows import EntityWindowsFn, stage_entities, stage_name
 from pipelines.transforms.id_index import ACCEPTED_LABELS, IndexIdsFn, RestoreWaits
 from pipelines.transforms.parse import DEAD_LETTER_TAG
 
-__all__ = ["STAGE_LABELS", "ComputeFeatures", "ComputedFeatures", "FeatureBatch"]
+__all__ = ["ComputeFeatures", "ComputedFeatures", "FeatureBatch", "stage_labels"]
 
 # The keyed stages' labels inside ComputeFeatures (Dataflow --update matches them by name).
 INDEX_IDS = "IndexIds"
-CUSTOMER_WINDOWS = "CustomerWindows"
-TERMINAL_WINDOWS = "TerminalWindows"
-STAGE_LABELS = (INDEX_IDS, CUSTOMER_WINDOWS, TERMINAL_WINDOWS)
+
+
+def stage_labels(definitions: Definitions | None = None) -> tuple[str, ...]:
+    """The keyed stages' labels inside ComputeFeatures for a definitions file (default: the
+    handbook's: IndexIds, CustomerWindows, TerminalWindows)."""
+    defs = definitions or load_definitions()
+    return (INDEX_IDS, *(stage_name(e) for e in stage_entities(defs)))
+
 
 # What every stateful step's input is: a str key (deterministic) and a stage record, encoded by
 # its own deterministic coder (pipelines/transforms/coders.py), never pickled.
@@ -53,20 +66,24 @@ def _by_id(event: Transaction | Label, buckets: int) -> tuple[str, Transaction |
     return (route(event.transaction_id, buckets), event)
 
 
-def _by_customer(routed: Routed[Transaction], buckets: int) -> tuple[str, Routed[Transaction]]:
-    return (route(routed.event.customer_id, buckets), routed)
+class _ByEntity:
+    """Keys a stage's input by its entity (its id read from the event's fields)."""
+
+    def __init__(self, entity: Entity, buckets: int) -> None:
+        self.entity = entity
+        self.buckets = buckets
+
+    def __call__(self, element: Any) -> tuple[str, Any]:
+        event = element.tx if isinstance(element, Part) else element.event
+        return (route(self.entity.id_of(event.fields), self.buckets), element)
 
 
-def _part_by_terminal(part: CustomerPart, buckets: int) -> tuple[str, CustomerPart]:
-    return (route(part.tx.terminal_id, buckets), part)
-
-
-def _label_by_terminal(routed: Routed[Label], buckets: int) -> tuple[str, Routed[Label]]:
-    return (route(routed.event.terminal_id, buckets), routed)
+def _camel(entity: Entity) -> str:
+    return stage_name(entity).removesuffix("Windows")
 
 
 class ComputeFeatures(beam.PTransform):
-    """(transactions, labels) to FeatureBatches with the exact window features of MODEL_INPUTS.
+    """(transactions, labels) to FeatureBatches with the exact features of a definitions file.
 
     Args:
       store: the feature store (a Bigtable table, or a WindowStore object in unit tests).
@@ -79,6 +96,7 @@ class ComputeFeatures(beam.PTransform):
       max_corrections_per_event: the most transactions one late event corrects
         (entity_windows.py).
       window_cache_mb: the memory budget of each entity stage's window cache, per process.
+      definitions: the definitions file (default: the handbook's).
 
     Returns:
       ComputedFeatures(batches, dead_letters).
@@ -98,6 +116,7 @@ class ComputeFeatures(beam.PTransform):
         correction_horizon_s: float | None = None,
         window_cache_mb: float = 512.0,
         max_corrections_per_event: int = 10_000,
+        definitions: Definitions | None = None,
     ) -> None:
         super().__init__()
         if max_batch_size < 1:
@@ -109,6 +128,9 @@ class ComputeFeatures(beam.PTransform):
         self._sources = sources
         self._label_wait_s = label_wait_s
         self._buckets = key_buckets
+        self._defs = definitions or load_definitions()
+        if not stage_entities(self._defs):
+            raise ValueError(f"{self._defs.name}: no entity has window features")
         self._entity_args = (
             key_buckets,
             correction_horizon_s,
@@ -127,26 +149,32 @@ class ComputeFeatures(beam.PTransform):
         ids = by_id | INDEX_IDS >> beam.ParDo(
             IndexIdsFn(self._store, self._max, self._sources, self._label_wait_s, b)
         ).with_outputs(ACCEPTED_LABELS, DEAD_LETTER_TAG, main="transactions")
-        customers = (
-            ids.transactions
-            | "KeyByCustomer" >> beam.Map(_by_customer, b).with_output_types(_KEYED)
-            | CUSTOMER_WINDOWS
-            >> beam.ParDo(
-                CustomerWindowsFn(self._store, self._max, *self._entity_args)
-            ).with_outputs(DEAD_LETTER_TAG, main="parts")
-        )
-        by_terminal = (
-            customers.parts
-            | "KeyPartsByTerminal" >> beam.Map(_part_by_terminal, b).with_output_types(_KEYED),
-            ids[ACCEPTED_LABELS]
-            | "KeyLabelsByTerminal" >> beam.Map(_label_by_terminal, b).with_output_types(_KEYED),
-        ) | "MergeByTerminal" >> beam.Flatten()
-        terminals = by_terminal | TERMINAL_WINDOWS >> beam.ParDo(
-            TerminalWindowsFn(self._store, self._max, *self._entity_args)
-        ).with_outputs(DEAD_LETTER_TAG, main="batches")
-        dead_letters = (
-            ids[DEAD_LETTER_TAG],
-            customers[DEAD_LETTER_TAG],
-            terminals[DEAD_LETTER_TAG],
-        ) | "StageDeadLetters" >> beam.Flatten()
-        return ComputedFeatures(terminals.batches, dead_letters)
+        dead = [ids[DEAD_LETTER_TAG]]
+        previous: beam.PCollection | None = None
+        entities = stage_entities(self._defs)
+        for position, entity in enumerate(entities):
+            camel = _camel(entity)
+            by_entity = _ByEntity(entity, b)
+            if previous is None:
+                keyed = ids.transactions | f"KeyBy{camel}" >> beam.Map(by_entity).with_output_types(
+                    _KEYED
+                )
+            else:
+                keyed = previous | f"KeyPartsBy{camel}" >> beam.Map(by_entity).with_output_types(
+                    _KEYED
+                )
+            if any(f.needs_labels for f in self._defs.window_features(entity)):
+                keyed = (
+                    keyed,
+                    ids[ACCEPTED_LABELS]
+                    | f"KeyLabelsBy{camel}" >> beam.Map(by_entity).with_output_types(_KEYED),
+                ) | f"MergeBy{camel}" >> beam.Flatten()
+            last = position == len(entities) - 1
+            stage = keyed | stage_name(entity) >> beam.ParDo(
+                EntityWindowsFn(self._defs, position, self._store, self._max, *self._entity_args)
+            ).with_outputs(DEAD_LETTER_TAG, main="batches" if last else "parts")
+            dead.append(stage[DEAD_LETTER_TAG])
+            previous = stage.batches if last else stage.parts
+        assert previous is not None
+        dead_letters = tuple(dead) | "StageDeadLetters" >> beam.Flatten()
+        return ComputedFeatures(previous, dead_letters)

@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipelines.core.cells import bucket_of, summarize
+from pipelines.core.cells import bucket_of
 from pipelines.core.definitions import CUSTOMER, TERMINAL, max_lookback_us
 from pipelines.core.training_data import to_epoch_us
+from tests.events import handbook_cell, handbook_layout, summary_of
 
 pytestmark = pytest.mark.integration
 
@@ -49,23 +50,26 @@ def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
         frame = tiny_frame.assign(t_us=to_epoch_us(tiny_frame.TX_DATETIME))
         for entity, other in ((CUSTOMER, "TERMINAL_ID"), (TERMINAL, "CUSTOMER_ID")):
             key = "CUSTOMER_ID" if entity == CUSTOMER else "TERMINAL_ID"
+            layout = handbook_layout(entity.name)
             since = end - max_lookback_us(entity)
             window = frame[(frame.t_us >= since) & (frame.t_us < end)]
             ids = sorted(window[key].astype(str).unique())
-            summaries = store.read_summaries(entity, ids, 0)
+            summaries = store.read_summaries(layout, ids, 0)
             found = store.read_buckets(
-                entity,
+                layout,
                 [(i, b) for i, buckets in summaries.items() for b in buckets],
                 labels=entity == TERMINAL,
             )
             # Each bucket's summary is what its cells add up to.
             for (i, b), cells in found.items():
-                assert summaries[i][b] == summarize(cells.tx, cells.labels)
+                assert summaries[i][b] == summary_of(layout, cells.tx, cells.labels)
             assert len(found) == sum(len(v) for v in summaries.values())
+            other_field = other.lower()
             got = sorted(
-                (tx_id, c.time_us, c.amount, c.other_id)
-                for cells in found.values()
+                (tx_id, e["tx_datetime"], e["amount"], e[other_field])
+                for (entity_id, _), cells in found.items()
                 for tx_id, c in cells.tx.items()
+                for e in [layout.event(entity_id, tx_id, c)]
             )
             want = sorted(
                 zip(
@@ -80,7 +84,7 @@ def test_store_holds_every_event_within_the_lookback_and_the_latest_features(
             assert got == want
             if entity == TERMINAL:
                 labels = sorted(
-                    (tx_id, float(c.is_fraud))
+                    (tx_id, float(c.value))
                     for cells in found.values()
                     for tx_id, c in cells.labels.items()
                 )
@@ -114,24 +118,28 @@ def test_a_cells_newest_version_wins_whatever_order_the_writes_come_in(
     from pipelines.stores.bigtable import FeatureStore, StoreConfig, create_table
     from pipelines.stores.window_store import (
         BucketWrite,
+        Cell,
         InMemoryStore,
         LabelCell,
-        TxCell,
         WindowStore,
         Writes,
     )
 
     t0 = 1_530_000_000_000_000
     b = bucket_of(t0)
-    backfill = {"1": TxCell(t0, 10.0, "C1"), "2": TxCell(t0 + 1, 20.0, "C2")}
-    newer = {"2": TxCell(t0 + 1, 20.0, "C2", revision=2_000_000_000_000_002, carried=(1.5,))}
-    stale = {"2": TxCell(t0 + 1, 20.0, "C2", revision=1_000_000_000_000_001)}
+    terminal = handbook_layout("terminal")
+    backfill = {
+        "1": handbook_cell(terminal, t0, 10.0, "C1"),
+        "2": handbook_cell(terminal, t0 + 1, 20.0, "C2"),
+    }
+    newer = {"2": handbook_cell(terminal, t0 + 1, 20.0, "C2", 2_000_000_000_000_002, (1.5,))}
+    stale = {"2": handbook_cell(terminal, t0 + 1, 20.0, "C2", 1_000_000_000_000_001)}
     labels = {"1": LabelCell(t0, 1)}
 
-    def write(cells: dict[str, TxCell], fence: int | None, with_labels: bool = False) -> Writes:
+    def write(cells: dict[str, Cell], fence: int | None, with_labels: bool = False) -> Writes:
         lab = labels if with_labels else {}
-        summary = summarize({**backfill, **cells}, lab)
-        return Writes([BucketWrite(TERMINAL, "T1", b, cells, lab, summary, fence)])
+        summary = summary_of(terminal, {**backfill, **cells}, lab)
+        return Writes([BucketWrite(terminal, "T1", b, cells, lab, summary, fence)])
 
     with environment(emulators):
         store: WindowStore
@@ -144,8 +152,8 @@ def test_a_cells_newest_version_wins_whatever_order_the_writes_come_in(
         store.apply(write(backfill, None))
         store.apply(write(newer, 2_000_000_000_000_000, with_labels=True))
         store.apply(write(stale, 1_000_000_000_000_000))  # the zombie, after the new owner
-        found = store.read_buckets(TERMINAL, [("T1", b)], labels=True)[("T1", b)]
-        summaries = store.read_summaries(TERMINAL, ["T1"], b)["T1"]
+        found = store.read_buckets(terminal, [("T1", b)], labels=True)[("T1", b)]
+        summaries = store.read_summaries(terminal, ["T1"], b)["T1"]
     assert found.tx == {**backfill, **newer}
     assert found.labels == labels
-    assert summaries == {b: summarize({**backfill, **newer}, labels)}
+    assert summaries == {b: summary_of(terminal, {**backfill, **newer}, labels)}

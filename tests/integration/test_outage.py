@@ -230,9 +230,12 @@ def assert_deadline_retries(retries: list[tuple[str, float]], what: str) -> None
 def test_bigtable_outage_loses_nothing(
     stack: LocalStack, retry_log: RetryLog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipelines.core.cells import bucket_of, summarize
+    from pipelines.core.cells import bucket_of
     from pipelines.stores.bigtable import FeatureStore, StoreConfig
-    from pipelines.stores.window_store import BucketWrite, TxCell, Writes
+    from pipelines.stores.window_store import BucketWrite, Cell, Writes
+    from tests.events import handbook_cell, handbook_layout, summary_of
+
+    layouts = {CUSTOMER: handbook_layout("customer"), TERMINAL: handbook_layout("terminal")}
 
     store = FeatureStore(StoreConfig(LOCAL_PROJECT, "rillet", "features"))
     table = store.table
@@ -271,20 +274,28 @@ def test_bigtable_outage_loses_nothing(
     def rows(prefix: str) -> tuple[list[str], Writes]:
         ids = [f"{prefix}-{j}" for j in range(BATCH)]
         writes = Writes()
-        cells: dict[tuple[Any, str], dict[str, TxCell]] = {}
+        cells: dict[tuple[Any, str], dict[str, Cell]] = {}
         for j, tx_id in enumerate(ids):
             customer, terminal = CUSTOMERS[j % len(CUSTOMERS)], TERMINALS[j % len(TERMINALS)]
             t_us = BASE_US + j * 1000
-            cells.setdefault((CUSTOMER, customer), {})[tx_id] = TxCell(t_us, float(j), terminal)
-            cells.setdefault((TERMINAL, terminal), {})[tx_id] = TxCell(t_us, float(j), customer)
+            cells.setdefault((CUSTOMER, customer), {})[tx_id] = handbook_cell(
+                layouts[CUSTOMER], t_us, float(j), terminal
+            )
+            cells.setdefault((TERMINAL, terminal), {})[tx_id] = handbook_cell(
+                layouts[TERMINAL], t_us, float(j), customer
+            )
         for (entity, entity_id), tx in cells.items():
+            layout = layouts[entity]
+            summary = summary_of(layout, tx, {})
             writes.buckets.append(
-                BucketWrite(entity, entity_id, bucket_of(BASE_US), tx, {}, summarize(tx, {}), None)
+                BucketWrite(layout, entity_id, bucket_of(BASE_US), tx, {}, summary, None)
             )
         return ids, writes
 
     def stored(entity: Any, ids: list[str]) -> set[str]:
-        found = store.read_buckets(entity, [(i, bucket_of(BASE_US)) for i in ids], labels=False)
+        found = store.read_buckets(
+            layouts[entity], [(i, bucket_of(BASE_US)) for i in ids], labels=False
+        )
         return {tx_id for cells in found.values() for tx_id in cells.tx}
 
     before, before_rows = rows("before")

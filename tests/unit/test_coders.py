@@ -7,7 +7,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.core.batches import CustomerPart, Routed
+from pipelines.core.batches import Part, Routed
 from pipelines.core.schema import StageRecord
 from pipelines.transforms.coders import STAGE_RECORD_URN, StageRecordCoder, WakeUp
 from tests.events import handbook_label, handbook_tx
@@ -20,8 +20,8 @@ RECORDS = [
     WakeUp("~3"),
     Routed(TX, token=7),
     Routed(LB),
-    CustomerPart(TX, (1.0, 57.16, 2.0, 0.1 + 0.2, 3.0, 1e300), 1_700_000_000_001_003, True, 9),
-    CustomerPart(handbook_tx("é", 0, "", "", -0.0), (), 0),
+    Part(TX, (1.0, 57.16, 2.0, 0.1 + 0.2, 3.0, 1e300), 1_700_000_000_001_003, True, 9),
+    Part(handbook_tx("é", 0, "", "", -0.0), (), 0),
 ]
 
 

@@ -154,7 +154,7 @@ def test_queries_before_the_oldest_label_stay_within_their_entity() -> None:
     """A query earlier than every label: its delayed window starts before the labels' oldest
     time minus the lookback, so the labels' key space must start at the query's window too, or
     the window's start lands in the previous entity's range and counts its frauds (found by
-    tests/unit/test_entity_index.py)."""
+    the former tests/unit/test_entity_index.py)."""
     tx = [
         ("0", T0, "c", "A", 0.0),
         ("1", T0, "c", "B", 0.0),

@@ -21,6 +21,7 @@ from apache_beam.testing.test_stream import TestStream
 
 from pipelines.backfill.backfill import state_writes
 from pipelines.core.batches import FeatureBatch
+from pipelines.core.declarations import Definitions
 from pipelines.core.definitions import DAY_US, ENTITIES, MODEL_INPUTS, window_features
 from pipelines.core.engine import EventColumns, features_for
 from pipelines.core.messages import DeadLetter
@@ -81,6 +82,7 @@ def run_stages(
     store: Any = None,
     idle_s: float = 0.0,
     horizon_s: float | None = None,
+    definitions: Definitions | None = None,
 ) -> StageRun:
     """Runs ComputeFeatures over ``rounds`` of events (each round one TestStream step, so one
     or more bundles)."""
@@ -105,6 +107,7 @@ def run_stages(
             label_wait_s=label_wait_s,
             key_buckets=key_buckets,
             correction_horizon_s=horizon_s,
+            definitions=definitions,
         )
         _ = out.batches | "B" >> beam.ParDo(_Collect(run, "batches"))
         _ = out.dead_letters | "D" >> beam.ParDo(_Collect(run, "dead"))

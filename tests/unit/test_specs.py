@@ -4,6 +4,7 @@ it names is what the code writes."""
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +12,24 @@ import numpy as np
 
 from pipelines.core import label_slots
 from pipelines.core.batches import FeatureBatch
-from pipelines.core.cells import BUCKET_US, Summary, TxCell
-from pipelines.core.definitions import MODEL_INPUTS, TERMINAL
+from pipelines.core.cells import BUCKET_US
+from pipelines.core.declarations import load_definitions
+from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import _ID_RE
+from pipelines.core.window_cells import (
+    FORMAT_VERSION,
+    Cell,
+    LabelCell,
+    Layout,
+    decode_aggregates,
+    decode_cell,
+    decode_label,
+    encode_aggregates,
+    encode_cell,
+    encode_label,
+)
+from pipelines.core.window_state import Bucket
 from pipelines.stores import bigtable
 from pipelines.transforms import entity_windows, id_index
 from pipelines.transforms.inference import PredictionBatch
@@ -28,6 +43,8 @@ from pipelines.transforms.sinks import (
 from tests.events import handbook_tx
 
 SPECS = Path(__file__).resolve().parents[2] / "docs" / "specs"
+HANDBOOK = load_definitions()
+TERMINAL_LAYOUT = Layout.of(HANDBOOK, HANDBOOK.entity("terminal"))
 
 
 def spec(name: str) -> str:
@@ -47,30 +64,23 @@ def test_bigtable_spec_names_the_codes_rows_families_and_formats() -> None:
     assert f"{bigtable.ID_ROW_PREFIX}<transaction_id>" in names
     assert f"{bigtable.WAIT_ROW_PREFIX}<transaction_id>" in names
     assert "terminal#<terminal_id>#<bucket>" in names and "terminal#<terminal_id>" in names
-    assert bigtable._TX_HEAD.format in names
     assert bigtable.SUMMARY_QUALIFIER.decode() in names
-    assert bigtable._SUMMARY.format in names
+    assert f"Format {FORMAT_VERSION}." in text
+    for code in ("encode_cell", "encode_label", "encode_aggregates", "encode_archive"):
+        assert code in text
     for qualifier in (bigtable.HEAD_QUALIFIER, bigtable.ARCHIVE_QUALIFIER):
         assert qualifier.decode() in names
     assert bigtable._HEAD.format in names and bigtable._ARCHIVE_HEAD.format in names
-    assert bigtable._LABEL_VALUE.format in text
     assert bigtable._FLOAT.format in text
     assert f"{BUCKET_US:,}" in text
     # The row keys the code builds have the shapes the spec gives.
     assert bigtable._wait_row_key("42") == b"wait#42"
-    assert bigtable.head_row_key(TERMINAL, "T1") == b"terminal#T1"
-    assert bigtable.bucket_row_key(TERMINAL, "T1", 1_690_000) == b"terminal#T1#000001690000"
-
-
-def test_tx_cell_round_trips_in_the_specified_layout() -> None:
-    cell = TxCell(1_522_540_800_123_456, 57.16, "T9", 7, (1.0, 2.5), 5)
-    raw = bigtable.encode_tx_cell(cell)
-    assert raw.endswith(b"T9") and len(raw) == bigtable._TX_HEAD.size + 2 * 8 + 2
-    assert bigtable.decode_tx_cell(raw) == cell
+    terminal = HANDBOOK.entity("terminal")
+    assert bigtable.head_row_key(terminal, "T1") == b"terminal#T1"
+    assert bigtable.bucket_row_key(terminal, "T1", 1_690_000) == b"terminal#T1#000001690000"
 
 
 def test_head_and_archive_round_trip_in_the_specified_layout() -> None:
-    from pipelines.core.cells import LabelCell
     from pipelines.stores.window_store import Archive, BucketCells, EntityHead
 
     head = EntityHead(1_690_000, 37)
@@ -78,28 +88,43 @@ def test_head_and_archive_round_trip_in_the_specified_layout() -> None:
     assert bigtable.decode_head(bigtable.encode_head(head)) == head
     cells = BucketCells(
         {
-            "1": TxCell(1_522_540_800_123_456, 57.16, "T9", 7, (1.0, 2.5), 5),
-            "22": TxCell(1_522_540_900_000_000, 0.5, "T10"),
+            "1": Cell(1_522_540_800_123_456, (), 7, (1.0, 2.5), 5, ("C9", 57.16)),
+            "22": Cell(1_522_540_900_000_000, (), kept=("C10", 0.5)),
         },
         {"1": LabelCell(1_522_540_800_123_456, 1)},
     )
     archive = Archive(1_690_000, 1_690_100, cells)
-    raw = bigtable.encode_archive(archive)
-    ids = len("1\n22") + len("T9\nT10") + len("1") + 3 * 4
-    head_size = bigtable._ARCHIVE_HEAD.size
-    assert len(raw) == head_size + 2 * (8 + 8 + 8 + 8 + 2) + 2 * 8 + 1 * 9 + ids
-    assert bigtable.decode_archive(raw) == archive
+    layout = TERMINAL_LAYOUT
+    raw = bigtable.encode_archive(layout, archive)
+    assert raw[0] == 2  # the archive's format version
+    parts = [b"1", encode_cell(layout, cells.tx["1"]), b"22", encode_cell(layout, cells.tx["22"])]
+    parts += [b"1", encode_label(layout, cells.labels["1"])]
+    assert len(raw) == bigtable._ARCHIVE_HEAD.size + sum(4 + len(p) for p in parts)
+    assert bigtable.decode_archive(layout, raw) == archive
     empty = Archive(0, 1, BucketCells())
-    assert bigtable.decode_archive(bigtable.encode_archive(empty)) == empty
+    assert bigtable.decode_archive(layout, bigtable.encode_archive(layout, empty)) == empty
     for qualifier in (bigtable.HEAD_QUALIFIER, bigtable.ARCHIVE_QUALIFIER):
         assert not _ID_RE.match(qualifier.decode())
 
 
-def test_summary_round_trips_in_the_specified_layout() -> None:
-    summary = Summary(3, 171_480_000, 1_522_540_800_123_456, 1_522_541_000_000_000, 2, 1)
-    raw = bigtable.encode_summary(summary)
-    assert len(raw) == 1 + 6 * 8 and raw[0] == 1
-    assert bigtable.decode_summary(raw) == summary
+def test_cells_and_summary_round_trip_in_the_specified_layout() -> None:
+    layout = TERMINAL_LAYOUT
+    cell = Cell(1_522_540_800_123_456, (), 7, (1.0, 2.5), 5, ("C9", 57.16))
+    raw = encode_cell(layout, cell)
+    # Version, time, revision, carried revision, the carried values, then the named fields.
+    named = b"\x02" + b"\x03\x0bcustomer_id\x03\x02C9" + b"\x03\x06amount\x01"
+    carried = b"\x02" + struct.pack(">dd", 1.0, 2.5)
+    assert raw[0] == FORMAT_VERSION
+    assert raw.endswith(b"\x07\x05" + carried + named + struct.pack(">d", 57.16))
+    assert decode_cell(layout, raw) == (cell, ())
+    label = LabelCell(1_522_540_800_123_456, 1)
+    assert decode_label(layout, encode_label(layout, label)) == (label, ())
+    bucket = Bucket(layout, {"1": cell, "2": cell._replace(time_us=cell.time_us + 1)})
+    bucket.put_label("1", label)
+    summary = bucket.summary()
+    raw = encode_aggregates(summary)
+    assert raw[0] == FORMAT_VERSION
+    assert decode_aggregates(raw) == summary and summary.holds(layout)
     # "#" is not allowed in an id, so the summary's qualifier is never a transaction id.
     assert not _ID_RE.match(bigtable.SUMMARY_QUALIFIER.decode())
 

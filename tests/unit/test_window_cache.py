@@ -6,17 +6,19 @@ from __future__ import annotations
 import sys
 import threading
 
-from pipelines.core.cells import BUCKET_US, TxCell, bucket_of
-from pipelines.core.entity_index import EntityWindows
+from pipelines.core.cells import BUCKET_US, bucket_of
+from pipelines.core.window_state import EntityState
 from pipelines.stores.window_cache import WindowCache
+from tests.events import handbook_cell, handbook_layout
 
 T0 = 1_522_540_800_000_000
+CUSTOMER = handbook_layout("customer")
 
 
-def _state(cells: int = 1) -> EntityWindows:
-    state = EntityWindows(bucket_of(T0))
+def _state(cells: int = 1) -> EntityState:
+    state = EntityState(CUSTOMER, bucket_of(T0))
     for i in range(cells):
-        state.put_tx(str(i), TxCell(T0 + i, 1.0, "x"))
+        state.put_tx(str(i), handbook_cell(CUSTOMER, T0 + i, 1.0, "x"))
     return state
 
 
@@ -102,7 +104,7 @@ def test_concurrent_attempts_in_one_process_never_share_a_state() -> None:
                 if id(state) in holders:
                     errors.append(f"{entity} held by {holders[id(state)]} and {attempt}")
                 holders[id(state)] = attempt
-            state.put_tx(f"{attempt}", TxCell(T0 + BUCKET_US // 2, 2.0, "y"))
+            state.put_tx(f"{attempt}", handbook_cell(CUSTOMER, T0 + BUCKET_US // 2, 2.0, "y"))
             with lock:
                 holders.pop(id(state), None)
             cache.checkin(entity, "k", state, 1000, attempt)
