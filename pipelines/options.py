@@ -57,6 +57,35 @@ class RilletOptions(PipelineOptions):
             raise ValueError(f"cannot read {path}: {exc}") from exc
         return parse_thresholds(text, path)
 
+    def job_definitions(self) -> Any:
+        """The definitions (pipelines.core.declarations.Definitions) of --definitions, read with
+        Beam's FileSystems (a local path or gs://), or the handbook's packaged file."""
+        from pipelines.core.declarations import (
+            DefinitionsError,
+            load_definitions,
+            parse_definitions,
+        )
+
+        path = self.definitions
+        if not path:
+            return load_definitions()
+        import yaml
+        from apache_beam.io.filesystems import FileSystems
+
+        try:
+            with FileSystems.open(path) as f:
+                text = f.read().decode()
+        except Exception as exc:  # any filesystem's "cannot read": one message
+            raise ValueError(f"cannot read {path}: {exc}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path} is not YAML: {exc}") from exc
+        try:
+            return parse_definitions(data, path)
+        except DefinitionsError as exc:
+            raise ValueError(str(exc)) from exc
+
     def validate_local(self) -> list[str]:
         """Problems a user can fix before the job starts that no single value shows (each
         value's own kind is checked when the options are parsed), as messages."""
@@ -65,6 +94,10 @@ class RilletOptions(PipelineOptions):
             self.thresholds()
         except ValueError as exc:
             errors.append(f"--alert_thresholds: {exc}")
+        try:
+            self.job_definitions()
+        except ValueError as exc:
+            errors.append(f"--definitions: {exc}")
         if self.inference_backend == "vertex" and not (self.vertex_project and self.vertex_model):
             errors.append("--inference_backend vertex needs --vertex_project and --vertex_model")
         if not 0 <= self.risk_medium_threshold <= self.risk_high_threshold <= 1:

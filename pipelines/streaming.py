@@ -26,7 +26,7 @@ from apache_beam.options.pipeline_options import (
     StandardOptions,
 )
 
-from pipelines.core.declarations import Definitions, load_definitions
+from pipelines.core.declarations import Definitions
 from pipelines.options import DIRECT_KEY_BUCKETS, RilletOptions, resource_path
 from pipelines.stores.bigtable import StoreConfig
 from pipelines.transforms.features import ComputeFeatures
@@ -104,9 +104,8 @@ def serving_config(options: PipelineOptions) -> ServingConfig:
 
 
 def job_definitions(options: PipelineOptions) -> Definitions:
-    """The definitions the job computes and serves: the handbook's file (pipelines/workloads/)."""
-    del options  # the streaming stages compute the handbook's windows (issue 23, in progress)
-    return load_definitions()
+    """The definitions the job computes and serves: --definitions, or the handbook's file."""
+    return options.view_as(RilletOptions).job_definitions()
 
 
 def build_pipeline(

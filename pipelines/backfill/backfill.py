@@ -54,7 +54,6 @@ from pipelines.backfill.event_tables import InvalidTable, canonical, read_tables
 from pipelines.core import definitions as handbook
 from pipelines.core.cells import SPARSE_CELLS, bucket_of
 from pipelines.core.declarations import (
-    DEFAULT_DEFINITIONS,
     Definitions,
     DefinitionsError,
     Entity,
@@ -137,7 +136,8 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 
 
 class BackfillOptions(PipelineOptions):
-    """Options of the backfill (the store's project, instance and table are RilletOptions')."""
+    """Options of the backfill (the store's project, instance and table, and --definitions, are
+    RilletOptions')."""
 
     @classmethod
     def _add_argparse_args(cls, parser: Any) -> None:
@@ -163,12 +163,6 @@ class BackfillOptions(PipelineOptions):
             type=int,
             default=8,
             help="Entity shards: each runs the feature engine once over its entities' events.",
-        )
-        parser.add_argument(
-            "--definitions",
-            default=str(DEFAULT_DEFINITIONS),
-            help="The definitions file (events, labels, entities, features); default: the "
-            "handbook's (pipelines/workloads/handbook.yaml).",
         )
 
 
@@ -625,7 +619,7 @@ def _end_of(table: pa.Table, time_field: str) -> int:
 def build_backfill(p: beam.Pipeline, options: PipelineOptions) -> dict[str, Any]:
     """Adds the backfill graph to ``p``; returns its main PCollections (for tests)."""
     opts = options.view_as(BackfillOptions)
-    defs = load_definitions(opts.definitions)
+    defs = options.view_as(RilletOptions).job_definitions()
     until_us = parse_until(opts.until)
     base = opts.input.rstrip("/")
     transactions = p | READ_TRANSACTIONS >> ReadEventTables(
@@ -680,14 +674,14 @@ def backfill_options(argv: Sequence[str]) -> PipelineOptions:
     if opts.to_bigtable and not options.view_as(GoogleCloudOptions).project:
         errors.append("--to_bigtable needs --project (the emulators use 'rillet-local')")
     try:
-        defs = load_definitions(opts.definitions)
+        defs = options.view_as(RilletOptions).job_definitions()
         stage_entities(defs)
-    except DefinitionsError as exc:
-        errors.append(f"--definitions {exc}")
+    except ValueError as exc:
+        errors.append(f"--definitions: {exc}")
     else:
         if opts.to_bigtable and defs != load_definitions():
             errors.append(
-                f"--to_bigtable writes the handbook's stored cells only, and {opts.definitions} "
+                f"--to_bigtable writes the handbook's stored cells only, and {defs.source} "
                 "declares other features: backfill the feature table without --to_bigtable "
                 "(a store for any definitions file is not built yet)"
             )
@@ -707,6 +701,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     options = backfill_options(sys.argv[1:] if argv is None else argv)
     opts = options.view_as(BackfillOptions)
+    defs = options.view_as(RilletOptions).job_definitions()
     p = beam.Pipeline(options=options)
     build_backfill(p, options)
     p.run().wait_until_finish()
@@ -723,8 +718,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "feature_table": table_dir,
         "files": len(files),
         "rows": rows,
-        "definitions": opts.definitions,
-        "features": list(load_definitions(opts.definitions).names),
+        "definitions": defs.source,
+        "features": list(defs.names),
         "until": opts.until,
         "to_bigtable": bool(opts.to_bigtable),
         "created": datetime.now(tz=UTC).isoformat(timespec="seconds"),

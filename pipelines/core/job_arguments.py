@@ -242,6 +242,17 @@ def add_job_arguments(parser: Any, check_paths: bool = True) -> None:
         help="Topic of the monitoring alerts (docs/specs/monitoring.md; short name or path).",
     )
     parser.add_argument(
+        "--definitions",
+        type=path(
+            InputFile(
+                "a definitions file (docs/specs/definitions.md)", remote_ok=True, empty_ok=True
+            )
+        ),
+        default="",
+        help="The features' definitions file (YAML, local or gs://) the job computes and serves "
+        "(empty: the handbook's, pipelines/workloads/handbook.yaml).",
+    )
+    parser.add_argument(
         "--alert_thresholds",
         type=path(InputFile("a JSON file of alert thresholds", remote_ok=True, empty_ok=True)),
         default="",

@@ -443,3 +443,25 @@ def test_online_quality_alerts_once_per_day_and_remembers_a_bounded_number_of_da
     kept = list(h.cells["alerted"].read())
     assert kept == sorted(kept) and len(kept) == ALERTED_DAYS + 1
     assert kept[-1] == "2018-06-09|ap"
+
+
+def test_definitions_option_is_read_through_beam_filesystems(tmp_path, capsys) -> None:
+    from pipelines.core.declarations import WORKLOADS
+    from pipelines.main import pipeline_options
+    from pipelines.options import RilletOptions
+    from pipelines.streaming import job_definitions
+
+    default = pipeline_options(["--project=x"])
+    assert job_definitions(default).name == "handbook"
+    payments = pipeline_options(["--project=x", f"--definitions={WORKLOADS / 'payments.yaml'}"])
+    assert job_definitions(payments).name == "payments"
+    assert len(payments.view_as(RilletOptions).job_definitions().entities) == 4
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        (WORKLOADS / "payments.yaml").read_text().replace("window: 10m", "window: 10x")
+    )
+    with pytest.raises(SystemExit) as info:
+        pipeline_options(["--project=x", f"--definitions={broken}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "--definitions:" in err and "'10x' is not a duration" in err
