@@ -77,7 +77,12 @@ from pipelines.stores.window_store import (
     BucketCells,
     EntityHead,
     IdRecord,
+    StoredArchive,
+    StoredCell,
     Writes,
+    archive_cells,
+    complete_cell,
+    complete_label,
     summary_timestamp,
 )
 
@@ -218,8 +223,10 @@ def encode_archive(layout: Layout, archive: Archive) -> bytes:
     return b"".join(out)
 
 
-def decode_archive(layout: Layout, raw: bytes) -> Archive:
-    """The archive of ``encode_archive``, its cells in ``layout``'s order."""
+def _archive_parts(
+    raw: bytes,
+) -> tuple[int, int, list[tuple[str, bytes]], list[tuple[str, bytes]]]:
+    """An archive's buckets and its encoded (transaction id, cell) and (id, label) pairs."""
     version, first, last, n, m = _ARCHIVE_HEAD.unpack_from(raw)
     if version != _ARCHIVE_VERSION:
         raise ValueError(f"archive format {version} is not {_ARCHIVE_VERSION}")
@@ -231,13 +238,19 @@ def decode_archive(layout: Layout, raw: bytes) -> Archive:
         offset += _SIZE.size + size
         return raw[offset - size : offset]
 
-    cells = BucketCells()
-    for _ in range(n):
-        tx_id = part().decode()
-        cells.tx[tx_id] = decode_cell(layout, part())[0]
-    for _ in range(m):
-        tx_id = part().decode()
-        cells.labels[tx_id] = decode_label(layout, part())[0]
+    tx = [(part().decode(), part()) for _ in range(n)]
+    labels = [(part().decode(), part()) for _ in range(m)]
+    return first, last, tx, labels
+
+
+def decode_archive(layout: Layout, raw: bytes, entity_id: str = "") -> Archive:
+    """The archive of ``encode_archive``, its cells in ``layout``'s order (``UnwarmedCell`` if
+    one lacks a field of the layout)."""
+    first, last, tx, labels = _archive_parts(raw)
+    cells = BucketCells(
+        {k: complete_cell(layout, v, f"{entity_id}/archive/{k}") for k, v in tx},
+        {k: complete_label(layout, v, f"{entity_id}/archive/{k}") for k, v in labels},
+    )
     return Archive(first, last, cells)
 
 
@@ -410,9 +423,10 @@ class FeatureStore:
             cells = row.cells.get(FAMILY_TX, {})
             head = cells.get(HEAD_QUALIFIER)
             archive = cells.get(ARCHIVE_QUALIFIER)
-            out[row.row_key.decode()[prefix:]] = (
+            entity_id = row.row_key.decode()[prefix:]
+            out[entity_id] = (
                 decode_head(head[0].value) if head else None,
-                decode_archive(layout, archive[0].value) if archive else None,
+                decode_archive(layout, archive[0].value, entity_id) if archive else None,
             )
         return out
 
@@ -464,19 +478,86 @@ class FeatureStore:
         )
         out: dict[tuple[str, int], BucketCells] = {}
         for row in self._read(row_set, filt, what):
+            where = row.row_key.decode()
             cells = BucketCells(
                 {
-                    q.decode(): decode_cell(layout, v[0].value)[0]
+                    q.decode(): complete_cell(layout, v[0].value, f"{where}/{q.decode()}")
                     for q, v in row.cells.get(FAMILY_TX, {}).items()
                 },
                 {
-                    q.decode(): decode_label(layout, v[0].value)[0]
+                    q.decode(): complete_label(layout, v[0].value, f"{where}/{q.decode()}")
                     for q, v in row.cells.get(FAMILY_LABEL, {}).items()
                 },
             )
             if cells.tx or cells.labels:
                 out[_split_bucket_key(layout.entity, row.row_key)] = cells
         return out
+
+    def scan_cells(self, layout: Layout) -> tuple[list[StoredCell], list[StoredArchive]]:
+        """Every cell (newest version, with its timestamp) and archive of the layout's entity:
+        one range scan of its rows through the client's row reader (the warm step's read, not
+        a hot path)."""
+        from google.cloud.bigtable import row_filters
+
+        entity = layout.entity
+        prefix = f"{entity.name}#".encode()
+        filt = row_filters.RowFilterChain(
+            [
+                row_filters.FamilyNameRegexFilter(f"{FAMILY_TX}|{FAMILY_LABEL}"),
+                # Transaction ids and "#archive"; not the summaries nor the heads.
+                row_filters.ColumnQualifierRegexFilter(rb"[^#]\C*|#archive"),
+                row_filters.CellsColumnLimitFilter(1),
+            ]
+        )
+        cells: list[StoredCell] = []
+        archives: list[StoredArchive] = []
+        rows = self.table.read_rows(start_key=prefix, end_key=prefix[:-1] + b"$", filter_=filt)
+        for row in rows:
+            for family, columns in row.cells.items():
+                for qualifier, versions in columns.items():
+                    value, ts = versions[0].value, _micros(versions[0].timestamp)
+                    if qualifier == ARCHIVE_QUALIFIER:
+                        entity_id = row.row_key.decode()[len(prefix) :]
+                        first, last, tx, labels = _archive_parts(value)
+                        found, lacking = archive_cells(layout, iter(tx), iter(labels))
+                        archive = Archive(first, last, found)
+                        archives.append(StoredArchive(entity_id, archive, lacking, ts))
+                        continue
+                    entity_id, bucket = _split_bucket_key(entity, row.row_key)
+                    label = family == FAMILY_LABEL
+                    decoded: tuple[Any, tuple[str, ...]] = (
+                        decode_label(layout, value) if label else decode_cell(layout, value)
+                    )
+                    cells.append(
+                        StoredCell(entity_id, bucket, qualifier.decode(), label, *decoded, ts)
+                    )
+        return cells, archives
+
+    def rewrite_cells(
+        self, layout: Layout, cells: Sequence[StoredCell], archives: Sequence[StoredArchive]
+    ) -> None:
+        """Writes the cells and archives back at their own timestamps: Bigtable replaces that
+        version, and a newer one written since (a running job's) stays the newest."""
+        from google.cloud.bigtable_v2.types import bigtable
+
+        entry_type = bigtable.MutateRowsRequest.pb().Entry
+        entries: dict[bytes, Any] = {}
+        for c in cells:
+            key = bucket_row_key(layout.entity, c.entity_id, c.bucket)
+            family = FAMILY_LABEL if c.label else FAMILY_TX
+            value = (
+                encode_label(layout, c.cell)  # type: ignore[arg-type]
+                if c.label
+                else encode_cell(layout, c.cell)  # type: ignore[arg-type]
+            )
+            _set(entries, entry_type, key, family, c.tx_id.encode(), value, c.timestamp_us)
+        for a in archives:
+            key = head_row_key(layout.entity, a.entity_id)
+            value = encode_archive(layout, a.archive)
+            _set(entries, entry_type, key, FAMILY_TX, ARCHIVE_QUALIFIER, value, a.timestamp_us)
+        rows = list(entries.values())
+        for i in range(0, len(rows), 200):  # archives are large: well under gRPC's 4 MB
+            with_backoff(partial(self._mutate, rows[i : i + 200]), "Bigtable rewrite")
 
     def read_features(self, entity: Entity, ids: Sequence[str]) -> dict[str, dict[str, float]]:
         """The latest feature values per entity id (for inspection and tests)."""
@@ -711,6 +792,31 @@ def _parse_rows(responses: Iterable[Any]) -> list[_Row]:
                 rows.append(_Row(key, cells))
                 in_row = False
     return rows
+
+
+def _micros(stamp: datetime) -> int:
+    """A cell's timestamp (the client's datetime) as µs since the epoch, exactly."""
+    delta = stamp - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _set(
+    entries: dict[bytes, Any],
+    entry_type: Any,
+    key: bytes,
+    family: str,
+    qualifier: bytes,
+    value: bytes,
+    t_us: int,
+) -> None:
+    found = entries.get(key)
+    if found is None:
+        found = entries[key] = entry_type(row_key=key)
+    cell = found.mutations.add().set_cell
+    cell.family_name = family
+    cell.column_qualifier = qualifier
+    cell.timestamp_micros = t_us // _MS * _MS
+    cell.value = value
 
 
 def _wait_row_key(transaction_id: str) -> bytes:

@@ -28,7 +28,7 @@ item committed after it, so it cannot hide their writes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, NamedTuple, Protocol
 
@@ -58,10 +58,80 @@ __all__ = [
     "IdRecord",
     "InMemoryStore",
     "LabelCell",
+    "StoredArchive",
+    "StoredCell",
+    "UnwarmedCell",
+    "WarmableStore",
     "WindowStore",
     "Writes",
+    "archive_cells",
+    "complete_cell",
+    "complete_label",
     "summary_timestamp",
 ]
+
+
+class UnwarmedCell(ValueError):
+    """A stored cell lacks a field the definitions declare: it was written before the field
+    was declared (a feature added to a running system). Its windows would read None (a crash,
+    or silently wrong values), and a correction rebuilt from it would lack the field, so the
+    read fails instead, naming the field and the fix: warm the stored cells from the event
+    history (pipelines/backfill/warm.py, ``rillet features warm``) before the job reads them."""
+
+    def __init__(self, layout: Layout, where: str, lacking: Sequence[str]) -> None:
+        readers = sorted(
+            f.name
+            for f in layout.features
+            if f.field in lacking or (f.where is not None and set(lacking) & f.where.fields)
+        )
+        reason = f"read by {', '.join(readers)}" if readers else "kept to rebuild corrections"
+        super().__init__(
+            f"the stored {layout.entity.name} cell {where} lacks the field(s) "
+            f"{', '.join(lacking)} ({reason}): the store was written before the definitions "
+            "declared them. Warm it from the event history before the job reads it: rillet "
+            "features warm --definitions FILE --input HISTORY_DIR"
+        )
+        self.entity = layout.entity.name
+        self.lacking = tuple(lacking)
+
+
+def complete_cell(layout: Layout, data: bytes, where: str) -> Cell:
+    """A stored transaction cell; ``UnwarmedCell`` if it lacks a field of ``layout``."""
+    cell, lacking = decode_cell(layout, data)
+    if lacking:
+        raise UnwarmedCell(layout, where, lacking)
+    return cell
+
+
+def complete_label(layout: Layout, data: bytes, where: str) -> LabelCell:
+    """A stored label cell; ``UnwarmedCell`` if it lacks a label field of ``layout``."""
+    cell, lacking = decode_label(layout, data)
+    if lacking:
+        raise UnwarmedCell(layout, where, lacking)
+    return cell
+
+
+class StoredCell(NamedTuple):
+    """A stored cell as the warm step scans it: where it is, its version (timestamp µs), the
+    cell decoded in a layout (None where it lacks a field) and the fields it lacks."""
+
+    entity_id: str
+    bucket: int
+    tx_id: str
+    label: bool  # a LabelCell (family "label"), else a transaction Cell
+    cell: Cell | LabelCell
+    lacking: tuple[str, ...]
+    timestamp_us: int
+
+
+class StoredArchive(NamedTuple):
+    """An entity's stored archive as the warm step scans it (cells decoded leniently, None
+    where they lack a field), the fields any of its cells lack, and its version."""
+
+    entity_id: str
+    archive: Archive
+    lacking: tuple[str, ...]
+    timestamp_us: int
 
 
 @dataclass
@@ -141,6 +211,23 @@ class Writes:
         return any(getattr(self, f.name) for f in fields(self))
 
 
+class WarmableStore(Protocol):
+    """What the warm step (pipelines/backfill/warm.py) needs of a store besides its writes."""
+
+    def scan_cells(self, layout: Layout) -> tuple[list[StoredCell], list[StoredArchive]]:
+        """Every stored cell (newest version) and archive of the layout's entity."""
+        ...
+
+    def rewrite_cells(
+        self, layout: Layout, cells: Sequence[StoredCell], archives: Sequence[StoredArchive]
+    ) -> None:
+        """Writes these cells and archives back at their own versions (``timestamp_us``): a
+        version a writer wrote since stays the newest. Summaries are left as they are."""
+        ...
+
+    def apply(self, writes: Writes) -> None: ...
+
+
 class WindowStore(Protocol):
     """What the keyed stages need from a store. Every call is batched over many keys, of one
     entity (``layout.entity``; the layout says how its cells decode)."""
@@ -188,6 +275,35 @@ class WindowStore(Protocol):
         ...
 
 
+def archive_cells(
+    layout: Layout, tx: Iterator[tuple[str, bytes]], labels: Iterator[tuple[str, bytes]]
+) -> tuple[BucketCells, tuple[str, ...]]:
+    """An archive's cells decoded leniently (None where a cell lacks a field) and the fields
+    any of them lacks (the warm step's view of it)."""
+    cells = BucketCells()
+    lacking: set[str] = set()
+    for tx_id, data in tx:
+        cells.tx[tx_id], missing = decode_cell(layout, data)
+        lacking.update(missing)
+    for tx_id, data in labels:
+        cells.labels[tx_id], missing = decode_label(layout, data)
+        lacking.update(missing)
+    return cells, tuple(sorted(lacking))
+
+
+def _lenient_archive(
+    layout: Layout,
+    entity_id: str,
+    first: int,
+    last: int,
+    tx: dict[str, bytes],
+    labels: dict[str, bytes],
+    timestamp_us: int,
+) -> StoredArchive:
+    cells, lacking = archive_cells(layout, iter(tx.items()), iter(labels.items()))
+    return StoredArchive(entity_id, Archive(first, last, cells), lacking, timestamp_us)
+
+
 def summary_timestamp(write: BucketWrite) -> int:
     """The version a bucket's summary is written with: the writer's fence, or (the backfill's
     writes) the newest event time among the cells written."""
@@ -225,8 +341,9 @@ class InMemoryStore:
         self.features: dict[tuple[str, str], tuple[int, dict[str, float]]] = {}
         # (entity name, entity id) -> (timestamp, head), archive (its buckets and encoded cells)
         self.heads: dict[tuple[str, str], tuple[int, EntityHead]] = {}
-        self.archives: dict[tuple[str, str], tuple[int, int, dict[str, bytes], dict[str, bytes]]]
-        self.archives = {}
+        self.archives: dict[
+            tuple[str, str], tuple[int, int, dict[str, bytes], dict[str, bytes], int]
+        ] = {}
         self.ids: dict[str, IdRecord] = {}
         self.waiting: dict[str, dict[str, dict[str, Any]]] = {}
 
@@ -259,8 +376,14 @@ class InMemoryStore:
             if row is None:
                 continue
             cells = BucketCells(
-                {k: decode_cell(layout, v[1])[0] for k, v in row["tx"].items()},
-                {k: decode_label(layout, v[1])[0] for k, v in row["label"].items()}
+                {
+                    k: complete_cell(layout, v[1], f"{entity_id}/{bucket}/{k}")
+                    for k, v in row["tx"].items()
+                },
+                {
+                    k: complete_label(layout, v[1], f"{entity_id}/{bucket}/{k}")
+                    for k, v in row["label"].items()
+                }
                 if labels
                 else {},
             )
@@ -278,10 +401,16 @@ class InMemoryStore:
             stored = self.archives.get((entity.name, entity_id))
             archive = None
             if stored is not None:
-                first, last, tx, labels = stored
+                first, last, tx, labels, _ = stored
                 cells = BucketCells(
-                    {k: decode_cell(layout, v)[0] for k, v in tx.items()},
-                    {k: decode_label(layout, v)[0] for k, v in labels.items()},
+                    {
+                        k: complete_cell(layout, v, f"{entity_id}/archive/{k}")
+                        for k, v in tx.items()
+                    },
+                    {
+                        k: complete_label(layout, v, f"{entity_id}/archive/{k}")
+                        for k, v in labels.items()
+                    },
                 )
                 archive = Archive(first, last, cells)
             if head is not None or archive is not None:
@@ -313,6 +442,43 @@ class InMemoryStore:
             if v and (wanted is None or k in wanted)
         }
 
+    def scan_cells(self, layout: Layout) -> tuple[list[StoredCell], list[StoredArchive]]:
+        name = layout.entity.name
+        cells: list[StoredCell] = []
+        for (entity, entity_id, bucket), row in sorted(self.rows.items()):
+            if entity != name:
+                continue
+            for tx_id, (ts, data) in row["tx"].items():
+                cell, lacking = decode_cell(layout, data)
+                cells.append(StoredCell(entity_id, bucket, tx_id, False, cell, lacking, ts))
+            for tx_id, (ts, data) in row["label"].items():
+                label, lacking = decode_label(layout, data)
+                cells.append(StoredCell(entity_id, bucket, tx_id, True, label, lacking, ts))
+        archives = [
+            _lenient_archive(layout, entity_id, first, last, tx, labels, ts)
+            for (entity, entity_id), (first, last, tx, labels, ts) in sorted(self.archives.items())
+            if entity == name
+        ]
+        return cells, archives
+
+    def rewrite_cells(
+        self, layout: Layout, cells: Sequence[StoredCell], archives: Sequence[StoredArchive]
+    ) -> None:
+        for c in cells:
+            row = self.rows[(layout.entity.name, c.entity_id, c.bucket)]
+            family = row["label"] if c.label else row["tx"]
+            if _newer(family.get(c.tx_id), c.timestamp_us):
+                data = (
+                    encode_label(layout, c.cell)  # type: ignore[arg-type]
+                    if c.label
+                    else encode_cell(layout, c.cell)  # type: ignore[arg-type]
+                )
+                family[c.tx_id] = (c.timestamp_us, data)
+        for a in archives:
+            stored = self.archives.get((layout.entity.name, a.entity_id))
+            if stored is None or a.timestamp_us >= stored[4]:
+                self.apply(Writes(archives=[(layout, a.entity_id, a.archive, a.timestamp_us)]))
+
     def apply(self, writes: Writes) -> None:
         if not writes:
             return
@@ -335,12 +501,13 @@ class InMemoryStore:
         for entity, entity_id, head, timestamp in writes.heads:
             if _newer(self.heads.get((entity.name, entity_id)), timestamp):
                 self.heads[(entity.name, entity_id)] = (timestamp, head)
-        for layout, entity_id, archive, _ in writes.archives:
+        for layout, entity_id, archive, timestamp in writes.archives:
             self.archives[(layout.entity.name, entity_id)] = (
                 archive.from_bucket,
                 archive.to_bucket,
                 {k: encode_cell(layout, c) for k, c in archive.cells.tx.items()},
                 {k: encode_label(layout, c) for k, c in archive.cells.labels.items()},
+                timestamp,
             )
         for entity, entity_id, time_us, values in writes.features:
             stored = self.features.get((entity.name, entity_id))
