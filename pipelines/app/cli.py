@@ -12,6 +12,7 @@ import typer
 
 from pipelines.app.capacity import HOTTEST_KEY_SHARE
 from pipelines.app.errors import RUNTIME, UserError
+from pipelines.app.features_cli import features_app
 from pipelines.app.inputs import InputsOption, chosen_inputs, require_columns
 from pipelines.app.models_cli import models_app
 from pipelines.app.parsing import (
@@ -64,6 +65,7 @@ local_app = typer.Typer(
 )
 app.add_typer(local_app, name="local")
 app.add_typer(models_app, name="models")
+app.add_typer(features_app, name="features")
 
 _DATASET_FIX = "make a dataset with 'rillet simulate --output DIR' and pass --input DIR"
 _FEATURES_FIX = (
@@ -392,6 +394,13 @@ def backfill(
         ),
     ] = False,
     shards: Annotated[int, typer.Option(min=1, help="Entity shards.")] = 8,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            help="Only these features (NAME[,NAME]): the id and their columns, joinable on it, "
+            "by their entities' stages only (a feature added to a live system)."
+        ),
+    ] = None,
     definitions: DefinitionsOption = None,
     state_dir: StateDir = STATE_DIR,
 ) -> None:
@@ -412,6 +421,8 @@ def backfill(
     argv = [f"--input={input}", f"--output={output}", f"--shards={shards}", *ctx.args]
     if until:
         argv.append(f"--until={until}")
+    if features:
+        argv.append(f"--features={features}")
     # The dataset's workload's file unless one is given (--to-bigtable: the handbook's only).
     from pipelines.core.declarations import WORKLOADS
 

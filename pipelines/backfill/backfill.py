@@ -56,8 +56,10 @@ from pipelines.core.cells import SPARSE_CELLS, bucket_of
 from pipelines.core.declarations import (
     Definitions,
     DefinitionsError,
+    DerivedFeature,
     Entity,
     EventStream,
+    WindowFeature,
     load_definitions,
 )
 from pipelines.core.engine import EventColumns, compute_features
@@ -159,11 +161,51 @@ class BackfillOptions(PipelineOptions):
             help="Also write the feature store's state as of the end of the input.",
         )
         parser.add_argument(
+            "--features",
+            default=None,
+            help="Only these features (NAME[,NAME]): a table of the transaction id and their "
+            "columns, joinable on the id, computed by the stages of their entities only (a "
+            "feature added to a live system: no full recompute).",
+        )
+        parser.add_argument(
             "--shards",
             type=int,
             default=8,
             help="Entity shards: each runs the feature engine once over its entities' events.",
         )
+
+
+def selected_features(defs: Definitions, value: str | None) -> tuple[str, ...] | None:
+    """``--features`` as names in the file's order (None: every feature); a ValueError names
+    what is wrong."""
+    if not value:
+        return None
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    unknown = [n for n in names if n not in defs.names]
+    if unknown:
+        raise ValueError(
+            f"--features: {', '.join(unknown)} not declared in {defs.source} "
+            f"(it declares {', '.join(defs.names)})"
+        )
+    if not window_inputs(defs, names):
+        raise ValueError(
+            "--features: only row features selected; they read the transaction alone and need "
+            "no backfill"
+        )
+    return tuple(n for n in defs.names if n in names)
+
+
+def window_inputs(defs: Definitions, names: Sequence[str]) -> set[str]:
+    """The window features that ``names`` are or derive from (transitively)."""
+    out: set[str] = set()
+    todo = list(names)
+    while todo:
+        f = defs.feature(todo.pop())
+        if isinstance(f, WindowFeature):
+            out.add(f.name)
+        elif isinstance(f, DerivedFeature):
+            todo += list(f.inputs)
+    return out
 
 
 def parse_until(value: str | None) -> int | None:
@@ -325,7 +367,8 @@ class EntityFeatures(beam.PTransform):
     transaction crosses one shuffle per entity and no join is needed afterwards. The ``final``
     stage also attaches the row features, the derived inputs and the label and emits (shard,
     table) in the feature table's columns. With a ``store`` (the handbook's file), each stage
-    also writes its entity's state.
+    also writes its entity's state. With ``only`` (``--features``), the stage computes only
+    those of its features and the final stage emits the id and the selected columns.
     """
 
     def __init__(
@@ -336,6 +379,7 @@ class EntityFeatures(beam.PTransform):
         store: StoreConfig | None = None,
         end_us: Any = None,
         final: bool = False,
+        only: tuple[str, ...] | None = None,
     ) -> None:
         super().__init__()
         self.defs = defs
@@ -344,6 +388,7 @@ class EntityFeatures(beam.PTransform):
         self.store = store
         self.end_us = end_us
         self.final = final
+        self.only = only
 
     def expand(self, inputs: tuple[Any, Any]) -> Any:
         transactions, labels = inputs
@@ -352,29 +397,43 @@ class EntityFeatures(beam.PTransform):
             "transactions": transactions
             | "ShardTransactions" >> beam.FlatMap(split_by, keys, self.shards)
         }
-        wants_labels = self.final or any(
-            f.needs_labels for f in self.defs.window_features(self.entity)
+        label_column = self.final and self.only is None
+        computed = _computed(self.defs, self.entity, self.only)
+        wants_labels = label_column or any(
+            f.needs_labels for f in self.defs.window_features(self.entity) if f.name in computed
         )
         if self.defs.labels is not None and wants_labels:
             # Labels carry the entity's key, so they land in the shard of their transaction.
-            keep = label_columns(self.defs, self.entity, self.final)
+            keep = label_columns(self.defs, self.entity, label_column)
             grouped["labels"] = labels | "ShardLabels" >> beam.FlatMap(
                 split_by, keys, self.shards, keep
             )
-        compute = _EntityFeaturesFn(self.defs, self.entity, self.store, self.final)
+        compute = _EntityFeaturesFn(self.defs, self.entity, self.store, self.final, self.only)
         side = [beam.pvalue.AsSingleton(self.end_us)] if self.end_us is not None else [None]
         return grouped | "Group" >> beam.CoGroupByKey() | "Compute" >> beam.ParDo(compute, *side)
 
 
+def _computed(defs: Definitions, entity: Entity, only: tuple[str, ...] | None) -> list[str]:
+    """The window features of ``entity`` a stage computes: all, or those ``only`` needs."""
+    needed = None if only is None else window_inputs(defs, only)
+    return [f.name for f in defs.window_features(entity) if needed is None or f.name in needed]
+
+
 class _EntityFeaturesFn(beam.DoFn):
     def __init__(
-        self, defs: Definitions, entity: Entity, store: StoreConfig | None, final: bool
+        self,
+        defs: Definitions,
+        entity: Entity,
+        store: StoreConfig | None,
+        final: bool,
+        only: tuple[str, ...] | None = None,
     ) -> None:
         self.defs = defs
         self.entity = entity
         self.store = store
         self.final = final
-        self.names = [f.name for f in defs.window_features(entity)]
+        self.only = only
+        self.names = _computed(defs, entity, only)
         self._shared: SharedResource[FeatureStore] = SharedResource()
 
     def _store(self) -> FeatureStore:
@@ -412,7 +471,9 @@ class _EntityFeaturesFn(beam.DoFn):
             )
         for col, name in enumerate(self.names):
             tx = tx.append_column(name, pa.array(matrix[:, col]))
-        if self.final:
+        if self.final and self.only is not None:
+            yield shard, _partial_table(self.defs, tx, self.only)
+        elif self.final:
             yield shard, _feature_table(self.defs, tx, labels)
         else:
             yield tx
@@ -554,6 +615,24 @@ def _feature_table(defs: Definitions, tx: pa.Table, labels: pa.Table | None) -> 
     return pa.table(columns)
 
 
+def _partial_table(defs: Definitions, tx: pa.Table, only: tuple[str, ...]) -> pa.Table:
+    """The ``--features`` table: the transaction id (its dataset column) and the selected
+    features, ordered by id; the derived and row ones computed from the stages' columns."""
+    ev = defs.events
+    frame = tx.to_pandas().set_index(ev.id_field).sort_index()
+    known = {n: frame[n].to_numpy() for n in window_inputs(defs, only)}
+    rest = [n for n in only if n not in known]
+    values = dict(known)
+    if rest:
+        events = {name: frame[name].to_numpy() for name in ev.names if name != ev.id_field}
+        events[ev.id_field] = frame.index.to_numpy()
+        matrix = compute_features(defs, events, names=rest, known=known)
+        values.update({name: matrix[:, col] for col, name in enumerate(rest)})
+    columns = {ev.field(ev.id_field).dataset_column: pa.array(frame.index.to_numpy())}
+    columns.update({name: pa.array(values[name]) for name in only})
+    return pa.table(columns)
+
+
 class CheckUniqueIds(beam.PTransform):
     """Fails the backfill on a transaction id (``id_field``) that appears twice: the windows
     would count it twice. Only the id column is shuffled."""
@@ -645,10 +724,13 @@ def build_backfill(p: beam.Pipeline, options: PipelineOptions) -> dict[str, Any]
         )
     _ = transactions | CHECK_UNIQUE_IDS >> CheckUniqueIds(opts.shards, defs.events.id_field)
     table = transactions
+    only = selected_features(defs, opts.features)
     entities = stage_entities(defs)
+    if only is not None:  # only the stages of the selected features' entities
+        entities = tuple(e for e in entities if _computed(defs, e, only))
     for i, entity in enumerate(entities):
         table = (table, labels) | entity_step(entity) >> EntityFeatures(
-            defs, entity, opts.shards, store, end_us, final=i == len(entities) - 1
+            defs, entity, opts.shards, store, end_us, final=i == len(entities) - 1, only=only
         )
     rows = table | WRITE_FEATURE_TABLE >> beam.ParDo(
         _WriteShardFn(f"{opts.output.rstrip('/')}/{FEATURE_TABLE_DIR}", opts.shards)
@@ -679,6 +761,15 @@ def backfill_options(argv: Sequence[str]) -> PipelineOptions:
     except ValueError as exc:
         errors.append(f"--definitions: {exc}")
     else:
+        try:
+            selected_features(defs, opts.features)
+        except ValueError as exc:
+            errors.append(str(exc))
+        if opts.features and opts.to_bigtable:
+            errors.append(
+                "--features writes a feature table only; warm the store for new features with "
+                "'rillet features warm' (--to_bigtable writes every entity's state)"
+            )
         if opts.to_bigtable and defs != load_definitions():
             errors.append(
                 f"--to_bigtable writes the handbook's stored cells only, and {defs.source} "
@@ -719,7 +810,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "files": len(files),
         "rows": rows,
         "definitions": defs.source,
-        "features": list(defs.names),
+        "features": list(selected_features(defs, opts.features) or defs.names),
+        "partial": bool(opts.features),
         "until": opts.until,
         "to_bigtable": bool(opts.to_bigtable),
         "created": datetime.now(tz=UTC).isoformat(timespec="seconds"),

@@ -53,7 +53,7 @@ from pipelines.stores.window_store import (
     Writes,
 )
 
-__all__ = ["WarmReport", "entity_state_writes", "warm_store"]
+__all__ = ["WarmReport", "entity_state_writes", "read_history", "warm_store"]
 
 Columns = Mapping[str, np.ndarray]
 
@@ -76,6 +76,24 @@ class WarmReport:
             "created": self.created,
             "missing": {k: len(v) for k, v in self.missing.items()},
         }
+
+
+def read_history(pattern: str, stream: EventStream) -> dict[str, np.ndarray] | None:
+    """The events of the files matching ``pattern`` (local or gs://, Parquet/CSV/JSONL, as the
+    backfill reads them) as canonical columns by field name; None when no file matches."""
+    import pyarrow as pa
+    from apache_beam.io.filesystems import FileSystems
+
+    from pipelines.backfill.event_tables import canonical, read_tables
+
+    tables = []
+    for meta in FileSystems.match([pattern])[0].metadata_list:
+        with FileSystems.open(meta.path) as f:
+            tables += [canonical(t, stream, meta.path) for t in read_tables(meta.path, f)]
+    if not tables:
+        return None
+    table = pa.concat_tables(tables)
+    return {n: table.column(n).to_numpy(zero_copy_only=False) for n in table.column_names}
 
 
 def _stream_value(kind: str, value: Any) -> Any:

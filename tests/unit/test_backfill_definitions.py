@@ -162,3 +162,48 @@ def test_rillet_backfill_takes_the_definitions_file(cards: Any, tmp_path: Path) 
     assert manifest["rows"] == len(events) and manifest["definitions"] == str(path)
     table = pd.read_parquet(out / "features")
     assert list(table.columns)[-2:] == ["AMOUNT_VS_MAX", "FRAUD"]
+
+
+def test_features_backfills_only_the_selected_columns(cards: Any, tmp_path: Path) -> None:
+    """``--features``: the id and the selected columns (a derived input computed from the
+    window feature it reads), equal to the full table's, by the selected entities' stages."""
+    from apache_beam.testing.test_pipeline import TestPipeline
+
+    from pipelines.backfill.backfill import build_backfill
+
+    path, events, labels = cards
+    defs = load_definitions(path)
+    only = "MERCHANT_RISK_1D,AMOUNT_VS_MAX"
+    args = ["--shards=3", f"--definitions={path}", f"--features={only}"]
+    table_dir = run_backfill(str(path.parent / "in"), str(tmp_path / "out"), args)
+    table = pd.read_parquet(table_dir).sort_values("TX_ID").reset_index(drop=True)
+    assert list(table.columns) == ["TX_ID", "MERCHANT_RISK_1D", "AMOUNT_VS_MAX"]
+    ordered = sorted(events, key=lambda e: e["tx"])
+    want = np.array(oracle_features(defs, ordered, labels))
+    cols = [defs.names.index("MERCHANT_RISK_1D"), defs.names.index("AMOUNT_VS_MAX")]
+    assert table[["MERCHANT_RISK_1D", "AMOUNT_VS_MAX"]].to_numpy().tobytes() == (
+        np.ascontiguousarray(want[:, cols]).tobytes()
+    )
+    assert table.TX_ID.tolist() == [e["tx"] for e in ordered]
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["features"] == ["MERCHANT_RISK_1D", "AMOUNT_VS_MAX"] and manifest["partial"]
+    # Only the merchant's stage runs.
+    options = backfill_options(["--input=x", "--output=y", *args])
+    p = TestPipeline(options=options)
+    build_backfill(p, options)
+    labels_of = {t.full_label.split("/")[0] for t in p._current_transform().parts}
+    assert "MerchantFeatures" in labels_of
+    assert not {"CardFeatures", "Card_merchantFeatures"} & labels_of
+
+
+def test_features_names_what_is_wrong(cards: Any, capsys: Any) -> None:
+    path, _, _ = cards
+    for only, message in [
+        ("NOPE,CARD_N_1H", "--features: NOPE not declared in"),
+        ("AMOUNT,WEB", "only row features selected"),
+    ]:
+        with pytest.raises(SystemExit):
+            backfill_options(
+                ["--input=x", "--output=y", f"--definitions={path}", f"--features={only}"]
+            )
+        assert message in capsys.readouterr().err
