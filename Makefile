@@ -72,6 +72,9 @@ bench-memory: $(STAMP) ## Keyed stages' memory under a small --window_cache_mb v
 bench-swaps: $(STAMP) ## Model swaps in a scoring process: refresh time, scoring stalls, gc pauses, memory (last line JSON)
 	$(BIN)/python -m bench.serving_swaps --work-dir .rillet/bench-swaps
 
+bench-new-feature: $(STAMP) ## A feature added to a live payments job: partial backfill, warm, challenger, restart, shadow, promote (last line JSON)
+	$(BIN)/python -m bench.new_feature --work-dir .rillet/bench-new-feature
+
 chaos: $(STAMP) ## 20k+ transactions through SIGKILLs, bad input, Bigtable/Datastore outages; checks every store (last line JSON)
 	$(BIN)/python -m bench.chaos --work-dir .rillet/chaos
 
@@ -86,5 +89,5 @@ clean: ## Remove local state, data and models (not the virtualenv)
 	rm -rf .rillet artifacts
 
 .PHONY: help install demo test test-unit lint checkov terraform-schema emulators-up emulators-down replay-eval bench-e2e \
-	bench-scaleout bench-backfill bench-windows bench-continual bench-drift bench-memory bench-swaps chaos \
+	bench-scaleout bench-backfill bench-windows bench-continual bench-drift bench-memory bench-swaps bench-new-feature chaos \
 	chaos-overload chaos-dataflow clean
