@@ -90,6 +90,7 @@ class Config:
 
     work_dir: Path
     preset: str = "small"
+    replay_days: int = 7  # the stream's last days, replayed; the store warm-started before them
     rate: float = 300.0
     change_at: float = 0.25  # share of the old-format stream predicted when the change starts
     switch_at: float = 0.6  # share of the events replayed in the old format (the rest: new)
@@ -109,7 +110,9 @@ def _cli(*args: str) -> str:
 
     result = CliRunner().invoke(app, list(args))
     if result.exit_code != 0:
-        raise RuntimeError(f"rillet {' '.join(args)}: exit {result.exit_code}\n{result.output}")
+        raise RuntimeError(
+            f"rillet {' '.join(args)}: exit {result.exit_code}\n{result.output}"
+        ) from result.exception
     return str(result.output)
 
 
@@ -221,11 +224,17 @@ def run(config: Config) -> dict[str, Any]:
     champion = registry.pointer().champion
     log(f"champion {champion} (the file without {NEW_FIELD})")
 
-    old_events = replay_events(frame, before)
-    new_events = replay_events(frame, full)
+    # The job starts from a store warmed with everything before the replayed days ('rillet
+    # features warm' on an empty store: every entity's state, as a backfill --to_bigtable).
+    start = frame.tx_time.max().normalize() - pd.Timedelta(days=config.replay_days - 1)
+    replayed = frame[frame.tx_time >= start].reset_index(drop=True)
+    history = work / "history"
+    write_dataset(frame[frame.tx_time < start], history)
+    old_events = replay_events(replayed, before)
+    new_events = replay_events(replayed, full)
     switch = int(len(old_events) * config.switch_at)
     stream = [*old_events[:switch], *new_events[switch:]]
-    tx_ids = [str(i) for i in frame.transaction_id]
+    tx_ids = [str(i) for i in replayed.transaction_id]
     n_old = sum(1 for e in old_events[:switch] if e.topic == "transactions")
     result: dict[str, Any] = {"feature": NEW_FEATURES[0]}
     with LocalRun(work / "stack", fresh="newfeat", log_path=work / "logs" / "pipeline.log") as lr:
@@ -235,6 +244,24 @@ def run(config: Config) -> dict[str, Any]:
             "--model_poll_s=2",
             f"--recovery_checkpoint={checkpoint}",
         ]
+        topo = lr.topology
+        store_args = ["--project", topo.project, "--bigtable-instance", topo.bigtable_instance]
+        store_args += ["--bigtable-table", topo.bigtable_table]
+        store_args += ["--state-dir", str(lr.stack.state_dir)]
+        t = time.monotonic()
+        start_state = _cli(
+            "features",
+            "warm",
+            "--input",
+            str(history),
+            "--definitions",
+            str(before_file),
+            *store_args,
+        )
+        log(
+            f"store warm-started before {start.date()} in {time.monotonic() - t:.1f} s: "
+            + start_state.strip()
+        )
         lr.start_job([*common, f"--definitions={before_file}"])
         lr.replay(stream[:switch], config.rate, first_alone=True, first_timeout_s=600)
         lr.wait_for(lambda: lr.predicted() >= n_old * config.change_at, config.timeout_s, "old")
@@ -251,14 +278,6 @@ def run(config: Config) -> dict[str, Any]:
             data, work / "bf-full", [shards, f"--definitions={DEFINITIONS}"], config.repeat
         )
         # 2. Warm while the old job runs (the bulk).
-        topo = lr.topology
-        store_args = ["--project", topo.project, "--bigtable-instance", topo.bigtable_instance]
-        store_args += [
-            "--bigtable-table",
-            topo.bigtable_table,
-            "--state-dir",
-            str(lr.stack.state_dir),
-        ]
         first_warm = json.loads(
             _cli(
                 "features",
@@ -364,11 +383,19 @@ def _epoch_s(stamp: Any) -> float:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, default=Path(".rillet/bench-new-feature"))
-    parser.add_argument("--preset", default="small", choices=["tiny", "small"])
+    parser.add_argument("--preset", default="small", choices=["small", "large"])
     parser.add_argument("--rate", type=float, default=300.0)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--replay-days", type=int, default=7)
     args = parser.parse_args(argv)
-    result = run(Config(args.work_dir, args.preset, args.rate, repeat=args.repeat))
+    config = Config(
+        args.work_dir,
+        preset=args.preset,
+        rate=args.rate,
+        replay_days=args.replay_days,
+        repeat=args.repeat,
+    )
+    result = run(config)
     print(json.dumps(result))
 
 
