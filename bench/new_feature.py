@@ -103,7 +103,8 @@ def log(message: str) -> None:
 
 
 def _cli(*args: str) -> str:
-    """Runs a ``rillet`` command in this process; its stdout (raises on a non-zero exit)."""
+    """Runs a ``rillet`` command in this process; the last line of its output (its JSON
+    answer; raises on a non-zero exit)."""
     from typer.testing import CliRunner
 
     from pipelines.app.cli import app
@@ -113,7 +114,7 @@ def _cli(*args: str) -> str:
         raise RuntimeError(
             f"rillet {' '.join(args)}: exit {result.exit_code}\n{result.output}"
         ) from result.exception
-    return str(result.output)
+    return str(result.output).strip().splitlines()[-1]
 
 
 def _best_backfill(data: Path, out: Path, args: list[str], repeat: int) -> float:
