@@ -103,8 +103,8 @@ def log(message: str) -> None:
 
 
 def _cli(*args: str) -> str:
-    """Runs a ``rillet`` command in this process; the last line of its output (its JSON
-    answer; raises on a non-zero exit)."""
+    """Runs a ``rillet`` command in this process; its JSON answer (raises on a non-zero
+    exit)."""
     from typer.testing import CliRunner
 
     from pipelines.app.cli import app
@@ -114,7 +114,9 @@ def _cli(*args: str) -> str:
         raise RuntimeError(
             f"rillet {' '.join(args)}: exit {result.exit_code}\n{result.output}"
         ) from result.exception
-    return str(result.output).strip().splitlines()[-1]
+    # Its JSON answer is the last line starting with "{" (libraries may log after it).
+    answers = [line for line in str(result.output).splitlines() if line.startswith("{")]
+    return answers[-1] if answers else ""
 
 
 def _best_backfill(data: Path, out: Path, args: list[str], repeat: int) -> float:
