@@ -338,7 +338,7 @@ def run(config: Config) -> dict[str, Any]:
         # 5. Shadow until a third of the new-format stream is predicted, then promote.
         target = n_old + (n_tx - n_old) // 3
         lr.wait_for(lambda: lr.predicted() >= target, config.timeout_s, "shadow")
-        _cli("models", "promote", "--model-dir", str(models))
+        _cli("models", "promote", "--model-dir", str(models), "--definitions", str(DEFINITIONS))
         promoted_at = time.time()
         log(f"promoted {challenger}")
         lr.wait_predicted(n_tx, config.timeout_s)

@@ -17,7 +17,15 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.app.errors import RUNTIME, UserError
-from pipelines.app.parsing import PROJECT, STATE_DIR, ModelDirIn, StateDir, parse
+from pipelines.app.parsing import (
+    PROJECT,
+    STATE_DIR,
+    DefinitionsOption,
+    ModelDirIn,
+    StateDir,
+    definitions_for,
+    parse,
+)
 from pipelines.core.job_arguments import NAMESPACE
 from pipelines.core.values import Choice, Version
 
@@ -292,12 +300,14 @@ def promote(
         bool, typer.Option("--no-challenger", help="No challenger afterwards (the default).")
     ] = False,
     model_dir: ModelDir = _MODEL_DIR,
+    definitions: DefinitionsOption = None,
 ) -> None:
     """Make a version (default: the challenger) the champion; a running job with --model_version
-    champion follows it. The old champion stays in the history ('rillet models rollback')."""
+    champion follows it. The old champion stays in the history ('rillet models rollback').
+    The versions are checked against --definitions (the job's file)."""
     if challenger and no_challenger:
         raise UserError("--challenger and --no-challenger together: choose one")
-    registry = _registry(model_dir)
+    registry = _registry(model_dir, definitions_for(definitions))
     version, challenger = _resolve(registry, version), _resolve(registry, challenger)
     with _user_errors():
         pointer = registry.promote(version, challenger=challenger, by=_who())
@@ -312,14 +322,16 @@ def challenge(
     ] = None,
     clear: Annotated[bool, typer.Option("--clear", help="Retire the challenger.")] = False,
     model_dir: ModelDir = _MODEL_DIR,
+    definitions: DefinitionsOption = None,
 ) -> None:
-    """Set the challenger (scored next to the champion), or --clear it."""
+    """Set the challenger (scored next to the champion), or --clear it; checked against
+    --definitions (the job's file)."""
     if (version is None) == (not clear):
         raise UserError(
             "name the challenger or pass --clear (not both)",
             "rillet models challenge VERSION, or rillet models challenge --clear",
         )
-    registry = _registry(model_dir)
+    registry = _registry(model_dir, definitions_for(definitions))
     version = _resolve(registry, version)
     with _user_errors():
         pointer = registry.challenge(None if clear else version, by=_who())
