@@ -98,9 +98,9 @@ class _Record(StageRecord):
     event_time_us: int
     fields: dict[str, Any]
 
-    def to_json(self, stream: EventStream | None = None) -> bytes:
-        """The event as a message of ``stream`` (default: the handbook's file's stream)."""
-        stream = stream or _default_stream(isinstance(self, Label))
+    def to_json(self, stream: EventStream) -> bytes:
+        """The event as a message of ``stream`` (the job's: no default, so that an event is never
+        re-serialised with another file's stream)."""
         body: dict[str, Any] = {
             "schema_version": stream.version,
             stream.id_field: self.transaction_id,

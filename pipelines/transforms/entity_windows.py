@@ -615,6 +615,7 @@ class EntityWindowsFn(KeyedStageFn):
             for element in work[entity_id].elements:
                 event = element.tx if isinstance(element, Part) else element.event
                 stream = self.defs.labels if isinstance(event, Label) else self.defs.events
+                assert stream is not None, "a label without a declared labels stream"
                 source = "transactions" if isinstance(event, Transaction) else "labels"
                 out.append(
                     beam.pvalue.TaggedOutput(

@@ -13,6 +13,7 @@ from pipelines.core.schema import (
     parse_rfc3339,
     parse_transaction,
 )
+from tests.events import handbook_json
 
 GOOD = {
     "schema_version": 1,
@@ -33,7 +34,7 @@ def test_valid_transaction() -> None:
     assert tx.transaction_id == "1093"
     assert tx.event_time_us == 1522567145_000_000
     assert tx.fields["amount"] == 57.16 and tx.publish_time_us == 5
-    assert parse_transaction(tx.to_json()) == parse_transaction(encode(GOOD))
+    assert parse_transaction(handbook_json(tx)) == parse_transaction(encode(GOOD))
 
 
 def test_valid_label() -> None:
