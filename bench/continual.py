@@ -63,7 +63,8 @@ import numpy as np
 import pandas as pd
 
 from models.evaluation import DayRange, Protocol, evaluate_scores, rows_in, test_set
-from pipelines.app.retrain import last_labelled_day, training_protocol
+from pipelines.app.retrain import label_delay_days, last_labelled_day, training_protocol
+from pipelines.core.declarations import load_definitions
 from pipelines.core.definitions import LABEL_DELAY_DAYS
 
 __all__ = [
@@ -81,6 +82,8 @@ __all__ = [
 
 METRICS = ("auc", "ap", "cp100")
 WEEK = 7
+# The bench runs the handbook's workload: its file's label delay (7 days).
+HANDBOOK_DELAY_DAYS = label_delay_days(load_definitions())
 
 
 def _log(message: str) -> None:
@@ -138,7 +141,7 @@ def week_layout(start_date: str, n_days: int, n_weeks: int = 8, window_weeks: in
     for k in range(n_weeks):
         test_start = static_start + dt.timedelta(days=2 * WEEK + k * WEEK)
         now = dt.datetime.combine(test_start, dt.time(), tzinfo=dt.UTC)
-        last = last_labelled_day(now)
+        last = last_labelled_day(now, HANDBOOK_DELAY_DAYS)
         train_first = last - dt.timedelta(days=window_weeks * WEEK - 1)
         protocol = Protocol(train_start=test_start - dt.timedelta(days=2 * WEEK))
         weeks.append(Week(k, now, protocol, _iso_range(train_first, last)))
@@ -181,7 +184,7 @@ def export_week(
     from models.selection import select_and_train
 
     first, last = (dt.date.fromisoformat(d) for d in train_range)
-    protocol = training_protocol(last, (last - first).days + 1)
+    protocol = training_protocol(last, (last - first).days + 1, HANDBOOK_DELAY_DAYS)
     return select_and_train(table, protocol, model_dir, (config,), card)
 
 

@@ -461,11 +461,12 @@ def _train(
     """The champion: trained on the ``train_days`` fully labelled days before the stretch."""
     from bench.continual import export_week
     from models.selection import GRID
-    from pipelines.app.retrain import last_labelled_day
+    from pipelines.app.retrain import label_delay_days, last_labelled_day
     from pipelines.backfill.backfill import read_feature_table
+    from pipelines.core.declarations import load_definitions
     from pipelines.stores.model_registry import ModelRegistry
 
-    last = last_labelled_day(start)
+    last = last_labelled_day(start, label_delay_days(load_definitions()))
     train_range = ((last - dt.timedelta(days=config.train_days - 1)).isoformat(), last.isoformat())
     model_dir = config.work_dir / "registry"
     if model_dir.exists():

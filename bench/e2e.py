@@ -32,6 +32,7 @@ import numpy as np
 
 from pipelines.app.local_run import LocalRun, percentiles
 from pipelines.app.publisher import replay_events
+from pipelines.core.declarations import load_definitions
 from pipelines.transforms.parse import ParseEvents
 
 _PARSED = [0]
@@ -68,15 +69,17 @@ def _read_only_graph(topology: Any) -> Any:
     """ReadFromPubSub + ParseEvents of both input streams, counting parsed transactions."""
 
     def build(p: Any, options: Any) -> None:
+        defs = load_definitions()
         for kind, name in (
             ("transaction", topology.transactions_subscription),
             ("label", topology.labels_subscription),
         ):
             path = f"projects/{topology.project}/subscriptions/{name}"
+            stream = defs.events if kind == "transaction" else defs.labels
             parsed = (
                 p
                 | f"Read{kind}" >> beam.io.ReadFromPubSub(subscription=path, with_attributes=True)
-                | f"Parse{kind}" >> ParseEvents(kind, path)
+                | f"Parse{kind}" >> ParseEvents(kind, path, stream)
             )
             if kind == "transaction":
                 _ = parsed.valid | "Count" >> beam.Map(_count)

@@ -159,7 +159,9 @@ def run(work_dir: Path, swaps: int, swap_every_s: float, poll_s: float, retained
 
     def load(version: str) -> Any:
         info = resolve_model(str(model_dir), version)
-        return load_version(info.version, info.path, info.features, "saved_model", None)
+        return load_version(
+            info.version, info.path, info.features, "saved_model", None, MODEL_INPUTS
+        )
 
     clock = GcClock()
     gc.callbacks.append(clock)
@@ -183,7 +185,9 @@ def run(work_dir: Path, swaps: int, swap_every_s: float, poll_s: float, retained
                 for i in range(BATCH)
             ]
             n += BATCH
-            batch = FeatureBatch(txs, rng.uniform(0, 3, (BATCH, len(MODEL_INPUTS))), revision=n)
+            batch = FeatureBatch(
+                txs, rng.uniform(0, 3, (BATCH, len(MODEL_INPUTS))), revision=n, names=MODEL_INPUTS
+            )
             handler.run_inference(batch, models)
             kept.extend(txs)
             done = time.perf_counter()

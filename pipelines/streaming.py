@@ -17,6 +17,7 @@ Top-level labels are constants: Dataflow ``--update`` matches steps by name, so 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import apache_beam as beam
@@ -94,12 +95,21 @@ def key_buckets(options: PipelineOptions) -> int:
     return DIRECT_KEY_BUCKETS if runner in DIRECT_RUNNERS else 0
 
 
-def serving_config(options: PipelineOptions) -> ServingConfig:
-    """What the options serve (--model_dir, --model_version, --model_poll_s, backend)."""
+def serving_config(options: PipelineOptions, defs: Definitions | None = None) -> ServingConfig:
+    """What the options serve (--model_dir, --model_version, --model_poll_s, backend), checked
+    against the job's definitions (``defs``, or --definitions read here), whose every declared
+    feature the job computes."""
     opts = options.view_as(RilletOptions)
+    defs = defs if defs is not None else job_definitions(options)
     remote = (opts.vertex_project, opts.vertex_model) if opts.vertex_model else None
     return ServingConfig(
-        opts.model_dir, opts.model_version, opts.model_poll_s, opts.inference_backend, remote
+        opts.model_dir,
+        opts.model_version,
+        opts.model_poll_s,
+        opts.inference_backend,
+        remote,
+        definitions=defs,
+        computed=defs.names,
     )
 
 
@@ -114,15 +124,24 @@ def build_pipeline(
     """Adds the streaming graph to ``p``; returns its main PCollections (for tests).
 
     ``serving`` defaults to serving_config(options), whose version (the registry's champion, or
-    a pinned one) is checked here, so that a missing model fails before the job starts.
+    a pinned one) is checked here against the job's definitions, so that a missing or unservable
+    model fails before the job starts. A given ``serving`` (tests) is bound to the job's
+    definitions too: every stage computes and serves the one file of --definitions.
     """
     opts = options.view_as(RilletOptions)
     project = options.view_as(GoogleCloudOptions).project
     store = StoreConfig(project, opts.bigtable_instance, opts.bigtable_table)
     defs = job_definitions(options)
     if serving is None:
-        serving = serving_config(options)
-        resolve_model(serving.model_dir, serving.version)
+        serving = serving_config(options, defs)
+        resolve_model(serving.model_dir, serving.version, defs, serving.computed)
+    elif serving.definitions is None:
+        serving = dataclasses.replace(serving, definitions=defs, computed=defs.names)
+    elif serving.definitions != defs:
+        raise ValueError(
+            f"the serving config's definitions ({serving.definitions.source}) are not the job's "
+            f"--definitions ({defs.source})"
+        )
     tx_sub, label_sub = input_subscriptions(options)
 
     tx_messages = p | READ_TRANSACTIONS >> beam.io.ReadFromPubSub(
@@ -144,6 +163,7 @@ def build_pipeline(
         opts.correction_horizon_s,
         opts.window_cache_mb,
         opts.max_corrections_per_event,
+        definitions=defs,
     )
     predictions = computed.batches | PREDICT >> Predict(serving)
     written = predictions.results | WRITE_PREDICTIONS >> WritePredictions(
@@ -152,7 +172,7 @@ def build_pipeline(
         opts.datastore_namespace or None,
         resource_path(project, "topics", opts.predictions_topic),
         RiskBands(opts.risk_medium_threshold, opts.risk_high_threshold),
-        key_fields(defs),
+        keys=key_fields(defs),
     )
     evaluation = labels.valid | EVALUATE_ONLINE >> EvaluateOnline(
         project,
@@ -177,7 +197,7 @@ def build_pipeline(
         opts.thresholds(),
         resource_path(project, "topics", opts.alerts_topic),
         opts.monitor_every_s,
-        defs.names,
+        features=defs.names,
     )
     alerts = {
         "predictions": predictions.results,

@@ -36,6 +36,18 @@ def handbook_label(
     return Label(transaction_id, event_time_us, fields, is_fraud, publish_time_us, message_id)
 
 
+# The handbook's entity key fields, as a prediction carries them (sinks.key_fields).
+HANDBOOK_KEYS = ("customer_id", "terminal_id")
+
+
+def handbook_json(event: Transaction | Label) -> bytes:
+    """The event as a message of the handbook's stream (``to_json`` has no default stream)."""
+    defs = load_definitions()
+    stream = defs.labels if isinstance(event, Label) else defs.events
+    assert stream is not None
+    return event.to_json(stream)
+
+
 def handbook_layout(entity: str) -> Layout:
     """What the handbook's ``entity`` stage stores per cell (pipelines/core/window_cells.py)."""
     defs = load_definitions()

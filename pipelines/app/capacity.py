@@ -18,6 +18,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pipelines.core.declarations import Definitions, Entity, load_definitions
+
 __all__ = ["Assumptions", "plan"]
 
 # bench-e2e, full pipeline (README "Measured here"): 1,374.8 events/s, half transactions and half
@@ -74,11 +76,69 @@ class Assumptions:
     # reference workload's hottest key (rillet plan --hot-share: your data's).
     hottest_key_share: float = HOTTEST_KEY_SHARE
     key_ceiling_events_per_s: float = KEY_CEILING_EVENTS_PER_S
-    customer_features_carried: int = 6  # on each terminal cell (the row size)
+
+    @classmethod
+    def of(cls, definitions: Definitions, **values: Any) -> Assumptions:
+        """The assumptions for a definitions file's job (``values`` override any): per
+        transaction its id-index row and, per entity stage, a bucket row and a head row written
+        (and read, at worst); per label its id-index slot and, per stage whose features read
+        labels, a bucket row and a head row."""
+        entities = _stages(definitions)
+        labelled = [e for e in entities if _needs_labels(definitions, e)]
+        derived: dict[str, Any] = {
+            "bigtable_rows_written_per_transaction": 1.0 + 2 * len(entities),
+            "bigtable_rows_written_per_label": 1.0 + 2 * len(labelled),
+            "bigtable_rows_read_per_transaction": 1.0 + 2 * len(entities),
+            "bigtable_rows_read_per_label": 1.0,
+        }
+        return cls(**(derived | values))
 
 
-def plan(events_per_second: float, assumptions: Assumptions = Assumptions()) -> dict[str, Any]:
-    """Workers, Bigtable nodes and the Datastore write rate for ``events_per_second``."""
+def _stages(definitions: Definitions) -> list[Entity]:
+    """The entities with window features: one keyed stage each (entity_windows.stage_entities,
+    without importing Beam into the command line)."""
+    return [e for e in definitions.entities if definitions.window_features(e)]
+
+
+def _needs_labels(definitions: Definitions, entity: Entity) -> bool:
+    return any(f.needs_labels for f in definitions.window_features(entity))
+
+
+def largest_bucket_row(
+    definitions: Definitions, events_per_second: float, label_fraction: float
+) -> int:
+    """The largest bucket row any entity stage of ``definitions`` makes when one of its entities
+    gets ``events_per_second`` (its labels land in its rows only if its features read labels);
+    a stage's cells carry the window features of the stages before it."""
+    from pipelines.core.window_cells import Layout
+    from pipelines.stores.bigtable import bucket_row_bytes
+
+    carried = 0
+    largest = 0
+    for entity in _stages(definitions):
+        labels = events_per_second * label_fraction if _needs_labels(definitions, entity) else 0.0
+        row = bucket_row_bytes(
+            Layout.of(definitions, entity),
+            events_per_second * (1 - label_fraction),
+            labels,
+            carried,
+        )
+        largest = max(largest, row)
+        carried += len(definitions.window_features(entity))
+    return largest
+
+
+def plan(
+    events_per_second: float,
+    assumptions: Assumptions | None = None,
+    definitions: Definitions | None = None,
+) -> dict[str, Any]:
+    """Workers, Bigtable nodes and the Datastore write rate for ``events_per_second``, for the
+    job of ``definitions`` (default: the handbook's file; ``assumptions`` default:
+    ``Assumptions.of(definitions)``)."""
+    definitions = definitions if definitions is not None else load_definitions()
+    if assumptions is None:
+        assumptions = Assumptions.of(definitions)
     if events_per_second <= 0:
         raise ValueError("--events-per-second must be positive")
     a = assumptions
@@ -112,19 +172,9 @@ def plan(events_per_second: float, assumptions: Assumptions = Assumptions()) -> 
             f"than the {a.target_utilisation:.0%} target: above ~{key_limit:,.0f} events/s more "
             "workers do not help that key (README 'Hot entities')"
         )
-    # The hottest entity's events: half transactions, half their labels (a week later, in the
-    # transaction's bucket): its largest bucket row.
-    from pipelines.core.declarations import load_definitions
-    from pipelines.core.window_cells import Layout
-    from pipelines.stores.bigtable import bucket_row_bytes
-
-    defs = load_definitions()
-    row = bucket_row_bytes(
-        Layout.of(defs, defs.entity("terminal")),
-        hottest * (1 - a.label_fraction),
-        hottest * a.label_fraction,
-        a.customer_features_carried,
-    )
+    # The hottest entity's events: transactions and, if its features read labels, their labels
+    # (in the transaction's bucket): its largest bucket row, whichever stage it is in.
+    row = largest_bucket_row(definitions, hottest, a.label_fraction)
     if row > BIGTABLE_ROW_ADVISED_BYTES:
         warnings.append(
             f"the hottest entity's bucket rows would reach {row / 1e6:,.0f} MB, over Bigtable's "
@@ -164,12 +214,13 @@ def plan(events_per_second: float, assumptions: Assumptions = Assumptions()) -> 
             "writes_per_second": datastore,
             "ramp_up_minutes_from_500": ramp_minutes,
         },
+        "definitions": definitions.name,
         "assumptions": asdict(a),
         "sources": {
             "events_per_core_s": "make bench-e2e on this machine (DirectRunner, one core)",
             "hottest_key_share": "make bench-scaleout (handbook preset), or --hot-share",
             "key_ceiling_events_per_s": "make bench-scaleout (single-key work items, emulators)",
-            "largest_row_bytes": "the encoded cells of a terminal bucket row (15 minutes)",
+            "largest_row_bytes": "the encoded cells of the largest entity bucket row (15 minutes)",
             "bigtable": "https://cloud.google.com/bigtable/docs/performance",
             "datastore": "https://cloud.google.com/datastore/docs/best-practices#ramping_up_traffic",
         },

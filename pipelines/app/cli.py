@@ -936,22 +936,27 @@ def plan(
             "Default: the reference workload's hottest key.",
         ),
     ] = HOTTEST_KEY_SHARE,
+    definitions: DefinitionsOption = None,
 ) -> None:
     """Estimate Dataflow workers, Bigtable nodes and the Datastore write rate for a given input
     rate, and the hottest entity's key utilisation and largest row, from the per-event costs
-    measured here and each service's published guidance."""
+    measured here and each service's published guidance, for the job of --definitions (its
+    entity stages' rows; default: the handbook's file)."""
     from pipelines.app.capacity import Assumptions
     from pipelines.app.capacity import plan as make_plan
 
+    defs = definitions_for(definitions)
     typer.echo(
         json.dumps(
             make_plan(
                 events_per_second,
-                Assumptions(
+                Assumptions.of(
+                    defs,
                     vcpus_per_worker=vcpus_per_worker,
                     target_utilisation=target_utilisation,
                     hottest_key_share=hot_share,
                 ),
+                defs,
             ),
             indent=2,
         )
@@ -1019,9 +1024,11 @@ def run(
     ] = 10.0,
 ) -> None:
     """Run the streaming pipeline. Extra arguments are Beam pipeline options, e.g.
-    --runner=DirectRunner --project=rillet-local --model_dir=.rillet/models (see
-    pipelines/options.py for the rillet options; --model_dir defaults to <state-dir>/models,
-    where 'make demo' registers its model). On the DirectRunner the job keeps a recovery
+    --runner=DirectRunner --project=rillet-local --model_dir=.rillet/models
+    --definitions=pipelines/workloads/payments.yaml (see pipelines/options.py for the rillet
+    options; --model_dir defaults to <state-dir>/models, where 'make demo' registers its model;
+    --definitions, the features' file the job computes and serves, to the handbook's, and the
+    model served must have been trained on it). On the DirectRunner the job keeps a recovery
     checkpoint in <state-dir>/recovery/ unless --recovery_checkpoint says otherwise, and a
     monitoring snapshot in <state-dir>/monitor/ ('rillet monitor') unless --monitor_dir does."""
     typed: dict[str, str] = (ctx.obj or {}).get("typed", {})
@@ -1097,7 +1104,8 @@ def run(
     from pipelines.transforms.model_serving import Served
 
     opts = options.view_as(RilletOptions)
-    model = resolve_model(opts.model_dir, opts.model_version)
+    defs = opts.job_definitions()
+    model = resolve_model(opts.model_dir, opts.model_version, defs, defs.names)
     announced = Served(0, 0.0, model.version, None)
     if opts.model_version == "champion":
         pointer = ModelRegistry(opts.model_dir).pointer()
@@ -1203,7 +1211,8 @@ def _watch(result: Any, every_s: float, announced: Any) -> None:
 
 
 def _model_errors(opts: Any) -> list[str]:
-    """The model the job would serve: its directory and version exist and its card matches."""
+    """The model the job would serve: its directory and version exist and its card matches the
+    job's definitions (--definitions)."""
     from pipelines.transforms.inference import model_versions, resolve_model
 
     model_dir = opts.model_dir
@@ -1213,7 +1222,8 @@ def _model_errors(opts: Any) -> list[str]:
             f"'rillet train --features OUT/features --model-dir {model_dir}'"
         ]
     try:
-        resolve_model(model_dir, opts.model_version)
+        defs = opts.job_definitions()
+        resolve_model(model_dir, opts.model_version, defs, defs.names)
     except FileNotFoundError as exc:
         if opts.model_version in ("latest", "champion", "challenger"):
             return [str(exc)]

@@ -67,20 +67,20 @@ MAX_TRAIN_DAYS = 21
 bench-continual); a shorter history gets the longest window that fits it."""
 
 
-def label_delay_days(definitions: Definitions | None) -> int:
+def label_delay_days(definitions: Definitions) -> int:
     """The label delay of the definitions' label stream, in whole days (rounded up): a day is
-    labelled that long after its end."""
-    if definitions is None or definitions.labels is None:
+    labelled that long after its end (a file without labels: the handbook's delay, which no
+    model of it can use anyway)."""
+    if definitions.labels is None:
         return LABEL_DELAY_DAYS
     return -(-definitions.labels.delay_us // DAY_US)
 
 
-def last_labelled_day(
-    now: pd.Timestamp | dt.datetime | str, delay_days: int = LABEL_DELAY_DAYS
-) -> dt.date:
+def last_labelled_day(now: pd.Timestamp | dt.datetime | str, delay_days: int) -> dt.date:
     """The last calendar day (UTC) whose every transaction is labelled at ``now``.
 
-    A transaction's label arrives ``delay_days`` (the handbook's 7) after it, so day D is fully
+    A transaction's label arrives ``delay_days`` (the definitions' label delay,
+    ``label_delay_days``; the handbook's 7) after it, so day D is fully
     labelled once ``now >= D + 1 day + delay_days``: at 2018-09-30 23:59 that is 2018-09-22, at
     2018-10-01 00:00 it is 2018-09-23.
     """
@@ -91,9 +91,7 @@ def last_labelled_day(
     return day
 
 
-def training_protocol(
-    last_day: dt.date, train_days: int = 7, delay_days: int = LABEL_DELAY_DAYS
-) -> Any:
+def training_protocol(last_day: dt.date, train_days: int, delay_days: int) -> Any:
     """The models.evaluation.Protocol whose training block is the ``train_days`` days ending on
     ``last_day`` (its delay and test blocks are the future the model will serve; selection uses
     only its validation folds, which end with the training block)."""
@@ -107,9 +105,7 @@ def training_protocol(
     )
 
 
-def labelled_days_needed(
-    train_days: int, eval_days: int, select: bool, delay_days: int = LABEL_DELAY_DAYS
-) -> int:
+def labelled_days_needed(train_days: int, eval_days: int, select: bool, delay_days: int) -> int:
     """How many labelled days, ending on the last labelled day, a retrain reads: the holdout
     fit's training window (``eval_days`` before the challenger's) and, with selection (more
     than one candidate), that fit's validation folds before it. The challenger's window and the
@@ -121,7 +117,7 @@ def labelled_days_needed(
 
 
 def longest_train_days(
-    labelled_days: int, eval_days: int, select: bool, cap: int, delay_days: int = LABEL_DELAY_DAYS
+    labelled_days: int, eval_days: int, select: bool, cap: int, delay_days: int
 ) -> int:
     """The longest ``train_days`` up to ``cap`` that ``labelled_days`` hold (0: none does)."""
     fits = (
@@ -139,7 +135,8 @@ def fit_train_days(
     eval_days: int,
     select: bool,
     now_given: bool = False,
-    delay_days: int = LABEL_DELAY_DAYS,
+    *,
+    delay_days: int,
 ) -> int:
     """The training window for a history spanning ``span`` (its first and last transaction
     times, UTC) labelled as of ``now``: ``train_days``, or when None the longest that fits up
@@ -164,7 +161,7 @@ def _does_not_fit(
     eval_days: int,
     select: bool,
     now_given: bool,
-    delay_days: int = LABEL_DELAY_DAYS,
+    delay_days: int,
 ) -> UserError:
     """The error of :func:`fit_train_days`: what the options need, what the history has as of
     ``now``, and every change that would fit."""
@@ -223,7 +220,7 @@ def _check_now(
     now: pd.Timestamp,
     span: tuple[pd.Timestamp, pd.Timestamp],
     text: str,
-    delay_days: int = LABEL_DELAY_DAYS,
+    delay_days: int,
 ) -> None:
     """A UserError when ``now`` (``--now`` as typed: ``text``) is before the history's first day,
     or later than the day its last day is labelled: after that, days the history does not hold
@@ -438,7 +435,7 @@ def _retrain(config: RetrainConfig, work: str) -> dict[str, Any]:
         config.eval_days,
         len(grid) > 1,
         bool(config.now),
-        delay_days,
+        delay_days=delay_days,
     )
     if table is None:
         until = (last_day + dt.timedelta(days=1)).isoformat()

@@ -11,12 +11,11 @@ elsewhere): a message finishes once every element it led to has reached a sink.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 import numpy as np
 
-from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.core.schema import Label, StageRecord, Transaction
 
 __all__ = ["FeatureBatch", "Part", "Routed", "StageRecord"]
@@ -64,7 +63,9 @@ class FeatureBatch:
     correction: bool = False
     token: int = 0  # the recovery group it finishes (pipelines.local_runner.recovery)
     revisions: np.ndarray | None = None
-    names: tuple[str, ...] = MODEL_INPUTS
+    # The columns' feature names (the job's definitions' order): keyword only and required, so
+    # that no batch is labelled with another file's names by default.
+    names: tuple[str, ...] = field(kw_only=True)
 
     def __len__(self) -> int:
         return len(self.transactions)

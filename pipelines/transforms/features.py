@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import apache_beam as beam
 
 from pipelines.core.batches import FeatureBatch, Part
-from pipelines.core.declarations import Definitions, Entity, load_definitions
+from pipelines.core.declarations import Definitions, Entity
 from pipelines.core.routing import route
 from pipelines.core.schema import Label, StageRecord, Transaction
 from pipelines.stores.bigtable import StoreConfig
@@ -44,11 +44,10 @@ __all__ = ["ComputeFeatures", "ComputedFeatures", "FeatureBatch", "stage_labels"
 INDEX_IDS = "IndexIds"
 
 
-def stage_labels(definitions: Definitions | None = None) -> tuple[str, ...]:
-    """The keyed stages' labels inside ComputeFeatures for a definitions file (default: the
-    handbook's: IndexIds, CustomerWindows, TerminalWindows)."""
-    defs = definitions or load_definitions()
-    return (INDEX_IDS, *(stage_name(e) for e in stage_entities(defs)))
+def stage_labels(definitions: Definitions) -> tuple[str, ...]:
+    """The keyed stages' labels inside ComputeFeatures for a definitions file (the handbook's:
+    IndexIds, CustomerWindows, TerminalWindows)."""
+    return (INDEX_IDS, *(stage_name(e) for e in stage_entities(definitions)))
 
 
 # What every stateful step's input is: a str key (deterministic) and a stage record, encoded by
@@ -96,14 +95,17 @@ class ComputeFeatures(beam.PTransform):
       max_corrections_per_event: the most transactions one late event corrects
         (entity_windows.py).
       window_cache_mb: the memory budget of each entity stage's window cache, per process.
-      definitions: the definitions file (default: the handbook's).
+      definitions: the job's definitions file (keyword only, required: the job passes its own,
+        so that a stage never computes another file by default).
 
     Returns:
       ComputedFeatures(batches, dead_letters).
 
     Example Usage::
 
-        computed = (transactions, labels) | "ComputeFeatures" >> ComputeFeatures(store_config)
+        computed = (transactions, labels) | "ComputeFeatures" >> ComputeFeatures(
+            store_config, definitions=defs
+        )
     """
 
     def __init__(
@@ -116,7 +118,8 @@ class ComputeFeatures(beam.PTransform):
         correction_horizon_s: float | None = None,
         window_cache_mb: float = 512.0,
         max_corrections_per_event: int = 10_000,
-        definitions: Definitions | None = None,
+        *,
+        definitions: Definitions,
     ) -> None:
         super().__init__()
         if max_batch_size < 1:
@@ -128,7 +131,7 @@ class ComputeFeatures(beam.PTransform):
         self._sources = sources
         self._label_wait_s = label_wait_s
         self._buckets = key_buckets
-        self._defs = definitions or load_definitions()
+        self._defs = definitions
         if not stage_entities(self._defs):
             raise ValueError(f"{self._defs.name}: no entity has window features")
         self._entity_args = (
@@ -147,7 +150,14 @@ class ComputeFeatures(beam.PTransform):
             transactions.pipeline | "RestoreWaits" >> RestoreWaits(self._store, b),
         ) | "MergeById" >> beam.Flatten()
         ids = by_id | INDEX_IDS >> beam.ParDo(
-            IndexIdsFn(self._store, self._max, self._sources, self._label_wait_s, b)
+            IndexIdsFn(
+                self._store,
+                self._max,
+                self._sources,
+                self._label_wait_s,
+                b,
+                streams=(self._defs.events, self._defs.labels),
+            )
         ).with_outputs(ACCEPTED_LABELS, DEAD_LETTER_TAG, main="transactions")
         dead = [ids[DEAD_LETTER_TAG]]
         previous: beam.PCollection | None = None

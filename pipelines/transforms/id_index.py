@@ -50,6 +50,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from pipelines.core.batches import Routed
 from pipelines.core.completion import Receipt, completion
+from pipelines.core.declarations import EventStream
 from pipelines.core.label_slots import (
     LabelSlot,
     duplicate_detail,
@@ -107,9 +108,13 @@ class IndexIdsFn(KeyedStageFn):
         sources: tuple[str, str] = ("transactions", "labels"),
         label_wait_s: float = 300.0,
         key_buckets: int = 0,
+        *,
+        streams: tuple[EventStream, EventStream | None],
     ) -> None:
         super().__init__(max_batch_size)
         self._config = store
+        # The job's transaction and label streams: dead letters re-serialise events with them.
+        self._streams = streams
         self._sources = sources
         self._label_wait_s = label_wait_s
         self._buckets = key_buckets
@@ -166,6 +171,31 @@ class IndexIdsFn(KeyedStageFn):
             timer.set(Timestamp.of(min(wake, float(next_deadline or wake)) + 1))
         yield from outputs
 
+    # -- dead letters --------------------------------------------------------------------------
+
+    def _dead_letter(
+        self, event: Transaction | Label, detail: str, reason: str = "duplicate_transaction_id"
+    ) -> DeadLetter:
+        is_tx = isinstance(event, Transaction)
+        stream = self._streams[0 if is_tx else 1]
+        assert stream is not None, "a label without a declared labels stream"
+        return DeadLetter(
+            event.to_json(stream),
+            reason,
+            detail,
+            "transactions" if is_tx else "labels",
+            "features",
+            message_id=event.message_id,
+        )
+
+    def _duplicate(self, tx: Transaction, first_message: str, same_content: bool) -> DeadLetter:
+        detail = duplicate_detail("transaction", first_message, same_content)
+        return dataclasses.replace(self._dead_letter(tx, detail), exact_copy=same_content)
+
+    def _unknown_transaction(self, lb: Label) -> DeadLetter:
+        detail = f"no transaction with this id within {self._label_wait_s:g} s"
+        return self._dead_letter(lb, detail, "unknown_transaction")
+
     # -- one batch -----------------------------------------------------------------------------
 
     def _receipt(self, event: Transaction | Label) -> Receipt | None:
@@ -199,7 +229,9 @@ class IndexIdsFn(KeyedStageFn):
             same = _same_event(first, event)
             if _published_first(event, first, same):
                 txs[event.transaction_id], event, first = event, first, event
-            duplicates.append((event.transaction_id, _duplicate(event, first.message_id, same)))
+            duplicates.append(
+                (event.transaction_id, self._duplicate(event, first.message_id, same))
+            )
         index = self._store.read_ids([*txs, *labels])
         writes = Writes()
         accepted: list[Transaction] = []
@@ -227,9 +259,9 @@ class IndexIdsFn(KeyedStageFn):
                     "p": tx.publish_time_us,
                 }
                 copy = dataclasses.replace(tx, message_id=known["m"], publish_time_us=known["p"])
-                duplicates.append((tx.transaction_id, _duplicate(copy, tx.message_id, True)))
+                duplicates.append((tx.transaction_id, self._duplicate(copy, tx.message_id, True)))
             else:
-                duplicate = _duplicate(tx, known["m"], known["d"] == digest)
+                duplicate = self._duplicate(tx, known["m"], known["d"] == digest)
                 duplicates.append((tx.transaction_id, duplicate))
         for tx_id, dl in duplicates:
             outputs.append(self._once(dl, tx_id, dl.message_id, records, fences[tx_id]))
@@ -307,7 +339,7 @@ class IndexIdsFn(KeyedStageFn):
             self._redeliveries.inc(verdict.redeliveries)
             winner = verdict.slot.recorded
             for lb, reason, detail in verdict.rejected:
-                dl = _dead_letter(lb, detail, reason)
+                dl = self._dead_letter(lb, detail, reason)
                 if reason == "unknown_transaction":
                     # Its slot lists it as expired: it was dead-lettered before.
                     dl = dataclasses.replace(dl, redelivered=message_key(lb) in slot.expired)
@@ -397,9 +429,8 @@ class IndexIdsFn(KeyedStageFn):
                 # rule settles its labels.
                 verdict = resolve(found.tx, slot, ())
                 for lb, reason, detail in verdict.rejected:
-                    outputs.append(
-                        beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, _dead_letter(lb, detail, reason))
-                    )
+                    dead = self._dead_letter(lb, detail, reason)
+                    outputs.append(beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead))
                 recorded = verdict.record or verdict.slot.recorded
                 if recorded is not None:
                     outputs.append(beam.pvalue.TaggedOutput(ACCEPTED_LABELS, Routed(recorded)))
@@ -421,7 +452,7 @@ class IndexIdsFn(KeyedStageFn):
             writes.ids.append((tx_id, FAMILY_LABEL, expire(slot, settled).to_record(), time_us))
         self._store.apply(writes)
         for lb in expired_now:
-            outputs.append(_unknown_transaction(lb, self._label_wait_s))
+            outputs.append(self._unknown_transaction(lb))
             receipt = self._receipt(lb)
             if receipt is not None:
                 completion().reopen(receipt, lb.publish_time_us)
@@ -510,23 +541,3 @@ def _seen_before(record: dict[str, Any], message_id: str, digest: str) -> bool:
 def record_of(tx: Transaction) -> dict[str, Any]:
     """The transaction's id-index record (family ``tx``)."""
     return transaction_record(tx.message_id, tx.event_time_us, tx.fields, tx.publish_time_us)
-
-
-def _dead_letter(
-    event: Transaction | Label, detail: str, reason: str = "duplicate_transaction_id"
-) -> DeadLetter:
-    source = "transactions" if isinstance(event, Transaction) else "labels"
-    return DeadLetter(
-        event.to_json(), reason, detail, source, "features", message_id=event.message_id
-    )
-
-
-def _duplicate(tx: Transaction, first_message: str, same_content: bool) -> DeadLetter:
-    detail = duplicate_detail("transaction", first_message, same_content)
-    return dataclasses.replace(_dead_letter(tx, detail), exact_copy=same_content)
-
-
-def _unknown_transaction(lb: Label, waited_s: float) -> DeadLetter:
-    return _dead_letter(
-        lb, f"no transaction with this id within {waited_s:g} s", "unknown_transaction"
-    )

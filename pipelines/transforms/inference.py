@@ -29,7 +29,7 @@ from apache_beam.ml.inference.base import ModelHandler, RunInference
 from apache_beam.utils.shared import Shared
 
 from pipelines.core.batches import FeatureBatch
-from pipelines.core.declarations import Definitions, load_definitions
+from pipelines.core.declarations import Definitions, EventStream, load_definitions
 from pipelines.core.messages import DeadLetter
 from pipelines.stores.model_registry import VERSION_NAMES, ModelRegistry, check_card
 from pipelines.transforms.model_serving import (
@@ -134,9 +134,11 @@ class ServingConfig:
     """What the job serves: ``version`` "champion" follows the registry in ``model_dir`` (hot
     swap, shadow scoring by its challenger), any other value pins that version.
 
-    ``definitions``: the job's definitions file (None: the handbook's); a version is served only
-    if each of its inputs is declared there as it was trained on. ``computed``: the features the
-    job computes, the columns of its feature rows (None: every declared feature, file order).
+    ``definitions``: the job's definitions (None: the handbook's; build_pipeline always sets the
+    job's own); a version is served only if each of its inputs is declared there as it was
+    trained on, and its dead letters are re-serialised with its transaction stream.
+    ``computed``: the features the job computes, the columns of its feature rows (None: every
+    declared feature, file order).
     """
 
     model_dir: str
@@ -144,8 +146,12 @@ class ServingConfig:
     poll_s: float = 10.0
     backend: str = "saved_model"
     remote: tuple[str, str] | None = None  # (project, model) of the vertex backend
-    definitions: str | None = None
+    definitions: Definitions | None = None
     computed: tuple[str, ...] | None = None
+
+    def job_definitions(self) -> Definitions:
+        """The definitions served: ``definitions``, or the handbook's file."""
+        return self.definitions if self.definitions is not None else load_definitions()
 
     @property
     def follows_registry(self) -> bool:
@@ -165,7 +171,7 @@ def registry_assignment(registry: ModelRegistry) -> Assignment:
 def serving_models(config: ServingConfig) -> ServingModels:
     """A new ServingModels for ``config`` (model_serving.py); the job's is serving_models_of's."""
 
-    definitions = load_definitions(config.definitions)
+    definitions = config.job_definitions()
     layout = config.computed if config.computed is not None else definitions.names
 
     def load(version: str) -> LoadedVersion:
@@ -278,7 +284,7 @@ class Predictions(NamedTuple):
     dead_letters: beam.PCollection
 
 
-def _inference_failures(failed: Any) -> Iterable[DeadLetter]:
+def _inference_failures(failed: Any, stream: EventStream) -> Iterable[DeadLetter]:
     # RunInference's DLQ carries (element, exception) pairs; element is the FeatureBatch.
     element, error = failed if isinstance(failed, tuple) and len(failed) == 2 else (failed, None)
     txs = list(getattr(element, "transactions", []))
@@ -287,7 +293,7 @@ def _inference_failures(failed: Any) -> Iterable[DeadLetter]:
         # sink releases it once that whole bundle of dead letters is published.
         token = getattr(element, "token", 0) if i == len(txs) - 1 else 0
         yield DeadLetter(
-            tx.to_json(),
+            tx.to_json(stream),
             "inference_error",
             repr(error)[:500],
             "transactions",
@@ -313,5 +319,8 @@ class Predict(beam.PTransform):
     def expand(self, batches: beam.PCollection) -> Predictions:
         handler = RegistryModelHandler(self._config).with_no_batching()
         results, dlq = batches | "RunInference" >> RunInference(handler).with_exception_handling()
-        failures = dlq.failed_inferences | "FailedInferences" >> beam.FlatMap(_inference_failures)
+        stream = self._config.job_definitions().events
+        failures = dlq.failed_inferences | "FailedInferences" >> beam.FlatMap(
+            _inference_failures, stream
+        )
         return Predictions(results, failures)

@@ -48,8 +48,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from pipelines.core.definitions import MODEL_INPUTS
-
 __all__ = [
     "BACKENDS",
     "SERVING_METRIC",
@@ -93,13 +91,13 @@ Scorer = Callable[[np.ndarray], np.ndarray]
 @dataclass(frozen=True)
 class LoadedVersion:
     """A model version ready to score the job's feature rows: ``layout`` names their columns
-    (default MODEL_INPUTS, what the job computes today), and the version's own ``features``
-    (its card's, in its input order) are picked from them by name."""
+    (what the job computes, in its definitions' order), and the version's own ``features`` (its
+    card's, in its input order) are picked from them by name."""
 
     version: str
     features: tuple[str, ...]
     scorer: Scorer
-    layout: tuple[str, ...] = MODEL_INPUTS
+    layout: tuple[str, ...]
     columns: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
@@ -418,7 +416,7 @@ def load_version(
     features: Sequence[str],
     backend: str,
     remote: tuple[str, str] | None,
-    layout: Sequence[str] = MODEL_INPUTS,
+    layout: Sequence[str],
 ) -> LoadedVersion:
     """One version through ``backend`` (see the module docstring), scoring rows laid out as
     ``layout``."""

@@ -58,7 +58,6 @@ from apache_beam.transforms.userstate import (
 from apache_beam.utils.windowed_value import WindowedValue
 
 from pipelines.core.alerts import Alert, StreakRow, Streaks
-from pipelines.core.declarations import load_definitions
 from pipelines.core.drift import BucketCounts, DriftProgress, DriftWindows, bin_index, n_bins
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import Label
@@ -736,7 +735,8 @@ class _JudgeDrift(beam.DoFn):
         model_dir: str,
         thresholds: Thresholds,
         grace_s: float,
-        features: Sequence[str] | None = None,
+        *,
+        features: Sequence[str],
     ) -> None:
         self._model_dir = model_dir
         self._refs_handle: SharedResource[_References] = SharedResource()
@@ -744,8 +744,7 @@ class _JudgeDrift(beam.DoFn):
         self._grace_s = grace_s
         # The gauges are named by the job's declared features and the score: a bounded set,
         # whatever features the versions' cards name.
-        names = load_definitions().names if features is None else tuple(features)
-        self._gauged = frozenset((*names, SCORE))
+        self._gauged = frozenset((*features, SCORE))
         self._alerts = _AlertCounter()
         self._late = Metrics.counter(MONITOR_NAMESPACE, "drift_late_values")
 
@@ -1027,7 +1026,7 @@ class Monitor(beam.PTransform):
       every_s: seconds between two drift flushes (and the grace before a window closes: two of
         them).
       features: the features the job computes (drift gauges are named by them and the score;
-        default: the handbook's file's).
+        keyword only, required: the job's definitions' names).
     """
 
     def __init__(
@@ -1036,10 +1035,11 @@ class Monitor(beam.PTransform):
         thresholds: Thresholds,
         alerts_topic: str,
         every_s: float = 10.0,
-        features: Sequence[str] | None = None,
+        *,
+        features: Sequence[str],
     ) -> None:
         super().__init__()
-        self._features = None if features is None else tuple(features)
+        self._features = tuple(features)
         self._model_dir = model_dir
         self._refs_handle: SharedResource[_References] = SharedResource()
         self._t = thresholds

@@ -59,7 +59,7 @@ from apache_beam.transforms.userstate import (
     on_timer,
 )
 
-from pipelines.core.declarations import Definitions, Entity, load_definitions
+from pipelines.core.declarations import Definitions, Entity
 from pipelines.core.definitions import DAY_US, LABEL_DELAY_DAYS
 from pipelines.core.quality import quality
 from pipelines.core.routing import route
@@ -206,10 +206,10 @@ def scored_from(label: PendingLabel, prediction: dict[str, Any]) -> list[Scored]
     return out
 
 
-def card_entity(definitions: Definitions | None = None) -> Entity:
+def card_entity(definitions: Definitions) -> Entity:
     """What Card Precision@k counts alerts per: the definitions file's first entity (the
     handbook's customer, i.e. the card)."""
-    return (definitions or load_definitions()).entities[0]
+    return definitions.entities[0]
 
 
 def _pending(label: Label, card: Entity) -> PendingLabel:
@@ -640,7 +640,9 @@ class EvaluateOnline(beam.PTransform):
 
     Example Usage::
 
-        figures = labels | "EvaluateOnline" >> EvaluateOnline("my-project", "Prediction", None, 30)
+        figures = labels | "EvaluateOnline" >> EvaluateOnline(
+            "my-project", "Prediction", None, 30, card=card_entity(defs)
+        )
 
     Args:
       project, prediction_kind, namespace: where the stored predictions are (and the
@@ -652,7 +654,8 @@ class EvaluateOnline(beam.PTransform):
         looked up again.
       margin_s: event time past a day's last label due time before the day is complete (1 day).
       idle_s: processing time without labels after which a day is released anyway (2 days).
-      card: the entity Card Precision@k counts per (default: ``card_entity()``).
+      card: the entity Card Precision@k counts per (``card_entity`` of the job's definitions;
+        keyword only, required).
     """
 
     def __init__(
@@ -667,10 +670,11 @@ class EvaluateOnline(beam.PTransform):
         key_buckets: int = 0,
         margin_s: float = 86_400.0,
         idle_s: float = 2 * 86_400.0,
-        card: Entity | None = None,
+        *,
+        card: Entity,
     ) -> None:
         super().__init__()
-        self._card = card or card_entity()
+        self._card = card
         self._retry_s = retry_s
         self._attempts = attempts
         self._evaluation_kind = evaluation_kind

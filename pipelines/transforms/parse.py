@@ -9,7 +9,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from pipelines.core.completion import completion
-from pipelines.core.declarations import EventStream, load_definitions
+from pipelines.core.declarations import EventStream
 from pipelines.core.messages import DeadLetter, publish_time_us
 from pipelines.core.schema import EventParser, InvalidEvent
 
@@ -72,8 +72,7 @@ class ParseEvents(beam.PTransform):
     Args:
       kind: "transaction" or "label".
       source: where the messages come from (recorded on dead letters).
-      stream: the declared stream (the definitions file's ``events`` or ``labels``; default:
-        the handbook's).
+      stream: the declared stream (the job's definitions' ``events`` or ``labels``).
 
     Returns:
       ParsedEvents(valid, dead_letters): Transaction/Label objects, and DeadLetter objects with
@@ -81,18 +80,17 @@ class ParseEvents(beam.PTransform):
 
     Example Usage::
 
-        parsed = messages | "ParseTransactions" >> ParseEvents("transaction", "transactions-sub")
+        parsed = messages | "ParseTransactions" >> ParseEvents(
+            "transaction", "transactions-sub", defs.events
+        )
     """
 
-    def __init__(self, kind: str, source: str, stream: EventStream | None = None) -> None:
+    def __init__(self, kind: str, source: str, stream: EventStream | None) -> None:
         super().__init__()
         if kind not in ("transaction", "label"):
             raise ValueError(f"kind must be 'transaction' or 'label', not {kind!r}")
         self._kind = kind
         self._source = source
-        if stream is None:
-            defs = load_definitions()
-            stream = defs.events if kind == "transaction" else defs.labels
         if stream is None:
             raise ValueError("the definitions declare no labels stream")
         self._stream = stream

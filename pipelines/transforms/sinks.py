@@ -41,7 +41,7 @@ from apache_beam.io.gcp.pubsub import PubsubMessage
 from apache_beam.metrics import Metrics
 
 from pipelines.core.completion import completion
-from pipelines.core.declarations import Definitions, load_definitions
+from pipelines.core.declarations import Definitions
 from pipelines.core.messages import DeadLetter
 from pipelines.core.schema import SCHEMA_VERSION, format_rfc3339
 from pipelines.stores.retry import datastore_call_options, with_backoff
@@ -79,22 +79,20 @@ class RiskBands:
         return "high" if score >= self.high else "medium" if score >= self.medium else "low"
 
 
-def key_fields(definitions: Definitions | None = None) -> tuple[str, ...]:
+def key_fields(definitions: Definitions) -> tuple[str, ...]:
     """The fields a prediction names its transaction's entities by: every entity's key fields,
     in the definitions file's order (the handbook's: customer_id, terminal_id)."""
-    defs = definitions or load_definitions()
     out: list[str] = []
-    for entity in defs.entities:
+    for entity in definitions.entities:
         out += [k for k in entity.keys if k not in out]
     return tuple(out)
 
 
 def prediction_records(
-    pb: PredictionBatch, bands: RiskBands, keys: Sequence[str] | None = None
+    pb: PredictionBatch, bands: RiskBands, keys: Sequence[str]
 ) -> list[PredictionRecord]:
     """One record per transaction: everything a consumer needs to audit the prediction.
-    ``keys``: the entities' key fields it carries (default: ``key_fields()``)."""
-    keys = key_fields() if keys is None else keys
+    ``keys``: the entities' key fields it carries (``key_fields`` of the job's definitions)."""
     records = []
     shadow = pb.challenger_scores
     names = pb.batch.names
@@ -170,9 +168,9 @@ class _DatastoreWriteDoFn(beam.DoFn):
         kind: str,
         namespace: str | None,
         bands: RiskBands,
-        keys: Sequence[str] | None = None,
+        keys: Sequence[str],
     ) -> None:
-        self._keys = key_fields() if keys is None else tuple(keys)
+        self._keys = tuple(keys)
         self._project = project
         self._kind = kind
         self._namespace = namespace or None
@@ -416,7 +414,8 @@ class WritePredictions(beam.PTransform):
       namespace: Datastore namespace (None for the default).
       topic: full path of the prediction topic.
       bands: risk band thresholds.
-      keys: the entities' key fields a prediction carries (default: ``key_fields()``).
+      keys: the entities' key fields a prediction carries (``key_fields`` of the job's
+        definitions; keyword only, required).
     """
 
     def __init__(
@@ -426,7 +425,8 @@ class WritePredictions(beam.PTransform):
         namespace: str | None,
         topic: str,
         bands: RiskBands | None = None,
-        keys: Sequence[str] | None = None,
+        *,
+        keys: Sequence[str],
     ) -> None:
         super().__init__()
         self._keys = keys

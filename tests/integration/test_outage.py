@@ -32,6 +32,7 @@ import pytest
 from pipelines.app.local import LOCAL_PROJECT, LocalStack, StackError
 from pipelines.core.definitions import CUSTOMER, MODEL_INPUTS, TERMINAL
 from pipelines.stores.retry import CALL_TIMEOUT_S
+from tests.events import HANDBOOK_KEYS
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -364,7 +365,7 @@ def test_datastore_outage_loses_nothing(
 ) -> None:
     from pipelines.transforms.sinks import RiskBands, _DatastoreWriteDoFn
 
-    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, KIND, NAMESPACE, RiskBands())
+    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, KIND, NAMESPACE, RiskBands(), HANDBOOK_KEYS)
     sink.setup()
     client = sink._client
 

@@ -15,7 +15,7 @@ from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.transforms.features import FeatureBatch
 from pipelines.transforms.inference import PredictionBatch
 from pipelines.transforms.sinks import RiskBands, WritePredictions, _DatastoreWriteDoFn
-from tests.events import handbook_tx
+from tests.events import HANDBOOK_KEYS, handbook_tx
 
 pytestmark = pytest.mark.integration
 TOPO = Topology()
@@ -26,14 +26,14 @@ def batch(ids: list[str], revision: int, score: float, correction: bool = False)
         handbook_tx(i, 1_522_663_200_000_000, "7", "9", 10.0, 1_700_000_000_000_000) for i in ids
     ]
     features = np.full((len(ids), len(MODEL_INPUTS)), float(revision))
-    fb = FeatureBatch(txs, features, revision, correction)
+    fb = FeatureBatch(txs, features, revision, correction, names=MODEL_INPUTS)
     return PredictionBatch(fb, np.full(len(ids), score), "v1", 1_700_000_000_100_000)
 
 
 def test_highest_revision_wins_in_either_order(emulators) -> None:
     from google.cloud import datastore
 
-    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkOrder", None, RiskBands())
+    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkOrder", None, RiskBands(), HANDBOOK_KEYS)
     sink.setup()
     ids = [f"order-{i}" for i in range(60)]  # more than one 25-entity transaction
     # A correction lands first, then the original it replaces (the race the sink must win) ...
@@ -58,7 +58,7 @@ def test_a_lower_revision_arriving_later_never_replaces_a_higher_one(emulators) 
     revision (and its score and features); a sink that wrote whatever came last would not."""
     from google.cloud import datastore
 
-    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkLate", None, RiskBands())
+    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkLate", None, RiskBands(), HANDBOOK_KEYS)
     sink.setup()
     # 30 ids per case: more than one 25-entity transaction.
     late_correction = [f"late-corr-{i}" for i in range(30)]
@@ -84,7 +84,7 @@ def test_a_lower_revision_arriving_later_never_replaces_a_higher_one(emulators) 
 def test_an_original_after_two_reordered_corrections_keeps_the_highest(emulators) -> None:
     from google.cloud import datastore
 
-    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkThreeWay", None, RiskBands())
+    sink = _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkThreeWay", None, RiskBands(), HANDBOOK_KEYS)
     sink.setup()
     ids = [f"three-way-{i}" for i in range(5)]
     list(sink.process(batch(ids, revision=30, score=0.9, correction=True)))
@@ -111,7 +111,14 @@ def test_write_predictions_stores_and_publishes(local_run) -> None:
             _ = (
                 p
                 | beam.Create([batch(ids, revision=5, score=0.3)])
-                | WritePredictions(LOCAL_PROJECT, "SinkPublish", None, topic, RiskBands(0.2, 0.5))
+                | WritePredictions(
+                    LOCAL_PROJECT,
+                    "SinkPublish",
+                    None,
+                    topic,
+                    RiskBands(0.2, 0.5),
+                    keys=HANDBOOK_KEYS,
+                )
             )
         seen = run.predictions.raw
         run.wait_for(lambda: set(ids) <= {m.attributes["transaction_id"] for m in seen}, 30, "")
@@ -142,7 +149,8 @@ def test_a_stale_writer_that_looked_up_before_a_newer_write_does_not_overwrite_i
 
     ids = [f"stale-{i}" for i in range(30)]
     stale, fresh = (
-        _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkStale", None, RiskBands()) for _ in "ab"
+        _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkStale", None, RiskBands(), HANDBOOK_KEYS)
+        for _ in "ab"
     )
     stale.setup()
     fresh.setup()
@@ -182,7 +190,10 @@ def test_concurrent_writers_of_one_key_end_with_the_highest_revision(emulators) 
     from google.cloud import datastore
 
     ids = [f"race-{i}" for i in range(50)]
-    sinks = [_DatastoreWriteDoFn(LOCAL_PROJECT, "SinkRace", None, RiskBands()) for _ in range(4)]
+    sinks = [
+        _DatastoreWriteDoFn(LOCAL_PROJECT, "SinkRace", None, RiskBands(), HANDBOOK_KEYS)
+        for _ in range(4)
+    ]
     for sink in sinks:
         sink.setup()
     start = threading.Barrier(len(sinks))

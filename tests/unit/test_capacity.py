@@ -79,3 +79,40 @@ def test_cli_prints_json_and_rejects_a_non_positive_rate() -> None:
     assert bad.exit_code == 2
     with pytest.raises(ValueError):
         plan(0)
+
+
+def test_plan_sizes_the_job_of_its_definitions_file() -> None:
+    """The payments file's job has four entity stages (a bucket row and a head row each per
+    transaction, plus the id index), and only the stages whose features read labels write a
+    label's rows; the handbook's numbers are the defaults."""
+    from pipelines.core.declarations import WORKLOADS, load_definitions
+
+    payments = load_definitions(WORKLOADS / "payments.yaml")
+    labelled = [
+        e for e in payments.entities if any(f.needs_labels for f in payments.window_features(e))
+    ]
+    a = Assumptions.of(payments)
+    assert a.bigtable_rows_written_per_transaction == 1 + 2 * 4
+    assert a.bigtable_rows_written_per_label == 1 + 2 * len(labelled) and labelled
+    assert Assumptions.of(load_definitions()) == Assumptions()
+    out = plan(2000, definitions=payments)
+    assert out["definitions"] == "payments"
+    assert out["bigtable"]["rows_written_per_second"] == 1000 * 9 + 1000 * (1 + 2 * len(labelled))
+    assert out["hot_entity"]["largest_row_bytes"] != plan(2000)["hot_entity"]["largest_row_bytes"]
+
+
+def test_cli_plans_with_definitions() -> None:
+    from pipelines.app.cli import app
+
+    ok = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "--events-per-second",
+            "2000",
+            "--definitions",
+            "pipelines/workloads/payments.yaml",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["definitions"] == "payments"

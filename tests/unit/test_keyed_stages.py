@@ -21,7 +21,7 @@ from apache_beam.testing.test_stream import TestStream
 
 from pipelines.backfill.backfill import state_writes
 from pipelines.core.batches import FeatureBatch
-from pipelines.core.declarations import Definitions
+from pipelines.core.declarations import Definitions, load_definitions
 from pipelines.core.definitions import DAY_US, ENTITIES, MODEL_INPUTS, window_features
 from pipelines.core.engine import EventColumns, features_for
 from pipelines.core.messages import DeadLetter
@@ -31,6 +31,8 @@ from pipelines.stores.window_store import InMemoryStore
 from pipelines.transforms.features import ComputeFeatures
 from pipelines.transforms.id_index import ACCEPTED_LABELS, IndexIdsFn
 from tests.events import handbook_label, handbook_tx
+
+HANDBOOK_STREAMS = (load_definitions().events, load_definitions().labels)
 
 _RESULTS: dict[str, list[Any]] = {}
 
@@ -107,7 +109,7 @@ def run_stages(
             label_wait_s=label_wait_s,
             key_buckets=key_buckets,
             correction_horizon_s=horizon_s,
-            definitions=definitions,
+            definitions=definitions if definitions is not None else load_definitions(),
         )
         _ = out.batches | "B" >> beam.ParDo(_Collect(run, "batches"))
         _ = out.dead_letters | "D" >> beam.ParDo(_Collect(run, "dead"))
@@ -354,7 +356,9 @@ def test_a_retried_work_item_rejects_as_its_failed_attempt_did() -> None:
     from tests.unit.dofn_state import Harness
 
     store = InMemoryStore(uuid.uuid4().hex)
-    fn = IndexIdsFn(store, 1)  # a batch per element: its outputs come from process
+    fn = IndexIdsFn(
+        store, 1, streams=HANDBOOK_STREAMS
+    )  # a batch per element: its outputs come from process
     fn.setup()
     harness = Harness(fn)
 
@@ -411,7 +415,9 @@ def test_a_label_recorded_by_a_failed_attempt_is_emitted_again_by_the_retry() ->
         _ = (
             p
             | beam.Create([(t.transaction_id, t) for t in txs])
-            | beam.ParDo(IndexIdsFn(store, 64)).with_outputs(ACCEPTED_LABELS, main="txs")
+            | beam.ParDo(IndexIdsFn(store, 64, streams=HANDBOOK_STREAMS)).with_outputs(
+                ACCEPTED_LABELS, main="txs"
+            )
         )
     assert store.ids["1"].label["s"] == "recorded" and store.waiting == {}
     latest, dead, _, _ = run_stages([txs], store=store)  # the retry

@@ -199,7 +199,9 @@ def test_a_model_of_a_subset_of_the_features(tmp_path: Path) -> None:
     expected = predict(model, test)
     assert expected.std() > 0.1
     rows = test[list(MODEL_INPUTS)].to_numpy()
-    served = load_version("v1", str(target / "saved_model"), inputs, "saved_model", None)
+    served = load_version(
+        "v1", str(target / "saved_model"), inputs, "saved_model", None, MODEL_INPUTS
+    )
     np.testing.assert_allclose(served.score(rows), expected, atol=1e-6)
     loaded = tf.saved_model.load(str(target / "saved_model"))
     own = test[list(inputs)].to_numpy(np.float32)

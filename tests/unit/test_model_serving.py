@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from pipelines.core.batches import FeatureBatch
+from pipelines.core.declarations import load_definitions
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.stores.model_registry import ModelRegistry, RegistryError
 from pipelines.transforms import inference
@@ -43,7 +44,7 @@ class Registry:
         if version in self.broken:
             raise OSError(f"{version}: saved_model missing")
         value = VALUES[version]
-        return LoadedVersion(version, MODEL_INPUTS, lambda x: np.full(len(x), value))
+        return LoadedVersion(version, MODEL_INPUTS, lambda x: np.full(len(x), value), MODEL_INPUTS)
 
 
 def wait_for(predicate, timeout_s: float = 5.0) -> None:
@@ -99,17 +100,17 @@ def test_an_unchanged_pointer_does_not_reload() -> None:
 def test_a_version_picks_its_own_columns_and_refuses_inputs_the_job_lacks() -> None:
     features = (MODEL_INPUTS[3], MODEL_INPUTS[0])
     seen: list[np.ndarray] = []
-    loaded = LoadedVersion("v1", features, lambda x: seen.append(x) or x[:, 0])
+    loaded = LoadedVersion("v1", features, lambda x: seen.append(x) or x[:, 0], MODEL_INPUTS)
     rows = np.arange(2 * len(MODEL_INPUTS), dtype=np.float64).reshape(2, -1)
     np.testing.assert_array_equal(loaded.score(rows), rows[:, 3])
     np.testing.assert_array_equal(seen[0], rows[:, [3, 0]])
     with pytest.raises(ValueError, match="does not compute"):
-        LoadedVersion("v9", ("TX_AMOUNT", "NOT_A_FEATURE"), lambda x: x)
+        LoadedVersion("v9", ("TX_AMOUNT", "NOT_A_FEATURE"), lambda x: x, MODEL_INPUTS)
 
 
 def _batch(n: int) -> FeatureBatch:
     txs = [handbook_tx(str(i), 1_522_540_800_000_000 + i, "C1", "T1", 10.0) for i in range(n)]
-    return FeatureBatch(txs, np.zeros((n, len(MODEL_INPUTS))), revision=1)
+    return FeatureBatch(txs, np.zeros((n, len(MODEL_INPUTS))), revision=1, names=MODEL_INPUTS)
 
 
 def test_every_batch_is_scored_by_one_pair_while_versions_swap() -> None:
@@ -160,7 +161,9 @@ def test_both_local_backends_score_the_exported_signatures_alike(tmp_path, backe
     weights = np.linspace(-0.1, 0.1, len(MODEL_INPUTS))
     write_linear_version(tmp_path, "v1", weights, 0.3)
     rows = np.random.default_rng(0).uniform(0, 3, (257, len(MODEL_INPUTS)))
-    loaded = load_version("v1", str(tmp_path / "v1" / "saved_model"), MODEL_INPUTS, backend, None)
+    loaded = load_version(
+        "v1", str(tmp_path / "v1" / "saved_model"), MODEL_INPUTS, backend, None, MODEL_INPUTS
+    )
     np.testing.assert_allclose(loaded.score(rows), linear_scores(rows, weights, 0.3), atol=1e-6)
 
 
@@ -174,7 +177,7 @@ def test_the_vertex_backend_constructs_offline() -> None:
     assert isinstance(handler, ModelHandler)
     assert type(handler).__name__ == "_RemotePredictModelHandler"
     with pytest.raises(ValueError, match="vertex_project"):
-        load_version("v1", "unused", MODEL_INPUTS, "vertex", None)
+        load_version("v1", "unused", MODEL_INPUTS, "vertex", None, MODEL_INPUTS)
 
 
 def test_prediction_logs_of_the_tfx_bsl_handler_are_written_and_match(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -205,7 +208,9 @@ def test_prediction_logs_of_the_tfx_bsl_handler_are_written_and_match(tmp_path) 
 
 
 def fake_version(version: str) -> LoadedVersion:
-    return LoadedVersion(version, MODEL_INPUTS, lambda x: np.full(len(x), VALUES[version]))
+    return LoadedVersion(
+        version, MODEL_INPUTS, lambda x: np.full(len(x), VALUES[version]), MODEL_INPUTS
+    )
 
 
 @pytest.fixture
@@ -335,7 +340,7 @@ def test_an_unloaded_version_is_ordinary_garbage_not_frozen(tmp_path: Path) -> N
 
     def load(version: str) -> LoadedVersion:
         path = str(tmp_path / version / "saved_model")
-        version_ = load_version(version, path, MODEL_INPUTS, "saved_model", None)
+        version_ = load_version(version, path, MODEL_INPUTS, "saved_model", None, MODEL_INPUTS)
         assert isinstance(version_.scorer, SavedModelScorer)
         loaded[version] = weakref.ref(version_.scorer._loaded)
         return version_
@@ -431,7 +436,7 @@ def test_the_job_serves_what_its_definitions_declare_and_it_computes(
     def longer(data: dict[str, Any]) -> None:
         feature_spec(data, "CUSTOMER_ID_NB_TX_1DAY_WINDOW")["window"] = "2d"
 
-    changed = str(write_variant(tmp_path / "changed.yaml", longer))
+    changed = load_definitions(write_variant(tmp_path / "changed.yaml", longer))
     with pytest.raises(RegistryError, match=r"'a1' cannot be served .*changed.yaml.*1d -> 2d"):
         inference.serving_models(ServingConfig(str(root), "a1", definitions=changed))
 

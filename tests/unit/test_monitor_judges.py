@@ -175,7 +175,9 @@ def window(latencies_ms: Sequence[float] = (), dead_letters: int = 0) -> tuple[s
             handbook_tx(f"t{i}", 0, "c", "k", 1.0, publish_time_us=predicted_at - int(ms * 1000))
             for i, ms in enumerate(latencies_ms)
         ]
-        batch = FeatureBatch(txs, np.zeros((len(txs), len(MODEL_INPUTS))), revision=1)
+        batch = FeatureBatch(
+            txs, np.zeros((len(txs), len(MODEL_INPUTS))), revision=1, names=MODEL_INPUTS
+        )
         fn.process(PredictionBatch(batch, np.zeros(len(txs)), "v1", predicted_at))
     for i in range(dead_letters):
         fn.process(DeadLetter(b"x%d" % i, "not_json", "", "transactions", "parse"))

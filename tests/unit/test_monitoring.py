@@ -265,7 +265,7 @@ def test_prediction_batches_are_binned_per_version_feature_and_bucket(tmp_path) 
     features = np.zeros((3, len(MODEL_INPUTS)))
     features[:, MODEL_INPUTS.index("TX_AMOUNT")] = [0.2, 0.7, 0.9]
     pb = PredictionBatch(
-        FeatureBatch(txs, features, revision=1),
+        FeatureBatch(txs, features, revision=1, names=MODEL_INPUTS),
         np.array([0.1, 0.2, 0.8]),
         "v1",
         0,
@@ -283,7 +283,10 @@ def test_prediction_batches_are_binned_per_version_feature_and_bucket(tmp_path) 
     assert latest == 38000
     assert sum(c.tolist()[1] for c in out["v2"][SCORE][0].values()) == 3
     correction = PredictionBatch(
-        FeatureBatch(txs, features, revision=2, correction=True), pb.scores, "v1", 0
+        FeatureBatch(txs, features, revision=2, correction=True, names=MODEL_INPUTS),
+        pb.scores,
+        "v1",
+        0,
     )
     fn.start_bundle()
     fn.process(correction)
@@ -328,10 +331,11 @@ class FakeRefs:
 
 
 def judge_drift(tmp_path):  # type: ignore[no-untyped-def]
+    from pipelines.core.definitions import MODEL_INPUTS
     from pipelines.transforms.monitoring import _FeatureConfigs, _JudgeDrift
     from tests.unit.dofn_state import Harness
 
-    fn = _JudgeDrift(str(tmp_path), load_thresholds(), grace_s=0)
+    fn = _JudgeDrift(str(tmp_path), load_thresholds(), grace_s=0, features=MODEL_INPUTS)
     fn._refs = FakeRefs()  # type: ignore[assignment]
     fn._configs = _FeatureConfigs(load_thresholds().drift)
     return Harness(fn)

@@ -15,6 +15,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that
 
+from pipelines.core.declarations import load_definitions
 from pipelines.core.definitions import DAY_US
 from pipelines.core.quality import quality
 from pipelines.core.schema import Label
@@ -55,7 +56,8 @@ def due(offset_us: int = 0) -> int:
 
 def test_a_label_counts_for_the_champion_and_for_the_challenger_that_shadowed_it() -> None:
     label = online_eval._pending(
-        handbook_label("t1", DAY_US_0 + 5, "C1", "T1", 1), online_eval.card_entity()
+        handbook_label("t1", DAY_US_0 + 5, "C1", "T1", 1),
+        online_eval.card_entity(load_definitions()),
     )
     alone = {"model_version": "v1", "score": 0.4, "challenger_version": None}
     assert scored_from(label, alone) == [
@@ -221,7 +223,9 @@ def test_lookups_tick_each_complete_day_once_for_the_versions_they_saw(monkeypat
     fake = FakeLookup(missing={"t0"})
     monkeypatch.setattr(online_eval, "lookup_raw", fake.lookup_raw)
     monkeypatch.setattr(online_eval, "served_scores", fake.served_scores)
-    fn = online_eval._LookupServed("p", "Prediction", None, 0, MARGIN_S, online_eval.card_entity())
+    fn = online_eval._LookupServed(
+        "p", "Prediction", None, 0, MARGIN_S, online_eval.card_entity(load_definitions())
+    )
     out = list(
         fn.process(
             [
@@ -254,7 +258,7 @@ def test_a_backlog_batch_spanning_days_keeps_its_earliest_day(clock, monkeypatch
     monkeypatch.setattr(online_eval, "lookup_raw", fake.lookup_raw)
     monkeypatch.setattr(online_eval, "served_scores", fake.served_scores)
     lookup = online_eval._LookupServed(
-        "p", "Prediction", None, 0, MARGIN_S, online_eval.card_entity()
+        "p", "Prediction", None, 0, MARGIN_S, online_eval.card_entity(load_definitions())
     )
     batch = [label(i, DAY_US_0 + i * 3_600_000_000) for i in range(5)]
     batch += [label(100 + i, DAY_US_0 + 3 * DAY_US + i) for i in range(3)]
@@ -277,7 +281,7 @@ def test_a_label_without_its_prediction_waits_on_the_keyed_stages_key(monkeypatc
     monkeypatch.setattr(online_eval, "lookup_raw", fake.lookup_raw)
     monkeypatch.setattr(online_eval, "served_scores", fake.served_scores)
     fn = online_eval._LookupServed(
-        "p", "Prediction", None, buckets, MARGIN_S, online_eval.card_entity()
+        "p", "Prediction", None, buckets, MARGIN_S, online_eval.card_entity(load_definitions())
     )
     (waiting,) = [
         o for o in fn.process([label(7, DAY_US_0)]) if isinstance(o, beam.pvalue.TaggedOutput)

@@ -23,6 +23,7 @@ from pipelines.app.retrain import (
     RetrainConfig,
     _check_now,
     fit_train_days,
+    label_delay_days,
     labelled_days_needed,
     last_labelled_day,
     longest_train_days,
@@ -31,8 +32,11 @@ from pipelines.app.retrain import (
     training_protocol,
 )
 from pipelines.app.simulator import PRESETS, simulate, write_dataset
+from pipelines.core.declarations import load_definitions
 
 ROOT = Path(__file__).resolve().parents[2]
+# The handbook's label delay in days (its file's labels stream): 7.
+DELAY = label_delay_days(load_definitions())
 
 
 @pytest.mark.parametrize(
@@ -45,11 +49,11 @@ ROOT = Path(__file__).resolve().parents[2]
     ],
 )
 def test_last_labelled_day_waits_the_label_delay(now: str, expected: str) -> None:
-    assert last_labelled_day(now).isoformat() == expected
+    assert last_labelled_day(now, DELAY).isoformat() == expected
 
 
 def test_training_protocol_ends_on_the_last_labelled_day() -> None:
-    protocol = training_protocol(dt.date(2018, 9, 22), train_days=14)
+    protocol = training_protocol(dt.date(2018, 9, 22), train_days=14, delay_days=DELAY)
     assert protocol.train_range == ("2018-09-09", "2018-09-22")
     # Selection's validation folds never reach past the training block.
     assert all(valid[1] <= "2018-09-22" for _, valid in protocol.validation_folds())
@@ -181,13 +185,13 @@ def test_a_now_until_the_history_is_all_labelled_is_accepted() -> None:
     # The tiny history ends 2018-04-21: at any time on 04-29 its last day is labelled (so a
     # feature table cut there is retrained from with the same --now); on 04-30 it is too late.
     span = _span("2018-04-01T00:10", "2018-04-21T23:50")
-    _check_now(pd.Timestamp("2018-04-01T00:00", tz="UTC"), span, "2018-04-01")
+    _check_now(pd.Timestamp("2018-04-01T00:00", tz="UTC"), span, "2018-04-01", DELAY)
     late = pd.Timestamp("2018-04-29T23:59", tz="UTC")
-    _check_now(late, span, "2018-04-29T23:59")
-    assert last_labelled_day(late).isoformat() == "2018-04-21"
-    assert fit_train_days(span, late, None, 7, False, now_given=True) == 14
+    _check_now(late, span, "2018-04-29T23:59", DELAY)
+    assert last_labelled_day(late, DELAY).isoformat() == "2018-04-21"
+    assert fit_train_days(span, late, None, 7, False, now_given=True, delay_days=DELAY) == 14
     with pytest.raises(UserError, match="it ends 2018-04-21, all labelled by 2018-04-29"):
-        _check_now(pd.Timestamp("2018-04-30T00:00", tz="UTC"), span, "2018-04-30")
+        _check_now(pd.Timestamp("2018-04-30T00:00", tz="UTC"), span, "2018-04-30", DELAY)
 
 
 # -- how long a window fits --------------------------------------------------------------------
@@ -209,23 +213,27 @@ def test_labelled_days_needed_counts_the_holdout_and_its_folds(
 ) -> None:
     # With selection the holdout fit's oldest fold trains train_days + delay (7) + one test
     # block (7) before the holdout's window, which ends eval_days before the last labelled day.
-    assert labelled_days_needed(train_days, eval_days, True) == eval_days + 2 * train_days + 14
-    assert labelled_days_needed(train_days, eval_days, False) == eval_days + train_days
+    assert (
+        labelled_days_needed(train_days, eval_days, True, DELAY) == eval_days + 2 * train_days + 14
+    )
+    assert labelled_days_needed(train_days, eval_days, False, DELAY) == eval_days + train_days
 
 
 def test_the_window_is_the_longest_that_fits_up_to_three_weeks() -> None:
     now = SMALL[1]  # the default --now: the last transaction; 48 labelled days
-    assert fit_train_days(SMALL, now, None, 7, select=True) == 13
-    assert fit_train_days(SMALL, now, None, 7, select=False) == MAX_TRAIN_DAYS == 21
-    assert fit_train_days(SMALL, now, 10, 7, select=True) == 10
-    assert fit_train_days(TINY, TINY[1], None, 7, select=False) == 6
-    assert longest_train_days(48, 7, True, cap=48) == 13
-    assert longest_train_days(13, 7, True, cap=21) == 0
+    assert fit_train_days(SMALL, now, None, 7, select=True, delay_days=DELAY) == 13
+    assert (
+        fit_train_days(SMALL, now, None, 7, select=False, delay_days=DELAY) == MAX_TRAIN_DAYS == 21
+    )
+    assert fit_train_days(SMALL, now, 10, 7, select=True, delay_days=DELAY) == 10
+    assert fit_train_days(TINY, TINY[1], None, 7, select=False, delay_days=DELAY) == 6
+    assert longest_train_days(48, 7, True, cap=48, delay_days=DELAY) == 13
+    assert longest_train_days(13, 7, True, cap=21, delay_days=DELAY) == 0
 
 
 def test_a_window_too_long_says_what_fits() -> None:
     with pytest.raises(UserError) as raised:
-        fit_train_days(SMALL, SMALL[1], 21, 7, select=True)
+        fit_train_days(SMALL, SMALL[1], 21, 7, select=True, delay_days=DELAY)
     assert raised.value.message == (
         "--train-days 21 with --eval-days 7 and selection's validation folds needs 63 labelled "
         "days; at its last transaction (2018-05-26) the history has 48 (2018-04-01..2018-05-18; "
@@ -240,7 +248,7 @@ def test_a_window_too_long_says_what_fits() -> None:
 
 def test_a_history_too_short_for_selection_points_to_no_select() -> None:
     with pytest.raises(UserError) as raised:
-        fit_train_days(TINY, TINY[1], None, 7, select=True)
+        fit_train_days(TINY, TINY[1], None, 7, select=True, delay_days=DELAY)
     assert raised.value.message.startswith(
         "retraining with --eval-days 7 and selection's validation folds needs at least 23 "
         "labelled days; at its last transaction (2018-04-21) the history has 13 "
@@ -254,17 +262,22 @@ def test_a_history_too_short_for_selection_points_to_no_select() -> None:
 def test_a_too_early_now_says_from_when_it_fits() -> None:
     now = pd.Timestamp("2018-04-05", tz="UTC")
     with pytest.raises(UserError) as raised:
-        fit_train_days(SMALL, now, None, 7, select=True, now_given=True)
+        fit_train_days(SMALL, now, None, 7, select=True, now_given=True, delay_days=DELAY)
     assert "the history has 0 (it starts 2018-04-01;" in raised.value.message
     # At 2018-05-01 the labelled days are 04-01..04-23: the 23 that one training day needs.
     assert raised.value.fix == "pass --now 2018-05-01 or later (the history ends 2018-05-26)"
-    assert last_labelled_day("2018-05-01").isoformat() == "2018-04-23"
-    assert fit_train_days(SMALL, pd.Timestamp("2018-05-01", tz="UTC"), None, 7, True, True) == 1
+    assert last_labelled_day("2018-05-01", DELAY).isoformat() == "2018-04-23"
+    assert (
+        fit_train_days(
+            SMALL, pd.Timestamp("2018-05-01", tz="UTC"), None, 7, True, True, delay_days=DELAY
+        )
+        == 1
+    )
 
 
 def test_only_fewer_eval_days_can_fit() -> None:
     with pytest.raises(UserError) as raised:
-        fit_train_days(TINY, TINY[1], None, 13, select=False)
+        fit_train_days(TINY, TINY[1], None, 13, select=False, delay_days=DELAY)
     assert raised.value.fix.startswith("pass --eval-days 12 or less, or a history of 22 days")
 
 

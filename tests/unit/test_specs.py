@@ -40,7 +40,7 @@ from pipelines.transforms.sinks import (
     _to_message,
     prediction_records,
 )
-from tests.events import handbook_tx
+from tests.events import HANDBOOK_KEYS, handbook_tx
 
 SPECS = Path(__file__).resolve().parents[2] / "docs" / "specs"
 HANDBOOK = load_definitions()
@@ -131,8 +131,10 @@ def test_cells_and_summary_round_trip_in_the_specified_layout() -> None:
 
 def _record() -> dict[str, Any]:
     tx = handbook_tx("42", 1_522_540_800_000_000, "C1", "T1", 10.0, 1_522_540_801_000_000, "m1")
-    batch = FeatureBatch([tx], np.zeros((1, len(MODEL_INPUTS))), revision=7)
-    return prediction_records(PredictionBatch(batch, np.array([0.7]), "v1", 1), RiskBands())[0]
+    batch = FeatureBatch([tx], np.zeros((1, len(MODEL_INPUTS))), revision=7, names=MODEL_INPUTS)
+    return prediction_records(
+        PredictionBatch(batch, np.array([0.7]), "v1", 1), RiskBands(), HANDBOOK_KEYS
+    )[0]
 
 
 def test_messages_spec_lists_the_prediction_fields_and_attributes() -> None:
@@ -175,7 +177,7 @@ def _entity(record: dict[str, Any], namespace: str | None = None) -> Any:
     from google.cloud.datastore import helpers
     from google.cloud.datastore_v1.types import entity as entity_pb
 
-    sink = _DatastoreWriteDoFn("spec", "Prediction", namespace, RiskBands())
+    sink = _DatastoreWriteDoFn("spec", "Prediction", namespace, RiskBands(), HANDBOOK_KEYS)
     raw = entity_pb.Entity.pb()()
     sink._entity_pb(raw, record, "Prediction")
     return helpers.entity_from_protobuf(raw)

@@ -98,7 +98,7 @@ def test_stage_chain_follows_the_file(payments: Definitions) -> None:
         "CardCategoryWindows",
         "CardDeviceWindows",
     )
-    assert stage_labels() == ("IndexIds", "CustomerWindows", "TerminalWindows")
+    assert stage_labels(load_definitions()) == ("IndexIds", "CustomerWindows", "TerminalWindows")
     stage = EntityWindowsFn(payments, 1, None, 10)  # type: ignore[arg-type]
     assert (stage.step, stage.labels, stage.first, stage.last) == (
         "MerchantWindows",

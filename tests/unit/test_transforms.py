@@ -11,6 +11,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.app.publisher import malformed_examples
+from pipelines.core.declarations import load_definitions
 from pipelines.core.definitions import MODEL_INPUTS
 from pipelines.transforms.features import FeatureBatch
 from pipelines.transforms.inference import (
@@ -20,7 +21,7 @@ from pipelines.transforms.inference import (
     resolve_model,
 )
 from pipelines.transforms.parse import ParseEvents
-from tests.events import handbook_tx
+from tests.events import handbook_json, handbook_tx
 
 # The BundleBasedDirectRunner is what runs the streaming job locally; it needs no download.
 OPTIONS = PipelineOptions(["--runner=BundleBasedDirectRunner"])
@@ -30,11 +31,17 @@ GOOD = handbook_tx("t-1", 1_522_663_200_000_000, "7", "9", 12.5)
 
 def test_parse_events_splits_valid_and_dead_letters() -> None:
     bad = malformed_examples()
-    messages = [PubsubMessage(GOOD.to_json(), {"k": "v"})] + [PubsubMessage(b, {}) for b in bad]
+    messages = [PubsubMessage(handbook_json(GOOD), {"k": "v"})] + [
+        PubsubMessage(b, {}) for b in bad
+    ]
     with TestPipeline(options=OPTIONS) as p:
-        parsed = p | beam.Create(messages) | ParseEvents("transaction", "subs/tx")
+        parsed = (
+            p
+            | beam.Create(messages)
+            | ParseEvents("transaction", "subs/tx", load_definitions().events)
+        )
         assert_that(
-            parsed.valid | "Ids" >> beam.Map(lambda t: (t.transaction_id, t.amount)),
+            parsed.valid | "Ids" >> beam.Map(lambda t: (t.transaction_id, t.fields["amount"])),
             equal_to([("t-1", 12.5)]),
             label="valid",
         )
@@ -48,7 +55,7 @@ def test_parse_events_splits_valid_and_dead_letters() -> None:
 
 def test_parse_events_rejects_an_unknown_kind() -> None:
     with pytest.raises(ValueError, match="kind"):
-        ParseEvents("refund", "x")
+        ParseEvents("refund", "x", load_definitions().events)
 
 
 def test_predict_scores_each_batch_with_the_saved_model(model_dir) -> None:
@@ -58,7 +65,9 @@ def test_predict_scores_each_batch_with_the_saved_model(model_dir) -> None:
     model = resolve_model(str(model_dir))
     rng = np.random.default_rng(0)
     batches = [
-        FeatureBatch([GOOD] * n, rng.uniform(0, 5, (n, len(MODEL_INPUTS))), revision=i)
+        FeatureBatch(
+            [GOOD] * n, rng.uniform(0, 5, (n, len(MODEL_INPUTS))), revision=i, names=MODEL_INPUTS
+        )
         for i, n in enumerate((1, 7, 30))
     ]
     loaded = tf.saved_model.load(model.path).signatures["predict_features"]
@@ -107,9 +116,9 @@ def test_a_batch_whose_inference_raises_becomes_one_dead_letter_per_transaction(
     broken = rows.copy()
     broken[1, 0] = np.nan  # one bad row fails its whole batch
     batches = [
-        FeatureBatch(txs[:1], rows[:1], revision=1, token=5),
-        FeatureBatch(txs, broken, revision=2, token=41),
-        FeatureBatch(txs[1:], rows[1:], revision=3, correction=True, token=42),
+        FeatureBatch(txs[:1], rows[:1], revision=1, token=5, names=MODEL_INPUTS),
+        FeatureBatch(txs, broken, revision=2, token=41, names=MODEL_INPUTS),
+        FeatureBatch(txs[1:], rows[1:], revision=3, correction=True, token=42, names=MODEL_INPUTS),
     ]
     with TestPipeline(options=OPTIONS) as p:
         predictions = p | beam.Create(batches) | Predict(ServingConfig(str(tmp_path)))
@@ -134,7 +143,7 @@ def test_a_batch_whose_inference_raises_becomes_one_dead_letter_per_transaction(
             equal_to(
                 [
                     (
-                        tx.to_json(),
+                        handbook_json(tx),
                         "inference_error",
                         "transactions",
                         "predict",
@@ -146,7 +155,7 @@ def test_a_batch_whose_inference_raises_becomes_one_dead_letter_per_transaction(
                 ]
                 + [
                     (
-                        txs[2].to_json(),
+                        handbook_json(txs[2]),
                         "inference_error",
                         "transactions",
                         "predict",
