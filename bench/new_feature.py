@@ -332,6 +332,7 @@ def run(config: Config) -> dict[str, Any]:
             )
         )
         log(f"warm after the stop: {second_warm}")
+        restarted = time.time()
         lr.start_job([*common, f"--definitions={DEFINITIONS}"])
         lr.replay(stream[switch:], config.rate)
         n_tx = len(tx_ids)
@@ -352,13 +353,18 @@ def run(config: Config) -> dict[str, Any]:
         predictions = list(lr.predictions.received)
         stored = _stored_ids(topo.project, lr.datastore_kind)
     table = pd.read_parquet(work / "bf-full" / "features")
-    after = [p for p in predictions if NEW_FEATURES[0] in (p.get("features") or {})]
+    # Every prediction of the job on the new file: the champion's inputs until the promotion,
+    # the challenger's (with the new features) after it.
+    after = [p for p in predictions if _epoch_s(p.get("processing_time")) >= restarted]
     compared, bad = served_mismatches(after, table, id_col)
     result.update(
         {
             "served_equals_backfill": compared > 0 and bad == 0,
             "served_compared": compared,
             "served_mismatches": bad,
+            "served_with_new_feature": sum(
+                1 for p in after if NEW_FEATURES[0] in (p.get("features") or {})
+            ),
             **counts(predictions, tx_ids, stored),
             "predictions_during_change": sum(
                 1
