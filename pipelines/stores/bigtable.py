@@ -248,8 +248,8 @@ def decode_archive(layout: Layout, raw: bytes, entity_id: str = "") -> Archive:
     one lacks a field of the layout)."""
     first, last, tx, labels = _archive_parts(raw)
     cells = BucketCells(
-        {k: complete_cell(layout, v, f"{entity_id}/archive/{k}") for k, v in tx},
-        {k: complete_label(layout, v, f"{entity_id}/archive/{k}") for k, v in labels},
+        {k: complete_cell(layout, v, entity_id, "archive", k) for k, v in tx},
+        {k: complete_label(layout, v, entity_id, "archive", k) for k, v in labels},
     )
     return Archive(first, last, cells)
 
@@ -478,14 +478,14 @@ class FeatureStore:
         )
         out: dict[tuple[str, int], BucketCells] = {}
         for row in self._read(row_set, filt, what):
-            where = row.row_key.decode()
+            where = row.row_key
             cells = BucketCells(
                 {
-                    q.decode(): complete_cell(layout, v[0].value, f"{where}/{q.decode()}")
+                    q.decode(): complete_cell(layout, v[0].value, where, q)
                     for q, v in row.cells.get(FAMILY_TX, {}).items()
                 },
                 {
-                    q.decode(): complete_label(layout, v[0].value, f"{where}/{q.decode()}")
+                    q.decode(): complete_label(layout, v[0].value, where, q)
                     for q, v in row.cells.get(FAMILY_LABEL, {}).items()
                 },
             )

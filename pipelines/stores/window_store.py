@@ -95,19 +95,24 @@ class UnwarmedCell(ValueError):
         self.lacking = tuple(lacking)
 
 
-def complete_cell(layout: Layout, data: bytes, where: str) -> Cell:
-    """A stored transaction cell; ``UnwarmedCell`` if it lacks a field of ``layout``."""
+def _where(parts: tuple[object, ...]) -> str:
+    return "/".join(p.decode() if isinstance(p, bytes) else str(p) for p in parts)
+
+
+def complete_cell(layout: Layout, data: bytes, *where: object) -> Cell:
+    """A stored transaction cell; ``UnwarmedCell`` if it lacks a field of ``layout`` (``where``:
+    its row and qualifier, joined only then: reads are a hot path)."""
     cell, lacking = decode_cell(layout, data)
     if lacking:
-        raise UnwarmedCell(layout, where, lacking)
+        raise UnwarmedCell(layout, _where(where), lacking)
     return cell
 
 
-def complete_label(layout: Layout, data: bytes, where: str) -> LabelCell:
+def complete_label(layout: Layout, data: bytes, *where: object) -> LabelCell:
     """A stored label cell; ``UnwarmedCell`` if it lacks a label field of ``layout``."""
     cell, lacking = decode_label(layout, data)
     if lacking:
-        raise UnwarmedCell(layout, where, lacking)
+        raise UnwarmedCell(layout, _where(where), lacking)
     return cell
 
 
@@ -377,11 +382,11 @@ class InMemoryStore:
                 continue
             cells = BucketCells(
                 {
-                    k: complete_cell(layout, v[1], f"{entity_id}/{bucket}/{k}")
+                    k: complete_cell(layout, v[1], entity_id, bucket, k)
                     for k, v in row["tx"].items()
                 },
                 {
-                    k: complete_label(layout, v[1], f"{entity_id}/{bucket}/{k}")
+                    k: complete_label(layout, v[1], entity_id, bucket, k)
                     for k, v in row["label"].items()
                 }
                 if labels
@@ -403,12 +408,9 @@ class InMemoryStore:
             if stored is not None:
                 first, last, tx, labels, _ = stored
                 cells = BucketCells(
+                    {k: complete_cell(layout, v, entity_id, "archive", k) for k, v in tx.items()},
                     {
-                        k: complete_cell(layout, v, f"{entity_id}/archive/{k}")
-                        for k, v in tx.items()
-                    },
-                    {
-                        k: complete_label(layout, v, f"{entity_id}/archive/{k}")
+                        k: complete_label(layout, v, entity_id, "archive", k)
                         for k, v in labels.items()
                     },
                 )
