@@ -136,3 +136,16 @@ def test_a_new_field_is_warmed_into_the_running_store(
     assert (devices > 1).any()  # the warmed history counts: a card's earlier devices
     pairs = got[:, names.index("CARD_DEVICE_NB_TX_30D")]
     assert (pairs > 0).any()
+
+
+def test_rillet_features_warm_names_a_missing_history(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.app.cli import app
+
+    args = ["features", "warm", "--input", str(tmp_path), "--definitions", str(DEFINITIONS)]
+    from pipelines.app.errors import UserError
+
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, UserError)  # main() prints it, exit 2
+    assert "has no transactions* file" in str(result.exception)
