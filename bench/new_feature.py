@@ -94,7 +94,7 @@ class Config:
     rate: float = 300.0
     change_at: float = 0.25  # share of the old-format stream predicted when the change starts
     switch_at: float = 0.6  # share of the events replayed in the old format (the rest: new)
-    repeat: int = 3  # backfill timings: the best of
+    repeat: int = 5  # backfill timings: the best of
     timeout_s: float = 1800.0
 
 
@@ -394,7 +394,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--work-dir", type=Path, default=Path(".rillet/bench-new-feature"))
     parser.add_argument("--preset", default="small", choices=["small", "large"])
     parser.add_argument("--rate", type=float, default=300.0)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--replay-days", type=int, default=7)
     args = parser.parse_args(argv)
     config = Config(
