@@ -704,7 +704,12 @@ def build_backfill(p: beam.Pipeline, options: PipelineOptions) -> dict[str, Any]
     transactions = p | READ_TRANSACTIONS >> ReadEventTables(
         f"{base}/transactions*", defs.events, until_us
     )
-    if defs.labels is not None:
+    only = selected_features(defs, opts.features)
+    # --features without a label rate among what it computes has no use for the labels.
+    needs_labels = only is None or any(
+        defs.feature(n).needs_labels for n in window_inputs(defs, only)
+    )
+    if defs.labels is not None and needs_labels:
         labels = p | READ_LABELS >> ReadEventTables(f"{base}/labels*", defs.labels, until_us)
     else:
         labels = p | READ_LABELS >> beam.Create([])
@@ -724,7 +729,6 @@ def build_backfill(p: beam.Pipeline, options: PipelineOptions) -> dict[str, Any]
         )
     _ = transactions | CHECK_UNIQUE_IDS >> CheckUniqueIds(opts.shards, defs.events.id_field)
     table = transactions
-    only = selected_features(defs, opts.features)
     entities = stage_entities(defs)
     if only is not None:  # only the stages of the selected features' entities
         entities = tuple(e for e in entities if _computed(defs, e, only))

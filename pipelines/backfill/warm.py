@@ -13,12 +13,13 @@ A feature added to a live system may read what the store does not hold:
   its newer version (without the field: the next warm pass fills it), and its revision and
   carried features are kept as the stream wrote them. Summaries that lack the new feature's
   accumulator are read through their cells by the stages (``Aggregates.holds``).
-* an entity that has no stored rows at all (a new entity, e.g. card x device): its state is
-  written as the backfill's ``--to_bigtable`` writes it (cells within the lookback, labels,
-  summaries, heads, archives of sparse entities, the latest features), from the history's
-  transactions the store already holds (the ids found in the other entities' cells: what the
-  running job has seen), up to the newest of them, with event-time versions (below any fence of
-  the job that will then write there).
+* an entity that has no stored rows, or rows only a warm wrote (a new entity, e.g. card x
+  device; a second pass after the old job stopped writes it again, with what that job saw
+  since): its state is written as the backfill's ``--to_bigtable`` writes it (cells within the
+  lookback, labels, summaries, heads, archives of sparse entities, the latest features), from the
+  history's transactions the store already holds (the ids found in the other entities' cells:
+  what the running job has seen), up to the newest of them, with event-time versions (below any
+  fence of the job that will then write there).
 
 The order, with a running job (documented in the README, "A new feature on a live system"):
 warm while the old job runs (the bulk, no downtime), stop the old job (locally: LocalRun's stop,
@@ -190,7 +191,7 @@ def warm_store(
         layout = Layout.of(defs, entity)
         cells, archives = scans[entity.name]
         missing: list[str] = []
-        if cells or archives:
+        if (cells or archives) and _streamed(store, layout, cells, archives):
             filled: list[StoredCell] = []
             for c in cells:
                 if not c.lacking:
@@ -227,6 +228,20 @@ def warm_store(
         if missing:
             report.missing[entity.name] = missing
     return report
+
+
+def _streamed(
+    store: WarmableStore,
+    layout: Layout,
+    cells: Sequence[StoredCell],
+    archives: Sequence[StoredArchive],
+) -> bool:
+    """Whether a stream ever wrote the entity (a head whose ``stream_from`` is set). One that
+    only a warm (or a backfill) wrote is written again whole from the history: a running old
+    job has seen more transactions since, and the new entity must hold them too."""
+    ids = sorted({c.entity_id for c in cells} | {a.entity_id for a in archives})
+    heads = store.read_heads(layout, ids)
+    return any(h is not None and h.stream_from != NO_STREAM_WRITE for h, _ in heads.values())
 
 
 def entity_state_writes(

@@ -230,6 +230,10 @@ class WarmableStore(Protocol):
         version a writer wrote since stays the newest. Summaries are left as they are."""
         ...
 
+    def read_heads(
+        self, layout: Layout, ids: Sequence[str]
+    ) -> dict[str, tuple[EntityHead | None, Archive | None]]: ...
+
     def apply(self, writes: Writes) -> None: ...
 
 
