@@ -43,7 +43,13 @@ def test_warm_fills_in_place_and_keeps_newer_versions(emulators: dict[str, str])
     from pipelines.core.window_cells import Layout
     from pipelines.core.window_state import Bucket
     from pipelines.stores.bigtable import FeatureStore, StoreConfig, create_table
-    from pipelines.stores.window_store import BucketWrite, StoredCell, UnwarmedCell, Writes
+    from pipelines.stores.window_store import (
+        BucketWrite,
+        EntityHead,
+        StoredCell,
+        UnwarmedCell,
+        Writes,
+    )
 
     new = load_definitions(DEFINITIONS)
     old = parse_definitions(
@@ -64,6 +70,9 @@ def test_warm_fills_in_place_and_keeps_newer_versions(emulators: dict[str, str])
             writes.buckets.append(
                 BucketWrite(old_card, "c1", t // BUCKET_US, cells, {}, summary, FENCE)
             )
+        # The stream's head: it wrote the entity (a warm fills its cells, never rewrites it).
+        first_bucket = T0 // BUCKET_US
+        writes.heads.append((old.entity("card"), "c1", EntityHead(first_bucket, 4), FENCE))
         store.apply(writes)
         last = (("c1", int(events[3]["tx_time"]) // BUCKET_US),)  # type: ignore[call-overload]
         with pytest.raises(UnwarmedCell, match="device_id"):
