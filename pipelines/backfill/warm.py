@@ -240,7 +240,7 @@ def _streamed(
     only a warm (or a backfill) wrote is written again whole from the history: a running old
     job has seen more transactions since, and the new entity must hold them too."""
     ids = sorted({c.entity_id for c in cells} | {a.entity_id for a in archives})
-    heads = store.read_heads(layout, ids)
+    heads = store.read_heads(layout, ids, archives=False)  # archives may lack a field
     return any(h is not None and h.stream_from != NO_STREAM_WRITE for h, _ in heads.values())
 
 

@@ -398,9 +398,10 @@ class FeatureStore:
         return out
 
     def read_heads(
-        self, layout: Layout, ids: Sequence[str]
+        self, layout: Layout, ids: Sequence[str], archives: bool = True
     ) -> dict[str, tuple[EntityHead | None, Archive | None]]:
-        """The heads and archives of these entities, in one ReadRows call of their head rows."""
+        """The heads and archives (``archives``; else None) of these entities, in one ReadRows
+        call of their head rows."""
         from google.cloud.bigtable import row_filters
         from google.cloud.bigtable.row_set import RowSet
 
@@ -413,7 +414,7 @@ class FeatureStore:
         filt = row_filters.RowFilterChain(
             [
                 row_filters.FamilyNameRegexFilter(FAMILY_TX),
-                row_filters.ColumnQualifierRegexFilter(b"#head|#archive"),
+                row_filters.ColumnQualifierRegexFilter(b"#head|#archive" if archives else b"#head"),
                 row_filters.CellsColumnLimitFilter(1),
             ]
         )

@@ -231,7 +231,7 @@ class WarmableStore(Protocol):
         ...
 
     def read_heads(
-        self, layout: Layout, ids: Sequence[str]
+        self, layout: Layout, ids: Sequence[str], archives: bool = True
     ) -> dict[str, tuple[EntityHead | None, Archive | None]]: ...
 
     def apply(self, writes: Writes) -> None: ...
@@ -401,13 +401,13 @@ class InMemoryStore:
         return out
 
     def read_heads(
-        self, layout: Layout, ids: Sequence[str]
+        self, layout: Layout, ids: Sequence[str], archives: bool = True
     ) -> dict[str, tuple[EntityHead | None, Archive | None]]:
         entity = layout.entity
         out: dict[str, tuple[EntityHead | None, Archive | None]] = {}
         for entity_id in set(ids):
             head = self.heads.get((entity.name, entity_id))
-            stored = self.archives.get((entity.name, entity_id))
+            stored = self.archives.get((entity.name, entity_id)) if archives else None
             archive = None
             if stored is not None:
                 first, last, tx, labels, _ = stored
