@@ -90,23 +90,13 @@ class _Record(StageRecord):
     """A validated event: its id, its event time and its other declared fields by name.
 
     ``fields`` holds the stream's declared fields other than the id and the event time, in the
-    definitions file's order (pipelines/core/declarations.py); they read as attributes too
-    (``tx.amount``, ``tx.customer_id``), whatever the file declares."""
+    definitions file's order (pipelines/core/declarations.py); read them there
+    (``tx.fields["amount"]``): they are not attributes."""
 
     __slots__ = ()
     transaction_id: str
     event_time_us: int
     fields: dict[str, Any]
-
-    def __getattr__(self, name: str) -> Any:
-        # Called only when normal lookup fails: the declared fields read as attributes. Never
-        # for dunders or ``fields`` itself (not yet set while a copy is being built).
-        if name.startswith("__") or name == "fields":
-            raise AttributeError(name)
-        try:
-            return object.__getattribute__(self, "fields")[name]
-        except (KeyError, AttributeError):
-            raise AttributeError(name) from None
 
     def to_json(self, stream: EventStream) -> bytes:
         """The event as a message of ``stream`` (the job's: no default, so that an event is never

@@ -290,6 +290,9 @@ _NONE, _FLOAT, _INT, _TEXT = 0, 1, 2, 3
 
 
 def _uvarint(out: bytearray, n: int) -> None:
+    if n < 0x80:  # most counts, revisions' low parts and tags: one byte
+        out.append(n)
+        return
     while True:
         byte = n & 0x7F
         n >>= 7
@@ -305,7 +308,19 @@ def _svarint(out: bytearray, n: int) -> None:
 
 
 def _value(out: bytearray, value: Any) -> None:
-    if value is None:
+    kind = type(value)
+    if kind is float:  # the common types first, by exact type (bool is an int subclass)
+        out.append(_FLOAT)
+        out += _F64.pack(value)
+    elif kind is str:
+        data = value.encode()
+        out.append(_TEXT)
+        _uvarint(out, len(data))
+        out += data
+    elif kind is int:
+        out.append(_INT)
+        _svarint(out, value)
+    elif value is None:
         out.append(_NONE)
     elif isinstance(value, float):
         out.append(_FLOAT)
@@ -380,11 +395,23 @@ def _version(reader: _Reader, what: str) -> None:
         raise ValueError(f"{what} format {version} is not {FORMAT_VERSION}")
 
 
-def _named(out: bytearray, names: Iterable[str], values: Iterable[Any]) -> None:
-    pairs = list(zip(names, values, strict=True))
-    _uvarint(out, len(pairs))
-    for name, value in pairs:
-        _value(out, name)
+# A name's encoding (as a text value), computed once: every cell repeats its layout's names.
+_NAMES: dict[str, bytes] = {}
+
+
+def _name(name: str) -> bytes:
+    found = _NAMES.get(name)
+    if found is None:
+        one = bytearray()
+        _value(one, name)
+        found = _NAMES[name] = bytes(one)
+    return found
+
+
+def _named(out: bytearray, names: tuple[str, ...], values: tuple[Any, ...]) -> None:
+    _uvarint(out, len(names))
+    for name, value in zip(names, values, strict=True):
+        out += _NAMES.get(name) or _name(name)
         _value(out, value)
 
 

@@ -65,6 +65,9 @@ SUMMARY_BYTES = 150
 
 _Key = tuple[int, int, str]  # (time, len(id), id): tie order
 
+_EMPTY_STAT = Stat(0)  # what a summary lacking an accumulator adds to its prefix sums
+_NO_LABELS = LabelStat()
+
 
 @dataclass(frozen=True)
 class Query:
@@ -375,27 +378,35 @@ class EntityState:
     def _prefix(self) -> None:
         """Prefix sums over the sorted non-empty buckets, recomputed only from the first bucket
         that changed (the newest, in an ordered stream)."""
-        self._refresh()
+        if self._dirty:
+            self._refresh()
         i = self._stale
         if i is None:
             return
-        for cum in (self._counts, self._cells, *self._label_cum.values()):
-            del cum[i + 1 :]
-        for triple in self._cum.values():
-            for cum in triple:
-                del cum[i + 1 :]
-        empty = Stat(0)
+        counts, cells, sums = self._counts, self._cells, self._sums
+        del counts[i + 1 :]
+        del cells[i + 1 :]
+        cum = [(acc, *triple) for acc, triple in self._cum.items()]
+        label_cum = list(self._label_cum.items())
+        for _, ns, totals, squares in cum:
+            del ns[i + 1 :]
+            del totals[i + 1 :]
+            del squares[i + 1 :]
+        for _, frauds in label_cum:
+            del frauds[i + 1 :]
+        empty = _EMPTY_STAT
         for b in self._keys[i:]:
-            s = self._sums[b]
-            self._counts.append(self._counts[-1] + s.transactions)
-            self._cells.append(self._cells[-1] + s.transactions + s.labels)
-            for acc, (ns, totals, squares) in self._cum.items():
-                st = s.stats.get(acc, empty)
+            s = sums[b]
+            counts.append(counts[-1] + s.transactions)
+            cells.append(cells[-1] + s.transactions + s.labels)
+            stats = s.stats
+            for acc, ns, totals, squares in cum:
+                st = stats.get(acc, empty)
                 ns.append(ns[-1] + st.n)
                 totals.append(totals[-1] + st.total)
                 squares.append(squares[-1] + st.squares)
-            for w, frauds in self._label_cum.items():
-                frauds.append(frauds[-1] + s.label_stats.get(w, LabelStat()).frauds)
+            for w, frauds in label_cum:
+                frauds.append(frauds[-1] + s.label_stats.get(w, _NO_LABELS).frauds)
         self._stale = None
 
     # -- what is known -----------------------------------------------------------------------------
@@ -427,7 +438,8 @@ class EntityState:
 
     def newest_us(self) -> int:
         """The latest transaction time (0 without any)."""
-        self._refresh()
+        if self._dirty:
+            self._refresh()
         return self._newest
 
     def count_from(self, start_us: int) -> int:

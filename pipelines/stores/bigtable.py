@@ -655,7 +655,9 @@ class FeatureStore:
                 request=bigtable.MutateRowsRequest(request), timeout=CALL_TIMEOUT_S, retry=None
             )
             for response in responses:
-                for result in response.entries:
+                # The raw message: proto-plus wraps every field read, and reading each row's
+                # status through it cost as much as building the request.
+                for result in bigtable.MutateRowsResponse.pb(response).entries:
                     applied[result.index] = result.status.code == 0
                     statuses.append(result.status)
         finally:

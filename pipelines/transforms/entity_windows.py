@@ -175,6 +175,10 @@ class EntityWindowsFn(KeyedStageFn):
         self._label_span = definitions.influence_span_us(self.entity, labels=True)
         self._lookback = definitions.lookback_us(self.entity)
         self._max_delay = max((f.delay_us for f in self._features), default=0)
+        # How far back of a transaction its windows' edges lie (features share most of them).
+        self._shifts = sorted(
+            {s for f in self._features for s in (f.delay_us + f.window_us, f.delay_us)}
+        )
         self._config = store
         self._buckets = key_buckets
         self._horizon_us = (
@@ -228,41 +232,45 @@ class EntityWindowsFn(KeyedStageFn):
         parts: dict[str, Part] = {}  # the batch's transactions, as parts (carrying nothing first)
         labels: dict[str, Label] = {}
         work: dict[str, _Work] = {}
+        # Each event's entity id, computed once (transaction id -> entity id, per stream).
+        tx_entity: dict[str, str] = {}
+        label_entity: dict[str, str] = {}
+        id_of = self.entity.id_of
         for key, element in batch:
             if isinstance(element, Part):
                 tx: Transaction | Label = element.tx
             else:
                 tx = element.event
-            entity_id = self.entity.id_of(_fields(tx))
-            w = work.setdefault(entity_id, _Work(key))
+            entity_id = id_of(_fields(tx))
+            w = work.get(entity_id)
+            if w is None:
+                w = work[entity_id] = _Work(key)
             w.elements.append(element)
             if isinstance(tx, Label):
                 labels[tx.transaction_id] = tx  # the later one wins
+                label_entity[tx.transaction_id] = entity_id
                 continue
             part = element if isinstance(element, Part) else Part(tx, (), 0)
             seen = parts.get(tx.transaction_id)
             if seen is None or part.revision > seen.revision:
                 parts[tx.transaction_id] = part
-        for p in parts.values():
-            work[self.entity.id_of(_fields(p.tx))].events.append(
-                _Event(p.tx.transaction_id, p.tx.event_time_us, self._tx_span)
-            )
-        for lb in labels.values():
-            work[self.entity.id_of(_fields(lb))].events.append(
-                _Event(lb.transaction_id, lb.event_time_us, self._label_span, label=True)
+                tx_entity[tx.transaction_id] = entity_id
+        for tx_id, p in parts.items():
+            work[tx_entity[tx_id]].events.append(_Event(tx_id, p.tx.event_time_us, self._tx_span))
+        for tx_id, lb in labels.items():
+            work[label_entity[tx_id]].events.append(
+                _Event(tx_id, lb.event_time_us, self._label_span, label=True)
             )
         states = self._states(work)
-        for lb in labels.values():
-            states[self.entity.id_of(_fields(lb))].put_label(
-                lb.transaction_id, layout.label_cell(self._label_row(lb))
-            )
+        for tx_id, lb in labels.items():
+            states[label_entity[tx_id]].put_label(tx_id, layout.label_cell(self._label_row(lb)))
         # The query: the batch's transactions (a later stage: with the newest features of the
         # stages before it known) ...
         queries: list[tuple[str, Transaction]] = []
         carried: list[tuple[tuple[float, ...], int]] = []
         corrections: list[bool] = []
-        for p in parts.values():
-            entity_id = self.entity.id_of(_fields(p.tx))
+        for tx_id, p in parts.items():
+            entity_id = tx_entity[tx_id]
             state = states[entity_id]
             if self.first:
                 carried.append(((), 0))
@@ -468,12 +476,13 @@ class EntityWindowsFn(KeyedStageFn):
             if reach is not None:
                 out.update(state.nonempty(bucket_of(reach[0]), bucket_of(reach[1] - 1)))
                 spans.append((reach[0], reach[1] - 1))
-        for f in self._features:
-            for shift in (f.delay_us + f.window_us, f.delay_us):
-                for lo, hi in spans:
-                    out.update(state.nonempty(bucket_of(lo - shift), bucket_of(hi - shift)))
-                    out.add(bucket_of(lo - shift))
-                    out.add(bucket_of(hi - shift))
+        for shift in self._shifts:
+            for lo, hi in spans:
+                lo_b, hi_b = bucket_of(lo - shift), bucket_of(hi - shift)
+                out.add(lo_b)
+                out.add(hi_b)
+                if hi_b > lo_b + 1:  # only buckets strictly between the edges can add to them
+                    out.update(state.nonempty(lo_b, hi_b))
         incomplete = state.incomplete()
         if incomplete:
             for lo, hi in spans:

@@ -33,7 +33,7 @@ def test_valid_transaction() -> None:
     tx = parse_transaction(encode(GOOD), publish_time_us=5)
     assert tx.transaction_id == "1093"
     assert tx.event_time_us == 1522567145_000_000
-    assert tx.amount == 57.16 and tx.publish_time_us == 5
+    assert tx.fields["amount"] == 57.16 and tx.publish_time_us == 5
     assert parse_transaction(handbook_json(tx)) == parse_transaction(encode(GOOD))
 
 
@@ -117,4 +117,4 @@ def test_arbitrary_objects_are_valid_or_rejected(obj: dict) -> None:
     except InvalidEvent as exc:
         assert exc.reason
     else:
-        assert tx.amount >= 0 and tx.transaction_id
+        assert tx.fields["amount"] >= 0 and tx.transaction_id

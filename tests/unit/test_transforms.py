@@ -41,7 +41,7 @@ def test_parse_events_splits_valid_and_dead_letters() -> None:
             | ParseEvents("transaction", "subs/tx", load_definitions().events)
         )
         assert_that(
-            parsed.valid | "Ids" >> beam.Map(lambda t: (t.transaction_id, t.amount)),
+            parsed.valid | "Ids" >> beam.Map(lambda t: (t.transaction_id, t.fields["amount"])),
             equal_to([("t-1", 12.5)]),
             label="valid",
         )

@@ -36,6 +36,7 @@ from pipelines.core.window_cells import (
     AccKey,
     Aggregates,
     Cell,
+    LabelCell,
     Layout,
     Stat,
     decode_aggregates,
@@ -591,3 +592,29 @@ def test_composite_key_events_are_rebuilt_from_their_cell() -> None:
     event = _event(5, T0, merchant="m#%3", amount=7.25, qty=2)
     cell = layout.cell(event, revision=3)
     assert layout.event(entity.id_of(event), "5", cell) == event
+
+
+def test_format_2_bytes_are_pinned() -> None:
+    """Stored cells outlive the code that wrote them: format 2's bytes for every value type
+    (float, bool, negative and unbounded integers, non-ASCII text, None) stay what they were
+    when the format was introduced, whatever shortcuts the encoder takes."""
+    _, layout = _one_entity([{"entity": "card", "op": "sum", "field": "amount", "window": "1d"}])
+    layout = dataclasses.replace(
+        layout,
+        fields=("amount", "flag", "n"),
+        kept=("terminal_id", "note", "big"),
+        label_fields=("why",),
+    )
+    cell = Cell(
+        1522567145_000_000, (57.16, True, -5), 2**41 + 3, (1.5,), 2**41, ("t#é", None, 2**70)
+    )
+    data = encode_cell(layout, cell)
+    assert data.hex() == (
+        "0280b1989d89b1b405838080808040808080808040013ff8000000000000060306616d6f756e7401404c"
+        "947ae147ae140304666c6167020203016e0209030b7465726d696e616c5f696403047423c3a903046e6f"
+        "7465000303626967028080808080808080808002"
+    )
+    assert decode_cell(layout, data) == (cell._replace(values=(57.16, 1, -5)), ())
+    label = LabelCell(-7, 1, ("x",))
+    assert encode_label(layout, label).hex() == "020d02010303776879030178"
+    assert decode_label(layout, encode_label(layout, label)) == (label, ())
