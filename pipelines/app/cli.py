@@ -1502,7 +1502,7 @@ def demo(
         typer.Option(
             min=1,
             help="Replay rate, events per second. Default: the workload's (handbook 400, "
-            "payments 250: what the job sustains here with room to spare).",
+            "payments 200: what the job sustains here with room to spare).",
         ),
     ] = None,
     work_dir: Annotated[
