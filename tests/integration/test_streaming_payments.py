@@ -10,14 +10,17 @@ bit for bit, and rejected events come out re-serialised with the payments stream
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
+import uuid
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from pipelines.app.local import Topology
 from pipelines.app.publisher import ReplayEvent, malformed_examples, replay_events
 from pipelines.core.declarations import WORKLOADS, load_definitions
 from pipelines.core.schema import EventParser, InvalidEvent
@@ -27,6 +30,18 @@ from pipelines.transforms.sinks import latest_per_transaction
 pytestmark = pytest.mark.integration
 PAYMENTS = WORKLOADS / "payments.yaml"
 LABEL_WAIT_S = 20.0
+TOPICS_AND_SUBSCRIPTIONS = (
+    "transactions_topic",
+    "labels_topic",
+    "predictions_topic",
+    "dead_letter_topic",
+    "alerts_topic",
+    "transactions_subscription",
+    "labels_subscription",
+    "predictions_subscription",
+    "dead_letter_subscription",
+    "alerts_subscription",
+)
 
 
 @pytest.fixture(scope="module")
@@ -80,9 +95,26 @@ def test_the_job_computes_and_serves_the_payments_file(
     # The first transaction again, as a second message: a duplicate, re-serialised by IndexIds.
     duplicate = transactions[0]
     n = len(payments_frame)
-    with LocalRun(stack=local_run.stack, fresh="payments") as run:
+    # Topics, subscriptions, table and kind of its own: the payments events and predictions
+    # reach no other test's subscriptions on the session's stack.
+    tag = f"payments-{uuid.uuid4().hex[:6]}"
+    topo = dataclasses.replace(
+        Topology(),
+        **{f: f"{tag}-{f}" for f in TOPICS_AND_SUBSCRIPTIONS},
+        bigtable_table=tag.replace("-", "_"),
+    )
+    run = LocalRun(stack=local_run.stack)
+    run.topology = topo
+    with run:
         run.start_pipeline(
             [
+                f"--transactions_subscription={topo.transactions_subscription}",
+                f"--labels_subscription={topo.labels_subscription}",
+                f"--predictions_topic={topo.predictions_topic}",
+                f"--dead_letter_topic={topo.dead_letter_topic}",
+                f"--alerts_topic={topo.alerts_topic}",
+                f"--bigtable_table={topo.bigtable_table}",
+                f"--datastore_kind=Run_{topo.bigtable_table}",
                 f"--definitions={PAYMENTS}",
                 f"--model_dir={payments_models}",
                 "--max_batch_size=200",
