@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.core.definitions import FEATURES, WindowFeature
+from pipelines.core.definitions import FEATURES, MODEL_INPUTS, WindowFeature
 from pipelines.stores import retry
 
 
@@ -616,7 +616,7 @@ def _report(
         {"transaction_id": t, "features": json.loads(stored[t]["features"])}
         for t in sorted(valid_tx & set(stored))
     ]
-    mismatches = feature_mismatches(compared, expected)
+    mismatches = feature_mismatches(compared, expected, MODEL_INPUTS, "TRANSACTION_ID")
     steady = _steady_rate(chaos.timeline)
     lost = len(missing_predictions) + len(set(labels_missing) | set(tx_missing))
     result: dict[str, Any] = {

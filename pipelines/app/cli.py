@@ -37,6 +37,7 @@ from pipelines.app.parsing import (
     kind_of,
     latest_dataset,
     parse,
+    workload_names,
     workload_of,
 )
 from pipelines.core.job_arguments import KIND, NAMESPACE, PUBSUB_NAME
@@ -1496,10 +1497,25 @@ def tail(
 
 @app.command()
 def demo(
+    workload: Annotated[
+        str,
+        typer.Option(
+            help="The workload to run: its definitions file pipelines/workloads/NAME.yaml and "
+            "its simulator (" + " | ".join(workload_names()) + ").",
+            parser=parse(Choice(workload_names())),
+        ),
+    ] = "handbook",
     preset: Annotated[str, typer.Option(help="Simulator preset to replay.", parser=PRESET)] = (
         "small"
     ),
-    rate: Annotated[float, typer.Option(min=1, help="Replay rate, events per second.")] = 400,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            min=1,
+            help="Replay rate, events per second. Default: the workload's (handbook 400, "
+            "payments 200: what the job sustains here with room to spare).",
+        ),
+    ] = None,
     work_dir: Annotated[
         Path,
         typer.Option(
@@ -1511,14 +1527,23 @@ def demo(
         float, typer.Option(min=10, help="Seconds to wait for all predictions.")
     ] = 600,
 ) -> None:
-    """The whole product on the emulators: simulate, train, stream, predict, summarise."""
-    _quiet_tensorflow()
-    from pipelines.app.demo import DemoConfig, run_demo
+    """The whole product on the emulators: simulate, train, stream, predict, summarise, for
+    a workload of pipelines/workloads/ (the job runs with --definitions=<its file>)."""
+    from pipelines.app.demo import DemoConfig, demo_presets, run_demo
     from pipelines.app.local import StackError
 
+    presets = demo_presets(workload)
+    if preset not in presets:
+        raise UserError(
+            f"the {workload} workload has no preset {preset!r}",
+            fix="pass --preset " + " | ".join(presets),
+        )
+    _quiet_tensorflow()
     try:
         summary = run_demo(
-            DemoConfig(preset=preset, rate=rate, work_dir=work_dir, timeout_s=timeout)
+            DemoConfig(
+                preset=preset, rate=rate, work_dir=work_dir, timeout_s=timeout, workload=workload
+            )
         )
     except StackError as exc:
         raise UserError(str(exc), exit_code=RUNTIME) from exc

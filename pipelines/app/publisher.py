@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 import pandas as pd
 
-from pipelines.core.declarations import Definitions, EventStream, load_definitions
+from pipelines.core.declarations import Definitions, EventStream, Field, load_definitions
 from pipelines.core.schema import format_rfc3339
 from pipelines.core.training_data import to_epoch_us
 
@@ -169,8 +169,14 @@ def publish_events(
     return sent
 
 
-def malformed_examples() -> list[bytes]:
-    """A few invalid messages the demo mixes in to show the dead-letter path."""
+def malformed_examples(stream: EventStream | None = None) -> list[bytes]:
+    """A few invalid messages the demo mixes in to show the dead-letter path: the handbook's
+    (``stream`` None), or invalid messages of any declared transaction stream (``stream``):
+    each breaks one rule of the stream (not JSON, a number as text, a key field missing, an
+    unknown schema version, NaN, a time in the future, a number under its minimum or a text
+    outside its values, an undeclared field)."""
+    if stream is not None:
+        return _malformed_of(stream)
     good = {
         "schema_version": 1,
         "transaction_id": "x-1",
@@ -190,3 +196,39 @@ def malformed_examples() -> list[bytes]:
         _dumps({**good, "amount": -3}),
         _dumps({**good, "coupon": "FREE"}),
     ]
+
+
+def _valid_value(field: Field) -> object:
+    """A value of ``field`` its stream accepts (ids and texts as text, numbers in bounds)."""
+    if field.numeric:
+        low = field.minimum if field.minimum is not None else 0.0
+        high = field.maximum if field.maximum is not None else low + 100.0
+        return float(min(max(low, 10.0), high))
+    if field.values:
+        return field.values[0]
+    return "1"[: field.max_length]
+
+
+def _malformed_of(stream: EventStream) -> list[bytes]:
+    good: dict[str, object] = {"schema_version": stream.version}
+    for f in stream.fields:
+        good[f.name] = "x-1" if f.name == stream.id_field else _valid_value(f)
+    good[stream.time_field] = "2018-04-02T10:00:00Z"
+    numbers = [f for f in stream.fields if f.numeric]
+    keys = [f for f in stream.fields if f.type == "id" and f.name != stream.id_field]
+    out = [b"not json at all", _dumps({**good, "schema_version": 99})]
+    if numbers:
+        number = numbers[0]
+        out.append(_dumps({**good, number.name: str(good[number.name])}))
+        nan = _dumps({**good, number.name: 0.5}).replace(b"0.5", b"NaN")
+        out.append(nan)
+        if number.minimum is not None:
+            out.append(_dumps({**good, number.name: number.minimum - 3}))
+    if keys:
+        out.append(_dumps({k: v for k, v in good.items() if k != keys[-1].name}))
+    out.append(_dumps({**good, stream.time_field: "2099-01-01T00:00:00Z"}))
+    texts = [f for f in stream.fields if f.values]
+    if texts:
+        out.append(_dumps({**good, texts[0].name: "not-a-declared-value"}))
+    out.append(_dumps({**good, "coupon": "FREE"}))
+    return out
