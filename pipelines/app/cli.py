@@ -13,7 +13,7 @@ import typer
 from pipelines.app.capacity import HOTTEST_KEY_SHARE
 from pipelines.app.errors import RUNTIME, UserError
 from pipelines.app.features_cli import features_app
-from pipelines.app.inputs import InputsOption, chosen_inputs, require_columns
+from pipelines.app.inputs import FEATURE_NAMES, InputsOption, chosen_inputs, require_columns
 from pipelines.app.models_cli import models_app
 from pipelines.app.parsing import (
     JOB_NAME,
@@ -399,7 +399,8 @@ def backfill(
         str | None,
         typer.Option(
             help="Only these features (NAME[,NAME]): the id and their columns, joinable on it, "
-            "by their entities' stages only (a feature added to a live system)."
+            "by their entities' stages only (a feature added to a live system).",
+            parser=parse(FEATURE_NAMES),
         ),
     ] = None,
     definitions: DefinitionsOption = None,

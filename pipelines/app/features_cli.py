@@ -15,7 +15,9 @@ from typing import Annotated
 import typer
 
 from pipelines.app.errors import UserError
-from pipelines.app.parsing import STATE_DIR, InputDir, StateDir, parse
+from pipelines.app.parsing import STATE_DIR, InputDir, ProjectOption, StateDir, parse
+from pipelines.core.job_arguments import INSTANCE, TABLE
+from pipelines.core.values import InputFile
 
 features_app = typer.Typer(
     help="The feature store for a changed definitions file: warm it from history.",
@@ -35,11 +37,19 @@ def warm(
         ),
     ],
     definitions: Annotated[
-        Path, typer.Option(help="The new definitions file (the one the job will run on).")
+        Path,
+        typer.Option(
+            help="The new definitions file (the one the job will run on).",
+            parser=parse(InputFile("a definitions file (YAML, docs/specs/definitions.md)")),
+        ),
     ],
-    project: Annotated[str, typer.Option(help="Google Cloud project.")] = "rillet-local",
-    bigtable_instance: Annotated[str, typer.Option(help="Bigtable instance id.")] = "rillet",
-    bigtable_table: Annotated[str, typer.Option(help="Feature table id.")] = "features",
+    project: ProjectOption = "rillet-local",
+    bigtable_instance: Annotated[
+        str, typer.Option(help="Bigtable instance id.", parser=parse(INSTANCE))
+    ] = "rillet",
+    bigtable_table: Annotated[
+        str, typer.Option(help="Feature table id.", parser=parse(TABLE))
+    ] = "features",
     state_dir: StateDir = STATE_DIR,
 ) -> None:
     """Fill the fields the stored cells lack and create the state of new entities, from the

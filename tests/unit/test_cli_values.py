@@ -35,6 +35,8 @@ REQUIRED = {
     "--repository": "rillet",
     "--service-account": "rillet@my-project.iam.gserviceaccount.com",
     "--events-per-second": "100",
+    "--input": ".",  # rillet features warm: an existing directory
+    "--definitions": str(Path(__file__).resolve().parents[2] / "pipelines/workloads/payments.yaml"),
 }
 # Free text has no malformed value of its own; its command checks it (tail's --filter: the
 # test_cli_errors cases).
@@ -157,7 +159,7 @@ def test_every_malformed_value_is_one_line(
     assert info.value.code == 2, (info.value.code, err)
     assert "Traceback" not in out + err
     lines = err.strip().splitlines()
-    words = argv[:2] if argv[0] in ("local", "models") else argv[:1]
+    words = argv[:2] if argv[0] in ("local", "models", "features") else argv[:1]
     assert lines[0].startswith(f"rillet {' '.join(words)}: {flag}") and len(lines) <= 2, err
 
 
@@ -166,7 +168,8 @@ def test_the_table_covers_every_command_and_job_argument() -> None:
     every job argument."""
     cases = option_cases(HOME)
     covered = {
-        " ".join(argv[:2] if argv[0] in ("local", "models") else argv[:1]) for _, argv, _ in cases
+        " ".join(argv[:2] if argv[0] in ("local", "models", "features") else argv[:1])
+        for _, argv, _ in cases
     }
     leaves = {" ".join(words) for words, _ in commands()}
     assert (
