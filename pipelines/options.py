@@ -48,14 +48,7 @@ class RilletOptions(PipelineOptions):
         path = self.alert_thresholds
         if not path:
             return load_thresholds()
-        from apache_beam.io.filesystems import FileSystems
-
-        try:
-            with FileSystems.open(path) as f:
-                text = f.read().decode()
-        except Exception as exc:  # any filesystem's "cannot read": one message
-            raise ValueError(f"cannot read {path}: {exc}") from exc
-        return parse_thresholds(text, path)
+        return parse_thresholds(_read_text(path), path)
 
     def job_definitions(self) -> Any:
         """The definitions (pipelines.core.declarations.Definitions) of --definitions, read with
@@ -70,13 +63,8 @@ class RilletOptions(PipelineOptions):
         if not path:
             return load_definitions()
         import yaml
-        from apache_beam.io.filesystems import FileSystems
 
-        try:
-            with FileSystems.open(path) as f:
-                text = f.read().decode()
-        except Exception as exc:  # any filesystem's "cannot read": one message
-            raise ValueError(f"cannot read {path}: {exc}") from exc
+        text = _read_text(path)
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
@@ -105,6 +93,18 @@ class RilletOptions(PipelineOptions):
         if not self.view_as(GoogleCloudOptions).project:
             errors.append("--project is required (the emulators use 'rillet-local')")
         return errors
+
+
+def _read_text(path: str) -> str:
+    """A file's text read with Beam's FileSystems (a local path or gs://); ValueError if it
+    cannot be read."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(path) as f:
+            return str(f.read().decode())
+    except Exception as exc:  # any filesystem's "cannot read": one message
+        raise ValueError(f"cannot read {path}: {exc}") from exc
 
 
 def unknown_arguments(argv: Sequence[str]) -> list[str]:

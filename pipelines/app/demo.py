@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipelines.app.features import dataset_rows
 from pipelines.app.local_run import LocalRun, percentiles
 from pipelines.core.definitions import LABEL_DELAY_DAYS
 
@@ -164,21 +165,6 @@ def demo_presets(workload: str) -> tuple[str, ...]:
     return tuple(PRESETS)
 
 
-def _training_table(frame: Any, defs: Any) -> Any:
-    """The point-in-time training rows of ``frame`` for ``defs`` (the engine's, as 'rillet
-    train' reads a dataset: pipelines/app/features.py), with the models' role columns (id, time,
-    card, label) and the card entity's key columns."""
-    from pipelines.app.features import training_roles
-    from pipelines.core.training_data import training_features
-
-    rows = training_features(frame, defs)
-    ev = defs.events
-    for key in defs.entities[0].keys:
-        column = ev.field(key).dataset_column
-        rows[column] = frame[column].to_numpy()
-    return training_roles(rows, defs)
-
-
 def _default_train_days(frame: Any, defs: Any, delay_days: int, workload: str) -> int:
     """The handbook's 35 days (make demo's figures); another workload's dataset days minus its
     label delay and a test week: its last week is the test week."""
@@ -234,7 +220,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
                 f"Computing point-in-time training features of {definitions_path.name} "
                 f"({len(defs.names)} features; the streaming engine's code) ..."
             )
-            feats = _training_table(frame, defs)
+            feats = dataset_rows(frame, defs)
             console.print(
                 f"  {len(frame):,} transactions, {int(feats.TX_FRAUD.sum()):,} frauds -> {data_dir}"
             )

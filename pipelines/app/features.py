@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROLES", "load_features", "read_events", "training_roles"]
+__all__ = ["ROLES", "dataset_rows", "load_features", "read_events", "training_roles"]
 
 # role -> the models' column name
 ROLES = {"id": "TRANSACTION_ID", "time": "TX_DATETIME", "card": "CUSTOMER_ID", "label": "TX_FRAUD"}
@@ -89,11 +89,17 @@ def load_features(path: str | Path, definitions: Any = None) -> Any:
             rows = training_features(frame, defs)
             rows["CUSTOMER_ID"] = frame["CUSTOMER_ID"].to_numpy()
             return rows.sort_values("TRANSACTION_ID", kind="stable").reset_index(drop=True)
-        frame = read_events(path, defs)
-        rows = training_features(frame, defs)
-        ev = defs.events
-        for key in defs.entities[0].keys:
-            column = ev.field(key).dataset_column
-            rows[column] = frame[column].to_numpy()
-        return training_roles(rows, defs)
+        return dataset_rows(read_events(path, defs), defs)
     return training_roles(read_feature_table(path, defs), defs)
+
+
+def dataset_rows(frame: Any, definitions: Any) -> Any:
+    """The point-in-time training rows of a dataset's events for ``definitions`` (the engine's),
+    with the first entity's key columns and the models' role columns (``training_roles``)."""
+    from pipelines.core.training_data import training_features
+
+    rows = training_features(frame, definitions)
+    for key in definitions.entities[0].keys:
+        column = definitions.events.field(key).dataset_column
+        rows[column] = frame[column].to_numpy()
+    return training_roles(rows, definitions)
